@@ -1,0 +1,157 @@
+"""Fault injection whose state lives in Redis, so it reaches worker processes.
+
+REFERENCE.md failure 14: the old harness patched functions in the test
+process, which a worker in another process never saw. Here every rule's call
+and fire counters are Redis keys, and the rules themselves travel as JSON, so
+the test process and each worker agree on which call fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import redis
+
+from pipeline.errors import PermanentError, TransientError
+from pipeline.ports import NO_FAULT, FaultEffect
+
+FaultKind = Literal[
+    "transient", "throttle", "permanent", "timeout", "latency", "malformed", "empty", "kill_worker"
+]
+
+
+@dataclass(frozen=True)
+class FaultRule:
+    """A fault for one port (and optionally one operation) on a schedule."""
+
+    port: str
+    kind: FaultKind
+    operation: str | None = None
+    #: Fire on the first N matching calls.
+    first: int | None = None
+    #: Fire on every Nth matching call (N, 2N, ...).
+    every: int | None = None
+    #: Fire with this probability, decided by a seeded hash of the call number.
+    probability: float | None = None
+    #: Fire only between these seconds after the injector was armed.
+    window: tuple[float, float] | None = None
+    #: Fire only for these documents.
+    documents: tuple[str, ...] = ()
+    latency_s: float = 0.0
+    retry_after_s: float | None = None
+    message: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        target = f"{self.port}.{self.operation or '*'}"
+        return f"{self.kind} on {target}"
+
+
+class RedisFaultInjector:
+    """Implements the FaultInjector port; `arm()` resets counters and starts the clock."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        rules: Sequence[FaultRule],
+        *,
+        namespace: str = "docpipe:faults",
+        seed: int = 0,
+    ) -> None:
+        self._client = client
+        self.rules = tuple(rules)
+        self._ns = namespace
+        self._seed = seed
+
+    # --- sharing with worker processes ----------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(
+            {"namespace": self._ns, "seed": self._seed, "rules": [asdict(r) for r in self.rules]}
+        )
+
+    @classmethod
+    def from_json(cls, client: redis.Redis, text: str) -> RedisFaultInjector:
+        data = json.loads(text)
+        rules = []
+        for raw in data["rules"]:
+            raw["documents"] = tuple(raw.get("documents") or ())
+            if raw.get("window") is not None:
+                raw["window"] = tuple(raw["window"])
+            rules.append(FaultRule(**raw))
+        return cls(client, rules, namespace=data["namespace"], seed=data["seed"])
+
+    def arm(self) -> None:
+        """Reset every counter and mark time zero for windowed rules."""
+        keys = list(self._client.scan_iter(match=f"{self._ns}:*"))
+        if keys:
+            self._client.delete(*keys)
+        self._client.set(f"{self._ns}:armed_at", repr(time.time()))
+
+    # --- the port ----------------------------------------------------------------------
+    def before(self, port: str, operation: str, document_uuid: str | None) -> FaultEffect:
+        effect = NO_FAULT
+        for index, rule in enumerate(self.rules):
+            if rule.port != port or (rule.operation not in (None, operation)):
+                continue
+            if rule.documents and document_uuid not in rule.documents:
+                continue
+            call = int(self._client.incr(f"{self._ns}:rule:{index}:calls"))  # type: ignore[arg-type]
+            if not self._fires(index, rule, call):
+                continue
+            self._client.incr(f"{self._ns}:rule:{index}:fired")
+            effect = self._apply(rule, effect)
+        return effect
+
+    def fired(self) -> list[int]:
+        """How many times each rule fired (coverage: a rule that never fired is a finding)."""
+        return [self._count(f"{self._ns}:rule:{i}:fired") for i in range(len(self.rules))]
+
+    def calls(self) -> list[int]:
+        return [self._count(f"{self._ns}:rule:{i}:calls") for i in range(len(self.rules))]
+
+    # --- internals -----------------------------------------------------------------------
+    def _count(self, key: str) -> int:
+        value = self._client.get(key)
+        return int(value) if value is not None else 0  # type: ignore[arg-type]
+
+    def _fires(self, index: int, rule: FaultRule, call: int) -> bool:
+        if rule.window is not None:
+            armed = self._client.get(f"{self._ns}:armed_at")
+            elapsed = time.time() - float(armed) if armed is not None else 0.0  # type: ignore[arg-type]
+            if not rule.window[0] <= elapsed < rule.window[1]:
+                return False
+        if rule.first is not None and call > rule.first:
+            return False
+        if rule.every is not None and call % rule.every != 0:
+            return False
+        if rule.probability is not None:
+            digest = hashlib.sha256(f"{self._seed}:{index}:{call}".encode()).digest()
+            if int.from_bytes(digest[:8], "big") / 2**64 >= rule.probability:
+                return False
+        return True
+
+    @staticmethod
+    def _apply(rule: FaultRule, effect: FaultEffect) -> FaultEffect:
+        reason = rule.message or f"injected {rule.describe()}"
+        if rule.kind == "transient":
+            raise TransientError(reason)
+        if rule.kind == "throttle":
+            raise TransientError(reason, retry_after=rule.retry_after_s)
+        if rule.kind == "permanent":
+            raise PermanentError(reason)
+        if rule.kind == "timeout":
+            if rule.latency_s:
+                time.sleep(rule.latency_s)
+            raise TransientError(reason)
+        if rule.kind == "kill_worker":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if rule.kind == "latency":
+            return FaultEffect(latency_s=effect.latency_s + rule.latency_s, response=effect.response)
+        return FaultEffect(latency_s=effect.latency_s, response=rule.kind)

@@ -1,0 +1,145 @@
+"""The old system's Redis features, on one redis-py client (real Redis or fakeredis).
+
+Document state hash, versioned cache, per-document-and-stage locks and the
+shared LLM rate limit. Broker and these features use separate databases.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import redis
+
+from pipeline.errors import RateLimited
+
+STATE_KEY = "doc:state:{uuid}"
+
+_RELEASE_IF_OWNER = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+# Sliding window in one round trip: drop old entries, count, add if under the limit.
+_SLIDING_WINDOW = """
+local key = KEYS[1]
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+redis.call('zremrangebyscore', key, '-inf', now - window)
+local count = redis.call('zcard', key)
+if count < limit then
+    redis.call('zadd', key, now, ARGV[4])
+    redis.call('pexpire', key, math.ceil(window * 1000))
+    return 0
+end
+local oldest = redis.call('zrange', key, 0, 0, 'WITHSCORES')
+return tostring(math.max(tonumber(oldest[2]) + window - now, 0.001))
+"""
+
+
+class RedisStateTracker:
+    """`doc:state:{uuid}` with `{stage}_status`, `{stage}_timestamp`, `{stage}_metadata`."""
+
+    def __init__(self, client: redis.Redis, *, ttl_seconds: int) -> None:
+        self._client = client
+        self._ttl = ttl_seconds
+
+    def record(
+        self, document_uuid: str, stage: str, status: str, metadata: dict[str, object] | None = None
+    ) -> None:
+        key = STATE_KEY.format(uuid=document_uuid)
+        fields: dict[str, Any] = {
+            f"{stage}_status": status,
+            f"{stage}_timestamp": f"{time.time():.3f}",
+            "last_status": status,
+        }
+        if metadata:
+            fields[f"{stage}_metadata"] = json.dumps(metadata, sort_keys=True, default=str)
+        pipe = self._client.pipeline()
+        pipe.hset(key, mapping=fields)
+        pipe.expire(key, self._ttl)
+        pipe.execute()
+
+    def get(self, document_uuid: str) -> dict[str, str]:
+        raw: dict[Any, Any] = self._client.hgetall(STATE_KEY.format(uuid=document_uuid))  # type: ignore[assignment]
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+
+class RedisCache:
+    """Plain string cache; callers put the processing version in the key."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str = "docpipe:cache:") -> None:
+        self._client = client
+        self._prefix = prefix
+
+    def get(self, key: str) -> str | None:
+        value = self._client.get(self._prefix + key)
+        return None if value is None else _text(value)
+
+    def set(self, key: str, value: str, ttl_seconds: int) -> None:
+        self._client.set(self._prefix + key, value, ex=ttl_seconds)
+
+
+class RedisLockManager:
+    """`SET NX PX` locks released only by their owner (a token compare in Lua)."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str = "docpipe:lock:") -> None:
+        self._client = client
+        self._prefix = prefix
+        self._release = client.register_script(_RELEASE_IF_OWNER)
+
+    def acquire(self, name: str, ttl_seconds: int) -> str | None:
+        token = uuid.uuid4().hex
+        acquired = self._client.set(self._prefix + name, token, nx=True, ex=ttl_seconds)
+        return token if acquired else None
+
+    def release(self, name: str, token: str) -> None:
+        self._release(keys=[self._prefix + name], args=[token])
+
+
+class RedisRateLimiter:
+    """A sliding window shared by every worker process; fails closed.
+
+    When Redis cannot answer, the call is refused with `RateLimited` (retried
+    later by the task) rather than let through or turned into an empty result.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        limit: int,
+        window_seconds: float,
+        prefix: str = "docpipe:ratelimit:",
+    ) -> None:
+        self._client = client
+        self._limit = limit
+        self._window = window_seconds
+        self._prefix = prefix
+        self._script = client.register_script(_SLIDING_WINDOW)
+
+    def acquire(self, name: str) -> None:
+        try:
+            wait = self._script(
+                keys=[self._prefix + name],
+                args=[time.time(), self._window, self._limit, uuid.uuid4().hex],
+            )
+        except redis.RedisError as exc:
+            raise RateLimited(
+                f"rate limiter unavailable ({type(exc).__name__}); refusing the call"
+            ) from exc
+        retry_after = float(_text(wait))
+        if retry_after > 0:
+            raise RateLimited(
+                f"rate limit of {self._limit} calls per {self._window:g}s reached for {name}",
+                retry_after=retry_after,
+            )
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -1,0 +1,1 @@
+"""Pure domain core: no Celery, Redis, SQL or SDK imports live here."""

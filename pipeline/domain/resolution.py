@@ -1,0 +1,263 @@
+"""Entity resolution: group one document's mentions into canonical entities.
+
+Mentions of one type are grouped by, in order:
+
+1. exact normalised value (identical values are deduplicated first, so many
+   repeats cost nothing) and identical token sets ("holloway jane");
+2. a fuzzy ratio above the threshold, only between values with the same number
+   of tokens and the same initials (the blocking key: typos rarely hit the first
+   letter, and "Holloway" / "Galloway" stay apart) and identical numbers; within
+   a block each value is compared with its neighbours in sorted and in
+   reversed-string order only (a sorted-neighbourhood window), so the cost grows
+   linearly;
+3. for PERSON and ORG, a token subset joins the longer name ("Holloway",
+   "J. Holloway" -> "Jane R. Holloway") only when every longer name containing
+   it is one entity: a surname shared by two full names stays on its own.
+
+DATE, MONEY, LAW and CASE match exactly (their normalised forms already unify
+spellings; "2023-03-01" and "2023-03-02" must never be merged by a fuzzy ratio).
+Everything depends only on the set of mentions, never on their order.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from difflib import SequenceMatcher
+
+from pipeline.domain.entities import normalize_value
+from pipeline.domain.models import CanonicalEntity, EntityType, Mention, stable_uuid
+
+#: Types whose values are names: fuzzy matching makes sense for them.
+FUZZY_TYPES = frozenset({EntityType.PERSON, EntityType.ORG, EntityType.LOCATION, EntityType.OTHER})
+#: Types where a shorter name stands for a longer one ("Holloway", "Meridian").
+SUBSET_TYPES = frozenset({EntityType.PERSON, EntityType.ORG})
+#: Sorted-neighbourhood window for fuzzy comparisons within a block.
+FUZZY_WINDOW = 8
+
+#: Tokens that cannot carry a subset match on their own.
+_WEAK_TOKENS = frozenset(
+    {
+        "the",
+        "of",
+        "and",
+        "for",
+        "a",
+        "an",
+        "inc",
+        "llc",
+        "corp",
+        "corporation",
+        "co",
+        "company",
+        "ltd",
+        "llp",
+        "lp",
+        "plc",
+        "na",
+        "bank",
+        "trust",
+        "group",
+        "partners",
+        "association",
+        "holdings",
+        "jr",
+        "sr",
+        "ii",
+        "iii",
+        "iv",
+    }
+)
+_DIGITS = re.compile(r"\d+")
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Canonical entities (sorted by type, then normalised name) and each mention's entity."""
+
+    entities: list[CanonicalEntity]
+    #: mention uuid -> canonical entity uuid
+    mention_canonical: dict[str, str]
+
+    def apply(self, mentions: Iterable[Mention]) -> list[Mention]:
+        """The mentions with their `canonical_uuid` set."""
+        return [replace(m, canonical_uuid=self.mention_canonical[m.uuid]) for m in mentions]
+
+
+def resolve_mentions(
+    document_uuid: str, mentions: Sequence[Mention], *, fuzzy_threshold: float = 0.88
+) -> Resolution:
+    """Group `mentions` into canonical entities; deterministic and order-independent."""
+    groups: dict[EntityType, dict[str, list[Mention]]] = defaultdict(lambda: defaultdict(list))
+    for mention in mentions:
+        groups[mention.entity_type][_mention_key(mention)].append(mention)
+
+    entities: list[CanonicalEntity] = []
+    assignments: list[tuple[str, str]] = []
+    for entity_type in sorted(groups):
+        by_key = groups[entity_type]
+        keys = sorted(by_key)
+        for cluster in _cluster(entity_type, keys, fuzzy_threshold):
+            members = [m for key in cluster for m in by_key[key]]
+            best = min(
+                members,
+                key=lambda m: (
+                    -len(_mention_key(m)),
+                    _name(m).isupper(),  # "Jane R. Holloway" over "JANE R. HOLLOWAY"
+                    -len(_name(m)),
+                    _name(m),
+                    _mention_key(m),
+                ),
+            )
+            normalized = _mention_key(best)
+            entity = CanonicalEntity(
+                uuid=stable_uuid(document_uuid, "entity", entity_type, normalized),
+                document_uuid=document_uuid,
+                entity_type=entity_type,
+                canonical_name=_name(best),
+                normalized_name=normalized,
+                mention_count=len(members),
+            )
+            entities.append(entity)
+            assignments.extend((m.uuid, entity.uuid) for m in members)
+    entities.sort(key=lambda e: (e.entity_type, e.normalized_name))
+    return Resolution(entities=entities, mention_canonical=dict(sorted(assignments)))
+
+
+def _name(mention: Mention) -> str:
+    return " ".join(mention.value.split())
+
+
+def _mention_key(mention: Mention) -> str:
+    return (
+        mention.normalized_value.strip()
+        or normalize_value(mention.value, mention.entity_type)
+        or " ".join(mention.value.lower().split())
+    )
+
+
+class _UnionFind:
+    def __init__(self, size: int) -> None:
+        self.parent = list(range(size))
+
+    def find(self, item: int) -> int:
+        root = item
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[item] != root:
+            self.parent[item], item = root, self.parent[item]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            # The smaller index wins so the structure never depends on call order.
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def _cluster(entity_type: EntityType, keys: list[str], threshold: float) -> list[list[str]]:
+    """Partition the sorted, distinct `keys` of one type; clusters in a canonical order."""
+    uf = _UnionFind(len(keys))
+    tokens = [key.split() for key in keys]
+    if entity_type in FUZZY_TYPES or entity_type in SUBSET_TYPES:
+        _join_same_token_sets(uf, tokens)
+    if entity_type in FUZZY_TYPES:
+        _join_fuzzy(uf, keys, tokens, threshold)
+    if entity_type in SUBSET_TYPES:
+        _join_subsets(uf, keys, tokens)
+    clusters: dict[int, list[str]] = defaultdict(list)
+    for index, key in enumerate(keys):
+        clusters[uf.find(index)].append(key)
+    return [clusters[root] for root in sorted(clusters)]
+
+
+def _join_same_token_sets(uf: _UnionFind, tokens: list[list[str]]) -> None:
+    first: dict[tuple[str, ...], int] = {}
+    for index, toks in enumerate(tokens):
+        if not toks:
+            continue
+        block = tuple(sorted(set(toks)))
+        if block in first:
+            uf.union(first[block], index)
+        else:
+            first[block] = index
+
+
+def _join_fuzzy(uf: _UnionFind, keys: list[str], tokens: list[list[str]], threshold: float) -> None:
+    blocks: dict[tuple[int, str], list[int]] = defaultdict(list)
+    for index, toks in enumerate(tokens):
+        if toks:
+            blocks[(len(toks), "".join(t[0] for t in toks))].append(index)
+    for members in blocks.values():
+        if len(members) < 2:
+            continue
+        # `members` is already in sorted-key order; add the reversed-string order.
+        reversed_order = sorted(members, key=lambda i: keys[i][::-1])
+        for order in (members, reversed_order):
+            for pos, a in enumerate(order):
+                for b in order[pos + 1 : pos + 1 + FUZZY_WINDOW]:
+                    if uf.find(a) != uf.find(b) and _similar(keys[a], keys[b], threshold):
+                        uf.union(a, b)
+
+
+def _similar(a: str, b: str, threshold: float) -> bool:
+    if _DIGITS.findall(a) != _DIGITS.findall(b):
+        return False
+    shorter, longer = sorted((len(a), len(b)))
+    if 2 * shorter / (shorter + longer) < threshold:
+        return False
+    first, second = sorted((a, b))  # SequenceMatcher is not quite symmetric
+    matcher = SequenceMatcher(None, first, second, autojunk=False)
+    return matcher.quick_ratio() >= threshold and matcher.ratio() >= threshold
+
+
+def _covers(longer: list[str], shorter: list[str]) -> bool:
+    """Every token of `shorter` is in `longer` (a one-letter token may be an initial)."""
+    if longer == shorter:
+        return False
+    long_set = set(longer)
+    abbreviated = False
+    for token in set(shorter):
+        if token in long_set:
+            continue
+        if len(token) == 1 and any(t.startswith(token) for t in long_set):
+            abbreviated = True
+            continue
+        return False
+    return abbreviated or len(set(shorter)) < len(long_set)
+
+
+def _join_subsets(uf: _UnionFind, keys: list[str], tokens: list[list[str]]) -> None:
+    postings: dict[str, list[int]] = defaultdict(list)
+    for index, toks in enumerate(tokens):
+        for token in set(toks):
+            postings["w:" + token].append(index)
+        for initial in {t[0] for t in toks}:
+            postings["i:" + initial].append(index)
+
+    snapshot = [uf.find(i) for i in range(len(keys))]
+    attachments: list[tuple[int, int]] = []
+    for index, toks in enumerate(tokens):
+        if not any(len(t) > 1 and t not in _WEAK_TOKENS for t in toks):
+            continue
+        lists = sorted(
+            (postings["w:" + t] if len(t) > 1 else postings["i:" + t] for t in set(toks)),
+            key=len,
+        )
+        candidates = set(lists[0]).intersection(*lists[1:])
+        supersets = sorted(
+            (c for c in candidates if snapshot[c] != snapshot[index] and _covers(tokens[c], toks)),
+            key=lambda c: (-len(set(tokens[c])), -len(keys[c]), keys[c]),
+        )
+        if not supersets:
+            continue
+        target = supersets[0]
+        if all(
+            snapshot[c] == snapshot[target] or _covers(tokens[target], tokens[c])
+            for c in supersets[1:]
+        ):
+            attachments.append((index, target))
+    for index, target in attachments:
+        uf.union(index, target)

@@ -1,0 +1,59 @@
+"""Error vocabulary shared by stages, adapters and tasks.
+
+Adapters translate vendor errors into these two families; the task layer
+retries `TransientError` with backoff and fails `PermanentError` at once.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base class for every error the pipeline raises on purpose."""
+
+
+class TransientError(PipelineError):
+    """Worth retrying: throttling, timeouts, connection errors, a busy lock."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(PipelineError):
+    """Retrying cannot help: bad input, unsupported type, auth or request errors."""
+
+
+class UnsupportedFileType(PermanentError):
+    """The file's extension or content is not one the pipeline can read."""
+
+
+class CorruptDocument(PermanentError):
+    """The file claims a type but its bytes cannot be parsed as that type."""
+
+
+class EmptyDocument(PermanentError):
+    """The file (or the text extracted from it) is empty."""
+
+
+class DocumentTooLarge(PermanentError):
+    """The file exceeds a configured size or page limit."""
+
+
+class MalformedResponse(TransientError):
+    """A service answered with something we cannot parse (e.g. bad LLM JSON).
+
+    Retried first (models are not deterministic); the task layer turns it into
+    a permanent failure once retries run out - never into an empty result.
+    """
+
+
+class LockUnavailable(TransientError):
+    """Another worker holds the per-document-and-stage lock."""
+
+
+class RateLimited(TransientError):
+    """A shared rate limit refused the call (or could not be checked)."""
+
+
+class ConfigurationError(PipelineError):
+    """Settings are missing or contradictory; a usage error, exit code 2."""

@@ -1,0 +1,284 @@
+"""Ports: the small protocols stages talk to, in domain terms.
+
+No port leaks a vendor type. Every adapter raises `TransientError` or
+`PermanentError` (pipeline.errors) for failures a stage should act on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from pipeline.domain.models import (
+    CanonicalEntity,
+    Chunk,
+    DocumentCounts,
+    DocumentNode,
+    HistoryEntry,
+    Mention,
+    OcrJob,
+    QueueStatus,
+    Relationship,
+    SourceDocument,
+    Status,
+)
+
+
+class Clock(Protocol):
+    """Time as the pipeline sees it: a real wait in broker mode, virtual in simulation."""
+
+    def now(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class BlobStore(Protocol):
+    """Object storage for original files (S3 in production)."""
+
+    def put(self, key: str, data: bytes) -> None: ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def size(self, key: str) -> int: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class OcrRequest:
+    document_uuid: str
+    storage_key: str
+    file_type: str
+    #: Differs per attempt so a retry never gets an old failed job back (failure 11).
+    client_request_token: str
+
+
+class OcrEngine(Protocol):
+    """Textract's asynchronous shape: start a job, then poll it without blocking."""
+
+    def start(self, request: OcrRequest) -> str:
+        """Start text detection; returns the job id."""
+        ...
+
+    def poll(self, job_id: str) -> OcrJob: ...
+
+
+class EntityExtractor(Protocol):
+    """One call per chunk; answers the LLM's JSON text, parsed by the domain."""
+
+    @property
+    def model(self) -> str:
+        """Identifies the model (part of the cache key)."""
+        ...
+
+    def extract(self, text: str) -> str:
+        """Return the raw JSON answer: {"entities": [{entity,label,start,end,confidence}]}."""
+        ...
+
+
+class GraphSink(Protocol):
+    """Where staged relationships go (Neo4j in production): MERGE on stable ids."""
+
+    def write(
+        self,
+        document: DocumentNode,
+        chunks: Sequence[Chunk],
+        mentions: Sequence[Mention],
+        entities: Sequence[CanonicalEntity],
+        relationships: Sequence[Relationship],
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    uuid: str
+    document_uuid: str
+    status: QueueStatus
+    attempts: int
+    claimed_by: str | None
+    claimed_at: float | None
+    last_error: str | None
+
+
+class DocumentStore(Protocol):
+    """The database (SQLite on the embedded default, PostgreSQL/Supabase in production).
+
+    Writes of derived rows *replace* a document's rows for that stage, so a
+    redelivered stage leaves identical rows and a reprocess adds nothing.
+    """
+
+    # --- projects and documents -------------------------------------------------
+    def ensure_project(self, name: str) -> str:
+        """Return the uuid of the project with this name, creating it if needed."""
+        ...
+
+    def create_document(self, document: SourceDocument) -> None: ...
+
+    def get_document(self, document_uuid: str) -> SourceDocument:
+        """Raises KeyError when there is no such document."""
+        ...
+
+    def list_documents(self, statuses: Sequence[Status] | None = None) -> list[SourceDocument]: ...
+
+    def advance_status(
+        self,
+        document_uuid: str,
+        status: Status,
+        *,
+        stage: str,
+        processing_version: int,
+        error_message: str | None = None,
+        celery_task_id: str | None = None,
+    ) -> bool:
+        """Move the document to `status` and record the transition in history.
+
+        Only moves forward on the happy path (a failure status is always
+        accepted unless the document is already terminal); a call for a stale
+        processing version changes nothing. Returns whether the row changed.
+        The history row is written at most once per (document, version, status).
+        """
+        ...
+
+    def force_status(
+        self, document_uuid: str, status: Status, *, stage: str, bump_version: bool
+    ) -> SourceDocument:
+        """Operator override (reset/replay/reprocess): set status, clear the error."""
+        ...
+
+    def record_attempt(self, document_uuid: str) -> None: ...
+
+    def set_task_id(self, document_uuid: str, celery_task_id: str) -> None: ...
+
+    def save_raw_text(
+        self, document_uuid: str, raw_text: str, ocr_metadata: dict[str, object]
+    ) -> None: ...
+
+    def history(self, document_uuid: str) -> list[HistoryEntry]: ...
+
+    # --- OCR jobs -------------------------------------------------------------------
+    def record_ocr_job(
+        self, document_uuid: str, job_id: str, client_request_token: str, status: str
+    ) -> None: ...
+
+    def update_ocr_job(self, job_id: str, status: str, polls: int) -> None: ...
+
+    # --- derived rows (each call replaces the document's rows of that kind) ----
+    def save_document_node(self, node: DocumentNode) -> None: ...
+
+    def get_document_node(self, document_uuid: str) -> DocumentNode: ...
+
+    def replace_chunks(self, document_uuid: str, chunks: Sequence[Chunk]) -> None: ...
+
+    def get_chunks(self, document_uuid: str) -> list[Chunk]: ...
+
+    def replace_mentions(self, document_uuid: str, mentions: Sequence[Mention]) -> None: ...
+
+    def get_mentions(self, document_uuid: str) -> list[Mention]: ...
+
+    def replace_canonical_entities(
+        self,
+        document_uuid: str,
+        entities: Sequence[CanonicalEntity],
+        mention_canonical: dict[str, str],
+    ) -> None:
+        """Replace the entities and set each mention's canonical uuid, atomically."""
+        ...
+
+    def get_canonical_entities(self, document_uuid: str) -> list[CanonicalEntity]: ...
+
+    def replace_relationships(
+        self, document_uuid: str, relationships: Sequence[Relationship]
+    ) -> None: ...
+
+    def get_relationships(self, document_uuid: str) -> list[Relationship]: ...
+
+    def clear_derived(self, document_uuid: str) -> None:
+        """Delete node, chunks, mentions, entities and relationships (reprocess/reset)."""
+        ...
+
+    def counts(self, document_uuid: str) -> DocumentCounts: ...
+
+    # --- the processing queue -------------------------------------------------------
+    def enqueue(self, document_uuid: str) -> str:
+        """Add a pending queue row (idempotent per document while one is open)."""
+        ...
+
+    def claim(
+        self, worker: str, limit: int, stale_after: float, max_attempts: int
+    ) -> list[QueueEntry]:
+        """Atomically claim up to `limit` pending rows (or stale processing ones)."""
+        ...
+
+    def finish_queue_entry(
+        self, document_uuid: str, status: QueueStatus, error: str | None = None
+    ) -> None: ...
+
+    def queue_entries(self, document_uuid: str | None = None) -> list[QueueEntry]: ...
+
+    # --- dead letters -------------------------------------------------------------
+    def add_dead_letter(
+        self, document_uuid: str, task_name: str, stage: str, error: str, retries: int
+    ) -> None: ...
+
+    def dead_letters(self) -> list[dict[str, object]]: ...
+
+    def remove_dead_letters(self, document_uuids: Sequence[str] | None = None) -> int: ...
+
+
+class StateTracker(Protocol):
+    """The Redis document-state hash `doc:state:{uuid}` (7-day TTL)."""
+
+    def record(
+        self, document_uuid: str, stage: str, status: str, metadata: dict[str, object] | None = None
+    ) -> None: ...
+
+    def get(self, document_uuid: str) -> dict[str, str]: ...
+
+
+class Cache(Protocol):
+    """Versioned cache: every key carries the document's processing version."""
+
+    def get(self, key: str) -> str | None: ...
+
+    def set(self, key: str, value: str, ttl_seconds: int) -> None: ...
+
+
+class LockManager(Protocol):
+    """Non-blocking per-document-and-stage locks; never run unlocked on failure."""
+
+    def acquire(self, name: str, ttl_seconds: int) -> str | None:
+        """Returns a token when acquired, None when someone else holds it."""
+        ...
+
+    def release(self, name: str, token: str) -> None: ...
+
+
+class RateLimiter(Protocol):
+    """Shared sliding window; raises `RateLimited` (fail closed) when over or unsure."""
+
+    def acquire(self, name: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class FaultEffect:
+    """What a fault asks a fake to do besides raising: wait, or answer wrongly."""
+
+    latency_s: float = 0.0
+    #: "malformed" or "empty": the fake returns a bad answer instead of raising.
+    response: str | None = None
+
+
+NO_FAULT = FaultEffect()
+
+
+class FaultInjector(Protocol):
+    """Scenario faults, consulted by fakes before each operation.
+
+    Its state lives where every worker process can see it (Redis), so a fault
+    scheduled by a test reaches workers in other processes (failure 14).
+    """
+
+    def before(self, port: str, operation: str, document_uuid: str | None) -> FaultEffect:
+        """Raise the scheduled error, if any; otherwise say what else to do."""
+        ...

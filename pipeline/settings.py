@@ -1,0 +1,120 @@
+"""The one settings object: env vars prefixed `DOCPIPE_`, `.env` supported.
+
+Defaults are the embedded default: SQLite under `.docpipe/`, blobs on the
+local disk, fakeredis for state/cache/locks/rate limits, Celery in eager
+mode, fake OCR and a rule-based extractor. No Redis, cloud or credentials.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]*@")
+
+
+def redact_url(url: str) -> str:
+    """Hide the password of `scheme://user:password@host` URLs (logs, reports, errors)."""
+    return _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", url)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="DOCPIPE_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    # --- where things live -----------------------------------------------------
+    database_url: str = "sqlite:///.docpipe/docpipe.db"
+    blob_url: str = "file://.docpipe/blobs"
+    #: State, cache, locks, rate limits (not the broker). `fakeredis://` = in-process.
+    redis_url: str = "fakeredis://"
+    broker_url: str = "memory://"
+    result_backend: str | None = None
+    #: Run tasks in-process (`task_always_eager`). `docpipe run --broker` turns it off.
+    eager: bool = True
+
+    # --- adapters ----------------------------------------------------------------
+    ocr: Literal["fake", "textract"] = "fake"
+    llm: Literal["fake", "openai"] = "fake"
+    graph_url: str = "memory://"
+    #: Real cloud adapters refuse to build while this is False under tests.
+    allow_cloud: bool = True
+
+    # --- pipeline knobs ------------------------------------------------------------
+    project_name: str = "default"
+    max_file_bytes: int = Field(default=500 * 1024 * 1024, gt=0)
+    chunk_min_chars: int = Field(default=300, ge=1)
+    chunk_max_chars: int = Field(default=1500, ge=10)
+    fuzzy_threshold: float = Field(default=0.88, gt=0, le=1)
+    llm_rate_limit_calls: int = Field(default=50, ge=1)
+    llm_rate_limit_window_s: float = Field(default=60.0, gt=0)
+    #: A stage waits this long at most for a rate-limit slot before it retries later.
+    llm_rate_limit_max_wait_s: float = Field(default=120.0, ge=0)
+    cache_ttl_s: int = Field(default=12 * 3600, ge=1)
+    state_ttl_s: int = Field(default=7 * 24 * 3600, ge=1)
+    lock_ttl_s: int = Field(default=900, ge=1)
+
+    # --- the processing queue (document_processing_queue) ---------------------
+    queue_max_attempts: int = Field(default=3, ge=1)
+    #: A claim older than this is presumed dead and is reset (its worker died).
+    queue_stale_after_s: float = Field(default=900.0, gt=0)
+
+    # --- OCR polling: a rescheduled poll, never a blocking loop (failure 11) ---
+    ocr_poll_interval_s: float = Field(default=5.0, ge=0)
+    ocr_max_polls: int = Field(default=120, ge=1)
+    fake_ocr_polls_until_done: int = Field(default=1, ge=0)
+
+    # --- Celery: the seed's configuration, corrected -----------------------------------
+    task_soft_time_limit_s: int = Field(default=3600, ge=1)
+    task_time_limit_s: int = Field(default=3900, ge=1)
+    max_retries: int = Field(default=5, ge=0)
+    retry_backoff_base_s: float = Field(default=2.0, ge=0)
+    retry_backoff_max_s: float = Field(default=600.0, ge=0)
+    #: Redis redelivers unacked tasks after this; must exceed time limit + largest countdown.
+    visibility_timeout_s: int = Field(default=4800, ge=1)
+    broker_max_connections: int = Field(default=200, ge=10)
+    #: How many times a task may kill its worker before the document is dead-lettered.
+    max_redeliveries: int = Field(default=3, ge=1)
+
+    # --- credentials (only ever read from settings, never printed) ------------
+    openai_api_key: SecretStr | None = None
+    openai_model: str = "gpt-4o-mini"
+    flower_basic_auth: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _check_relations(self) -> Settings:
+        if self.task_soft_time_limit_s >= self.task_time_limit_s:
+            raise ValueError("task_soft_time_limit_s must be below task_time_limit_s")
+        if self.chunk_min_chars >= self.chunk_max_chars:
+            raise ValueError("chunk_min_chars must be below chunk_max_chars")
+        needed = self.task_time_limit_s + self.retry_backoff_max_s
+        if self.visibility_timeout_s <= needed:
+            raise ValueError(
+                f"visibility_timeout_s ({self.visibility_timeout_s}) must exceed "
+                f"task_time_limit_s + retry_backoff_max_s ({needed:g}), otherwise Redis "
+                "redelivers long or retried tasks while they still run"
+            )
+        return self
+
+    def describe(self) -> dict[str, str]:
+        """What a report may show: URLs redacted, secrets omitted."""
+        return {
+            "database_url": redact_url(self.database_url),
+            "blob_url": redact_url(self.blob_url),
+            "redis_url": redact_url(self.redis_url),
+            "broker_url": redact_url(self.broker_url),
+            "ocr": self.ocr,
+            "llm": self.llm,
+            "graph_url": redact_url(self.graph_url),
+            "mode": "eager" if self.eager else "broker",
+        }
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the environment, read once per process."""
+    return Settings()

@@ -1,0 +1,342 @@
+"""One function per stage: the only place stage logic lives.
+
+Each takes the services and a document id (plus the processing version the
+message was sent for), is idempotent, and says what comes next. A stage that
+finds its document stale, finished or already taken over by a later stage
+does nothing (a duplicate delivery); one that finds it at its own step runs
+again and rewrites identical rows (a redelivery after a crash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+from pipeline.bootstrap import Services
+from pipeline.domain.categorize import categorize
+from pipeline.domain.chunking import chunk_text
+from pipeline.domain.cleaning import clean_text, derive_title
+from pipeline.domain.entities import build_mentions, parse_llm_entities
+from pipeline.domain.graph import stage_relationships
+from pipeline.domain.models import (
+    Chunk,
+    DocumentNode,
+    FileType,
+    Mention,
+    OcrJob,
+    QueueStatus,
+    SourceDocument,
+    Stage,
+    Status,
+    progress_rank,
+    stable_uuid,
+)
+from pipeline.domain.resolution import resolve_mentions
+from pipeline.errors import DocumentTooLarge, EmptyDocument, PermanentError, RateLimited
+from pipeline.parsers import detect_file_type, extract_text
+from pipeline.ports import OcrRequest
+
+log = logging.getLogger(__name__)
+
+#: Bump when stage logic changes what it caches: old cache entries then miss.
+CACHE_SCHEMA = "1"
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What the task layer does next: chain a stage, poll OCR again, or nothing."""
+
+    next_stage: Stage | None = None
+    poll_job_id: str | None = None
+    #: Polls made so far; travels in the next poll's message.
+    polls: int = 0
+    skipped: bool = False
+    detail: str = ""
+
+
+SKIPPED = StageResult(skipped=True)
+
+#: Highest status at which a stage may still (re)run; above it a later stage owns the document.
+_CEILING: dict[Stage, Status] = {
+    Stage.OCR: Status.OCR_COMPLETE,
+    Stage.DOCUMENT_NODE: Status.TEXT_PROCESSING,
+    Stage.CHUNKING: Status.TEXT_PROCESSING,
+    Stage.ENTITY_EXTRACTION: Status.ENTITY_EXTRACTION,
+    Stage.ENTITY_RESOLUTION: Status.ENTITY_RESOLUTION,
+    Stage.RELATIONSHIPS: Status.GRAPH_BUILDING,
+}
+
+
+def begin(
+    services: Services, stage: Stage, document_uuid: str, version: int
+) -> SourceDocument | None:
+    """Load the document and claim the stage's status, or None for a duplicate delivery."""
+    try:
+        document = services.store.get_document(document_uuid)
+    except KeyError:
+        log.warning("%s: document %s no longer exists; dropping the task", stage, document_uuid)
+        return None
+    if document.processing_version != version or document.status.is_terminal:
+        return None
+    if progress_rank(document.status) > progress_rank(_CEILING[stage]):
+        return None
+    if progress_rank(document.status) < progress_rank(stage.running_status):
+        mark(services, document, stage, stage.running_status)
+    return document
+
+
+def mark(
+    services: Services,
+    document: SourceDocument,
+    stage: Stage,
+    status: Status,
+    *,
+    error: str | None = None,
+    metadata: dict[str, object] | None = None,
+    celery_task_id: str | None = None,
+) -> bool:
+    """Record a transition in the database (with history) and the Redis state hash."""
+    changed = services.store.advance_status(
+        document.uuid,
+        status,
+        stage=str(stage),
+        processing_version=document.processing_version,
+        error_message=error,
+        celery_task_id=celery_task_id,
+    )
+    if changed:
+        state_meta = dict(metadata or {})
+        if error:
+            state_meta["error"] = error
+        services.state.record(document.uuid, str(stage), str(status), state_meta or None)
+    return changed
+
+
+def cache_key(document: SourceDocument, *parts: str) -> str:
+    return ":".join((f"v{CACHE_SCHEMA}.{document.processing_version}", document.uuid, *parts))
+
+
+# --- stage 1: OCR / text extraction ------------------------------------------------
+
+
+def start_ocr(services: Services, document_uuid: str, version: int, attempt: str) -> StageResult:
+    document = begin(services, Stage.OCR, document_uuid, version)
+    if document is None:
+        return SKIPPED
+    if document.size_bytes > services.settings.max_file_bytes:
+        raise DocumentTooLarge(
+            f"file is {document.size_bytes:,} bytes; the limit is "
+            f"{services.settings.max_file_bytes:,} bytes"
+        )
+    cached = services.cache.get(cache_key(document, "ocr"))
+    if cached is not None and document.raw_text is not None:
+        return _finish_ocr(services, document, document.raw_text, {"cache": "hit"})
+
+    try:
+        data = services.blobs.get(document.storage_key)
+    except KeyError:
+        raise PermanentError(f"the stored file {document.storage_key} is missing") from None
+    file_type = detect_file_type(document.original_file_name, data)
+    if file_type is FileType.PDF:
+        token = stable_uuid(document.uuid, "ocr", document.processing_version, attempt)
+        job_id = services.ocr.start(
+            OcrRequest(
+                document_uuid=document.uuid,
+                storage_key=document.storage_key,
+                file_type=str(file_type),
+                client_request_token=token,
+            )
+        )
+        services.store.record_ocr_job(document.uuid, job_id, token, OcrJob.IN_PROGRESS)
+        return StageResult(poll_job_id=job_id, detail="ocr job started")
+    extracted = extract_text(file_type, data)
+    return _finish_ocr(
+        services,
+        document,
+        extracted.text,
+        {"method": extracted.method, "pages": extracted.pages},
+    )
+
+
+def poll_ocr(
+    services: Services, document_uuid: str, version: int, job_id: str, polls: int
+) -> StageResult:
+    """One poll; the task reschedules itself with a countdown while the job runs."""
+    document = begin(services, Stage.OCR, document_uuid, version)
+    if document is None:
+        return SKIPPED
+    job = services.ocr.poll(job_id)
+    services.store.update_ocr_job(job_id, job.state, polls + 1)
+    if job.state == OcrJob.IN_PROGRESS:
+        if polls + 1 >= services.settings.ocr_max_polls:
+            raise PermanentError(
+                f"OCR job {job_id} still running after {polls + 1} polls; giving up"
+            )
+        return StageResult(poll_job_id=job_id, polls=polls + 1, detail="ocr job in progress")
+    if job.state == OcrJob.FAILED:
+        raise PermanentError(f"OCR job failed: {job.error or 'no reason given'}")
+    metadata: dict[str, object] = {"method": "ocr", "pages": job.pages, "job_id": job_id}
+    metadata.update(job.metadata)
+    return _finish_ocr(services, document, job.text, metadata)
+
+
+def _finish_ocr(
+    services: Services, document: SourceDocument, text: str, metadata: dict[str, object]
+) -> StageResult:
+    if not text.strip():
+        raise EmptyDocument("no text could be extracted from the document")
+    services.store.save_raw_text(document.uuid, text, metadata)
+    services.cache.set(cache_key(document, "ocr"), "1", services.settings.cache_ttl_s)
+    mark(services, document, Stage.OCR, Status.OCR_COMPLETE, metadata=metadata)
+    return StageResult(next_stage=Stage.DOCUMENT_NODE)
+
+
+# --- stages 2 and 3: document node and chunking ----------------------------------------
+
+
+def create_document_node(services: Services, document_uuid: str, version: int) -> StageResult:
+    document = begin(services, Stage.DOCUMENT_NODE, document_uuid, version)
+    if document is None:
+        return SKIPPED
+    if document.raw_text is None:
+        # Failure 7: never start on a document whose OCR has not produced text.
+        raise PermanentError("document node started before OCR produced any text")
+    cleaned = clean_text(document.raw_text)
+    if not cleaned:
+        raise EmptyDocument("the document's text is empty after cleaning")
+    node = DocumentNode(
+        uuid=document.uuid,
+        project_uuid=document.project_uuid,
+        title=derive_title(document.original_file_name, cleaned),
+        category=categorize(cleaned, document.original_file_name),
+        cleaned_text=cleaned,
+    )
+    services.store.save_document_node(node)
+    return StageResult(next_stage=Stage.CHUNKING)
+
+
+def chunk_document(services: Services, document_uuid: str, version: int) -> StageResult:
+    document = begin(services, Stage.CHUNKING, document_uuid, version)
+    if document is None:
+        return SKIPPED
+    node = services.store.get_document_node(document_uuid)
+    settings = services.settings
+    spans = chunk_text(
+        node.cleaned_text, min_chars=settings.chunk_min_chars, max_chars=settings.chunk_max_chars
+    )
+    chunks = [
+        Chunk(
+            uuid=stable_uuid(document_uuid, "chunk", span.index),
+            document_uuid=document_uuid,
+            chunk_index=span.index,
+            start=span.start,
+            end=span.end,
+            text=span.text,
+        )
+        for span in spans
+    ]
+    services.store.replace_chunks(document_uuid, chunks)
+    return StageResult(next_stage=Stage.ENTITY_EXTRACTION, detail=f"{len(chunks)} chunks")
+
+
+# --- stages 4 and 5: entities ------------------------------------------------------
+
+
+def extract_entities(services: Services, document_uuid: str, version: int) -> StageResult:
+    document = begin(services, Stage.ENTITY_EXTRACTION, document_uuid, version)
+    if document is None:
+        return SKIPPED
+    extractor = services.extractor
+    mentions: list[Mention] = []
+    for chunk in services.store.get_chunks(document_uuid):
+        digest = hashlib.sha256(chunk.text.encode()).hexdigest()
+        key = cache_key(document, "llm", extractor.model, digest)
+        payload = services.cache.get(key)
+        if payload is None:
+            wait_for_llm_slot(services)
+            payload = extractor.extract(chunk.text)
+            # Parse before caching: a malformed answer raises and is never cached (failure 10).
+            entities = parse_llm_entities(payload, chunk.text)
+            services.cache.set(key, payload, services.settings.cache_ttl_s)
+        else:
+            entities = parse_llm_entities(payload, chunk.text)
+        mentions.extend(build_mentions(document_uuid, chunk, entities))
+    services.store.replace_mentions(document_uuid, mentions)
+    return StageResult(next_stage=Stage.ENTITY_RESOLUTION, detail=f"{len(mentions)} mentions")
+
+
+def wait_for_llm_slot(services: Services) -> None:
+    """Take a slot of the shared LLM rate limit, waiting out short refusals.
+
+    A refusal without a known wait (the limiter itself is unreachable) or a
+    wait beyond the configured bound is raised, and the task retries later.
+    """
+    waited = 0.0
+    while True:
+        try:
+            services.rate_limiter.acquire("llm")
+            return
+        except RateLimited as refused:
+            wait = refused.retry_after
+            if wait is None or waited + wait > services.settings.llm_rate_limit_max_wait_s:
+                raise
+            services.clock.sleep(wait)
+            waited += wait
+
+
+def resolve_entities(services: Services, document_uuid: str, version: int) -> StageResult:
+    document = begin(services, Stage.ENTITY_RESOLUTION, document_uuid, version)
+    if document is None:
+        return SKIPPED
+    mentions = services.store.get_mentions(document_uuid)
+    resolution = resolve_mentions(
+        document_uuid, mentions, fuzzy_threshold=services.settings.fuzzy_threshold
+    )
+    services.store.replace_canonical_entities(
+        document_uuid, resolution.entities, resolution.mention_canonical
+    )
+    return StageResult(next_stage=Stage.RELATIONSHIPS)
+
+
+# --- stage 6: relationship staging -------------------------------------------------
+
+
+def build_relationships(services: Services, document_uuid: str, version: int) -> StageResult:
+    document = begin(services, Stage.RELATIONSHIPS, document_uuid, version)
+    if document is None:
+        return SKIPPED
+    store = services.store
+    node = store.get_document_node(document_uuid)
+    chunks = store.get_chunks(document_uuid)
+    mentions = store.get_mentions(document_uuid)
+    entities = store.get_canonical_entities(document_uuid)
+    relationships = stage_relationships(node, chunks, mentions, entities)
+    store.replace_relationships(document_uuid, relationships)
+    services.graph.write(node, chunks, mentions, entities, relationships)
+    mark(services, document, Stage.RELATIONSHIPS, Status.COMPLETED)
+    store.finish_queue_entry(document_uuid, QueueStatus.COMPLETED)
+    return StageResult()
+
+
+def fail(
+    services: Services, document_uuid: str, version: int, stage: Stage, status: Status, reason: str
+) -> None:
+    """Record a terminal failure with its readable reason; other documents go on."""
+    try:
+        document = services.store.get_document(document_uuid)
+    except KeyError:
+        return
+    if document.processing_version != version:
+        return
+    if mark(services, document, stage, status, error=reason):
+        services.store.finish_queue_entry(document_uuid, QueueStatus.FAILED, reason)
+
+
+STAGE_FUNCTIONS = {
+    Stage.DOCUMENT_NODE: create_document_node,
+    Stage.CHUNKING: chunk_document,
+    Stage.ENTITY_EXTRACTION: extract_entities,
+    Stage.ENTITY_RESOLUTION: resolve_entities,
+    Stage.RELATIONSHIPS: build_relationships,
+}

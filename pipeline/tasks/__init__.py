@@ -1,0 +1,178 @@
+"""Celery tasks: thin entrypoints, like web views.
+
+Load by id, take the per-document-and-stage lock, call the stage, chain the
+next one. Retry policy lives here; the meaning of failure lives in the domain.
+Messages carry ids only (claim-check): a document uuid and its version.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+
+from pipeline import stages
+from pipeline.bootstrap import Services, current_services
+from pipeline.celery_app import POLL_OCR_TASK, TASK_NAMES, app
+from pipeline.domain.models import Stage, Status
+from pipeline.errors import LockUnavailable, PermanentError, TransientError
+from pipeline.settings import Settings, redact_url
+from pipeline.stages import StageResult
+
+log = logging.getLogger(__name__)
+
+
+def retry_countdown(settings: Settings, retries: int, retry_after: float | None = None) -> float:
+    """Exponential backoff with jitter (50-100 % of the step), capped; honours Retry-After."""
+    step = min(settings.retry_backoff_max_s, settings.retry_backoff_base_s * (2**retries))
+    countdown = step * random.uniform(0.5, 1.0)
+    if retry_after is not None:
+        countdown = max(countdown, retry_after)
+    return min(countdown, settings.retry_backoff_max_s)
+
+
+def readable(stage: Stage, exc: BaseException) -> str:
+    """The error message stored on the row: stage, kind and reason, secrets redacted."""
+    if isinstance(exc, PermanentError | TransientError):
+        message = str(exc) or type(exc).__name__
+    else:
+        message = f"unexpected {type(exc).__name__}: {exc}"
+    return redact_url(f"{stage}: {message}")[:2000]
+
+
+def run_stage(
+    task: Task[Any, Any],
+    stage: Stage,
+    document_uuid: str,
+    version: int,
+    call: Callable[[Services], StageResult],
+) -> str:
+    """Run one stage under its lock and apply the retry / failure policy."""
+    services = current_services()
+    settings = services.settings
+    if _redelivered_too_often(task, services):
+        _dead_letter(task, services, stage, document_uuid, version, "worker lost too many times")
+        return "dead_lettered"
+    lock_name = f"{document_uuid}:{stage}"
+    token = services.locks.acquire(lock_name, settings.lock_ttl_s)
+    try:
+        if token is None:
+            raise LockUnavailable(f"another worker holds the {stage} lock")
+        result = call(services)
+    except (TransientError, SoftTimeLimitExceeded) as exc:
+        retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+        retries = task.request.retries
+        if retries < settings.max_retries:
+            countdown = retry_countdown(settings, retries, retry_after)
+            log.info(
+                "%s %s: %s; retry %d in %.1fs", stage, document_uuid, exc, retries + 1, countdown
+            )
+            _release(services, lock_name, token)
+            token = None
+            raise task.retry(countdown=countdown, max_retries=settings.max_retries) from exc
+        _dead_letter(task, services, stage, document_uuid, version, readable(stage, exc))
+        return "dead_lettered"
+    except Exception as exc:
+        reason = readable(stage, exc)
+        log.warning("%s %s failed: %s", stage, document_uuid, reason)
+        stages.fail(services, document_uuid, version, stage, stage.failed_status, reason)
+        return "failed"
+    finally:
+        if token is not None:
+            _release(services, lock_name, token)
+    _dispatch(result, document_uuid, version)
+    return "skipped" if result.skipped else "ok"
+
+
+def _release(services: Services, lock_name: str, token: str | None) -> None:
+    if token is not None:
+        services.locks.release(lock_name, token)
+
+
+def _redelivered_too_often(task: Task[Any, Any], services: Services) -> bool:
+    """Count deliveries of this task id and retry; a poison task cannot loop forever."""
+    if task.request.is_eager or not task.request.id:
+        return False
+    key = f"docpipe:deliveries:{task.request.id}:{task.request.retries}"
+    deliveries = int(services.redis.incr(key))  # type: ignore[arg-type]
+    services.redis.expire(key, 7 * 24 * 3600)
+    return deliveries > services.settings.max_redeliveries
+
+
+def _dead_letter(
+    task: Task[Any, Any],
+    services: Services,
+    stage: Stage,
+    document_uuid: str,
+    version: int,
+    reason: str,
+) -> None:
+    retries = task.request.retries
+    message = f"{reason} (gave up after {retries} retries)"
+    log.warning("%s %s dead-lettered: %s", stage, document_uuid, message)
+    services.store.add_dead_letter(document_uuid, task.name, str(stage), message, retries)
+    stages.fail(services, document_uuid, version, stage, Status.DEAD_LETTERED, message)
+
+
+def _dispatch(result: StageResult, document_uuid: str, version: int) -> None:
+    settings = current_services().settings
+    if result.poll_job_id is not None:
+        poll_ocr_task.apply_async(
+            args=(document_uuid, version, result.poll_job_id, result.polls),
+            countdown=settings.ocr_poll_interval_s,
+        )
+    elif result.next_stage is not None:
+        send_stage(result.next_stage, document_uuid, version)
+
+
+def send_stage(
+    stage: Stage, document_uuid: str, version: int, *, task_id: str | None = None
+) -> None:
+    """Enqueue a stage for a document: the one way stages are chained."""
+    STAGE_TASKS[stage].apply_async(args=(document_uuid, version), task_id=task_id)
+
+
+@app.task(bind=True, name=TASK_NAMES[Stage.OCR])
+def start_ocr_task(self: Task[Any, Any], document_uuid: str, version: int) -> str:
+    attempt = f"{self.request.id}:{self.request.retries}"
+    return run_stage(
+        self,
+        Stage.OCR,
+        document_uuid,
+        version,
+        lambda s: stages.start_ocr(s, document_uuid, version, attempt),
+    )
+
+
+@app.task(bind=True, name=POLL_OCR_TASK)
+def poll_ocr_task(
+    self: Task[Any, Any], document_uuid: str, version: int, job_id: str, polls: int
+) -> str:
+    return run_stage(
+        self,
+        Stage.OCR,
+        document_uuid,
+        version,
+        lambda s: stages.poll_ocr(s, document_uuid, version, job_id, polls),
+    )
+
+
+def _stage_task(stage: Stage) -> Any:
+    function = stages.STAGE_FUNCTIONS[stage]
+
+    @app.task(bind=True, name=TASK_NAMES[stage])
+    def stage_task(self: Task[Any, Any], document_uuid: str, version: int) -> str:
+        return run_stage(
+            self, stage, document_uuid, version, lambda s: function(s, document_uuid, version)
+        )
+
+    return stage_task
+
+
+STAGE_TASKS: dict[Stage, Any] = {Stage.OCR: start_ocr_task}
+for _stage in stages.STAGE_FUNCTIONS:
+    STAGE_TASKS[_stage] = _stage_task(_stage)

@@ -1,0 +1,66 @@
+"""Shared fixtures. Tests never read the user's .env and never build cloud adapters."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+os.environ["DOCPIPE_UNDER_TEST"] = "1"
+os.environ["DOCPIPE_ALLOW_CLOUD"] = "false"
+
+import pytest  # noqa: E402
+
+from pipeline import celery_app  # noqa: E402
+from pipeline.bootstrap import Services, build_services, use_services  # noqa: E402
+from pipeline.ports import FaultInjector  # noqa: E402
+from pipeline.settings import Settings  # noqa: E402
+from tests.redis_server import RedisServer, start_redis  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "samples"
+
+
+def embedded_settings(tmp_path: Path, **overrides: object) -> Settings:
+    """The embedded default, isolated in tmp_path (own SQLite file, blobs, fakeredis)."""
+    values: dict[str, object] = {
+        "database_url": f"sqlite:///{tmp_path / 'docpipe.db'}",
+        "blob_url": f"file://{tmp_path / 'blobs'}",
+        "redis_url": f"fakeredis://{uuid.uuid4().hex}",
+        "eager": True,
+        "ocr_poll_interval_s": 0,
+        "retry_backoff_base_s": 0,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def make_services(tmp_path: Path) -> Iterator[object]:
+    """Factory: build embedded services with overrides and install them for the tasks."""
+    built: list[Services] = []
+
+    def factory(faults: FaultInjector | None = None, **overrides: object) -> Services:
+        settings = embedded_settings(tmp_path, **overrides)
+        services = build_services(settings, faults=faults)
+        celery_app.configure(settings)
+        use_services(services)
+        built.append(services)
+        return services
+
+    yield factory
+    use_services(None)
+
+
+@pytest.fixture
+def services(make_services: object) -> Services:
+    return make_services()  # type: ignore[operator, no-any-return]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private redis-server on a free port for the whole session."""
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from pipeline.adapters.redis_features import RedisRateLimiter
+from pipeline.errors import RateLimited
+from tests.redis_contract import RedisFeaturesContract
+from tests.redis_server import RedisServer, free_port
+
+pytestmark = pytest.mark.integration
+
+
+class TestRedisFeaturesOnRealRedis(RedisFeaturesContract):
+    @pytest.fixture
+    def client(self, redis_server: RedisServer) -> Iterator[redis.Redis]:
+        client = redis_server.client(db=1)
+        client.flushdb()
+        yield client
+        client.flushdb()
+
+
+def test_rate_limiter_fails_closed_when_redis_is_down() -> None:
+    client = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
+    limiter = RedisRateLimiter(client, limit=100, window_seconds=60)
+    with pytest.raises(RateLimited, match="unavailable"):
+        limiter.acquire("llm")

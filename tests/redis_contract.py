@@ -1,0 +1,91 @@
+"""One contract for the Redis features, run on fakeredis (unit) and a real Redis (integration)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis
+
+from pipeline.adapters.redis_features import (
+    STATE_KEY,
+    RedisCache,
+    RedisLockManager,
+    RedisRateLimiter,
+    RedisStateTracker,
+)
+from pipeline.errors import RateLimited
+
+
+class RedisFeaturesContract:
+    """Subclasses provide a `client` fixture (a clean redis-py client)."""
+
+    def test_state_hash_has_stage_fields_and_a_seven_day_ttl(self, client: redis.Redis) -> None:
+        tracker = RedisStateTracker(client, ttl_seconds=7 * 24 * 3600)
+        tracker.record("doc-1", "ocr", "ocr_processing", {"task_id": "t1"})
+        tracker.record("doc-1", "ocr", "ocr_complete")
+        state = tracker.get("doc-1")
+        assert state["ocr_status"] == "ocr_complete"
+        assert float(state["ocr_timestamp"]) > 0
+        assert '"task_id": "t1"' in state["ocr_metadata"]
+        ttl = client.ttl(STATE_KEY.format(uuid="doc-1"))
+        assert 7 * 24 * 3600 - 5 <= int(ttl) <= 7 * 24 * 3600  # type: ignore[arg-type]
+
+    def test_cache_round_trips_and_expires(self, client: redis.Redis) -> None:
+        cache = RedisCache(client)
+        assert cache.get("v1:doc:ocr") is None
+        cache.set("v1:doc:ocr", "text ü", ttl_seconds=1)
+        assert cache.get("v1:doc:ocr") == "text ü"
+        assert cache.get("v2:doc:ocr") is None  # another processing version never hits
+        time.sleep(1.2)
+        assert cache.get("v1:doc:ocr") is None
+
+    def test_lock_is_exclusive_and_released_only_by_its_owner(self, client: redis.Redis) -> None:
+        locks = RedisLockManager(client)
+        token = locks.acquire("doc:ocr", ttl_seconds=30)
+        assert token is not None
+        assert locks.acquire("doc:ocr", ttl_seconds=30) is None
+        locks.release("doc:ocr", "not-the-owner")
+        assert locks.acquire("doc:ocr", ttl_seconds=30) is None
+        locks.release("doc:ocr", token)
+        assert locks.acquire("doc:ocr", ttl_seconds=30) is not None
+
+    def test_lock_is_exclusive_across_threads(self, client: redis.Redis) -> None:
+        locks = RedisLockManager(client)
+        winners: list[str] = []
+        barrier = threading.Barrier(8)
+
+        def contend() -> None:
+            barrier.wait()
+            token = locks.acquire("doc:chunking", ttl_seconds=30)
+            if token is not None:
+                winners.append(token)
+
+        threads = [threading.Thread(target=contend) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(winners) == 1
+
+    def test_rate_limit_allows_the_window_then_refuses_with_retry_after(
+        self, client: redis.Redis
+    ) -> None:
+        limiter = RedisRateLimiter(client, limit=3, window_seconds=1.0)
+        for _ in range(3):
+            limiter.acquire("llm")
+        with pytest.raises(RateLimited) as refused:
+            limiter.acquire("llm")
+        assert refused.value.retry_after is not None
+        assert 0 < refused.value.retry_after <= 1.0
+        time.sleep(1.1)
+        limiter.acquire("llm")
+
+    def test_rate_limit_is_shared_between_limiters(self, client: redis.Redis) -> None:
+        first = RedisRateLimiter(client, limit=2, window_seconds=30)
+        second = RedisRateLimiter(client, limit=2, window_seconds=30)
+        first.acquire("llm")
+        second.acquire("llm")
+        with pytest.raises(RateLimited):
+            first.acquire("llm")

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+import fakeredis
+import pytest
+import redis
+
+from pipeline.adapters.redis_features import RedisRateLimiter
+from pipeline.errors import RateLimited
+from tests.redis_contract import RedisFeaturesContract
+
+
+class TestRedisFeaturesOnFakeredis(RedisFeaturesContract):
+    @pytest.fixture
+    def client(self) -> redis.Redis:
+        return fakeredis.FakeRedis(server=fakeredis.FakeServer())
+
+
+def test_rate_limiter_fails_closed_when_redis_is_unreachable() -> None:
+    server = fakeredis.FakeServer()
+    limiter = RedisRateLimiter(fakeredis.FakeRedis(server=server), limit=100, window_seconds=60)
+    server.connected = False
+    with pytest.raises(RateLimited, match="unavailable"):
+        limiter.acquire("llm")
