@@ -102,7 +102,7 @@ class RedisFaultInjector:
                 continue
             if rule.documents and document_uuid not in rule.documents:
                 continue
-            call = int(self._client.incr(f"{self._ns}:rule:{index}:calls"))  # type: ignore[arg-type]
+            call = int(self._client.incr(f"{self._ns}:rule:{index}:calls"))
             if not self._fires(index, rule, call):
                 continue
             self._client.incr(f"{self._ns}:rule:{index}:fired")
@@ -119,12 +119,12 @@ class RedisFaultInjector:
     # --- internals -----------------------------------------------------------------------
     def _count(self, key: str) -> int:
         value = self._client.get(key)
-        return int(value) if value is not None else 0  # type: ignore[arg-type]
+        return int(value) if value is not None else 0
 
     def _fires(self, index: int, rule: FaultRule, call: int) -> bool:
         if rule.window is not None:
             armed = self._client.get(f"{self._ns}:armed_at")
-            elapsed = time.time() - float(armed) if armed is not None else 0.0  # type: ignore[arg-type]
+            elapsed = time.time() - float(armed) if armed is not None else 0.0
             if not rule.window[0] <= elapsed < rule.window[1]:
                 return False
         if rule.first is not None and call > rule.first:
@@ -153,5 +153,7 @@ class RedisFaultInjector:
         if rule.kind == "kill_worker":
             os.kill(os.getpid(), signal.SIGKILL)
         if rule.kind == "latency":
-            return FaultEffect(latency_s=effect.latency_s + rule.latency_s, response=effect.response)
+            return FaultEffect(
+                latency_s=effect.latency_s + rule.latency_s, response=effect.response
+            )
         return FaultEffect(latency_s=effect.latency_s, response=rule.kind)

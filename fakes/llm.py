@@ -119,7 +119,9 @@ NON_NAME = (
     attorneys law office offices esq dear sincerely respectfully submitted dated signed by name
     date witness notary public honorable street avenue suite road boulevard new north south east
     west san los las santa fort saint st order motion memorandum declaration affidavit
-    deposition jury trial i ii iii iv v re cc attn fund llp ltd department"""
+    deposition jury trial i ii iii iv v re cc attn fund llp ltd department to and or of for in
+    on at with from into upon shall may will must has have had is was are were be been moved
+    filed dismiss pursuant whereas therefore"""
         )
     )
     | {m.lower() for m in MONTHS}

@@ -11,6 +11,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import redis
@@ -59,7 +60,7 @@ class Services:
     faults: FaultInjector | None = None
 
 
-_fake_redis_servers: dict[str, object] = {}
+_fake_redis_servers: dict[str, Any] = {}
 
 
 def redis_client(url: str) -> redis.Redis:

@@ -28,7 +28,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 #: Runs with more documents than this show a progress bar on stderr.
 PROGRESS_THRESHOLD = 3
 
-stdout = Console(highlight=False, soft_wrap=True)
+# Pipes and CI logs get a wide table instead of rich's 80-column default.
+stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 stderr = Console(stderr=True, highlight=False)
 
 

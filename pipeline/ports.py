@@ -205,9 +205,18 @@ class DocumentStore(Protocol):
         ...
 
     def claim(
-        self, worker: str, limit: int, stale_after: float, max_attempts: int
+        self,
+        worker: str,
+        limit: int,
+        stale_after: float,
+        max_attempts: int,
+        *,
+        documents: Sequence[str] | None = None,
     ) -> list[QueueEntry]:
-        """Atomically claim up to `limit` pending rows (or stale processing ones)."""
+        """Atomically claim up to `limit` pending rows (or stale processing ones).
+
+        `documents` restricts the claim to those documents (a direct run claims its own).
+        """
         ...
 
     def finish_queue_entry(

@@ -83,6 +83,7 @@ def begin(
         return None
     if progress_rank(document.status) < progress_rank(stage.running_status):
         mark(services, document, stage, stage.running_status)
+    services.state.record(document_uuid, str(stage), "started")
     return document
 
 
@@ -131,7 +132,7 @@ def start_ocr(services: Services, document_uuid: str, version: int, attempt: str
         )
     cached = services.cache.get(cache_key(document, "ocr"))
     if cached is not None and document.raw_text is not None:
-        return _finish_ocr(services, document, document.raw_text, {"cache": "hit"})
+        return _finish_ocr(services, document, document.raw_text, dict(document.ocr_metadata))
 
     try:
         data = services.blobs.get(document.storage_key)

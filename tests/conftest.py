@@ -10,13 +10,13 @@ from pathlib import Path
 os.environ["DOCPIPE_UNDER_TEST"] = "1"
 os.environ["DOCPIPE_ALLOW_CLOUD"] = "false"
 
-import pytest  # noqa: E402
+import pytest
 
-from pipeline import celery_app  # noqa: E402
-from pipeline.bootstrap import Services, build_services, use_services  # noqa: E402
-from pipeline.ports import FaultInjector  # noqa: E402
-from pipeline.settings import Settings  # noqa: E402
-from tests.redis_server import RedisServer, start_redis  # noqa: E402
+from pipeline import celery_app
+from pipeline.bootstrap import Services, build_services, use_services
+from pipeline.ports import FaultInjector
+from pipeline.settings import Settings
+from tests.redis_server import RedisServer, start_redis
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"

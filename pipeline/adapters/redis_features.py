@@ -53,7 +53,7 @@ class RedisStateTracker:
         self, document_uuid: str, stage: str, status: str, metadata: dict[str, object] | None = None
     ) -> None:
         key = STATE_KEY.format(uuid=document_uuid)
-        fields: dict[str, Any] = {
+        fields: dict[Any, Any] = {
             f"{stage}_status": status,
             f"{stage}_timestamp": f"{time.time():.3f}",
             "last_status": status,
@@ -66,7 +66,7 @@ class RedisStateTracker:
         pipe.execute()
 
     def get(self, document_uuid: str) -> dict[str, str]:
-        raw: dict[Any, Any] = self._client.hgetall(STATE_KEY.format(uuid=document_uuid))  # type: ignore[assignment]
+        raw: dict[Any, Any] = self._client.hgetall(STATE_KEY.format(uuid=document_uuid))
         return {_text(k): _text(v) for k, v in raw.items()}
 
 

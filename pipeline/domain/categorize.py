@@ -23,8 +23,9 @@ legal_filing, financial, otherwise document.
   proceedings/testimony (a "notice of deposition" is a filing), or the
   opening text is a Q./A. transcript (two question and two answer lines).
 - legal_filing: the lead lines or file name mention a court, plaintiff,
-  defendant, petitioner, case/docket number, civil action, motion, complaint
-  or petition, or the opening text names a plaintiff, defendant or case no.
+  defendant, petitioner, case/docket number, civil action, motion, complaint,
+  petition or a notice of deposition/hearing/appeal ("please take notice"),
+  or the opening text names a plaintiff, defendant or case no.
 - financial: the lead lines or file name say invoice, balance sheet,
   statement of account, bank/income statement, receipt and the like, or the
   opening text is dense with currency amounts (at least five, and at least
@@ -81,7 +82,8 @@ _QUESTION_RE = re.compile(r"^\s*Q[.:]\s", re.MULTILINE)
 _ANSWER_RE = re.compile(r"^\s*A[.:]\s", re.MULTILINE)
 _FILING_LEAD_RE = re.compile(
     r"\b(?:court|plaintiffs?|defendants?|petitioners?|respondents?|case no|docket no"
-    r"|civil action|motion|complaint|petition)\b"
+    r"|civil action|motion|complaint|petition|please take notice"
+    r"|notice of (?:deposition|hearing|motion|appeal|appearance|removal))\b"
 )
 _FILING_BODY_RE = re.compile(r"\b(?:plaintiffs?|defendants?|case no\.?|civil action no)\b")
 _FINANCIAL_LEAD_RE = re.compile(

@@ -13,14 +13,15 @@ import unicodedata
 
 from pipeline.domain.pages import PAGE_MARKER_RE
 
-#: CR LF, lone CR and the other line separators OCR and DOCX text carry
-#: (vertical tab, form feed as a page break, NEL, U+2028/U+2029).
-_LINE_BREAK_RE = re.compile("\r\n?|[\x0b\x0c\x85\u2028\u2029]")
+#: Line separators left once CR LF is a newline: lone CR, vertical tab, form
+#: feed (a page break in extracted text), NEL, U+2028 and U+2029.
+_LINE_BREAK_RE = re.compile("[\r\x0b\x0c\x85\u2028\u2029]")
 #: C0/C1 controls except tab and newline, lone surrogates (not encodable as
 #: UTF-8), the byte-order mark and zero-width space.
 _DROP_RE = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f\ud800-\udfff\ufeff\u200b]")
-#: Tab, space and every Unicode space separator (no-break, figure, em...).
-_SPACES_RE = re.compile("[\t \u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]+")
+#: Tab and every Unicode space separator other than the plain space.
+_OTHER_SPACE_RE = re.compile("[\t\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
+_SPACE_RUN_RE = re.compile(" {2,}")
 _LINE_EDGE_RE = re.compile(" ?\n ?")
 _BLANK_RUN_RE = re.compile("\n{3,}")
 
@@ -39,10 +40,11 @@ def clean_text(raw: str) -> str:
     space, each line is stripped, blank-line runs shrink to a single blank
     line and the whole text is stripped. Page-marker lines survive unchanged.
     """
-    text = _LINE_BREAK_RE.sub("\n", raw)
+    text = _LINE_BREAK_RE.sub("\n", raw.replace("\r\n", "\n"))
     text = _DROP_RE.sub("", text)
     text = unicodedata.normalize("NFC", text)
-    text = _SPACES_RE.sub(" ", text)
+    text = _OTHER_SPACE_RE.sub(" ", text)
+    text = _SPACE_RUN_RE.sub(" ", text)
     text = _LINE_EDGE_RE.sub("\n", text)
     text = _BLANK_RUN_RE.sub("\n\n", text)
     return text.strip()
@@ -65,12 +67,12 @@ def derive_title(file_name: str, cleaned_text: str) -> str:
 
 
 def file_stem(file_name: str) -> str:
-    """The file name without directories or extension, cleaned; never empty."""
+    """The file name without directories or extension, cleaned to one line; never empty."""
     name = _PATH_SEPARATORS_RE.split(file_name)[-1]
     stem, dot, _ = name.rpartition(".")
     if not dot or not stem.strip("."):
         stem = name
-    stem = clean_text(stem)[:TITLE_MAX_CHARS].strip()
+    stem = " ".join(clean_text(stem).split())[:TITLE_MAX_CHARS].strip()
     return stem or "Untitled document"
 
 

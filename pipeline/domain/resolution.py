@@ -190,6 +190,7 @@ def _join_fuzzy(uf: _UnionFind, keys: list[str], tokens: list[list[str]], thresh
     for index, toks in enumerate(tokens):
         if toks:
             blocks[(len(toks), "".join(t[0] for t in toks))].append(index)
+    digits = {i: _DIGITS.findall(keys[i]) for members in blocks.values() for i in members}
     for members in blocks.values():
         if len(members) < 2:
             continue
@@ -197,20 +198,27 @@ def _join_fuzzy(uf: _UnionFind, keys: list[str], tokens: list[list[str]], thresh
         reversed_order = sorted(members, key=lambda i: keys[i][::-1])
         for order in (members, reversed_order):
             for pos, a in enumerate(order):
-                for b in order[pos + 1 : pos + 1 + FUZZY_WINDOW]:
-                    if uf.find(a) != uf.find(b) and _similar(keys[a], keys[b], threshold):
+                window = [
+                    b
+                    for b in order[pos + 1 : pos + 1 + FUZZY_WINDOW]
+                    if digits[a] == digits[b]
+                    and _length_ratio(keys[a], keys[b]) >= threshold
+                    and uf.find(a) != uf.find(b)
+                ]
+                if not window:
+                    continue
+                # One matcher per `a`: SequenceMatcher caches what it learns about seq2.
+                matcher = SequenceMatcher(None, autojunk=False)
+                matcher.set_seq2(keys[a])
+                for b in window:
+                    matcher.set_seq1(keys[b])
+                    if matcher.quick_ratio() >= threshold and matcher.ratio() >= threshold:
                         uf.union(a, b)
 
 
-def _similar(a: str, b: str, threshold: float) -> bool:
-    if _DIGITS.findall(a) != _DIGITS.findall(b):
-        return False
-    shorter, longer = sorted((len(a), len(b)))
-    if 2 * shorter / (shorter + longer) < threshold:
-        return False
-    first, second = sorted((a, b))  # SequenceMatcher is not quite symmetric
-    matcher = SequenceMatcher(None, first, second, autojunk=False)
-    return matcher.quick_ratio() >= threshold and matcher.ratio() >= threshold
+def _length_ratio(a: str, b: str) -> float:
+    """An upper bound of the similarity ratio from the lengths alone."""
+    return 2 * min(len(a), len(b)) / (len(a) + len(b))
 
 
 def _covers(longer: list[str], shorter: list[str]) -> bool:

@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 
 def retry_countdown(settings: Settings, retries: int, retry_after: float | None = None) -> float:
     """Exponential backoff with jitter (50-100 % of the step), capped; honours Retry-After."""
-    step = min(settings.retry_backoff_max_s, settings.retry_backoff_base_s * (2**retries))
-    countdown = step * random.uniform(0.5, 1.0)
+    step = min(settings.retry_backoff_max_s, settings.retry_backoff_base_s * 2.0**retries)
+    countdown: float = step * random.uniform(0.5, 1.0)
     if retry_after is not None:
         countdown = max(countdown, retry_after)
     return min(countdown, settings.retry_backoff_max_s)
@@ -84,8 +84,12 @@ def run_stage(
     finally:
         if token is not None:
             _release(services, lock_name, token)
+    if result.skipped:
+        return "skipped"
+    if result.poll_job_id is None:
+        services.state.record(document_uuid, str(stage), "completed")
     _dispatch(result, document_uuid, version)
-    return "skipped" if result.skipped else "ok"
+    return "ok"
 
 
 def _release(services: Services, lock_name: str, token: str | None) -> None:
@@ -98,7 +102,7 @@ def _redelivered_too_often(task: Task[Any, Any], services: Services) -> bool:
     if task.request.is_eager or not task.request.id:
         return False
     key = f"docpipe:deliveries:{task.request.id}:{task.request.retries}"
-    deliveries = int(services.redis.incr(key))  # type: ignore[arg-type]
+    deliveries = int(services.redis.incr(key))
     services.redis.expire(key, 7 * 24 * 3600)
     return deliveries > services.settings.max_redeliveries
 

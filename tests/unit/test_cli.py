@@ -9,7 +9,10 @@ from pathlib import Path
 
 from tests.conftest import REPO, SAMPLES
 
-GOOD = "AFFIDAVIT OF JANE HOLLOWAY\n\nI, Jane R. Holloway, of Chicago, Illinois, swear that on March 3, 2023 Meridian Capital Partners LLC paid $45,000.\n"
+GOOD = (
+    "AFFIDAVIT OF JANE HOLLOWAY\n\nI, Jane R. Holloway, of Chicago, Illinois, swear that on "
+    "March 3, 2023 Meridian Capital Partners LLC paid $45,000.\n"
+)
 
 
 def docpipe(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:

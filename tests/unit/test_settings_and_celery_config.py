@@ -18,8 +18,10 @@ def test_visibility_timeout_exceeds_hard_limit_plus_largest_retry_countdown() ->
     config = celery_config(s)
     visibility = config["broker_transport_options"]["visibility_timeout"]
     largest_countdown = max(retry_countdown(s, retries) for retries in range(s.max_retries + 1))
-    assert visibility > config["task_time_limit"] + s.retry_backoff_max_s >= (
-        config["task_time_limit"] + largest_countdown
+    assert (
+        visibility
+        > config["task_time_limit"] + s.retry_backoff_max_s
+        >= (config["task_time_limit"] + largest_countdown)
     )
 
 

@@ -1,0 +1,1 @@
+"""CLI command groups beyond `run` and `status`; each module exports `COMMANDS`."""
