@@ -41,6 +41,34 @@ fmt: $(STAMP)  ## format and auto-fix
 	$(BIN)/ruff format pipeline fakes tests
 	$(BIN)/ruff check --fix pipeline fakes tests
 
+# The plan's worker layout, against DOCPIPE_BROKER_URL (see README "Broker mode").
+RUN := .docpipe/run
+WORKER_LAYOUT := ocr:prefork:2 text:threads:4 entity:gevent:100 graph:threads:4
+
+workers: $(STAMP)  ## start the plan's workers in the background (pids and logs in .docpipe/run)
+	@mkdir -p $(RUN)
+	@for spec in $(WORKER_LAYOUT); do \
+	  queue=$${spec%%:*}; rest=$${spec#*:}; pool=$${rest%%:*}; conc=$${rest#*:}; \
+	  if [ -f $(RUN)/$$queue.pid ] && kill -0 $$(cat $(RUN)/$$queue.pid) 2>/dev/null; then \
+	    echo "worker $$queue already running (pid $$(cat $(RUN)/$$queue.pid))"; continue; fi; \
+	  nohup $(DOCPIPE) worker --queues $$queue --pool $$pool --concurrency $$conc \
+	    --hostname $$queue@%h > $(RUN)/$$queue.log 2>&1 & echo $$! > $(RUN)/$$queue.pid; \
+	  echo "started worker $$queue ($$pool x$$conc), pid $$(cat $(RUN)/$$queue.pid), log $(RUN)/$$queue.log"; \
+	done
+
+stop-workers:  ## stop exactly the workers `make workers` started (warm shutdown, then kill)
+	@for pidfile in $(RUN)/*.pid; do \
+	  [ -f "$$pidfile" ] || continue; pid=$$(cat $$pidfile); \
+	  if kill -TERM $$pid 2>/dev/null; then \
+	    for i in $$(seq 1 60); do kill -0 $$pid 2>/dev/null || break; sleep 0.5; done; \
+	    kill -0 $$pid 2>/dev/null && kill -KILL $$pid; \
+	    echo "stopped $$(basename $$pidfile .pid) (pid $$pid)"; fi; \
+	  rm -f $$pidfile; \
+	done
+
+flower: $(STAMP)  ## Flower on 127.0.0.1:5555; needs DOCPIPE_FLOWER_BASIC_AUTH=user:strong-password
+	$(DOCPIPE) flower
+
 bench: $(STAMP)  ## pytest-benchmark for the CPU-bound stages
 	$(BIN)/pytest -q tests/unit -k bench --benchmark-enable --benchmark-only
 

@@ -157,3 +157,38 @@ class RedisFaultInjector:
                 latency_s=effect.latency_s + rule.latency_s, response=effect.response
             )
         return FaultEffect(latency_s=effect.latency_s, response=rule.kind)
+
+
+ACTIVE_FAULTS_KEY = "docpipe:faults:active"
+
+
+class SharedFaultInjector:
+    """The FaultInjector of worker processes: follows whatever a test or scenario installed.
+
+    Reads the active rules from Redis on every call (one GET), so a fault
+    installed after the workers started still reaches them.
+    """
+
+    def __init__(self, client: redis.Redis, *, key: str = ACTIVE_FAULTS_KEY) -> None:
+        self._client = client
+        self._key = key
+        self._loaded: tuple[bytes, RedisFaultInjector] | None = None
+
+    def before(self, port: str, operation: str, document_uuid: str | None) -> FaultEffect:
+        raw = self._client.get(self._key)
+        if raw is None:
+            return NO_FAULT
+        config = raw if isinstance(raw, bytes) else str(raw).encode()
+        if self._loaded is None or self._loaded[0] != config:
+            self._loaded = (config, RedisFaultInjector.from_json(self._client, config.decode()))
+        return self._loaded[1].before(port, operation, document_uuid)
+
+
+def install_faults(client: redis.Redis, injector: RedisFaultInjector) -> None:
+    """Arm the injector and make it the one every worker process follows."""
+    injector.arm()
+    client.set(ACTIVE_FAULTS_KEY, injector.to_json())
+
+
+def clear_faults(client: redis.Redis) -> None:
+    client.delete(ACTIVE_FAULTS_KEY)

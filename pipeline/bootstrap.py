@@ -24,10 +24,12 @@ from pipeline.adapters.redis_features import (
     RedisStateTracker,
 )
 from pipeline.errors import ConfigurationError
+from pipeline.parsers import LocalDocumentParser
 from pipeline.ports import (
     BlobStore,
     Cache,
     Clock,
+    DocumentParser,
     DocumentStore,
     EntityExtractor,
     FaultInjector,
@@ -49,6 +51,7 @@ class Services:
     store: DocumentStore
     blobs: BlobStore
     ocr: OcrEngine
+    parser: DocumentParser
     extractor: EntityExtractor
     graph: GraphSink
     state: StateTracker
@@ -104,6 +107,10 @@ def build_services(settings: Settings, *, faults: FaultInjector | None = None) -
 
     clock = SystemClock()
     client = redis_client(settings.redis_url)
+    if faults is None and settings.fault_injection:
+        from fakes.faults import SharedFaultInjector
+
+        faults = SharedFaultInjector(client)
     blobs = build_blob_store(settings.blob_url)
 
     ocr: OcrEngine
@@ -120,6 +127,12 @@ def build_services(settings: Settings, *, faults: FaultInjector | None = None) -
     else:
         _refuse_cloud_under_test(settings, "Textract")
         raise ConfigurationError("DOCPIPE_OCR=textract: the Textract adapter is not built yet")
+
+    parser: DocumentParser = LocalDocumentParser()
+    if faults is not None:
+        from fakes.parser import FaultyDocumentParser
+
+        parser = FaultyDocumentParser(parser, faults, clock)
 
     extractor: EntityExtractor
     if settings.llm == "fake":
@@ -145,6 +158,7 @@ def build_services(settings: Settings, *, faults: FaultInjector | None = None) -
         store=create_store(settings.database_url),
         blobs=blobs,
         ocr=ocr,
+        parser=parser,
         extractor=extractor,
         graph=graph,
         state=RedisStateTracker(client, ttl_seconds=settings.state_ttl_s),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import celeryd_init, worker_process_init
 
 from pipeline.domain.models import STAGE_ORDER, Stage
 from pipeline.settings import Settings, get_settings
@@ -73,6 +73,16 @@ def configure(settings: Settings) -> Celery:
 
 app = Celery("docpipe", include=["pipeline.tasks"])
 app.conf.update(celery_config(get_settings()))
+
+
+@celeryd_init.connect
+def _check_worker_configuration(**_: Any) -> None:
+    """A worker never runs eagerly, and refuses settings that cannot be shared (failure 2)."""
+    from pipeline.broker import require_broker_settings
+
+    settings = get_settings()
+    require_broker_settings(settings)
+    app.conf.task_always_eager = False
 
 
 @worker_process_init.connect

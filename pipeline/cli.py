@@ -80,35 +80,67 @@ def main(verbose: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object on stdout.")
 @click.option("--database-url", help="Database URL (default: sqlite:///.docpipe/docpipe.db).")
 @click.option("--project", "project_name", help="Project the documents belong to.")
+@click.option(
+    "--broker",
+    is_flag=True,
+    help="Submit to the real broker (DOCPIPE_BROKER_URL) and wait for the workers "
+    "(start them with `make workers` or `docpipe worker`).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=3600,
+    show_default=True,
+    help="Broker mode: give up waiting after this many seconds (stuck documents fail the run).",
+)
 def run(
-    paths: tuple[Path, ...], as_json: bool, database_url: str | None, project_name: str | None
+    paths: tuple[Path, ...],
+    as_json: bool,
+    database_url: str | None,
+    project_name: str | None,
+    broker: bool,
+    timeout: float,
 ) -> None:
     """Process files and folders (recursively) through all six stages.
 
-    Every document is processed and reported, even when others fail; the exit
-    code is 1 if any document did not complete.
+    Eager mode (the default) runs every stage in this process. With --broker
+    the documents go through the intake to the workers, and the command waits
+    until each one reaches a terminal status. Every document is processed and
+    reported, even when others fail; the exit code is 1 if any did not complete.
     """
     from pipeline import celery_app
     from pipeline.bootstrap import build_services, use_services
+    from pipeline.broker import require_broker_settings, wait_for_consumers
     from pipeline.intake import collect_files, submit_and_dispatch
     from pipeline.report import build_report
 
-    settings = load_settings(database_url=database_url, project_name=project_name, eager=True)
+    settings = load_settings(database_url=database_url, project_name=project_name, eager=not broker)
     with configuration_errors():
         files = collect_files(paths)
         if not files:
             _usage_error("no documents found in " + ", ".join(str(p) for p in paths))
+        if broker:
+            require_broker_settings(settings)
         services = build_services(settings)
-    celery_app.configure(settings)
+    app = celery_app.configure(settings)
     use_services(services)
+    if broker:
+        idle = wait_for_consumers(app)
+        if idle:
+            _usage_error(
+                f"no worker consumes queue(s) {', '.join(idle)}: tasks sent there would stay "
+                "PENDING forever; start workers with `make workers` or `docpipe worker -Q ...`"
+            )
 
     started = time.perf_counter()
     project_uuid = services.store.ensure_project(settings.project_name)
     submissions = []
-    with _progress(len(files), "processing") as advance:
+    with _progress_bar(len(files), "submitting" if broker else "processing") as set_done:
         for path in files:
             submissions.append(submit_and_dispatch(services, path, project_uuid))
-            advance()
+            set_done(len(submissions))
+    if broker:
+        _wait_for_workers(services, [s.document_uuid for s in submissions], timeout)
     report = build_report(services, submissions, time.perf_counter() - started)
 
     if as_json:
@@ -118,20 +150,27 @@ def run(
     sys.exit(EXIT_OK if report["totals"]["failed"] == 0 else EXIT_FAILED)
 
 
+def _wait_for_workers(services: Any, document_uuids: list[str], timeout: float) -> None:
+    from pipeline.broker import wait_for_terminal
+
+    total = len(document_uuids)
+    with _progress_bar(total, "completing") as set_done:
+        wait_for_terminal(services, document_uuids, timeout_s=timeout, on_progress=set_done)
+
+
 @contextmanager
-def _progress(total: int, label: str) -> Iterator[Callable[[], None]]:
+def _progress_bar(total: int, label: str) -> Iterator[Callable[[int], None]]:
+    """A bar set to an absolute count (documents that reached a terminal status)."""
     if total <= PROGRESS_THRESHOLD:
-        yield lambda: None
+        yield lambda done: None
         return
-    columns = (
-        TextColumn(f"{label}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=stderr, transient=True) as progress:
+    with Progress(*_columns(label), console=stderr, transient=True) as progress:
         task = progress.add_task(label, total=total)
-        yield lambda: progress.advance(task)
+        yield lambda done: progress.update(task, completed=done)
+
+
+def _columns(label: str) -> tuple[Any, ...]:
+    return (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
 
 
 def print_report(report: dict[str, Any]) -> None:
@@ -212,6 +251,17 @@ def status(document_uuid: str, as_json: bool, database_url: str | None) -> None:
         stdout.print(f"error: {document.error_message}")
     for entry in payload["history"]:
         stdout.print(f"  {entry['stage']:<22} {entry['status']}")
+
+
+def _register_commands() -> None:
+    from pipeline.commands import flower, worker
+
+    for module in (worker, flower):
+        for command in module.COMMANDS:
+            main.add_command(command)
+
+
+_register_commands()
 
 
 def entrypoint(argv: Sequence[str] | None = None) -> None:

@@ -15,7 +15,6 @@ import io
 import re
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
 from html.parser import HTMLParser
@@ -25,7 +24,7 @@ import docx
 from pypdf import PdfReader
 from pypdf.errors import DependencyError, PdfReadError, PyPdfError
 
-from pipeline.domain.models import FileType
+from pipeline.domain.models import ExtractedText, FileType
 from pipeline.domain.pages import join_pages
 from pipeline.errors import CorruptDocument, EmptyDocument, PermanentError, UnsupportedFileType
 
@@ -68,15 +67,6 @@ _BOMS: tuple[tuple[bytes, str], ...] = (
 
 _EMAIL_HEADERS = ("From", "To", "Cc", "Date", "Subject")
 _EMAIL_REQUIRED_ANY = ("from", "to", "subject", "date")
-
-
-@dataclass(frozen=True)
-class ExtractedText:
-    """Text of one document plus how it was obtained (kept in `ocr_metadata`)."""
-
-    text: str
-    pages: int
-    method: str
 
 
 # --- detection ----------------------------------------------------------------------
@@ -486,3 +476,10 @@ def _reason(exc: BaseException) -> str:
     if len(message) > 200:
         message = message[:197] + "..."
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+class LocalDocumentParser:
+    """The DocumentParser port: DOCX, TXT and EML are parsed in the worker itself."""
+
+    def extract(self, file_type: FileType, data: bytes, document_uuid: str) -> ExtractedText:
+        return extract_text(file_type, data)

@@ -15,6 +15,8 @@ from pipeline.domain.models import (
     Chunk,
     DocumentCounts,
     DocumentNode,
+    ExtractedText,
+    FileType,
     HistoryEntry,
     Mention,
     OcrJob,
@@ -62,6 +64,12 @@ class OcrEngine(Protocol):
         ...
 
     def poll(self, job_id: str) -> OcrJob: ...
+
+
+class DocumentParser(Protocol):
+    """Local text extraction (DOCX, TXT, EML); PDFs go through the OcrEngine."""
+
+    def extract(self, file_type: FileType, data: bytes, document_uuid: str) -> ExtractedText: ...
 
 
 class EntityExtractor(Protocol):
@@ -120,6 +128,10 @@ class DocumentStore(Protocol):
         ...
 
     def list_documents(self, statuses: Sequence[Status] | None = None) -> list[SourceDocument]: ...
+
+    def statuses(self, document_uuids: Sequence[str]) -> dict[str, Status]:
+        """The current status of each given document (unknown ids are left out)."""
+        ...
 
     def advance_status(
         self,
@@ -256,8 +268,11 @@ class Cache(Protocol):
 class LockManager(Protocol):
     """Non-blocking per-document-and-stage locks; never run unlocked on failure."""
 
-    def acquire(self, name: str, ttl_seconds: int) -> str | None:
-        """Returns a token when acquired, None when someone else holds it."""
+    def acquire(self, name: str, ttl_seconds: int, owner: str | None = None) -> str | None:
+        """Returns the owner token when acquired, None when someone else holds it.
+
+        An `owner` that already holds the lock gets it again (re-entrant per owner).
+        """
         ...
 
     def release(self, name: str, token: str) -> None: ...

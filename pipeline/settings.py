@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     graph_url: str = "memory://"
     #: Real cloud adapters refuse to build while this is False under tests.
     allow_cloud: bool = True
+    #: Fakes follow the fault rules installed in Redis (scenarios, tests). Off in production.
+    fault_injection: bool = False
 
     # --- pipeline knobs ------------------------------------------------------------
     project_name: str = "default"

@@ -34,7 +34,7 @@ from pipeline.domain.models import (
 )
 from pipeline.domain.resolution import resolve_mentions
 from pipeline.errors import DocumentTooLarge, EmptyDocument, PermanentError, RateLimited
-from pipeline.parsers import detect_file_type, extract_text
+from pipeline.parsers import detect_file_type
 from pipeline.ports import OcrRequest
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def start_ocr(services: Services, document_uuid: str, version: int, attempt: str
         )
         services.store.record_ocr_job(document.uuid, job_id, token, OcrJob.IN_PROGRESS)
         return StageResult(poll_job_id=job_id, detail="ocr job started")
-    extracted = extract_text(file_type, data)
+    extracted = services.parser.extract(file_type, data, document.uuid)
     return _finish_ocr(
         services,
         document,

@@ -51,6 +51,14 @@ class RedisFeaturesContract:
         locks.release("doc:ocr", token)
         assert locks.acquire("doc:ocr", ttl_seconds=30) is not None
 
+    def test_lock_owner_may_take_its_own_lock_again(self, client: redis.Redis) -> None:
+        locks = RedisLockManager(client)
+        assert locks.acquire("doc:ocr", ttl_seconds=30, owner="task-1") == "task-1"
+        assert locks.acquire("doc:ocr", ttl_seconds=30, owner="task-1") == "task-1"
+        assert locks.acquire("doc:ocr", ttl_seconds=30, owner="task-2") is None
+        locks.release("doc:ocr", "task-1")
+        assert locks.acquire("doc:ocr", ttl_seconds=30, owner="task-2") == "task-2"
+
     def test_lock_is_exclusive_across_threads(self, client: redis.Redis) -> None:
         locks = RedisLockManager(client)
         winners: list[str] = []

@@ -25,6 +25,20 @@ return 0
 """
 
 # Sliding window in one round trip: drop old entries, count, add if under the limit.
+# Take a free lock, or renew one this owner already holds (a redelivered task).
+_ACQUIRE = """
+local current = redis.call('get', KEYS[1])
+if current == false then
+    redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2])
+    return 1
+end
+if current == ARGV[1] then
+    redis.call('expire', KEYS[1], ARGV[2])
+    return 1
+end
+return 0
+"""
+
 _SLIDING_WINDOW = """
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
@@ -86,17 +100,22 @@ class RedisCache:
 
 
 class RedisLockManager:
-    """`SET NX PX` locks released only by their owner (a token compare in Lua)."""
+    """Non-blocking locks with an owner token, released only by their owner.
+
+    The owner may take its own lock again: a task redelivered after its worker
+    was killed (same task id) must not wait out the dead holder's TTL.
+    """
 
     def __init__(self, client: redis.Redis, *, prefix: str = "docpipe:lock:") -> None:
         self._client = client
         self._prefix = prefix
+        self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE_IF_OWNER)
 
-    def acquire(self, name: str, ttl_seconds: int) -> str | None:
-        token = uuid.uuid4().hex
-        acquired = self._client.set(self._prefix + name, token, nx=True, ex=ttl_seconds)
-        return token if acquired else None
+    def acquire(self, name: str, ttl_seconds: int, owner: str | None = None) -> str | None:
+        token = owner or uuid.uuid4().hex
+        acquired = self._acquire(keys=[self._prefix + name], args=[token, ttl_seconds])
+        return token if acquired == 1 else None
 
     def release(self, name: str, token: str) -> None:
         self._release(keys=[self._prefix + name], args=[token])

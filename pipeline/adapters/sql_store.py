@@ -154,6 +154,17 @@ class SqlDocumentStore:
         with self._read() as conn:
             return [_document(row) for row in conn.execute(query)]
 
+    def statuses(self, document_uuids: Sequence[str]) -> dict[str, Status]:
+        """Status of each given document, in one light query per 500 ids."""
+        found: dict[str, Status] = {}
+        column = source_documents.c
+        with self._read() as conn:
+            for start in range(0, len(document_uuids), 500):
+                batch = list(document_uuids[start : start + 500])
+                query = select(column.uuid, column.status).where(column.uuid.in_(batch))
+                found.update((row.uuid, Status(row.status)) for row in conn.execute(query))
+        return found
+
     def advance_status(
         self,
         document_uuid: str,
@@ -315,11 +326,18 @@ class SqlDocumentStore:
                 raise KeyError(f"no OCR job {job_id}")
 
     def ocr_jobs(self, document_uuid: str) -> list[dict[str, object]]:
-        """The document's OCR job rows (job_id, client_request_token, status, polls)."""
+        """The document's OCR job rows (job id, token, status, polls, timestamps)."""
         jobs = textract_jobs.c
         with self._read() as conn:
             rows = conn.execute(
-                select(jobs.job_id, jobs.client_request_token, jobs.status, jobs.polls)
+                select(
+                    jobs.job_id,
+                    jobs.client_request_token,
+                    jobs.status,
+                    jobs.polls,
+                    jobs.created_at,
+                    jobs.updated_at,
+                )
                 .where(jobs.document_uuid == document_uuid)
                 .order_by(jobs.created_at, jobs.uuid)
             ).all()

@@ -81,7 +81,7 @@ _SPACE = 7
 _GLUED = 8
 _EAGER_LEVELS = (_STRUCTURE, _PARAGRAPH, _LINE, _AFTER_HEADING, _LIST_ITEM, _IN_LIST)
 
-_BLANK = 0
+_BLANK = 0  # only ever the line before another
 _TEXT = 1
 _ITEM = 2
 _STRUCT = 3
@@ -100,8 +100,11 @@ _LIST_ITEM_RE = re.compile(
     r"|\d{1,3}(?:\.\d{1,3})+\.?|[-*•·–])\s"
 )
 
-_SENTENCE_RE = re.compile(r"[.!?][\"'”’)\]]*\s+(?=\S)")
-_SPACE_RE = re.compile(r"\s+(?=\S)")
+_SENTENCE_RE = re.compile(r"[.!?][\"'”’)\]]*+\s++(?=\S)")
+_WORD_RE = re.compile(r"\S+")
+#: A non-blank line: leading blanks, then group 1 from its first visible
+#: character to the newline (possessive, so blank lines fail at once).
+_LINE_RE = re.compile(r"^[^\S\n]*+(\S[^\n]*)", re.MULTILINE)
 _RUN_RE = re.compile(r"\S*")
 _LEADING_SPACE_RE = re.compile(r"\s*")
 #: How far to look either side of a boundary for the neighbouring words;
@@ -154,9 +157,8 @@ def chunk_text(
 
 @dataclass(frozen=True)
 class _Layout:
-    """Per-line facts and the ranked line-start candidates of one text."""
+    """Facts about the non-blank lines of one text and its ranked line starts."""
 
-    line_starts: list[int]
     line_first: list[int]
     line_kind: list[int]
     line_in_list: list[bool]
@@ -165,49 +167,48 @@ class _Layout:
 
 
 def _scan(text: str) -> _Layout:
-    lines = text.split("\n")
-    starts: list[int] = []
+    """Classify the non-blank lines (blank ones cost regex time only) and rank them."""
     firsts: list[int] = []
     kinds: list[int] = []
+    blank_before: list[bool] = []
     stripped_lines: list[str] = []
-    position = 0
+    previous_end = -1
     previous_kind = _BLANK
     previous_stripped = ""
-    for line in lines:
-        stripped = line.strip()
-        starts.append(position)
-        if stripped:
-            firsts.append(position + len(line) - len(line.lstrip()))
-            kind = _classify(stripped, previous_kind, previous_stripped)
-        else:
-            firsts.append(position + len(line))
-            kind = _BLANK
+    for match in _LINE_RE.finditer(text):
+        stripped = match.group(1).rstrip()
+        after_blank = match.start() != previous_end + 1
+        kind = _classify(stripped, _BLANK if after_blank else previous_kind, previous_stripped)
+        firsts.append(match.start(1))
         kinds.append(kind)
+        blank_before.append(after_blank)
         stripped_lines.append(stripped)
-        position += len(line) + 1
-        previous_kind, previous_stripped = kind, stripped
+        previous_end, previous_kind, previous_stripped = match.end(), kind, stripped
 
-    in_list = _mark_lists(kinds, stripped_lines)
+    in_list = _mark_lists(kinds, blank_before, stripped_lines)
     eager: dict[int, list[int]] = {level: [] for level in _EAGER_LEVELS}
     level_at: dict[int, int] = {}
-    previous_index = -1
-    for index, kind in enumerate(kinds):
-        if kind == _BLANK:
+    for index in range(1, len(kinds)):
+        kind, previous_kind = kinds[index], kinds[index - 1]
+        if kind == _STRUCT:
+            level = _STRUCTURE if previous_kind != _STRUCT else _AFTER_HEADING
+        elif previous_kind == _STRUCT:
+            level = _AFTER_HEADING
+        elif blank_before[index]:
+            level = _PARAGRAPH
+        elif in_list[index] and in_list[index - 1]:
+            level = _LIST_ITEM if kind == _ITEM else _IN_LIST
+        else:
+            level = _LINE
+        if (
+            level >= _LINE
+            and kind == _TEXT
+            and _glued(_last_word(stripped_lines[index - 1]), _first_word(stripped_lines[index]))
+        ):
             continue
-        if previous_index >= 0:
-            level = _line_level(kind, kinds[previous_index], previous_index, index, in_list)
-            glued = (
-                level >= _LINE
-                and kind == _TEXT
-                and _glued(
-                    _last_word(stripped_lines[previous_index]), _first_word(stripped_lines[index])
-                )
-            )
-            if not glued:
-                eager[level].append(firsts[index])
-                level_at[firsts[index]] = level
-        previous_index = index
-    return _Layout(starts, firsts, kinds, in_list, eager, level_at)
+        eager[level].append(firsts[index])
+        level_at[firsts[index]] = level
+    return _Layout(firsts, kinds, in_list, eager, level_at)
 
 
 def _classify(stripped: str, previous_kind: int, previous_stripped: str) -> int:
@@ -231,50 +232,33 @@ def _is_heading(stripped: str) -> bool:
     )
 
 
-def _mark_lists(kinds: list[int], stripped_lines: list[str]) -> list[bool]:
+def _mark_lists(
+    kinds: list[int], blank_before: list[bool], stripped_lines: list[str]
+) -> list[bool]:
     """Lines inside numbered lists.
 
-    A list runs from the first item of a block to its last item, plus the
-    lines that continue the last item (those after a line that does not end
-    a sentence or clause).
+    A block is a run of adjacent text and item lines. Where it holds two or
+    more items, the list runs from its first item to its last, plus the lines
+    that continue the last item (those after a line that does not end a
+    sentence or clause).
     """
     in_list = [False] * len(kinds)
     index = 0
     while index < len(kinds):
-        if kinds[index] not in (_TEXT, _ITEM):
+        if kinds[index] == _STRUCT:
             index += 1
             continue
-        end = index
-        first_item = last_item = -1
-        items = 0
-        while end < len(kinds) and kinds[end] in (_TEXT, _ITEM):
-            if kinds[end] == _ITEM:
-                items += 1
-                last_item = end
-                if first_item < 0:
-                    first_item = end
+        end = index + 1
+        while end < len(kinds) and kinds[end] != _STRUCT and not blank_before[end]:
             end += 1
-        if items >= 2:
-            stop = last_item + 1
+        items = [line for line in range(index, end) if kinds[line] == _ITEM]
+        if len(items) >= 2:
+            stop = items[-1] + 1
             while stop < end and stripped_lines[stop - 1][-1] not in _CLAUSE_ENDINGS:
                 stop += 1
-            in_list[first_item:stop] = [True] * (stop - first_item)
+            in_list[items[0] : stop] = [True] * (stop - items[0])
         index = end
     return in_list
-
-
-def _line_level(
-    kind: int, previous_kind: int, previous: int, index: int, in_list: list[bool]
-) -> int:
-    if kind == _STRUCT:
-        return _STRUCTURE if previous_kind != _STRUCT else _AFTER_HEADING
-    if previous_kind == _STRUCT:
-        return _AFTER_HEADING
-    if previous != index - 1:
-        return _PARAGRAPH
-    if in_list[index] and in_list[index - 1]:
-        return _LIST_ITEM if kind == _ITEM else _IN_LIST
-    return _LINE
 
 
 def _first_word(stripped: str) -> str:
@@ -282,7 +266,8 @@ def _first_word(stripped: str) -> str:
 
 
 def _last_word(stripped: str) -> str:
-    return stripped[-_PEEK:].rsplit(None, 1)[-1]
+    words = stripped[-_PEEK:].rsplit(None, 1)
+    return words[-1] if words else ""
 
 
 def _is_abbreviation(word: str, following: str) -> bool:
@@ -313,6 +298,9 @@ def _glued(before: str, after: str) -> bool:
     """
     if not before or not after:
         return False
+    if "." not in before and "." not in after:
+        core = before.lstrip(_OPENERS)
+        return core in _SIGNS or core in _VERSUS or after in _SIGNS or after in _VERSUS
     if _is_abbreviation(before, after):
         return True
     core = before.lstrip(_OPENERS)
@@ -374,7 +362,10 @@ class _Splitter:
         pieces: list[tuple[int, int]] = []
         previous = start
         for cut in (*cuts, end):
-            pieces.extend(self.split(previous, cut, level + 1))
+            if cut - previous <= self.max_chars:
+                pieces.append((previous, cut))
+            else:
+                pieces.extend(self.split(previous, cut, level + 1))
             previous = cut
         return self.merge_small(self._pack(pieces))
 
@@ -432,7 +423,7 @@ class _Splitter:
             after = text[position : position + _PEEK].split(None, 1)[0]
             if not (after[0].isupper() or after[0] in _OPENERS) or _glued(before, after):
                 continue
-            line = bisect_right(layout.line_starts, position) - 1
+            line = bisect_right(layout.line_first, position) - 1
             if position == layout.line_first[line]:
                 if in_lists or layout.level_at.get(position) != _LINE:
                     continue
@@ -444,14 +435,20 @@ class _Splitter:
     def _spaces(self, start: int, end: int, *, glued: bool) -> list[int]:
         text = self.text
         found: list[int] = []
-        for match in _SPACE_RE.finditer(text, start, end):
-            position = match.end()
-            mark = match.start()
-            before = text[max(0, mark - _PEEK) : mark]
-            word = before.rsplit(None, 1)[-1] if before and not before[-1].isspace() else ""
-            after = text[position : position + _PEEK].split(None, 1)[0]
-            if _glued(word, after) == glued:
-                found.append(position)
+        before = ""
+        for match in _WORD_RE.finditer(text, start, end):
+            word_start, word_end = match.span()
+            if word_end - word_start <= _PEEK:
+                word = last = match.group()
+            else:
+                word = text[word_start : word_start + _PEEK]
+                last = text[word_end - _PEEK : word_end]
+            if word_start > start:
+                if not before:
+                    before = _last_word(text[max(0, word_start - _PEEK) : word_start].rstrip())
+                if _glued(before, word) is glued:
+                    found.append(word_start)
+            before = last
         return found
 
     def _hard_split(self, start: int, end: int) -> list[tuple[int, int]]:

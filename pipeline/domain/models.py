@@ -196,6 +196,15 @@ class SourceDocument:
 
 
 @dataclass(frozen=True)
+class ExtractedText:
+    """Text of one document plus how it was obtained (kept in `ocr_metadata`)."""
+
+    text: str
+    pages: int
+    method: str
+
+
+@dataclass(frozen=True)
 class DocumentNode:
     """`neo4j_documents`: its uuid is the source document's uuid."""
 

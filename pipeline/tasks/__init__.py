@@ -58,7 +58,8 @@ def run_stage(
         _dead_letter(task, services, stage, document_uuid, version, "worker lost too many times")
         return "dead_lettered"
     lock_name = f"{document_uuid}:{stage}"
-    token = services.locks.acquire(lock_name, settings.lock_ttl_s)
+    # The task id owns the lock, so its own redelivery (worker killed) can take it again.
+    token = services.locks.acquire(lock_name, settings.lock_ttl_s, owner=task.request.id)
     try:
         if token is None:
             raise LockUnavailable(f"another worker holds the {stage} lock")
@@ -74,6 +75,10 @@ def run_stage(
             _release(services, lock_name, token)
             token = None
             raise task.retry(countdown=countdown, max_retries=settings.max_retries) from exc
+        if isinstance(exc, LockUnavailable):
+            # Another live task runs this very stage; its own message guarantees progress.
+            log.warning("%s %s: dropped a duplicate task: %s", stage, document_uuid, exc)
+            return "skipped"
         _dead_letter(task, services, stage, document_uuid, version, readable(stage, exc))
         return "dead_lettered"
     except Exception as exc:

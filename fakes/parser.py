@@ -1,0 +1,25 @@
+"""The local parser with scenario faults in front of it (it has no vendor to fake)."""
+
+from __future__ import annotations
+
+from pipeline.domain.models import ExtractedText, FileType
+from pipeline.errors import CorruptDocument
+from pipeline.ports import Clock, DocumentParser, FaultInjector
+
+
+class FaultyDocumentParser:
+    """Consults the FaultInjector (port "parser", operation "extract"), then parses for real."""
+
+    def __init__(self, inner: DocumentParser, faults: FaultInjector, clock: Clock) -> None:
+        self._inner = inner
+        self._faults = faults
+        self._clock = clock
+
+    def extract(self, file_type: FileType, data: bytes, document_uuid: str) -> ExtractedText:
+        effect = self._faults.before("parser", "extract", document_uuid)
+        self._clock.sleep(effect.latency_s)
+        if effect.response == "empty":
+            return ExtractedText(text="", pages=0, method="injected-empty")
+        if effect.response == "malformed":
+            raise CorruptDocument("injected malformed content")
+        return self._inner.extract(file_type, data, document_uuid)

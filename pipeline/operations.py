@@ -1,0 +1,355 @@
+"""Operator use cases over `Services`: the queue processor, migration, reset, dead letters.
+
+No click here: `pipeline.commands.ops` wraps these for the CLI, tests call them
+directly. Every use case keeps the intake rule (rows first, committed, then
+the message) and leans on the processing version: a reset bumps it, so a
+stale in-flight task of the old version finds nothing to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pipeline.bootstrap import Services
+from pipeline.domain.models import (
+    FAILURE_STATUSES,
+    QUEUES,
+    RESUMABLE_STATUSES,
+    QueueStatus,
+    SourceDocument,
+    Stage,
+    Status,
+    progress_rank,
+)
+from pipeline.errors import TransientError
+from pipeline.ports import QueueEntry
+from pipeline.settings import redact_url
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+log = logging.getLogger(__name__)
+
+_OPEN_QUEUE_STATUSES = frozenset({QueueStatus.PENDING, QueueStatus.PROCESSING})
+
+
+# --- the queue processor (plan step 4, corrected) ------------------------------------
+
+
+@dataclass
+class QueueBatch:
+    """What one claim-and-dispatch cycle did, per document uuid."""
+
+    claimed: list[str] = field(default_factory=list)
+    #: Sent to the `ocr` queue (rows first, then the message).
+    dispatched: list[str] = field(default_factory=list)
+    #: Queue rows closed without a dispatch: the document had already finished.
+    closed: dict[str, str] = field(default_factory=dict)
+    #: Already past `ocr_queued`: a stage owns it; the row stays open until it finishes.
+    in_flight: list[str] = field(default_factory=list)
+    #: Dispatch failed; the row stays claimed and is retried once its claim goes stale.
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "claimed": list(self.claimed),
+            "dispatched": list(self.dispatched),
+            "closed": dict(self.closed),
+            "in_flight": list(self.in_flight),
+            "errors": dict(self.errors),
+        }
+
+
+def process_queue_once(services: Services, worker: str, batch: int) -> list[str]:
+    """Claim up to `batch` pending (or stale) queue rows and dispatch them; returns uuids sent."""
+    return process_queue_batch(services, worker, batch).dispatched
+
+
+def process_queue_batch(services: Services, worker: str, batch: int) -> QueueBatch:
+    """`process_queue_once` with the full account of what happened to each claimed row.
+
+    A claimed document that is `pending` or `ocr_queued` (its previous
+    dispatcher died before or after sending) is dispatched; one already
+    finished gets its row closed as completed or failed; one a stage is
+    working on is left alone (the pipeline closes its row). A dispatch that
+    fails leaves the row claimed, so it is retried when the claim goes stale;
+    on the last allowed attempt the document is failed (`ocr_failed`) with
+    the reason, so it shows up for `reset --failed`.
+    """
+    settings = services.settings
+    entries = services.store.claim(
+        worker, batch, settings.queue_stale_after_s, settings.queue_max_attempts
+    )
+    result = QueueBatch(claimed=[entry.document_uuid for entry in entries])
+    for entry in entries:
+        _handle_claimed(services, entry, result)
+    return result
+
+
+def _handle_claimed(services: Services, entry: QueueEntry, result: QueueBatch) -> None:
+    document_uuid = entry.document_uuid
+    store = services.store
+    try:
+        document = store.get_document(document_uuid)
+    except KeyError:
+        store.finish_queue_entry(document_uuid, QueueStatus.FAILED, "document no longer exists")
+        result.closed[document_uuid] = str(QueueStatus.FAILED)
+        return
+    if document.status is Status.COMPLETED:
+        store.finish_queue_entry(document_uuid, QueueStatus.COMPLETED)
+        result.closed[document_uuid] = str(QueueStatus.COMPLETED)
+        return
+    if document.status.is_failure:
+        store.finish_queue_entry(
+            document_uuid, QueueStatus.FAILED, document.error_message or str(document.status)
+        )
+        result.closed[document_uuid] = str(QueueStatus.FAILED)
+        return
+    if progress_rank(document.status) > progress_rank(Status.OCR_QUEUED):
+        result.in_flight.append(document_uuid)
+        return
+    try:
+        _dispatch(services, document)
+    except Exception as exc:  # broker or database down: keep the claim, retry when stale
+        reason = redact_url(f"could not dispatch: {type(exc).__name__}: {exc}")[:2000]
+        log.warning("queue: %s %s (attempt %d)", document_uuid, reason, entry.attempts)
+        result.errors[document_uuid] = reason
+        if entry.attempts >= services.settings.queue_max_attempts:
+            _give_up(services, document_uuid, reason)
+        return
+    result.dispatched.append(document_uuid)
+
+
+def _dispatch(services: Services, document: SourceDocument) -> None:
+    from pipeline.intake import dispatch
+
+    task_id = dispatch(services, document.uuid)
+    if document.status is Status.OCR_QUEUED:
+        # A re-dispatch after a stale claim: `ocr_queued` was already committed
+        # (with the lost task's id), so only the new task id is recorded.
+        services.store.set_task_id(document.uuid, task_id)
+
+
+def _give_up(services: Services, document_uuid: str, reason: str) -> None:
+    from pipeline import stages
+
+    try:
+        document = services.store.get_document(document_uuid)
+        stages.fail(
+            services,
+            document_uuid,
+            document.processing_version,
+            Stage.OCR,
+            Status.OCR_FAILED,
+            f"{Stage.OCR}: {reason}",
+        )
+        services.store.finish_queue_entry(document_uuid, QueueStatus.FAILED, reason)
+    except Exception as exc:  # still down: the claim fails the row after max attempts
+        log.warning("queue: could not record the failure of %s: %s", document_uuid, exc)
+
+
+def run_queue_processor(
+    services: Services,
+    worker: str,
+    batch: int,
+    interval_s: float,
+    stop: threading.Event,
+    max_idle_cycles: int | None = None,
+) -> list[str]:
+    """Claim and dispatch until `stop` is set (or `max_idle_cycles` cycles in a row claim nothing).
+
+    A full batch is followed at once by the next claim; otherwise the loop
+    waits `interval_s`. A database that is briefly unreachable is logged and
+    retried on the next cycle. Returns every uuid dispatched.
+    """
+    dispatched: list[str] = []
+    idle = 0
+    while not stop.is_set():
+        try:
+            outcome = process_queue_batch(services, worker, batch)
+        except TransientError as exc:
+            log.warning("queue: %s; retrying in %.1fs", redact_url(str(exc)), interval_s)
+            outcome = QueueBatch()
+        dispatched.extend(outcome.dispatched)
+        if outcome.claimed:
+            log.info(
+                "queue: %s claimed %d, dispatched %d, closed %d, in flight %d, errors %d",
+                worker,
+                len(outcome.claimed),
+                len(outcome.dispatched),
+                len(outcome.closed),
+                len(outcome.in_flight),
+                len(outcome.errors),
+            )
+        idle = 0 if outcome.claimed else idle + 1
+        if max_idle_cycles is not None and idle >= max_idle_cycles:
+            break
+        if len(outcome.claimed) < batch:
+            stop.wait(interval_s)
+    return dispatched
+
+
+# --- migration (plan step 7, corrected) -------------------------------------------------
+
+
+def migrate(services: Services, *, dry_run: bool = False) -> list[str]:
+    """Re-queue documents the old pipeline left in a resumable status; idempotent.
+
+    `pending` documents just get an open queue row (if they have none);
+    `ocr_processing` and `ocr_failed` ones are presumed abandoned (run this
+    with the workers stopped): they go back to `pending` in a new processing
+    version, lose their derived rows and their open queue row, and get a
+    fresh one. Nothing is sent: the queue processor dispatches them. Returns
+    the uuids it changed (a second run returns none).
+    """
+    store = services.store
+    touched: list[str] = []
+    for document in store.list_documents(sorted(RESUMABLE_STATUSES)):
+        has_open_row = _has_open_row(services, document.uuid)
+        if document.status is Status.PENDING and has_open_row:
+            continue
+        touched.append(document.uuid)
+        if dry_run:
+            continue
+        if document.status is not Status.PENDING:
+            _back_to_pending(services, document.uuid, stage="migrate")
+        store.enqueue(document.uuid)
+    return touched
+
+
+def _has_open_row(services: Services, document_uuid: str) -> bool:
+    return any(
+        entry.status in _OPEN_QUEUE_STATUSES
+        for entry in services.store.queue_entries(document_uuid)
+    )
+
+
+def _back_to_pending(services: Services, document_uuid: str, *, stage: str) -> None:
+    """New processing version, no derived rows, no open queue row, no dead letter."""
+    store = services.store
+    store.force_status(document_uuid, Status.PENDING, stage=stage, bump_version=True)
+    store.clear_derived(document_uuid)
+    store.finish_queue_entry(document_uuid, QueueStatus.CANCELLED, f"cancelled by {stage}")
+    store.remove_dead_letters([document_uuid])
+
+
+# --- reset (the plan's rollback script) --------------------------------------------------
+
+
+def reset(
+    services: Services, document_uuids: Sequence[str] | None = None, *, failed: bool = False
+) -> list[str]:
+    """Put documents back to `pending` in a new processing version and queue them afresh.
+
+    Either the given documents (any status; an unknown uuid raises KeyError
+    before anything changes) or, with `failed=True`, every document in a
+    failure status (including `dead_lettered`). Derived rows, open queue rows
+    and dead letters of those documents are removed; each gets one fresh
+    pending queue row for the queue processor. Returns the uuids reset.
+    """
+    store = services.store
+    if (document_uuids is None) == (not failed):
+        raise ValueError("reset needs either document uuids or failed=True, not both")
+    if failed:
+        targets = [d.uuid for d in store.list_documents(sorted(FAILURE_STATUSES))]
+    else:
+        targets = list(dict.fromkeys(document_uuids or ()))
+        for document_uuid in targets:
+            store.get_document(document_uuid)  # KeyError before any change
+    for document_uuid in targets:
+        _back_to_pending(services, document_uuid, stage="reset")
+        store.enqueue(document_uuid)
+    return targets
+
+
+# --- dead letters ------------------------------------------------------------------------
+
+
+def dlq_list(services: Services) -> list[dict[str, object]]:
+    """Dead letters, newest first, each with the document's current status."""
+    letters = services.store.dead_letters()
+    listed: list[dict[str, object]] = []
+    for letter in letters:
+        row = dict(letter)
+        try:
+            document = services.store.get_document(str(letter["document_uuid"]))
+            row["file"] = document.original_file_name
+            row["status"] = str(document.status)
+        except KeyError:
+            row["file"] = None
+            row["status"] = None
+        listed.append(row)
+    return listed
+
+
+def dlq_replay(services: Services, document_uuids: Sequence[str] | None = None) -> list[str]:
+    """Send dead-lettered documents back into the stage that gave up on them.
+
+    For each document with a dead letter (all, or the given ones) that is
+    still `dead_lettered`: its status goes back to that stage's running
+    status in the *same* processing version (the stage's rows before it are
+    kept), the dead letter is removed, then the stage's task is sent. A
+    letter whose document has moved on (reset, reprocessed) is left in place
+    and not replayed; a letter of a deleted document is removed. Returns the
+    uuids replayed.
+    """
+    from pipeline.tasks import send_stage
+
+    store = services.store
+    wanted = None if document_uuids is None else set(document_uuids)
+    newest: dict[str, dict[str, object]] = {}
+    for letter in store.dead_letters():  # newest first: keep the latest per document
+        document_uuid = str(letter["document_uuid"])
+        if wanted is None or document_uuid in wanted:
+            newest.setdefault(document_uuid, letter)
+    replayed: list[str] = []
+    for document_uuid, letter in newest.items():
+        try:
+            document = store.get_document(document_uuid)
+        except KeyError:
+            store.remove_dead_letters([document_uuid])
+            continue
+        if document.status is not Status.DEAD_LETTERED:
+            log.warning(
+                "dlq: %s is %s, not dead_lettered; not replayed", document_uuid, document.status
+            )
+            continue
+        stage = Stage(str(letter["stage"]))
+        document = store.force_status(
+            document_uuid, stage.running_status, stage=str(stage), bump_version=False
+        )
+        store.remove_dead_letters([document_uuid])
+        send_stage(stage, document_uuid, document.processing_version)
+        replayed.append(document_uuid)
+    return replayed
+
+
+def dlq_purge(services: Services, document_uuids: Sequence[str] | None = None) -> int:
+    """Delete dead letters (all, or the given documents'); documents keep their status."""
+    return services.store.remove_dead_letters(
+        None if document_uuids is None else list(document_uuids)
+    )
+
+
+# --- the broker ------------------------------------------------------------------------
+
+
+def purge_queues(app: Celery) -> dict[str, int]:
+    """Delete every waiting message of the docpipe queues; returns the count per queue.
+
+    Not `app.control.purge()`: that only purges the queues the app declares
+    (the default one), not all four. Messages a worker had already reserved
+    (unacked) are not waiting and are not purged; a reset bumps the documents'
+    processing version so those become no-ops when redelivered.
+    """
+    counts: dict[str, int] = {}
+    with app.connection_for_write() as connection:
+        # kombu's stubs type the channel as StdChannel, which lacks queue_purge.
+        channel: Any = connection.default_channel
+        for name in QUEUES:
+            counts[name] = int(channel.queue_purge(name) or 0)
+    return counts
