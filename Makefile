@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 DOCPIPE := $(BIN)/docpipe
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test unit integration lint fmt scenarios load bench workers stop-workers flower clean
+.PHONY: help venv demo test unit integration lint fmt scenarios load load-test bench workers stop-workers flower clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ fmt: $(STAMP)  ## format and auto-fix
 	$(BIN)/ruff format pipeline fakes tests
 	$(BIN)/ruff check --fix pipeline fakes tests
 
+scenarios: $(STAMP)  ## run every scenario in scenarios/ (eager; MODE=both adds real workers) and print a summary table
+	$(DOCPIPE) scenario run scenarios/*.yaml --mode $(or $(MODE),eager)
+
 # The plan's worker layout, against DOCPIPE_BROKER_URL (see README "Broker mode").
 RUN := .docpipe/run
 WORKER_LAYOUT := ocr:prefork:2 text:threads:4 entity:gevent:100 graph:threads:4
@@ -68,6 +71,12 @@ stop-workers:  ## stop exactly the workers `make workers` started (warm shutdown
 
 flower: $(STAMP)  ## Flower on 127.0.0.1:5555; needs DOCPIPE_FLOWER_BASIC_AUTH=user:strong-password
 	$(DOCPIPE) flower
+
+load: $(STAMP)  ## sequential baseline vs Celery under locust (USERS, DURATION); writes report/
+	$(DOCPIPE) load --users $(or $(USERS),24) --duration $(or $(DURATION),30) --report report
+
+load-test: $(STAMP)  ## the short CI version: fails if Celery is under 3x the sequential run (~1 min)
+	$(BIN)/pytest -q tests/load -m load
 
 bench: $(STAMP)  ## pytest-benchmark for the CPU-bound stages
 	$(BIN)/pytest -q tests/unit -k bench --benchmark-enable --benchmark-only

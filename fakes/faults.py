@@ -14,7 +14,7 @@ import os
 import signal
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import redis
@@ -45,6 +45,8 @@ class FaultRule:
     #: Fire only for these documents.
     documents: tuple[str, ...] = ()
     latency_s: float = 0.0
+    #: With `latency_s`, a seeded uniform latency between the two (a distribution).
+    latency_max_s: float | None = None
     retry_after_s: float | None = None
     message: str = ""
     extra: dict[str, str] = field(default_factory=dict)
@@ -97,6 +99,7 @@ class RedisFaultInjector:
     # --- the port ----------------------------------------------------------------------
     def before(self, port: str, operation: str, document_uuid: str | None) -> FaultEffect:
         effect = NO_FAULT
+        self._client.incr(f"{self._ns}:op:{port}.{operation}")
         for index, rule in enumerate(self.rules):
             if rule.port != port or (rule.operation not in (None, operation)):
                 continue
@@ -106,7 +109,7 @@ class RedisFaultInjector:
             if not self._fires(index, rule, call):
                 continue
             self._client.incr(f"{self._ns}:rule:{index}:fired")
-            effect = self._apply(rule, effect)
+            effect = self._apply(self._sampled(index, rule, call), effect)
         return effect
 
     def fired(self) -> list[int]:
@@ -115,6 +118,15 @@ class RedisFaultInjector:
 
     def calls(self) -> list[int]:
         return [self._count(f"{self._ns}:rule:{i}:calls") for i in range(len(self.rules))]
+
+    def operation_calls(self) -> dict[str, int]:
+        """Calls per "port.operation" since `arm()`, whether or not a rule matched."""
+        prefix = f"{self._ns}:op:"
+        counts: dict[str, int] = {}
+        for key in self._client.scan_iter(match=f"{prefix}*"):
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            counts[name.removeprefix(prefix)] = self._count(name)
+        return dict(sorted(counts.items()))
 
     # --- internals -----------------------------------------------------------------------
     def _count(self, key: str) -> int:
@@ -136,6 +148,15 @@ class RedisFaultInjector:
             if int.from_bytes(digest[:8], "big") / 2**64 >= rule.probability:
                 return False
         return True
+
+    def _sampled(self, index: int, rule: FaultRule, call: int) -> FaultRule:
+        """A latency rule with a range gets its seeded draw for this call."""
+        if rule.latency_max_s is None or rule.latency_max_s <= rule.latency_s:
+            return rule
+        digest = hashlib.sha256(f"{self._seed}:latency:{index}:{call}".encode()).digest()
+        fraction = int.from_bytes(digest[:8], "big") / 2**64
+        drawn = rule.latency_s + fraction * (rule.latency_max_s - rule.latency_s)
+        return replace(rule, latency_s=drawn, latency_max_s=None)
 
     @staticmethod
     def _apply(rule: FaultRule, effect: FaultEffect) -> FaultEffect:

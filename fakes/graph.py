@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pipeline.domain.models import CanonicalEntity, Chunk, DocumentNode, Mention, Relationship
+from pipeline.ports import Clock
 
 
 class InMemoryGraphSink:
-    """Nodes keyed by (label, id), edges by (from, type, to): replays never duplicate."""
+    """Nodes keyed by (label, id), edges by (from, type, to): replays never duplicate.
 
-    def __init__(self) -> None:
+    `write_seconds` (document uuid -> seconds) simulates the graph database's
+    write time, slept on `clock` before the write.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        write_seconds: Callable[[str], float] | None = None,
+    ) -> None:
+        self._clock = clock
+        self._write_seconds = write_seconds
         self.nodes: dict[tuple[str, str], dict[str, Any]] = {}
         self.edges: dict[tuple[str, str, str], dict[str, Any]] = {}
 
@@ -23,6 +35,8 @@ class InMemoryGraphSink:
         entities: Sequence[CanonicalEntity],
         relationships: Sequence[Relationship],
     ) -> None:
+        if self._clock is not None and self._write_seconds is not None:
+            self._clock.sleep(self._write_seconds(document.uuid))
         self.nodes[("Project", document.project_uuid)] = {"uuid": document.project_uuid}
         self.nodes[("Document", document.uuid)] = {
             "uuid": document.uuid,

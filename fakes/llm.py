@@ -9,15 +9,17 @@ from a built-in gazetteer, dates, amounts, statutes and rules, and docket
 numbers. Overlaps resolve to the longest span, then by label priority.
 
 Faults: `faults.before("llm", "extract", None)` runs first; its latency is
-slept on the clock; a "malformed" effect answers truncated JSON and an "empty"
-effect answers an empty body - both are bad answers the parser must reject.
+slept on the clock, and so is `call_seconds` (simulated model time); a
+"malformed" effect answers truncated JSON and an "empty" effect answers an
+empty body - both are bad answers the parser must reject.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from pipeline.ports import Clock, FaultInjector
@@ -397,10 +399,13 @@ class RuleBasedEntityExtractor:
         clock: Clock | None = None,
         latency_seconds: float = 0.0,
         faults: FaultInjector | None = None,
+        call_seconds: Callable[[str], float] | None = None,
     ) -> None:
         self._clock = clock
         self._latency = latency_seconds
         self._faults = faults
+        #: Simulated model time per call, keyed by a digest of the chunk text.
+        self._call_seconds = call_seconds
         self.calls = 0
 
     @property
@@ -409,6 +414,8 @@ class RuleBasedEntityExtractor:
 
     def extract(self, text: str) -> str:
         delay = self._latency
+        if self._call_seconds is not None:
+            delay += self._call_seconds(hashlib.sha256(text.encode()).hexdigest())
         response: str | None = None
         if self._faults is not None:
             effect = self._faults.before("llm", "extract", None)

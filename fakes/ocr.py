@@ -9,6 +9,7 @@ new token a new one, and a document it cannot read ends as a FAILED job.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import redis
@@ -32,7 +33,9 @@ class FakeOcrEngine:
 
     `polls_until_done` is the number of the poll that finishes the job (1: the
     first poll already answers); it is stored with the job at start, so every
-    process polling it agrees.
+    process polling it agrees. `job_seconds` (client request token -> seconds)
+    simulates Textract's processing time: the job also stays IN_PROGRESS until
+    that long after its start has passed on the clock. Polls never wait.
     """
 
     def __init__(
@@ -44,6 +47,7 @@ class FakeOcrEngine:
         clock: Clock | None = None,
         latency_seconds: float = 0.0,
         faults: FaultInjector | None = None,
+        job_seconds: Callable[[str], float] | None = None,
     ) -> None:
         if polls_until_done < 1:
             raise ValueError("polls_until_done must be at least 1")
@@ -55,6 +59,7 @@ class FakeOcrEngine:
         self._clock = clock
         self._latency = latency_seconds
         self._faults = faults
+        self._job_seconds = job_seconds
 
     def start(self, request: OcrRequest) -> str:
         """Start (or, for a token already seen, find) the job for this request."""
@@ -76,6 +81,8 @@ class FakeOcrEngine:
                 f"invalid S3 object: no object under key '{request.storage_key}' "
                 "(check the storage key; was the upload deleted?)"
             ) from None
+        created_at = self._now()
+        duration = self._job_seconds(request.client_request_token) if self._job_seconds else 0.0
         record: _Fields = {
             "job_id": job_id,
             "client_request_token": request.client_request_token,
@@ -85,7 +92,8 @@ class FakeOcrEngine:
             "state": OcrJob.IN_PROGRESS,
             "polls": "0",
             "polls_until_done": str(self._polls_until_done),
-            "created_at": f"{self._now():.3f}",
+            "created_at": f"{created_at:.3f}",
+            "ready_at": f"{created_at + duration:.3f}",
         }
         with self._redis.pipeline(transaction=True) as pipe:
             # WATCH makes creation atomic across processes: the whole record
@@ -134,7 +142,8 @@ class FakeOcrEngine:
         state = record.get("state", OcrJob.IN_PROGRESS)
         if state != OcrJob.IN_PROGRESS:
             return _job_from_record(job_id, record)
-        if polls < int(record["polls_until_done"]):
+        running = float(record.get("ready_at", "0")) > self._now()
+        if polls < int(record["polls_until_done"]) or running:
             return OcrJob(
                 job_id=job_id,
                 state=OcrJob.IN_PROGRESS,

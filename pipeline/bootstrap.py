@@ -11,7 +11,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import redis
@@ -24,6 +24,15 @@ from pipeline.adapters.redis_features import (
     RedisStateTracker,
 )
 from pipeline.errors import ConfigurationError
+from pipeline.latency import (
+    DOCUMENT_DB,
+    GRAPH_WRITE,
+    LLM_CALL,
+    OCR_JOB,
+    DelayedDocumentStore,
+    LatencyProfile,
+    build_profile,
+)
 from pipeline.parsers import LocalDocumentParser
 from pipeline.ports import (
     BlobStore,
@@ -101,11 +110,25 @@ def _refuse_cloud_under_test(settings: Settings, what: str) -> None:
         raise ConfigurationError(f"{what} is a real cloud adapter and is disabled under tests")
 
 
+def latency_profile(settings: Settings) -> LatencyProfile:
+    """The simulated services' waits the settings ask for (none by default)."""
+    try:
+        return build_profile(
+            settings.latency_profile,
+            time_scale=settings.time_scale,
+            seed=settings.latency_seed,
+            overrides=settings.latency_overrides,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
 def build_services(settings: Settings, *, faults: FaultInjector | None = None) -> Services:
     """Every adapter the settings ask for; `faults` reaches the fakes (scenarios, tests)."""
     from pipeline.adapters.sql_store import create_store
 
     clock = SystemClock()
+    latency = latency_profile(settings)
     client = redis_client(settings.redis_url)
     if faults is None and settings.fault_injection:
         from fakes.faults import SharedFaultInjector
@@ -123,6 +146,7 @@ def build_services(settings: Settings, *, faults: FaultInjector | None = None) -
             polls_until_done=settings.fake_ocr_polls_until_done,
             clock=clock,
             faults=faults,
+            job_seconds=latency.sampler(OCR_JOB),
         )
     else:
         _refuse_cloud_under_test(settings, "Textract")
@@ -138,7 +162,9 @@ def build_services(settings: Settings, *, faults: FaultInjector | None = None) -
     if settings.llm == "fake":
         from fakes.llm import RuleBasedEntityExtractor
 
-        extractor = RuleBasedEntityExtractor(clock=clock, faults=faults)
+        extractor = RuleBasedEntityExtractor(
+            clock=clock, faults=faults, call_seconds=latency.sampler(LLM_CALL)
+        )
     else:
         _refuse_cloud_under_test(settings, "OpenAI")
         raise ConfigurationError("DOCPIPE_LLM=openai: the OpenAI adapter is not built yet")
@@ -147,15 +173,20 @@ def build_services(settings: Settings, *, faults: FaultInjector | None = None) -
     if settings.graph_url.startswith("memory://"):
         from fakes.graph import InMemoryGraphSink
 
-        graph = InMemoryGraphSink()
+        graph = InMemoryGraphSink(clock=clock, write_seconds=latency.sampler(GRAPH_WRITE))
     else:
         raise ConfigurationError(
             f"graph url {redact_url(settings.graph_url)!r}: the Neo4j adapter is not built yet"
         )
 
+    store: DocumentStore = create_store(settings.database_url)
+    document_db = latency.sampler(DOCUMENT_DB)
+    if document_db is not None:
+        store = cast(DocumentStore, DelayedDocumentStore(store, clock, document_db))
+
     return Services(
         settings=settings,
-        store=create_store(settings.database_url),
+        store=store,
         blobs=blobs,
         ocr=ocr,
         parser=parser,

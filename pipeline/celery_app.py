@@ -66,9 +66,22 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def configure(settings: Settings) -> Celery:
-    """Apply settings to the app (the CLI calls this with its own settings)."""
+    """Apply settings to the app (the CLI calls this with its own settings).
+
+    Pooled broker connections are dropped first: they would keep talking to
+    the previous broker after the URL changed.
+    """
+    _drop_broker_connections()
     app.conf.update(celery_config(settings))
     return app
+
+
+def _drop_broker_connections() -> None:
+    # What Celery itself does after a fork (Celery._after_fork): forget the pools.
+    app._pool = None  # type: ignore[attr-defined]
+    amqp = app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None
 
 
 app = Celery("docpipe", include=["pipeline.tasks"])

@@ -70,6 +70,15 @@ class Settings(BaseSettings):
     ocr_max_polls: int = Field(default=120, ge=1)
     fake_ocr_polls_until_done: int = Field(default=1, ge=0)
 
+    # --- simulated service latency (pipeline/latency.py) ----------------------------
+    #: `none` (no waits) or `reference` (the old system's measured timings).
+    latency_profile: Literal["none", "reference"] = "none"
+    #: Per-service overrides, e.g. {"llm_call": "uniform:0.5:2"} (JSON in the env var).
+    latency_overrides: dict[str, str] = Field(default_factory=dict)
+    #: Multiplies every simulated wait: 0.1 runs the reference profile ten times faster.
+    time_scale: float = Field(default=1.0, gt=0)
+    latency_seed: int = 0
+
     # --- Celery: the seed's configuration, corrected -----------------------------------
     task_soft_time_limit_s: int = Field(default=3600, ge=1)
     task_time_limit_s: int = Field(default=3900, ge=1)
@@ -100,6 +109,12 @@ class Settings(BaseSettings):
                 f"task_time_limit_s + retry_backoff_max_s ({needed:g}), otherwise Redis "
                 "redelivers long or retried tasks while they still run"
             )
+        from pipeline.latency import SERVICES, parse_distribution
+
+        for service, spec in self.latency_overrides.items():
+            if service not in SERVICES:
+                raise ValueError(f"latency_overrides: unknown service {service!r}; use {SERVICES}")
+            parse_distribution(spec)
         return self
 
     def describe(self) -> dict[str, str]:

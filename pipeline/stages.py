@@ -315,8 +315,8 @@ def build_relationships(services: Services, document_uuid: str, version: int) ->
     relationships = stage_relationships(node, chunks, mentions, entities)
     store.replace_relationships(document_uuid, relationships)
     services.graph.write(node, chunks, mentions, entities, relationships)
-    mark(services, document, Stage.RELATIONSHIPS, Status.COMPLETED)
-    store.finish_queue_entry(document_uuid, QueueStatus.COMPLETED)
+    if mark(services, document, Stage.RELATIONSHIPS, Status.COMPLETED):
+        store.finish_queue_entry(document_uuid, QueueStatus.COMPLETED)
     return StageResult()
 
 

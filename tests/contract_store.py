@@ -422,7 +422,10 @@ class StoreContract:
         store.record_ocr_job(doc.uuid, "job-1", "token-1", "in_progress")
         store.record_ocr_job(doc.uuid, "job-2", "token-2", "in_progress")
         store.update_ocr_job("job-1", "failed", polls=4)
-        assert store.ocr_jobs(doc.uuid) == [
+        jobs = store.ocr_jobs(doc.uuid)
+        assert all(job["created_at"] <= job["updated_at"] for job in jobs)  # type: ignore[operator]
+        keys = ("job_id", "client_request_token", "status", "polls")
+        assert [{key: job[key] for key in keys} for job in jobs] == [
             {"job_id": "job-1", "client_request_token": "token-1", "status": "failed", "polls": 4},
             {
                 "job_id": "job-2",

@@ -91,14 +91,21 @@ def _settings(**overrides: Any) -> Settings:
     return settings
 
 
-def _services(database_url: str | None) -> Services:
-    """Build and install the services, as `docpipe run` does."""
+def _services(database_url: str | None, *, sends: bool = False) -> Services:
+    """Build and install the services, as `docpipe run` does.
+
+    A command that `sends` tasks refuses, in broker mode (DOCPIPE_EAGER=false),
+    settings that cannot reach a worker in another process (exit 2).
+    """
     from pipeline import celery_app
     from pipeline.bootstrap import build_services, use_services
+    from pipeline.broker import require_broker_settings
     from pipeline.cli import configuration_errors
 
     settings = _settings(database_url=database_url)
     with configuration_errors(), _unavailable_is_failure():
+        if sends and not settings.eager:
+            require_broker_settings(settings)
         services = build_services(settings)
     celery_app.configure(settings)
     use_services(services)
@@ -155,7 +162,7 @@ def queue_processor(
     """
     from pipeline.operations import process_queue_batch, run_queue_processor
 
-    services = _services(database_url)
+    services = _services(database_url, sends=True)
     name = worker or _default_worker()
     if once:
         with _unavailable_is_failure():
@@ -397,7 +404,7 @@ def dlq_replay(
 
     if bool(document_uuids) == everything:
         _usage_error("give document uuids or --all (one of them)")
-    services = _services(database_url)
+    services = _services(database_url, sends=True)
     selection = _selection(services, document_uuids, everything)
     with _unavailable_is_failure():
         before = {str(letter["document_uuid"]) for letter in services.store.dead_letters()}

@@ -22,23 +22,31 @@ boundaries are ranked, best first:
 6. inside a list - any other line start or sentence end inside a list;
 7. whitespace - before any word;
 8. glued whitespace - inside a citation ("42 U.S.C. § 1983",
-   "Fed. R. Civ. P. 12(b)(6)", "Smith v. Jones", "550 U.S. 544") or after an
-   abbreviation.
+   "Fed. R. Civ. P. 12(b)(6)", "Smith v. Jones", "550 U.S. 544",
+   "123 F.3d 456"), after an abbreviation ("Corp.", "No. 5", "J.") or
+   before one that follows a capitalised word ("Acme Corp."). A line break
+   in such a place is glued too, so a citation wrapped over two lines holds.
 
-A numbered list is a block of consecutive non-blank lines with at least two
-list-item lines; it runs from its first item to the block's end. Its inside
-holds only candidates of rank 5 or worse, and its start and end hold rank 4
-or better, so a list that fits in ``max_chars`` is never split; likewise a
+A numbered list is found in a block (adjacent non-blank lines, no structural
+line) holding at least two list-item lines; it runs from the first item to
+the last, plus the lines that continue the last item (while the line before
+does not end in ``.:;!?``). Its inside holds only candidates of rank 5 or
+worse while its start and end hold rank 4 or better, so a list that fits in
+``max_chars`` (with the blank lines after it) is never split; likewise a
 citation is split only if it alone cannot fit.
 
-The text is first cut at every structural boundary (sections). A piece
-longer than ``max_chars`` is cut at every candidate of the next rank that
-exists inside it, recursively, and the resulting pieces are packed back
-together up to ``max_chars`` (balanced, so 1,600 characters become two
-chunks of about 800 rather than 1,500 + 100). A piece with no candidate at
-all (a single run of non-whitespace plus surrounding whitespace) is cut
-inside its whitespace only. Finally any chunk shorter than ``min_chars``
-merges into a neighbour (the previous one first) while the result fits.
+The text is first cut at every structural boundary into sections. An
+undersized section merges into a neighbour (the previous one first) when the
+result fits, or when that neighbour is too long anyway (so a caption or a
+signature block is packed with the text beside it); the boundary it gives up
+ranks as a paragraph. A section that fits stays one chunk. A longer piece is
+cut at every candidate of the next rank inside it, recursively, and the
+pieces are packed back together up to ``max_chars``, balanced (1,600
+characters become two chunks of about 800, not 1,500 + 100). A piece with no
+candidate left (one run of non-whitespace and the whitespace around it) is
+cut inside its whitespace only. Finally every chunk shorter than
+``min_chars`` merges into a neighbour, the previous one first, while the
+result fits.
 
 Guarantees, for every input string (the hypothesis tests check them):
 
@@ -81,7 +89,7 @@ _SPACE = 7
 _GLUED = 8
 _EAGER_LEVELS = (_STRUCTURE, _PARAGRAPH, _LINE, _AFTER_HEADING, _LIST_ITEM, _IN_LIST)
 
-_BLANK = 0  # only ever the line before another
+_BLANK = 0  # only used for the line before a line
 _TEXT = 1
 _ITEM = 2
 _STRUCT = 3
@@ -89,7 +97,6 @@ _STRUCT = 3
 _HEADING_MIN_CHARS = 3
 _HEADING_MAX_CHARS = 60
 _BLOCK_ENDINGS = frozenset(".:;!?")
-_CLAUSE_ENDINGS = _BLOCK_ENDINGS
 _SECTION_RE = re.compile(r"(?:SECTION|Section|ARTICLE|Article)\s+(?:\d+|[IVXLC]+|[A-Z])\b")
 _SIGNATURE_RE = re.compile(
     r"IN WITNESS WHEREOF|In Witness Whereof|/s/|(?:Signed|SIGNED)\b"
@@ -254,7 +261,7 @@ def _mark_lists(
         items = [line for line in range(index, end) if kinds[line] == _ITEM]
         if len(items) >= 2:
             stop = items[-1] + 1
-            while stop < end and stripped_lines[stop - 1][-1] not in _CLAUSE_ENDINGS:
+            while stop < end and stripped_lines[stop - 1][-1] not in _BLOCK_ENDINGS:
                 stop += 1
             in_list[items[0] : stop] = [True] * (stop - items[0])
         index = end

@@ -159,7 +159,7 @@ def text_with_marked_spans(
     parts: list[str] = []
     spans: list[tuple[int, int]] = []
     length = 0
-    for _ in range(draw(st.integers(1, 30))):
+    for _ in range(draw(st.integers(1, 20))):
         is_protected = draw(st.booleans())
         if is_protected:
             piece = draw(protected)
@@ -232,7 +232,7 @@ def test_empty_text_has_no_chunks() -> None:
 
 
 @pytest.mark.parametrize("text", [" ", "\n\n\n", "short text", "ARTICLE I\nDEFINITIONS"])
-def test_text_within_max_chars_without_structure_is_one_chunk(text: str) -> None:
+def test_short_text_is_one_chunk(text: str) -> None:
     assert chunk_text(text) == [ChunkSpan(0, 0, len(text), text)]
 
 
@@ -402,3 +402,47 @@ def test_undersized_tail_merges_into_its_neighbour() -> None:
 
     assert chunks[-1].text.endswith("Short tail.")
     assert len(chunks[-1].text) >= 300
+
+
+def test_abbreviations_do_not_end_sentences() -> None:
+    text = " ".join(
+        f"Mr. Smith of Acme Corp. paid invoice No. {i} to Dr. Jones on Jan. 5 as agreed."
+        for i in range(30)
+    )
+
+    chunks = chunk_text(text, min_chars=100, max_chars=300)
+
+    assert_chunk_properties(text, chunks, 100, 300)
+    assert len(chunks) > 5
+    assert all(text[:b].endswith("as agreed. ") for b in boundaries(chunks))
+
+
+def test_citation_wrapped_over_two_lines_is_not_split_at_the_line_break() -> None:
+    lines = []
+    for i in range(25):
+        lines += [
+            f"Count {i} arises under 42 U.S.C.",
+            "§ 1983 and under the rule in Smith v.",
+            "Jones",
+        ]
+    text = "\n".join(lines)
+
+    chunks = chunk_text(text, min_chars=50, max_chars=200)
+
+    assert_chunk_properties(text, chunks, 50, 200)
+    for b in boundaries(chunks):
+        assert text[b:].startswith("Count"), text[b - 20 : b + 20]
+
+
+def test_signature_block_starts_a_chunk_when_it_can_stand_alone() -> None:
+    body = _clause(1, 8)
+    signature = (
+        "IN WITNESS WHEREOF, the parties have executed this Agreement as of the Effective Date.\n\n"
+        "ACME CORP.\nBy: /s/ Jane Doe\nName: Jane Doe\nTitle: Chief Executive Officer\n\n"
+        "WIDGET INC.\nBy: /s/ John Roe\nName: John Roe\nTitle: President\n"
+    )
+    text = body + "\n\n" + signature
+
+    chunks = chunk_text(text, min_chars=150, max_chars=800)
+
+    assert [chunk.text for chunk in chunks] == [body + "\n\n", signature]

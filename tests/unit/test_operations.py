@@ -457,9 +457,14 @@ def test_cli_queue_processor_once_and_until_empty(
         ["dlq", "purge", "no-such-letter", "--yes"],
         ["queue-processor", "--batch", "0"],
         ["migrate", "--database-url", "mysql://nope/db"],
+        ["queue-processor", "--once", "--database-url", "sqlite://"],
     ],
 )
-def test_cli_usage_errors_exit_2(docpipe: Invoke, args: list[str]) -> None:
+def test_cli_usage_errors_exit_2(
+    docpipe: Invoke, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    if "sqlite://" in args:  # broker mode with in-process settings: refused before anything runs
+        monkeypatch.setenv("DOCPIPE_EAGER", "false")
     result = docpipe(*args)
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output

@@ -1,0 +1,181 @@
+"""`docpipe scenario run|validate|schema`: scenario files as experiments and bug reports."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from pipeline.scenarios.model import ALL_MODES, Mode, Scenario, ScenarioError, load_scenario
+from pipeline.scenarios.runner import RunReport, parity, run_many
+
+
+def _load_all(files: tuple[Path, ...]) -> list[tuple[Scenario, Path]]:
+    from pipeline.cli import EXIT_USAGE
+
+    loaded, problems = [], []
+    for path in files:
+        try:
+            loaded.append((load_scenario(path), path))
+        except ScenarioError as exc:
+            problems.append(str(exc))
+    if problems:
+        # Plain lines (no wrapping): each names the file, the key path and what was expected.
+        click.echo("error: invalid scenario file(s):\n" + "\n".join(problems), err=True)
+        sys.exit(EXIT_USAGE)
+    return loaded
+
+
+def _outcome(report: RunReport) -> str:
+    if report.skipped:
+        return "skipped"
+    return "pass" if report.passed else "FAIL"
+
+
+def print_run(report: RunReport) -> None:
+    from pipeline.cli import stdout
+
+    style = {"pass": "green", "FAIL": "bold red", "skipped": "yellow"}[_outcome(report)]
+    stdout.print(
+        f"[{style}]{_outcome(report)}[/] {report.scenario} ({report.mode}, seed {report.seed}) "
+        f"in {report.elapsed_s:.2f}s"
+    )
+    if report.skipped:
+        stdout.print(f"  skipped: {escape(report.skipped)}")
+        return
+    if report.error:
+        stdout.print(f"  [red]error:[/] {escape(report.error)}")
+    if report.checks:
+        table = Table(show_edge=False, pad_edge=False)
+        for column in ("", "check", "expected", "measured"):
+            table.add_column(column, overflow="fold")
+        for check in report.checks:
+            mark = "[green]ok[/]" if check.passed else "[red]FAIL[/]"
+            name = escape(check.name)
+            name = name if check.kind == "expectation" else f"[dim]{name}[/]"
+            table.add_row(mark, name, escape(check.expected), escape(check.measured))
+        stdout.print(table)
+    if not report.passed:
+        stdout.print(f"  replay: [bold]{escape(report.replay)}[/]")
+        if report.workdir:
+            stdout.print(f"  (run directory: {report.workdir}, removed after the run)")
+
+
+def print_summary(reports: list[RunReport]) -> None:
+    from pipeline.cli import stdout
+
+    table = Table(title="scenarios", title_justify="left")
+    for column in ("scenario", "mode", "outcome", "checks", "time"):
+        table.add_column(column, justify="right" if column in {"checks", "time"} else "left")
+    for report in reports:
+        passed = sum(c.passed for c in report.checks)
+        outcome = _outcome(report)
+        style = {"pass": "green", "FAIL": "red", "skipped": "yellow"}[outcome]
+        table.add_row(
+            report.scenario,
+            report.mode,
+            f"[{style}]{outcome}[/]",
+            f"{passed}/{len(report.checks)}",
+            f"{report.elapsed_s:.2f}s",
+        )
+    stdout.print(table)
+    failed = [r for r in reports if not r.passed]
+    stdout.print(f"{len(reports) - len(failed)}/{len(reports)} runs passed")
+
+
+def _parity_reports(reports: list[RunReport]) -> dict[str, list[str]]:
+    by_scenario: dict[str, dict[str, RunReport]] = {}
+    for report in reports:
+        by_scenario.setdefault(report.file, {})[report.mode] = report
+    result = {}
+    for runs in by_scenario.values():
+        if "eager" in runs and "broker" in runs:
+            eager, broker = runs["eager"], runs["broker"]
+            if eager.skipped or broker.skipped:
+                continue
+            result[eager.scenario] = parity(eager, broker)
+    return result
+
+
+@click.group()
+def scenario() -> None:
+    """Scenario files (scenarios/*.yaml): documents, faults, expectations."""
+
+
+@scenario.command("run")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True))
+@click.option(
+    "--mode",
+    type=click.Choice(["eager", "broker", "both"]),
+    default="eager",
+    show_default=True,
+    help="eager: in this process; broker: a private redis-server and real workers; both: "
+    "each, plus a parity report.",
+)
+@click.option("--seed", type=int, help="Override each scenario's seed.")
+@click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object on stdout.")
+def run_command(files: tuple[Path, ...], mode: str, seed: int | None, as_json: bool) -> None:
+    """Run scenario files; exit 0 iff every expectation and invariant holds.
+
+    A scenario that does not declare the mode (`modes:`) is reported as skipped.
+    """
+    from pipeline.cli import EXIT_FAILED, EXIT_OK
+
+    loaded = _load_all(files)
+    modes: list[Mode] = list(ALL_MODES) if mode == "both" else [mode]  # type: ignore[list-item]
+    reports = run_many(
+        loaded, modes, seed=seed, on_report=(lambda report: None) if as_json else print_run
+    )
+    parities = _parity_reports(reports) if mode == "both" else {}
+    passed = all(r.passed for r in reports)
+    if as_json:
+        payload: dict[str, Any] = {"passed": passed, "runs": [r.as_dict() for r in reports]}
+        if mode == "both":
+            payload["parity"] = parities
+        click.echo(json.dumps(payload, indent=2, default=str))
+    else:
+        if len(reports) > 1:
+            print_summary(reports)
+        _print_parity(parities)
+    sys.exit(EXIT_OK if passed else EXIT_FAILED)
+
+
+def _print_parity(parities: dict[str, list[str]]) -> None:
+    from pipeline.cli import stdout
+
+    if not parities:
+        return
+    stdout.print("[bold]parity (eager vs broker)[/]")
+    for name, differences in parities.items():
+        if differences:
+            stdout.print(f"  [red]{name}: {len(differences)} difference(s)[/]")
+            for difference in differences:
+                stdout.print(f"    {escape(difference)}")
+        else:
+            stdout.print(f"  [green]{name}: same outcome[/]")
+
+
+@scenario.command("validate")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True))
+def validate_command(files: tuple[Path, ...]) -> None:
+    """Check scenario files against the format without running them."""
+    from pipeline.cli import stdout
+
+    for loaded, path in _load_all(files):
+        stdout.print(f"{path}: ok ({loaded.name}, modes {', '.join(loaded.modes)})")
+
+
+@scenario.command("schema")
+def schema_command() -> None:
+    """Print the JSON Schema of scenario files (scenarios/schema.json)."""
+    from pipeline.scenarios.model import schema_text
+
+    click.echo(schema_text(), nl=False)
+
+
+COMMANDS = [scenario]

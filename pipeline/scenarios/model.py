@@ -1,0 +1,433 @@
+"""The scenario file format: a pydantic model, strict (unknown keys are errors).
+
+A scenario is a reproducible experiment and a bug report at once: documents,
+settings, per-service latency, faults and the expectations that must hold.
+`scenarios/schema.json` is `scenario_json_schema()`; `scenarios/README.md`
+documents every key.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from pipeline.domain.models import Stage, Status
+from pipeline.settings import Settings
+
+Mode = Literal["eager", "broker"]
+ALL_MODES: tuple[Mode, ...] = ("eager", "broker")
+Port = Literal["ocr", "parser", "llm"]
+FaultKind = Literal[
+    "transient", "throttle", "permanent", "timeout", "latency", "malformed", "empty", "kill_worker"
+]
+DocumentType = Literal["txt", "pdf", "docx", "eml"]
+
+#: The operations each fake consults the fault injector for.
+PORT_OPERATIONS: dict[str, tuple[str, ...]] = {
+    "ocr": ("start", "poll"),
+    "parser": ("extract",),
+    "llm": ("extract",),
+}
+#: Ports whose fakes tell the injector which document a call is for.
+DOCUMENT_AWARE_PORTS = frozenset({"ocr", "parser"})
+
+#: Settings the runner owns (where things live, which adapters): a scenario cannot set them.
+RUNNER_OWNED_SETTINGS = frozenset(
+    {
+        "database_url",
+        "blob_url",
+        "redis_url",
+        "broker_url",
+        "result_backend",
+        "eager",
+        "ocr",
+        "llm",
+        "graph_url",
+        "allow_cloud",
+        "fault_injection",
+        "openai_api_key",
+        "openai_model",
+        "flower_basic_auth",
+    }
+)
+
+
+class ScenarioError(Exception):
+    """A scenario file that cannot be used: the message names file, key path and expectation."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Bound(_Strict):
+    """A count within bounds (inclusive); either side may be left open."""
+
+    min: int | None = Field(default=None, ge=0)
+    max: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        return self
+
+    def holds(self, value: int) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+    def describe(self) -> str:
+        if self.min is not None and self.max is not None:
+            return str(self.min) if self.min == self.max else f"{self.min}..{self.max}"
+        return f">= {self.min}" if self.min is not None else f"<= {self.max}"
+
+
+#: An exact count, or {min, max}.
+Count = int | Bound
+
+
+def as_bound(count: Count) -> Bound:
+    return Bound(min=count, max=count) if isinstance(count, int) else count
+
+
+class Generated(_Strict):
+    """Documents made by the runner, deterministically from the seed."""
+
+    type: DocumentType
+    #: File name; `{i}` is replaced by 1..count (required when count > 1).
+    name: str | None = None
+    count: int = Field(default=1, ge=1, le=1000)
+    pages: int = Field(default=1, ge=1, le=500)
+    #: Pad the file to at least this many bytes (oversized files).
+    size: int | None = Field(default=None, ge=1, le=64 * 1024 * 1024)
+    #: The text to use (default: legal prose generated from the seed).
+    text: str | None = None
+    #: valid, or a broken file: empty (0 bytes), truncated (first 40 %), binary (random bytes).
+    content: Literal["valid", "empty", "truncated", "binary"] = "valid"
+
+    @model_validator(mode="after")
+    def _names(self) -> Self:
+        if self.count > 1 and self.name is not None and "{i}" not in self.name:
+            raise ValueError("name needs '{i}' when count > 1, or every file gets the same name")
+        return self
+
+
+class DocumentSpec(_Strict):
+    """Either files from the repository (paths or globs, relative to the scenario file)
+    or generated documents."""
+
+    files: list[str] | None = Field(default=None, min_length=1)
+    generate: Generated | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.files is None) == (self.generate is None):
+            raise ValueError("give exactly one of 'files' or 'generate'")
+        return self
+
+
+class Adapters(_Strict):
+    """The adapter profile: scenarios always run on the fakes."""
+
+    ocr: Literal["fake"] = "fake"
+    llm: Literal["fake"] = "fake"
+    #: The poll of the fake Textract job that finishes it (1: the first poll answers).
+    ocr_polls_until_done: int = Field(default=1, ge=1, le=50)
+
+
+class Latency(_Strict):
+    """Added latency per call of a service: fixed, or uniform between min_s and max_s (seeded)."""
+
+    fixed_s: float | None = Field(default=None, ge=0, le=60)
+    min_s: float | None = Field(default=None, ge=0, le=60)
+    max_s: float | None = Field(default=None, ge=0, le=60)
+
+    @model_validator(mode="after")
+    def _shape(self) -> Self:
+        ranged = self.min_s is not None or self.max_s is not None
+        if (self.fixed_s is not None) == ranged:
+            raise ValueError("give either fixed_s, or min_s and max_s")
+        if ranged and (self.min_s is None or self.max_s is None or self.min_s > self.max_s):
+            raise ValueError("min_s and max_s are both needed, with min_s <= max_s")
+        return self
+
+
+class Fault(_Strict):
+    """One fault on one port (and operation), on a schedule. Conditions combine (AND)."""
+
+    port: Port
+    operation: str | None = None
+    kind: FaultKind
+    #: Fire on the first N matching calls.
+    first: int | None = Field(default=None, ge=1)
+    #: Fire on every Nth matching call.
+    every: int | None = Field(default=None, ge=1)
+    #: Fire with this probability per call (seeded: same seed, same calls).
+    probability: float | None = Field(default=None, gt=0, le=1)
+    #: Fire only between these seconds after the faults were installed.
+    window: tuple[float, float] | None = None
+    #: Only for documents whose name matches one of these patterns (ports ocr, parser).
+    documents: list[str] = Field(default_factory=list)
+    latency_s: float = Field(default=0.0, ge=0, le=60)
+    retry_after_s: float | None = Field(default=None, ge=0, le=600)
+    message: str = ""
+    #: How often it must fire (default: at least once - the coverage invariant).
+    fired: Count | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        operations = PORT_OPERATIONS[self.port]
+        if self.operation is not None and self.operation not in operations:
+            raise ValueError(
+                f"port {self.port!r} has operations {', '.join(operations)}; got {self.operation!r}"
+            )
+        if self.documents and self.port not in DOCUMENT_AWARE_PORTS:
+            raise ValueError(
+                f"'documents' needs a port that knows the document "
+                f"({', '.join(sorted(DOCUMENT_AWARE_PORTS))}); {self.port!r} does not"
+            )
+        if self.window is not None and not 0 <= self.window[0] < self.window[1]:
+            raise ValueError("window must be [start_s, end_s] with 0 <= start_s < end_s")
+        if self.kind == "latency" and self.latency_s <= 0:
+            raise ValueError("a latency fault needs latency_s > 0")
+        return self
+
+
+class Redeliver(_Strict):
+    """Send these stages' tasks again for the matching documents (a duplicate delivery)."""
+
+    stages: list[Stage] = Field(min_length=1)
+    documents: list[str] = Field(default_factory=lambda: ["*"])
+
+
+class Reprocess(_Strict):
+    """Reprocess the matching documents (new processing version; caches must not leak)."""
+
+    documents: list[str] = Field(default_factory=lambda: ["*"])
+
+
+class Action(_Strict):
+    """Something done after every document reached a terminal status; then the run waits again."""
+
+    redeliver: Redeliver | None = None
+    reprocess: Reprocess | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Self:
+        if (self.redeliver is None) == (self.reprocess is None):
+            raise ValueError("give exactly one of 'redeliver' or 'reprocess'")
+        return self
+
+
+class DocumentExpectation(_Strict):
+    """What must hold for every document whose name matches `match` (at least one must)."""
+
+    match: str
+    status: Status | list[Status] | None = None
+    error_contains: str | None = None
+    chunks: Count | None = None
+    mentions: Count | None = None
+    entities: Count | None = None
+    relationships: Count | None = None
+    processing_version: int | None = Field(default=None, ge=1)
+
+
+class Totals(_Strict):
+    documents: Count | None = None
+    completed: Count | None = None
+    failed: Count | None = None
+    by_status: dict[Status, Count] | None = None
+    chunks: Count | None = None
+    mentions: Count | None = None
+    entities: Count | None = None
+    relationships: Count | None = None
+
+
+class DeadLetters(_Strict):
+    count: Count | None = None
+    #: Patterns of document names that must be (exactly) the dead-lettered ones.
+    documents: list[str] | None = None
+    stages: list[Stage] | None = None
+    error_contains: str | None = None
+
+
+class Expectations(_Strict):
+    documents: list[DocumentExpectation] = Field(default_factory=list)
+    totals: Totals | None = None
+    #: Calls per "port.operation" (e.g. "llm.extract"): attempts against each service.
+    calls: dict[str, Count] = Field(default_factory=dict)
+    dead_letters: DeadLetters | None = None
+    #: The settings are refused before anything runs, with this text in the message.
+    settings_rejected: str | None = None
+    #: Broker mode: the run is refused before submitting (e.g. a queue without consumer).
+    preflight_error: str | None = None
+
+    @model_validator(mode="after")
+    def _calls_known(self) -> Self:
+        known = {f"{p}.{o}" for p, ops in PORT_OPERATIONS.items() for o in ops}
+        for name in self.calls:
+            if name not in known:
+                raise ValueError(f"calls: unknown {name!r}; expected one of {sorted(known)}")
+        return self
+
+
+def _settings_overrides_model() -> type[BaseModel]:
+    fields: dict[str, Any] = {}
+    for name, info in Settings.model_fields.items():
+        if name in RUNNER_OWNED_SETTINGS:
+            continue
+        optional: Any = Optional.__getitem__(info.annotation)  # a type built at runtime
+        fields[name] = (optional, Field(default=None, description=info.description))
+    return create_model(
+        "SettingsOverrides",
+        __config__=ConfigDict(extra="forbid", frozen=True),
+        __doc__="Settings fields (DOCPIPE_* without the prefix, lower case) for this run.",
+        **fields,
+    )
+
+
+SettingsOverrides = _settings_overrides_model()
+
+
+class BrokerOptions(_Strict):
+    """Broker mode only."""
+
+    #: Give up waiting for terminal statuses after this long (stuck documents fail the run).
+    timeout_s: float = Field(default=90, gt=0, le=1800)
+    #: Start no worker for these queues (a queue nobody consumes, REFERENCE.md failure 1).
+    omit_queues: list[Literal["ocr", "text", "entity", "graph"]] = Field(default_factory=list)
+
+
+class Scenario(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    description: str
+    #: Which real failure (REFERENCE.md "Real failures") or pitfall this reproduces.
+    reference: str | None = None
+    seed: int = 0
+    modes: list[Mode] = Field(default_factory=lambda: list(ALL_MODES), min_length=1)
+    documents: list[DocumentSpec] = Field(min_length=1)
+    adapters: Adapters = Field(default_factory=Adapters)
+    settings: SettingsOverrides = Field(default_factory=SettingsOverrides)  # type: ignore[valid-type]
+    latency: dict[Port, Latency] = Field(default_factory=dict)
+    faults: list[Fault] = Field(default_factory=list)
+    then: list[Action] = Field(default_factory=list)
+    broker: BrokerOptions = Field(default_factory=BrokerOptions)
+    expect: Expectations = Field(default_factory=Expectations)
+
+    @model_validator(mode="after")
+    def _process_faults_need_broker(self) -> Self:
+        for index, fault in enumerate(self.faults):
+            if fault.kind == "kill_worker" and "eager" in self.modes:
+                raise ValueError(
+                    f"faults[{index}]: kill_worker kills the process it runs in; "
+                    "declare `modes: [broker]`"
+                )
+        return self
+
+    def overrides(self) -> dict[str, Any]:
+        overrides: BaseModel = self.settings
+        values: dict[str, Any] = overrides.model_dump(exclude_none=True)
+        return values
+
+
+def scenario_json_schema() -> dict[str, Any]:
+    schema = Scenario.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "docpipe scenario"
+    return schema
+
+
+def schema_text() -> str:
+    return json.dumps(scenario_json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+# --- loading, with messages that name file, key path and expectation -----------------
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "(top level)"
+
+
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model class that holds the key at `loc` (for listing the allowed keys)."""
+    current: Any = Scenario
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        current = _find_model(field.annotation)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _find_model(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _find_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _message(error: Any) -> str:
+    loc = tuple(p for p in error["loc"] if not str(p).startswith(("function-", "union[")))
+    # Pydantic tags union members in the path ("int", "Bound"); they are not keys.
+    loc = tuple(p for p in loc if p not in {"int", "Bound", "list[enum]", "enum"})
+    if error["type"] == "extra_forbidden":
+        model = _model_at(loc)
+        allowed = (
+            ", ".join(model.model_fields) if model is not None else "see scenarios/schema.json"
+        )
+        return f"{_loc(loc)}: unknown key; expected one of: {allowed}"
+    if error["type"] == "missing":
+        return f"{_loc(loc)}: required key is missing"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{_loc(loc)}: {message} (got {error.get('input')!r})"
+
+
+def parse_scenario(data: object, source: str) -> Scenario:
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{source}: expected a mapping at the top level, got {data!r:.60}")
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        seen: list[str] = []
+        for error in exc.errors():
+            message = _message(error)
+            if message not in seen:
+                seen.append(message)
+        raise ScenarioError(f"{source}: " + f"\n{source}: ".join(seen)) from None
+
+
+def load_scenario(path: Path) -> Scenario:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read the scenario file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ScenarioError(f"{path}: not valid YAML: {exc}") from None
+    return parse_scenario(data, str(path))
+
+
+def matches(name: str, patterns: list[str] | str) -> bool:
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)

@@ -1,0 +1,833 @@
+"""Run a scenario in eager mode (in this process) or broker mode (real workers).
+
+Every run is isolated: its own directory with a SQLite file and blobs, its own
+Redis namespace (a fresh fakeredis server in eager mode, a private
+redis-server in broker mode). Faults are installed in Redis with
+`install_faults`, so worker processes see exactly what the runner declared.
+After the documents reach a terminal status the runner evaluates the
+scenario's expectations and the invariants every run checks.
+"""
+
+from __future__ import annotations
+
+import shlex
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from fakes.faults import FaultRule, RedisFaultInjector, clear_faults, install_faults
+from pipeline import celery_app
+from pipeline.bootstrap import Services, build_services, use_services
+from pipeline.domain.models import QUEUES, QueueStatus, Status
+from pipeline.errors import ConfigurationError
+from pipeline.intake import claim_own, dispatch, submit_file
+from pipeline.scenarios.documents import ScenarioDocument, materialize
+from pipeline.scenarios.model import (
+    Bound,
+    Count,
+    Mode,
+    Scenario,
+    ScenarioError,
+    as_bound,
+    matches,
+)
+from pipeline.settings import Settings
+
+
+@dataclass
+class Check:
+    """One expectation or invariant, with what was expected and what was measured."""
+
+    kind: str  # "expectation" | "invariant"
+    name: str
+    passed: bool
+    expected: str
+    measured: str
+
+
+@dataclass
+class DocumentOutcome:
+    name: str
+    document_uuid: str
+    status: str
+    error: str | None
+    chunks: int
+    mentions: int
+    entities: int
+    relationships: int
+    processing_version: int
+
+
+@dataclass
+class RunReport:
+    scenario: str
+    file: str
+    mode: str
+    seed: int
+    passed: bool
+    elapsed_s: float
+    replay: str
+    skipped: str | None = None
+    error: str | None = None
+    checks: list[Check] = field(default_factory=list)
+    documents: list[DocumentOutcome] = field(default_factory=list)
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    calls: dict[str, int] = field(default_factory=dict)
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    workdir: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def replay_command(path: Path | None, mode: str, seed: int) -> str:
+    target = shlex.quote(str(path)) if path is not None else "SCENARIO.yaml"
+    return f"docpipe scenario run {target} --mode {mode} --seed {seed}"
+
+
+#: Settings every scenario run starts from (before the scenario's own overrides).
+def base_settings(scenario: Scenario) -> dict[str, Any]:
+    return {
+        "project_name": scenario.name,
+        "fault_injection": True,
+        "ocr_poll_interval_s": 0.2,
+        "retry_backoff_base_s": 0.2,
+        "retry_backoff_max_s": 2.0,
+        # The shared LLM limit only matters to scenarios that set it themselves.
+        "llm_rate_limit_calls": 100000,
+        "fake_ocr_polls_until_done": scenario.adapters.ocr_polls_until_done,
+    }
+
+
+def settings_problem(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: "
+        f"{str(err['msg']).removeprefix('Value error, ')}"
+        for err in exc.errors()
+    )
+
+
+# --- the runs ------------------------------------------------------------------------------
+
+
+def run_scenario(
+    scenario: Scenario,
+    path: Path | None,
+    mode: Mode,
+    *,
+    seed: int | None = None,
+    workdir: Path | None = None,
+) -> RunReport:
+    seed = scenario.seed if seed is None else seed
+    started = time.perf_counter()
+    report = RunReport(
+        scenario=scenario.name,
+        file=str(path) if path is not None else "-",
+        mode=mode,
+        seed=seed,
+        passed=False,
+        elapsed_s=0.0,
+        replay=replay_command(path, mode, seed),
+    )
+    if mode not in scenario.modes:
+        report.skipped = f"declares modes: [{', '.join(scenario.modes)}]"
+        report.passed = True
+        return report
+    with _workdir(workdir, scenario.name, mode) as directory:
+        report.workdir = str(directory)
+        try:
+            runner = EagerRun if mode == "eager" else BrokerRun
+            runner(scenario, path, seed, directory, report).run()
+        except ScenarioError as exc:
+            report.error = str(exc)
+        report.passed = report.error is None and all(c.passed for c in report.checks)
+    report.elapsed_s = round(time.perf_counter() - started, 2)
+    return report
+
+
+@contextmanager
+def _workdir(given: Path | None, name: str, mode: str) -> Iterator[Path]:
+    if given is not None:
+        given.mkdir(parents=True, exist_ok=True)
+        yield given
+        return
+    with tempfile.TemporaryDirectory(prefix=f"docpipe-scenario-{name}-{mode}-") as tmp:
+        yield Path(tmp)
+
+
+class _Run:
+    """What both modes share: submit, fault, wait, act, measure, judge."""
+
+    mode: str = ""
+
+    def __init__(
+        self, scenario: Scenario, path: Path | None, seed: int, workdir: Path, report: RunReport
+    ) -> None:
+        self.scenario = scenario
+        self.path = path
+        self.seed = seed
+        self.workdir = workdir
+        self.report = report
+        self.source = str(path) if path is not None else scenario.name
+
+    # The two hooks each mode provides.
+    def start(self, values: dict[str, Any]) -> Services:
+        raise NotImplementedError
+
+    def wait(self, services: Services, uuids: list[str]) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def extra_checks(self, services: Services) -> list[Check]:
+        return []
+
+    def run(self) -> None:
+        scenario = self.scenario
+        documents = materialize(scenario, self.path, self.seed, self.workdir / "inbox")
+        values = base_settings(scenario) | scenario.overrides()
+        rejected = scenario.expect.settings_rejected
+        try:
+            Settings(_env_file=None, **values)  # type: ignore[call-arg]
+        except ValidationError as exc:
+            problem = settings_problem(exc)
+            if rejected is None:
+                raise ScenarioError(f"{self.source}: settings: {problem}") from None
+            self.report.checks.append(
+                Check(
+                    "expectation",
+                    "settings_rejected",
+                    rejected.lower() in problem.lower(),
+                    f"settings refused, mentioning {rejected!r}",
+                    problem,
+                )
+            )
+            return
+        if rejected is not None:
+            self.report.checks.append(
+                Check(
+                    "expectation",
+                    "settings_rejected",
+                    False,
+                    f"settings refused, mentioning {rejected!r}",
+                    "the settings were accepted",
+                )
+            )
+            return
+        try:
+            services = self.start(values)
+            self._run_with(services, documents)
+        finally:
+            self.stop()
+
+    def _run_with(self, services: Services, documents: list[ScenarioDocument]) -> None:
+        scenario = self.scenario
+        project_uuid = services.store.ensure_project(scenario.name)
+        by_name: dict[str, str] = {}
+        for document in documents:
+            by_name[document.name] = submit_file(
+                services, document.path, project_uuid
+            ).document_uuid
+        names = {uuid_: name for name, uuid_ in by_name.items()}
+        declared, rules = self._rules(by_name)
+        namespace = f"docpipe:faults:scenario:{uuid.uuid4().hex[:12]}"
+        injector = RedisFaultInjector(services.redis, rules, namespace=namespace, seed=self.seed)
+        install_faults(services.redis, injector)
+        try:
+            uuids = list(by_name.values())
+            for document_uuid in uuids:
+                claim_own(services, document_uuid, worker=f"scenario-{scenario.name}")
+                dispatch(services, document_uuid)
+            self.wait(services, uuids)
+            for action in scenario.then:
+                self._act(services, action, by_name)
+                self.wait(services, uuids)
+            fired, calls = injector.fired(), injector.calls()
+            self.report.calls = injector.operation_calls()
+        finally:
+            clear_faults(services.redis)
+        self.report.faults = [
+            {"fault": rules[i].describe(), "calls": calls[i], "fired": fired[i]}
+            for i in range(declared)
+        ]
+        outcomes = [_outcome(services, name, by_name[name]) for name in by_name]
+        self.report.documents = outcomes
+        ours = set(names)
+        self.report.dead_letters = [
+            {**letter, "name": names[str(letter["document_uuid"])]}
+            for letter in services.store.dead_letters()
+            if letter["document_uuid"] in ours
+        ]
+        self.report.checks.extend(self._expectations())
+        self.report.checks.extend(_invariants(services, outcomes, fired[:declared], scenario))
+        self.report.checks.extend(self.extra_checks(services))
+
+    def _rules(self, by_name: dict[str, str]) -> tuple[int, list[FaultRule]]:
+        """Declared faults (document patterns resolved to uuids), then the latency rules."""
+        rules: list[FaultRule] = []
+        for index, fault in enumerate(self.scenario.faults):
+            documents: tuple[str, ...] = ()
+            if fault.documents:
+                documents = tuple(u for n, u in by_name.items() if matches(n, fault.documents))
+                if not documents:
+                    raise ScenarioError(
+                        f"{self.source}: faults[{index}].documents: {fault.documents} "
+                        "matches no submitted document"
+                    )
+            rules.append(
+                FaultRule(
+                    port=fault.port,
+                    kind=fault.kind,
+                    operation=fault.operation,
+                    first=fault.first,
+                    every=fault.every,
+                    probability=fault.probability,
+                    window=fault.window,
+                    documents=documents,
+                    latency_s=fault.latency_s,
+                    retry_after_s=fault.retry_after_s,
+                    message=fault.message,
+                )
+            )
+        declared = len(rules)
+        for port, latency in sorted(self.scenario.latency.items()):
+            low = latency.fixed_s if latency.fixed_s is not None else latency.min_s
+            rules.append(
+                FaultRule(
+                    port=port,
+                    kind="latency",
+                    latency_s=low or 0.0,
+                    latency_max_s=latency.max_s,
+                )
+            )
+        return declared, rules
+
+    def _act(self, services: Services, action: Any, by_name: dict[str, str]) -> None:
+        from pipeline.tasks import send_stage
+
+        if action.redeliver is not None:
+            for name, document_uuid in by_name.items():
+                if not matches(name, action.redeliver.documents):
+                    continue
+                version = services.store.get_document(document_uuid).processing_version
+                for stage in action.redeliver.stages:
+                    send_stage(stage, document_uuid, version)
+        elif action.reprocess is not None:
+            for name, document_uuid in by_name.items():
+                if not matches(name, action.reprocess.documents):
+                    continue
+                services.store.force_status(
+                    document_uuid, Status.PENDING, stage="reprocess", bump_version=True
+                )
+                services.store.enqueue(document_uuid)
+                claim_own(services, document_uuid, worker=f"scenario-{self.scenario.name}")
+                dispatch(services, document_uuid)
+
+    # --- expectations ---------------------------------------------------------------
+    def _expectations(self) -> list[Check]:
+        expect = self.scenario.expect
+        outcomes = self.report.documents
+        checks: list[Check] = []
+        for index, item in enumerate(expect.documents):
+            selected = [o for o in outcomes if matches(o.name, item.match)]
+            label = f"documents[{index}] {item.match!r}"
+            if not selected:
+                checks.append(
+                    Check("expectation", label, False, "at least one matching document", "none")
+                )
+                continue
+            if item.status is not None:
+                wanted = item.status if isinstance(item.status, list) else [item.status]
+                bad = [f"{o.name}={o.status}" for o in selected if o.status not in wanted]
+                checks.append(
+                    Check(
+                        "expectation",
+                        f"{label} status",
+                        not bad,
+                        " or ".join(wanted),
+                        ", ".join(bad) or _summary(Counter(o.status for o in selected)),
+                    )
+                )
+            if item.error_contains is not None:
+                bad = [
+                    f"{o.name}: {o.error!r}"
+                    for o in selected
+                    if item.error_contains.lower() not in (o.error or "").lower()
+                ]
+                checks.append(
+                    Check(
+                        "expectation",
+                        f"{label} error",
+                        not bad,
+                        f"error contains {item.error_contains!r}",
+                        "; ".join(bad) or "all do",
+                    )
+                )
+            for attribute in ("chunks", "mentions", "entities", "relationships"):
+                count: Count | None = getattr(item, attribute)
+                if count is not None:
+                    checks.append(
+                        _per_document(label, attribute, as_bound(count), selected, attribute)
+                    )
+            if item.processing_version is not None:
+                checks.append(
+                    _per_document(
+                        label,
+                        "processing_version",
+                        as_bound(item.processing_version),
+                        selected,
+                        "processing_version",
+                    )
+                )
+        if expect.totals is not None:
+            checks.extend(_totals(expect.totals, outcomes))
+        for name, count in expect.calls.items():
+            measured = self.report.calls.get(name, 0)
+            bound = as_bound(count)
+            checks.append(
+                Check(
+                    "expectation",
+                    f"calls {name}",
+                    bound.holds(measured),
+                    bound.describe(),
+                    str(measured),
+                )
+            )
+        if expect.dead_letters is not None:
+            checks.extend(_dead_letter_checks(expect.dead_letters, self.report.dead_letters))
+        return checks
+
+
+def _summary(counter: Counter[str]) -> str:
+    return ", ".join(f"{count} {key}" for key, count in sorted(counter.items()))
+
+
+def _per_document(
+    label: str, what: str, bound: Bound, selected: Sequence[DocumentOutcome], attribute: str
+) -> Check:
+    values = {o.name: int(getattr(o, attribute)) for o in selected}
+    bad = [f"{name}={value}" for name, value in values.items() if not bound.holds(value)]
+    measured = ", ".join(bad) if bad else _range(list(values.values()))
+    return Check("expectation", f"{label} {what}", not bad, f"each {bound.describe()}", measured)
+
+
+def _range(values: list[int]) -> str:
+    low, high = min(values), max(values)
+    return str(low) if low == high else f"{low}..{high}"
+
+
+def _totals(totals: Any, outcomes: Sequence[DocumentOutcome]) -> list[Check]:
+    statuses = Counter(o.status for o in outcomes)
+    measured: dict[str, int] = {
+        "documents": len(outcomes),
+        "completed": statuses.get("completed", 0),
+        "failed": len(outcomes) - statuses.get("completed", 0),
+        "chunks": sum(o.chunks for o in outcomes),
+        "mentions": sum(o.mentions for o in outcomes),
+        "entities": sum(o.entities for o in outcomes),
+        "relationships": sum(o.relationships for o in outcomes),
+    }
+    checks = []
+    for name, value in measured.items():
+        count: Count | None = getattr(totals, name)
+        if count is not None:
+            bound = as_bound(count)
+            checks.append(
+                Check(
+                    "expectation",
+                    f"totals {name}",
+                    bound.holds(value),
+                    bound.describe(),
+                    str(value),
+                )
+            )
+    for status, count in (totals.by_status or {}).items():
+        bound = as_bound(count)
+        value = statuses.get(str(status), 0)
+        checks.append(
+            Check(
+                "expectation",
+                f"totals by_status {status}",
+                bound.holds(value),
+                bound.describe(),
+                str(value),
+            )
+        )
+    return checks
+
+
+def _dead_letter_checks(spec: Any, letters: list[dict[str, Any]]) -> list[Check]:
+    checks = []
+    if spec.count is not None:
+        bound = as_bound(spec.count)
+        checks.append(
+            Check(
+                "expectation",
+                "dead_letters count",
+                bound.holds(len(letters)),
+                bound.describe(),
+                str(len(letters)),
+            )
+        )
+    if spec.documents is not None:
+        names = sorted({str(letter["name"]) for letter in letters})
+        stray = [n for n in names if not matches(n, spec.documents)]
+        missing = [p for p in spec.documents if not any(matches(n, p) for n in names)]
+        checks.append(
+            Check(
+                "expectation",
+                "dead_letters documents",
+                not stray and not missing,
+                f"exactly the documents matching {spec.documents}",
+                ", ".join(names) or "none",
+            )
+        )
+    if spec.stages is not None:
+        stages = sorted({str(letter["stage"]) for letter in letters})
+        wanted = sorted(str(s) for s in spec.stages)
+        checks.append(
+            Check(
+                "expectation",
+                "dead_letters stages",
+                bool(letters) and set(stages) <= set(wanted),
+                ", ".join(wanted),
+                ", ".join(stages) or "none",
+            )
+        )
+    if spec.error_contains is not None:
+        bad = [str(x["error"]) for x in letters if spec.error_contains not in str(x["error"])]
+        checks.append(
+            Check(
+                "expectation",
+                "dead_letters error",
+                bool(letters) and not bad,
+                f"error contains {spec.error_contains!r}",
+                "; ".join(bad) or ("all do" if letters else "no dead letters"),
+            )
+        )
+    return checks
+
+
+# --- measurements and invariants ----------------------------------------------------------
+
+
+def _outcome(services: Services, name: str, document_uuid: str) -> DocumentOutcome:
+    document = services.store.get_document(document_uuid)
+    counts = services.store.counts(document_uuid)
+    return DocumentOutcome(
+        name=name,
+        document_uuid=document_uuid,
+        status=str(document.status),
+        error=document.error_message,
+        chunks=counts.chunks,
+        mentions=counts.mentions,
+        entities=counts.canonical_entities,
+        relationships=counts.relationships,
+        processing_version=document.processing_version,
+    )
+
+
+def _duplicates(values: Sequence[object]) -> int:
+    return len(values) - len(set(values))
+
+
+def _invariants(
+    services: Services, outcomes: Sequence[DocumentOutcome], fired: list[int], scenario: Scenario
+) -> list[Check]:
+    store = services.store
+    checks = []
+    lost = [f"{o.name} ({o.status})" for o in outcomes if not Status(o.status).is_terminal]
+    checks.append(
+        Check(
+            "invariant",
+            "no lost document",
+            not lost,
+            "every submitted document terminal",
+            ", ".join(lost) or f"{len(outcomes)}/{len(outcomes)} terminal",
+        )
+    )
+    duplicated: list[str] = []
+    for o in outcomes:
+        u = o.document_uuid
+        chunks = store.get_chunks(u)
+        found = {
+            "chunk ids": _duplicates([c.uuid for c in chunks]),
+            "chunk indexes": _duplicates([c.chunk_index for c in chunks]),
+            "mention ids": _duplicates([m.uuid for m in store.get_mentions(u)]),
+            "entity ids": _duplicates([e.uuid for e in store.get_canonical_entities(u)]),
+            "relationships": _duplicates(
+                [(r.from_id, r.to_id, r.relationship_type) for r in store.get_relationships(u)]
+            ),
+            "history transitions": _duplicates(
+                [(h.processing_version, h.status) for h in store.history(u)]
+            ),
+        }
+        duplicated.extend(f"{o.name}: {n} {what}" for what, n in found.items() if n)
+    checks.append(
+        Check(
+            "invariant",
+            "no duplicated side effect",
+            not duplicated,
+            "each chunk, mention, entity, relationship and transition once",
+            "; ".join(duplicated) or "none duplicated",
+        )
+    )
+    open_rows = [
+        f"{o.name} ({entry.status})"
+        for o in outcomes
+        if Status(o.status).is_terminal
+        for entry in store.queue_entries(o.document_uuid)
+        if entry.status in (QueueStatus.PENDING, QueueStatus.PROCESSING)
+    ]
+    checks.append(
+        Check(
+            "invariant",
+            "nothing stuck",
+            not open_rows,
+            "no open queue row for a finished document",
+            ", ".join(open_rows) or "none open",
+        )
+    )
+    uncovered = []
+    for index, (fault, count) in enumerate(zip(scenario.faults, fired, strict=True)):
+        bound = as_bound(fault.fired) if fault.fired is not None else Bound(min=1)
+        if not bound.holds(count):
+            uncovered.append(f"faults[{index}] {fault.kind} on {fault.port}: fired {count}")
+    checks.append(
+        Check(
+            "invariant",
+            "fault coverage",
+            not uncovered,
+            "every declared fault fired (within its bounds)",
+            "; ".join(uncovered) or f"{len(fired)} fault(s) fired: {fired}",
+        )
+    )
+    return checks
+
+
+# --- the two modes -----------------------------------------------------------------------
+
+
+class EagerRun(_Run):
+    mode = "eager"
+
+    def start(self, values: dict[str, Any]) -> Services:
+        self._redis_name = f"scenario-{uuid.uuid4().hex}"
+        settings = Settings(  # type: ignore[call-arg]
+            _env_file=None,
+            **values,
+            database_url=f"sqlite:///{self.workdir / 'docpipe.db'}",
+            blob_url=f"file://{self.workdir / 'blobs'}",
+            redis_url=f"fakeredis://{self._redis_name}",
+            broker_url="memory://",
+            eager=True,
+        )
+        services = build_services(settings)
+        fresh_connections()
+        celery_app.configure(settings)
+        use_services(services)
+        self._services: Services | None = services
+        return services
+
+    def wait(self, services: Services, uuids: list[str]) -> None:
+        """Eager tasks ran inline; nothing to wait for."""
+
+    def stop(self) -> None:
+        services = getattr(self, "_services", None)
+        use_services(None)
+        if services is not None:
+            services.redis.flushall()
+            engine = getattr(services.store, "engine", None)
+            if engine is not None:
+                engine.dispose()
+            from pipeline import bootstrap
+
+            bootstrap._fake_redis_servers.pop(self._redis_name, None)
+
+
+class BrokerRun(_Run):
+    mode = "broker"
+
+    def start(self, values: dict[str, Any]) -> Services:
+        from pipeline.broker import queues_without_consumers
+        from pipeline.scenarios.broker import PORT_QUEUES, BrokerEnvironment, worker_layout
+
+        env = {f"DOCPIPE_{k.upper()}": _env_value(v) for k, v in values.items()}
+        self.environment = BrokerEnvironment(self.workdir, env)
+        self.environment.start_redis()
+        settings = Settings(_env_file=None, **self.environment.settings_values())  # type: ignore[call-arg]
+        kill_queues = {PORT_QUEUES[f.port] for f in self.scenario.faults if f.kind == "kill_worker"}
+        omit = self.scenario.broker.omit_queues
+        self.environment.start_workers(worker_layout(kill_queues, omit))
+        services = build_services(settings)
+        fresh_connections()
+        app = celery_app.configure(settings)
+        use_services(services)
+        self._services: Services | None = services
+        served = [q for q in QUEUES if q not in omit]
+        deadline = time.monotonic() + 30
+        while queues_without_consumers(app, served, timeout=0.5):
+            if time.monotonic() > deadline or self.environment.worker_died():
+                raise ScenarioError(
+                    f"{self.source}: broker mode: the workers did not come up within 30 s "
+                    f"(logs in {self.workdir}; run with a kept directory to read them)"
+                )
+        idle = queues_without_consumers(app, QUEUES, timeout=0.5) if omit else []
+        expected = self.scenario.expect.preflight_error
+        if idle:
+            message = (
+                f"no worker consumes queue(s) {', '.join(idle)}: tasks sent there would stay "
+                "PENDING forever"
+            )
+            self.report.checks.append(
+                Check(
+                    "expectation",
+                    "preflight_error",
+                    expected is not None and expected.lower() in message.lower(),
+                    f"refused up front, mentioning {expected!r}" if expected else "no error",
+                    message,
+                )
+            )
+            raise _Preflight()
+        if expected is not None:
+            self.report.checks.append(
+                Check(
+                    "expectation",
+                    "preflight_error",
+                    False,
+                    f"refused up front, mentioning {expected!r}",
+                    "every queue has a consumer",
+                )
+            )
+            raise _Preflight()
+        return services
+
+    def run(self) -> None:
+        with suppress(_Preflight):
+            super().run()
+
+    def wait(self, services: Services, uuids: list[str]) -> None:
+        from pipeline.broker import wait_for_terminal
+
+        wait_for_terminal(services, uuids, timeout_s=self.scenario.broker.timeout_s)
+
+    def extra_checks(self, services: Services) -> list[Check]:
+        deadline = time.monotonic() + 5
+        lengths = self.environment.queue_lengths()
+        while any(lengths.values()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            lengths = self.environment.queue_lengths()
+        waiting = {q: n for q, n in lengths.items() if n}
+        return [
+            Check(
+                "invariant",
+                "no message left in a queue",
+                not waiting,
+                "every broker queue empty",
+                ", ".join(f"{q}: {n}" for q, n in waiting.items()) or "all empty",
+            )
+        ]
+
+    def stop(self) -> None:
+        use_services(None)
+        fresh_connections(close=True)
+        services = getattr(self, "_services", None)
+        if services is not None:
+            engine = getattr(services.store, "engine", None)
+            if engine is not None:
+                engine.dispose()
+            services.redis.close()
+        environment = getattr(self, "environment", None)
+        if environment is not None:
+            environment.stop()
+
+
+class _Preflight(Exception):
+    """Broker mode stopped before submitting (its outcome is already a check)."""
+
+
+def fresh_connections(*, close: bool = False) -> None:
+    """Forget Celery's pooled broker connections: the next run may use another broker URL.
+
+    The app keeps a connection pool and a producer pool once it has published;
+    a later run with a new broker (or back to eager mode) must not reuse them.
+    `close` also closes kombu's process-wide pools (after a broker run).
+    """
+    app: Any = celery_app.app
+    app._pool = None
+    app.amqp._producer_pool = None
+    if close:
+        from kombu import pools
+
+        pools.reset()
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+# --- parity -------------------------------------------------------------------------------
+
+
+def parity(eager: RunReport, broker: RunReport) -> list[str]:
+    """Where the two modes' outcomes differ (empty: they agree)."""
+    if eager.skipped or broker.skipped:
+        return []
+    differences = []
+    keyed_e = {d.name: d for d in eager.documents}
+    keyed_b = {d.name: d for d in broker.documents}
+    fields = ("status", "chunks", "mentions", "entities", "relationships", "processing_version")
+    for name in sorted(set(keyed_e) | set(keyed_b)):
+        e, b = keyed_e.get(name), keyed_b.get(name)
+        if e is None or b is None:
+            differences.append(f"{name}: only in {'broker' if e is None else 'eager'}")
+            continue
+        for attribute in fields:
+            if getattr(e, attribute) != getattr(b, attribute):
+                differences.append(
+                    f"{name} {attribute}: eager {getattr(e, attribute)}, "
+                    f"broker {getattr(b, attribute)}"
+                )
+    checks_e = {(c.kind, c.name): c.passed for c in eager.checks}
+    for check in broker.checks:
+        key = (check.kind, check.name)
+        if key in checks_e and checks_e[key] != check.passed:
+            differences.append(
+                f"{check.kind} {check.name!r}: eager {'pass' if checks_e[key] else 'FAIL'}, "
+                f"broker {'pass' if check.passed else 'FAIL'}"
+            )
+    return differences
+
+
+def run_many(
+    items: Sequence[tuple[Scenario, Path | None]],
+    modes: Sequence[Mode],
+    *,
+    seed: int | None = None,
+    on_report: Callable[[RunReport], None] = lambda report: None,
+) -> list[RunReport]:
+    reports = []
+    for scenario, path in items:
+        for mode in modes:
+            try:
+                report = run_scenario(scenario, path, mode, seed=seed)
+            except ConfigurationError as exc:
+                s = scenario.seed if seed is None else seed
+                report = RunReport(
+                    scenario.name, str(path), mode, s, False, 0.0, replay_command(path, mode, s)
+                )
+                report.error = str(exc)
+            on_report(report)
+            reports.append(report)
+    return reports

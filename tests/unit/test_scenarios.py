@@ -1,0 +1,189 @@
+"""Scenario files: the format, the library (every scenario in eager mode) and the runner."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.scenarios.model import (
+    Scenario,
+    ScenarioError,
+    load_scenario,
+    parse_scenario,
+    schema_text,
+)
+from pipeline.scenarios.runner import RunReport, run_scenario
+from tests.conftest import REPO
+
+SCENARIOS = REPO / "scenarios"
+FILES = sorted(SCENARIOS.glob("*.yaml"))
+
+
+def _explain(report: RunReport) -> str:
+    failed = [f"{c.name}: expected {c.expected}, measured {c.measured}" for c in report.checks]
+    failed = [line for line, c in zip(failed, report.checks, strict=True) if not c.passed]
+    return f"{report.error or ''}\n" + "\n".join(failed) + f"\nreplay: {report.replay}"
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_scenario_passes_in_eager_mode(path: Path, tmp_path: Path) -> None:
+    scenario = load_scenario(path)
+    if "eager" not in scenario.modes:
+        pytest.skip(f"{scenario.name} declares modes: {scenario.modes} (run in integration)")
+    report = run_scenario(scenario, path, "eager", workdir=tmp_path)
+    assert report.passed, _explain(report)
+    assert report.checks, "a scenario that checks nothing proves nothing"
+
+
+def test_the_library_has_at_least_15_scenarios_named_after_their_files() -> None:
+    assert len(FILES) >= 15
+    for path in FILES:
+        scenario = load_scenario(path)
+        assert scenario.name == path.stem
+        assert scenario.reference, f"{path.name}: say which real failure it reproduces"
+
+
+def test_committed_schema_equals_the_models_schema() -> None:
+    committed = (SCENARIOS / "schema.json").read_text()
+    assert committed == schema_text(), (
+        "scenarios/schema.json is stale: run `docpipe scenario schema > scenarios/schema.json`"
+    )
+
+
+def minimal(**extra: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "name": "t",
+        "description": "d",
+        "documents": [{"generate": {"type": "txt", "name": "a.txt"}}],
+    }
+    data.update(extra)
+    return data
+
+
+@pytest.mark.parametrize(
+    ("data", "fragments"),
+    [
+        (minimal(faults=[{"port": "llm", "kind": "transient", "bogus": 1}]),
+         ["f.yaml: faults[0].bogus: unknown key", "expected one of:", "probability"]),
+        (minimal(faults=[{"port": "llm", "kind": "explode"}]),
+         ["faults[0].kind", "'transient'", "'explode'"]),
+        (minimal(settings={"max_retrys": 2}), ["settings.max_retrys: unknown key", "max_retries"]),
+        (minimal(settings={"database_url": "sqlite://"}), ["settings.database_url: unknown key"]),
+        (minimal(faults=[{"port": "parser", "kind": "kill_worker"}]),
+         ["kill_worker", "modes: [broker]"]),
+        (minimal(faults=[{"port": "llm", "kind": "permanent", "documents": ["a.txt"]}]),
+         ["faults[0]", "'documents' needs a port that knows the document"]),
+        (minimal(faults=[{"port": "ocr", "operation": "analyze", "kind": "permanent"}]),
+         ["faults[0]", "operations start, poll"]),
+        (minimal(expect={"totals": {"chunks": {"min": 3, "max": 1}}}),
+         ["expect.totals.chunks", "min (3) is above max (1)"]),
+        (minimal(expect={"calls": {"llm.chat": 1}}), ["expect", "unknown 'llm.chat'"]),
+        ({"name": "t", "description": "d"}, ["documents: required key is missing"]),
+        (minimal(documents=[{"files": ["x"], "generate": {"type": "txt"}}]),
+         ["documents[0]", "exactly one of 'files' or 'generate'"]),
+    ],
+)  # fmt: skip
+def test_a_bad_scenario_names_file_key_path_and_expectation(
+    data: dict[str, Any], fragments: list[str]
+) -> None:
+    with pytest.raises(ScenarioError) as raised:
+        parse_scenario(data, "f.yaml")
+    message = str(raised.value)
+    assert message.startswith("f.yaml: ")
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: [unclosed\n")
+    with pytest.raises(ScenarioError, match=r"broken\.yaml: not valid YAML"):
+        load_scenario(path)
+
+
+def _run(data: dict[str, Any], tmp_path: Path, seed: int | None = None) -> RunReport:
+    scenario = Scenario.model_validate(data)
+    return run_scenario(scenario, tmp_path / "t.yaml", "eager", seed=seed, workdir=tmp_path / "w")
+
+
+def _failed(report: RunReport) -> dict[str, str]:
+    return {c.name: c.measured for c in report.checks if not c.passed}
+
+
+def test_a_fault_that_never_fires_fails_the_run(tmp_path: Path) -> None:
+    # Text files never reach Textract: the fault cannot fire, so the scenario proves nothing.
+    report = _run(minimal(faults=[{"port": "ocr", "kind": "transient"}]), tmp_path)
+    assert not report.passed
+    assert _failed(report) == {"fault coverage": "faults[0] transient on ocr: fired 0"}
+    assert report.replay == f"docpipe scenario run {tmp_path / 't.yaml'} --mode eager --seed 0"
+
+
+def test_failing_expectations_report_the_measured_value(tmp_path: Path) -> None:
+    data = minimal(
+        expect={
+            "documents": [{"match": "a.txt", "status": "dead_lettered"}, {"match": "nope*"}],
+            "totals": {"chunks": {"min": 500}},
+            "calls": {"parser.extract": 2},
+        }
+    )
+    failed = _failed(_run(data, tmp_path))
+    assert failed == {
+        "documents[0] 'a.txt' status": "a.txt=completed",
+        "documents[1] 'nope*'": "none",
+        "totals chunks": "1",
+        "calls parser.extract": "1",
+    }
+
+
+def test_same_seed_same_outcome_and_another_seed_another_schedule(tmp_path: Path) -> None:
+    data = minimal(
+        documents=[{"generate": {"type": "txt", "name": "d-{i}.txt", "count": 6, "pages": 2}}],
+        settings={"max_retries": 1},
+        faults=[{"port": "llm", "kind": "transient", "probability": 0.3}],
+    )
+
+    def outcome(seed: int, run: str) -> tuple[object, ...]:
+        report = _run(data, tmp_path / run, seed=seed)
+        documents = [(d.name, d.status, d.chunks, d.mentions) for d in report.documents]
+        return tuple(documents), tuple(map(str, report.faults)), tuple(report.calls.items())
+
+    first = outcome(1, "a")
+    assert outcome(1, "b") == first
+    assert outcome(2, "c") != first
+
+
+def test_settings_overrides_reach_the_run(tmp_path: Path) -> None:
+    data = minimal(
+        settings={"max_file_bytes": 10},
+        expect={"documents": [{"match": "a.txt", "status": "ocr_failed"}]},
+    )
+    report = _run(data, tmp_path)
+    assert report.passed, _explain(report)
+
+
+def test_cli_runs_files_and_exits_0_only_when_every_expectation_holds(tmp_path: Path) -> None:
+    good = SCENARIOS / "permanent_error_not_retried.yaml"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(json.dumps(minimal(name="bad", expect={"totals": {"completed": 7}})))
+    command = [sys.executable, "-m", "pipeline", "scenario", "run"]
+
+    ok = subprocess.run([*command, str(good), "--json"], capture_output=True, text=True, cwd=REPO)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    payload = json.loads(ok.stdout)
+    assert payload["passed"] is True and payload["runs"][0]["mode"] == "eager"
+
+    failing = subprocess.run([*command, str(bad)], capture_output=True, text=True, cwd=REPO)
+    assert failing.returncode == 1
+    assert "totals completed" in failing.stdout
+    assert f"replay: docpipe scenario run {bad} --mode eager --seed 0" in failing.stdout
+
+    invalid = tmp_path / "invalid.yaml"
+    invalid.write_text("name: x\n")
+    usage = subprocess.run([*command, str(invalid)], capture_output=True, text=True, cwd=REPO)
+    assert usage.returncode == 2
+    assert "invalid.yaml: description: required key is missing" in usage.stderr
