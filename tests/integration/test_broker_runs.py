@@ -89,17 +89,8 @@ def docpipe_json(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, dict[
 def outcome(report: dict[str, object]) -> dict[str, tuple[object, ...]]:
     rows = report["documents"]
     assert isinstance(rows, list)
-    return {
-        Path(r["file"]).name: (
-            r["status"],
-            r["category"],
-            r["chunks"],
-            r["mentions"],
-            r["canonical_entities"],
-            r["relationships"],
-        )  # fmt: skip
-        for r in rows
-    }
+    fields = ("status", "category", "chunks", "mentions", "canonical_entities", "relationships")
+    return {Path(r["file"]).name: tuple(r[f] for f in fields) for r in rows}
 
 
 def test_mixed_batch_through_real_workers_matches_eager_mode(
