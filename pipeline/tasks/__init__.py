@@ -12,8 +12,9 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+import redis
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from pipeline import stages
 from pipeline.bootstrap import Services, current_services
@@ -54,33 +55,38 @@ def run_stage(
     """Run one stage under its lock and apply the retry / failure policy."""
     services = current_services()
     settings = services.settings
-    if _redelivered_too_often(task, services):
-        _dead_letter(task, services, stage, document_uuid, version, "worker lost too many times")
-        return "dead_lettered"
     lock_name = f"{document_uuid}:{stage}"
-    # The task id owns the lock, so its own redelivery (worker killed) can take it again.
-    token = services.locks.acquire(lock_name, settings.lock_ttl_s, owner=task.request.id)
+    token: str | None = None
     try:
+        if _redelivered_too_often(task, services):
+            _dead_letter(
+                task, services, stage, document_uuid, version, "worker lost too many times"
+            )
+            return "dead_lettered"
+        # The task id owns the lock, so its own redelivery (worker killed) can take it again.
+        token = services.locks.acquire(lock_name, settings.lock_ttl_s, owner=task.request.id)
         if token is None:
             raise LockUnavailable(f"another worker holds the {stage} lock")
         result = call(services)
+    except redis.RedisError as exc:
+        # Redis restarting or unreachable: retry later rather than drop the document.
+        token = None
+        retry = _retry_or_dead_letter(task, services, stage, document_uuid, version, exc)
+        if retry is None:
+            raise
+        raise retry from exc
     except (TransientError, SoftTimeLimitExceeded) as exc:
-        retry_after = exc.retry_after if isinstance(exc, TransientError) else None
-        retries = task.request.retries
-        if retries < settings.max_retries:
-            countdown = retry_countdown(settings, retries, retry_after)
-            log.info(
-                "%s %s: %s; retry %d in %.1fs", stage, document_uuid, exc, retries + 1, countdown
-            )
-            _release(services, lock_name, token)
-            token = None
-            raise task.retry(countdown=countdown, max_retries=settings.max_retries) from exc
-        if isinstance(exc, LockUnavailable):
+        exhausted = task.request.retries >= settings.max_retries
+        if exhausted and isinstance(exc, LockUnavailable):
             # Another live task runs this very stage; its own message guarantees progress.
             log.warning("%s %s: dropped a duplicate task: %s", stage, document_uuid, exc)
             return "skipped"
-        _dead_letter(task, services, stage, document_uuid, version, readable(stage, exc))
-        return "dead_lettered"
+        _release(services, lock_name, token)
+        token = None
+        retry = _retry_or_dead_letter(task, services, stage, document_uuid, version, exc)
+        if retry is None:
+            return "dead_lettered"
+        raise retry from exc
     except Exception as exc:
         reason = readable(stage, exc)
         log.warning("%s %s failed: %s", stage, document_uuid, reason)
@@ -95,6 +101,26 @@ def run_stage(
         services.state.record(document_uuid, str(stage), "completed")
     _dispatch(result, document_uuid, version)
     return "ok"
+
+
+def _retry_or_dead_letter(
+    task: Task[Any, Any],
+    services: Services,
+    stage: Stage,
+    document_uuid: str,
+    version: int,
+    exc: BaseException,
+) -> Retry | None:
+    """The Retry to raise, with backoff; None once retries are spent and it is dead-lettered."""
+    settings = services.settings
+    retries = task.request.retries
+    if retries < settings.max_retries:
+        retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+        countdown = retry_countdown(settings, retries, retry_after)
+        log.info("%s %s: %s; retry %d in %.1fs", stage, document_uuid, exc, retries + 1, countdown)
+        return task.retry(countdown=countdown, max_retries=settings.max_retries)
+    _dead_letter(task, services, stage, document_uuid, version, readable(stage, exc))
+    return None
 
 
 def _release(services: Services, lock_name: str, token: str | None) -> None:
