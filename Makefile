@@ -23,8 +23,8 @@ venv: $(STAMP)  ## create .venv and install docpipe with its dev tools
 demo: $(STAMP)  ## run the pipeline on the sample documents (embedded default: no Redis, no cloud)
 	$(DOCPIPE) run samples/
 
-test: lint $(STAMP)  ## lint, then unit and integration tests
-	$(BIN)/pytest -q tests -m 'not load'
+test: lint $(STAMP)  ## lint, then unit, integration and the short load check (CI runs this)
+	$(BIN)/pytest -q tests -m 'load or not load'
 
 unit: $(STAMP)  ## unit tests only (no services needed)
 	$(BIN)/pytest -q tests/unit
