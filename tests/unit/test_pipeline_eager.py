@@ -287,3 +287,23 @@ def test_malformed_answer_once_then_good_completes_without_caching_the_bad_one(
     row = run_files(services, [path])["a.txt"]
     assert row["status"] == "completed"
     assert int(str(row["mentions"])) > 0
+
+
+def test_a_stage_whose_lock_is_held_elsewhere_never_runs_unlocked(
+    services: Services, tmp_path: Path
+) -> None:
+    path = tmp_path / "a.txt"
+    path.write_text(GOOD_TEXT)
+    (submission,) = submit_all(services, [path], "p")
+    uuid = submission.document_uuid
+    held = services.locks.acquire(f"{uuid}:{Stage.OCR}", ttl_seconds=60, owner="another-worker")
+    assert held == "another-worker"
+
+    dispatch(services, uuid)
+
+    document = services.store.get_document(uuid)
+    assert document.status is Status.OCR_QUEUED  # retried, then dropped: OCR never ran
+    assert document.raw_text is None
+    services.locks.release(f"{uuid}:{Stage.OCR}", "another-worker")
+    dispatch(services, uuid)
+    assert services.store.get_document(uuid).status is Status.COMPLETED
