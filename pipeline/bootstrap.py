@@ -7,6 +7,7 @@ no client is shared across a fork.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import threading
 from dataclasses import dataclass
@@ -101,13 +102,118 @@ def build_blob_store(url: str) -> BlobStore:
         return LocalBlobStore(Path(url.removeprefix("file://")))
     raise ConfigurationError(
         f"unsupported blob url {redact_url(url)!r} (use file://DIR or memory://; "
-        "s3:// arrives with the production adapters)"
+        "s3://BUCKET/PREFIX needs the settings: see build_s3_blob_store)"
     )
 
 
 def _refuse_cloud_under_test(settings: Settings, what: str) -> None:
     if os.environ.get(UNDER_TEST_ENV) and not settings.allow_cloud:
         raise ConfigurationError(f"{what} is a real cloud adapter and is disabled under tests")
+
+
+def is_loopback_url(url: str | None) -> bool:
+    """Whether `url` points at this machine (a local fake, never a cloud service)."""
+    if not url:
+        return False
+    host = urlparse(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def build_openai_extractor(settings: Settings) -> EntityExtractor:
+    """DOCPIPE_LLM=openai: the SDK client is built here, never at import (fork-safe)."""
+    if not is_loopback_url(settings.openai_base_url):
+        _refuse_cloud_under_test(settings, "OpenAI")
+    if settings.openai_api_key is None:
+        raise ConfigurationError("DOCPIPE_LLM=openai needs DOCPIPE_OPENAI_API_KEY")
+    from pipeline.adapters.openai_llm import OpenAIEntityExtractor, create_openai_client
+
+    client = create_openai_client(
+        api_key=settings.openai_api_key.get_secret_value(),
+        base_url=settings.openai_base_url,
+        timeout_s=settings.openai_timeout_s,
+    )
+    return OpenAIEntityExtractor(client, settings.openai_model, timeout_s=settings.openai_timeout_s)
+
+
+NEO4J_SCHEMES = ("neo4j", "neo4j+s", "neo4j+ssc", "bolt", "bolt+s", "bolt+ssc")
+
+
+def build_neo4j_sink(settings: Settings) -> GraphSink:
+    """DOCPIPE_GRAPH_URL=neo4j://... or bolt://...: the driver connects lazily, on first write."""
+    url = settings.graph_url
+    if urlparse(url).scheme not in NEO4J_SCHEMES:
+        raise ConfigurationError(
+            f"unsupported graph url {redact_url(url)!r} (use memory:// or "
+            f"{', '.join(s + '://' for s in NEO4J_SCHEMES)})"
+        )
+    if not is_loopback_url(url):
+        _refuse_cloud_under_test(settings, "Neo4j")
+    from pipeline.adapters.neo4j_graph import Neo4jGraphSink, create_neo4j_driver
+
+    password = settings.neo4j_password
+    driver = create_neo4j_driver(
+        url,
+        user=settings.neo4j_user,
+        password=None if password is None else password.get_secret_value(),
+    )
+    return Neo4jGraphSink(driver, settings.neo4j_database)
+
+
+def s3_location(settings: Settings) -> tuple[str, str]:
+    """(bucket, prefix) of `DOCPIPE_BLOB_URL=s3://bucket/prefix` (or DOCPIPE_S3_BUCKET)."""
+    parsed = urlparse(settings.blob_url)
+    if parsed.scheme != "s3":
+        raise ConfigurationError(
+            "DOCPIPE_OCR=textract reads documents from S3: set DOCPIPE_BLOB_URL=s3://BUCKET/PREFIX"
+        )
+    bucket = parsed.netloc or settings.s3_bucket or ""
+    if not bucket:
+        raise ConfigurationError("s3:// blob url without a bucket: set it or DOCPIPE_S3_BUCKET")
+    return bucket, parsed.path.strip("/")
+
+
+def aws_client(settings: Settings, service: str, what: str) -> Any:
+    """A boto3 client for `service`; refused under tests unless it points at a local simulator.
+
+    Credentials come from boto3's own chain (AWS_* env vars, shared config,
+    instance role), never from our logs or reports.
+    """
+    if not is_loopback_url(settings.aws_endpoint_url):
+        _refuse_cloud_under_test(settings, what)
+    from pipeline.adapters.aws import build_client
+
+    return build_client(
+        service,
+        region=settings.aws_region,
+        endpoint_url=settings.aws_endpoint_url,
+        max_attempts=settings.aws_max_attempts,
+    )
+
+
+def build_s3_blob_store(settings: Settings) -> BlobStore:
+    """DOCPIPE_BLOB_URL=s3://bucket/prefix: the client is built here, never at import."""
+    from pipeline.adapters.s3_blob import S3BlobStore
+
+    bucket, prefix = s3_location(settings)
+    return S3BlobStore(aws_client(settings, "s3", "S3"), bucket, prefix)
+
+
+def build_textract_engine(settings: Settings, blobs: BlobStore) -> OcrEngine:
+    """DOCPIPE_OCR=textract: jobs read the objects the S3 blob store wrote."""
+    from pipeline.adapters.textract import TextractOcrEngine
+
+    bucket, prefix = s3_location(settings)
+    return TextractOcrEngine(
+        aws_client(settings, "textract", "Textract"),
+        bucket,
+        prefix=prefix,
+        min_confidence=settings.textract_min_confidence,
+    )
 
 
 def latency_profile(settings: Settings) -> LatencyProfile:
@@ -134,7 +240,11 @@ def build_services(settings: Settings, *, faults: FaultInjector | None = None) -
         from fakes.faults import SharedFaultInjector
 
         faults = SharedFaultInjector(client)
-    blobs = build_blob_store(settings.blob_url)
+    blobs = (
+        build_s3_blob_store(settings)
+        if urlparse(settings.blob_url).scheme == "s3"
+        else build_blob_store(settings.blob_url)
+    )
 
     ocr: OcrEngine
     if settings.ocr == "fake":
@@ -149,8 +259,7 @@ def build_services(settings: Settings, *, faults: FaultInjector | None = None) -
             job_seconds=latency.sampler(OCR_JOB),
         )
     else:
-        _refuse_cloud_under_test(settings, "Textract")
-        raise ConfigurationError("DOCPIPE_OCR=textract: the Textract adapter is not built yet")
+        ocr = build_textract_engine(settings, blobs)
 
     parser: DocumentParser = LocalDocumentParser()
     if faults is not None:
@@ -166,8 +275,7 @@ def build_services(settings: Settings, *, faults: FaultInjector | None = None) -
             clock=clock, faults=faults, call_seconds=latency.sampler(LLM_CALL)
         )
     else:
-        _refuse_cloud_under_test(settings, "OpenAI")
-        raise ConfigurationError("DOCPIPE_LLM=openai: the OpenAI adapter is not built yet")
+        extractor = build_openai_extractor(settings)
 
     graph: GraphSink
     if settings.graph_url.startswith("memory://"):
@@ -175,9 +283,7 @@ def build_services(settings: Settings, *, faults: FaultInjector | None = None) -
 
         graph = InMemoryGraphSink(clock=clock, write_seconds=latency.sampler(GRAPH_WRITE))
     else:
-        raise ConfigurationError(
-            f"graph url {redact_url(settings.graph_url)!r}: the Neo4j adapter is not built yet"
-        )
+        graph = build_neo4j_sink(settings)
 
     store: DocumentStore = create_store(settings.database_url)
     document_db = latency.sampler(DOCUMENT_DB)

@@ -71,13 +71,17 @@ def configure(settings: Settings) -> Celery:
     Pooled broker connections are dropped first: they would keep talking to
     the previous broker after the URL changed.
     """
-    _drop_broker_connections()
+    drop_broker_connections()
     app.conf.update(celery_config(settings))
     return app
 
 
-def _drop_broker_connections() -> None:
-    # What Celery itself does after a fork (Celery._after_fork): forget the pools.
+def drop_broker_connections() -> None:
+    """Forget the app's pooled broker connections: the next use may have another broker URL.
+
+    What Celery itself does after a fork (Celery._after_fork): the connection
+    pool and the producer pool are dropped, so nothing talks to an old broker.
+    """
     app._pool = None  # type: ignore[attr-defined]
     amqp = app.__dict__.get("amqp")
     if amqp is not None:

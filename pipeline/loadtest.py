@@ -18,23 +18,21 @@ import json
 import math
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis
 
-from pipeline.domain.models import QUEUES, Status
+from pipeline.devstack import RedisServer, WorkerGroup, start_redis, stop_process
+from pipeline.domain.models import PROGRESS_ORDER, QUEUES, Status
 from pipeline.errors import ConfigurationError
 from pipeline.latency import DOCUMENT_DB, GRAPH_WRITE, LLM_CALL, LatencyProfile
 from pipeline.settings import Settings
@@ -46,16 +44,7 @@ PLAN_LAYOUT_SPEC = "ocr:prefork:2 text:threads:4 entity:gevent:100 graph:threads
 #: Simulated-time settings the load run scales with the profile (seconds in the old system).
 _SCALED_SETTINGS = ("ocr_poll_interval_s", "llm_rate_limit_window_s", "retry_backoff_base_s")
 #: Statuses in the order a document passes through them ("time in status" is per stage).
-_TIMELINE = (
-    Status.OCR_QUEUED,
-    Status.OCR_PROCESSING,
-    Status.OCR_COMPLETE,
-    Status.TEXT_PROCESSING,
-    Status.ENTITY_EXTRACTION,
-    Status.ENTITY_RESOLUTION,
-    Status.GRAPH_BUILDING,
-    Status.COMPLETED,
-)
+_TIMELINE = PROGRESS_ORDER[PROGRESS_ORDER.index(Status.OCR_QUEUED) :]
 Progress = Callable[[str], None]
 
 
@@ -239,50 +228,6 @@ def stage_percentiles(runs: Mapping[str, Sequence[DocumentTimeline]]) -> list[di
 # --- processes ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _stop(process: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=timeout_s)
-
-
-@contextmanager
-def private_redis(workdir: Path) -> Iterator[str]:
-    """A throw-away redis-server on a free loopback port; yields its base URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise ConfigurationError("redis-server is not installed (apt-get install redis-server)")
-    port = free_port()
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
-    argv += ["no", "--dir", str(workdir), "--maxmemory-policy", "noeviction"]
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise ConfigurationError(f"redis-server did not start on port {port}") from None
-                time.sleep(0.05)
-        client.close()
-        yield f"redis://127.0.0.1:{port}"
-    finally:
-        _stop(process, 10)
-
-
 class QueueDepthSampler:
     """Samples each queue's length on the broker every `interval_s` in a thread."""
 
@@ -351,7 +296,7 @@ def _common_values(config: LoadConfig) -> dict[str, Any]:
 # --- the two runs ----------------------------------------------------------------------------
 
 
-def run_baseline(config: LoadConfig, workdir: Path, redis_url: str, say: Progress) -> Path:
+def run_baseline(config: LoadConfig, workdir: Path, server: RedisServer, say: Progress) -> Path:
     """The monolith in this process; returns its database path."""
     from pipeline.bootstrap import build_services
     from pipeline.monolith import run_sequential
@@ -361,7 +306,7 @@ def run_baseline(config: LoadConfig, workdir: Path, redis_url: str, say: Progres
     values.update(
         database_url=f"sqlite:///{database}",
         blob_url=f"file://{workdir / 'blobs-sequential'}",
-        redis_url=f"{redis_url}/2",
+        redis_url=server.url(2),
         eager=True,
     )
     settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -381,10 +326,9 @@ def run_baseline(config: LoadConfig, workdir: Path, redis_url: str, say: Progres
 
 
 def run_celery(
-    config: LoadConfig, workdir: Path, redis_url: str, say: Progress
+    config: LoadConfig, workdir: Path, server: RedisServer, say: Progress
 ) -> tuple[Path, list[dict[str, float]], dict[str, Any]]:
     """Workers + locust; returns the run's database, queue-depth samples and locust facts."""
-    from pipeline.broker import queues_without_consumers
     from pipeline.celery_app import configure
 
     database = workdir / "celery.db"
@@ -392,8 +336,8 @@ def run_celery(
     values.update(
         database_url=f"sqlite:///{database}",
         blob_url=f"file://{workdir / 'blobs-celery'}",
-        broker_url=f"{redis_url}/0",
-        redis_url=f"{redis_url}/1",
+        broker_url=server.url(0),
+        redis_url=server.url(1),
         eager="false",
     )
     env = _settings_env(values)
@@ -403,27 +347,18 @@ def run_celery(
 
     create_store(values["database_url"]).close()
 
-    workers: list[subprocess.Popen[bytes]] = []
-    try:
+    with WorkerGroup(workdir, env, loglevel="WARNING", stop_timeout_s=20) as workers:
         for spec in config.layout:
-            hostname = f"load-{spec.queue}-{os.getpid()}@%h"
-            argv = [sys.executable, "-m", "pipeline", "worker", "--queues", spec.queue]
-            argv += ["--pool", spec.pool, "--concurrency", str(spec.concurrency)]
-            argv += ["--hostname", hostname, "--loglevel", "WARNING"]
-            with (workdir / f"worker-{spec.queue}.log").open("ab") as log:
-                workers.append(
-                    subprocess.Popen(
-                        argv, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT
-                    )
-                )
+            workers.start(
+                spec.queue,
+                pool=spec.pool,
+                concurrency=spec.concurrency,
+                name=f"load-{spec.queue}",
+                log=spec.queue,
+            )
             say(f"celery: worker {spec.queue} ({spec.pool} x{spec.concurrency})")
         app = configure(Settings(_env_file=None, **values))  # type: ignore[call-arg]
-        deadline = time.monotonic() + 60
-        while queues_without_consumers(app, QUEUES, timeout=0.5):
-            if time.monotonic() > deadline:
-                raise ConfigurationError(f"workers did not come up; see logs in {workdir}")
-            if any(w.poll() is not None for w in workers):
-                raise ConfigurationError(f"a worker exited early; see logs in {workdir}")
+        workers.wait_for_consumers(app, QUEUES, timeout_s=60)
         say(f"celery: locust, {config.users} users for {config.duration_s:g}s")
         locust_env = dict(env)
         locust_env.update(
@@ -448,7 +383,7 @@ def run_celery(
             try:
                 code = locust.wait(timeout=config.duration_s + 90)
             except subprocess.TimeoutExpired:
-                _stop(locust)
+                stop_process(locust, 15.0)
                 raise ConfigurationError(
                     f"locust did not stop; see {workdir / 'locust.log'}"
                 ) from None
@@ -458,12 +393,6 @@ def run_celery(
             raise ConfigurationError(f"locust exited with {code}:\n{tail}")
         facts = {"started_at": started, "ended_at": ended, "locust": _locust_stats(csv_prefix)}
         return database, sampler.samples, facts
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
-        for worker in workers:
-            _stop(worker, 20)
 
 
 def _locust_stats(prefix: Path) -> dict[str, dict[str, Any]]:
@@ -498,10 +427,10 @@ def run_load(config: LoadConfig, say: Progress = lambda message: None) -> dict[s
     config.report_dir.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="docpipe-load-"))
     try:
-        with private_redis(workdir) as redis_url:
-            say(f"private redis-server at {redis_url}")
-            seq_db = run_baseline(config, workdir, redis_url, say)
-            celery_db, depth, facts = run_celery(config, workdir, redis_url, say)
+        with start_redis(workdir) as server:
+            say(f"private redis-server at {server.url(0).removesuffix('/0')}")
+            seq_db = run_baseline(config, workdir, server, say)
+            celery_db, depth, facts = run_celery(config, workdir, server, say)
         seq_store = create_store(f"sqlite:///{seq_db}", create=False)
         celery_store = create_store(f"sqlite:///{celery_db}", create=False)
         seq_docs = timelines(seq_store)

@@ -429,6 +429,17 @@ def extract_pdf_pages(data: bytes) -> list[str]:
     return [page.replace("\x00", "") for page in pages]
 
 
+def pdf_page_count(data: bytes) -> int | None:
+    """Pages of a PDF from its page tree (no text extraction); None when it cannot be read."""
+    try:
+        reader = PdfReader(io.BytesIO(data), strict=False)
+        if reader.is_encrypted:
+            _decrypt_with_empty_password(reader)
+        return len(reader.pages)
+    except Exception:  # the OCR engine reports an unreadable file with its own reason
+        return None
+
+
 def _decrypt_with_empty_password(reader: PdfReader) -> None:
     try:
         decrypted = reader.decrypt("")

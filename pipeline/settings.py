@@ -46,6 +46,19 @@ class Settings(BaseSettings):
     #: Fakes follow the fault rules installed in Redis (scenarios, tests). Off in production.
     fault_injection: bool = False
 
+    # --- AWS: DOCPIPE_BLOB_URL=s3://bucket/prefix, DOCPIPE_OCR=textract -----------
+    #: The bucket when the blob url names none (`s3://` or `s3:///prefix`).
+    s3_bucket: str | None = None
+    aws_region: str = "us-east-1"
+    #: A local simulator (moto server) instead of AWS; a loopback URL is allowed under tests.
+    aws_endpoint_url: str | None = None
+    #: boto3's attempts per call (standard retry mode), the first one included.
+    aws_max_attempts: int = Field(default=3, ge=1)
+    #: LINE blocks below this Textract confidence (0-100) are left out of the text.
+    textract_min_confidence: float = Field(default=80.0, ge=0, le=100)
+    #: Textract's asynchronous limit for PDFs; checked before a job is started.
+    max_pdf_pages: int = Field(default=3000, ge=1)
+
     # --- pipeline knobs ------------------------------------------------------------
     project_name: str = "default"
     max_file_bytes: int = Field(default=500 * 1024 * 1024, gt=0)
@@ -94,6 +107,13 @@ class Settings(BaseSettings):
     # --- credentials (only ever read from settings, never printed) ------------
     openai_api_key: SecretStr | None = None
     openai_model: str = "gpt-4o-mini"
+    #: None = the public API. A loopback URL (the OpenAI fake) is allowed under tests.
+    openai_base_url: str | None = None
+    openai_timeout_s: float = Field(default=60.0, gt=0)
+    #: Used when `graph_url` is `neo4j://`, `neo4j+s://`, `bolt://` or `bolt+s://`.
+    neo4j_user: str = "neo4j"
+    neo4j_password: SecretStr | None = None
+    neo4j_database: str = "neo4j"
     flower_basic_auth: SecretStr | None = None
 
     @model_validator(mode="after")

@@ -34,7 +34,7 @@ from pipeline.domain.models import (
 )
 from pipeline.domain.resolution import resolve_mentions
 from pipeline.errors import DocumentTooLarge, EmptyDocument, PermanentError, RateLimited
-from pipeline.parsers import detect_file_type
+from pipeline.parsers import detect_file_type, pdf_page_count
 from pipeline.ports import OcrRequest
 
 log = logging.getLogger(__name__)
@@ -140,6 +140,12 @@ def start_ocr(services: Services, document_uuid: str, version: int, attempt: str
         raise PermanentError(f"the stored file {document.storage_key} is missing") from None
     file_type = detect_file_type(document.original_file_name, data)
     if file_type is FileType.PDF:
+        pages = pdf_page_count(data)
+        if pages is not None and pages > services.settings.max_pdf_pages:
+            # Textract's asynchronous limit; refused before a job is started (and paid for).
+            raise DocumentTooLarge(
+                f"PDF has {pages:,} pages; the limit is {services.settings.max_pdf_pages:,} pages"
+            )
         token = stable_uuid(document.uuid, "ocr", document.processing_version, attempt)
         job_id = services.ocr.start(
             OcrRequest(

@@ -14,9 +14,9 @@ import pytest
 
 from pipeline import celery_app
 from pipeline.bootstrap import Services, build_services, use_services
+from pipeline.devstack import RedisServer, start_redis
 from pipeline.ports import FaultInjector
 from pipeline.settings import Settings
-from tests.redis_server import RedisServer, start_redis
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"

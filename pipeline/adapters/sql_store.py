@@ -979,10 +979,47 @@ def create_database_engine(database_url: str) -> Engine:
     if backend == "sqlite":
         return _sqlite_engine(url)
     if backend in ("postgresql", "postgres"):
-        if url.drivername in ("postgresql", "postgres"):
-            url = url.set(drivername="postgresql+psycopg")
-        return create_engine(url, pool_pre_ping=True)
+        url, connect_args = postgres_engine_options(url)
+        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     raise ConfigurationError(f"unsupported database URL scheme {url.drivername!r}")
+
+
+#: Supabase's transaction-mode pooler (Supavisor): host suffix and port.
+SUPABASE_POOLER_HOST = ".pooler.supabase.com"
+SUPABASE_TRANSACTION_PORT = 6543
+
+
+def postgres_engine_options(url: URL) -> tuple[URL, dict[str, Any]]:
+    """The psycopg 3 URL and connect arguments for a PostgreSQL / Supabase URL.
+
+    libpq options in the query (`sslmode=require`, `sslrootcert=...`,
+    `connect_timeout=...`) stay in the URL and reach libpq unchanged.
+    `prepare_threshold` is psycopg's, not libpq's: it is taken out of the query
+    and passed as a connect argument (`none` disables prepared statements, which
+    a transaction-mode pooler needs: the next transaction may run on another
+    server connection that never saw the statement). On Supabase's pooler port
+    6543 prepared statements are disabled unless the URL says otherwise.
+    """
+    if url.drivername in ("postgresql", "postgres"):
+        url = url.set(drivername="postgresql+psycopg")
+    connect_args: dict[str, Any] = {}
+    query = dict(url.query)
+    if "prepare_threshold" in query:
+        raw = query.pop("prepare_threshold")
+        value = raw[-1] if isinstance(raw, tuple) else raw
+        if value.strip().lower() in ("", "none", "null", "off", "false"):
+            connect_args["prepare_threshold"] = None
+        else:
+            try:
+                connect_args["prepare_threshold"] = int(value)
+            except ValueError:
+                raise ConfigurationError(
+                    f"prepare_threshold must be an integer or 'none', not {value!r}"
+                ) from None
+        url = url.set(query=query)
+    elif (url.host or "").endswith(SUPABASE_POOLER_HOST) and url.port == SUPABASE_TRANSACTION_PORT:
+        connect_args["prepare_threshold"] = None
+    return url, connect_args
 
 
 def _sqlite_engine(url: URL) -> Engine:

@@ -9,7 +9,8 @@ Mentions of one type are grouped by, in order:
    letter, and "Holloway" / "Galloway" stay apart) and identical numbers; within
    a block each value is compared with its neighbours in sorted and in
    reversed-string order only (a sorted-neighbourhood window), so the cost grows
-   linearly;
+   linearly; exact upper bounds of the ratio (lengths, character sets, character
+   counts) skip most `SequenceMatcher` work without changing any decision;
 3. for PERSON and ORG, a token subset joins the longer name ("Holloway",
    "J. Holloway" -> "Jane R. Holloway") only when every longer name containing
    it is one entity: a surname shared by two full names stays on its own.
@@ -90,9 +91,13 @@ def resolve_mentions(
     document_uuid: str, mentions: Sequence[Mention], *, fuzzy_threshold: float = 0.88
 ) -> Resolution:
     """Group `mentions` into canonical entities; deterministic and order-independent."""
-    groups: dict[EntityType, dict[str, list[Mention]]] = defaultdict(lambda: defaultdict(list))
+    # Each mention's key and display name are computed once (`normalize_value` is not free).
+    groups: dict[EntityType, dict[str, list[tuple[Mention, str]]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
     for mention in mentions:
-        groups[mention.entity_type][_mention_key(mention)].append(mention)
+        key = _mention_key(mention)
+        groups[mention.entity_type][key].append((mention, _name(mention)))
 
     entities: list[CanonicalEntity] = []
     assignments: list[tuple[str, str]] = []
@@ -100,28 +105,27 @@ def resolve_mentions(
         by_key = groups[entity_type]
         keys = sorted(by_key)
         for cluster in _cluster(entity_type, keys, fuzzy_threshold):
-            members = [m for key in cluster for m in by_key[key]]
-            best = min(
+            members = [(m, key, name) for key in cluster for m, name in by_key[key]]
+            _, normalized, canonical_name = min(
                 members,
-                key=lambda m: (
-                    -len(_mention_key(m)),
-                    _name(m).isupper(),  # "Jane R. Holloway" over "JANE R. HOLLOWAY"
-                    -len(_name(m)),
-                    _name(m),
-                    _mention_key(m),
+                key=lambda member: (
+                    -len(member[1]),
+                    member[2].isupper(),  # "Jane R. Holloway" over "JANE R. HOLLOWAY"
+                    -len(member[2]),
+                    member[2],
+                    member[1],
                 ),
             )
-            normalized = _mention_key(best)
             entity = CanonicalEntity(
                 uuid=stable_uuid(document_uuid, "entity", entity_type, normalized),
                 document_uuid=document_uuid,
                 entity_type=entity_type,
-                canonical_name=_name(best),
+                canonical_name=canonical_name,
                 normalized_name=normalized,
                 mention_count=len(members),
             )
             entities.append(entity)
-            assignments.extend((m.uuid, entity.uuid) for m in members)
+            assignments.extend((m.uuid, entity.uuid) for m, _, _ in members)
     entities.sort(key=lambda e: (e.entity_type, e.normalized_name))
     return Resolution(entities=entities, mention_canonical=dict(sorted(assignments)))
 
@@ -185,40 +189,85 @@ def _join_same_token_sets(uf: _UnionFind, tokens: list[list[str]]) -> None:
             first[block] = index
 
 
+@dataclass(frozen=True)
+class _Profile:
+    """What the cheap similarity bounds need to know about one key, computed once."""
+
+    length: int
+    digits: tuple[str, ...]
+    #: one bit per distinct character (bits assigned per call by `_character_bits`)
+    charset: int
+    counts: dict[str, int]
+
+
+def _character_bits(keys: Iterable[str]) -> dict[str, int]:
+    """One bit per distinct character of `keys`."""
+    return {char: 1 << bit for bit, char in enumerate(sorted(set().union(*keys)))}
+
+
+def _profile(key: str, alphabet: dict[str, int]) -> _Profile:
+    counts: dict[str, int] = {}
+    charset = 0
+    for char in key:
+        counts[char] = counts.get(char, 0) + 1
+        charset |= alphabet[char]
+    return _Profile(len(key), tuple(_DIGITS.findall(key)), charset, counts)
+
+
+def _may_match(a: _Profile, b: _Profile, threshold: float) -> bool:
+    """False only if `SequenceMatcher(...).ratio()` of the two keys is surely below `threshold`.
+
+    Three upper bounds of the ratio ``2 * M / T`` (M matched characters, T the total length),
+    cheapest first: the lengths (M <= the shorter length); the distinct characters found in one
+    key only (each leaves at least one character unmatched: M <= (T - |symmetric difference|) / 2);
+    the character counts (`quick_ratio`'s bound). Each is computed with the same float division
+    as the ratio, so a pair rejected here could never have passed the ratio test.
+    """
+    total = a.length + b.length
+    if 2 * min(a.length, b.length) / total < threshold:
+        return False
+    if (total - (a.charset ^ b.charset).bit_count()) / total < threshold:
+        return False
+    small, large = (a.counts, b.counts) if len(a.counts) <= len(b.counts) else (b.counts, a.counts)
+    common = 0
+    for char, count in small.items():
+        other = large.get(char)
+        if other:
+            common += count if count < other else other
+    return 2.0 * common / total >= threshold
+
+
 def _join_fuzzy(uf: _UnionFind, keys: list[str], tokens: list[list[str]], threshold: float) -> None:
     blocks: dict[tuple[int, str], list[int]] = defaultdict(list)
     for index, toks in enumerate(tokens):
         if toks:
             blocks[(len(toks), "".join(t[0] for t in toks))].append(index)
-    digits = {i: _DIGITS.findall(keys[i]) for members in blocks.values() for i in members}
+    alphabet = _character_bits(keys)
     for members in blocks.values():
         if len(members) < 2:
             continue
+        profiles = {i: _profile(keys[i], alphabet) for i in members}
         # `members` is already in sorted-key order; add the reversed-string order.
         reversed_order = sorted(members, key=lambda i: keys[i][::-1])
         for order in (members, reversed_order):
             for pos, a in enumerate(order):
-                window = [
-                    b
-                    for b in order[pos + 1 : pos + 1 + FUZZY_WINDOW]
-                    if digits[a] == digits[b]
-                    and _length_ratio(keys[a], keys[b]) >= threshold
-                    and uf.find(a) != uf.find(b)
-                ]
-                if not window:
-                    continue
-                # One matcher per `a`: SequenceMatcher caches what it learns about seq2.
-                matcher = SequenceMatcher(None, autojunk=False)
-                matcher.set_seq2(keys[a])
-                for b in window:
+                first = profiles[a]
+                matcher: SequenceMatcher[str] | None = None
+                for b in order[pos + 1 : pos + 1 + FUZZY_WINDOW]:
+                    second = profiles[b]
+                    if (
+                        first.digits != second.digits
+                        or not _may_match(first, second, threshold)
+                        or uf.find(a) == uf.find(b)
+                    ):
+                        continue
+                    if matcher is None:
+                        # One matcher per `a`: SequenceMatcher caches what it learns about seq2.
+                        matcher = SequenceMatcher(None, autojunk=False)
+                        matcher.set_seq2(keys[a])
                     matcher.set_seq1(keys[b])
-                    if matcher.quick_ratio() >= threshold and matcher.ratio() >= threshold:
+                    if matcher.ratio() >= threshold:
                         uf.union(a, b)
-
-
-def _length_ratio(a: str, b: str) -> float:
-    """An upper bound of the similarity ratio from the lengths alone."""
-    return 2 * min(len(a), len(b)) / (len(a) + len(b))
 
 
 def _covers(longer: list[str], shorter: list[str]) -> bool:
@@ -238,12 +287,13 @@ def _covers(longer: list[str], shorter: list[str]) -> bool:
 
 
 def _join_subsets(uf: _UnionFind, keys: list[str], tokens: list[list[str]]) -> None:
-    postings: dict[str, list[int]] = defaultdict(list)
+    # Sets, not lists: `set.intersection` walks a list argument whole, and the postings of an
+    # initial or a common token grow with the document (that made resolution quadratic).
+    postings: dict[str, set[int]] = defaultdict(set)
     for index, toks in enumerate(tokens):
-        for token in set(toks):
-            postings["w:" + token].append(index)
-        for initial in {t[0] for t in toks}:
-            postings["i:" + initial].append(index)
+        for token in toks:
+            postings["w:" + token].add(index)
+            postings["i:" + token[0]].add(index)
 
     snapshot = [uf.find(i) for i in range(len(keys))]
     attachments: list[tuple[int, int]] = []
@@ -254,7 +304,7 @@ def _join_subsets(uf: _UnionFind, keys: list[str], tokens: list[list[str]]) -> N
             (postings["w:" + t] if len(t) > 1 else postings["i:" + t] for t in set(toks)),
             key=len,
         )
-        candidates = set(lists[0]).intersection(*lists[1:])
+        candidates = lists[0].intersection(*lists[1:])
         supersets = sorted(
             (c for c in candidates if snapshot[c] != snapshot[index] and _covers(tokens[c], toks)),
             key=lambda c: (-len(set(tokens[c])), -len(keys[c]), keys[c]),

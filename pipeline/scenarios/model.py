@@ -53,6 +53,15 @@ RUNNER_OWNED_SETTINGS = frozenset(
         "openai_api_key",
         "openai_model",
         "flower_basic_auth",
+        # Where AWS is (the runner points these at its simulator, or leaves them unset).
+        "s3_bucket",
+        "aws_region",
+        "aws_endpoint_url",
+        # Where the LLM and the graph are, and their credentials.
+        "openai_base_url",
+        "neo4j_user",
+        "neo4j_password",
+        "neo4j_database",
     }
 )
 

@@ -632,7 +632,6 @@ class EagerRun(_Run):
             eager=True,
         )
         services = build_services(settings)
-        fresh_connections()
         celery_app.configure(settings)
         use_services(services)
         self._services: Services | None = services
@@ -658,7 +657,7 @@ class BrokerRun(_Run):
     mode = "broker"
 
     def start(self, values: dict[str, Any]) -> Services:
-        from pipeline.broker import queues_without_consumers
+        from pipeline.devstack import WorkersNotReady
         from pipeline.scenarios.broker import PORT_QUEUES, BrokerEnvironment, worker_layout
 
         env = {f"DOCPIPE_{k.upper()}": _env_value(v) for k, v in values.items()}
@@ -667,22 +666,21 @@ class BrokerRun(_Run):
         settings = Settings(_env_file=None, **self.environment.settings_values())  # type: ignore[call-arg]
         kill_queues = {PORT_QUEUES[f.port] for f in self.scenario.faults if f.kind == "kill_worker"}
         omit = self.scenario.broker.omit_queues
-        self.environment.start_workers(worker_layout(kill_queues, omit))
+        workers = self.environment.start_workers(worker_layout(kill_queues, omit))
         services = build_services(settings)
-        fresh_connections()
         app = celery_app.configure(settings)
         use_services(services)
         self._services: Services | None = services
         served = {q for q in QUEUES if q not in omit}
-        deadline = time.monotonic() + 30
         # One answer in which every served queue has a consumer; what is still idle then
         # is a queue nobody consumes (a slow reply would make every queue look idle).
-        while served & set(idle := queues_without_consumers(app, QUEUES, timeout=0.5)):
-            if time.monotonic() > deadline or self.environment.worker_died():
-                raise ScenarioError(
-                    f"{self.source}: broker mode: the workers did not come up within 30 s "
-                    f"(worker logs in {self.workdir})"
-                )
+        try:
+            idle = workers.wait_for_consumers(app, QUEUES, timeout_s=30, required=served)
+        except WorkersNotReady as exc:
+            raise ScenarioError(
+                f"{self.source}: broker mode: the workers did not come up within 30 s "
+                f"(worker logs in {self.workdir})"
+            ) from exc
         expected = self.scenario.expect.preflight_error
         if idle:
             message = (
@@ -739,8 +737,12 @@ class BrokerRun(_Run):
         ]
 
     def stop(self) -> None:
+        from kombu import pools
+
         use_services(None)
-        fresh_connections(close=True)
+        # The next run may use another broker (or eager mode): no pooled connection survives.
+        celery_app.drop_broker_connections()
+        pools.reset()
         services = getattr(self, "_services", None)
         if services is not None:
             engine = getattr(services.store, "engine", None)
@@ -754,22 +756,6 @@ class BrokerRun(_Run):
 
 class _Preflight(Exception):
     """Broker mode stopped before submitting (its outcome is already a check)."""
-
-
-def fresh_connections(*, close: bool = False) -> None:
-    """Forget Celery's pooled broker connections: the next run may use another broker URL.
-
-    The app keeps a connection pool and a producer pool once it has published;
-    a later run with a new broker (or back to eager mode) must not reuse them.
-    `close` also closes kombu's process-wide pools (after a broker run).
-    """
-    app: Any = celery_app.app
-    app._pool = None
-    app.amqp._producer_pool = None
-    if close:
-        from kombu import pools
-
-        pools.reset()
 
 
 def _env_value(value: Any) -> str:

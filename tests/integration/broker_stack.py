@@ -1,12 +1,12 @@
-"""Real worker processes on a private Redis, for broker-mode integration tests."""
+"""Real worker processes on a private Redis, for broker-mode integration tests.
+
+The processes are pipeline.devstack's; here only the tests' shared environment.
+"""
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,12 +14,11 @@ from pathlib import Path
 from celery import Celery
 
 from pipeline.bootstrap import Services, build_services, use_services
-from pipeline.broker import queues_without_consumers
 from pipeline.celery_app import configure
+from pipeline.devstack import RedisServer, WorkerGroup, settings_values
 from pipeline.domain.models import QUEUES
 from pipeline.settings import Settings
 from tests.conftest import REPO
-from tests.redis_server import RedisServer
 
 
 @dataclass
@@ -32,7 +31,14 @@ class BrokerStack:
     broker_db: int = 0
     state_db: int = 1
     overrides: Mapping[str, str] = field(default_factory=dict)
-    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    group: WorkerGroup = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.group = WorkerGroup(self.workdir, self.env)
+
+    @property
+    def workers(self) -> list[subprocess.Popen[bytes]]:
+        return self.group.processes
 
     @property
     def env(self) -> dict[str, str]:
@@ -59,12 +65,7 @@ class BrokerStack:
         return env
 
     def settings(self) -> Settings:
-        values = {
-            key.removeprefix("DOCPIPE_").lower(): value
-            for key, value in self.env.items()
-            if key.startswith("DOCPIPE_") and key not in {"DOCPIPE_UNDER_TEST"}
-        }
-        return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+        return Settings(_env_file=None, **settings_values(self.env))  # type: ignore[arg-type]
 
     def services(self) -> Services:
         """Services for the test process (the intake side), installed for the tasks."""
@@ -77,42 +78,13 @@ class BrokerStack:
     def start_worker(
         self, queues: str, pool: str = "threads", concurrency: int = 4, name: str | None = None
     ) -> subprocess.Popen[bytes]:
-        hostname = f"{name or queues.replace(',', '-')}-{os.getpid()}@%h"
-        argv = [sys.executable, "-m", "pipeline", "worker", "--queues", queues, "--pool", pool]
-        argv += ["--concurrency", str(concurrency), "--hostname", hostname, "--loglevel", "INFO"]
-        with (self.workdir / f"worker-{name or queues}.log").open("ab") as log:
-            process = subprocess.Popen(
-                argv, cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
-        self.workers.append(process)
-        return process
+        hostname = name or queues.replace(",", "-")
+        return self.group.start(
+            queues, pool=pool, concurrency=concurrency, name=hostname, log=name or queues
+        )
 
     def wait_until_consumed(self, app: Celery, queues: tuple[str, ...] = QUEUES) -> None:
-        deadline = time.monotonic() + 30
-        while queues_without_consumers(app, queues, timeout=0.5):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"workers did not come up; see logs in {self.workdir}")
-            for worker in self.workers:
-                if worker.poll() is not None:
-                    raise RuntimeError(f"a worker exited early; see logs in {self.workdir}")
+        self.group.wait_for_consumers(app, queues, timeout_s=30)
 
     def stop(self) -> None:
-        for worker in self.workers:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
-        for worker in self.workers:
-            try:
-                worker.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
-        self.workers.clear()
-
-
-def pool_children(pid: int) -> list[int]:
-    """Child processes of a worker (its prefork pool)."""
-    children: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        children.extend(int(child) for child in text)
-    return children
+        self.group.stop()

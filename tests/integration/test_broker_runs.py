@@ -18,11 +18,11 @@ from fakes.faults import FaultRule, RedisFaultInjector, clear_faults, install_fa
 from pipeline.bootstrap import Services
 from pipeline.broker import wait_for_terminal
 from pipeline.celery_app import app
+from pipeline.devstack import RedisServer, pool_children
 from pipeline.domain.models import Status
 from pipeline.intake import claim_own, dispatch, submit_file
 from tests.conftest import SAMPLES
-from tests.integration.broker_stack import BrokerStack, pool_children
-from tests.redis_server import RedisServer
+from tests.integration.broker_stack import BrokerStack
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.redis_server import RedisServer, free_port
+from pipeline.devstack import RedisServer, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -18,12 +18,12 @@ import pytest
 from celery import Celery
 
 from pipeline.bootstrap import build_services
+from pipeline.devstack import RedisServer
 from pipeline.domain.models import QUEUES, QueueStatus, Status
 from pipeline.intake import submit_file
 from pipeline.operations import purge_queues
 from pipeline.settings import Settings
 from tests.conftest import REPO
-from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 

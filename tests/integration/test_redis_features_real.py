@@ -6,9 +6,9 @@ import pytest
 import redis
 
 from pipeline.adapters.redis_features import RedisRateLimiter
+from pipeline.devstack import RedisServer, free_port
 from pipeline.errors import RateLimited
 from tests.redis_contract import RedisFeaturesContract
-from tests.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,28 @@
+"""`docpipe experiment` at a tiny size, on a private redis-server and real workers."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.experiments import run_overhead, run_pools
+
+pytestmark = pytest.mark.integration
+
+
+def test_pools_experiment_runs_both_pools() -> None:
+    result = run_pools(tasks=20, concurrency=5, wait_ms=5, rounds=1)
+    assert set(result["pools"]) == {"threads", "gevent"}
+    for row in result["pools"].values():
+        assert row["tasks"] == 20
+        assert row["tasks_per_s"] > 0
+        assert row["worker_cpu_ms_per_task"] >= 0
+    assert result["verdict"]
+
+
+def test_overhead_experiment_completes_every_harness_chain() -> None:
+    result = run_overhead(chains=5, sequential=2, concurrency=2, rounds=1)
+    assert result["plain"]["ms_per_hop_p50"] > 0
+    assert result["harness"]["ms_per_hop_p50"] > 0
+    # Every document the harness chains touched reached `completed`, with its history.
+    assert result["documents"]["by_status"].get("completed") == 2 + 5 + 2 * 2
+    assert result["documents"]["history_rows_per_completed_document"] >= 6

@@ -1,0 +1,83 @@
+"""`docpipe db upgrade` on SQLite, and the PostgreSQL/Supabase URL options (no server needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy.engine import make_url
+
+from pipeline.adapters.sql_store import create_database_engine, postgres_engine_options
+from pipeline.cli import main
+from pipeline.errors import ConfigurationError
+
+SUPABASE_POOLER = (
+    "postgresql://postgres.abcdefghijklmnop:s3cret-pw@aws-0-eu-central-1.pooler.supabase.com"
+    ":6543/postgres?sslmode=require"
+)
+
+
+def test_upgrade_on_sqlite_is_repeatable(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    runner = CliRunner()
+    first = json.loads(
+        runner.invoke(main, ["db", "upgrade", "--database-url", url, "--json"]).output
+    )
+    second = json.loads(
+        runner.invoke(main, ["db", "upgrade", "--database-url", url, "--json"]).output
+    )
+    assert first["changed"] is True and first["applied"] == [1]
+    assert second["changed"] is False and second["created_tables"] == []
+
+
+def test_upgrade_redacts_the_password_of_an_unreachable_database() -> None:
+    url = "postgresql://docpipe:hunter2@127.0.0.1:1/docpipe?connect_timeout=2"
+    result = CliRunner().invoke(main, ["db", "upgrade", "--database-url", url])
+    assert result.exit_code == 1
+    assert "hunter2" not in result.output
+
+
+def test_supabase_pooler_url_keeps_ssl_and_disables_prepared_statements() -> None:
+    url, connect_args = postgres_engine_options(make_url(SUPABASE_POOLER))
+    assert url.drivername == "postgresql+psycopg"
+    assert url.query == {"sslmode": "require"}
+    assert url.port == 6543 and url.password == "s3cret-pw"
+    assert connect_args == {"prepare_threshold": None}
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [("prepare_threshold=none", None), ("prepare_threshold=5", 5), ("prepare_threshold=off", None)],
+)
+def test_prepare_threshold_moves_from_the_query_to_connect_args(
+    query: str, expected: int | None
+) -> None:
+    url, connect_args = postgres_engine_options(
+        make_url(f"postgresql://u:p@db.example.com:5432/postgres?sslmode=require&{query}")
+    )
+    assert url.query == {"sslmode": "require"}  # libpq would reject prepare_threshold
+    assert connect_args == {"prepare_threshold": expected}
+
+
+def test_a_direct_connection_keeps_prepared_statements() -> None:
+    _, connect_args = postgres_engine_options(
+        make_url("postgresql://u:p@db.abcdefghijklmnop.supabase.co:5432/postgres?sslmode=require")
+    )
+    assert connect_args == {}
+
+
+def test_a_bad_prepare_threshold_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="prepare_threshold"):
+        create_database_engine("postgresql://u:p@h/db?prepare_threshold=often")
+
+
+def test_the_engine_url_keeps_sslmode_for_libpq() -> None:
+    engine = create_database_engine(SUPABASE_POOLER)
+    try:
+        assert engine.url.query == {"sslmode": "require"}
+        _, kwargs = engine.dialect.create_connect_args(engine.url)
+        assert kwargs["sslmode"] == "require" and "prepare_threshold" not in kwargs
+    finally:
+        engine.dispose()

@@ -1,0 +1,83 @@
+"""Pure parts of pipeline/experiments.py and the table cell format."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pipeline.commands.experiment import format_cell
+from pipeline.experiments import Batch, best_of, overhead_summary, parse_proc_stat, pools_verdict
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def test_proc_stat_sums_user_system_and_reaped_children_time() -> None:
+    # pid (comm with ") spaces") state ppid ... utime=14 stime=15 cutime=16 cstime=17 ...
+    fields = ["S", "1"] + ["0"] * 9 + [str(3 * TICKS), str(TICKS), "0", str(TICKS), "20"]
+    text = "42 (celery ) worker) " + " ".join(fields)
+    assert parse_proc_stat(text) == pytest.approx(5.0)
+
+
+def test_batch_row_gives_rates_and_costs_per_task() -> None:
+    batch = Batch(
+        "threads",
+        units=100,
+        hops=6,
+        elapsed_s=2.0,
+        worker_cpu_s=1.2,
+        redis_cpu_s=0.06,
+        redis_commands=3000,
+    )
+    row = batch.row()
+    assert row["tasks"] == 600
+    assert row["units_per_s"] == 50.0
+    assert row["tasks_per_s"] == 300.0
+    assert row["worker_cpu_ms_per_task"] == 2.0
+    assert row["redis_cpu_ms_per_task"] == 0.1
+    assert row["redis_commands_per_task"] == 5.0
+
+
+def test_best_of_picks_the_fastest_batch_per_unit() -> None:
+    slow = Batch("a", 10, 1, 2.0, 0.0, 0.0, 0)
+    fast = Batch("b", 20, 1, 2.0, 0.0, 0.0, 0)
+    assert best_of([slow, fast]) is fast
+    with pytest.raises(ValueError):
+        best_of([])
+
+
+def test_overhead_summary_reports_per_hop_figures_and_their_difference() -> None:
+    plain = Batch("plain", 10, 6, 0.6, 0.12, 0.0, 600)
+    harness = Batch("harness", 10, 6, 1.2, 0.36, 0.0, 1800)
+    summary = overhead_summary([0.012, 0.018, 0.030], [0.060], plain, harness)
+    assert summary["plain"]["ms_per_hop_p50"] == 3.0
+    assert summary["harness"]["ms_per_hop_p50"] == 10.0
+    assert summary["plain"]["worker_cpu_ms_per_hop"] == 2.0
+    assert summary["harness"]["worker_cpu_ms_per_document"] == 36.0
+    assert summary["difference"]["ms_per_hop_p50"] == 7.0
+    assert summary["difference"]["redis_commands_per_hop"] == 20.0
+
+
+def test_pools_verdict_names_the_pool_that_is_both_faster_and_cheaper() -> None:
+    threads = {"tasks_per_s": 400.0, "worker_cpu_ms_per_task": 2.0}
+    gevent = {"tasks_per_s": 200.0, "worker_cpu_ms_per_task": 5.0}
+    assert pools_verdict({"threads": threads, "gevent": gevent}).startswith("threads:")
+    mixed = {"tasks_per_s": 500.0, "worker_cpu_ms_per_task": 5.0}
+    assert pools_verdict({"threads": threads, "gevent": mixed}).startswith("mixed:")
+    assert "both" in pools_verdict({"threads": threads})
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (None, ""),
+        (True, "True"),
+        (1234, "1,234"),
+        (2.5, "2.5"),
+        (3.0, "3"),
+        (12345.6, "12,346"),
+        ("gevent", "gevent"),
+    ],
+)
+def test_format_cell(value: object, text: str) -> None:
+    assert format_cell(value) == text

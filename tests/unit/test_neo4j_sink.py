@@ -1,0 +1,390 @@
+"""Neo4jGraphSink without a Neo4j server: what can honestly be checked here.
+
+- the statements are constants from allow-lists; data travels only in parameters;
+- batching, ordering and the allow-list refusal;
+- the sink's transaction/constraint behaviour and error mapping, against a small
+  recording double of the driver's session API, and the *real* driver against a
+  closed loopback port (ServiceUnavailable -> transient, fast);
+- the exact statements executed by kuzu, an embedded Cypher engine: they parse,
+  store hostile text verbatim, and a replay duplicates nothing.
+
+Not checked (no server): Neo4j's own parsing/planning of these statements, the
+constraint DDL, auth, routing, and behaviour under concurrent writers.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from neo4j import exceptions as neo4j_errors
+
+from pipeline.adapters.neo4j_graph import (
+    CONSTRAINT_STATEMENTS,
+    NODE_LABELS,
+    NODE_STATEMENTS,
+    RELATIONSHIP_STATEMENTS,
+    Neo4jGraphSink,
+    create_neo4j_driver,
+    plan_statements,
+)
+from pipeline.bootstrap import build_services
+from pipeline.domain.graph import stage_relationships
+from pipeline.domain.models import (
+    CanonicalEntity,
+    Category,
+    Chunk,
+    DocumentNode,
+    EntityType,
+    Mention,
+    Relationship,
+    stable_uuid,
+)
+from pipeline.errors import ConfigurationError, PermanentError, TransientError
+from tests.conftest import embedded_settings
+
+HOSTILE = [
+    'O\'Brien & "Sons" LLC',
+    "`Robert`); DROP DATABASE neo4j; //",
+    "x'}) DETACH DELETE n //",
+    "MATCH (n) DETACH DELETE n",
+    "$rows {uuid: 'a'} \\u0027 \\",
+]
+
+
+def document_graph(
+    values: list[str], chunk_count: int = 2
+) -> tuple[DocumentNode, list[Chunk], list[Mention], list[CanonicalEntity], list[Relationship]]:
+    doc_uuid = stable_uuid("doc", "d1")
+    document = DocumentNode(
+        uuid=doc_uuid,
+        project_uuid=stable_uuid("project", "p"),
+        title="Title with `ticks` and 'quotes'",
+        category=Category.CONTRACT,
+        cleaned_text="...",
+    )
+    chunks = [
+        Chunk(
+            uuid=stable_uuid("chunk", doc_uuid, str(i)),
+            document_uuid=doc_uuid,
+            chunk_index=i,
+            start=i * 100,
+            end=i * 100 + 100,
+            text=" ".join(values),
+        )
+        for i in range(chunk_count)
+    ]
+    entities: list[CanonicalEntity] = []
+    mentions: list[Mention] = []
+    for n, value in enumerate(values):
+        entity = CanonicalEntity(
+            uuid=stable_uuid("entity", doc_uuid, value),
+            document_uuid=doc_uuid,
+            entity_type=EntityType.ORG,
+            canonical_name=value,
+            normalized_name=value.lower(),
+            mention_count=1,
+        )
+        entities.append(entity)
+        mentions.append(
+            Mention(
+                uuid=stable_uuid("mention", doc_uuid, str(n)),
+                document_uuid=doc_uuid,
+                chunk_uuid=chunks[n % chunk_count].uuid,
+                chunk_index=n % chunk_count,
+                value=value,
+                normalized_value=value.lower(),
+                entity_type=EntityType.ORG,
+                confidence=0.9,
+                start=0,
+                end=len(value),
+                canonical_uuid=entity.uuid,
+            )
+        )
+    relationships = stage_relationships(document, chunks, mentions, entities)
+    return document, chunks, mentions, entities, relationships
+
+
+# --- the statements ---------------------------------------------------------------------
+
+
+def test_statements_are_constants_and_hostile_text_travels_only_in_parameters() -> None:
+    graph = document_graph(HOSTILE)
+    statements = plan_statements(*graph)
+
+    constants = set(NODE_STATEMENTS.values()) | set(RELATIONSHIP_STATEMENTS.values())
+    assert {s.query for s in statements} <= constants
+    for statement in statements:
+        assert "$rows" in statement.query and set(statement.parameters) == {"rows"}
+        for value in HOSTILE:
+            assert value not in statement.query
+    stored = [
+        row["value"]
+        for s in statements
+        if s.query == NODE_STATEMENTS["EntityMention"]
+        for row in s.parameters["rows"]
+    ]
+    assert stored == HOSTILE  # verbatim, unescaped: the driver sends them as values
+
+
+def test_every_node_and_edge_is_merged_on_stable_ids_so_a_replay_plans_the_same() -> None:
+    first = plan_statements(*document_graph(HOSTILE))
+    again = plan_statements(*document_graph(HOSTILE))
+    assert first == again
+    for query in NODE_STATEMENTS.values():
+        assert query.startswith("UNWIND $rows AS row MERGE (n:") and "{uuid: row.uuid}" in query
+        assert "CREATE" not in query
+    for query in RELATIONSHIP_STATEMENTS.values():
+        assert "MATCH (a:" in query and "MATCH (b:" in query and "MERGE (a)-[r:" in query
+        assert "CREATE" not in query
+
+
+def test_nodes_are_written_before_edges_in_batches() -> None:
+    values = [f"Org {i}" for i in range(1201)]
+    statements = plan_statements(*document_graph(values), batch_size=500)
+    queries = [s.query for s in statements]
+    mention_batches = [
+        len(s.parameters["rows"]) for s in statements if s.query == NODE_STATEMENTS["EntityMention"]
+    ]
+    assert mention_batches == [500, 500, 201]
+    last_node = max(i for i, q in enumerate(queries) if q in NODE_STATEMENTS.values())
+    first_edge = min(i for i, q in enumerate(queries) if q in RELATIONSHIP_STATEMENTS.values())
+    assert last_node < first_edge
+
+
+def test_relationships_outside_the_allow_list_are_refused() -> None:
+    document, chunks, mentions, entities, relationships = document_graph(["Acme Corp"])
+    injected = Relationship(
+        from_id=chunks[0].uuid,
+        from_label="Chunk",
+        to_id=document.uuid,
+        to_label="Document",
+        relationship_type="OWNS]->(x) DETACH DELETE x //",
+    )
+    with pytest.raises(PermanentError, match="allow-list"):
+        plan_statements(document, chunks, mentions, entities, [*relationships, injected])
+    odd_property = Relationship(
+        from_id=chunks[0].uuid,
+        from_label="Chunk",
+        to_id=document.uuid,
+        to_label="Document",
+        relationship_type="BELONGS_TO",
+        properties={"x = 1 DETACH DELETE b //": 1},
+    )
+    with pytest.raises(PermanentError, match="unknown properties"):
+        plan_statements(document, chunks, mentions, entities, [odd_property])
+
+
+def test_constraint_statements_cover_every_label() -> None:
+    assert set(CONSTRAINT_STATEMENTS) == set(NODE_LABELS)
+    assert CONSTRAINT_STATEMENTS["Chunk"] == (
+        "CREATE CONSTRAINT chunk_uuid IF NOT EXISTS FOR (n:Chunk) REQUIRE n.uuid IS UNIQUE"
+    )
+
+
+# --- the sink against a recording double of the driver's session API ---------------------
+
+
+class RecordingDriver:
+    """Just the surface the sink uses: session(database) -> run / begin_transaction."""
+
+    def __init__(self, fail_on: str | None = None, error: Exception | None = None) -> None:
+        self.fail_on = fail_on
+        self.error = error
+        self.autocommit: list[str] = []
+        self.committed: list[list[tuple[str, dict[str, Any]]]] = []
+        self.databases: list[str] = []
+
+    def session(self, database: str) -> RecordingDriver._Session:
+        self.databases.append(database)
+        return RecordingDriver._Session(self)
+
+    def close(self) -> None:
+        pass
+
+    class _Result:
+        def consume(self) -> None:
+            pass
+
+    class _Session:
+        def __init__(self, driver: RecordingDriver) -> None:
+            self.driver = driver
+
+        def __enter__(self) -> RecordingDriver._Session:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def run(self, query: str) -> RecordingDriver._Result:
+            self.driver.autocommit.append(query)
+            return RecordingDriver._Result()
+
+        def begin_transaction(self) -> RecordingDriver._Tx:
+            return RecordingDriver._Tx(self.driver)
+
+    class _Tx:
+        def __init__(self, driver: RecordingDriver) -> None:
+            self.driver = driver
+            self.ran: list[tuple[str, dict[str, Any]]] = []
+
+        def __enter__(self) -> RecordingDriver._Tx:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def run(self, query: str, parameters: dict[str, Any]) -> RecordingDriver._Result:
+            if self.driver.fail_on is not None and self.driver.fail_on in query:
+                assert self.driver.error is not None
+                raise self.driver.error
+            self.ran.append((query, parameters))
+            return RecordingDriver._Result()
+
+        def commit(self) -> None:
+            self.driver.committed.append(self.ran)
+
+
+def test_a_document_is_one_transaction_and_constraints_are_created_once() -> None:
+    driver = RecordingDriver()
+    sink = Neo4jGraphSink(driver, "docs")  # type: ignore[arg-type]
+    graph = document_graph(HOSTILE)
+    sink.write(*graph)
+    sink.write(*graph)
+
+    assert driver.autocommit == [CONSTRAINT_STATEMENTS[label] for label in NODE_LABELS]
+    assert len(driver.committed) == 2
+    assert driver.committed[0] == [(s.query, s.parameters) for s in plan_statements(*graph)]
+    assert set(driver.databases) == {"docs"}
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (neo4j_errors.ServiceUnavailable("gone"), TransientError),
+        (neo4j_errors.SessionExpired("expired"), TransientError),
+        (neo4j_errors.TransientError("deadlock"), TransientError),
+        (neo4j_errors.AuthError("bad credentials"), PermanentError),
+        (neo4j_errors.CypherSyntaxError("bad syntax"), PermanentError),
+        (neo4j_errors.ConstraintError("duplicate"), PermanentError),
+    ],
+)
+def test_driver_errors_are_mapped_and_nothing_is_committed(
+    error: Exception, expected: type[Exception]
+) -> None:
+    driver = RecordingDriver(fail_on="CONTAINS_MENTION", error=error)
+    sink = Neo4jGraphSink(driver, "neo4j")  # type: ignore[arg-type]
+    with pytest.raises(expected) as raised:
+        sink.write(*document_graph(["Acme Corp"]))
+    assert type(raised.value) is expected
+    assert driver.committed == []
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_the_real_driver_without_a_server_fails_transient_and_fast() -> None:
+    driver = create_neo4j_driver(f"bolt://127.0.0.1:{_closed_port()}", user="neo4j", password="pw")
+    sink = Neo4jGraphSink(driver, "neo4j")
+    try:
+        with pytest.raises(TransientError, match="ServiceUnavailable"):
+            sink.write(*document_graph(["Acme Corp"]))
+    finally:
+        sink.close()
+
+
+# --- wiring and the guard ---------------------------------------------------------------
+
+
+def test_bootstrap_builds_the_sink_for_a_loopback_bolt_url_without_connecting(
+    tmp_path: Path,
+) -> None:
+    settings = embedded_settings(
+        tmp_path, graph_url=f"bolt://127.0.0.1:{_closed_port()}", neo4j_password="s3cret-pw"
+    )
+    services = build_services(settings)
+    assert isinstance(services.graph, Neo4jGraphSink)
+    services.graph.close()
+    assert "s3cret-pw" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    "url", ["neo4j+s://abcd1234.databases.neo4j.io", "bolt://neo4j.internal:7687"]
+)
+def test_a_remote_neo4j_is_refused_under_tests(tmp_path: Path, url: str) -> None:
+    with pytest.raises(ConfigurationError, match="Neo4j is a real cloud adapter"):
+        build_services(embedded_settings(tmp_path, graph_url=url))
+
+
+def test_an_unknown_graph_scheme_is_a_configuration_error_with_the_password_redacted(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        build_services(embedded_settings(tmp_path, graph_url="http://user:hunter2@host/db"))
+    assert "hunter2" not in str(raised.value)
+
+
+# --- the exact statements on an embedded Cypher engine --------------------------------------
+
+KUZU_SCHEMA = [
+    "CREATE NODE TABLE Project(uuid STRING, PRIMARY KEY(uuid))",
+    "CREATE NODE TABLE Document(uuid STRING, title STRING, category STRING, "
+    "project_uuid STRING, PRIMARY KEY(uuid))",
+    "CREATE NODE TABLE Chunk(uuid STRING, document_uuid STRING, chunk_index INT64, "
+    "start INT64, `end` INT64, text STRING, PRIMARY KEY(uuid))",
+    "CREATE NODE TABLE EntityMention(uuid STRING, document_uuid STRING, chunk_uuid STRING, "
+    "value STRING, normalized_value STRING, entity_type STRING, confidence DOUBLE, "
+    "start INT64, `end` INT64, PRIMARY KEY(uuid))",
+    "CREATE NODE TABLE CanonicalEntity(uuid STRING, document_uuid STRING, entity_type STRING, "
+    "canonical_name STRING, normalized_name STRING, mention_count INT64, PRIMARY KEY(uuid))",
+    "CREATE REL TABLE BELONGS_TO(FROM Document TO Project, FROM Chunk TO Document, "
+    "title STRING, category STRING, chunk_index INT64)",
+    "CREATE REL TABLE NEXT_CHUNK(FROM Chunk TO Chunk, from_index INT64, to_index INT64)",
+    "CREATE REL TABLE PREVIOUS_CHUNK(FROM Chunk TO Chunk, from_index INT64, to_index INT64)",
+    "CREATE REL TABLE CONTAINS_MENTION(FROM Chunk TO EntityMention, start INT64, "
+    "`end` INT64, entity_type STRING)",
+    "CREATE REL TABLE MEMBER_OF_CLUSTER(FROM EntityMention TO CanonicalEntity, "
+    "confidence DOUBLE, entity_type STRING)",
+]
+
+
+@pytest.fixture
+def kuzu_connection(tmp_path: Path) -> Iterator[Any]:
+    kuzu = pytest.importorskip("kuzu")
+    database = kuzu.Database(str(tmp_path / "graph.kuzu"))
+    connection = kuzu.Connection(database)
+    for ddl in KUZU_SCHEMA:
+        connection.execute(ddl)
+    yield connection
+    connection.close()
+    database.close()
+
+
+def _count(connection: Any, query: str) -> int:
+    return int(connection.execute(query).get_next()[0])
+
+
+def test_kuzu_runs_the_exact_statements_stores_hostile_text_and_a_replay_adds_nothing(
+    kuzu_connection: Any,
+) -> None:
+    graph = document_graph(HOSTILE, chunk_count=3)
+    statements = plan_statements(*graph, batch_size=2)
+    for _ in range(2):  # a replayed document
+        for statement in statements:
+            kuzu_connection.execute(statement.query, statement.parameters)
+
+    _, chunks, mentions, entities, relationships = graph
+    assert _count(kuzu_connection, "MATCH (n) RETURN count(n)") == (
+        2 + len(chunks) + len(mentions) + len(entities)
+    )
+    assert _count(kuzu_connection, "MATCH ()-[r]->() RETURN count(r)") == len(relationships)
+    values = kuzu_connection.execute("MATCH (m:EntityMention) RETURN m.value").get_all()
+    assert sorted(v[0] for v in values) == sorted(HOSTILE)
+    names = kuzu_connection.execute("MATCH (e:CanonicalEntity) RETURN e.canonical_name").get_all()
+    assert sorted(v[0] for v in names) == sorted(HOSTILE)
