@@ -84,7 +84,10 @@ class BrokerEnvironment:
             "DOCPIPE_BLOB_URL": f"file://{self.workdir / 'blobs'}",
             "DOCPIPE_FAULT_INJECTION": "true",
         }
-        for name in ("DOCPIPE_UNDER_TEST", "DOCPIPE_ALLOW_CLOUD", "PYTHONPATH"):
+        passed_on = ("DOCPIPE_UNDER_TEST", "DOCPIPE_ALLOW_CLOUD", "PYTHONPATH")
+        # The sim-cloud profile's fake AWS credentials (boto3 reads them from the env).
+        aws = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+        for name in passed_on + aws:
             if name in os.environ:
                 env[name] = os.environ[name]
         env.update(self.settings_env)

@@ -142,8 +142,11 @@ class DocumentSpec(_Strict):
 
 
 class Adapters(_Strict):
-    """The adapter profile: scenarios always run on the fakes."""
+    """The adapter profile: the fakes, or the production adapters against simulators."""
 
+    #: `sim-cloud`: S3BlobStore + TextractOcrEngine on moto and the Textract simulator,
+    #: OpenAIEntityExtractor on the OpenAI-compatible fake (all on loopback).
+    profile: Literal["fakes", "sim-cloud"] = "fakes"
     ocr: Literal["fake"] = "fake"
     llm: Literal["fake"] = "fake"
     #: The poll of the fake Textract job that finishes it (1: the first poll answers).

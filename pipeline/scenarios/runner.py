@@ -16,7 +16,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -223,11 +223,17 @@ class _Run:
                 )
             )
             return
-        try:
-            services = self.start(values)
-            self._run_with(services, documents)
-        finally:
-            self.stop()
+        with ExitStack() as cloud:
+            if scenario.adapters.profile == "sim-cloud":
+                from pipeline.scenarios.cloud import sim_cloud
+
+                polls = scenario.adapters.ocr_polls_until_done
+                values |= cloud.enter_context(sim_cloud(scenario.name, polls_until_done=polls))
+            try:
+                services = self.start(values)
+                self._run_with(services, documents)
+            finally:
+                self.stop()
 
     def _run_with(self, services: Services, documents: list[ScenarioDocument]) -> None:
         scenario = self.scenario
@@ -622,15 +628,16 @@ class EagerRun(_Run):
 
     def start(self, values: dict[str, Any]) -> Services:
         self._redis_name = f"scenario-{uuid.uuid4().hex}"
-        settings = Settings(  # type: ignore[call-arg]
-            _env_file=None,
-            **values,
-            database_url=f"sqlite:///{self.workdir / 'docpipe.db'}",
-            blob_url=f"file://{self.workdir / 'blobs'}",
-            redis_url=f"fakeredis://{self._redis_name}",
-            broker_url="memory://",
-            eager=True,
-        )
+        local: dict[str, Any] = {
+            "database_url": f"sqlite:///{self.workdir / 'docpipe.db'}",
+            "blob_url": f"file://{self.workdir / 'blobs'}",
+            "redis_url": f"fakeredis://{self._redis_name}",
+            "broker_url": "memory://",
+            "eager": True,
+        }
+        # The sim-cloud profile brings its own blob_url (s3://); where state lives stays local.
+        chosen = local | values | {"eager": True}
+        settings = Settings(_env_file=None, **chosen)  # type: ignore[call-arg]
         services = build_services(settings)
         celery_app.configure(settings)
         use_services(services)
