@@ -229,11 +229,16 @@ def latency_profile(settings: Settings) -> LatencyProfile:
         raise ConfigurationError(str(exc)) from None
 
 
-def build_services(settings: Settings, *, faults: FaultInjector | None = None) -> Services:
-    """Every adapter the settings ask for; `faults` reaches the fakes (scenarios, tests)."""
+def build_services(
+    settings: Settings, *, faults: FaultInjector | None = None, clock: Clock | None = None
+) -> Services:
+    """Every adapter the settings ask for; `faults` reaches the fakes (scenarios, tests).
+
+    `clock` replaces the wall clock (the simulator passes a virtual one).
+    """
     from pipeline.adapters.sql_store import create_store
 
-    clock = SystemClock()
+    clock = clock if clock is not None else SystemClock()
     latency = latency_profile(settings)
     client = redis_client(settings.redis_url)
     if faults is None and settings.fault_injection:

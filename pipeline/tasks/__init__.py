@@ -27,10 +27,18 @@ from pipeline.stages import StageResult
 log = logging.getLogger(__name__)
 
 
-def retry_countdown(settings: Settings, retries: int, retry_after: float | None = None) -> float:
-    """Exponential backoff with jitter (50-100 % of the step), capped; honours Retry-After."""
+def retry_countdown(
+    settings: Settings,
+    retries: int,
+    retry_after: float | None = None,
+    rng: random.Random | None = None,
+) -> float:
+    """Exponential backoff with jitter (50-100 % of the step), capped; honours Retry-After.
+
+    `rng` makes the jitter reproducible (the simulator passes a seeded one).
+    """
     step = min(settings.retry_backoff_max_s, settings.retry_backoff_base_s * 2.0**retries)
-    countdown: float = step * random.uniform(0.5, 1.0)
+    countdown: float = step * (rng or random).uniform(0.5, 1.0)
     if retry_after is not None:
         countdown = max(countdown, retry_after)
     return min(countdown, settings.retry_backoff_max_s)

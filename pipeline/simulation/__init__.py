@@ -1,0 +1,1 @@
+"""Virtual-time simulation of the Celery-on-Redis deployment (issue 7)."""
