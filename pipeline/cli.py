@@ -254,9 +254,9 @@ def status(document_uuid: str, as_json: bool, database_url: str | None) -> None:
 
 
 def _register_commands() -> None:
-    from pipeline.commands import db, experiment, flower, load, ops, scenario, worker
+    from pipeline.commands import db, experiment, flower, load, ops, scenario, simulate, worker
 
-    for module in (worker, flower, ops, scenario, load, db, experiment):
+    for module in (worker, flower, ops, scenario, load, db, experiment, simulate):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -439,6 +439,7 @@ def run_load(config: LoadConfig, say: Progress = lambda message: None) -> dict[s
         seq_store.close()
         celery_store.close()
         summary = summarize(config, seq_docs, celery_docs, depth, facts, chunks)
+        summary["predicted"] = predicted(config)
         write_report(config.report_dir, summary, seq_docs, celery_docs, depth)
         return summary
     finally:
@@ -446,6 +447,21 @@ def run_load(config: LoadConfig, say: Progress = lambda message: None) -> dict[s
             say(f"work files kept in {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def predicted(config: LoadConfig) -> dict[str, Any]:
+    """The virtual-time simulator's figures for this run (pipeline/simulation), with errors."""
+    from pipeline.simulation.predict import document_shapes, predict_load
+
+    shapes = document_shapes(config.files, measure_cpu=True)
+    return predict_load(
+        shapes,
+        config.profile,
+        config.settings,
+        config.layout,
+        users=config.users,
+        poll_s=config.poll_s,
+    )
 
 
 def summarize(

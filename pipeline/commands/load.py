@@ -160,6 +160,19 @@ def print_summary(summary: dict[str, object], report_dir: Path) -> None:
         "",
     )
     stdout.print(table)
+    predicted = summary.get("predicted")
+    if isinstance(predicted, dict):
+        sim = Table(title="predicted by the virtual-time simulator (docpipe simulate)")
+        for column in ("run", "measured docs/hour", "predicted docs/hour", "error"):
+            sim.add_column(column, justify="right" if column != "run" else "left")
+        for name, run, key in (
+            ("sequential (monolith)", seq, "sequential_docs_per_hour"),
+            ("celery (plan layout)", cel, "celery_docs_per_hour"),
+        ):
+            measured, guess = float(run["docs_per_hour"]), float(predicted[key])
+            error = f"{(guess - measured) / measured:+.1%}" if measured else "-"
+            sim.add_row(name, f"{measured:,.0f}", f"{guess:,.0f}", error)
+        stdout.print(sim)
     stdout.print(
         f"ratio celery/sequential: [bold]{summary['ratio']:.2f}x[/]   "
         f"fraction of bound reached: [bold]{summary['fraction_of_bound']:.0%}[/]   "

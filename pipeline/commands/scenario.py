@@ -94,11 +94,13 @@ def _parity_reports(reports: list[RunReport]) -> dict[str, list[str]]:
         by_scenario.setdefault(report.file, {})[report.mode] = report
     result = {}
     for runs in by_scenario.values():
-        if "eager" in runs and "broker" in runs:
-            eager, broker = runs["eager"], runs["broker"]
-            if eager.skipped or broker.skipped:
-                continue
-            result[eager.scenario] = parity(eager, broker)
+        for other in ("broker", "sim"):
+            if "eager" in runs and other in runs:
+                eager, compared = runs["eager"], runs[other]
+                if eager.skipped or compared.skipped:
+                    continue
+                label = eager.scenario if other == "broker" else f"{eager.scenario} (sim)"
+                result[label] = parity(eager, compared)
     return result
 
 
@@ -111,11 +113,12 @@ def scenario() -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True))
 @click.option(
     "--mode",
-    type=click.Choice(["eager", "broker", "both"]),
+    type=click.Choice(["eager", "broker", "sim", "both", "all"]),
     default="eager",
     show_default=True,
-    help="eager: in this process; broker: a private redis-server and real workers; both: "
-    "each, plus a parity report.",
+    help="eager: in this process; broker: a private redis-server and real workers; sim: the "
+    "eager services under the virtual-time scheduler; both: eager and broker, plus a parity "
+    "report; all: eager, sim and broker, plus parity reports against eager.",
 )
 @click.option("--seed", type=int, help="Override each scenario's seed.")
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object on stdout.")
@@ -127,15 +130,21 @@ def run_command(files: tuple[Path, ...], mode: str, seed: int | None, as_json: b
     from pipeline.cli import EXIT_FAILED, EXIT_OK
 
     loaded = _load_all(files)
-    modes: list[Mode] = list(ALL_MODES) if mode == "both" else [mode]  # type: ignore[list-item]
+    modes: list[Mode]
+    if mode == "both":
+        modes = list(ALL_MODES)
+    elif mode == "all":
+        modes = ["eager", "sim", "broker"]
+    else:
+        modes = [mode]  # type: ignore[list-item]
     reports = run_many(
         loaded, modes, seed=seed, on_report=(lambda report: None) if as_json else print_run
     )
-    parities = _parity_reports(reports) if mode == "both" else {}
+    parities = _parity_reports(reports) if mode in ("both", "all") else {}
     passed = all(r.passed for r in reports)
     if as_json:
         payload: dict[str, Any] = {"passed": passed, "runs": [r.as_dict() for r in reports]}
-        if mode == "both":
+        if mode in ("both", "all"):
             payload["parity"] = parities
         click.echo(json.dumps(payload, indent=2, default=str))
     else:
@@ -150,7 +159,7 @@ def _print_parity(parities: dict[str, list[str]]) -> None:
 
     if not parities:
         return
-    stdout.print("[bold]parity (eager vs broker)[/]")
+    stdout.print("[bold]parity (eager vs broker; eager vs sim where marked)[/]")
     for name, differences in parities.items():
         if differences:
             stdout.print(f"  [red]{name}: {len(differences)} difference(s)[/]")

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pipeline.domain.models import Stage, Status
 from pipeline.settings import Settings
 
-Mode = Literal["eager", "broker"]
+Mode = Literal["eager", "broker", "sim"]
 ALL_MODES: tuple[Mode, ...] = ("eager", "broker")
 Port = Literal["ocr", "parser", "llm"]
 FaultKind = Literal[

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from fakes.faults import FaultRule, RedisFaultInjector, clear_faults, install_faults
 from pipeline import celery_app
 from pipeline.bootstrap import Services, build_services, use_services
-from pipeline.domain.models import QUEUES, QueueStatus, Status
+from pipeline.domain.models import QUEUES, QueueStatus, Stage, Status
 from pipeline.errors import ConfigurationError
 from pipeline.intake import claim_own, dispatch, submit_file
 from pipeline.scenarios.documents import ScenarioDocument, materialize
@@ -83,6 +83,8 @@ class RunReport:
     calls: dict[str, int] = field(default_factory=dict)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
     workdir: str | None = None
+    #: Sim mode: virtual time and the scheduler's event counts (deliveries, restores...).
+    sim: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,14 +139,17 @@ def run_scenario(
         elapsed_s=0.0,
         replay=replay_command(path, mode, seed),
     )
-    if mode not in scenario.modes:
-        report.skipped = f"declares modes: [{', '.join(scenario.modes)}]"
+    skip = sim_skip_reason(scenario) if mode == "sim" else None
+    if mode != "sim" and mode not in scenario.modes:
+        skip = f"declares modes: [{', '.join(scenario.modes)}]"
+    if skip is not None:
+        report.skipped = skip
         report.passed = True
         return report
     with _workdir(workdir, scenario.name, mode) as directory:
         report.workdir = str(directory)
         try:
-            runner = EagerRun if mode == "eager" else BrokerRun
+            runner = {"eager": EagerRun, "broker": BrokerRun, "sim": SimRun}[mode]
             runner(scenario, path, seed, directory, report).run()
         except ScenarioError as exc:
             report.error = str(exc)
@@ -252,7 +257,7 @@ class _Run:
             uuids = list(by_name.values())
             for document_uuid in uuids:
                 claim_own(services, document_uuid, worker=f"scenario-{scenario.name}")
-                dispatch(services, document_uuid)
+                self.dispatch(services, document_uuid)
             self.wait(services, uuids)
             for action in scenario.then:
                 self._act(services, action, by_name)
@@ -317,16 +322,23 @@ class _Run:
             )
         return declared, rules
 
-    def _act(self, services: Services, action: Any, by_name: dict[str, str]) -> None:
+    def dispatch(self, services: Services, document_uuid: str) -> None:
+        """Send a claimed document's first task (the sim mode queues it in its scheduler)."""
+        dispatch(services, document_uuid)
+
+    def send_stage(self, stage: Stage, document_uuid: str, version: int) -> None:
         from pipeline.tasks import send_stage
 
+        send_stage(stage, document_uuid, version)
+
+    def _act(self, services: Services, action: Any, by_name: dict[str, str]) -> None:
         if action.redeliver is not None:
             for name, document_uuid in by_name.items():
                 if not matches(name, action.redeliver.documents):
                     continue
                 version = services.store.get_document(document_uuid).processing_version
                 for stage in action.redeliver.stages:
-                    send_stage(stage, document_uuid, version)
+                    self.send_stage(stage, document_uuid, version)
         elif action.reprocess is not None:
             for name, document_uuid in by_name.items():
                 if not matches(name, action.reprocess.documents):
@@ -336,7 +348,7 @@ class _Run:
                 )
                 services.store.enqueue(document_uuid)
                 claim_own(services, document_uuid, worker=f"scenario-{self.scenario.name}")
-                dispatch(services, document_uuid)
+                self.dispatch(services, document_uuid)
 
     # --- expectations ---------------------------------------------------------------
     def _expectations(self) -> list[Check]:
@@ -660,6 +672,92 @@ class EagerRun(_Run):
             bootstrap._fake_redis_servers.pop(self._redis_name, None)
 
 
+#: Fault kinds the simulator reproduces; a killed worker process is a broker matter.
+SIM_FAULT_KINDS = frozenset(
+    {"transient", "throttle", "permanent", "timeout", "latency", "malformed", "empty"}
+)
+
+
+def sim_skip_reason(scenario: Scenario) -> str | None:
+    """Why a scenario is not meaningful in sim mode, or None.
+
+    Sim mode runs what eager mode runs (same services, in process) under the
+    virtual-time scheduler; it needs the in-process fakes, not the moto cloud.
+    """
+    if "eager" not in scenario.modes:
+        return f"declares modes: [{', '.join(scenario.modes)}] (sim runs eager scenarios)"
+    kinds = sorted({f.kind for f in scenario.faults} - SIM_FAULT_KINDS)
+    if kinds:
+        return f"fault kind(s) {kinds} need real worker processes"
+    if scenario.adapters.profile == "sim-cloud":
+        return "the sim-cloud profile runs real SDK clients on the wall clock"
+    return None
+
+
+class SimRun(EagerRun):
+    """The eager services on a virtual clock, driven by the discrete-event scheduler.
+
+    Layout: one worker per queue (ocr x1, text x4, entity x4, graph x4),
+    prefetch 1, the scenario's visibility timeout. Stage code runs as in
+    eager mode; the broker's delivery semantics come from the scheduler.
+    """
+
+    mode = "sim"
+
+    def start(self, values: dict[str, Any]) -> Services:
+        from pipeline.simulation.engine import SimConfig, Simulator, WorkerSpec
+        from pipeline.simulation.real import StageExecutor
+
+        self._redis_name = f"scenario-{uuid.uuid4().hex}"
+        local: dict[str, Any] = {
+            "database_url": f"sqlite:///{self.workdir / 'docpipe.db'}",
+            "blob_url": f"file://{self.workdir / 'blobs'}",
+            "redis_url": f"fakeredis://{self._redis_name}",
+            "broker_url": "memory://",
+        }
+        settings = Settings(_env_file=None, **(local | values | {"eager": True}))  # type: ignore[call-arg]
+        self.executor = StageExecutor([], settings, seed=self.seed)
+        services = self.executor.services
+        celery_app.configure(settings)
+        use_services(services)
+        self._services = services
+        layout = [
+            WorkerSpec("ocr", 1, name="ocr-0"),
+            WorkerSpec("text", 4, name="text-0"),
+            WorkerSpec("entity", 4, name="entity-0"),
+            WorkerSpec("graph", 4, name="graph-0"),
+        ]
+        config = SimConfig(layout, visibility_timeout_s=settings.visibility_timeout_s)
+        self.simulator = Simulator(config, self.executor)
+        self._indices: dict[str, int] = {}
+        self._queued: list[int] = []
+        return services
+
+    def _index(self, document_uuid: str) -> int:
+        index = self._indices.setdefault(document_uuid, len(self._indices))
+        self.executor.adopt(index, document_uuid)
+        return index
+
+    def dispatch(self, services: Services, document_uuid: str) -> None:
+        self._queued.append(self._index(document_uuid))
+
+    def send_stage(self, stage: Stage, document_uuid: str, version: int) -> None:
+        from pipeline.simulation.engine import Send
+        from pipeline.simulation.model import START_OCR
+
+        task = START_OCR if stage is Stage.OCR else str(stage)
+        self.simulator.publish(Send(task=task, queue=stage.queue, doc=self._index(document_uuid)))
+
+    def wait(self, services: Services, uuids: list[str]) -> None:
+        queued, self._queued = self._queued, []
+        result = self.simulator.run(queued)
+        self.report.sim = {
+            "virtual_seconds": round(result.end_time, 3),
+            "events": result.events,
+            "counts": dict(sorted(result.counts.items())),
+        }
+
+
 class BrokerRun(_Run):
     mode = "broker"
 
@@ -775,9 +873,10 @@ def _env_value(value: Any) -> str:
 
 
 def parity(eager: RunReport, broker: RunReport) -> list[str]:
-    """Where the two modes' outcomes differ (empty: they agree)."""
+    """Where two modes' outcomes differ (empty: they agree); labelled by each report's mode."""
     if eager.skipped or broker.skipped:
         return []
+    first, second = eager.mode, broker.mode
     differences = []
     keyed_e = {d.name: d for d in eager.documents}
     keyed_b = {d.name: d for d in broker.documents}
@@ -785,21 +884,21 @@ def parity(eager: RunReport, broker: RunReport) -> list[str]:
     for name in sorted(set(keyed_e) | set(keyed_b)):
         e, b = keyed_e.get(name), keyed_b.get(name)
         if e is None or b is None:
-            differences.append(f"{name}: only in {'broker' if e is None else 'eager'}")
+            differences.append(f"{name}: only in {second if e is None else first}")
             continue
         for attribute in fields:
             if getattr(e, attribute) != getattr(b, attribute):
                 differences.append(
-                    f"{name} {attribute}: eager {getattr(e, attribute)}, "
-                    f"broker {getattr(b, attribute)}"
+                    f"{name} {attribute}: {first} {getattr(e, attribute)}, "
+                    f"{second} {getattr(b, attribute)}"
                 )
     checks_e = {(c.kind, c.name): c.passed for c in eager.checks}
     for check in broker.checks:
         key = (check.kind, check.name)
         if key in checks_e and checks_e[key] != check.passed:
             differences.append(
-                f"{check.kind} {check.name!r}: eager {'pass' if checks_e[key] else 'FAIL'}, "
-                f"broker {'pass' if check.passed else 'FAIL'}"
+                f"{check.kind} {check.name!r}: {first} {'pass' if checks_e[key] else 'FAIL'}, "
+                f"{second} {'pass' if check.passed else 'FAIL'}"
             )
     return differences
 

@@ -44,12 +44,16 @@ class VirtualRateLimiter:
         self._window = window_seconds
         self._calls: dict[str, list[float]] = {}
 
+    def prune(self, name: str, before: float) -> None:
+        """Forget calls at or before `before` (only safe with the scheduler's current time)."""
+        calls = self._calls.setdefault(name, [])
+        del calls[: bisect.bisect_right(calls, before)]
+
     def next_slot(self, name: str, now: float) -> float:
         """The earliest time >= now at which a call fits in the window."""
         calls = self._calls.setdefault(name, [])
         first = bisect.bisect_right(calls, now - self._window)
-        del calls[:first]
-        if len(calls) < self._limit:
+        if len(calls) - first < self._limit:
             return now
         # The window holds `limit` calls: the call `limit` places back must leave it.
         return calls[len(calls) - self._limit] + self._window

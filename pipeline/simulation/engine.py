@@ -70,6 +70,8 @@ class Outcome:
     detail: str = ""
     #: Called when the task finishes in virtual time (releases a lock, for instance).
     on_finish: Callable[[], None] | None = None
+    #: The task is not done: after `duration`, call this (with the time) for the rest.
+    resume: Callable[[float], Outcome] | None = None
 
 
 class Executor(Protocol):
@@ -112,7 +114,7 @@ class SimConfig:
     crashes: Sequence[Crash] = ()
     #: Stop the run at this virtual time (None: when every document is done).
     until: float | None = None
-    max_events: int = 50_000_000
+    max_events: int = 20_000_000
     trace: bool = True
 
 
@@ -154,6 +156,8 @@ class SimResult:
     events: int
     counts: dict[str, int]
     executions: dict[tuple[int, str], int]
+    #: Slot-seconds each queue's workers spent running tasks.
+    busy_s: dict[str, float] = field(default_factory=dict)
 
     def completed_times(self) -> list[float]:
         return sorted(
@@ -177,7 +181,7 @@ class Simulator:
         self._ids = 0
         self.queues: dict[str, deque[Message]] = {q: deque() for q in QUEUES}
         self.unacked: dict[int, _Delivery] = {}
-        self.deliveries: dict[str, int] = {}
+        self.deliveries: dict[tuple[str, int], int] = {}
         self.workers: list[_Worker] = []
         for index, spec in enumerate(config.workers):
             if spec.queue not in self.queues:
@@ -194,8 +198,9 @@ class Simulator:
         self.documents: dict[int, DocumentRecord] = {}
         self.counts: dict[str, int] = {}
         self.executions: dict[tuple[int, str], int] = {}
+        self.busy_s: dict[str, float] = {}
         self._pending_docs: deque[int] = deque()
-        self._open_docs = 0
+        self.last_activity = 0.0
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -229,17 +234,17 @@ class Simulator:
 
     # --- the run ----------------------------------------------------------------------
 
-    def run(self, documents: Sequence[int], *, submit_at: Mapping[int, float] | None = None) -> (
-        SimResult
-    ):
+    def run(
+        self, documents: Sequence[int], *, submit_at: Mapping[int, float] | None = None
+    ) -> SimResult:
         self._pending_docs = deque(documents)
         if self.config.users is None:
             while self._pending_docs:
                 doc = self._pending_docs.popleft()
-                self._push((submit_at or {}).get(doc, 0.0), "submit", doc)
+                self._push((submit_at or {}).get(doc, self.now), "submit", doc)
         else:
             for _ in range(min(self.config.users, len(self._pending_docs))):
-                self._push(0.0, "submit", self._pending_docs.popleft())
+                self._push(self.now, "submit", self._pending_docs.popleft())
         for crash in self.config.crashes:
             self._push(crash.at, "crash", crash)
         events = 0
@@ -252,10 +257,15 @@ class Simulator:
             events += 1
             if events > self.config.max_events:
                 raise RuntimeError("simulation exceeded max_events")
-            getattr(self, f"_on_{kind}")(payload)
+            if getattr(self, f"_on_{kind}")(payload) is not False:
+                self.last_activity = at
             self._dispatch()
-        end = self.now if until is None else until
-        return SimResult(self.documents, self.trace, end, events, self.counts, self.executions)
+        # Pending visibility checks of acknowledged messages are not activity.
+        end = self.last_activity if until is None else until
+        self.now = end
+        return SimResult(
+            self.documents, self.trace, end, events, self.counts, self.executions, self.busy_s
+        )
 
     def _on_submit(self, doc: int) -> None:
         self.documents[doc] = DocumentRecord(submitted_at=self.now)
@@ -283,13 +293,14 @@ class Simulator:
                 worker.alive = True
                 self._log("restart", name)
 
-    def _on_visibility(self, tag: int) -> None:
+    def _on_visibility(self, tag: int) -> bool:
         delivery = self.unacked.pop(tag, None)
         if delivery is None:
-            return
+            return False
         # Kombu puts the message back on its queue: it will be delivered again.
         self.queues[delivery.message.queue].appendleft(delivery.message)
         self._log("restore", delivery.message.id, delivery.tag, delivery.worker.name)
+        return True
 
     def _on_eta(self, delivery: _Delivery) -> None:
         worker = delivery.worker
@@ -343,9 +354,7 @@ class Simulator:
             if worker.queue != queue or not worker.alive:
                 continue
             load = worker.running + len(worker.buffer)
-            if load < worker.prefetch and (
-                best is None or load < best.running + len(best.buffer)
-            ):
+            if load < worker.prefetch and (best is None or load < best.running + len(best.buffer)):
                 best = worker
         return best
 
@@ -353,8 +362,9 @@ class Simulator:
         self._tag += 1
         delivery = _Delivery(self._tag, message, worker, self.now, generation=worker.generation)
         self.unacked[delivery.tag] = delivery
-        count = self.deliveries.get(message.id, 0) + 1
-        self.deliveries[message.id] = count
+        # Counted per task id and retry, like the task layer's redelivery guard.
+        count = self.deliveries.get((message.id, message.retries), 0) + 1
+        self.deliveries[(message.id, message.retries)] = count
         self._log("deliver", message.id, delivery.tag, worker.name, count)
         self._push(self.now + self.config.visibility_timeout_s, "visibility", delivery.tag)
         if message.eta > self.now:
@@ -372,7 +382,21 @@ class Simulator:
             message = delivery.message
             key = (message.doc, message.task)
             self.executions[key] = self.executions.get(key, 0) + 1
-            outcome = self.executor.run(message, self.now, self.deliveries[message.id])
+            outcome = self.executor.run(
+                message, self.now, self.deliveries[(message.id, message.retries)]
+            )
             self._log("start", message.id, delivery.tag, worker.name)
-            end = self.now + outcome.duration + self.config.hop_overhead_s
-            self._push(end, "finish", (delivery, outcome))
+            self._schedule(delivery, outcome, self.config.hop_overhead_s)
+
+    def _schedule(self, delivery: _Delivery, outcome: Outcome, overhead: float = 0.0) -> None:
+        taken = outcome.duration + overhead
+        queue = delivery.worker.queue
+        self.busy_s[queue] = self.busy_s.get(queue, 0.0) + taken
+        kind = "finish" if outcome.resume is None else "resume"
+        self._push(self.now + taken, kind, (delivery, outcome))
+
+    def _on_resume(self, payload: tuple[_Delivery, Outcome]) -> None:
+        delivery, outcome = payload
+        if delivery.generation != delivery.worker.generation or outcome.resume is None:
+            return
+        self._schedule(delivery, outcome.resume(self.now))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pipeline.domain.models import Stage
@@ -44,6 +44,8 @@ class Policy:
     llm_rate_limit_window_s: float = 60.0
     llm_rate_limit_max_wait_s: float = 120.0
     max_retries: int = 5
+    #: Deliveries of one message (per retry) before it is dead-lettered (the task layer's guard).
+    max_redeliveries: int = 3
     retry_backoff_base_s: float = 2.0
     retry_backoff_max_s: float = 600.0
     #: Probability that a task delivery fails transiently (seeded, per message and try).
@@ -52,6 +54,17 @@ class Policy:
     extra_s: tuple[tuple[str, float], ...] = ()
     #: Task names whose first try fails transiently (to show a retry countdown).
     fail_first: tuple[str, ...] = ()
+
+
+#: Stage order for the duplicate check; document node and chunking share a status ceiling.
+_RANK: dict[Stage, int] = {
+    Stage.OCR: 0,
+    Stage.DOCUMENT_NODE: 1,
+    Stage.CHUNKING: 1,
+    Stage.ENTITY_EXTRACTION: 2,
+    Stage.ENTITY_RESOLUTION: 3,
+    Stage.RELATIONSHIPS: 4,
+}
 
 
 def retry_countdown(policy: Policy, retries: int, rng: random.Random, after: float = 0.0) -> float:
@@ -88,6 +101,12 @@ class ModelExecutor:
             window_seconds=policy.llm_rate_limit_window_s,
         )
         self._job_end: dict[int, float] = {}
+        #: Per document: the furthest stage started, and whether it has ended.
+        self._furthest: dict[int, int] = {}
+        self._ended: set[int] = set()
+        self.llm_calls = 0
+        #: Chunks whose LLM answer is cached per document: a retry does not call again.
+        self._cached: dict[int, int] = {}
         self._extra = dict(policy.extra_s)
 
     def shape(self, doc: int) -> DocumentShape:
@@ -119,10 +138,18 @@ class ModelExecutor:
         return Outcome(duration, "retry", [send], detail=f"{detail}; retry in {countdown:.3f}s")
 
     def run(self, message: Message, start: float, delivery: int) -> Outcome:
+        outcome = self._run(message, start, delivery)
+        if outcome.kind in ("completed", "failed", "dead_lettered"):
+            self._ended.add(message.doc)
+        return outcome
+
+    def _run(self, message: Message, start: float, delivery: int) -> Outcome:
         doc = message.doc
         shape = self.shape(doc)
         extra = self._extra.get(f"{message.task}:{doc}", self._extra.get(message.task, 0.0))
         extra += shape.cpu_s / TASKS_PER_DOCUMENT
+        if delivery > self.policy.max_redeliveries:
+            return Outcome(0.0, "dead_lettered", detail="worker lost too many times")
         if message.task in self.policy.fail_first and message.retries == 0:
             return self._retry(message, extra, "first try fails")
         if self._fails(message, delivery):
@@ -155,11 +182,16 @@ class ModelExecutor:
             )
             return Outcome(extra, "ok", [poll])
         stage = Stage(task)
+        # The stage code's duplicate check (stages.begin): a later stage owns the document.
+        rank = _RANK[stage]
+        if doc in self._ended or self._furthest.get(doc, -1) > rank:
+            return Outcome(extra, "skipped", detail="duplicate delivery")
+        self._furthest[doc] = rank
         if stage is Stage.DOCUMENT_NODE:
             wait = self.profile.sample(DOCUMENT_DB, str(doc))
             return Outcome(extra + wait, "ok", [stage_send(Stage.CHUNKING, doc)])
         if stage is Stage.ENTITY_EXTRACTION:
-            return self._extract(message, shape, start + extra)
+            return self._extract(message, shape, extra)
         if stage is Stage.RELATIONSHIPS:
             wait = self.profile.sample(GRAPH_WRITE, str(doc))
             return Outcome(extra + wait, "completed")
@@ -167,17 +199,33 @@ class ModelExecutor:
         assert following is not None
         return Outcome(extra, "ok", [stage_send(following, doc)])
 
-    def _extract(self, message: Message, shape: DocumentShape, start: float) -> Outcome:
-        cursor = start
-        waited = 0.0
-        for key in shape.chunk_keys:
-            slot = self.limiter.next_slot("llm", cursor)
-            if slot > cursor:
-                wait = slot - cursor
-                if waited + wait > self.policy.llm_rate_limit_max_wait_s:
-                    return self._retry(message, cursor - start, "rate limited", after=wait)
-                waited += wait
-                cursor = slot
-            self.limiter.record("llm", cursor)
-            cursor += self.profile.sample(LLM_CALL, key)
-        return Outcome(cursor - start, "ok", [stage_send(Stage.ENTITY_RESOLUTION, message.doc)])
+    def _extract(self, message: Message, shape: DocumentShape, extra: float) -> Outcome:
+        """One step per LLM call, so the shared window only ever sees past calls."""
+        keys = shape.chunk_keys
+        window = self.policy.llm_rate_limit_window_s
+        done = Outcome(0.0, "ok", [stage_send(Stage.ENTITY_RESOLUTION, message.doc)])
+
+        def call(index: int, waited: float) -> Callable[[float], Outcome]:
+            def step(now: float) -> Outcome:
+                if index == len(keys):
+                    return done
+                if index < self._cached.get(message.doc, 0):
+                    return step_to(index + 1, waited)(now)
+                self.limiter.prune("llm", now - window)
+                slot = self.limiter.next_slot("llm", now)
+                if slot > now:
+                    wait = slot - now
+                    if waited + wait > self.policy.llm_rate_limit_max_wait_s:
+                        return self._retry(message, 0.0, "rate limited", after=wait)
+                    return Outcome(wait, "ok", resume=call(index, waited + wait))
+                self.limiter.record("llm", now)
+                self.llm_calls += 1
+                self._cached[message.doc] = index + 1
+                seconds = self.profile.sample(LLM_CALL, keys[index])
+                return Outcome(seconds, "ok", resume=call(index + 1, waited))
+
+            return step
+
+        step_to = call
+
+        return Outcome(extra, "ok", resume=call(0, 0.0))
