@@ -635,21 +635,26 @@ def _invariants(
 # --- the two modes -----------------------------------------------------------------------
 
 
+def _in_process_settings(workdir: Path, redis_name: str, values: dict[str, Any]) -> Settings:
+    """Eager and sim runs: SQLite, blobs and a fakeredis server of the run's own.
+
+    The sim-cloud profile brings its own blob_url (s3://); where state lives stays local.
+    """
+    local: dict[str, Any] = {
+        "database_url": f"sqlite:///{workdir / 'docpipe.db'}",
+        "blob_url": f"file://{workdir / 'blobs'}",
+        "redis_url": f"fakeredis://{redis_name}",
+        "broker_url": "memory://",
+    }
+    return Settings(_env_file=None, **(local | values | {"eager": True}))  # type: ignore[call-arg]
+
+
 class EagerRun(_Run):
     mode = "eager"
 
     def start(self, values: dict[str, Any]) -> Services:
         self._redis_name = f"scenario-{uuid.uuid4().hex}"
-        local: dict[str, Any] = {
-            "database_url": f"sqlite:///{self.workdir / 'docpipe.db'}",
-            "blob_url": f"file://{self.workdir / 'blobs'}",
-            "redis_url": f"fakeredis://{self._redis_name}",
-            "broker_url": "memory://",
-            "eager": True,
-        }
-        # The sim-cloud profile brings its own blob_url (s3://); where state lives stays local.
-        chosen = local | values | {"eager": True}
-        settings = Settings(_env_file=None, **chosen)  # type: ignore[call-arg]
+        settings = _in_process_settings(self.workdir, self._redis_name, values)
         services = build_services(settings)
         celery_app.configure(settings)
         use_services(services)
@@ -709,13 +714,7 @@ class SimRun(EagerRun):
         from pipeline.simulation.real import StageExecutor
 
         self._redis_name = f"scenario-{uuid.uuid4().hex}"
-        local: dict[str, Any] = {
-            "database_url": f"sqlite:///{self.workdir / 'docpipe.db'}",
-            "blob_url": f"file://{self.workdir / 'blobs'}",
-            "redis_url": f"fakeredis://{self._redis_name}",
-            "broker_url": "memory://",
-        }
-        settings = Settings(_env_file=None, **(local | values | {"eager": True}))  # type: ignore[call-arg]
+        settings = _in_process_settings(self.workdir, self._redis_name, values)
         self.executor = StageExecutor([], settings, seed=self.seed)
         services = self.executor.services
         celery_app.configure(settings)

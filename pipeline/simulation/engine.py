@@ -47,6 +47,18 @@ class Message:
     retries: int = 0
     eta: float = 0.0
 
+    def retry(self, countdown: float) -> Send:
+        """The same task again after `countdown`, as Celery's retry sends it (same id)."""
+        return Send(
+            task=self.task,
+            queue=self.queue,
+            doc=self.doc,
+            args=self.args,
+            countdown=countdown,
+            retries=self.retries + 1,
+            task_id=self.id,
+        )
+
 
 @dataclass(frozen=True)
 class Send:

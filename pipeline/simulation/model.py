@@ -126,15 +126,7 @@ class ModelExecutor:
         if message.retries >= self.policy.max_retries:
             return Outcome(duration, "dead_lettered", detail=detail)
         countdown = retry_countdown(self.policy, message.retries, self.rng, after)
-        send = Send(
-            task=message.task,
-            queue=message.queue,
-            doc=message.doc,
-            args=message.args,
-            countdown=countdown,
-            retries=message.retries + 1,
-            task_id=message.id,
-        )
+        send = message.retry(countdown)
         return Outcome(duration, "retry", [send], detail=f"{detail}; retry in {countdown:.3f}s")
 
     def run(self, message: Message, start: float, delivery: int) -> Outcome:

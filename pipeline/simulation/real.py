@@ -197,15 +197,7 @@ class StageExecutor:
             self._dead_letter(message, stage, self._readable(stage, exc))
             return Outcome(duration, "dead_lettered", detail=str(exc))
         countdown = self._retry_countdown(self.settings, message.retries, exc.retry_after, self.rng)
-        send = Send(
-            task=message.task,
-            queue=message.queue,
-            doc=message.doc,
-            args=message.args,
-            countdown=countdown,
-            retries=message.retries + 1,
-            task_id=message.id,
-        )
+        send = message.retry(countdown)
         return Outcome(duration, "retry", [send], detail=f"{exc}; retry in {countdown:.3f}s")
 
     def _dead_letter(self, message: Message, stage: Stage, reason: str) -> None:
