@@ -2,7 +2,7 @@
 
 Used by broker-mode scenarios, the load test and the integration tests. The
 redis-server listens on a free loopback port (never the user's Redis on 6379)
-with no persistence and `noeviction`; workers are `python -m pipeline worker`
+with no persistence (unless asked for) and `noeviction`; workers are `python -m pipeline worker`
 subprocesses that share one environment and log to files in the work folder.
 Every wait is bounded in time; stopping is SIGTERM, a bounded wait, then SIGKILL.
 """
@@ -78,6 +78,8 @@ class RedisServer:
     port: int
     process: subprocess.Popen[bytes]
     workdir: Path
+    #: Started with an append-only file fsynced on every write (survives a restart).
+    persistent: bool = False
 
     def url(self, db: int = 0) -> str:
         return f"redis://{HOST}:{self.port}/{db}"
@@ -89,9 +91,16 @@ class RedisServer:
         stop_process(self.process, REDIS_STOP_TIMEOUT_S)
 
     def restart(self) -> None:
-        """Stop and start again on the same port (and folder): the data is gone."""
+        """Stop and start again on the same port (and folder).
+
+        The data is gone, unless the server is `persistent` (it reloads its append-only file).
+        """
         self.stop()
-        self.process = start_redis(self.workdir, port=self.port).process
+        self.start_again()
+
+    def start_again(self) -> None:
+        """Start a stopped server on the same port, folder and persistence."""
+        self.process = start_redis(self.workdir, port=self.port, persistent=self.persistent).process
 
     def __enter__(self) -> RedisServer:
         return self
@@ -100,17 +109,22 @@ class RedisServer:
         self.stop()
 
 
-def start_redis(workdir: Path, port: int | None = None) -> RedisServer:
-    """A fresh redis-server on `port` (default: a free one), answering PING, or an error."""
+def start_redis(workdir: Path, port: int | None = None, *, persistent: bool = False) -> RedisServer:
+    """A fresh redis-server on `port` (default: a free one), answering PING, or an error.
+
+    `persistent`: an append-only file in `workdir`, fsynced on every write, so a
+    stop and `start_again` lose nothing (queued and unacked messages included).
+    """
     binary = shutil.which("redis-server")
     if binary is None:
         raise ConfigurationError("redis-server is not on PATH (apt-get install redis-server)")
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
-    argv = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+    appendonly = ["yes", "--appendfsync", "always"] if persistent else ["no"]
+    argv = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", *appendonly]
     argv += ["--dir", str(workdir), "--maxmemory-policy", "noeviction"]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = RedisServer(port=port, process=process, workdir=workdir)
+    server = RedisServer(port=port, process=process, workdir=workdir, persistent=persistent)
     client = server.client(socket_connect_timeout=1)
     deadline = time.monotonic() + REDIS_START_TIMEOUT_S
     try:

@@ -52,11 +52,13 @@ class BrokerEnvironment:
     settings_env: Mapping[str, str]
     server: devstack.RedisServer | None = None
     workers: devstack.WorkerGroup | None = None
+    #: Redis with an fsynced append-only file (scenarios that restart it).
+    persistent: bool = False
 
     # --- redis -------------------------------------------------------------------------
     def start_redis(self) -> None:
         try:
-            self.server = devstack.start_redis(self.workdir)
+            self.server = devstack.start_redis(self.workdir, persistent=self.persistent)
         except ConfigurationError as exc:
             raise ConfigurationError(f"broker mode: {exc}") from exc
 

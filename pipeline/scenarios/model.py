@@ -307,6 +307,20 @@ def _settings_overrides_model() -> type[BaseModel]:
 SettingsOverrides = _settings_overrides_model()
 
 
+class Disruption(_Strict):
+    """A process-level disruption of the private stack (broker mode only), timed from the
+    first dispatch: `restart_redis` stops the redis-server at `at_s` for `down_s` seconds
+    (it persists with appendfsync always, so queued and unacked messages survive)."""
+
+    kind: Literal["restart_redis"]
+    at_s: float = Field(ge=0, le=600)
+    down_s: float = Field(gt=0, le=120)
+
+    @property
+    def duration_s(self) -> float:
+        return self.down_s
+
+
 class BrokerOptions(_Strict):
     """Broker mode only."""
 
@@ -328,6 +342,8 @@ class Scenario(_Strict):
     settings: SettingsOverrides = Field(default_factory=SettingsOverrides)  # type: ignore[valid-type]
     latency: dict[Port, Latency] = Field(default_factory=dict)
     faults: list[Fault] = Field(default_factory=list)
+    #: Broker mode: restart Redis mid-run (see Disruption).
+    disruptions: list[Disruption] = Field(default_factory=list)
     then: list[Action] = Field(default_factory=list)
     broker: BrokerOptions = Field(default_factory=BrokerOptions)
     expect: Expectations = Field(default_factory=Expectations)
@@ -338,6 +354,12 @@ class Scenario(_Strict):
             if fault.kind == "kill_worker" and "eager" in self.modes:
                 raise ValueError(
                     f"faults[{index}]: kill_worker kills the process it runs in; "
+                    "declare `modes: [broker]`"
+                )
+        for index, disruption in enumerate(self.disruptions):
+            if self.modes != ["broker"]:
+                raise ValueError(
+                    f"disruptions[{index}]: {disruption.kind} disrupts real processes; "
                     "declare `modes: [broker]`"
                 )
         return self

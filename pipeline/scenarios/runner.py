@@ -765,7 +765,8 @@ class BrokerRun(_Run):
         from pipeline.scenarios.broker import PORT_QUEUES, BrokerEnvironment, worker_layout
 
         env = {f"DOCPIPE_{k.upper()}": _env_value(v) for k, v in values.items()}
-        self.environment = BrokerEnvironment(self.workdir, env)
+        restarts = any(d.kind == "restart_redis" for d in self.scenario.disruptions)
+        self.environment = BrokerEnvironment(self.workdir, env, persistent=restarts)
         self.environment.start_redis()
         settings = Settings(_env_file=None, **self.environment.settings_values())  # type: ignore[call-arg]
         kill_queues = {PORT_QUEUES[f.port] for f in self.scenario.faults if f.kind == "kill_worker"}
@@ -775,6 +776,7 @@ class BrokerRun(_Run):
         app = celery_app.configure(settings)
         use_services(services)
         self._services: Services | None = services
+        self._disruptions = self._disruption_thread(services)
         served = {q for q in QUEUES if q not in omit}
         # One answer in which every served queue has a consumer; what is still idle then
         # is a queue nobody consumes (a slow reply would make every queue look idle).
@@ -818,12 +820,51 @@ class BrokerRun(_Run):
         with suppress(_Preflight):
             super().run()
 
+    def _disruption_thread(self, services: Services) -> Any:
+        from pipeline.scenarios.disruptions import DisruptionThread
+
+        def in_flight() -> int:
+            uuids = list(getattr(self, "_dispatched", []))
+            return sum(1 for s in services.store.statuses(uuids).values() if not s.is_terminal)
+
+        return DisruptionThread(
+            self.scenario.disruptions,
+            redis_server=self.environment._redis,
+            in_flight=in_flight,
+        )
+
+    def dispatch(self, services: Services, document_uuid: str) -> None:
+        """Send the first task; the first dispatch starts the disruption clock."""
+        self._dispatched: list[str] = [*getattr(self, "_dispatched", []), document_uuid]
+        super().dispatch(services, document_uuid)
+        self._disruptions.start()
+
+    def _disruption_checks(self) -> list[Check]:
+        self._disruptions.join()
+        checks = []
+        for index, applied in enumerate(self._disruptions.applied):
+            problem = applied.error
+            if problem is None and not applied.in_flight:
+                problem = "hit no document in flight (it came too late)"
+            measured = f"{applied.in_flight} document(s) in flight, lasted {applied.lasted_s} s"
+            checks.append(
+                Check(
+                    "invariant",
+                    f"disruptions[{index}] coverage",
+                    problem is None,
+                    f"{applied.describe()} hit documents in flight and was restored",
+                    problem if problem is not None else measured,
+                )
+            )
+        return checks
+
     def wait(self, services: Services, uuids: list[str]) -> None:
         from pipeline.broker import wait_for_terminal
 
         wait_for_terminal(services, uuids, timeout_s=self.scenario.broker.timeout_s)
 
     def extra_checks(self, services: Services) -> list[Check]:
+        disrupted = self._disruption_checks()
         deadline = time.monotonic() + 5
         lengths = self.environment.queue_lengths()
         while any(lengths.values()) and time.monotonic() < deadline:
@@ -831,18 +872,22 @@ class BrokerRun(_Run):
             lengths = self.environment.queue_lengths()
         waiting = {q: n for q, n in lengths.items() if n}
         return [
+            *disrupted,
             Check(
                 "invariant",
                 "no message left in a queue",
                 not waiting,
                 "every broker queue empty",
                 ", ".join(f"{q}: {n}" for q, n in waiting.items()) or "all empty",
-            )
+            ),
         ]
 
     def stop(self) -> None:
         from kombu import pools
 
+        disruptions = getattr(self, "_disruptions", None)
+        if disruptions is not None:
+            disruptions.join(cancel=True)
         use_services(None)
         # The next run may use another broker (or eager mode): no pooled connection survives.
         celery_app.drop_broker_connections()

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 from celery import Task
-from celery.exceptions import Retry, SoftTimeLimitExceeded
+from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 
 from pipeline import stages
 from pipeline.bootstrap import Services, current_services
@@ -111,6 +111,15 @@ def run_stage(
     return "ok"
 
 
+#: How long publishing a retry waits for the broker (a restarting Redis): ~40 s.
+RETRY_PUBLISH_POLICY = {
+    "max_retries": 40,
+    "interval_start": 0.5,
+    "interval_step": 0.5,
+    "interval_max": 1.0,
+}
+
+
 def _retry_or_dead_letter(
     task: Task[Any, Any],
     services: Services,
@@ -126,7 +135,16 @@ def _retry_or_dead_letter(
         retry_after = exc.retry_after if isinstance(exc, TransientError) else None
         countdown = retry_countdown(settings, retries, retry_after)
         log.info("%s %s: %s; retry %d in %.1fs", stage, document_uuid, exc, retries + 1, countdown)
-        return task.retry(countdown=countdown, max_retries=settings.max_retries)
+        try:
+            return task.retry(
+                countdown=countdown,
+                max_retries=settings.max_retries,
+                retry_policy=RETRY_PUBLISH_POLICY,
+            )
+        except Reject as rejected:
+            # Celery rejects (drops) the message when the retry cannot be published: the
+            # broker is down. Requeue it instead; late acks keep it until then.
+            raise Reject(str(rejected), requeue=True) from exc
     _dead_letter(task, services, stage, document_uuid, version, readable(stage, exc))
     return None
 
