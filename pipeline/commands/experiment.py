@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -31,20 +32,18 @@ def pools(
     tasks: int, concurrency: int, wait_ms: float, rounds: int, keep: bool, as_json: bool
 ) -> None:
     """Thread pool vs gevent pool at the same concurrency on I/O-wait tasks."""
-    from pipeline.cli import configuration_errors, stderr
     from pipeline.experiments import run_pools
 
-    with configuration_errors():
-        result = run_pools(
-            tasks=tasks,
-            concurrency=concurrency,
-            wait_ms=wait_ms,
-            rounds=rounds,
-            keep=keep,
-            say=lambda message: stderr.print(message),
-        )
-    if as_json:
-        click.echo(json.dumps(result, indent=2, default=str))
+    result = _run(
+        run_pools,
+        as_json,
+        tasks=tasks,
+        concurrency=concurrency,
+        wait_ms=wait_ms,
+        rounds=rounds,
+        keep=keep,
+    )
+    if result is None:
         return
     print_table(
         f"pools: {tasks} x {wait_ms:g} ms waits, concurrency {concurrency} "
@@ -81,20 +80,18 @@ def overhead(
     chains: int, sequential: int, concurrency: int, rounds: int, keep: bool, as_json: bool
 ) -> None:
     """A no-op six-task chain: plain Celery tasks vs docpipe's task layer (ms per hop)."""
-    from pipeline.cli import configuration_errors, stderr
     from pipeline.experiments import run_overhead
 
-    with configuration_errors():
-        result = run_overhead(
-            chains=chains,
-            sequential=sequential,
-            concurrency=concurrency,
-            rounds=rounds,
-            keep=keep,
-            say=lambda message: stderr.print(message),
-        )
-    if as_json:
-        click.echo(json.dumps(result, indent=2, default=str))
+    result = _run(
+        run_overhead,
+        as_json,
+        chains=chains,
+        sequential=sequential,
+        concurrency=concurrency,
+        rounds=rounds,
+        keep=keep,
+    )
+    if result is None:
         return
     rows = [{"chain": name, **result[name]} for name in ("plain", "harness", "difference")]
     print_table(
@@ -102,6 +99,20 @@ def overhead(
         rows,
         ["chain", *result["plain"]],
     )
+
+
+def _run(
+    experiment: Callable[..., dict[str, Any]], as_json: bool, **options: Any
+) -> dict[str, Any] | None:
+    """Run an experiment with its progress on stderr; with --json print it and return None."""
+    from pipeline.cli import configuration_errors, stderr
+
+    with configuration_errors():
+        result = experiment(**options, say=lambda message: stderr.print(message))
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+        return None
+    return result
 
 
 def print_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:

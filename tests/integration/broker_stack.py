@@ -5,8 +5,10 @@ The processes are pipeline.devstack's; here only the tests' shared environment.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,3 +90,19 @@ class BrokerStack:
 
     def stop(self) -> None:
         self.group.stop()
+
+
+def run_json(
+    env: dict[str, str], cwd: Path, *args: str, timeout: float = 300
+) -> tuple[int, dict[str, object]]:
+    """`docpipe run ARGS --json` as a subprocess: its exit code and its one JSON object."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", *args, "--json"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.returncode, json.loads(result.stdout)

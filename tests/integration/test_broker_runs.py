@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +19,7 @@ from pipeline.devstack import RedisServer, pool_children
 from pipeline.domain.models import Status
 from pipeline.intake import claim_own, dispatch, submit_file
 from tests.conftest import SAMPLES
-from tests.integration.broker_stack import BrokerStack
+from tests.integration.broker_stack import BrokerStack, run_json
 
 pytestmark = pytest.mark.integration
 
@@ -73,19 +70,6 @@ def mixed_batch(folder: Path) -> Path:
     return folder
 
 
-def docpipe_json(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, dict[str, object]]:
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", *args, "--json"],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert "Traceback" not in result.stderr, result.stderr
-    return result.returncode, json.loads(result.stdout)
-
-
 def outcome(report: dict[str, object]) -> dict[str, tuple[object, ...]]:
     rows = report["documents"]
     assert isinstance(rows, list)
@@ -98,10 +82,10 @@ def test_mixed_batch_through_real_workers_matches_eager_mode(
 ) -> None:
     batch = mixed_batch(tmp_path / "batch")
 
-    broker_code, broker_report = docpipe_json(stack.env, tmp_path, "--broker", str(batch))
+    broker_code, broker_report = run_json(stack.env, tmp_path, "--broker", str(batch))
     kept = {"DOCPIPE_UNDER_TEST", "DOCPIPE_ALLOW_CLOUD"}
     eager_env = {k: v for k, v in stack.env.items() if not k.startswith("DOCPIPE_") or k in kept}
-    eager_code, eager_report = docpipe_json(eager_env, tmp_path, str(batch))
+    eager_code, eager_report = run_json(eager_env, tmp_path, str(batch))
 
     assert broker_code == eager_code == 1  # the truncated PDF fails alone
     broker, eager = outcome(broker_report), outcome(eager_report)

@@ -7,10 +7,7 @@ in another process.
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +17,7 @@ from fakes.openai_http import FakeOpenAI, FakeOpenAIServer
 from pipeline.celery_app import app
 from pipeline.devstack import RedisServer
 from tests.conftest import SAMPLES
-from tests.integration.broker_stack import BrokerStack
+from tests.integration.broker_stack import BrokerStack, run_json
 
 pytestmark = pytest.mark.integration
 
@@ -65,19 +62,6 @@ def stack(
         stack.stop()
 
 
-def run_json(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, dict[str, object]]:
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", *args, "--json"],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert "Traceback" not in result.stderr, result.stderr
-    return result.returncode, json.loads(result.stdout)
-
-
 def mention_counts(report: dict[str, object]) -> dict[str, tuple[object, object, object]]:
     rows = report["documents"]
     assert isinstance(rows, list)
@@ -92,10 +76,12 @@ def test_samples_through_workers_and_the_openai_sdk_match_the_rule_based_eager_r
     openai_fake.fake.reset()
     openai_fake.fake.script(["rate_limit", "server_error"])  # met by a worker process
 
-    broker_code, broker = run_json(stack.env, tmp_path, "--broker", str(batch))
+    broker_code, broker = run_json(stack.env, tmp_path, "--broker", str(batch), timeout=120)
     kept = {"DOCPIPE_UNDER_TEST", "DOCPIPE_ALLOW_CLOUD"}
     eager_env = {k: v for k, v in stack.env.items() if not k.startswith("DOCPIPE_") or k in kept}
-    eager_code, eager = run_json(eager_env, tmp_path, str(batch))  # rule-based fake, in-process
+    eager_code, eager = run_json(
+        eager_env, tmp_path, str(batch), timeout=120
+    )  # rule-based fake, in-process
 
     assert broker_code == eager_code == 0
     assert mention_counts(broker) == mention_counts(eager)

@@ -23,17 +23,13 @@ from pipeline.celery_app import app
 from pipeline.devstack import RedisServer
 from pipeline.domain.models import Status
 from pipeline.intake import claim_own, collect_files, dispatch, submit_file
+from pipeline.scenarios.cloud import FAKE_AWS_ENV
 from tests.conftest import SAMPLES
 from tests.integration.broker_stack import BrokerStack
 
 pytestmark = pytest.mark.integration
 
 BUCKET = "docpipe-sim-cloud"
-FAKE_AWS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
 POLLS = 3
 
 
@@ -41,7 +37,7 @@ POLLS = 3
 def simulator() -> Iterator[tuple[TextractSimulator, str]]:
     sim = TextractSimulator(polls_until_done=POLLS, max_results=25)
     with pytest.MonkeyPatch.context() as patch:
-        for name, value in FAKE_AWS.items():
+        for name, value in FAKE_AWS_ENV.items():
             patch.setenv(name, value)
         patch.delenv("AWS_PROFILE", raising=False)
         with moto_server(sim) as endpoint:
@@ -62,7 +58,7 @@ def stack(
     redis_server.client(0).flushall()
     redis_server.client(1).flushall()
     overrides = {
-        **FAKE_AWS,
+        **FAKE_AWS_ENV,
         "DOCPIPE_OCR": "textract",
         "DOCPIPE_BLOB_URL": f"s3://{BUCKET}/sim-cloud",
         "DOCPIPE_AWS_ENDPOINT_URL": endpoint,

@@ -19,16 +19,6 @@ BUCKET = "docpipe-test"
 
 
 @pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fake credentials only: nothing here may reach AWS."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-
-
-@pytest.fixture
 def s3(aws_env: None) -> Iterator[Any]:
     with mock_aws():
         client = build_client("s3", region="us-east-1", endpoint_url=None, max_attempts=1)

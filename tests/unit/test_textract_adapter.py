@@ -40,15 +40,6 @@ PDFS = sorted(SAMPLES.glob("*.pdf"))
 
 
 @pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-
-
-@pytest.fixture
 def sim(aws_env: None) -> Iterator[TextractSimulator]:
     with mock_aws(), TextractSimulator(polls_until_done=1, max_results=5) as simulator:
         build_client("s3", region="us-east-1", endpoint_url=None, max_attempts=1).create_bucket(
