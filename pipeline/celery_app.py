@@ -12,6 +12,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import celeryd_init, worker_process_init
 
+from pipeline import broker_transport
 from pipeline.domain.models import STAGE_ORDER, Stage
 from pipeline.settings import Settings, get_settings
 
@@ -31,6 +32,17 @@ def task_routes() -> dict[str, dict[str, str]]:
     routes = {TASK_NAMES[stage]: {"queue": stage.queue} for stage in STAGE_ORDER}
     routes[POLL_OCR_TASK] = {"queue": Stage.OCR.queue}
     return routes
+
+
+#: How a publisher reconnects to a broker that went away (a restarting Redis): every
+#: 0.5-1 s for up to 40 s. kombu otherwise gives up after broker_connection_timeout
+#: (4 s), whatever the publish retry policy says, and the message is not sent.
+BROKER_RECONNECT = {
+    "connect_retries_timeout": 40,
+    "interval_start": 0.5,
+    "interval_step": 0.5,
+    "interval_max": 1.0,
+}
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -59,6 +71,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": {
             "visibility_timeout": settings.visibility_timeout_s,
             "max_connections": settings.broker_max_connections,
+            **BROKER_RECONNECT,
         },
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
@@ -88,6 +101,7 @@ def drop_broker_connections() -> None:
         amqp._producer_pool = None
 
 
+broker_transport.install()
 app = Celery("docpipe", include=["pipeline.tasks"])
 app.conf.update(celery_config(get_settings()))
 

@@ -105,13 +105,23 @@ def run_stage(
             _release(services, lock_name, token)
     if result.skipped:
         return "skipped"
-    if result.poll_job_id is None:
-        services.state.record(document_uuid, str(stage), "completed")
-    _dispatch(result, document_uuid, version)
+    try:
+        if result.poll_job_id is None:
+            services.state.record(document_uuid, str(stage), "completed")
+        _dispatch(result, document_uuid, version)
+    except Exception as exc:
+        # The stage committed but its successor could not be published (broker or Redis
+        # down past the publish retries). Acking now would strand the document at this
+        # stage; retrying re-runs the idempotent stage, which then publishes again.
+        log.warning("%s %s: could not chain the next step: %s", stage, document_uuid, exc)
+        retry = _retry_or_dead_letter(task, services, stage, document_uuid, version, exc)
+        if retry is None:
+            return "dead_lettered"
+        raise retry from exc
     return "ok"
 
 
-#: How long publishing a retry waits for the broker (a restarting Redis): ~40 s.
+#: How long publishing a retry or the next stage waits for the broker (a restarting Redis): ~40 s.
 RETRY_PUBLISH_POLICY = {
     "max_retries": 40,
     "interval_start": 0.5,
@@ -150,8 +160,14 @@ def _retry_or_dead_letter(
 
 
 def _release(services: Services, lock_name: str, token: str | None) -> None:
-    if token is not None:
+    """Release a lock; Redis being down is not the task's failure (the lock expires)."""
+    if token is None:
+        return
+    try:
         services.locks.release(lock_name, token)
+    except redis.RedisError as exc:
+        # Failing here would skip chaining the next stage of work already committed.
+        log.warning("could not release lock %s (%s); it expires by itself", lock_name, exc)
 
 
 def _redelivered_too_often(task: Task[Any, Any], services: Services) -> bool:
@@ -185,6 +201,7 @@ def _dispatch(result: StageResult, document_uuid: str, version: int) -> None:
         poll_ocr_task.apply_async(
             args=(document_uuid, version, result.poll_job_id, result.polls),
             countdown=settings.ocr_poll_interval_s,
+            retry_policy=RETRY_PUBLISH_POLICY,
         )
     elif result.next_stage is not None:
         send_stage(result.next_stage, document_uuid, version)
@@ -193,8 +210,14 @@ def _dispatch(result: StageResult, document_uuid: str, version: int) -> None:
 def send_stage(
     stage: Stage, document_uuid: str, version: int, *, task_id: str | None = None
 ) -> None:
-    """Enqueue a stage for a document: the one way stages are chained."""
-    STAGE_TASKS[stage].apply_async(args=(document_uuid, version), task_id=task_id)
+    """Enqueue a stage for a document: the one way stages are chained.
+
+    Publishing waits out a restarting broker (RETRY_PUBLISH_POLICY) instead of
+    Celery's default ~1 s of retries.
+    """
+    STAGE_TASKS[stage].apply_async(
+        args=(document_uuid, version), task_id=task_id, retry_policy=RETRY_PUBLISH_POLICY
+    )
 
 
 @app.task(bind=True, name=TASK_NAMES[Stage.OCR])

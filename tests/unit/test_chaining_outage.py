@@ -1,0 +1,121 @@
+"""A stage whose successor cannot be published is retried, not acked and forgotten.
+
+The broker being down for longer than the publish retries (a Redis restart
+under load) used to strand documents in text_processing: the stage committed,
+publishing the next stage raised, the failed task was acked, and nothing was
+left to carry the document on. Runs a real in-thread worker on the memory
+transport; the first publishes of one stage fail as a down broker makes them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery.contrib.testing.worker import start_worker
+from kombu.exceptions import OperationalError
+
+from pipeline.bootstrap import Services
+from pipeline.celery_app import app
+from pipeline.domain.models import QUEUES, Stage, Status
+from pipeline.intake import dispatch, submit_all
+from pipeline.tasks import STAGE_TASKS
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+
+
+def _run_one(
+    services: Services, path: Path, monkeypatch: pytest.MonkeyPatch, timeout_s: float = 60
+) -> Status:
+    # The memory transport polls once a second by default: a second per hop.
+    options = {**app.conf.broker_transport_options, "polling_interval": 0.02}
+    monkeypatch.setitem(app.conf, "broker_transport_options", options)
+    with start_worker(
+        app, pool="threads", concurrency=2, perform_ping_check=False, queues=list(QUEUES)
+    ):
+        (submission,) = submit_all(services, [path], "p")
+        dispatch(services, submission.document_uuid)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status = services.store.get_document(submission.document_uuid).status
+            if status.is_terminal:
+                return status
+            time.sleep(0.1)
+    return status
+
+
+@pytest.mark.parametrize("failing", [Stage.ENTITY_EXTRACTION, Stage.RELATIONSHIPS])
+def test_a_next_stage_that_cannot_be_published_is_published_again(
+    make_services: Callable[..., Services], monkeypatch: pytest.MonkeyPatch, failing: Stage
+) -> None:
+    services = make_services(
+        eager=False, broker_url="memory://", retry_backoff_base_s=0.05, retry_backoff_max_s=0.1
+    )
+    task = STAGE_TASKS[failing]
+    publish = task.apply_async
+    refused: list[Any] = []
+
+    def broker_down_twice(*args: Any, **kwargs: Any) -> Any:
+        if len(refused) < 2:
+            refused.append(kwargs.get("args"))
+            raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        return publish(*args, **kwargs)
+
+    monkeypatch.setattr(task, "apply_async", broker_down_twice)
+
+    status = _run_one(services, SAMPLES / "affidavit_of_jane_holloway.txt", monkeypatch)
+
+    assert len(refused) == 2
+    assert status is Status.COMPLETED, services.store.get_document(refused[0][0])
+    document_uuid = refused[0][0]
+    assert services.store.counts(document_uuid).chunks > 0
+
+
+def test_a_stage_that_never_gets_its_successor_out_is_dead_lettered_with_the_reason(
+    make_services: Callable[..., Services], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services = make_services(
+        eager=False,
+        broker_url="memory://",
+        retry_backoff_base_s=0.05,
+        retry_backoff_max_s=0.1,
+        max_retries=2,
+    )
+
+    def broker_down(*_: Any, **__: Any) -> Any:
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(STAGE_TASKS[Stage.CHUNKING], "apply_async", broker_down)
+
+    status = _run_one(services, SAMPLES / "affidavit_of_jane_holloway.txt", monkeypatch)
+
+    assert status is Status.DEAD_LETTERED
+    (letter,) = services.store.dead_letters()
+    assert letter["stage"] == str(Stage.DOCUMENT_NODE)
+    assert "Connection refused" in str(letter["error"])
+
+
+def test_a_lock_that_cannot_be_released_does_not_stop_the_chain(
+    make_services: Callable[..., Services], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis going away between the stage's commit and its lock release (seen in a restart)."""
+    services = make_services(eager=False, broker_url="memory://")
+    release = services.locks.release
+    failed: list[str] = []
+
+    def redis_gone_once(name: str, token: str) -> None:
+        if not failed:
+            failed.append(name)
+            raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379.")
+        release(name, token)
+
+    monkeypatch.setattr(services.locks, "release", redis_gone_once)
+
+    status = _run_one(services, SAMPLES / "affidavit_of_jane_holloway.txt", monkeypatch)
+
+    assert failed and failed[0].endswith(":ocr")
+    assert status is Status.COMPLETED
