@@ -27,7 +27,7 @@ from celery import Task
 from pipeline import stages, tasks
 from pipeline.bootstrap import Services
 from pipeline.celery_app import app
-from pipeline.domain.models import STAGE_ORDER, QueueStatus, Stage, Status
+from pipeline.domain.models import STAGE_ORDER, Stage, Status
 from pipeline.settings import get_settings
 from pipeline.stages import SKIPPED, StageResult
 
@@ -71,8 +71,8 @@ def null_stage(services: Services, stage: Stage, document_uuid: str, version: in
         return SKIPPED
     if stage is Stage.OCR:
         stages.mark(services, document, stage, Status.OCR_COMPLETE)
-    elif stage is STAGE_ORDER[-1] and stages.mark(services, document, stage, Status.COMPLETED):
-        services.store.finish_queue_entry(document_uuid, QueueStatus.COMPLETED)
+    elif stage is STAGE_ORDER[-1]:
+        stages.mark(services, document, stage, Status.COMPLETED)
     return StageResult()
 
 

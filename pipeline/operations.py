@@ -51,6 +51,9 @@ class QueueBatch:
     closed: dict[str, str] = field(default_factory=dict)
     #: Already past `ocr_queued`: a stage owns it; the row stays open until it finishes.
     in_flight: list[str] = field(default_factory=list)
+    #: In flight but without progress for longer than the stale window: the message
+    #: carrying it was lost (e.g. a broker restart); its current stage was sent again.
+    resumed: dict[str, str] = field(default_factory=dict)
     #: Dispatch failed; the row stays claimed and is retried once its claim goes stale.
     errors: dict[str, str] = field(default_factory=dict)
 
@@ -60,6 +63,7 @@ class QueueBatch:
             "dispatched": list(self.dispatched),
             "closed": dict(self.closed),
             "in_flight": list(self.in_flight),
+            "resumed": dict(self.resumed),
             "errors": dict(self.errors),
         }
 
@@ -75,7 +79,11 @@ def process_queue_batch(services: Services, worker: str, batch: int) -> QueueBat
     A claimed document that is `pending` or `ocr_queued` (its previous
     dispatcher died before or after sending) is dispatched; one already
     finished gets its row closed as completed or failed; one a stage is
-    working on is left alone (the pipeline closes its row). A dispatch that
+    working on is left alone (the pipeline closes its row), unless it showed
+    no progress for `queue_stale_after_s`: then the message carrying it is
+    presumed lost and its current stage is sent again (stages are
+    idempotent, and a duplicate finds the stage's lock or the status moved
+    on). A dispatch that
     fails leaves the row claimed, so it is retried when the claim goes stale;
     on the last allowed attempt the document is failed (`ocr_failed`) with
     the reason, so it shows up for `reset --failed`.
@@ -110,7 +118,24 @@ def _handle_claimed(services: Services, entry: QueueEntry, result: QueueBatch) -
         result.closed[document_uuid] = str(QueueStatus.FAILED)
         return
     if progress_rank(document.status) > progress_rank(Status.OCR_QUEUED):
-        result.in_flight.append(document_uuid)
+        idle_s = services.clock.now() - store.last_activity(document_uuid)
+        if idle_s < services.settings.queue_stale_after_s:
+            result.in_flight.append(document_uuid)
+            return
+        stage = RESUME_STAGE[document.status]
+        log.warning(
+            "queue: %s is %s with no progress for %.0f s; sending %s again",
+            document_uuid,
+            document.status,
+            idle_s,
+            stage,
+        )
+        try:
+            _send(stage, document)
+        except Exception as exc:  # broker down: the claim goes stale and this runs again
+            result.errors[document_uuid] = redact_url(f"could not resume: {exc}")[:2000]
+            return
+        result.resumed[document_uuid] = str(stage)
         return
     try:
         _dispatch(services, document)
@@ -122,6 +147,24 @@ def _handle_claimed(services: Services, entry: QueueEntry, result: QueueBatch) -
             _give_up(services, document_uuid, reason)
         return
     result.dispatched.append(document_uuid)
+
+
+#: The stage to send again for a document stuck in a running status. A document in
+#: `text_processing` restarts at the document node (chunking follows it).
+RESUME_STAGE: dict[Status, Stage] = {
+    Status.OCR_PROCESSING: Stage.OCR,
+    Status.OCR_COMPLETE: Stage.DOCUMENT_NODE,
+    Status.TEXT_PROCESSING: Stage.DOCUMENT_NODE,
+    Status.ENTITY_EXTRACTION: Stage.ENTITY_EXTRACTION,
+    Status.ENTITY_RESOLUTION: Stage.ENTITY_RESOLUTION,
+    Status.GRAPH_BUILDING: Stage.RELATIONSHIPS,
+}
+
+
+def _send(stage: Stage, document: SourceDocument) -> None:
+    from pipeline.tasks import send_stage
+
+    send_stage(stage, document.uuid, document.processing_version)
 
 
 def _dispatch(services: Services, document: SourceDocument) -> None:
@@ -177,12 +220,14 @@ def run_queue_processor(
         dispatched.extend(outcome.dispatched)
         if outcome.claimed:
             log.info(
-                "queue: %s claimed %d, dispatched %d, closed %d, in flight %d, errors %d",
+                "queue: %s claimed %d, dispatched %d, closed %d, in flight %d, resumed %d, "
+                "errors %d",
                 worker,
                 len(outcome.claimed),
                 len(outcome.dispatched),
                 len(outcome.closed),
                 len(outcome.in_flight),
+                len(outcome.resumed),
                 len(outcome.errors),
             )
         idle = 0 if outcome.claimed else idle + 1

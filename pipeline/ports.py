@@ -127,6 +127,10 @@ class DocumentStore(Protocol):
         """Raises KeyError when there is no such document."""
         ...
 
+    def last_activity(self, document_uuid: str) -> float:
+        """Epoch seconds of the document's last change or OCR poll; KeyError if unknown."""
+        ...
+
     def list_documents(self, statuses: Sequence[Status] | None = None) -> list[SourceDocument]: ...
 
     def statuses(self, document_uuids: Sequence[str]) -> dict[str, Status]:

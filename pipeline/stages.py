@@ -25,7 +25,6 @@ from pipeline.domain.models import (
     FileType,
     Mention,
     OcrJob,
-    QueueStatus,
     SourceDocument,
     Stage,
     Status,
@@ -321,8 +320,8 @@ def build_relationships(services: Services, document_uuid: str, version: int) ->
     relationships = stage_relationships(node, chunks, mentions, entities)
     store.replace_relationships(document_uuid, relationships)
     services.graph.write(node, chunks, mentions, entities, relationships)
-    if mark(services, document, Stage.RELATIONSHIPS, Status.COMPLETED):
-        store.finish_queue_entry(document_uuid, QueueStatus.COMPLETED)
+    # Completing also closes the queue row, in the same commit.
+    mark(services, document, Stage.RELATIONSHIPS, Status.COMPLETED)
     return StageResult()
 
 
@@ -336,8 +335,7 @@ def fail(
         return
     if document.processing_version != version:
         return
-    if mark(services, document, stage, status, error=reason):
-        services.store.finish_queue_entry(document_uuid, QueueStatus.FAILED, reason)
+    mark(services, document, stage, status, error=reason)
 
 
 STAGE_FUNCTIONS = {

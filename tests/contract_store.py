@@ -673,6 +673,30 @@ class StoreContract:
         assert store.queue_entries(doc.uuid) == [entry]
         assert store.claim("w1", limit=1, stale_after=0, max_attempts=3) == []
 
+    @pytest.mark.parametrize(
+        ("status", "error", "closed_as"),
+        [
+            (Status.COMPLETED, None, QueueStatus.COMPLETED),
+            (Status.TEXT_FAILED, "chunking: boom", QueueStatus.FAILED),
+            (Status.DEAD_LETTERED, "ocr: gave up", QueueStatus.FAILED),
+        ],
+    )
+    def test_a_terminal_status_closes_the_queue_row_in_the_same_commit(
+        self, store: SqlDocumentStore, status: Status, error: str | None, closed_as: QueueStatus
+    ) -> None:
+        doc = new_document(store)
+        store.enqueue(doc.uuid)
+        store.claim("w1", limit=1, stale_after=60, max_attempts=3)
+        store.advance_status(doc.uuid, Status.OCR_QUEUED, stage="ocr", processing_version=1)
+        [entry] = store.queue_entries(doc.uuid)
+        assert entry.status is QueueStatus.PROCESSING
+
+        assert store.advance_status(
+            doc.uuid, status, stage="graph", processing_version=1, error_message=error
+        )
+        [entry] = store.queue_entries(doc.uuid)
+        assert (entry.status, entry.last_error) == (closed_as, error)
+
     # --- dead letters -------------------------------------------------------------
     def test_dead_letters_add_list_remove(self, store: SqlDocumentStore) -> None:
         store.add_dead_letter("doc-1", "pipeline.extract_text", Stage.OCR, "boom", 3)

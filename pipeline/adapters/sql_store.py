@@ -145,6 +145,21 @@ class SqlDocumentStore:
         with self._read() as conn:
             return self._load_document(conn, document_uuid)
 
+    def last_activity(self, document_uuid: str) -> float:
+        """When the document last showed progress (epoch seconds): its row or an OCR poll."""
+        docs, jobs = source_documents.c, textract_jobs.c
+        with self._read() as conn:
+            updated = conn.execute(
+                select(docs.updated_at).where(docs.uuid == document_uuid)
+            ).scalar_one_or_none()
+            if updated is None:
+                raise KeyError(document_uuid)
+            polled = conn.execute(
+                select(func.max(jobs.updated_at)).where(jobs.document_uuid == document_uuid)
+            ).scalar_one()
+        latest: datetime = updated if polled is None else max(updated, polled)
+        return latest.timestamp()
+
     def list_documents(self, statuses: Sequence[Status] | None = None) -> list[SourceDocument]:
         query = select(source_documents).order_by(
             source_documents.c.created_at, source_documents.c.uuid
@@ -179,7 +194,9 @@ class SqlDocumentStore:
 
         The UPDATE only matches the document in this processing version with a
         current status it may move from (`_allowed_predecessors`), so two
-        workers racing (or a late redelivery) cannot move it backwards.
+        workers racing (or a late redelivery) cannot move it backwards. A
+        terminal status closes the document's open queue row in the same
+        commit: a crash or outage right after it cannot leave the row open.
         """
         status = Status(status)
         docs = source_documents.c
@@ -218,6 +235,13 @@ class SqlDocumentStore:
                 values["error_message"],
                 task_id,
             )
+            if status.is_terminal:
+                self._close_queue_entry(
+                    conn,
+                    document_uuid,
+                    QueueStatus.FAILED if status.is_failure else QueueStatus.COMPLETED,
+                    values["error_message"],
+                )
             return True
 
     def force_status(
@@ -713,16 +737,21 @@ class SqlDocumentStore:
         self, document_uuid: str, status: QueueStatus, error: str | None = None
     ) -> None:
         """Close the document's open queue row (no-op when it has none)."""
+        with self._write() as conn:
+            self._close_queue_entry(conn, document_uuid, status, error)
+
+    def _close_queue_entry(
+        self, conn: Connection, document_uuid: str, status: QueueStatus, error: str | None
+    ) -> None:
         queue = document_processing_queue.c
         values: dict[str, Any] = {"status": QueueStatus(status).value, "updated_at": self._now()}
         if error is not None:
             values["last_error"] = error
-        with self._write() as conn:
-            conn.execute(
-                update(document_processing_queue)
-                .where(queue.document_uuid == document_uuid, queue.status.in_(_OPEN))
-                .values(**values)
-            )
+        conn.execute(
+            update(document_processing_queue)
+            .where(queue.document_uuid == document_uuid, queue.status.in_(_OPEN))
+            .values(**values)
+        )
 
     def queue_entries(self, document_uuid: str | None = None) -> list[QueueEntry]:
         queue = document_processing_queue.c

@@ -210,6 +210,47 @@ def test_finished_and_in_flight_documents_are_not_dispatched_again(
     assert status(services, busy) is Status.TEXT_PROCESSING
 
 
+@pytest.mark.parametrize(
+    ("ran", "stuck_in", "sent_again"),
+    [
+        (1, Status.OCR_COMPLETE, Stage.DOCUMENT_NODE),
+        (3, Status.TEXT_PROCESSING, Stage.DOCUMENT_NODE),
+        (4, Status.ENTITY_EXTRACTION, Stage.ENTITY_EXTRACTION),
+    ],
+)
+def test_a_document_whose_message_was_lost_mid_pipeline_is_resumed_once_stale(
+    make_services: MakeServices, tmp_path: Path, ran: int, stuck_in: Status, sent_again: Stage
+) -> None:
+    """The stages ran, the message for the next one never arrived (a broker restart)."""
+    services = make_services(queue_stale_after_s=0.2)
+    (lost,) = submit(services, tmp_path, 1)
+    (reference,) = submit(services, tmp_path, 1, prefix="reference")
+    for document_uuid in (lost, reference):
+        assert claim_own(services, document_uuid, worker="scenario")
+    dispatch(services, reference)  # eager: runs to the end
+    steps = [
+        lambda: stages.start_ocr(services, lost, 1, "attempt-1"),
+        *(
+            (lambda function=function: function(services, lost, 1))
+            for function in stages.STAGE_FUNCTIONS.values()
+        ),
+    ]
+    for step in steps[:ran]:
+        step()
+    assert status(services, lost) is stuck_in
+
+    fresh = operations.process_queue_batch(services, "w", batch=5)
+    assert fresh.resumed == {} and fresh.claimed == []  # the claim is still fresh
+    time.sleep(0.25)
+    outcome = operations.process_queue_batch(services, "w", batch=5)
+
+    assert outcome.resumed == {lost: str(sent_again)}
+    assert status(services, lost) is Status.COMPLETED
+    assert queue_rows(services, lost) == [QueueStatus.COMPLETED]
+    # Resuming re-ran stages whose rows existed: nothing is duplicated.
+    assert services.store.counts(lost) == services.store.counts(reference)
+
+
 def test_run_queue_processor_stops_when_idle_or_told_to(services: Services, tmp_path: Path) -> None:
     import threading
 
@@ -430,7 +471,15 @@ def test_cli_queue_processor_once_and_until_empty(
 
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert set(payload) == {"worker", "claimed", "dispatched", "closed", "in_flight", "errors"}
+    assert set(payload) == {
+        "worker",
+        "claimed",
+        "dispatched",
+        "closed",
+        "in_flight",
+        "resumed",
+        "errors",
+    }
     assert payload["worker"] == "cli-1"
     assert payload["dispatched"] == uuids == payload["claimed"]
     assert all(status(services, u) is Status.COMPLETED for u in uuids)
