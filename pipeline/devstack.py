@@ -1,9 +1,12 @@
-"""A private stack on this machine: a throw-away redis-server and `docpipe worker` processes.
+"""A private stack on this machine: a throw-away redis-server, throw-away PostgreSQL
+databases and `docpipe worker` processes.
 
 Used by broker-mode scenarios, the load test and the integration tests. The
 redis-server listens on a free loopback port (never the user's Redis on 6379)
 with no persistence (unless asked for) and `noeviction`; workers are `python -m pipeline worker`
 subprocesses that share one environment and log to files in the work folder.
+PostgreSQL databases (`docpipe_test_<hex>`) are created on a server the
+caller names with an admin URL and dropped again; no other database is touched.
 Every wait is bounded in time; stopping is SIGTERM, a bounded wait, then SIGKILL.
 """
 
@@ -16,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +30,7 @@ from celery import Celery
 
 from pipeline.domain.models import QUEUES
 from pipeline.errors import ConfigurationError
+from pipeline.settings import redact_url
 
 HOST = "127.0.0.1"
 #: Seconds a redis-server gets to answer PING after it was started.
@@ -239,3 +244,57 @@ def _queues_without_consumers(app: Celery, queues: Sequence[str]) -> list[str]:
     from pipeline.broker import queues_without_consumers
 
     return queues_without_consumers(app, queues, timeout=0.5)
+
+
+class PostgresDatabases:
+    """Creates uniquely named databases on one server and drops them again (WITH (FORCE))."""
+
+    def __init__(self, admin_url: str) -> None:
+        from sqlalchemy import create_engine
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.pool import NullPool
+
+        url = make_url(admin_url)
+        if url.drivername in ("postgresql", "postgres"):
+            url = url.set(drivername="postgresql+psycopg")
+        self._url = url
+        self._admin = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+        self._created: list[str] = []
+
+    def ping(self) -> None:
+        """Raise ConfigurationError (password redacted) when the server cannot be reached."""
+        from sqlalchemy import text
+        from sqlalchemy.exc import OperationalError
+
+        try:
+            with self._admin.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except OperationalError as exc:
+            shown = redact_url(self._url.render_as_string(hide_password=False))
+            raise ConfigurationError(f"PostgreSQL is unreachable at {shown}: {exc.orig}") from exc
+
+    def create(self) -> str:
+        """Create an empty database; returns its URL (psycopg 3 driver)."""
+        from sqlalchemy import text
+
+        name = f"docpipe_test_{uuid.uuid4().hex[:16]}"
+        with self._admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        self._created.append(name)
+        return self._url.set(database=name).render_as_string(hide_password=False)
+
+    def drop(self, database_url: str) -> None:
+        from sqlalchemy import text
+        from sqlalchemy.engine import make_url
+
+        name = make_url(database_url).database
+        if name is None or name not in self._created:
+            raise ValueError(f"{redact_url(database_url)} was not created here")
+        with self._admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        self._created.remove(name)
+
+    def drop_all(self) -> None:
+        for name in list(self._created):
+            self.drop(self._url.set(database=name).render_as_string(hide_password=False))
+        self._admin.dispose()

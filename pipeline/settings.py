@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     allow_cloud: bool = True
     #: Fakes follow the fault rules installed in Redis (scenarios, tests). Off in production.
     fault_injection: bool = False
+    #: Admin URL of a PostgreSQL server on which broker-mode scenarios that cut the
+    #: database off create (and drop) a throw-away database. Unset: they are skipped.
+    scenario_postgres_url: str | None = None
 
     # --- AWS: DOCPIPE_BLOB_URL=s3://bucket/prefix, DOCPIPE_OCR=textract -----------
     #: The bucket when the blob url names none (`s3://` or `s3:///prefix`).

@@ -60,6 +60,8 @@ def print_run(report: RunReport) -> None:
             name = name if check.kind == "expectation" else f"[dim]{name}[/]"
             table.add_row(mark, name, escape(check.expected), escape(check.measured))
         stdout.print(table)
+    for name, stage in report.resumed.items():
+        stdout.print(f"  resumed: {escape(name)} had no progress; {stage} was sent again")
     if not report.passed:
         stdout.print(f"  replay: [bold]{escape(report.replay)}[/]")
         if report.workdir:

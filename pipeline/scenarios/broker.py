@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from sqlalchemy.engine import make_url
 
 from pipeline import devstack
 from pipeline.domain.models import QUEUES
 from pipeline.errors import ConfigurationError
+from pipeline.scenarios.tcp_proxy import TcpProxy
 
 #: Queue each port's calls run on (a worker killed by a fault there must be prefork).
 PORT_QUEUES = {"ocr": "ocr", "parser": "ocr", "llm": "entity"}
@@ -54,6 +56,44 @@ class BrokerEnvironment:
     workers: devstack.WorkerGroup | None = None
     #: Redis with an fsynced append-only file (scenarios that restart it).
     persistent: bool = False
+    #: Admin URL of a PostgreSQL server: the run gets a throw-away database there, which
+    #: workers reach through `database_proxy` (scenarios that cut the database off).
+    postgres_admin_url: str | None = None
+    database_proxy: TcpProxy | None = None
+    _databases: devstack.PostgresDatabases | None = None
+    _database_url: str | None = None
+
+    # --- the database --------------------------------------------------------------
+    def start_database(self) -> None:
+        """SQLite in the work folder, or a throw-away PostgreSQL database behind a proxy."""
+        if self.postgres_admin_url is None:
+            return
+        databases = devstack.PostgresDatabases(self.postgres_admin_url)
+        self._databases = databases
+        databases.ping()
+        self._database_url = databases.create()
+        url = make_url(self._database_url)
+        self.database_proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432).start()
+
+    def _proxy(self) -> TcpProxy:
+        if self.database_proxy is None:
+            raise ConfigurationError("broker mode: the database runs without a proxy")
+        return self.database_proxy
+
+    @property
+    def database_url(self) -> str:
+        """What this process uses: the database itself."""
+        return self._database_url or f"sqlite:///{self.workdir / 'docpipe.db'}"
+
+    @property
+    def worker_database_url(self) -> str:
+        """What workers use: through the proxy when there is one."""
+        if self.database_proxy is None or self._database_url is None:
+            return self.database_url
+        proxied = make_url(self._database_url).set(
+            host=self.database_proxy.host, port=self.database_proxy.port
+        )
+        return proxied.render_as_string(hide_password=False)
 
     # --- redis -------------------------------------------------------------------------
     def start_redis(self) -> None:
@@ -82,7 +122,7 @@ class BrokerEnvironment:
             "DOCPIPE_EAGER": "false",
             "DOCPIPE_BROKER_URL": self.url(0),
             "DOCPIPE_REDIS_URL": self.url(1),
-            "DOCPIPE_DATABASE_URL": f"sqlite:///{self.workdir / 'docpipe.db'}",
+            "DOCPIPE_DATABASE_URL": self.worker_database_url,
             "DOCPIPE_BLOB_URL": f"file://{self.workdir / 'blobs'}",
             "DOCPIPE_FAULT_INJECTION": "true",
         }
@@ -96,7 +136,8 @@ class BrokerEnvironment:
         return env
 
     def settings_values(self) -> dict[str, Any]:
-        return dict(devstack.settings_values(self.env))
+        """This process's settings: the workers' environment, the database direct."""
+        return dict(devstack.settings_values(self.env)) | {"database_url": self.database_url}
 
     # --- workers -----------------------------------------------------------------------
     def start_workers(self, layout: Sequence[WorkerSpec]) -> devstack.WorkerGroup:
@@ -122,3 +163,8 @@ class BrokerEnvironment:
         if self.server is not None:
             self.server.stop()
         self.server = None
+        if self.database_proxy is not None:
+            self.database_proxy.close()
+        if self._databases is not None:
+            self._databases.drop_all()
+            self._databases = None

@@ -1,8 +1,8 @@
-"""Broker-mode disruptions: restart the private Redis mid-run.
+"""Broker-mode disruptions: restart the private Redis, cut the database off.
 
 They run in one background thread, each at its `at_s` after the first dispatch,
-and every one restores what it broke in a `finally` (Redis started again),
-also when the run is cancelled. Each records how many
+and every one restores what it broke in a `finally` (Redis started again, the
+database proxy letting connections through), also when the run is cancelled. Each records how many
 documents were still in flight when it hit: a disruption that hit nothing
 fails the coverage invariant, as a fault that never fired does.
 """
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from pipeline import devstack
 from pipeline.scenarios.model import Disruption
+from pipeline.scenarios.tcp_proxy import TcpProxy
 
 #: Extra seconds `join` waits beyond the last disruption's end.
 JOIN_MARGIN_S = 30.0
@@ -30,6 +31,8 @@ class Applied:
     in_flight: int | None = None
     #: Seconds it actually lasted.
     lasted_s: float = 0.0
+    #: What it broke, measured (e.g. database connections dropped and refused).
+    effect: str = ""
     error: str | None = None
 
     def describe(self) -> str:
@@ -43,10 +46,12 @@ class DisruptionThread:
         disruptions: Sequence[Disruption],
         *,
         redis_server: Callable[[], devstack.RedisServer],
+        database_proxy: Callable[[], TcpProxy],
         in_flight: Callable[[], int],
     ) -> None:
         self.applied = [Applied(d) for d in sorted(disruptions, key=lambda d: d.at_s)]
         self._redis_server = redis_server
+        self._database_proxy = database_proxy
         self._in_flight = in_flight
         self._cancel = threading.Event()
         self._thread: threading.Thread | None = None
@@ -83,7 +88,10 @@ class DisruptionThread:
             try:
                 applied.in_flight = self._in_flight()
                 began = time.monotonic()
-                self._restart_redis(applied.disruption.duration_s)
+                if applied.disruption.kind == "restart_redis":
+                    self._restart_redis(applied.disruption.duration_s)
+                else:
+                    self._cut_database(applied, applied.disruption.duration_s)
                 applied.lasted_s = round(time.monotonic() - began, 2)
             except Exception as exc:  # reported as a failed check, never lost
                 applied.error = f"{type(exc).__name__}: {exc}"
@@ -95,3 +103,16 @@ class DisruptionThread:
             self._cancel.wait(down_s)
         finally:
             server.start_again()
+
+    def _cut_database(self, applied: Applied, down_s: float) -> None:
+        proxy = self._database_proxy()
+        refused_before = proxy.refused
+        dropped = proxy.cut()
+        try:
+            self._cancel.wait(down_s)
+        finally:
+            proxy.restore()
+        refused = proxy.refused - refused_before
+        applied.effect = f"{dropped} connection(s) dropped, {refused} refused"
+        if dropped + refused == 0:
+            applied.error = "no worker had or asked for a database connection while it was cut off"

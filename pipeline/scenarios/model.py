@@ -309,10 +309,13 @@ SettingsOverrides = _settings_overrides_model()
 
 class Disruption(_Strict):
     """A process-level disruption of the private stack (broker mode only), timed from the
-    first dispatch: `restart_redis` stops the redis-server at `at_s` for `down_s` seconds
-    (it persists with appendfsync always, so queued and unacked messages survive)."""
+    first dispatch, lasting `down_s` seconds: `restart_redis` stops the redis-server (it
+    persists with appendfsync always, so queued and unacked messages survive);
+    `database_unreachable` runs the scenario on a throw-away PostgreSQL database
+    (DOCPIPE_SCENARIO_POSTGRES_URL) that workers reach through a proxy, and the proxy
+    drops every connection and refuses new ones."""
 
-    kind: Literal["restart_redis"]
+    kind: Literal["restart_redis", "database_unreachable"]
     at_s: float = Field(ge=0, le=600)
     down_s: float = Field(gt=0, le=120)
 
@@ -328,6 +331,9 @@ class BrokerOptions(_Strict):
     timeout_s: float = Field(default=90, gt=0, le=1800)
     #: Start no worker for these queues (a queue nobody consumes, REFERENCE.md failure 1).
     omit_queues: list[Literal["ocr", "text", "entity", "graph"]] = Field(default_factory=list)
+    #: Run queue-processor cycles while waiting: a document without progress for
+    #: `queue_stale_after_s` gets its current stage sent again (a lost message).
+    queue_processor: bool = False
 
 
 class Scenario(_Strict):
@@ -342,7 +348,7 @@ class Scenario(_Strict):
     settings: SettingsOverrides = Field(default_factory=SettingsOverrides)  # type: ignore[valid-type]
     latency: dict[Port, Latency] = Field(default_factory=dict)
     faults: list[Fault] = Field(default_factory=list)
-    #: Broker mode: restart Redis mid-run (see Disruption).
+    #: Broker mode: restart Redis or cut the database off mid-run (see Disruption).
     disruptions: list[Disruption] = Field(default_factory=list)
     then: list[Action] = Field(default_factory=list)
     broker: BrokerOptions = Field(default_factory=BrokerOptions)

@@ -10,6 +10,7 @@ scenario's expectations and the invariants every run checks.
 
 from __future__ import annotations
 
+import logging
 import shlex
 import tempfile
 import time
@@ -40,6 +41,8 @@ from pipeline.scenarios.model import (
     matches,
 )
 from pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -85,6 +88,9 @@ class RunReport:
     workdir: str | None = None
     #: Sim mode: virtual time and the scheduler's event counts (deliveries, restores...).
     sim: dict[str, Any] = field(default_factory=dict)
+    #: Broker mode with `broker.queue_processor`: file -> stage sent again for a document
+    #: that made no progress for `queue_stale_after_s` (its message was lost).
+    resumed: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,6 +148,11 @@ def run_scenario(
     skip = sim_skip_reason(scenario) if mode == "sim" else None
     if mode != "sim" and mode not in scenario.modes:
         skip = f"declares modes: [{', '.join(scenario.modes)}]"
+    elif mode == "broker" and needs_postgres(scenario) and postgres_admin_url() is None:
+        skip = (
+            "cuts the database off, which needs PostgreSQL: set DOCPIPE_SCENARIO_POSTGRES_URL "
+            "to an admin URL (a throw-away database is created there and dropped)"
+        )
     if skip is not None:
         report.skipped = skip
         report.passed = True
@@ -683,6 +694,17 @@ SIM_FAULT_KINDS = frozenset(
 )
 
 
+def needs_postgres(scenario: Scenario) -> bool:
+    return any(d.kind == "database_unreachable" for d in scenario.disruptions)
+
+
+def postgres_admin_url() -> str | None:
+    """Where broker runs that cut the database off create their throw-away database."""
+    from pipeline.settings import get_settings
+
+    return get_settings().scenario_postgres_url
+
+
 def sim_skip_reason(scenario: Scenario) -> str | None:
     """Why a scenario is not meaningful in sim mode, or None.
 
@@ -766,13 +788,23 @@ class BrokerRun(_Run):
 
         env = {f"DOCPIPE_{k.upper()}": _env_value(v) for k, v in values.items()}
         restarts = any(d.kind == "restart_redis" for d in self.scenario.disruptions)
-        self.environment = BrokerEnvironment(self.workdir, env, persistent=restarts)
+        self.environment = BrokerEnvironment(
+            self.workdir,
+            env,
+            persistent=restarts,
+            postgres_admin_url=postgres_admin_url() if needs_postgres(self.scenario) else None,
+        )
+        try:
+            self.environment.start_database()
+        except ConfigurationError as exc:
+            raise ScenarioError(f"{self.source}: broker mode: {exc}") from exc
         self.environment.start_redis()
         settings = Settings(_env_file=None, **self.environment.settings_values())  # type: ignore[call-arg]
         kill_queues = {PORT_QUEUES[f.port] for f in self.scenario.faults if f.kind == "kill_worker"}
         omit = self.scenario.broker.omit_queues
-        workers = self.environment.start_workers(worker_layout(kill_queues, omit))
+        # Services first: they create the schema, which workers starting together would race on.
         services = build_services(settings)
+        workers = self.environment.start_workers(worker_layout(kill_queues, omit))
         app = celery_app.configure(settings)
         use_services(services)
         self._services: Services | None = services
@@ -830,6 +862,7 @@ class BrokerRun(_Run):
         return DisruptionThread(
             self.scenario.disruptions,
             redis_server=self.environment._redis,
+            database_proxy=self.environment._proxy,
             in_flight=in_flight,
         )
 
@@ -847,6 +880,8 @@ class BrokerRun(_Run):
             if problem is None and not applied.in_flight:
                 problem = "hit no document in flight (it came too late)"
             measured = f"{applied.in_flight} document(s) in flight, lasted {applied.lasted_s} s"
+            if applied.effect:
+                measured += f"; {applied.effect}"
             checks.append(
                 Check(
                     "invariant",
@@ -861,7 +896,37 @@ class BrokerRun(_Run):
     def wait(self, services: Services, uuids: list[str]) -> None:
         from pipeline.broker import wait_for_terminal
 
-        wait_for_terminal(services, uuids, timeout_s=self.scenario.broker.timeout_s)
+        if self.scenario.broker.queue_processor:
+            wait_for_terminal(
+                services,
+                uuids,
+                timeout_s=self.scenario.broker.timeout_s,
+                on_progress=self._queue_processor(services),
+            )
+        else:
+            wait_for_terminal(services, uuids, timeout_s=self.scenario.broker.timeout_s)
+
+    def _queue_processor(self, services: Services) -> Callable[[int], None]:
+        """A queue-processor cycle (what `docpipe queue-processor` runs) about once a second."""
+        from pipeline.operations import process_queue_batch
+
+        names = {d.uuid: d.original_file_name for d in services.store.list_documents()}
+        last = 0.0
+
+        def cycle(_done: int) -> None:
+            nonlocal last
+            if time.monotonic() - last < 1.0:
+                return
+            last = time.monotonic()
+            try:
+                outcome = process_queue_batch(services, "scenario-queue-processor", batch=100)
+            except Exception as exc:  # its database or broker is down: the next cycle retries
+                log.warning("scenario queue processor: %s", exc)
+                return
+            for document_uuid, stage in outcome.resumed.items():
+                self.report.resumed[names.get(document_uuid, document_uuid)] = stage
+
+        return cycle
 
     def extra_checks(self, services: Services) -> list[Check]:
         disrupted = self._disruption_checks()

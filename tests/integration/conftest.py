@@ -11,67 +11,31 @@ tests, unless DOCPIPE_SKIP_POSTGRES=1 asks to skip them.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.pool import NullPool
+
+from pipeline.devstack import PostgresDatabases
+from pipeline.errors import ConfigurationError
 
 ADMIN_URL_ENV = "DOCPIPE_TEST_POSTGRES_URL"
 SKIP_ENV = "DOCPIPE_SKIP_POSTGRES"
 DEFAULT_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 
-class PostgresDatabases:
-    """Creates uniquely named databases and drops them again (WITH (FORCE))."""
-
-    def __init__(self, admin_url: str) -> None:
-        url = make_url(admin_url)
-        if url.drivername in ("postgresql", "postgres"):
-            url = url.set(drivername="postgresql+psycopg")
-        self._url = url
-        self._admin: Engine = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
-        self._created: list[str] = []
-
-    def ping(self) -> None:
-        with self._admin.connect() as conn:
-            conn.execute(text("SELECT 1"))
-
-    def create(self) -> str:
-        """Create an empty database; returns its URL (psycopg 3 driver)."""
-        name = f"docpipe_test_{uuid.uuid4().hex[:16]}"
-        with self._admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-        self._created.append(name)
-        return self._url.set(database=name).render_as_string(hide_password=False)
-
-    def drop(self, database_url: str) -> None:
-        name = make_url(database_url).database
-        if name is None or name not in self._created:
-            raise ValueError(f"{database_url} was not created here")
-        with self._admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        self._created.remove(name)
-
-    def drop_all(self) -> None:
-        for name in list(self._created):
-            self.drop(self._url.set(database=name).render_as_string(hide_password=False))
-        self._admin.dispose()
+def postgres_admin_url() -> str:
+    return os.environ.get(ADMIN_URL_ENV) or DEFAULT_ADMIN_URL
 
 
 @pytest.fixture(scope="session")
 def postgres_databases() -> Iterator[PostgresDatabases]:
-    admin_url = os.environ.get(ADMIN_URL_ENV) or DEFAULT_ADMIN_URL
-    databases = PostgresDatabases(admin_url)
+    databases = PostgresDatabases(postgres_admin_url())
     try:
         databases.ping()
-    except OperationalError as exc:
+    except ConfigurationError as exc:
         databases.drop_all()
         message = (
-            f"PostgreSQL is unreachable at {make_url(admin_url)!r}: {exc.orig}. Start it "
+            f"{exc}. Start it "
             "(pg_ctlcluster --skip-systemctl-redirect <version> main start), point "
             f"{ADMIN_URL_ENV} at a server, or set {SKIP_ENV}=1 to skip these tests."
         )

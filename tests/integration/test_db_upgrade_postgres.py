@@ -13,7 +13,7 @@ from sqlalchemy.pool import NullPool
 from pipeline.adapters.migrations import LATEST_VERSION
 from pipeline.adapters.sql_store import create_database_engine, create_store
 from pipeline.cli import main
-from tests.integration.conftest import PostgresDatabases
+from pipeline.devstack import PostgresDatabases
 
 pytestmark = pytest.mark.integration
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from pipeline.devstack import PostgresDatabases
 from pipeline.scenarios.model import load_scenario
-from pipeline.scenarios.runner import RunReport, run_scenario
+from pipeline.scenarios.runner import RunReport, needs_postgres, run_scenario
+from pipeline.settings import get_settings
 from tests.conftest import REPO
+from tests.integration.conftest import postgres_admin_url
 
 pytestmark = pytest.mark.integration
 
@@ -27,26 +31,24 @@ def _explain(report: RunReport) -> str:
     return f"{report.error or ''}\n" + "\n".join(failed) + f"\nreplay: {report.replay}\n{logs}"
 
 
-#: Scenarios that expose a bug not fixed yet: they still run, and report XPASS once it is.
-KNOWN_BUGS = {
-    "redis_restarted_mid_run": (
-        "a Redis outage can still lose a document under load (seen in a CI run: 3 of 6 "
-        "documents left in text_processing/entity_extraction); cause not found yet"
-    ),
-}
-PARAMS = [
-    pytest.param(
-        path,
-        id=f"{path.stem}-broker",
-        marks=[pytest.mark.xfail(reason=KNOWN_BUGS[path.stem], strict=False)]
-        if path.stem in KNOWN_BUGS
-        else [],
-    )
-    for path in FILES
-]
+@pytest.fixture
+def scenario_postgres(
+    postgres_databases: PostgresDatabases, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Scenarios that cut the database off get their throw-away database on the test server."""
+    monkeypatch.setenv("DOCPIPE_SCENARIO_POSTGRES_URL", postgres_admin_url())
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 
-@pytest.mark.parametrize("path", PARAMS)
-def test_scenario_passes_against_real_workers(path: Path, tmp_path: Path) -> None:
-    report = run_scenario(load_scenario(path), path, "broker", workdir=tmp_path)
+@pytest.mark.parametrize("path", FILES, ids=[f"{p.stem}-broker" for p in FILES])
+def test_scenario_passes_against_real_workers(
+    path: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    scenario = load_scenario(path)
+    if needs_postgres(scenario):
+        request.getfixturevalue("scenario_postgres")
+    report = run_scenario(scenario, path, "broker", workdir=tmp_path)
+    assert report.skipped is None, report.skipped
     assert report.passed, _explain(report)
