@@ -78,7 +78,8 @@ class Settings(BaseSettings):
 
     # --- the processing queue (document_processing_queue) ---------------------
     queue_max_attempts: int = Field(default=3, ge=1)
-    #: A claim older than this is presumed dead and is reset (its worker died).
+    #: A claim older than this is presumed dead and is reset (its worker died); a document
+    #: in a stage without progress this long gets the stage sent again (a lost message).
     queue_stale_after_s: float = Field(default=900.0, gt=0)
 
     # --- OCR polling: a rescheduled poll, never a blocking loop (failure 11) ---

@@ -155,8 +155,11 @@ def queue_processor(
 
     Each claimed document is marked ocr_queued (with its task id) and committed
     before its first task is sent. Rows whose claim went stale (the processor
-    died) are claimed again, at most DOCPIPE_QUEUE_MAX_ATTEMPTS times. Any
-    number of processors may run at once: a row is only ever claimed by one.
+    died) are claimed again, at most DOCPIPE_QUEUE_MAX_ATTEMPTS times; a
+    document already in a stage but without progress for
+    DOCPIPE_QUEUE_STALE_AFTER_S gets that stage sent again (its message was
+    lost). Any number of processors may run at once: a row is only ever
+    claimed by one.
     Runs until SIGINT/SIGTERM unless --once or --until-empty is given; exit 1
     when a dispatch failed in --once mode.
     """
@@ -173,8 +176,10 @@ def queue_processor(
             _print(
                 f"claimed {len(outcome.claimed)}, dispatched {len(outcome.dispatched)}, "
                 f"closed {len(outcome.closed)}, in flight {len(outcome.in_flight)}, "
-                f"errors {len(outcome.errors)}"
+                f"resumed {len(outcome.resumed)}, errors {len(outcome.errors)}"
             )
+            for document_uuid, stage in outcome.resumed.items():
+                _print(f"{document_uuid}: no progress for too long; {stage} sent again")
             for document_uuid, reason in outcome.errors.items():
                 _print(f"[red]{document_uuid}[/]: {reason}")
         sys.exit(EXIT_FAILED if outcome.errors else EXIT_OK)

@@ -21,7 +21,7 @@ from pipeline.bootstrap import Services, current_services
 from pipeline.celery_app import POLL_OCR_TASK, TASK_NAMES, app
 from pipeline.domain.models import Stage, Status
 from pipeline.errors import LockUnavailable, PermanentError, TransientError
-from pipeline.settings import Settings, redact_url
+from pipeline.settings import Settings, get_settings, redact_url
 from pipeline.stages import StageResult
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def run_stage(
     call: Callable[[Services], StageResult],
 ) -> str:
     """Run one stage under its lock and apply the retry / failure policy."""
-    services = current_services()
+    services = _services_or_retry(task)
     settings = services.settings
     lock_name = f"{document_uuid}:{stage}"
     token: str | None = None
@@ -128,6 +128,27 @@ RETRY_PUBLISH_POLICY = {
     "interval_step": 0.5,
     "interval_max": 1.0,
 }
+
+
+def _services_or_retry(task: Task[Any, Any]) -> Services:
+    """The worker's services; built on its first task, when the database may be down.
+
+    Nothing can be recorded without them, so the task retries with backoff;
+    once retries are spent it fails, and the queue processor finds the
+    document without progress and sends its stage again.
+    """
+    try:
+        return current_services()
+    except (TransientError, redis.RedisError) as exc:
+        settings = get_settings()
+        retries = task.request.retries
+        log.warning("cannot build the worker's services (%s); retry %d", exc, retries + 1)
+        raise task.retry(
+            exc=exc,
+            countdown=retry_countdown(settings, retries),
+            max_retries=settings.max_retries,
+            retry_policy=RETRY_PUBLISH_POLICY,
+        ) from exc
 
 
 def _retry_or_dead_letter(

@@ -22,6 +22,7 @@ from kombu.exceptions import OperationalError
 from pipeline.bootstrap import Services
 from pipeline.celery_app import app
 from pipeline.domain.models import QUEUES, Stage, Status
+from pipeline.errors import TransientError
 from pipeline.intake import dispatch, submit_all
 from pipeline.tasks import STAGE_TASKS
 
@@ -118,4 +119,30 @@ def test_a_lock_that_cannot_be_released_does_not_stop_the_chain(
     status = _run_one(services, SAMPLES / "affidavit_of_jane_holloway.txt", monkeypatch)
 
     assert failed and failed[0].endswith(":ocr")
+    assert status is Status.COMPLETED
+
+
+def test_a_worker_whose_database_is_down_at_its_first_task_retries_it(
+    make_services: Callable[..., Services], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker builds its services on its first task; the database may be down right then."""
+    import pipeline.tasks
+
+    services = make_services(
+        eager=False, broker_url="memory://", retry_backoff_base_s=0.05, retry_backoff_max_s=0.1
+    )
+    refused: list[int] = []
+
+    def database_down_twice() -> Services:
+        if len(refused) < 2:
+            refused.append(1)
+            raise TransientError("database unavailable: connection refused")
+        return services
+
+    monkeypatch.setattr(pipeline.tasks, "current_services", database_down_twice)
+    monkeypatch.setattr(pipeline.tasks, "get_settings", lambda: services.settings)
+
+    status = _run_one(services, SAMPLES / "affidavit_of_jane_holloway.txt", monkeypatch)
+
+    assert len(refused) == 2
     assert status is Status.COMPLETED
