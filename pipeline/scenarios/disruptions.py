@@ -2,9 +2,11 @@
 
 They run in one background thread, each at its `at_s` after the first dispatch,
 and every one restores what it broke in a `finally` (Redis started again, the
-database proxy letting connections through), also when the run is cancelled. Each records how many
-documents were still in flight when it hit: a disruption that hit nothing
-fails the coverage invariant, as a fault that never fired does.
+database proxy letting connections through), also when the run is cancelled.
+Each records how many documents were still in flight when it hit: a
+disruption that hit nothing fails the coverage invariant, as a fault that
+never fired does; cutting the database off must also have dropped or refused
+at least one worker connection.
 """
 
 from __future__ import annotations
