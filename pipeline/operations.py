@@ -120,6 +120,7 @@ def _handle_claimed(services: Services, entry: QueueEntry, result: QueueBatch) -
     if progress_rank(document.status) > progress_rank(Status.OCR_QUEUED):
         idle_s = services.clock.now() - store.last_activity(document_uuid)
         if idle_s < services.settings.queue_stale_after_s:
+            store.keep_claim(entry.uuid)
             result.in_flight.append(document_uuid)
             return
         stage = RESUME_STAGE[document.status]

@@ -235,6 +235,10 @@ class DocumentStore(Protocol):
         """
         ...
 
+    def keep_claim(self, entry_uuid: str) -> None:
+        """Undo the attempt a claim counted (its document is progressing in a stage)."""
+        ...
+
     def finish_queue_entry(
         self, document_uuid: str, status: QueueStatus, error: str | None = None
     ) -> None: ...

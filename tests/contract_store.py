@@ -673,6 +673,18 @@ class StoreContract:
         assert store.queue_entries(doc.uuid) == [entry]
         assert store.claim("w1", limit=1, stale_after=0, max_attempts=3) == []
 
+    def test_keep_claim_gives_back_the_attempt_never_below_zero(
+        self, store: SqlDocumentStore
+    ) -> None:
+        doc = new_document(store)
+        store.enqueue(doc.uuid)
+        (entry,) = store.claim("w1", limit=1, stale_after=60, max_attempts=3)
+        assert entry.attempts == 1
+        store.keep_claim(entry.uuid)
+        store.keep_claim(entry.uuid)
+        (kept,) = store.queue_entries(doc.uuid)
+        assert (kept.status, kept.attempts, kept.claimed_by) == (QueueStatus.PROCESSING, 0, "w1")
+
     @pytest.mark.parametrize(
         ("status", "error", "closed_as"),
         [

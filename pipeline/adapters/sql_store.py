@@ -733,6 +733,20 @@ class SqlDocumentStore:
                     )
         return claimed
 
+    def keep_claim(self, entry_uuid: str) -> None:
+        """Give back the attempt a claim counted: its document is in a stage and progressing.
+
+        A long stage (a Textract backlog) outlives several stale windows; each
+        reclaim would otherwise use up an attempt and fail a healthy row.
+        """
+        queue = document_processing_queue.c
+        with self._write() as conn:
+            conn.execute(
+                update(document_processing_queue)
+                .where(queue.uuid == entry_uuid, queue.attempts > 0)
+                .values(attempts=queue.attempts - 1, updated_at=self._now())
+            )
+
     def finish_queue_entry(
         self, document_uuid: str, status: QueueStatus, error: str | None = None
     ) -> None:

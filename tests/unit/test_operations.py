@@ -251,6 +251,23 @@ def test_a_document_whose_message_was_lost_mid_pipeline_is_resumed_once_stale(
     assert services.store.counts(lost) == services.store.counts(reference)
 
 
+def test_a_progressing_document_outlives_many_stale_windows_without_using_attempts(
+    make_services: MakeServices, tmp_path: Path
+) -> None:
+    """A long stage (a Textract backlog) must not fail its healthy queue row."""
+    services = make_services(queue_stale_after_s=0.05, queue_max_attempts=3)
+    (busy,) = submit(services, tmp_path, 1)
+    assert claim_own(services, busy, worker="runner")
+    for _ in range(5):  # more stale windows than attempts
+        time.sleep(0.06)
+        # Progress: the stage moved the document (its row's updated_at is fresh).
+        services.store.force_status(busy, Status.TEXT_PROCESSING, stage="test", bump_version=False)
+        outcome = operations.process_queue_batch(services, "w", batch=5)
+        assert outcome.in_flight == [busy] and outcome.resumed == {}
+    (entry,) = services.store.queue_entries(busy)
+    assert (entry.status, entry.attempts) == (QueueStatus.PROCESSING, 1)
+
+
 def test_run_queue_processor_stops_when_idle_or_told_to(services: Services, tmp_path: Path) -> None:
     import threading
 
