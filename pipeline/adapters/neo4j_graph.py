@@ -4,9 +4,12 @@ Every statement is a constant string built from fixed allow-lists of labels
 and relationship types; all data (ids, entity text, properties) travels only
 in parameters, so text with quotes, backticks or Cypher keywords is stored
 verbatim and cannot inject. MERGE on the stable uuids makes a replayed
-document write the same nodes and edges again, never duplicates. Uniqueness
-constraints are created once per sink, on the first write (the driver is lazy:
-building the sink never touches the network).
+document write the same nodes and edges again, never duplicates. A write first
+removes the document's own nodes (chunks, mentions, canonical entities, by
+`document_uuid`), in the same transaction: a reprocessed document with fewer
+chunks or other entities leaves nothing of its old version behind. Uniqueness
+constraints and `document_uuid` indexes are created once per sink, on the
+first write (the driver is lazy: building the sink never touches the network).
 
 One document is written in one explicit transaction, without the driver's
 own retry loop (`execute_write` would retry for up to 30 s): docpipe's task
@@ -41,6 +44,9 @@ from pipeline.errors import PermanentError, TransientError
 
 #: Node labels, in the order nodes are written (edges need both ends to exist).
 NODE_LABELS: tuple[str, ...] = (PROJECT, DOCUMENT, CHUNK, ENTITY_MENTION, CANONICAL_ENTITY)
+
+#: Labels whose nodes belong to one document (`document_uuid`); rewritten as a whole.
+DOCUMENT_OWNED_LABELS: tuple[str, ...] = (CHUNK, ENTITY_MENTION, CANONICAL_ENTITY)
 
 #: The properties written per label (a fixed list: data never names a property).
 NODE_PROPERTIES: dict[str, tuple[str, ...]] = {
@@ -97,6 +103,17 @@ CONSTRAINT_STATEMENTS: dict[str, str] = {
         f"FOR (n:{label}) REQUIRE n.uuid IS UNIQUE"
     )
     for label in NODE_LABELS
+}
+INDEX_STATEMENTS: dict[str, str] = {
+    label: (
+        f"CREATE INDEX {label.lower()}_document_uuid IF NOT EXISTS "
+        f"FOR (n:{label}) ON (n.document_uuid)"
+    )
+    for label in DOCUMENT_OWNED_LABELS
+}
+PRUNE_STATEMENTS: dict[str, str] = {
+    label: f"MATCH (n:{label}) WHERE n.document_uuid = $document_uuid DETACH DELETE n"
+    for label in DOCUMENT_OWNED_LABELS
 }
 NODE_STATEMENTS: dict[str, str] = {
     label: (
@@ -189,7 +206,7 @@ def plan_statements(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> list[Statement]:
-    """The statements that write one document: nodes by label, then edges by kind.
+    """The statements that write one document: its old nodes out, nodes by label, edges by kind.
 
     Pure: no driver needed, so the exact Cypher and parameters are testable
     without a server. Raises PermanentError for a relationship kind or an edge
@@ -197,7 +214,10 @@ def plan_statements(
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    statements: list[Statement] = []
+    statements = [
+        Statement(PRUNE_STATEMENTS[label], {"document_uuid": document.uuid})
+        for label in DOCUMENT_OWNED_LABELS
+    ]
     for label, rows in node_rows(document, chunks, mentions, entities).items():
         statements.extend(
             Statement(NODE_STATEMENTS[label], {"rows": batch})
@@ -241,7 +261,7 @@ class Neo4jGraphSink:
         self._constraints_lock = threading.Lock()
 
     def ensure_constraints(self) -> None:
-        """Create the uniqueness constraints once per sink (IF NOT EXISTS: harmless again)."""
+        """Create constraints and indexes once per sink (IF NOT EXISTS: harmless again)."""
         with self._constraints_lock:
             if self._constraints_ready:
                 return
@@ -249,9 +269,9 @@ class Neo4jGraphSink:
                 _mapped_errors("creating constraints"),
                 self._driver.session(database=self._database) as session,
             ):
-                for label in NODE_LABELS:
-                    # Schema statements run in their own auto-commit transaction.
-                    session.run(CONSTRAINT_STATEMENTS[label]).consume()
+                # Schema statements run in their own auto-commit transaction.
+                for statement in [*CONSTRAINT_STATEMENTS.values(), *INDEX_STATEMENTS.values()]:
+                    session.run(statement).consume()
             self._constraints_ready = True
 
     def write(

@@ -6,7 +6,8 @@
   recording double of the driver's session API, and the *real* driver against a
   closed loopback port (ServiceUnavailable -> transient, fast);
 - the exact statements executed by kuzu, an embedded Cypher engine: they parse,
-  store hostile text verbatim, and a replay duplicates nothing.
+  store hostile text verbatim, a replay duplicates nothing, and a reprocessed
+  document leaves no node of its old version (other documents untouched).
 
 Not checked (no server): Neo4j's own parsing/planning of these statements, the
 constraint DDL, auth, routing, and behaviour under concurrent writers.
@@ -24,8 +25,11 @@ from neo4j import exceptions as neo4j_errors
 
 from pipeline.adapters.neo4j_graph import (
     CONSTRAINT_STATEMENTS,
+    DOCUMENT_OWNED_LABELS,
+    INDEX_STATEMENTS,
     NODE_LABELS,
     NODE_STATEMENTS,
+    PRUNE_STATEMENTS,
     RELATIONSHIP_STATEMENTS,
     Neo4jGraphSink,
     create_neo4j_driver,
@@ -56,9 +60,9 @@ HOSTILE = [
 
 
 def document_graph(
-    values: list[str], chunk_count: int = 2
+    values: list[str], chunk_count: int = 2, name: str = "d1"
 ) -> tuple[DocumentNode, list[Chunk], list[Mention], list[CanonicalEntity], list[Relationship]]:
-    doc_uuid = stable_uuid("doc", "d1")
+    doc_uuid = stable_uuid("doc", name)
     document = DocumentNode(
         uuid=doc_uuid,
         project_uuid=stable_uuid("project", "p"),
@@ -115,10 +119,12 @@ def test_statements_are_constants_and_hostile_text_travels_only_in_parameters() 
     graph = document_graph(HOSTILE)
     statements = plan_statements(*graph)
 
-    constants = set(NODE_STATEMENTS.values()) | set(RELATIONSHIP_STATEMENTS.values())
-    assert {s.query for s in statements} <= constants
+    writes = set(NODE_STATEMENTS.values()) | set(RELATIONSHIP_STATEMENTS.values())
+    prunes = set(PRUNE_STATEMENTS.values())
+    assert {s.query for s in statements} <= writes | prunes
     for statement in statements:
-        assert "$rows" in statement.query and set(statement.parameters) == {"rows"}
+        expected = {"document_uuid"} if statement.query in prunes else {"rows"}
+        assert set(statement.parameters) == expected
         for value in HOSTILE:
             assert value not in statement.query
     stored = [
@@ -176,6 +182,19 @@ def test_relationships_outside_the_allow_list_are_refused() -> None:
     )
     with pytest.raises(PermanentError, match="unknown properties"):
         plan_statements(document, chunks, mentions, entities, [odd_property])
+
+
+def test_a_write_first_removes_the_documents_own_nodes_by_document_uuid() -> None:
+    document, *_ = graph = document_graph(["Acme Corp"])
+    statements = plan_statements(*graph)
+    assert [s.query for s in statements[: len(DOCUMENT_OWNED_LABELS)]] == [
+        PRUNE_STATEMENTS[label] for label in DOCUMENT_OWNED_LABELS
+    ]
+    assert all(
+        s.parameters == {"document_uuid": document.uuid}
+        for s in statements[: len(DOCUMENT_OWNED_LABELS)]
+    )
+    assert set(INDEX_STATEMENTS) == set(DOCUMENT_OWNED_LABELS)
 
 
 def test_constraint_statements_cover_every_label() -> None:
@@ -255,7 +274,7 @@ def test_a_document_is_one_transaction_and_constraints_are_created_once() -> Non
     sink.write(*graph)
     sink.write(*graph)
 
-    assert driver.autocommit == [CONSTRAINT_STATEMENTS[label] for label in NODE_LABELS]
+    assert driver.autocommit == [*CONSTRAINT_STATEMENTS.values(), *INDEX_STATEMENTS.values()]
     assert len(driver.committed) == 2
     assert driver.committed[0] == [(s.query, s.parameters) for s in plan_statements(*graph)]
     assert set(driver.databases) == {"docs"}
@@ -388,3 +407,27 @@ def test_kuzu_runs_the_exact_statements_stores_hostile_text_and_a_replay_adds_no
     assert sorted(v[0] for v in values) == sorted(HOSTILE)
     names = kuzu_connection.execute("MATCH (e:CanonicalEntity) RETURN e.canonical_name").get_all()
     assert sorted(v[0] for v in names) == sorted(HOSTILE)
+
+
+def test_kuzu_a_reprocessed_document_leaves_nothing_of_its_old_version_and_spares_others(
+    kuzu_connection: Any,
+) -> None:
+    def write(graph: Any) -> None:
+        for statement in plan_statements(*graph):
+            kuzu_connection.execute(statement.query, statement.parameters)
+
+    other = document_graph(["Other Holdings"], chunk_count=2, name="d2")
+    write(other)
+    write(document_graph(HOSTILE, chunk_count=3))
+    reprocessed = document_graph(["Acme Corp"], chunk_count=1)
+    write(reprocessed)
+
+    nodes = 2 + 1  # project, and both documents
+    for _, chunks, mentions, entities, _relationships in (reprocessed, other):
+        nodes += len(chunks) + len(mentions) + len(entities)
+    assert _count(kuzu_connection, "MATCH (n) RETURN count(n)") == nodes
+    edges = len(reprocessed[4]) + len(other[4])
+    # Document-to-project edges of both documents are MERGEd once each.
+    assert _count(kuzu_connection, "MATCH ()-[r]->() RETURN count(r)") == edges
+    names = kuzu_connection.execute("MATCH (e:CanonicalEntity) RETURN e.canonical_name").get_all()
+    assert sorted(v[0] for v in names) == ["Acme Corp", "Other Holdings"]
