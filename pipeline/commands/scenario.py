@@ -87,7 +87,10 @@ def print_summary(reports: list[RunReport]) -> None:
         )
     stdout.print(table)
     failed = [r for r in reports if not r.passed]
-    stdout.print(f"{len(reports) - len(failed)}/{len(reports)} runs passed")
+    skipped = [r for r in reports if r.skipped]
+    ran = len(reports) - len(skipped)
+    line = f"{ran - len(failed)}/{ran} runs passed"
+    stdout.print(line + (f", {len(skipped)} skipped" if skipped else ""))
 
 
 def _parity_reports(reports: list[RunReport]) -> dict[str, list[str]]:

@@ -196,3 +196,18 @@ def test_cli_runs_files_and_exits_0_only_when_every_expectation_holds(tmp_path: 
     usage = subprocess.run([*command, str(invalid)], capture_output=True, text=True, cwd=REPO)
     assert usage.returncode == 2
     assert "invalid.yaml: description: required key is missing" in usage.stderr
+
+
+def test_cli_summary_counts_skipped_runs_apart_from_passed_ones() -> None:
+    files = [
+        SCENARIOS / "permanent_error_not_retried.yaml",
+        SCENARIOS / "queue_without_consumer.yaml",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "scenario", "run", *map(str, files)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1/1 runs passed, 1 skipped" in result.stdout
