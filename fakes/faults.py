@@ -66,11 +66,14 @@ class RedisFaultInjector:
         *,
         namespace: str = "docpipe:faults",
         seed: int = 0,
+        simulated: bool = False,
     ) -> None:
         self._client = client
         self.rules = tuple(rules)
         self._ns = namespace
         self._seed = seed
+        #: In the simulator a `kill_worker` fault raises WorkerKilled instead of SIGKILL.
+        self._simulated = simulated
 
     # --- sharing with worker processes ----------------------------------------
     def to_json(self) -> str:
@@ -79,7 +82,9 @@ class RedisFaultInjector:
         )
 
     @classmethod
-    def from_json(cls, client: redis.Redis, text: str) -> RedisFaultInjector:
+    def from_json(
+        cls, client: redis.Redis, text: str, *, simulated: bool = False
+    ) -> RedisFaultInjector:
         data = json.loads(text)
         rules = []
         for raw in data["rules"]:
@@ -87,7 +92,9 @@ class RedisFaultInjector:
             if raw.get("window") is not None:
                 raw["window"] = tuple(raw["window"])
             rules.append(FaultRule(**raw))
-        return cls(client, rules, namespace=data["namespace"], seed=data["seed"])
+        return cls(
+            client, rules, namespace=data["namespace"], seed=data["seed"], simulated=simulated
+        )
 
     def arm(self) -> None:
         """Reset every counter and mark time zero for windowed rules."""
@@ -158,8 +165,7 @@ class RedisFaultInjector:
         drawn = rule.latency_s + fraction * (rule.latency_max_s - rule.latency_s)
         return replace(rule, latency_s=drawn, latency_max_s=None)
 
-    @staticmethod
-    def _apply(rule: FaultRule, effect: FaultEffect) -> FaultEffect:
+    def _apply(self, rule: FaultRule, effect: FaultEffect) -> FaultEffect:
         reason = rule.message or f"injected {rule.describe()}"
         if rule.kind == "transient":
             raise TransientError(reason)
@@ -172,6 +178,8 @@ class RedisFaultInjector:
                 time.sleep(rule.latency_s)
             raise TransientError(reason)
         if rule.kind == "kill_worker":
+            if self._simulated:
+                raise WorkerKilled(reason)
             os.kill(os.getpid(), signal.SIGKILL)
         if rule.kind == "latency":
             return FaultEffect(
@@ -183,6 +191,13 @@ class RedisFaultInjector:
 ACTIVE_FAULTS_KEY = "docpipe:faults:active"
 
 
+class WorkerKilled(BaseException):
+    """A `kill_worker` fault in a simulated worker: the task dies as under SIGKILL.
+
+    A BaseException, so no `except Exception` in stage code can survive it.
+    """
+
+
 class SharedFaultInjector:
     """The FaultInjector of worker processes: follows whatever a test or scenario installed.
 
@@ -190,9 +205,12 @@ class SharedFaultInjector:
     installed after the workers started still reaches them.
     """
 
-    def __init__(self, client: redis.Redis, *, key: str = ACTIVE_FAULTS_KEY) -> None:
+    def __init__(
+        self, client: redis.Redis, *, key: str = ACTIVE_FAULTS_KEY, simulated: bool = False
+    ) -> None:
         self._client = client
         self._key = key
+        self._simulated = simulated
         self._loaded: tuple[bytes, RedisFaultInjector] | None = None
 
     def before(self, port: str, operation: str, document_uuid: str | None) -> FaultEffect:
@@ -201,7 +219,10 @@ class SharedFaultInjector:
             return NO_FAULT
         config = raw if isinstance(raw, bytes) else str(raw).encode()
         if self._loaded is None or self._loaded[0] != config:
-            self._loaded = (config, RedisFaultInjector.from_json(self._client, config.decode()))
+            injector = RedisFaultInjector.from_json(
+                self._client, config.decode(), simulated=self._simulated
+            )
+            self._loaded = (config, injector)
         return self._loaded[1].before(port, operation, document_uuid)
 
 

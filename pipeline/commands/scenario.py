@@ -99,13 +99,15 @@ def _parity_reports(reports: list[RunReport]) -> dict[str, list[str]]:
         by_scenario.setdefault(report.file, {})[report.mode] = report
     result = {}
     for runs in by_scenario.values():
+        ran = {mode: report for mode, report in runs.items() if not report.skipped}
         for other in ("broker", "sim"):
-            if "eager" in runs and other in runs:
-                eager, compared = runs["eager"], runs[other]
-                if eager.skipped or compared.skipped:
-                    continue
+            if "eager" in ran and other in ran:
+                eager = ran["eager"]
                 label = eager.scenario if other == "broker" else f"{eager.scenario} (sim)"
-                result[label] = parity(eager, compared)
+                result[label] = parity(eager, ran[other])
+        if "eager" not in ran and "sim" in ran and "broker" in ran:
+            # A broker-only scenario the simulator runs (kill_worker): sim against broker.
+            result[f"{ran['sim'].scenario} (sim vs broker)"] = parity(ran["sim"], ran["broker"])
     return result
 
 
@@ -164,7 +166,7 @@ def _print_parity(parities: dict[str, list[str]]) -> None:
 
     if not parities:
         return
-    stdout.print("[bold]parity (eager vs broker; eager vs sim where marked)[/]")
+    stdout.print("[bold]parity (eager vs broker; other pairs where marked)[/]")
     for name, differences in parities.items():
         if differences:
             stdout.print(f"  [red]{name}: {len(differences)} difference(s)[/]")

@@ -688,9 +688,18 @@ class EagerRun(_Run):
             bootstrap._fake_redis_servers.pop(self._redis_name, None)
 
 
-#: Fault kinds the simulator reproduces; a killed worker process is a broker matter.
+#: Fault kinds the simulator reproduces (a killed worker: the task lost and redelivered).
 SIM_FAULT_KINDS = frozenset(
-    {"transient", "throttle", "permanent", "timeout", "latency", "malformed", "empty"}
+    {
+        "transient",
+        "throttle",
+        "permanent",
+        "timeout",
+        "latency",
+        "malformed",
+        "empty",
+        "kill_worker",
+    }
 )
 
 
@@ -710,9 +719,21 @@ def sim_skip_reason(scenario: Scenario) -> str | None:
 
     Sim mode runs what eager mode runs (same services, in process) under the
     virtual-time scheduler; it needs the in-process fakes, not the moto cloud.
+    A broker-only scenario runs too when a `kill_worker` fault is what makes
+    it broker-only: the scheduler loses the task and redelivers it, as
+    reject-on-worker-lost does. Disruptions and missing consumers it cannot.
     """
-    if "eager" not in scenario.modes:
-        return f"declares modes: [{', '.join(scenario.modes)}] (sim runs eager scenarios)"
+    kills = any(f.kind == "kill_worker" for f in scenario.faults)
+    broker_only = (
+        scenario.disruptions
+        or scenario.broker.omit_queues
+        or scenario.expect.preflight_error is not None
+    )
+    if "eager" not in scenario.modes and (not kills or broker_only):
+        return (
+            f"declares modes: [{', '.join(scenario.modes)}] (sim runs eager scenarios and "
+            "broker ones whose only broker need is kill_worker)"
+        )
     kinds = sorted({f.kind for f in scenario.faults} - SIM_FAULT_KINDS)
     if kinds:
         return f"fault kind(s) {kinds} need real worker processes"

@@ -32,7 +32,11 @@ from typing import Any, Literal, Protocol
 
 from pipeline.domain.models import QUEUES
 
-OutcomeKind = Literal["ok", "retry", "failed", "skipped", "dead_lettered", "completed"]
+#: `worker_lost`: the process running the task died (a `kill_worker` fault); with late
+#: acks and reject-on-worker-lost the message goes back to its queue at once.
+OutcomeKind = Literal[
+    "ok", "retry", "failed", "skipped", "dead_lettered", "completed", "worker_lost"
+]
 
 
 @dataclass(frozen=True)
@@ -327,11 +331,19 @@ class Simulator:
         worker = delivery.worker
         if delivery.generation != worker.generation:
             return  # the worker died under it: no ack, nothing sent, its lock stays
+        worker.running -= 1
+        message = delivery.message
+        if outcome.kind == "worker_lost":
+            # The pool replaces its process; the message is rejected and requeued (no ack,
+            # nothing sent, the dead task's lock stays until its TTL or its redelivery).
+            if self.unacked.pop(delivery.tag, None) is not None:
+                self.queues[message.queue].appendleft(message)
+            self._log("worker_lost", message.id, delivery.tag, worker.name)
+            self._start_ready(worker)
+            return
         if outcome.on_finish is not None:
             outcome.on_finish()
-        worker.running -= 1
         acked = self.unacked.pop(delivery.tag, None) is not None
-        message = delivery.message
         self._log("finish", message.id, delivery.tag, worker.name, outcome.kind, acked)
         for send in outcome.sends:
             self.publish(send)

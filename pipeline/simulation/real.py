@@ -23,8 +23,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fakes.faults import SharedFaultInjector, WorkerKilled
 from pipeline import stages
-from pipeline.bootstrap import Services, build_services
+from pipeline.bootstrap import Services, build_services, redis_client
 from pipeline.domain.models import SourceDocument, Stage, Status, stable_uuid
 from pipeline.errors import LockUnavailable, TransientError
 from pipeline.intake import claim_own, storage_key
@@ -71,6 +72,9 @@ class StageExecutor:
         self.files = list(files)
         self.seed = seed
         self.clock = clock or VirtualClock()
+        if faults is None and settings.fault_injection:
+            # What workers follow, but a kill_worker fault raises instead of killing us.
+            faults = SharedFaultInjector(redis_client(settings.redis_url), simulated=True)
         self.services: Services = build_services(settings, faults=faults, clock=self.clock)
         self.limiter = VirtualRateLimiter(
             self.clock,
@@ -144,6 +148,9 @@ class StageExecutor:
             if token is None:
                 raise LockUnavailable(f"another worker holds the {stage} lock")
             result = self._call(message, stage, uuid, version)
+        except WorkerKilled as killed:
+            # SIGKILL: no release, no status, no retry; the broker redelivers the message.
+            return Outcome(self.clock.now() - start, "worker_lost", detail=str(killed))
         except TransientError as exc:
             if token is not None:
                 services.locks.release(lock_name, token)

@@ -211,3 +211,21 @@ def test_cli_summary_counts_skipped_runs_apart_from_passed_ones() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1/1 runs passed, 1 skipped" in result.stdout
+
+
+def test_parity_pairs_sim_with_broker_when_eager_did_not_run() -> None:
+    from pipeline.commands.scenario import _parity_reports
+    from pipeline.scenarios.model import Scenario
+
+    # A real run's documents, labelled as the sim run of a broker-only scenario.
+    sim = run_scenario(Scenario.model_validate(minimal(name="killed")), None, "eager")
+    sim.mode = "sim"
+    common = {"scenario": "killed", "file": sim.file, "seed": 0, "passed": True}
+    eager = RunReport(mode="eager", elapsed_s=0, replay="", skipped="broker only", **common)
+    broker = RunReport(mode="broker", elapsed_s=0, replay="", **common)  # no documents
+
+    parities = _parity_reports([eager, sim, broker])
+
+    assert list(parities) == ["killed (sim vs broker)"]
+    differences = parities["killed (sim vs broker)"]
+    assert differences and all("only in sim" in line for line in differences)

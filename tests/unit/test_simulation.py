@@ -279,10 +279,19 @@ def test_scenarios_run_in_sim_mode_with_the_same_outcome_as_eager() -> None:
     assert parity(run_scenario(scenario, path, "eager"), sim) == []
 
 
-def test_sim_mode_skips_scenarios_that_need_worker_processes() -> None:
+def test_sim_mode_runs_worker_kills_and_skips_what_needs_real_processes() -> None:
     from pipeline.scenarios.model import load_scenario
     from pipeline.scenarios.runner import run_scenario
 
-    path = Path(__file__).resolve().parents[2] / "scenarios" / "worker_killed_during_ocr.yaml"
-    report = run_scenario(load_scenario(path), path, "sim")
-    assert report.skipped and report.passed
+    folder = Path(__file__).resolve().parents[2] / "scenarios"
+    for name, lost in (("worker_killed_during_ocr", 1), ("poison_kills_worker_dead_lettered", 2)):
+        path = folder / f"{name}.yaml"
+        report = run_scenario(load_scenario(path), path, "sim")
+        assert report.skipped is None, report.skipped
+        assert report.passed, [c for c in report.checks if not c.passed] or report.error
+        # The killed task was lost and its message requeued, as reject-on-worker-lost does.
+        assert report.sim["counts"]["worker_lost"] == lost
+    for name in ("redis_restarted_mid_run", "queue_without_consumer"):
+        path = folder / f"{name}.yaml"
+        report = run_scenario(load_scenario(path), path, "sim")
+        assert report.skipped and report.passed
