@@ -27,6 +27,10 @@ from typing import Any
 
 import redis
 from celery import Celery
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
 
 from pipeline.domain.models import QUEUES
 from pipeline.errors import ConfigurationError
@@ -250,10 +254,6 @@ class PostgresDatabases:
     """Creates uniquely named databases on one server and drops them again (WITH (FORCE))."""
 
     def __init__(self, admin_url: str) -> None:
-        from sqlalchemy import create_engine
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.pool import NullPool
-
         url = make_url(admin_url)
         if url.drivername in ("postgresql", "postgres"):
             url = url.set(drivername="postgresql+psycopg")
@@ -263,9 +263,6 @@ class PostgresDatabases:
 
     def ping(self) -> None:
         """Raise ConfigurationError (password redacted) when the server cannot be reached."""
-        from sqlalchemy import text
-        from sqlalchemy.exc import OperationalError
-
         try:
             with self._admin.connect() as conn:
                 conn.execute(text("SELECT 1"))
@@ -275,8 +272,6 @@ class PostgresDatabases:
 
     def create(self) -> str:
         """Create an empty database; returns its URL (psycopg 3 driver)."""
-        from sqlalchemy import text
-
         name = f"docpipe_test_{uuid.uuid4().hex[:16]}"
         with self._admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
@@ -284,9 +279,6 @@ class PostgresDatabases:
         return self._url.set(database=name).render_as_string(hide_password=False)
 
     def drop(self, database_url: str) -> None:
-        from sqlalchemy import text
-        from sqlalchemy.engine import make_url
-
         name = make_url(database_url).database
         if name is None or name not in self._created:
             raise ValueError(f"{redact_url(database_url)} was not created here")

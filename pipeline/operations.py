@@ -123,6 +123,8 @@ def _handle_claimed(services: Services, entry: QueueEntry, result: QueueBatch) -
             store.keep_claim(entry.uuid)
             result.in_flight.append(document_uuid)
             return
+        from pipeline.tasks import send_stage
+
         stage = RESUME_STAGE[document.status]
         log.warning(
             "queue: %s is %s with no progress for %.0f s; sending %s again",
@@ -132,7 +134,7 @@ def _handle_claimed(services: Services, entry: QueueEntry, result: QueueBatch) -
             stage,
         )
         try:
-            _send(stage, document)
+            send_stage(stage, document_uuid, document.processing_version)
         except Exception as exc:  # broker down: the claim goes stale and this runs again
             result.errors[document_uuid] = redact_url(f"could not resume: {exc}")[:2000]
             return
@@ -160,12 +162,6 @@ RESUME_STAGE: dict[Status, Stage] = {
     Status.ENTITY_RESOLUTION: Stage.ENTITY_RESOLUTION,
     Status.GRAPH_BUILDING: Stage.RELATIONSHIPS,
 }
-
-
-def _send(stage: Stage, document: SourceDocument) -> None:
-    from pipeline.tasks import send_stage
-
-    send_stage(stage, document.uuid, document.processing_version)
 
 
 def _dispatch(services: Services, document: SourceDocument) -> None:

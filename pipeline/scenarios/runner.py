@@ -917,15 +917,14 @@ class BrokerRun(_Run):
     def wait(self, services: Services, uuids: list[str]) -> None:
         from pipeline.broker import wait_for_terminal
 
-        if self.scenario.broker.queue_processor:
-            wait_for_terminal(
-                services,
-                uuids,
-                timeout_s=self.scenario.broker.timeout_s,
-                on_progress=self._queue_processor(services),
-            )
-        else:
-            wait_for_terminal(services, uuids, timeout_s=self.scenario.broker.timeout_s)
+        on_progress = (
+            self._queue_processor(services)
+            if self.scenario.broker.queue_processor
+            else lambda _done: None
+        )
+        wait_for_terminal(
+            services, uuids, timeout_s=self.scenario.broker.timeout_s, on_progress=on_progress
+        )
 
     def _queue_processor(self, services: Services) -> Callable[[int], None]:
         """A queue-processor cycle (what `docpipe queue-processor` runs) about once a second."""

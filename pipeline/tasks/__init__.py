@@ -143,12 +143,24 @@ def _services_or_retry(task: Task[Any, Any]) -> Services:
         settings = get_settings()
         retries = task.request.retries
         log.warning("cannot build the worker's services (%s); retry %d", exc, retries + 1)
-        raise task.retry(
+        raise _retry(task, settings, retry_countdown(settings, retries), exc) from exc
+
+
+def _retry(task: Task[Any, Any], settings: Settings, countdown: float, exc: Exception) -> Retry:
+    """`task.retry`, its message waiting out a restarting broker (RETRY_PUBLISH_POLICY).
+
+    Celery rejects (drops) the message when the retry cannot be published: the
+    broker is down. It is requeued instead; late acks keep it until then.
+    """
+    try:
+        return task.retry(
             exc=exc,
-            countdown=retry_countdown(settings, retries),
+            countdown=countdown,
             max_retries=settings.max_retries,
             retry_policy=RETRY_PUBLISH_POLICY,
-        ) from exc
+        )
+    except Reject as rejected:
+        raise Reject(str(rejected), requeue=True) from exc
 
 
 def _retry_or_dead_letter(
@@ -157,7 +169,7 @@ def _retry_or_dead_letter(
     stage: Stage,
     document_uuid: str,
     version: int,
-    exc: BaseException,
+    exc: Exception,
 ) -> Retry | None:
     """The Retry to raise, with backoff; None once retries are spent and it is dead-lettered."""
     settings = services.settings
@@ -166,16 +178,7 @@ def _retry_or_dead_letter(
         retry_after = exc.retry_after if isinstance(exc, TransientError) else None
         countdown = retry_countdown(settings, retries, retry_after)
         log.info("%s %s: %s; retry %d in %.1fs", stage, document_uuid, exc, retries + 1, countdown)
-        try:
-            return task.retry(
-                countdown=countdown,
-                max_retries=settings.max_retries,
-                retry_policy=RETRY_PUBLISH_POLICY,
-            )
-        except Reject as rejected:
-            # Celery rejects (drops) the message when the retry cannot be published: the
-            # broker is down. Requeue it instead; late acks keep it until then.
-            raise Reject(str(rejected), requeue=True) from exc
+        return _retry(task, settings, countdown, exc)
     _dead_letter(task, services, stage, document_uuid, version, readable(stage, exc))
     return None
 
