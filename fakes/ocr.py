@@ -92,8 +92,11 @@ class FakeOcrEngine:
             "state": OcrJob.IN_PROGRESS,
             "polls": "0",
             "polls_until_done": str(self._polls_until_done),
-            "created_at": f"{created_at:.3f}",
-            "ready_at": f"{created_at + duration:.3f}",
+            # Full precision (repr round-trips): rounded to milliseconds, a job
+            # without processing time could be "ready" up to 0.5 ms in the future,
+            # and a poll within that window answered IN_PROGRESS with 0 pages.
+            "created_at": repr(created_at),
+            "ready_at": repr(created_at + duration),
         }
         with self._redis.pipeline(transaction=True) as pipe:
             # WATCH makes creation atomic across processes: the whole record

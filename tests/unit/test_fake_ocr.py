@@ -212,6 +212,31 @@ def test_works_with_a_client_that_decodes_responses(
     assert engine.poll(engine.start(request())).pages == 4
 
 
+class SteppingClock:
+    """Answers the given instants in turn (then the last one); sleeping is free."""
+
+    def __init__(self, *instants: float) -> None:
+        self.instants = list(instants)
+
+    def now(self) -> float:
+        return self.instants.pop(0) if len(self.instants) > 1 else self.instants[0]
+
+    def sleep(self, seconds: float) -> None:
+        pass
+
+
+def test_a_job_without_processing_time_is_ready_on_the_next_instant(
+    blobs: InMemoryBlobStore, client: redis.Redis
+) -> None:
+    # Started at x.0006 s and polled 0.1 ms later: a start time rounded to the
+    # millisecond (x.001) made the job look unfinished (the flaky first poll).
+    engine = FakeOcrEngine(
+        blobs, client, clock=SteppingClock(1_700_000_000.0006, 1_700_000_000.0007)
+    )
+    job = engine.poll(engine.start(request()))
+    assert (job.state, job.pages) == (OcrJob.SUCCEEDED, 4)
+
+
 def test_faults_and_latency_are_applied_through_the_clock(
     blobs: InMemoryBlobStore, client: redis.Redis
 ) -> None:
