@@ -117,15 +117,30 @@ def simulate(
         except ValueError:
             click.echo("error: --llm-rate-limit takes CALLS/WINDOW_S, e.g. 500/60", err=True)
             sys.exit(EXIT_USAGE)
+    if plot is not None:
+        _prepare_plot_folder(plot)
     report: dict[str, Any] = {"layout": start.spec(), "profile": latency.describe()}
     report["documents"] = [
         {"name": s.name, "ocr": s.ocr, "chunks": len(s.chunk_keys)} for s in shapes
     ]
-    # A light load first: throughput over the top utilisation estimates the capacity.
-    probe = measure_capacity(
-        shapes, latency, policy, start, offered_per_hour=60 / time_scale, documents=100, seed=seed
-    )
-    estimate = probe.estimate_per_hour
+    if target is not None:
+        report["plan"] = plan_capacity(
+            shapes, latency, policy, start, target, documents=docs, seed=seed
+        )
+        # The header's capacity is the first row's: one figure for one layout.
+        estimate = report["plan"]["steps"][0]["capacity_estimate"]
+    else:
+        # A light load: throughput over the top utilisation estimates the capacity.
+        probe = measure_capacity(
+            shapes,
+            latency,
+            policy,
+            start,
+            offered_per_hour=60 / time_scale,
+            documents=100,
+            seed=seed,
+        )
+        estimate = probe.estimate_per_hour
     capacity = measure_capacity(
         shapes, latency, policy, start, offered_per_hour=0.9 * estimate, documents=docs, seed=seed
     )
@@ -139,10 +154,6 @@ def simulate(
             "utilisation": capacity.utilisation,
         },
     }
-    if target is not None:
-        report["plan"] = plan_capacity(
-            shapes, latency, policy, start, target, documents=docs, seed=seed
-        )
     if bench is not None:
         report["bench"] = _bench(shapes, latency, policy, start, bench, 0.9 * estimate, seed)
     if plot is not None:
@@ -155,6 +166,22 @@ def simulate(
         _print(report)
     plan = report.get("plan")
     sys.exit(EXIT_FAILED if plan is not None and not plan["reached"] else EXIT_OK)
+
+
+def _prepare_plot_folder(plot: Path) -> None:
+    """Create the plot's folders before minutes of simulation, not after them (exit 2 if not)."""
+    from pipeline.cli import EXIT_USAGE
+
+    if plot.is_dir():
+        click.echo(
+            f"error: --plot {plot} is a folder; give a file name such as {plot}/sim.png", err=True
+        )
+        sys.exit(EXIT_USAGE)
+    try:
+        plot.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        click.echo(f"error: cannot create the folder for --plot {plot}: {exc.strerror}", err=True)
+        sys.exit(EXIT_USAGE)
 
 
 def _bench(
@@ -204,15 +231,20 @@ def _print(report: dict[str, Any]) -> None:
     )
     if "plan" in report:
         plan = report["plan"]
-        table = Table(title=f"greedy search for {plan['target_docs_per_hour']:,.0f} docs/hour")
-        for column in ("layout", "docs/hour", "dead-lettered", "bottleneck"):
+        table = Table(
+            title=f"greedy search for {plan['target_docs_per_hour']:,.0f} docs/hour "
+            f"(offered {plan['offered_docs_per_hour']:,.0f})"
+        )
+        for column in ("layout", "docs/hour", "capacity", "dead-lettered", "bottleneck", "target"):
             table.add_column(column)
         for step in plan["steps"]:
             table.add_row(
                 step["layout"],
                 f"{step['docs_per_hour']:,.0f}",
+                f"~{step['capacity_estimate']:,.0f}",
                 str(step["dead_lettered"]),
                 step["bottleneck"],
+                "reached" if step["reaches_target"] else "-",
             )
         stdout.print(table)
         if plan["reached"]:

@@ -252,7 +252,9 @@ def test_simulate_names_the_bottleneck_and_the_smallest_layout(tmp_path: Path) -
     from pipeline.commands.simulate import simulate
 
     argv = ["--target-docs-per-hour", "1200", "--llm-rate-limit", "500/60", "--docs", "200"]
-    argv += ["--json", "--plot", str(tmp_path / "sweep.png")]
+    # A fresh clone has no report/: the folders are created, the simulation kept.
+    plot = tmp_path / "report" / "nested" / "sweep.png"
+    argv += ["--json", "--plot", str(plot)]
     result = CliRunner().invoke(simulate, argv)
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
@@ -260,9 +262,32 @@ def test_simulate_names_the_bottleneck_and_the_smallest_layout(tmp_path: Path) -
     assert plan["bottleneck"] == "queue text"
     assert plan["reached"] and plan["layout"].startswith("ocr=2,text=")
     assert int(plan["layout"].split(",")[1].removeprefix("text=")) > 4
-    assert (tmp_path / "sweep.png").stat().st_size > 0
+    # The named layout sustains the target in the report's own figures ...
+    (named,) = [step for step in plan["steps"] if step["layout"] == plan["layout"]]
+    assert named["docs_per_hour"] >= 1200 and named["sustained"]
+    assert named["reaches_target"]
+    text_workers = [
+        int(step["layout"].split(",")[1].removeprefix("text="))
+        for step in plan["steps"]
+        if step["reaches_target"]
+    ]
+    assert min(text_workers) == int(plan["layout"].split(",")[1].removeprefix("text="))
+    # ... and the header's capacity is the first row's.
+    first = plan["steps"][0]
+    assert report["capacity"]["estimate_docs_per_hour"] == first["capacity_estimate"]
+    assert plot.stat().st_size > 0
     again = CliRunner().invoke(simulate, argv)
     assert again.output == result.output
+
+
+def test_simulate_refuses_a_plot_path_that_is_a_folder_before_simulating(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "pipeline", "simulate", "--docs", "10", "--plot", str(tmp_path)]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "is a folder" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_scenarios_run_in_sim_mode_with_the_same_outcome_as_eager() -> None:
