@@ -18,7 +18,7 @@ from redis.exceptions import WatchError
 from pipeline.domain.models import FileType, OcrJob, stable_uuid
 from pipeline.domain.pages import join_pages
 from pipeline.errors import MalformedResponse, PermanentError, UnsupportedFileType
-from pipeline.parsers import extract_pdf_pages
+from pipeline.parsers import DEFAULT_LIMITS, ExtractionLimits, extract_pdf_pages
 from pipeline.ports import BlobStore, Clock, FaultInjector, OcrRequest
 
 JOB_KEY = "docpipe:fake_ocr:job:{job_id}"
@@ -36,6 +36,8 @@ class FakeOcrEngine:
     process polling it agrees. `job_seconds` (client request token -> seconds)
     simulates Textract's processing time: the job also stays IN_PROGRESS until
     that long after its start has passed on the clock. Polls never wait.
+    `limits` bound the pages and text it reads (a job over them fails, as
+    Textract fails a document over its own limits).
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class FakeOcrEngine:
         latency_seconds: float = 0.0,
         faults: FaultInjector | None = None,
         job_seconds: Callable[[str], float] | None = None,
+        limits: ExtractionLimits = DEFAULT_LIMITS,
     ) -> None:
         if polls_until_done < 1:
             raise ValueError("polls_until_done must be at least 1")
@@ -60,6 +63,7 @@ class FakeOcrEngine:
         self._latency = latency_seconds
         self._faults = faults
         self._job_seconds = job_seconds
+        self._limits = limits
 
     def start(self, request: OcrRequest) -> str:
         """Start (or, for a token already seen, find) the job for this request."""
@@ -166,7 +170,7 @@ class FakeOcrEngine:
         except KeyError:
             return _failed(f"invalid S3 object: '{record['storage_key']}' no longer exists", polls)
         try:
-            pages = extract_pdf_pages(data)
+            pages = extract_pdf_pages(data, self._limits)
         except PermanentError as exc:
             return _failed(f"UNSUPPORTED_DOCUMENT: {exc}", polls)
         return {

@@ -34,7 +34,7 @@ from pipeline.latency import (
     LatencyProfile,
     build_profile,
 )
-from pipeline.parsers import LocalDocumentParser
+from pipeline.parsers import ExtractionLimits, LocalDocumentParser
 from pipeline.ports import (
     BlobStore,
     Cache,
@@ -240,6 +240,7 @@ def build_services(
 
     clock = clock if clock is not None else SystemClock()
     latency = latency_profile(settings)
+    limits = ExtractionLimits.from_settings(settings)
     client = redis_client(settings.redis_url)
     if faults is None and settings.fault_injection:
         from fakes.faults import SharedFaultInjector
@@ -262,11 +263,12 @@ def build_services(
             clock=clock,
             faults=faults,
             job_seconds=latency.sampler(OCR_JOB),
+            limits=limits,
         )
     else:
         ocr = build_textract_engine(settings, blobs)
 
-    parser: DocumentParser = LocalDocumentParser()
+    parser: DocumentParser = LocalDocumentParser(limits)
     if faults is not None:
         from fakes.parser import FaultyDocumentParser
 

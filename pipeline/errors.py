@@ -36,7 +36,19 @@ class EmptyDocument(PermanentError):
 
 
 class DocumentTooLarge(PermanentError):
-    """The file exceeds a configured size or page limit."""
+    """The file, or what it expands to, exceeds a configured limit."""
+
+    @classmethod
+    def over_limit(cls, found: str, setting: str, limit: float, unit: str) -> DocumentTooLarge:
+        """'<found>; the limit is <limit> <unit> (raise DOCPIPE_<SETTING> to accept it)'.
+
+        `setting` is the Settings field; naming its variable tells the user the one
+        thing to change when the document is legitimate.
+        """
+        shown = f"{limit:,}" if isinstance(limit, int) else f"{limit:,g}"
+        return cls(
+            f"{found}; the limit is {shown} {unit} (raise DOCPIPE_{setting.upper()} to accept it)"
+        )
 
 
 class MalformedResponse(TransientError):

@@ -14,11 +14,13 @@ import email.policy
 import io
 import re
 import zipfile
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, fields
 from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
 from html.parser import HTMLParser
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import docx
 from pypdf import PdfReader
@@ -26,7 +28,16 @@ from pypdf.errors import DependencyError, PdfReadError, PyPdfError
 
 from pipeline.domain.models import ExtractedText, FileType
 from pipeline.domain.pages import join_pages
-from pipeline.errors import CorruptDocument, EmptyDocument, PermanentError, UnsupportedFileType
+from pipeline.errors import (
+    CorruptDocument,
+    DocumentTooLarge,
+    EmptyDocument,
+    PermanentError,
+    UnsupportedFileType,
+)
+
+if TYPE_CHECKING:
+    from pipeline.settings import Settings
 
 SUPPORTED_EXTENSIONS: tuple[str, ...] = tuple(f".{t.value}" for t in FileType)
 
@@ -66,6 +77,129 @@ _BOMS: tuple[tuple[bytes, str], ...] = (
 )
 
 _EMAIL_HEADERS = ("From", "To", "Cc", "Date", "Subject")
+
+#: A ZIP member below this size is not held to the compression ratio: a few hundred
+#: kilobytes of repetitive XML may compress 500x and cost nothing (Apache POI's habit).
+_RATIO_GRACE_BYTES = 1024 * 1024
+#: ZIP members are decompressed in pieces this big when their real size is counted.
+_ZIP_READ_BYTES = 64 * 1024
+#: No encoding used here spends more than 4 bytes on a character (UTF-8, UTF-16, UTF-32).
+_MAX_BYTES_PER_CHAR = 4
+
+
+# --- limits ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExtractionLimits:
+    """What one document may expand to; each field is the setting of the same name.
+
+    Checked before and during extraction, so a small file that expands to
+    gigabytes fails on its own, quickly, with the setting to raise in its reason.
+    """
+
+    max_extracted_chars: int = 10_000_000
+    max_zip_member_bytes: int = 64 * 1024 * 1024
+    max_zip_total_bytes: int = 256 * 1024 * 1024
+    max_compression_ratio: float = 100.0
+    max_pdf_pages: int = 3000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ExtractionLimits:
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
+
+
+DEFAULT_LIMITS = ExtractionLimits()
+
+
+class _CharBudget:
+    """Counts extracted characters as they are produced and stops at the limit.
+
+    Raising while extracting (not after) keeps a runaway document from building
+    all of its text first.
+    """
+
+    def __init__(self, limits: ExtractionLimits, what: str) -> None:
+        self._limit = limits.max_extracted_chars
+        self._what = what
+        self.used = 0
+
+    def take(self, text: str) -> str:
+        self.used += len(text)
+        if self.used > self._limit:
+            raise too_many_chars(
+                f"{self._what} holds more than {self._limit:,} characters", self._limit
+            )
+        return text
+
+    def take_all(self, texts: Iterable[str]) -> list[str]:
+        return [self.take(text) for text in texts]
+
+
+def too_many_chars(found: str, limit: int) -> DocumentTooLarge:
+    return DocumentTooLarge.over_limit(found, "max_extracted_chars", limit, "characters")
+
+
+def check_zip_members(archive: zipfile.ZipFile, limits: ExtractionLimits) -> None:
+    """Refuse a ZIP that expands too far, before any parser touches it.
+
+    The declared sizes are checked first (nothing is decompressed). Headers can
+    lie, so every member is then decompressed in small pieces and its real size
+    counted; zipfile itself stops a member at its declared size and fails it on
+    its CRC (a corrupt document), so nothing larger than declared is ever held.
+    """
+    members = [info for info in archive.infolist() if not info.is_dir()]
+    declared_total = 0
+    for info in members:
+        _check_member(info, info.file_size, limits)
+        declared_total += info.file_size
+    _check_zip_total(declared_total, limits)
+    actual_total = 0
+    for info in members:
+        size = 0
+        try:
+            with archive.open(info) as member:
+                while piece := member.read(_ZIP_READ_BYTES):
+                    size += len(piece)
+                    _check_member(info, size, limits)
+                    _check_zip_total(actual_total + size, limits)
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:
+            raise CorruptDocument(
+                f"ZIP member {info.filename} is damaged or its header understates its size "
+                f"({_reason(exc)}); re-save the document and upload it again"
+            ) from exc
+        actual_total += size
+
+
+def _check_member(info: zipfile.ZipInfo, size: int, limits: ExtractionLimits) -> None:
+    if size > limits.max_zip_member_bytes:
+        raise DocumentTooLarge.over_limit(
+            f"ZIP member {info.filename} expands to {size:,} bytes",
+            "max_zip_member_bytes",
+            limits.max_zip_member_bytes,
+            "bytes per member",
+        )
+    ratio = size / max(info.compress_size, 1)
+    if size > _RATIO_GRACE_BYTES and ratio > limits.max_compression_ratio:
+        raise DocumentTooLarge.over_limit(
+            f"ZIP member {info.filename} expands {ratio:,.0f}x ({info.compress_size:,} bytes "
+            f"to {size:,}; a zip bomb?)",
+            "max_compression_ratio",
+            limits.max_compression_ratio,
+            "x",
+        )
+
+
+def _check_zip_total(size: int, limits: ExtractionLimits) -> None:
+    if size > limits.max_zip_total_bytes:
+        raise DocumentTooLarge.over_limit(
+            f"the ZIP's members expand to {size:,} bytes together",
+            "max_zip_total_bytes",
+            limits.max_zip_total_bytes,
+            "bytes",
+        )
+
+
 _EMAIL_REQUIRED_ANY = ("from", "to", "subject", "date")
 
 
@@ -225,17 +359,43 @@ def _utf16_without_bom(sample: bytes) -> str | None:
     return None
 
 
+def decode_text_bounded(data: bytes, limits: ExtractionLimits = DEFAULT_LIMITS) -> str:
+    """`decode_text`, refusing text over the character limit - before decoding when it must be.
+
+    Every encoding here spends at most 4 bytes per character, so a file of more
+    than 4 x the limit in bytes holds too many characters and is refused unread.
+    """
+    limit = limits.max_extracted_chars
+    bom = _bom_encoding(data)
+    at_least = (len(data) - (bom[1] if bom else 0)) // _MAX_BYTES_PER_CHAR
+    if at_least > limit:
+        raise too_many_chars(f"the text file holds at least {at_least:,} characters", limit)
+    text = decode_text(data)
+    if len(text) > limit:
+        raise too_many_chars(f"the text file holds {len(text):,} characters", limit)
+    return text
+
+
 # --- DOCX ------------------------------------------------------------------------------
 
 
-def extract_docx(data: bytes) -> str:
-    """Body paragraphs in order, then each table row as 'cell | cell'."""
+def extract_docx(data: bytes, limits: ExtractionLimits = DEFAULT_LIMITS) -> str:
+    """Body paragraphs in order, then each table row as 'cell | cell'.
+
+    The ZIP's expansion is checked before python-docx parses it (which holds
+    every XML part in memory), and the text is counted while it is collected.
+    """
+    budget = _CharBudget(limits, "the Word document")
     try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            check_zip_members(archive, limits)
         document = docx.Document(io.BytesIO(data))
-        lines = [paragraph.text for paragraph in document.paragraphs]
+        lines = budget.take_all(paragraph.text for paragraph in document.paragraphs)
         for table in document.tables:
             lines.append("")
-            lines.extend(_table_lines(table, seen=set()))
+            lines.extend(budget.take_all(_table_lines(table, seen=set())))
+    except PermanentError:
+        raise
     except Exception as exc:  # python-docx raises zip, lxml and KeyError failures alike
         raise CorruptDocument(
             f"cannot read the Word document ({_reason(exc)}); "
@@ -267,8 +427,9 @@ def _table_lines(table: Any, seen: set[Any]) -> Iterator[str]:
 # --- EML -------------------------------------------------------------------------------
 
 
-def extract_eml(data: bytes) -> str:
+def extract_eml(data: bytes, limits: ExtractionLimits = DEFAULT_LIMITS) -> str:
     """Key headers, then the plain-text body (the HTML body when there is no plain one)."""
+    budget = _CharBudget(limits, "the e-mail message")
     try:
         message = email.message_from_bytes(data, policy=email.policy.default)
     except Exception as exc:  # the parser is lenient; this is belt and braces
@@ -283,9 +444,9 @@ def extract_eml(data: bytes) -> str:
     for part in _body_parts(message):
         content_type = part.get_content_type()
         if content_type == "text/plain":
-            plain.append(_part_text(part))
+            plain.append(budget.take(_part_text(part)))
         elif content_type == "text/html":
-            html.append(html_to_text(_part_text(part)))
+            html.append(budget.take(html_to_text(_part_text(part))))
     body = "\n\n".join(t.strip() for t in (plain or html) if t.strip())
     return "\n".join(header_lines) + ("\n\n" + body if body else "")
 
@@ -405,13 +566,18 @@ def html_to_text(html: str) -> str:
 # --- PDF -------------------------------------------------------------------------------
 
 
-def extract_pdf_pages(data: bytes) -> list[str]:
-    """The text layer of each page (what Textract would read, minus scans)."""
+def extract_pdf_pages(data: bytes, limits: ExtractionLimits = DEFAULT_LIMITS) -> list[str]:
+    """The text layer of each page (what Textract would read, minus scans).
+
+    Pages are counted before any is read, and the text while it is read.
+    """
+    budget = _CharBudget(limits, "the PDF's text layer")
     try:
         reader = PdfReader(io.BytesIO(data), strict=False)
         if reader.is_encrypted:
             _decrypt_with_empty_password(reader)
-        pages = [page.extract_text() or "" for page in reader.pages]
+        _check_pdf_pages(len(reader.pages), limits)
+        pages = budget.take_all(page.extract_text() or "" for page in reader.pages)
     except PermanentError:
         raise
     except (PdfReadError, PyPdfError) as exc:
@@ -427,6 +593,13 @@ def extract_pdf_pages(data: bytes) -> list[str]:
             f"PDF has no text layer ({len(pages)} page(s), probably scanned images); it needs OCR"
         )
     return [page.replace("\x00", "") for page in pages]
+
+
+def _check_pdf_pages(pages: int, limits: ExtractionLimits) -> None:
+    if pages > limits.max_pdf_pages:
+        raise DocumentTooLarge.over_limit(
+            f"PDF has {pages:,} pages", "max_pdf_pages", limits.max_pdf_pages, "pages"
+        )
 
 
 def pdf_page_count(data: bytes) -> int | None:
@@ -455,17 +628,19 @@ def _decrypt_with_empty_password(reader: PdfReader) -> None:
 # --- dispatch ------------------------------------------------------------------------
 
 
-def extract_text(file_type: FileType, data: bytes) -> ExtractedText:
-    """Text of a document of a known type, with page count and method."""
+def extract_text(
+    file_type: FileType, data: bytes, limits: ExtractionLimits = DEFAULT_LIMITS
+) -> ExtractedText:
+    """Text of a document of a known type, with page count and method, within `limits`."""
     if file_type is FileType.PDF:
-        pages = extract_pdf_pages(data)
+        pages = extract_pdf_pages(data, limits)
         result = ExtractedText(join_pages(pages), len(pages), "pdf_text_layer")
     elif file_type is FileType.DOCX:
-        result = ExtractedText(extract_docx(data), 1, "docx_parser")
+        result = ExtractedText(extract_docx(data, limits), 1, "docx_parser")
     elif file_type is FileType.EML:
-        result = ExtractedText(extract_eml(data), 1, "email_parser")
+        result = ExtractedText(extract_eml(data, limits), 1, "email_parser")
     else:
-        result = ExtractedText(decode_text(data), 1, "text_decoder")
+        result = ExtractedText(decode_text_bounded(data, limits), 1, "text_decoder")
     # PostgreSQL text columns reject NUL characters; they carry no meaning in text.
     text = result.text.replace("\x00", "")
     if not text.strip():
@@ -492,5 +667,8 @@ def _reason(exc: BaseException) -> str:
 class LocalDocumentParser:
     """The DocumentParser port: DOCX, TXT and EML are parsed in the worker itself."""
 
+    def __init__(self, limits: ExtractionLimits = DEFAULT_LIMITS) -> None:
+        self.limits = limits
+
     def extract(self, file_type: FileType, data: bytes, document_uuid: str) -> ExtractedText:
-        return extract_text(file_type, data)
+        return extract_text(file_type, data, self.limits)

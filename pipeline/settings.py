@@ -65,6 +65,19 @@ class Settings(BaseSettings):
     # --- pipeline knobs ------------------------------------------------------------
     project_name: str = "default"
     max_file_bytes: int = Field(default=500 * 1024 * 1024, gt=0)
+    # What one file may expand to (a 392 KB DOCX held 100 MB of XML). Each limit fails
+    # that document alone, naming the setting; the defaults keep a document at every
+    # limit at once well under 1.5 GB of worker memory (README, "Bounded inputs").
+    #: Characters of text extracted from one document (~3,000 pages of dense prose).
+    max_extracted_chars: int = Field(default=10_000_000, ge=1)
+    #: Uncompressed bytes of any one member of a DOCX (ZIP), checked before parsing.
+    max_zip_member_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    #: Uncompressed bytes of all members of a DOCX together.
+    max_zip_total_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+    #: Uncompressed / compressed size of a member above 1 MiB (real XML: 3-30x; bombs: 1000x).
+    max_compression_ratio: float = Field(default=100.0, gt=1)
+    max_chunks_per_document: int = Field(default=20_000, ge=1)
+    max_mentions_per_document: int = Field(default=500_000, ge=1)
     chunk_min_chars: int = Field(default=300, ge=1)
     chunk_max_chars: int = Field(default=1500, ge=10)
     fuzzy_threshold: float = Field(default=0.88, gt=0, le=1)

@@ -125,9 +125,11 @@ def start_ocr(services: Services, document_uuid: str, version: int, attempt: str
     if document is None:
         return SKIPPED
     if document.size_bytes > services.settings.max_file_bytes:
-        raise DocumentTooLarge(
-            f"file is {document.size_bytes:,} bytes; the limit is "
-            f"{services.settings.max_file_bytes:,} bytes"
+        raise DocumentTooLarge.over_limit(
+            f"file is {document.size_bytes:,} bytes",
+            "max_file_bytes",
+            services.settings.max_file_bytes,
+            "bytes",
         )
     cached = services.cache.get(cache_key(document, "ocr"))
     if cached is not None and document.raw_text is not None:
@@ -142,8 +144,11 @@ def start_ocr(services: Services, document_uuid: str, version: int, attempt: str
         pages = pdf_page_count(data)
         if pages is not None and pages > services.settings.max_pdf_pages:
             # Textract's asynchronous limit; refused before a job is started (and paid for).
-            raise DocumentTooLarge(
-                f"PDF has {pages:,} pages; the limit is {services.settings.max_pdf_pages:,} pages"
+            raise DocumentTooLarge.over_limit(
+                f"PDF has {pages:,} pages",
+                "max_pdf_pages",
+                services.settings.max_pdf_pages,
+                "pages",
             )
         token = stable_uuid(document.uuid, "ocr", document.processing_version, attempt)
         job_id = services.ocr.start(
@@ -192,6 +197,16 @@ def _finish_ocr(
 ) -> StageResult:
     if not text.strip():
         raise EmptyDocument("no text could be extracted from the document")
+    limit = services.settings.max_extracted_chars
+    if len(text) > limit:
+        # The local parsers stop at the limit themselves; an OCR engine's text is
+        # bounded here, before it is stored and chunked.
+        raise DocumentTooLarge.over_limit(
+            f"the extracted text has {len(text):,} characters",
+            "max_extracted_chars",
+            limit,
+            "characters",
+        )
     services.store.save_raw_text(document.uuid, text, metadata)
     services.cache.set(cache_key(document, "ocr"), "1", services.settings.cache_ttl_s)
     mark(services, document, Stage.OCR, Status.OCR_COMPLETE, metadata=metadata)
@@ -231,6 +246,14 @@ def chunk_document(services: Services, document_uuid: str, version: int) -> Stag
     spans = chunk_text(
         node.cleaned_text, min_chars=settings.chunk_min_chars, max_chars=settings.chunk_max_chars
     )
+    if len(spans) > settings.max_chunks_per_document:
+        # Checked before any row is written: every later stage grows with the chunks.
+        raise DocumentTooLarge.over_limit(
+            f"the text makes {len(spans):,} chunks",
+            "max_chunks_per_document",
+            settings.max_chunks_per_document,
+            "chunks per document",
+        )
     chunks = [
         Chunk(
             uuid=stable_uuid(document_uuid, "chunk", span.index),
@@ -268,6 +291,15 @@ def extract_entities(services: Services, document_uuid: str, version: int) -> St
         else:
             entities = parse_llm_entities(payload, chunk.text)
         mentions.extend(build_mentions(document_uuid, chunk, entities))
+        if len(mentions) > services.settings.max_mentions_per_document:
+            # Resolution and relationship staging grow with the mentions; stop here.
+            raise DocumentTooLarge.over_limit(
+                f"the text holds more than {services.settings.max_mentions_per_document:,} "
+                "entity mentions",
+                "max_mentions_per_document",
+                services.settings.max_mentions_per_document,
+                "mentions per document",
+            )
     services.store.replace_mentions(document_uuid, mentions)
     return StageResult(next_stage=Stage.ENTITY_RESOLUTION, detail=f"{len(mentions)} mentions")
 
