@@ -201,6 +201,9 @@ def _check_zip_total(size: int, limits: ExtractionLimits) -> None:
 
 
 _EMAIL_REQUIRED_ANY = ("from", "to", "subject", "date")
+#: A MIME entity needs no envelope: a body part saved alone, or a message stripped of its
+#: envelope, still declares its content (CPython's e-mail test files hold several).
+_MIME_HEADERS = ("mime-version", "content-type", "content-transfer-encoding")
 
 
 # --- detection ----------------------------------------------------------------------
@@ -289,8 +292,11 @@ def _eml_problem(data: bytes) -> str | None:
     head = data[:65536]
     message = email.message_from_bytes(head, policy=email.policy.compat32)
     present = {key.lower() for key in message}
-    if not present.intersection(_EMAIL_REQUIRED_ANY):
-        return "no From, To, Subject or Date header found (not an RFC 822 e-mail message)"
+    if not present.intersection(_EMAIL_REQUIRED_ANY + _MIME_HEADERS):
+        return (
+            "no From, To, Subject, Date, MIME-Version or Content-Type header found "
+            "(not an RFC 822 e-mail message or MIME entity)"
+        )
     return None
 
 
@@ -443,11 +449,14 @@ def extract_eml(data: bytes, limits: ExtractionLimits = DEFAULT_LIMITS) -> str:
     html: list[str] = []
     for part in _body_parts(message):
         content_type = part.get_content_type()
-        if content_type == "text/plain":
-            plain.append(budget.take(_part_text(part)))
-        elif content_type == "text/html":
+        if content_type == "text/html":
             html.append(budget.take(html_to_text(_part_text(part))))
+        elif part.get_content_maintype() == "text":
+            # text/plain, and other readable text (text/enriched, text/x-...) alike.
+            plain.append(budget.take(_part_text(part)))
     body = "\n\n".join(t.strip() for t in (plain or html) if t.strip())
+    if not header_lines:  # a MIME entity without envelope: the body alone
+        return body
     return "\n".join(header_lines) + ("\n\n" + body if body else "")
 
 
