@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import random
 import shutil
+import zipfile
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -125,6 +126,32 @@ def _docx(pages: list[str]) -> bytes:
     return buffer.getvalue()
 
 
+#: How far a generated `zip_bomb` DOCX expands by default (its document.xml).
+ZIP_BOMB_XML_BYTES = 10 * 1024 * 1024
+
+
+def _docx_bomb(text: str, xml_bytes: int) -> bytes:
+    """A valid DOCX whose word/document.xml repeats one paragraph up to `xml_bytes`.
+
+    The repetition compresses about 1000x: a file of a few KB that a parser
+    without limits would expand in full (issue 11.3's 392 KB DOCX held 100 MB).
+    """
+    paragraph = "<w:p><w:r><w:t>{}</w:t></w:r></w:p>".format(
+        text.split("\n\n")[-1].replace("&", "&amp;").replace("<", "&lt;")
+    )
+    body = paragraph * (xml_bytes // len(paragraph.encode()) + 1)
+    with zipfile.ZipFile(io.BytesIO(_docx([text]))) as template:
+        members = [(info.filename, template.read(info)) for info in template.infolist()]
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as bomb:
+        for name, data in members:
+            if name == "word/document.xml":
+                head, _, tail = data.decode().partition("<w:body>")
+                data = f"{head}<w:body>{body}{tail}".encode()
+            bomb.writestr(name, data)
+    return out.getvalue()
+
+
 def _eml(pages: list[str], name: str) -> bytes:
     message = EmailMessage()
     message["From"] = "counsel@meridian.example"
@@ -141,6 +168,8 @@ def render(spec: Generated, rng: random.Random, name: str) -> bytes:
         return b""
     if spec.content == "binary":
         return b"\x89PNG\r\n\x1a\n" + rng.randbytes(max(spec.size or 2048, 64))
+    if spec.content == "zip_bomb":
+        return _docx_bomb(legal_pages(rng, 1)[0], spec.size or ZIP_BOMB_XML_BYTES)
     pages = [spec.text] * spec.pages if spec.text is not None else legal_pages(rng, spec.pages)
     data = _encode(spec, pages, name)
     if spec.size is not None and len(data) < spec.size:

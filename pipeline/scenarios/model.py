@@ -117,8 +117,16 @@ class Generated(_Strict):
     size: int | None = Field(default=None, ge=1, le=64 * 1024 * 1024)
     #: The text to use (default: legal prose generated from the seed).
     text: str | None = None
-    #: valid, or a broken file: empty (0 bytes), truncated (first 40 %), binary (random bytes).
-    content: Literal["valid", "empty", "truncated", "binary"] = "valid"
+    #: valid, or a broken file: empty (0 bytes), truncated (first 40 %), binary (random bytes),
+    #: zip_bomb (docx only: word/document.xml repeats one paragraph up to `size` bytes,
+    #: default 10 MB, so a file of a few KB expands about 1000x).
+    content: Literal["valid", "empty", "truncated", "binary", "zip_bomb"] = "valid"
+
+    @model_validator(mode="after")
+    def _zip_bomb_is_a_docx(self) -> Self:
+        if self.content == "zip_bomb" and self.type != "docx":
+            raise ValueError("content zip_bomb needs type docx (a DOCX is a ZIP archive)")
+        return self
 
     @model_validator(mode="after")
     def _names(self) -> Self:
