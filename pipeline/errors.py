@@ -67,5 +67,14 @@ class RateLimited(TransientError):
     """A shared rate limit refused the call (or could not be checked)."""
 
 
+class StaleDelivery(PipelineError):
+    """A stage delivery lost its claim on the document: a later delivery or stage took it.
+
+    Neither transient nor permanent: the write is discarded, nothing is
+    retried and the document is not failed (the delivery that took over
+    carries it on).
+    """
+
+
 class ConfigurationError(PipelineError):
     """Settings are missing or contradictory; a usage error, exit code 2."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from statistics import NormalDist
 from typing import Any, Literal
 
-from pipeline.domain.models import DocumentNode
+from pipeline.domain.models import DocumentNode, Fence
 from pipeline.ports import Clock, DocumentStore
 
 #: The simulated services a profile sets a wait for.
@@ -213,9 +213,9 @@ class DelayedDocumentStore:
         self._clock = clock
         self._seconds = seconds
 
-    def save_document_node(self, node: DocumentNode) -> None:
+    def save_document_node(self, node: DocumentNode, *, fence: Fence | None = None) -> None:
         self._clock.sleep(self._seconds(node.uuid))
-        self._inner.save_document_node(node)
+        self._inner.save_document_node(node, fence=fence)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)

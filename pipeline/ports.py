@@ -16,6 +16,7 @@ from pipeline.domain.models import (
     DocumentCounts,
     DocumentNode,
     ExtractedText,
+    Fence,
     FileType,
     HistoryEntry,
     Mention,
@@ -146,6 +147,7 @@ class DocumentStore(Protocol):
         processing_version: int,
         error_message: str | None = None,
         celery_task_id: str | None = None,
+        fence: Fence | None = None,
     ) -> bool:
         """Move the document to `status` and record the transition in history.
 
@@ -153,7 +155,32 @@ class DocumentStore(Protocol):
         accepted unless the document is already terminal); a call for a stale
         processing version changes nothing. Returns whether the row changed.
         The history row is written at most once per (document, version, status).
+        With a `fence`, raises `StaleDelivery` (and changes nothing) unless the
+        document is still where that delivery claimed it.
         """
+        ...
+
+    def claim_delivery(
+        self,
+        document_uuid: str,
+        *,
+        processing_version: int,
+        found_status: Status,
+        status: Status,
+        stage: str,
+    ) -> SourceDocument | None:
+        """A stage delivery claims the document: new fencing token, status moved to `status`.
+
+        None when the document is no longer in that version at `found_status`.
+        """
+        ...
+
+    def check_fence(self, fence: Fence) -> None:
+        """Raise `StaleDelivery` unless the document is still where `fence` claimed it."""
+        ...
+
+    def derived_versions(self, document_uuid: str) -> dict[str, list[int | None]]:
+        """Per derived table, the distinct processing versions of the document's rows."""
         ...
 
     def force_status(
@@ -167,7 +194,12 @@ class DocumentStore(Protocol):
     def set_task_id(self, document_uuid: str, celery_task_id: str) -> None: ...
 
     def save_raw_text(
-        self, document_uuid: str, raw_text: str, ocr_metadata: dict[str, object]
+        self,
+        document_uuid: str,
+        raw_text: str,
+        ocr_metadata: dict[str, object],
+        *,
+        fence: Fence | None = None,
     ) -> None: ...
 
     def history(self, document_uuid: str) -> list[HistoryEntry]: ...
@@ -180,15 +212,19 @@ class DocumentStore(Protocol):
     def update_ocr_job(self, job_id: str, status: str, polls: int) -> None: ...
 
     # --- derived rows (each call replaces the document's rows of that kind) ----
-    def save_document_node(self, node: DocumentNode) -> None: ...
+    def save_document_node(self, node: DocumentNode, *, fence: Fence | None = None) -> None: ...
 
     def get_document_node(self, document_uuid: str) -> DocumentNode: ...
 
-    def replace_chunks(self, document_uuid: str, chunks: Sequence[Chunk]) -> None: ...
+    def replace_chunks(
+        self, document_uuid: str, chunks: Sequence[Chunk], *, fence: Fence | None = None
+    ) -> None: ...
 
     def get_chunks(self, document_uuid: str) -> list[Chunk]: ...
 
-    def replace_mentions(self, document_uuid: str, mentions: Sequence[Mention]) -> None: ...
+    def replace_mentions(
+        self, document_uuid: str, mentions: Sequence[Mention], *, fence: Fence | None = None
+    ) -> None: ...
 
     def get_mentions(self, document_uuid: str) -> list[Mention]: ...
 
@@ -197,6 +233,8 @@ class DocumentStore(Protocol):
         document_uuid: str,
         entities: Sequence[CanonicalEntity],
         mention_canonical: dict[str, str],
+        *,
+        fence: Fence | None = None,
     ) -> None:
         """Replace the entities and set each mention's canonical uuid, atomically."""
         ...
@@ -204,7 +242,11 @@ class DocumentStore(Protocol):
     def get_canonical_entities(self, document_uuid: str) -> list[CanonicalEntity]: ...
 
     def replace_relationships(
-        self, document_uuid: str, relationships: Sequence[Relationship]
+        self,
+        document_uuid: str,
+        relationships: Sequence[Relationship],
+        *,
+        fence: Fence | None = None,
     ) -> None: ...
 
     def get_relationships(self, document_uuid: str) -> list[Relationship]: ...
@@ -277,9 +319,10 @@ class LockManager(Protocol):
     """Non-blocking per-document-and-stage locks; never run unlocked on failure."""
 
     def acquire(self, name: str, ttl_seconds: int, owner: str | None = None) -> str | None:
-        """Returns the owner token when acquired, None when someone else holds it.
+        """Returns this acquisition's token, None when someone else holds the lock.
 
-        An `owner` that already holds the lock gets it again (re-entrant per owner).
+        Another acquisition by the same `owner` (a redelivery of the same task id)
+        takes the lock over with a new token; the older token can no longer release it.
         """
         ...
 

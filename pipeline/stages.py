@@ -22,6 +22,7 @@ from pipeline.domain.graph import stage_relationships
 from pipeline.domain.models import (
     Chunk,
     DocumentNode,
+    Fence,
     FileType,
     Mention,
     OcrJob,
@@ -67,23 +68,49 @@ _CEILING: dict[Stage, Status] = {
 }
 
 
+#: How often `begin` re-reads a document that moved between its read and its claim.
+_CLAIM_ATTEMPTS = 3
+
+
 def begin(
     services: Services, stage: Stage, document_uuid: str, version: int
 ) -> SourceDocument | None:
-    """Load the document and claim the stage's status, or None for a duplicate delivery."""
-    try:
-        document = services.store.get_document(document_uuid)
-    except KeyError:
-        log.warning("%s: document %s no longer exists; dropping the task", stage, document_uuid)
-        return None
-    if document.processing_version != version or document.status.is_terminal:
-        return None
-    if progress_rank(document.status) > progress_rank(_CEILING[stage]):
-        return None
-    if progress_rank(document.status) < progress_rank(stage.running_status):
-        mark(services, document, stage, stage.running_status)
-    services.state.record(document_uuid, str(stage), "started")
-    return document
+    """Load the document and claim it for this delivery, or None for a duplicate delivery.
+
+    The claim (one conditional UPDATE) moves the document to the stage's
+    status and gives it a fresh fencing token: every write of this delivery
+    passes `Fence.of(document)` and commits only while the document is still
+    there. A later delivery of the same stage (a redelivery while this one
+    stalls) claims it anew, and this one's writes are refused (StaleDelivery).
+    """
+    for _ in range(_CLAIM_ATTEMPTS):
+        try:
+            document = services.store.get_document(document_uuid)
+        except KeyError:
+            log.warning("%s: document %s no longer exists; dropping the task", stage, document_uuid)
+            return None
+        if document.processing_version != version or document.status.is_terminal:
+            return None
+        if progress_rank(document.status) > progress_rank(_CEILING[stage]):
+            return None
+        status = document.status
+        if progress_rank(status) < progress_rank(stage.running_status):
+            status = stage.running_status
+        claimed = services.store.claim_delivery(
+            document_uuid,
+            processing_version=version,
+            found_status=document.status,
+            status=status,
+            stage=str(stage),
+        )
+        if claimed is None:
+            continue  # it moved between the read and the claim: judge it again
+        if claimed.status is not document.status:
+            services.state.record(document_uuid, str(stage), str(claimed.status))
+        services.state.record(document_uuid, str(stage), "started")
+        return claimed
+    log.warning("%s %s: the document kept moving; dropping the task", stage, document_uuid)
+    return None
 
 
 def mark(
@@ -95,8 +122,13 @@ def mark(
     error: str | None = None,
     metadata: dict[str, object] | None = None,
     celery_task_id: str | None = None,
+    fence: Fence | None = None,
 ) -> bool:
-    """Record a transition in the database (with history) and the Redis state hash."""
+    """Record a transition in the database (with history) and the Redis state hash.
+
+    With a `fence` (a stage delivery's own transition) it commits only while
+    that delivery still holds the document (else StaleDelivery).
+    """
     changed = services.store.advance_status(
         document.uuid,
         status,
@@ -104,6 +136,7 @@ def mark(
         processing_version=document.processing_version,
         error_message=error,
         celery_task_id=celery_task_id,
+        fence=fence,
     )
     if changed:
         state_meta = dict(metadata or {})
@@ -207,9 +240,10 @@ def _finish_ocr(
             limit,
             "characters",
         )
-    services.store.save_raw_text(document.uuid, text, metadata)
+    fence = Fence.of(document)
+    services.store.save_raw_text(document.uuid, text, metadata, fence=fence)
     services.cache.set(cache_key(document, "ocr"), "1", services.settings.cache_ttl_s)
-    mark(services, document, Stage.OCR, Status.OCR_COMPLETE, metadata=metadata)
+    mark(services, document, Stage.OCR, Status.OCR_COMPLETE, metadata=metadata, fence=fence)
     return StageResult(next_stage=Stage.DOCUMENT_NODE)
 
 
@@ -233,7 +267,7 @@ def create_document_node(services: Services, document_uuid: str, version: int) -
         category=categorize(cleaned, document.original_file_name),
         cleaned_text=cleaned,
     )
-    services.store.save_document_node(node)
+    services.store.save_document_node(node, fence=Fence.of(document))
     return StageResult(next_stage=Stage.CHUNKING)
 
 
@@ -265,7 +299,7 @@ def chunk_document(services: Services, document_uuid: str, version: int) -> Stag
         )
         for span in spans
     ]
-    services.store.replace_chunks(document_uuid, chunks)
+    services.store.replace_chunks(document_uuid, chunks, fence=Fence.of(document))
     return StageResult(next_stage=Stage.ENTITY_EXTRACTION, detail=f"{len(chunks)} chunks")
 
 
@@ -300,7 +334,7 @@ def extract_entities(services: Services, document_uuid: str, version: int) -> St
                 services.settings.max_mentions_per_document,
                 "mentions per document",
             )
-    services.store.replace_mentions(document_uuid, mentions)
+    services.store.replace_mentions(document_uuid, mentions, fence=Fence.of(document))
     return StageResult(next_stage=Stage.ENTITY_RESOLUTION, detail=f"{len(mentions)} mentions")
 
 
@@ -332,7 +366,10 @@ def resolve_entities(services: Services, document_uuid: str, version: int) -> St
         document_uuid, mentions, fuzzy_threshold=services.settings.fuzzy_threshold
     )
     services.store.replace_canonical_entities(
-        document_uuid, resolution.entities, resolution.mention_canonical
+        document_uuid,
+        resolution.entities,
+        resolution.mention_canonical,
+        fence=Fence.of(document),
     )
     return StageResult(next_stage=Stage.RELATIONSHIPS)
 
@@ -350,10 +387,15 @@ def build_relationships(services: Services, document_uuid: str, version: int) ->
     mentions = store.get_mentions(document_uuid)
     entities = store.get_canonical_entities(document_uuid)
     relationships = stage_relationships(node, chunks, mentions, entities)
-    store.replace_relationships(document_uuid, relationships)
+    fence = Fence.of(document)
+    store.replace_relationships(document_uuid, relationships, fence=fence)
+    # The graph sink is outside the database transaction: the fence is checked right
+    # before it (a delivery that loses its claim during the write itself still writes;
+    # MERGE on stable ids keeps that write identical to the winner's).
+    store.check_fence(fence)
     services.graph.write(node, chunks, mentions, entities, relationships)
     # Completing also closes the queue row, in the same commit.
-    mark(services, document, Stage.RELATIONSHIPS, Status.COMPLETED)
+    mark(services, document, Stage.RELATIONSHIPS, Status.COMPLETED, fence=fence)
     return StageResult()
 
 

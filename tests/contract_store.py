@@ -19,6 +19,7 @@ from sqlalchemy import Table, select, text
 from sqlalchemy.exc import IntegrityError
 
 from pipeline.adapters.schema import (
+    DERIVED_TABLES,
     create_schema,
     document_processing_history,
     neo4j_canonical_entities,
@@ -35,6 +36,7 @@ from pipeline.domain.models import (
     DocumentCounts,
     DocumentNode,
     EntityType,
+    Fence,
     Mention,
     QueueStatus,
     Relationship,
@@ -43,6 +45,7 @@ from pipeline.domain.models import (
     Status,
     stable_uuid,
 )
+from pipeline.errors import StaleDelivery
 
 StoreFactory = Callable[[], SqlDocumentStore]
 
@@ -731,3 +734,96 @@ class StoreContract:
         assert [letter["document_uuid"] for letter in store.dead_letters()] == ["doc-3", "doc-1"]
         assert store.remove_dead_letters() == 2
         assert store.dead_letters() == []
+
+    # --- fenced stage writes ------------------------------------------------------
+    def _claim(self, store: SqlDocumentStore, doc: SourceDocument, found: Status) -> Fence:
+        claimed = store.claim_delivery(
+            doc.uuid,
+            processing_version=doc.processing_version,
+            found_status=found,
+            status=Status.ENTITY_EXTRACTION,
+            stage="entity_extraction",
+        )
+        assert claimed is not None and claimed.fence_token is not None
+        return Fence.of(claimed)
+
+    def test_a_claim_moves_the_status_once_and_refuses_a_document_that_moved(
+        self, store: SqlDocumentStore
+    ) -> None:
+        doc = new_document(store)
+        fence = self._claim(store, doc, Status.PENDING)
+        assert fence.status is Status.ENTITY_EXTRACTION
+        assert [h.status for h in store.history(doc.uuid)] == [Status.ENTITY_EXTRACTION]
+        stale_read = store.claim_delivery(
+            doc.uuid,
+            processing_version=1,
+            found_status=Status.PENDING,
+            status=Status.ENTITY_EXTRACTION,
+            stage="entity_extraction",
+        )
+        assert stale_read is None
+
+    def test_a_later_delivery_fences_the_earlier_one_out_of_every_write(
+        self, store: SqlDocumentStore
+    ) -> None:
+        doc = new_document(store)
+        first = self._claim(store, doc, Status.PENDING)
+        chunks = chunks_for(doc.uuid, 2)
+        store.replace_chunks(doc.uuid, chunks, fence=first)
+        second = self._claim(store, doc, Status.ENTITY_EXTRACTION)  # the redelivery
+        assert second.token != first.token
+        store.replace_mentions(doc.uuid, mentions_for(chunks), fence=second)
+        entities = entities_for(doc.uuid, 1)
+        mention_canonical = {m.uuid: entities[0].uuid for m in mentions_for(chunks)}
+        store.replace_canonical_entities(doc.uuid, entities, mention_canonical, fence=second)
+        before = {table.name: dump(store, table, doc.uuid) for table in DERIVED_TABLES}
+        node = DocumentNode(doc.uuid, doc.project_uuid, "t", Category.DOCUMENT, "text")
+
+        late_writes: list[Callable[[], object]] = [
+            lambda: store.replace_mentions(doc.uuid, mentions_for(chunks, 1), fence=first),
+            lambda: store.replace_chunks(doc.uuid, chunks[:1], fence=first),
+            lambda: store.replace_canonical_entities(doc.uuid, [], {}, fence=first),
+            lambda: store.replace_relationships(doc.uuid, relationships_for(chunks), fence=first),
+            lambda: store.save_document_node(node, fence=first),
+            lambda: store.save_raw_text(doc.uuid, "late text", {}, fence=first),
+            lambda: store.advance_status(
+                doc.uuid, Status.COMPLETED, stage="x", processing_version=1, fence=first
+            ),
+            lambda: store.check_fence(first),
+        ]
+        for late in late_writes:
+            with pytest.raises(StaleDelivery, match="claimed by a later delivery"):
+                late()
+
+        assert {table.name: dump(store, table, doc.uuid) for table in DERIVED_TABLES} == before
+        document = store.get_document(doc.uuid)
+        assert (document.status, document.raw_text) == (Status.ENTITY_EXTRACTION, None)
+        assert all(m.canonical_uuid == entities[0].uuid for m in store.get_mentions(doc.uuid))
+
+    def test_a_fence_expires_when_the_status_or_version_moves_on(
+        self, store: SqlDocumentStore
+    ) -> None:
+        doc = new_document(store)
+        fence = self._claim(store, doc, Status.PENDING)
+        assert store.advance_status(
+            doc.uuid, Status.ENTITY_RESOLUTION, stage="r", processing_version=1, fence=fence
+        )
+        with pytest.raises(StaleDelivery, match="now: entity_resolution"):
+            store.replace_mentions(doc.uuid, [], fence=fence)
+        fence = self._claim(store, doc, Status.ENTITY_RESOLUTION)
+        store.force_status(doc.uuid, Status.PENDING, stage="reprocess", bump_version=True)
+        with pytest.raises(StaleDelivery):
+            store.replace_mentions(doc.uuid, [], fence=fence)
+
+    def test_fenced_derived_rows_carry_the_processing_version(
+        self, store: SqlDocumentStore
+    ) -> None:
+        doc = new_document(store)
+        fence = self._claim(store, doc, Status.PENDING)
+        chunks = chunks_for(doc.uuid, 2)
+        store.replace_chunks(doc.uuid, chunks, fence=fence)
+        store.replace_mentions(doc.uuid, mentions_for(chunks), fence=fence)
+        versions = store.derived_versions(doc.uuid)
+        assert versions["neo4j_chunks"] == [1]
+        assert versions["neo4j_entity_mentions"] == [1]
+        assert versions["neo4j_documents"] == []

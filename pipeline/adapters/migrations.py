@@ -33,7 +33,13 @@ from sqlalchemy import (
 )
 
 # The same lock key as schema.create_schema: upgrades and store start-ups never interleave.
-from pipeline.adapters.schema import _SCHEMA_LOCK_KEY, BEGIN_IMMEDIATE, UtcDateTime, metadata
+from pipeline.adapters.schema import (
+    _SCHEMA_LOCK_KEY,
+    BEGIN_IMMEDIATE,
+    DERIVED_TABLES,
+    UtcDateTime,
+    metadata,
+)
 
 _version_metadata = MetaData()
 schema_version = Table(
@@ -49,9 +55,24 @@ def _baseline(conn: Connection) -> None:
     metadata.create_all(conn)
 
 
+def _fenced_writes(conn: Connection) -> None:
+    """source_documents.fence_token, and the processing version on every derived row.
+
+    A database created by this code's `create_all` already has them; one made
+    before gets them added (nullable: existing rows were written unfenced).
+    """
+    added = [("source_documents", "fence_token", "VARCHAR(64)")]
+    added += [(table.name, "processing_version", "INTEGER") for table in DERIVED_TABLES]
+    inspector = inspect(conn)
+    for table, column, sql_type in added:
+        if column not in {c["name"] for c in inspector.get_columns(table)}:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
+
+
 #: (version, description, step): append only; never edit an applied step.
 MIGRATIONS: tuple[tuple[int, str, Callable[[Connection], None]], ...] = (
     (1, "baseline: every docpipe table, index and check constraint", _baseline),
+    (2, "fenced stage writes: fence_token, processing_version on derived rows", _fenced_writes),
 )
 LATEST_VERSION = MIGRATIONS[-1][0]
 

@@ -24,21 +24,18 @@ end
 return 0
 """
 
-# Sliding window in one round trip: drop old entries, count, add if under the limit.
-# Take a free lock, or renew one this owner already holds (a redelivered task).
+# Take a free lock, or take over one held by another delivery of the same owner (task
+# id): ARGV[1] is this delivery's token, ARGV[3] the owner's prefix of every token.
 _ACQUIRE = """
 local current = redis.call('get', KEYS[1])
-if current == false then
+if current == false or string.sub(current, 1, string.len(ARGV[3])) == ARGV[3] then
     redis.call('set', KEYS[1], ARGV[1], 'EX', ARGV[2])
-    return 1
-end
-if current == ARGV[1] then
-    redis.call('expire', KEYS[1], ARGV[2])
     return 1
 end
 return 0
 """
 
+# Sliding window in one round trip: drop old entries, count, add if under the limit.
 _SLIDING_WINDOW = """
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
@@ -100,10 +97,14 @@ class RedisCache:
 
 
 class RedisLockManager:
-    """Non-blocking locks with an owner token, released only by their owner.
+    """Non-blocking locks, each acquisition with a token of its own, released only by it.
 
-    The owner may take its own lock again: a task redelivered after its worker
-    was killed (same task id) must not wait out the dead holder's TTL.
+    `owner` (a task id) groups acquisitions: another delivery of the same
+    task id takes the lock over at once - a task redelivered after its worker
+    was killed must not wait out the dead holder's TTL - and gets a new token,
+    so the older delivery can no longer release (or renew) it. Telling the two
+    deliveries apart is what lets the document's fence refuse the older one's
+    writes (`stages.begin`).
     """
 
     def __init__(self, client: redis.Redis, *, prefix: str = "docpipe:lock:") -> None:
@@ -113,8 +114,14 @@ class RedisLockManager:
         self._release = client.register_script(_RELEASE_IF_OWNER)
 
     def acquire(self, name: str, ttl_seconds: int, owner: str | None = None) -> str | None:
-        token = owner or uuid.uuid4().hex
-        acquired = self._acquire(keys=[self._prefix + name], args=[token, ttl_seconds])
+        delivery = uuid.uuid4().hex
+        if owner is None:
+            # No owner: nobody else may take it over (the prefix is the token itself).
+            token = prefix = delivery
+        else:
+            prefix = f"{owner}#"
+            token = prefix + delivery
+        acquired = self._acquire(keys=[self._prefix + name], args=[token, ttl_seconds, prefix])
         return token if acquired == 1 else None
 
     def release(self, name: str, token: str) -> None:

@@ -42,6 +42,7 @@ BEGIN_IMMEDIATE = "docpipe_begin_immediate"
 #: Serialises concurrent `create_schema` calls on PostgreSQL (advisory lock key).
 _SCHEMA_LOCK_KEY = 0x646F6370  # "docp"
 
+
 OPEN_QUEUE_STATUSES: tuple[QueueStatus, ...] = (QueueStatus.PENDING, QueueStatus.PROCESSING)
 
 metadata = MetaData(
@@ -94,6 +95,11 @@ def _updated_at() -> Column[datetime]:
     return Column("updated_at", UtcDateTime(), nullable=False, server_default=func.now())
 
 
+def _derived_version() -> Column[int]:
+    """The processing version a derived row was written for (NULL: written unfenced)."""
+    return Column("processing_version", Integer)
+
+
 def _in_check(column: str, values: tuple[str, ...], name: str) -> CheckConstraint:
     quoted = ", ".join(f"'{value}'" for value in values)
     return CheckConstraint(f"{column} IN ({quoted})", name=name)
@@ -127,6 +133,8 @@ source_documents = Table(
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Column("raw_text", Text),
     Column("ocr_metadata", JSON, nullable=False),
+    #: The fencing token of the stage delivery that last claimed the row (stages.begin).
+    Column("fence_token", String(64)),
     _created_at(),
     _updated_at(),
     _in_check("status", STATUS_VALUES, "status"),
@@ -194,6 +202,7 @@ neo4j_documents = Table(
     Column("title", Text, nullable=False),
     Column("category", String(32), nullable=False),
     Column("cleaned_text", Text, nullable=False),
+    _derived_version(),
     _created_at(),
     _updated_at(),
 )
@@ -207,6 +216,7 @@ neo4j_chunks = Table(
     Column("start_offset", Integer, nullable=False),
     Column("end_offset", Integer, nullable=False),
     Column("text", Text, nullable=False),
+    _derived_version(),
     _created_at(),
     _updated_at(),
     UniqueConstraint("document_uuid", "chunk_index"),
@@ -234,6 +244,7 @@ neo4j_entity_mentions = Table(
     Column("start_offset", Integer, nullable=False),
     Column("end_offset", Integer, nullable=False),
     Column("canonical_uuid", String(36), index=True),
+    _derived_version(),
     _created_at(),
     _updated_at(),
 )
@@ -247,6 +258,7 @@ neo4j_canonical_entities = Table(
     Column("canonical_name", Text, nullable=False),
     Column("normalized_name", Text, nullable=False),
     Column("mention_count", Integer, nullable=False),
+    _derived_version(),
     _created_at(),
     _updated_at(),
 )
@@ -262,6 +274,7 @@ neo4j_relationships_staging = Table(
     Column("to_label", String(64), nullable=False),
     Column("relationship_type", String(64), nullable=False),
     Column("properties", JSON, nullable=False),
+    _derived_version(),
     _created_at(),
     _updated_at(),
     UniqueConstraint("from_id", "to_id", "relationship_type"),

@@ -67,6 +67,7 @@ from pipeline.domain.models import (
     DocumentCounts,
     DocumentNode,
     EntityType,
+    Fence,
     HistoryEntry,
     Mention,
     QueueStatus,
@@ -76,7 +77,7 @@ from pipeline.domain.models import (
     progress_rank,
     stable_uuid,
 )
-from pipeline.errors import ConfigurationError, TransientError
+from pipeline.errors import ConfigurationError, StaleDelivery, TransientError
 from pipeline.ports import Clock, QueueEntry
 
 #: How long a SQLite connection waits for another process's write lock.
@@ -189,6 +190,7 @@ class SqlDocumentStore:
         processing_version: int,
         error_message: str | None = None,
         celery_task_id: str | None = None,
+        fence: Fence | None = None,
     ) -> bool:
         """Forward-only, race-free: one conditional UPDATE decides.
 
@@ -209,6 +211,7 @@ class SqlDocumentStore:
             values["celery_task_id"] = celery_task_id
         allowed = [s.value for s in _allowed_predecessors(status)]
         with self._write() as conn:
+            self._check_fence(conn, fence)
             changed = conn.execute(
                 update(source_documents)
                 .where(
@@ -244,6 +247,52 @@ class SqlDocumentStore:
                 )
             return True
 
+    def claim_delivery(
+        self,
+        document_uuid: str,
+        *,
+        processing_version: int,
+        found_status: Status,
+        status: Status,
+        stage: str,
+    ) -> SourceDocument | None:
+        """Claim the document for one stage delivery: a fresh fencing token, and `status`.
+
+        Matches only while the document is still in `processing_version` at
+        `found_status` (what the delivery read); None when it moved on in
+        between. Moving to a later `status` records the transition in history,
+        as `advance_status` does. Any earlier delivery's token stops matching.
+        """
+        docs = source_documents.c
+        values: dict[str, Any] = {"fence_token": uuidlib.uuid4().hex, "updated_at": self._now()}
+        moves = progress_rank(status) > progress_rank(found_status)
+        if moves:
+            values.update(status=Status(status).value, error_message=None)
+        with self._write() as conn:
+            changed = conn.execute(
+                update(source_documents)
+                .where(
+                    docs.uuid == document_uuid,
+                    docs.processing_version == processing_version,
+                    docs.status == Status(found_status).value,
+                )
+                .values(**values)
+            ).rowcount
+            if changed != 1:
+                return None
+            document = self._load_document(conn, document_uuid)
+            if moves:
+                self._record_history(
+                    conn,
+                    document_uuid,
+                    processing_version,
+                    stage,
+                    Status(status),
+                    None,
+                    document.celery_task_id,
+                )
+            return document
+
     def force_status(
         self, document_uuid: str, status: Status, *, stage: str, bump_version: bool
     ) -> SourceDocument:
@@ -252,6 +301,8 @@ class SqlDocumentStore:
         values: dict[str, Any] = {
             "status": status.value,
             "error_message": None,
+            # An operator override cuts off every delivery in flight.
+            "fence_token": None,
             "updated_at": self._now(),
         }
         if bump_version:
@@ -286,10 +337,16 @@ class SqlDocumentStore:
             )
 
     def save_raw_text(
-        self, document_uuid: str, raw_text: str, ocr_metadata: dict[str, object]
+        self,
+        document_uuid: str,
+        raw_text: str,
+        ocr_metadata: dict[str, object],
+        *,
+        fence: Fence | None = None,
     ) -> None:
         """Store the OCR text. NUL characters are dropped: PostgreSQL text refuses them."""
         with self._write() as conn:
+            self._check_fence(conn, fence, document_uuid)
             self._update_document(
                 conn,
                 document_uuid,
@@ -368,8 +425,9 @@ class SqlDocumentStore:
         return [dict(row._mapping) for row in rows]
 
     # --- derived rows (each call replaces the document's rows of that kind) ----
-    def save_document_node(self, node: DocumentNode) -> None:
+    def save_document_node(self, node: DocumentNode, *, fence: Fence | None = None) -> None:
         with self._write() as conn:
+            self._check_fence(conn, fence, node.uuid)
             conn.execute(delete(neo4j_documents).where(neo4j_documents.c.uuid == node.uuid))
             conn.execute(
                 neo4j_documents.insert().values(
@@ -378,6 +436,7 @@ class SqlDocumentStore:
                     title=node.title,
                     category=Category(node.category).value,
                     cleaned_text=node.cleaned_text,
+                    processing_version=_version(fence),
                     **self._stamps(),
                 )
             )
@@ -397,7 +456,9 @@ class SqlDocumentStore:
             cleaned_text=row.cleaned_text,
         )
 
-    def replace_chunks(self, document_uuid: str, chunks: Sequence[Chunk]) -> None:
+    def replace_chunks(
+        self, document_uuid: str, chunks: Sequence[Chunk], *, fence: Fence | None = None
+    ) -> None:
         _check_owner(document_uuid, (chunk.document_uuid for chunk in chunks))
         stamps = self._stamps()
         rows = [
@@ -408,11 +469,13 @@ class SqlDocumentStore:
                 "start_offset": chunk.start,
                 "end_offset": chunk.end,
                 "text": chunk.text,
+                "processing_version": _version(fence),
                 **stamps,
             }
             for chunk in chunks
         ]
         with self._write() as conn:
+            self._check_fence(conn, fence, document_uuid)
             self._replace(conn, neo4j_chunks, document_uuid, rows)
 
     def get_chunks(self, document_uuid: str) -> list[Chunk]:
@@ -435,7 +498,9 @@ class SqlDocumentStore:
             for row in rows
         ]
 
-    def replace_mentions(self, document_uuid: str, mentions: Sequence[Mention]) -> None:
+    def replace_mentions(
+        self, document_uuid: str, mentions: Sequence[Mention], *, fence: Fence | None = None
+    ) -> None:
         _check_owner(document_uuid, (mention.document_uuid for mention in mentions))
         stamps = self._stamps()
         rows = [
@@ -451,11 +516,13 @@ class SqlDocumentStore:
                 "start_offset": mention.start,
                 "end_offset": mention.end,
                 "canonical_uuid": mention.canonical_uuid,
+                "processing_version": _version(fence),
                 **stamps,
             }
             for mention in mentions
         ]
         with self._write() as conn:
+            self._check_fence(conn, fence, document_uuid)
             self._replace(conn, neo4j_entity_mentions, document_uuid, rows)
 
     def get_mentions(self, document_uuid: str) -> list[Mention]:
@@ -488,6 +555,8 @@ class SqlDocumentStore:
         document_uuid: str,
         entities: Sequence[CanonicalEntity],
         mention_canonical: dict[str, str],
+        *,
+        fence: Fence | None = None,
     ) -> None:
         """Replace the entities; every mention of the document gets its canonical
         uuid from `mention_canonical` (NULL when absent: old ids are gone)."""
@@ -501,6 +570,7 @@ class SqlDocumentStore:
                 "canonical_name": entity.canonical_name,
                 "normalized_name": entity.normalized_name,
                 "mention_count": entity.mention_count,
+                "processing_version": _version(fence),
                 "created_at": now,
                 "updated_at": now,
             }
@@ -508,6 +578,7 @@ class SqlDocumentStore:
         ]
         mentions = neo4j_entity_mentions.c
         with self._write() as conn:
+            self._check_fence(conn, fence, document_uuid)
             self._replace(conn, neo4j_canonical_entities, document_uuid, rows)
             conn.execute(
                 update(neo4j_entity_mentions)
@@ -549,7 +620,11 @@ class SqlDocumentStore:
         ]
 
     def replace_relationships(
-        self, document_uuid: str, relationships: Sequence[Relationship]
+        self,
+        document_uuid: str,
+        relationships: Sequence[Relationship],
+        *,
+        fence: Fence | None = None,
     ) -> None:
         """Row uuids derive from (from_id, to_id, type), the table's natural key."""
         stamps = self._stamps()
@@ -563,12 +638,34 @@ class SqlDocumentStore:
                 "to_label": rel.to_label,
                 "relationship_type": rel.relationship_type,
                 "properties": dict(rel.properties),
+                "processing_version": _version(fence),
                 **stamps,
             }
             for rel in relationships
         ]
         with self._write() as conn:
+            self._check_fence(conn, fence, document_uuid)
             self._replace(conn, neo4j_relationships_staging, document_uuid, rows)
+
+    def check_fence(self, fence: Fence) -> None:
+        """Raise `StaleDelivery` unless the delivery still holds the document (no write).
+
+        For writes outside the database (the graph sink): checked right before them.
+        """
+        with self._read() as conn:
+            self._check_fence(conn, fence)
+
+    def derived_versions(self, document_uuid: str) -> dict[str, list[int | None]]:
+        """Per derived table, the distinct processing versions of the document's rows."""
+        found: dict[str, list[int | None]] = {}
+        with self._read() as conn:
+            for table in DERIVED_TABLES:
+                owner = table.c.uuid if table is neo4j_documents else table.c.document_uuid
+                versions = conn.execute(
+                    select(table.c.processing_version).where(owner == document_uuid).distinct()
+                ).scalars()
+                found[table.name] = sorted(versions, key=lambda v: -1 if v is None else v)
+        return found
 
     def get_relationships(self, document_uuid: str) -> list[Relationship]:
         table = neo4j_relationships_staging.c
@@ -886,6 +983,37 @@ class SqlDocumentStore:
         return _document(row)
 
     @staticmethod
+    def _check_fence(
+        conn: Connection, fence: Fence | None, document_uuid: str | None = None
+    ) -> None:
+        """In the caller's transaction: the document is still where the delivery claimed it.
+
+        PostgreSQL locks the row (FOR UPDATE) until the write commits, so no claim
+        or status change can slip in between the check and the write; SQLite
+        already holds the database write lock (BEGIN IMMEDIATE).
+        """
+        if fence is None:
+            return
+        if document_uuid is not None and document_uuid != fence.document_uuid:
+            raise ValueError(f"fence of {fence.document_uuid} passed for {document_uuid}")
+        docs = source_documents.c
+        query = select(docs.status, docs.processing_version, docs.fence_token).where(
+            docs.uuid == fence.document_uuid
+        )
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        row = conn.execute(query).one_or_none()
+        if row is None:
+            raise StaleDelivery(f"document {fence.document_uuid} no longer exists")
+        found = (Status(row.status), row.processing_version, row.fence_token)
+        if found != (fence.status, fence.processing_version, fence.token):
+            raise StaleDelivery(
+                f"document {fence.document_uuid} moved on since this delivery claimed it "
+                f"(claimed: {fence.status} v{fence.processing_version}; now: {found[0]} "
+                f"v{found[1]}{'' if found[2] == fence.token else ', claimed by a later delivery'})"
+            )
+
+    @staticmethod
     def _update_document(conn: Connection, document_uuid: str, values: dict[str, Any]) -> None:
         changed = conn.execute(
             update(source_documents)
@@ -966,6 +1094,7 @@ def _document(row: Row[Any]) -> SourceDocument:
         attempts=row.attempts,
         raw_text=row.raw_text,
         ocr_metadata=dict(row.ocr_metadata or {}),
+        fence_token=row.fence_token,
     )
 
 
@@ -973,6 +1102,10 @@ def _stale_note(row: Row[Any]) -> str | None:
     if row.status != QueueStatus.PROCESSING.value:
         return None
     return f"stale claim by {row.claimed_by} reclaimed"
+
+
+def _version(fence: Fence | None) -> int | None:
+    return None if fence is None else fence.processing_version
 
 
 def _strip_nul(text: str | None) -> str | None:

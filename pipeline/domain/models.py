@@ -193,6 +193,32 @@ class SourceDocument:
     attempts: int = 0
     raw_text: str | None = None
     ocr_metadata: dict[str, Any] = field(default_factory=dict)
+    #: The fencing token of the stage delivery that last claimed the document.
+    fence_token: str | None = None
+
+
+@dataclass(frozen=True)
+class Fence:
+    """Where one stage delivery found (and claimed) its document.
+
+    Every write of that delivery commits only while the document is still
+    there: same processing version, same status, same token. A later delivery
+    of the same stage claims it with a new token, so an older one that wakes
+    up late (a redelivery ran while it stalled) can no longer write.
+    """
+
+    document_uuid: str
+    processing_version: int
+    status: Status
+    token: str
+
+    @classmethod
+    def of(cls, document: SourceDocument) -> Fence:
+        if document.fence_token is None:
+            raise ValueError(f"document {document.uuid} was not claimed by a delivery")
+        return cls(
+            document.uuid, document.processing_version, document.status, document.fence_token
+        )
 
 
 @dataclass(frozen=True)

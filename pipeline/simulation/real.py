@@ -8,10 +8,13 @@ retries with backoff and seeded jitter, dead letters, terminal failures)
 is reproduced here around direct calls of the stage functions, as
 pipeline/monolith.py calls them.
 
-A task's effects are applied when it starts (the stage function runs to
-the end at once); its duration is the virtual time it slept, and its lock
-is held until it finishes in virtual time. A crashed worker's task has
-therefore already written its rows: the worst case for exactly-once.
+The stage function runs to the end when the task starts; its duration is
+the virtual time it slept, and its lock is held until it finishes in
+virtual time. Its database writes are committed when it ends
+(pipeline.simulation.effects): a delivery that outlives the visibility
+timeout writes after its redelivery, as between real processes, and the
+store's fence refuses it. A killed worker's writes made before the kill
+are committed at the kill: the worst case for exactly-once.
 """
 
 from __future__ import annotations
@@ -27,11 +30,12 @@ from fakes.faults import SharedFaultInjector, WorkerKilled
 from pipeline import stages
 from pipeline.bootstrap import Services, build_services, redis_client
 from pipeline.domain.models import SourceDocument, Stage, Status, stable_uuid
-from pipeline.errors import LockUnavailable, TransientError
+from pipeline.errors import LockUnavailable, StaleDelivery, TransientError
 from pipeline.intake import claim_own, storage_key
 from pipeline.ports import FaultInjector
 from pipeline.settings import Settings
 from pipeline.simulation.clock import VirtualClock, VirtualRateLimiter
+from pipeline.simulation.effects import install as install_deferred_store
 from pipeline.simulation.engine import Message, Outcome, OutcomeKind, Send
 from pipeline.simulation.model import POLL_OCR, START_OCR
 from pipeline.stages import StageResult
@@ -76,6 +80,7 @@ class StageExecutor:
             # What workers follow, but a kill_worker fault raises instead of killing us.
             faults = SharedFaultInjector(redis_client(settings.redis_url), simulated=True)
         self.services: Services = build_services(settings, faults=faults, clock=self.clock)
+        self.deferred = install_deferred_store(self.services)
         self.limiter = VirtualRateLimiter(
             self.clock,
             limit=settings.llm_rate_limit_calls,
@@ -133,6 +138,41 @@ class StageExecutor:
         return Stage.OCR if message.task in (START_OCR, POLL_OCR) else Stage(message.task)
 
     def run(self, message: Message, start: float, delivery: int) -> Outcome:
+        """Run the delivery now; its fenced writes are committed when it ends.
+
+        The stage runs to the end at `start` (its duration is the virtual time
+        it slept) with its fenced writes held back (pipeline.simulation.effects);
+        they are replayed at start + duration, where the store's fence decides:
+        a delivery that a redelivery overtook meanwhile writes nothing and ends
+        as "skipped", sending nothing - as `pipeline.tasks.run_stage` acks it.
+        """
+        with self.deferred.deferring() as pending:
+            outcome = self._run_at_start(message, start, delivery)
+        if not pending:
+            return outcome
+        stage = self._stage(message)
+        uuid = self.uuids[message.doc]
+
+        def at_end(now: float) -> Outcome:
+            self.clock.set(now)
+            try:
+                self.deferred.apply(pending)
+            except StaleDelivery as stale:
+                if outcome.kind == "worker_lost":
+                    return Outcome(0.0, "worker_lost", detail=outcome.detail)
+                return Outcome(
+                    0.0, "skipped", detail=f"stale delivery: {stale}", on_finish=outcome.on_finish
+                )
+            kind = outcome.kind
+            if stage is Stage.RELATIONSHIPS and kind == "ok" and not outcome.sends:
+                # The completing transition was one of the deferred writes.
+                status = self.services.store.statuses([uuid])[uuid]
+                kind = "completed" if status is Status.COMPLETED else "ok"
+            return Outcome(0.0, kind, outcome.sends, outcome.detail, outcome.on_finish)
+
+        return Outcome(outcome.duration, "ok", detail=outcome.detail, resume=at_end)
+
+    def _run_at_start(self, message: Message, start: float, delivery: int) -> Outcome:
         self.clock.set(start)
         self.limiter.prune("llm", start - self.settings.llm_rate_limit_window_s)
         stage = self._stage(message)

@@ -20,7 +20,7 @@ from pipeline import stages
 from pipeline.bootstrap import Services, current_services
 from pipeline.celery_app import POLL_OCR_TASK, TASK_NAMES, app
 from pipeline.domain.models import Stage, Status
-from pipeline.errors import LockUnavailable, PermanentError, TransientError
+from pipeline.errors import LockUnavailable, PermanentError, StaleDelivery, TransientError
 from pipeline.settings import Settings, get_settings, redact_url
 from pipeline.stages import StageResult
 
@@ -71,11 +71,19 @@ def run_stage(
                 task, services, stage, document_uuid, version, "worker lost too many times"
             )
             return "dead_lettered"
-        # The task id owns the lock, so its own redelivery (worker killed) can take it again.
+        # Each delivery holds the lock under its own token; a redelivery of the same task id
+        # (worker killed, or a visibility-timeout restore while this one still runs) takes
+        # it over at once, and its claim in `stages.begin` fences the older delivery out.
         token = services.locks.acquire(lock_name, settings.lock_ttl_s, owner=task.request.id)
         if token is None:
             raise LockUnavailable(f"another worker holds the {stage} lock")
         result = call(services)
+    except StaleDelivery as exc:
+        # A later delivery took the document over while this one ran (a redelivery after
+        # the visibility timeout, a later stage): nothing of this one was written, and the
+        # delivery that took over carries the document on. Not a failure: ack, no chain.
+        log.warning("%s %s: stale delivery, writes discarded: %s", stage, document_uuid, exc)
+        return "stale"
     except redis.RedisError as exc:
         # Redis restarting or unreachable: retry later rather than drop the document.
         token = None

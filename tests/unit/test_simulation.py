@@ -6,6 +6,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import fakeredis
+
+from fakes.faults import FaultRule, RedisFaultInjector
 from pipeline.latency import LatencyProfile, build_profile
 from pipeline.simulation.engine import Crash, SimConfig, SimResult, Simulator, WorkerSpec
 from pipeline.simulation.model import DocumentShape, ModelExecutor, Policy
@@ -178,19 +181,51 @@ SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
 
 def real_run(
-    visibility_timeout_s: float, *, crashes: Sequence[Crash] = (), docs: int = 3
+    visibility_timeout_s: float,
+    *,
+    crashes: Sequence[Crash] = (),
+    docs: int = 3,
+    faults: Sequence[FaultRule] = (),
+    document_db: str = "fixed:20",
 ) -> tuple[SimResult, dict[str, Any]]:
     files = sorted(p for p in SAMPLES.iterdir() if p.suffix in (".txt", ".eml", ".pdf"))
     settings = sim_settings(
-        latency_profile="reference", latency_overrides={"document_db": "fixed:20"}
+        latency_profile="reference", latency_overrides={"document_db": document_db}
     )
-    executor = StageExecutor(files, settings, seed=1)
+    injector = None
+    if faults:
+        injector = RedisFaultInjector(fakeredis.FakeRedis(), faults, simulated=True)
+        injector.arm()
+    executor = StageExecutor(files, settings, seed=1, faults=injector)
     config = SimConfig(layout(text=4), visibility_timeout_s=visibility_timeout_s, crashes=crashes)
     result = Simulator(config, executor).run(range(docs))
     return result, executor.rows_digest()
 
 
-def test_real_stages_stay_exactly_once_when_a_task_outlives_the_visibility_timeout() -> None:
+def test_a_delivery_that_stalls_past_the_visibility_timeout_is_fenced_out() -> None:
+    """The first LLM call stalls 60 s; its redelivery completes the document meanwhile.
+
+    The stalled delivery's writes are committed when it ends (t > 60 s), after the
+    document completed: the fence refuses them and the rows stay those of one run.
+    """
+    _, rows = real_run(4800.0, document_db="fixed:1")
+    stall = FaultRule(port="llm", kind="latency", operation="extract", first=1, latency_s=60.0)
+    stalled, stalled_rows = real_run(12.0, document_db="fixed:1", faults=[stall])
+    late = [e for e in events(stalled, "finish") if e[5] == "skipped" and e[0] >= 60.0]
+    assert late, "the stalled delivery should end after its redelivery, and be skipped"
+    (task_id,) = {e[2] for e in late}
+    assert len(events(stalled, "start", task_id)) == 2  # delivered again while it ran
+    assert stalled_rows == rows
+
+
+def test_every_delivery_outliving_the_visibility_timeout_ends_dead_lettered_not_corrupted() -> None:
+    """A 20 s document node under a 12 s visibility timeout, in every delivery.
+
+    Each redelivery claims the document and fences the one before it out, so a
+    delivery overtaken before it ends never commits (the latest claim wins; what
+    keeps a real one below the timeout is the outbound calls' own timeouts). The
+    redelivery guard ends such a livelock: dead-lettered, never half-written.
+    """
     baseline, rows = real_run(4800.0)
     assert "restore" not in baseline.counts
     assert {d["status"] for d in rows["documents"].values()} == {"completed"}
@@ -204,8 +239,10 @@ def test_real_stages_stay_exactly_once_when_a_task_outlives_the_visibility_timeo
             events(doubled, "deliver", node)[0][0] + 12.0
         ]
         assert len(events(doubled, "start", node)) >= 2
-    # Delivered twice, run twice: the rows are the same as with one delivery.
-    assert doubled_rows == rows
+    for doc, outcome in doubled_rows["documents"].items():
+        # Completed only with exactly the rows of one clean run; otherwise given up on.
+        assert outcome == rows["documents"][doc] or outcome["status"] == "dead_lettered"
+    assert "dead_lettered" in {d["status"] for d in doubled_rows["documents"].values()}
 
 
 def test_real_stages_recover_from_a_worker_crash_after_the_visibility_timeout() -> None:
