@@ -10,18 +10,19 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipeline.errors import ConfigurationError
+from pipeline import settings as settings_module
+from pipeline.display import markup_safe
+from pipeline.errors import ServiceUnavailable, TransientError, UserFacingError
 from pipeline.settings import Settings, redact_url
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -33,33 +34,109 @@ stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 stderr = Console(stderr=True, highlight=False)
 
 
-def _usage_error(message: str) -> NoReturn:
-    stderr.print(f"[bold red]error:[/] {message}")
-    sys.exit(EXIT_USAGE)
+def _usage_error(message: str, hint: str | None = None) -> NoReturn:
+    """Stop the command: `message` (plain text) on stderr, exit 2 (see `DocpipeGroup`)."""
+    raise UserFacingError(message, hint=hint)
 
 
 def load_settings(**overrides: Any) -> Settings:
     """Settings from env/.env with CLI overrides; bad values are usage errors (exit 2)."""
-    given = {key: value for key, value in overrides.items() if value is not None}
-    try:
-        return Settings(**given)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-            for err in exc.errors()
-        )
-        _usage_error(f"invalid settings: {redact_url(problems)}")
+    return settings_module.load_settings(**overrides)
 
 
 @contextmanager
 def configuration_errors() -> Iterator[None]:
-    try:
-        yield
-    except ConfigurationError as exc:
-        _usage_error(redact_url(str(exc)))
+    """Kept for the commands that use it: `DocpipeGroup` renders these errors anyway."""
+    yield
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def as_user_facing(exc: Exception) -> UserFacingError | None:
+    """The short message for an error that is the user's to fix, or None (a bug: traceback).
+
+    A `TransientError` that reaches the command line is a service the command
+    itself needed (documents' own failures are recorded on their rows), as are
+    Redis and kombu connection errors.
+    """
+    import redis
+    from kombu.exceptions import OperationalError as BrokerUnavailable
+
+    if isinstance(exc, UserFacingError):
+        return exc
+    reason = _first_line(str(exc)) or type(exc).__name__
+    if isinstance(exc, TransientError) and reason.startswith("database unavailable"):
+        return ServiceUnavailable(
+            reason,
+            hint="check that the database server is running and --database-url / "
+            "DOCPIPE_DATABASE_URL",
+        )
+    if isinstance(exc, TransientError):
+        return ServiceUnavailable(
+            reason, hint="a service this command needs did not answer; check the DOCPIPE_* URLs"
+        )
+    if isinstance(exc, BrokerUnavailable | redis.ConnectionError | redis.TimeoutError):
+        return ServiceUnavailable(
+            f"cannot reach Redis or the broker: {reason}",
+            hint="check that redis-server is running and DOCPIPE_BROKER_URL / DOCPIPE_REDIS_URL",
+        )
+    return None
+
+
+def _first_line(text: str) -> str:
+    text = text.strip()
+    return text.splitlines()[0] if text else ""
+
+
+def report_problem(problem: UserFacingError, *, as_json: bool) -> None:
+    """A few lines on stderr (and the one JSON object on stdout with --json)."""
+    message = redact_url(str(problem))
+    hint = redact_url(problem.hint) if problem.hint else None
+    if as_json:
+        click.echo(json.dumps({"error": message, "hint": hint}))
+    # soft_wrap: one line per line of the message, however narrow the terminal.
+    first, *rest = message.splitlines() or [""]
+    stderr.print(f"[bold red]error:[/] {markup_safe(first)}", soft_wrap=True)
+    for line in rest:
+        stderr.print(f"  {markup_safe(line)}", soft_wrap=True)
+    if hint:
+        stderr.print(f"[bold]hint:[/] {markup_safe(hint)}", soft_wrap=True)
+
+
+def say_waiting(message: str) -> None:
+    """A status line on stderr while a command waits for a service."""
+    stderr.print(f"[dim]{markup_safe(message)}[/]", soft_wrap=True)
+
+
+class DocpipeGroup(click.Group):
+    """The command group that renders every `UserFacingError` in one place.
+
+    Usage, configuration and connection errors exit 2 with a few lines that
+    say what to fix - the traceback only with `docpipe -v`. With `--json`,
+    stdout still holds exactly one JSON object (with an `error` field).
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[_ARGV_KEY] = list(args)
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            problem = as_user_facing(exc)
+            if problem is None:
+                raise
+            if ctx.params.get("verbose"):
+                stderr.print_exception()
+            argv = ctx.meta.get(_ARGV_KEY, [])
+            options = argv[: argv.index("--")] if "--" in argv else argv
+            report_problem(problem, as_json="--json" in options)
+            ctx.exit(EXIT_USAGE)
+
+
+_ARGV_KEY = "docpipe.argv"
+
+
+@click.group(cls=DocpipeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-v info, -vv debug).")
 @click.version_option(package_name="docpipe")
 def main(verbose: int) -> None:
@@ -93,6 +170,18 @@ def main(verbose: int) -> None:
     show_default=True,
     help="Broker mode: give up waiting after this many seconds (stuck documents fail the run).",
 )
+@click.option(
+    "--follow-symlinks",
+    is_flag=True,
+    help="Also follow symbolic links below the folders given that point outside them "
+    "(by default they are skipped and reported).",
+)
+@click.option(
+    "--reprocess",
+    is_flag=True,
+    help="Run files the project already has (same content) again, in a new processing "
+    "version of their document (default: report them as already processed).",
+)
 def run(
     paths: tuple[Path, ...],
     as_json: bool,
@@ -100,6 +189,8 @@ def run(
     project_name: str | None,
     broker: bool,
     timeout: float,
+    follow_symlinks: bool,
+    reprocess: bool,
 ) -> None:
     """Process files and folders (recursively) through all six stages.
 
@@ -107,20 +198,32 @@ def run(
     the documents go through the intake to the workers, and the command waits
     until each one reaches a terminal status. Every document is processed and
     reported, even when others fail; the exit code is 1 if any did not complete.
+
+    Symbolic links below a folder are followed only when they point inside the
+    folders given; others are skipped and listed with their reason (see
+    --follow-symlinks). A link named directly on the command line is used.
+
+    A file whose bytes (sha256) the project already has is not a new document:
+    it is reported as already processed, with its document's current status
+    (a failed one keeps exit code 1), unless --reprocess runs it again.
     """
     from pipeline import celery_app
     from pipeline.bootstrap import build_services, use_services
     from pipeline.broker import require_broker_settings, wait_for_consumers
-    from pipeline.intake import collect_files, submit_and_dispatch
-    from pipeline.report import build_report
+    from pipeline.intake import scan_paths, submit_unless_known
+    from pipeline.preflight import check_services
+    from pipeline.report import build_report, skipped_rows
 
     settings = load_settings(database_url=database_url, project_name=project_name, eager=not broker)
     with configuration_errors():
-        files = collect_files(paths)
+        collected = scan_paths(paths, follow_symlinks=follow_symlinks)
+        files = collected.files
         if not files:
+            print_skipped(skipped_rows(collected.skipped), stderr)
             _usage_error("no documents found in " + ", ".join(str(p) for p in paths))
         if broker:
             require_broker_settings(settings)
+        check_services(settings, say_waiting, broker=broker)
         services = build_services(settings)
     app = celery_app.configure(settings)
     use_services(services)
@@ -137,11 +240,16 @@ def run(
     submissions = []
     with _progress_bar(len(files), "submitting" if broker else "processing") as set_done:
         for path in files:
-            submissions.append(submit_and_dispatch(services, path, project_uuid))
+            submissions.append(
+                submit_unless_known(services, path, project_uuid, reprocess=reprocess)
+            )
             set_done(len(submissions))
     if broker:
-        _wait_for_workers(services, [s.document_uuid for s in submissions], timeout)
-    report = build_report(services, submissions, time.perf_counter() - started)
+        waited = list(dict.fromkeys(s.document_uuid for s in submissions))
+        _wait_for_workers(services, waited, timeout)
+    report = build_report(
+        services, submissions, time.perf_counter() - started, skipped=collected.skipped
+    )
 
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -175,15 +283,17 @@ def _columns(label: str) -> tuple[Any, ...]:
 
 def print_report(report: dict[str, Any]) -> None:
     table = Table(title="documents", title_justify="left")
-    for column in ("file", "status", "category", "chunks", "mentions", "entities", "rels"):
+    for column in ("file", "uuid", "status", "category", "chunks", "mentions", "entities", "rels"):
         table.add_column(column, justify="right" if column in _NUMERIC else "left")
     for row in report["documents"]:
         status = row["status"]
         style = "green" if status == "completed" else "red"
+        shown = status + (" (already processed)" if row.get("already_processed") else "")
         table.add_row(
-            Path(row["file"]).name,
-            f"[{style}]{status}[/]",
-            row["category"] or "-",
+            markup_safe(Path(row["file"]).name),
+            row["short_uuid"],
+            f"[{style}]{markup_safe(shown)}[/]",
+            markup_safe(row["category"] or "-"),
             str(row["chunks"]),
             str(row["mentions"]),
             str(row["canonical_entities"]),
@@ -192,8 +302,17 @@ def print_report(report: dict[str, Any]) -> None:
     stdout.print(table)
     for row in report["documents"]:
         if row["error"]:
-            stdout.print(f"[red]{Path(row['file']).name}[/]: {row['error']}")
+            stdout.print(
+                f"[red]{markup_safe(Path(row['file']).name)}[/]: {markup_safe(row['error'])}"
+            )
+    print_skipped(report.get("skipped", []), stdout)
     totals = report["totals"]
+    if totals.get("already_processed"):
+        stdout.print(
+            f"{totals['already_processed']} file(s) already processed in this project (same "
+            "content): shown with their document's status; `docpipe run --reprocess` runs "
+            "them again"
+        )
     stdout.print(
         f"{totals['completed']}/{totals['documents']} completed, {totals['failed']} failed; "
         f"{totals['chunks']} chunks, {totals['mentions']} mentions, "
@@ -207,21 +326,32 @@ def print_report(report: dict[str, Any]) -> None:
 _NUMERIC = frozenset({"chunks", "mentions", "entities", "rels"})
 
 
+def print_skipped(skipped: Sequence[Mapping[str, str]], console: Console) -> None:
+    """One line per path the run left out (a link out of the folders given...), with why."""
+    for entry in skipped:
+        console.print(
+            f"[yellow]skipped[/] {markup_safe(entry['path'])}: {markup_safe(entry['reason'])}"
+        )
+
+
 @main.command()
 @click.argument("document_uuid")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--database-url", help="Database URL.")
 def status(document_uuid: str, as_json: bool, database_url: str | None) -> None:
-    """Show a document's status, error, history and Redis state."""
+    """Show a document's status, error, history and Redis state.
+
+    DOCUMENT_UUID may be the short uuid of `docpipe documents` (any unique prefix).
+    """
     from pipeline.bootstrap import build_services
+    from pipeline.commands.documents import print_status
+    from pipeline.document_ids import resolve_document_uuid
 
     settings = load_settings(database_url=database_url)
     with configuration_errors():
         services = build_services(settings)
-    try:
-        document = services.store.get_document(document_uuid)
-    except KeyError:
-        _usage_error(f"no document {document_uuid} in {settings.describe()['database_url']}")
+    document_uuid = resolve_document_uuid(services.store, document_uuid)
+    document = services.store.get_document(document_uuid)
     history = services.store.history(document_uuid)
     counts = services.store.counts(document_uuid)
     payload: dict[str, Any] = {
@@ -231,6 +361,8 @@ def status(document_uuid: str, as_json: bool, database_url: str | None) -> None:
         "error": document.error_message,
         "processing_version": document.processing_version,
         "celery_task_id": document.celery_task_id,
+        "created_at": document.created_at,
+        "updated_at": document.updated_at,
         "counts": counts.__dict__,
         "history": [
             {
@@ -238,6 +370,7 @@ def status(document_uuid: str, as_json: bool, database_url: str | None) -> None:
                 "status": str(h.status),
                 "error": h.error_message,
                 "at": h.created_at,
+                "version": h.processing_version,
             }
             for h in history
         ],
@@ -246,17 +379,23 @@ def status(document_uuid: str, as_json: bool, database_url: str | None) -> None:
     if as_json:
         click.echo(json.dumps(payload, indent=2, default=str))
         return
-    stdout.print(f"{document.original_file_name}  [bold]{document.status}[/]  {document.uuid}")
-    if document.error_message:
-        stdout.print(f"error: {document.error_message}")
-    for entry in payload["history"]:
-        stdout.print(f"  {entry['stage']:<22} {entry['status']}")
+    print_status(services, payload)
 
 
 def _register_commands() -> None:
-    from pipeline.commands import db, experiment, flower, load, ops, scenario, simulate, worker
+    from pipeline.commands import (
+        db,
+        documents,
+        experiment,
+        flower,
+        load,
+        ops,
+        scenario,
+        simulate,
+        worker,
+    )
 
-    for module in (worker, flower, ops, scenario, load, db, experiment, simulate):
+    for module in (worker, flower, ops, scenario, load, db, experiment, simulate, documents):
         for command in module.COMMANDS:
             main.add_command(command)
 

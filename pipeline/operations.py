@@ -27,7 +27,7 @@ from pipeline.domain.models import (
 )
 from pipeline.errors import TransientError
 from pipeline.ports import QueueEntry
-from pipeline.settings import redact_url
+from pipeline.redaction import redact
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -136,14 +136,14 @@ def _handle_claimed(services: Services, entry: QueueEntry, result: QueueBatch) -
         try:
             send_stage(stage, document_uuid, document.processing_version)
         except Exception as exc:  # broker down: the claim goes stale and this runs again
-            result.errors[document_uuid] = redact_url(f"could not resume: {exc}")[:2000]
+            result.errors[document_uuid] = redact(f"could not resume: {exc}")[:2000]
             return
         result.resumed[document_uuid] = str(stage)
         return
     try:
         _dispatch(services, document)
     except Exception as exc:  # broker or database down: keep the claim, retry when stale
-        reason = redact_url(f"could not dispatch: {type(exc).__name__}: {exc}")[:2000]
+        reason = redact(f"could not dispatch: {type(exc).__name__}: {exc}")[:2000]
         log.warning("queue: %s %s (attempt %d)", document_uuid, reason, entry.attempts)
         result.errors[document_uuid] = reason
         if entry.attempts >= services.settings.queue_max_attempts:
@@ -212,7 +212,7 @@ def run_queue_processor(
         try:
             outcome = process_queue_batch(services, worker, batch)
         except TransientError as exc:
-            log.warning("queue: %s; retrying in %.1fs", redact_url(str(exc)), interval_s)
+            log.warning("queue: %s; retrying in %.1fs", redact(str(exc)), interval_s)
             outcome = QueueBatch()
         dispatched.extend(outcome.dispatched)
         if outcome.claimed:
@@ -308,6 +308,15 @@ def reset(
     return targets
 
 
+def reprocess(services: Services, document_uuid: str) -> None:
+    """`docpipe run --reprocess` of a file the project has: reset it and give it a queue row.
+
+    The caller (the run itself) claims that row and dispatches the document.
+    """
+    _back_to_pending(services, document_uuid, stage="reprocess")
+    services.store.enqueue(document_uuid)
+
+
 # --- dead letters ------------------------------------------------------------------------
 
 
@@ -362,7 +371,7 @@ def dlq_replay(services: Services, document_uuids: Sequence[str] | None = None) 
             continue
         stage = Stage(str(letter["stage"]))
         document = store.force_status(
-            document_uuid, stage.running_status, stage=str(stage), bump_version=False
+            document_uuid, stage.running_status, stage=f"{stage} (dlq replay)", bump_version=False
         )
         store.remove_dead_letters([document_uuid])
         send_stage(stage, document_uuid, document.processing_version)

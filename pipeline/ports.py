@@ -134,6 +134,14 @@ class DocumentStore(Protocol):
 
     def list_documents(self, statuses: Sequence[Status] | None = None) -> list[SourceDocument]: ...
 
+    def find_by_content(self, project_uuid: str, content_sha256: str) -> SourceDocument | None:
+        """The project's earliest document whose file had these bytes (sha256), or None."""
+        ...
+
+    def match_uuid_prefix(self, prefix: str, *, limit: int = 10) -> list[str]:
+        """Uuids of documents that start with `prefix` (a short uuid), at most `limit`."""
+        ...
+
     def statuses(self, document_uuids: Sequence[str]) -> dict[str, Status]:
         """The current status of each given document (unknown ids are left out)."""
         ...

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipeline.bootstrap import Services
-from pipeline.intake import Submission
+from pipeline.document_ids import short_uuid
+from pipeline.intake import SkippedPath, Submission
 
 
 def document_row(services: Services, submission: Submission) -> dict[str, Any]:
@@ -21,6 +22,9 @@ def document_row(services: Services, submission: Submission) -> dict[str, Any]:
     return {
         "file": submission.file,
         "document_uuid": document.uuid,
+        "short_uuid": short_uuid(document.uuid),
+        "already_processed": submission.already_processed,
+        "reprocessed": submission.reprocessed,
         "status": str(document.status),
         "error": document.error_message,
         "category": category,
@@ -31,9 +35,18 @@ def document_row(services: Services, submission: Submission) -> dict[str, Any]:
     }
 
 
+def skipped_rows(skipped: Sequence[SkippedPath]) -> list[dict[str, str]]:
+    return [{"path": entry.path, "reason": entry.reason} for entry in skipped]
+
+
 def build_report(
-    services: Services, submissions: Sequence[Submission], elapsed_s: float
+    services: Services,
+    submissions: Sequence[Submission],
+    elapsed_s: float,
+    *,
+    skipped: Sequence[SkippedPath] = (),
 ) -> dict[str, Any]:
+    """Rows, totals and the paths left out (`skipped`: symbolic links out of the folders...)."""
     rows = [document_row(services, s) for s in submissions]
     statuses = Counter(row["status"] for row in rows)
     completed = statuses.get("completed", 0)
@@ -50,5 +63,8 @@ def build_report(
         "documents_per_hour": round(len(rows) / elapsed_s * 3600, 1) if elapsed_s > 0 else None,
         "mode": services.settings.describe()["mode"],
         "database": services.settings.describe()["database_url"],
+        "skipped": len(skipped),
+        "already_processed": sum(1 for s in submissions if s.already_processed),
+        "reprocessed": sum(1 for s in submissions if s.reprocessed),
     }
-    return {"documents": rows, "totals": totals}
+    return {"documents": rows, "totals": totals, "skipped": skipped_rows(skipped)}

@@ -265,6 +265,48 @@ class StoreContract:
         assert [d.uuid for d in store.list_documents([Status.OCR_QUEUED])] == [docs[1].uuid]
         assert store.list_documents([]) == []
 
+    def test_find_by_content_returns_the_projects_earliest_document_with_that_hash(
+        self, store: SqlDocumentStore
+    ) -> None:
+        digest = "ab" * 32
+        project = store.ensure_project("contract-tests")
+        other_project = store.ensure_project("contract-tests-other")
+        first, second, elsewhere = (
+            SourceDocument(
+                stable_uuid("content", n, time.monotonic_ns()), p, f"{n}.txt", "txt", f"k{n}", 1,
+                content_sha256=digest,
+            )
+            for n, p in ((1, project), (2, project), (3, other_project))
+        )  # fmt: skip
+        for document in (first, second, elsewhere):
+            store.create_document(document)
+        assert store.get_document(first.uuid).content_sha256 == digest
+        found = store.find_by_content(project, digest)
+        assert found is not None and found.uuid == first.uuid
+        found_elsewhere = store.find_by_content(other_project, digest)
+        assert found_elsewhere is not None and found_elsewhere.uuid == elsewhere.uuid
+        assert store.find_by_content(project, "cd" * 32) is None
+
+    def test_match_uuid_prefix_finds_documents_by_the_start_of_their_uuid(
+        self, store: SqlDocumentStore
+    ) -> None:
+        docs = [new_document(store, f"prefix-{n}.pdf") for n in range(2)]
+        for doc in docs:
+            assert store.match_uuid_prefix(doc.uuid[:8].upper()) == [doc.uuid]
+            assert store.match_uuid_prefix(doc.uuid) == [doc.uuid]
+        assert store.match_uuid_prefix("") == []
+        assert store.match_uuid_prefix("%") == []  # never a LIKE wildcard
+        assert store.match_uuid_prefix("0" * 36 + "x") == []
+        assert len(store.match_uuid_prefix(docs[0].uuid[:1], limit=1)) <= 1
+
+    def test_documents_carry_their_row_timestamps(self, store: SqlDocumentStore) -> None:
+        doc = new_document(store)
+        loaded = store.get_document(doc.uuid)
+        assert loaded.created_at is not None and loaded.updated_at is not None
+        store.advance_status(doc.uuid, Status.OCR_QUEUED, stage="intake", processing_version=1)
+        moved = store.get_document(doc.uuid)
+        assert moved.updated_at is not None and moved.updated_at >= loaded.created_at
+
     # --- status -------------------------------------------------------------------
     def test_advance_status_moves_forward_only(self, store: SqlDocumentStore) -> None:
         doc = new_document(store)
@@ -386,6 +428,21 @@ class StoreContract:
             doc.uuid, Status.OCR_QUEUED, stage="replay", bump_version=False
         )
         assert unbumped.processing_version == 2
+
+    def test_force_status_back_to_an_earlier_status_records_it_again_as_the_newest_row(
+        self, store: SqlDocumentStore
+    ) -> None:
+        """A dead letter replayed: the history shows the replay after the dead letter."""
+        doc = new_document(store)
+        for status in (Status.OCR_QUEUED, Status.DEAD_LETTERED):
+            store.advance_status(doc.uuid, status, stage="ocr", processing_version=1)
+        store.force_status(
+            doc.uuid, Status.OCR_QUEUED, stage="ocr (dlq replay)", bump_version=False
+        )
+        assert [(h.stage, h.status) for h in store.history(doc.uuid)] == [
+            ("ocr", Status.DEAD_LETTERED),
+            ("ocr (dlq replay)", Status.OCR_QUEUED),
+        ]
 
     def test_force_status_of_unknown_document_raises_key_error(
         self, store: SqlDocumentStore

@@ -36,6 +36,7 @@ from sqlalchemy import (
 from pipeline.adapters.schema import (
     _SCHEMA_LOCK_KEY,
     BEGIN_IMMEDIATE,
+    CONTENT_INDEX,
     DERIVED_TABLES,
     UtcDateTime,
     metadata,
@@ -69,10 +70,27 @@ def _fenced_writes(conn: Connection) -> None:
             conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
 
 
+def _content_hash(conn: Connection) -> None:
+    """source_documents.content_sha256 and its (project, hash) index: `run` skips known files.
+
+    Documents created before have no hash (NULL): their files are not recognised.
+    """
+    columns = {c["name"] for c in inspect(conn).get_columns("source_documents")}
+    if "content_sha256" not in columns:
+        conn.execute(text("ALTER TABLE source_documents ADD COLUMN content_sha256 VARCHAR(64)"))
+    conn.execute(
+        text(
+            f"CREATE INDEX IF NOT EXISTS {CONTENT_INDEX} "
+            "ON source_documents (project_uuid, content_sha256)"
+        )
+    )
+
+
 #: (version, description, step): append only; never edit an applied step.
 MIGRATIONS: tuple[tuple[int, str, Callable[[Connection], None]], ...] = (
     (1, "baseline: every docpipe table, index and check constraint", _baseline),
     (2, "fenced stage writes: fence_token, processing_version on derived rows", _fenced_writes),
+    (3, "content hash of each document's file (re-running the same files)", _content_hash),
 )
 LATEST_VERSION = MIGRATIONS[-1][0]
 

@@ -42,6 +42,8 @@ BEGIN_IMMEDIATE = "docpipe_begin_immediate"
 #: Serialises concurrent `create_schema` calls on PostgreSQL (advisory lock key).
 _SCHEMA_LOCK_KEY = 0x646F6370  # "docp"
 
+#: (project, content hash) lookups of the intake; created by `create_all` and migration 3.
+CONTENT_INDEX = "ix_source_documents_project_uuid_content_sha256"
 
 OPEN_QUEUE_STATUSES: tuple[QueueStatus, ...] = (QueueStatus.PENDING, QueueStatus.PROCESSING)
 
@@ -135,9 +137,12 @@ source_documents = Table(
     Column("ocr_metadata", JSON, nullable=False),
     #: The fencing token of the stage delivery that last claimed the row (stages.begin).
     Column("fence_token", String(64)),
+    #: sha256 of the file's bytes: `docpipe run` finds a file it already has (intake).
+    Column("content_sha256", String(64)),
     _created_at(),
     _updated_at(),
     _in_check("status", STATUS_VALUES, "status"),
+    Index(CONTENT_INDEX, "project_uuid", "content_sha256"),
 )
 
 document_processing_queue = Table(

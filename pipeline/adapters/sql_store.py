@@ -38,7 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.pool import StaticPool
 
 from pipeline.adapters.schema import (
@@ -79,6 +79,7 @@ from pipeline.domain.models import (
 )
 from pipeline.errors import ConfigurationError, StaleDelivery, TransientError
 from pipeline.ports import Clock, QueueEntry
+from pipeline.settings import redact_url
 
 #: How long a SQLite connection waits for another process's write lock.
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
@@ -138,6 +139,7 @@ class SqlDocumentStore:
                     attempts=document.attempts,
                     raw_text=_strip_nul(document.raw_text),
                     ocr_metadata=dict(document.ocr_metadata),
+                    content_sha256=document.content_sha256,
                     **self._stamps(),
                 )
             )
@@ -160,6 +162,33 @@ class SqlDocumentStore:
             ).scalar_one()
         latest: datetime = updated if polled is None else max(updated, polled)
         return latest.timestamp()
+
+    def find_by_content(self, project_uuid: str, content_sha256: str) -> SourceDocument | None:
+        """The project's earliest document with this content hash, or None."""
+        docs = source_documents.c
+        query = (
+            select(source_documents)
+            .where(docs.project_uuid == project_uuid, docs.content_sha256 == content_sha256)
+            .order_by(docs.created_at, docs.uuid)
+            .limit(1)
+        )
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else _document(row)
+
+    def match_uuid_prefix(self, prefix: str, *, limit: int = 10) -> list[str]:
+        """Uuids of documents starting with `prefix` (hex digits and dashes), at most `limit`."""
+        if not prefix or any(c not in "0123456789abcdef-" for c in prefix.lower()):
+            return []
+        docs = source_documents.c
+        query = (
+            select(docs.uuid)
+            .where(docs.uuid.like(f"{prefix.lower()}%"))
+            .order_by(docs.uuid)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [str(value) for value in conn.execute(query).scalars()]
 
     def list_documents(self, statuses: Sequence[Status] | None = None) -> list[SourceDocument]:
         query = select(source_documents).order_by(
@@ -310,6 +339,18 @@ class SqlDocumentStore:
         with self._write() as conn:
             self._update_document(conn, document_uuid, values)
             document = self._load_document(conn, document_uuid)
+            if not bump_version:
+                # Back to a status this version already had (a dead letter replayed): the
+                # override is an event of its own, so its history row moves to now under
+                # the stage given (one row per status and version, as everywhere).
+                hist = document_processing_history.c
+                conn.execute(
+                    delete(document_processing_history).where(
+                        hist.document_uuid == document_uuid,
+                        hist.processing_version == document.processing_version,
+                        hist.status == status.value,
+                    )
+                )
             self._record_history(
                 conn,
                 document_uuid,
@@ -1095,6 +1136,9 @@ def _document(row: Row[Any]) -> SourceDocument:
         raw_text=row.raw_text,
         ocr_metadata=dict(row.ocr_metadata or {}),
         fence_token=row.fence_token,
+        content_sha256=row.content_sha256,
+        created_at=row.created_at.timestamp() if row.created_at is not None else None,
+        updated_at=row.updated_at.timestamp() if row.updated_at is not None else None,
     )
 
 
@@ -1150,7 +1194,13 @@ def create_store(
 
 def create_database_engine(database_url: str) -> Engine:
     """An engine configured for the pipeline; PostgreSQL URLs use psycopg 3."""
-    url = make_url(database_url)
+    try:
+        url = make_url(database_url)
+    except ArgumentError:
+        raise ConfigurationError(
+            f"{redact_url(database_url)!r} is not a database URL "
+            "(use sqlite:///PATH or postgresql://USER@HOST:PORT/DB)"
+        ) from None
     backend = url.get_backend_name()
     if backend == "sqlite":
         return _sqlite_engine(url)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
+from pipeline.display import markup_safe
 from pipeline.domain.models import QUEUES
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ def _usage_error(message: str) -> NoReturn:
 def _fail(message: str) -> NoReturn:
     from pipeline.cli import stderr
 
-    stderr.print(f"[bold red]error:[/] {message}")
+    stderr.print(f"[bold red]error:[/] {markup_safe(message)}")
     sys.exit(EXIT_FAILED)
 
 
@@ -181,7 +182,7 @@ def queue_processor(
             for document_uuid, stage in outcome.resumed.items():
                 _print(f"{document_uuid}: no progress for too long; {stage} sent again")
             for document_uuid, reason in outcome.errors.items():
-                _print(f"[red]{document_uuid}[/]: {reason}")
+                _print(f"[red]{document_uuid}[/]: {markup_safe(reason)}")
         sys.exit(EXIT_FAILED if outcome.errors else EXIT_OK)
 
     stop = threading.Event()
@@ -264,20 +265,21 @@ def reset(
 ) -> None:
     """Put documents back to pending in a new processing version and queue them again.
 
-    Give document uuids or --failed. Their derived rows, open queue rows and
-    dead letters are removed; each gets one fresh queue row, which the queue
-    processor dispatches. Tasks still in flight for the old version do nothing.
+    Give document uuids (or their short uuids: unique prefixes) or --failed.
+    Their derived rows, open queue rows and dead letters are removed; each
+    gets one fresh queue row, which the queue processor dispatches. Tasks
+    still in flight for the old version do nothing.
     """
     from pipeline.operations import reset as reset_documents
 
     if bool(document_uuids) == failed:
         _usage_error("give document uuids or --failed (one of them)")
+    from pipeline.document_ids import resolve_document_uuids
+
     services = _services(database_url)
-    missing = [u for u in document_uuids if not _exists(services, u)]
-    if missing:
-        _usage_error("no such document: " + ", ".join(missing))
     with _unavailable_is_failure():
-        done = reset_documents(services, list(document_uuids) or None, failed=failed)
+        wanted = resolve_document_uuids(services.store, document_uuids)
+        done = reset_documents(services, wanted or None, failed=failed)
     if as_json:
         _echo_json({"reset": done, "count": len(done)})
         return
@@ -286,14 +288,6 @@ def reset(
         _print(f"  {document_uuid}")
     if done:
         _print("run `docpipe queue-processor` to dispatch them")
-
-
-def _exists(services: Services, document_uuid: str) -> bool:
-    try:
-        services.store.get_document(document_uuid)
-    except KeyError:
-        return False
-    return True
 
 
 # --- purge (the broker) ----------------------------------------------------------------
@@ -315,6 +309,8 @@ def purge(yes: bool, broker_url: str | None, as_json: bool) -> None:
     from pipeline.settings import redact_url
 
     settings = _settings(broker_url=broker_url)
+    from pipeline.redaction import redact
+
     broker = redact_url(settings.broker_url)
     if not yes:
         click.confirm(
@@ -326,7 +322,7 @@ def purge(yes: bool, broker_url: str | None, as_json: bool) -> None:
     try:
         counts = purge_queues(app)
     except Exception as exc:  # kombu raises its own connection errors
-        _fail(redact_url(f"could not purge the queues on {broker}: {exc}"))
+        _fail(redact(f"could not purge the queues on {broker}: {exc}"))
     total = sum(counts.values())
     if as_json:
         _echo_json({"broker": broker, "purged": counts, "total": total})
@@ -360,19 +356,27 @@ def dlq_list(as_json: bool, database_url: str | None) -> None:
     from rich.table import Table
 
     from pipeline.cli import stdout
+    from pipeline.document_ids import short_uuid
 
     table = Table(title=f"dead letters ({len(letters)})", title_justify="left")
     for column in ("document", "file", "stage", "retries", "status", "at", "error"):
         table.add_column(column)
     for letter in letters:
+        # File names and error texts are user-supplied (or vendor) text: never markup.
         table.add_row(
-            str(letter["document_uuid"]),
-            str(letter["file"] or "-"),
-            str(letter["stage"]),
-            str(letter["retries"]),
-            str(letter["status"] or "-"),
-            str(letter["created_at"]),
-            str(letter["error"]),
+            *(
+                markup_safe(value)
+                for value in (
+                    # Never cut by the terminal's width; `dlq replay` accepts it as it is.
+                    short_uuid(str(letter["document_uuid"])),
+                    letter["file"] or "-",
+                    letter["stage"],
+                    letter["retries"],
+                    letter["status"] or "-",
+                    letter["created_at"],
+                    letter["error"],
+                )
+            )
         )
     stdout.print(table)
 
@@ -380,14 +384,17 @@ def dlq_list(as_json: bool, database_url: str | None) -> None:
 def _selection(
     services: Services, document_uuids: tuple[str, ...], everything: bool
 ) -> list[str] | None:
-    """The documents named (each must have a dead letter), or None for --all."""
+    """The documents named (uuids or unique prefixes, each lettered), or None for --all."""
+    from pipeline.document_ids import resolve_document_uuids
+
     if everything:
         return None
+    wanted = resolve_document_uuids(services.store, document_uuids)
     lettered = {str(letter["document_uuid"]) for letter in services.store.dead_letters()}
-    missing = [u for u in document_uuids if u not in lettered]
+    missing = [u for u in wanted if u not in lettered]
     if missing:
         _usage_error("no dead letter for: " + ", ".join(missing))
-    return list(dict.fromkeys(document_uuids))
+    return wanted
 
 
 @dlq.command("replay")
@@ -400,8 +407,8 @@ def dlq_replay(
 ) -> None:
     """Send dead-lettered documents back into the stage that gave up on them.
 
-    Give document uuids or --all. Fix the cause first: a replayed document
-    runs the failed stage again (same processing version, earlier stages'
+    Give document uuids (short uuids of `dlq list` do) or --all. Fix the cause
+    first: a replayed document runs the failed stage again (same processing version, earlier stages'
     rows kept) and completes once the fault is gone. Letters of documents
     that are no longer dead_lettered (e.g. reset since) are skipped.
     """

@@ -195,6 +195,11 @@ class SourceDocument:
     ocr_metadata: dict[str, Any] = field(default_factory=dict)
     #: The fencing token of the stage delivery that last claimed the document.
     fence_token: str | None = None
+    #: sha256 (hex) of the original file's bytes; None for documents created without one.
+    content_sha256: str | None = None
+    #: When the row was created / last changed (epoch seconds; set by the store, not compared).
+    created_at: float | None = field(default=None, compare=False)
+    updated_at: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,15 @@ GOOD = (
 )
 
 
-def docpipe(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def docpipe(
+    cwd: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {
         "PATH": "/usr/bin:/bin",
         "PYTHONPATH": str(REPO),
         "HOME": str(cwd),
         "DOCPIPE_UNDER_TEST": "1",
+        **(env or {}),
     }
     return subprocess.run(
         [sys.executable, "-m", "pipeline", *args],
@@ -45,12 +48,14 @@ def test_run_json_prints_exactly_one_object_and_exit_1_when_a_document_fails(
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     report = json.loads(result.stdout)
-    assert set(report) == {"documents", "totals"}
+    assert set(report) == {"documents", "totals", "skipped"}
+    assert report["skipped"] == []
     rows = {Path(r["file"]).name: r for r in report["documents"]}
     assert set(rows) == {"good.txt", "broken.pdf"}
     for row in rows.values():
         assert set(row) == {
-            "file", "document_uuid", "status", "error", "category",
+            "file", "document_uuid", "short_uuid", "already_processed", "reprocessed",
+            "status", "error", "category",
             "chunks", "mentions", "canonical_entities", "relationships",
         }  # fmt: skip
     assert rows["good.txt"]["status"] == "completed"

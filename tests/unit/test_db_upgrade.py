@@ -83,3 +83,25 @@ def test_the_engine_url_keeps_sslmode_for_libpq() -> None:
         assert kwargs["sslmode"] == "require" and "prepare_threshold" not in kwargs
     finally:
         engine.dispose()
+
+
+def test_upgrade_adds_the_content_hash_to_a_database_made_before_it(tmp_path: Path) -> None:
+    """A version-2 database (no content_sha256) gets the column and its index from step 3."""
+    from sqlalchemy import inspect, text
+
+    from pipeline.adapters.migrations import upgrade
+    from pipeline.adapters.schema import CONTENT_INDEX
+
+    engine = create_database_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    assert upgrade(engine).applied == [1, 2, 3]
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP INDEX {CONTENT_INDEX}"))
+        conn.execute(text("ALTER TABLE source_documents DROP COLUMN content_sha256"))
+        conn.execute(text("DELETE FROM schema_version WHERE version = 3"))
+    result = upgrade(engine)
+    assert result.applied == [3]
+    inspector = inspect(engine)
+    assert "content_sha256" in {c["name"] for c in inspector.get_columns("source_documents")}
+    assert CONTENT_INDEX in {i["name"] for i in inspector.get_indexes("source_documents")}
+    assert upgrade(engine).applied == []
+    engine.dispose()

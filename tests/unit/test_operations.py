@@ -428,6 +428,12 @@ def test_dead_letters_are_listed_replayed_once_the_fault_is_gone_and_purged(
     document = services.store.get_document(first)
     assert (document.status, document.processing_version) == (Status.COMPLETED, 1)
     assert services.store.counts(first).mentions > 0
+    # The history shows the replay: the stage's row, after the dead letter, under its name.
+    history = [(h.stage, h.status) for h in services.store.history(first)]
+    replay_row = ("entity_extraction (dlq replay)", Status.ENTITY_EXTRACTION)
+    assert replay_row in history
+    assert history.index(replay_row) > history.index(("entity_extraction", Status.DEAD_LETTERED))
+    assert history[-1][1] is Status.COMPLETED
     assert queue_rows(services, first) == [QueueStatus.FAILED]
     assert [letter["document_uuid"] for letter in operations.dlq_list(services)] == [second]
 
