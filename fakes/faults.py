@@ -12,15 +12,15 @@ import hashlib
 import json
 import os
 import signal
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import redis
 
+from pipeline.adapters.clock import SystemClock
 from pipeline.errors import PermanentError, TransientError
-from pipeline.ports import NO_FAULT, FaultEffect
+from pipeline.ports import NO_FAULT, Clock, FaultEffect
 
 FaultKind = Literal[
     "transient", "throttle", "permanent", "timeout", "latency", "malformed", "empty", "kill_worker"
@@ -57,7 +57,13 @@ class FaultRule:
 
 
 class RedisFaultInjector:
-    """Implements the FaultInjector port; `arm()` resets counters and starts the clock."""
+    """Implements the FaultInjector port; `arm()` resets counters and starts the clock.
+
+    Time is the `clock`'s (the Clock port): a `timeout` fault waits on it and
+    a `window` counts from `arm()` on it, so under the simulator's virtual
+    clock they cost no wall time. Broker workers and the runner share the
+    wall clock (the default).
+    """
 
     def __init__(
         self,
@@ -67,8 +73,10 @@ class RedisFaultInjector:
         namespace: str = "docpipe:faults",
         seed: int = 0,
         simulated: bool = False,
+        clock: Clock | None = None,
     ) -> None:
         self._client = client
+        self._clock: Clock = clock if clock is not None else SystemClock()
         self.rules = tuple(rules)
         self._ns = namespace
         self._seed = seed
@@ -83,7 +91,12 @@ class RedisFaultInjector:
 
     @classmethod
     def from_json(
-        cls, client: redis.Redis, text: str, *, simulated: bool = False
+        cls,
+        client: redis.Redis,
+        text: str,
+        *,
+        simulated: bool = False,
+        clock: Clock | None = None,
     ) -> RedisFaultInjector:
         data = json.loads(text)
         rules = []
@@ -93,7 +106,12 @@ class RedisFaultInjector:
                 raw["window"] = tuple(raw["window"])
             rules.append(FaultRule(**raw))
         return cls(
-            client, rules, namespace=data["namespace"], seed=data["seed"], simulated=simulated
+            client,
+            rules,
+            namespace=data["namespace"],
+            seed=data["seed"],
+            simulated=simulated,
+            clock=clock,
         )
 
     def arm(self) -> None:
@@ -101,7 +119,7 @@ class RedisFaultInjector:
         keys = list(self._client.scan_iter(match=f"{self._ns}:*"))
         if keys:
             self._client.delete(*keys)
-        self._client.set(f"{self._ns}:armed_at", repr(time.time()))
+        self._client.set(f"{self._ns}:armed_at", repr(self._clock.now()))
 
     # --- the port ----------------------------------------------------------------------
     def before(self, port: str, operation: str, document_uuid: str | None) -> FaultEffect:
@@ -143,7 +161,7 @@ class RedisFaultInjector:
     def _fires(self, index: int, rule: FaultRule, call: int) -> bool:
         if rule.window is not None:
             armed = self._client.get(f"{self._ns}:armed_at")
-            elapsed = time.time() - float(armed) if armed is not None else 0.0
+            elapsed = self._clock.now() - float(armed) if armed is not None else 0.0
             if not rule.window[0] <= elapsed < rule.window[1]:
                 return False
         if rule.first is not None and call > rule.first:
@@ -174,8 +192,8 @@ class RedisFaultInjector:
         if rule.kind == "permanent":
             raise PermanentError(reason)
         if rule.kind == "timeout":
-            if rule.latency_s:
-                time.sleep(rule.latency_s)
+            # The call hangs until it times out: on the clock, so virtual in the simulator.
+            self._clock.sleep(rule.latency_s)
             raise TransientError(reason)
         if rule.kind == "kill_worker":
             if self._simulated:
@@ -206,11 +224,17 @@ class SharedFaultInjector:
     """
 
     def __init__(
-        self, client: redis.Redis, *, key: str = ACTIVE_FAULTS_KEY, simulated: bool = False
+        self,
+        client: redis.Redis,
+        *,
+        key: str = ACTIVE_FAULTS_KEY,
+        simulated: bool = False,
+        clock: Clock | None = None,
     ) -> None:
         self._client = client
         self._key = key
         self._simulated = simulated
+        self._clock = clock
         self._loaded: tuple[bytes, RedisFaultInjector] | None = None
 
     def before(self, port: str, operation: str, document_uuid: str | None) -> FaultEffect:
@@ -220,7 +244,7 @@ class SharedFaultInjector:
         config = raw if isinstance(raw, bytes) else str(raw).encode()
         if self._loaded is None or self._loaded[0] != config:
             injector = RedisFaultInjector.from_json(
-                self._client, config.decode(), simulated=self._simulated
+                self._client, config.decode(), simulated=self._simulated, clock=self._clock
             )
             self._loaded = (config, injector)
         return self._loaded[1].before(port, operation, document_uuid)

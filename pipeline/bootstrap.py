@@ -245,7 +245,7 @@ def build_services(
     if faults is None and settings.fault_injection:
         from fakes.faults import SharedFaultInjector
 
-        faults = SharedFaultInjector(client)
+        faults = SharedFaultInjector(client, clock=clock)
     blobs = (
         build_s3_blob_store(settings)
         if urlparse(settings.blob_url).scheme == "s3"

@@ -89,6 +89,8 @@ class RedisServer:
     workdir: Path
     #: Started with an append-only file fsynced on every write (survives a restart).
     persistent: bool = False
+    #: More redis-server options (tests: `--maxmemory-policy allkeys-lru`), kept on restart.
+    extra_args: tuple[str, ...] = ()
 
     def url(self, db: int = 0) -> str:
         return f"redis://{HOST}:{self.port}/{db}"
@@ -109,7 +111,9 @@ class RedisServer:
 
     def start_again(self) -> None:
         """Start a stopped server on the same port, folder and persistence."""
-        self.process = start_redis(self.workdir, port=self.port, persistent=self.persistent).process
+        self.process = start_redis(
+            self.workdir, port=self.port, persistent=self.persistent, extra_args=self.extra_args
+        ).process
 
     def __enter__(self) -> RedisServer:
         return self
@@ -118,11 +122,18 @@ class RedisServer:
         self.stop()
 
 
-def start_redis(workdir: Path, port: int | None = None, *, persistent: bool = False) -> RedisServer:
+def start_redis(
+    workdir: Path,
+    port: int | None = None,
+    *,
+    persistent: bool = False,
+    extra_args: Sequence[str] = (),
+) -> RedisServer:
     """A fresh redis-server on `port` (default: a free one), answering PING, or an error.
 
     `persistent`: an append-only file in `workdir`, fsynced on every write, so a
     stop and `start_again` lose nothing (queued and unacked messages included).
+    `extra_args` come last, so they override the defaults above.
     """
     binary = shutil.which("redis-server")
     if binary is None:
@@ -131,9 +142,15 @@ def start_redis(workdir: Path, port: int | None = None, *, persistent: bool = Fa
     workdir.mkdir(parents=True, exist_ok=True)
     appendonly = ["yes", "--appendfsync", "always"] if persistent else ["no"]
     argv = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", *appendonly]
-    argv += ["--dir", str(workdir), "--maxmemory-policy", "noeviction"]
+    argv += ["--dir", str(workdir), "--maxmemory-policy", "noeviction", *extra_args]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = RedisServer(port=port, process=process, workdir=workdir, persistent=persistent)
+    server = RedisServer(
+        port=port,
+        process=process,
+        workdir=workdir,
+        persistent=persistent,
+        extra_args=tuple(extra_args),
+    )
     client = server.client(socket_connect_timeout=1)
     deadline = time.monotonic() + REDIS_START_TIMEOUT_S
     try:

@@ -4,7 +4,9 @@ The baseline the plan's 3-5x promise is measured against. It calls the same
 stage functions (pipeline/stages.py) with the same services as the Celery
 tasks, so the comparison is fair: only the execution model differs. The OCR
 job is polled by sleeping the poll interval on the clock, as the old OCR task
-did. No Celery, no broker, no locks (nothing runs beside it).
+did; a failed attempt waits out pipeline.policy's countdown on the clock, the
+same retry budget as the tasks'. No Celery, no broker, no locks (nothing runs
+beside it).
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ from pipeline.bootstrap import Services
 from pipeline.domain.models import Stage, Status
 from pipeline.errors import TransientError
 from pipeline.intake import claim_own, submit_file
+from pipeline.policy import decide, metered
 from pipeline.stages import StageResult
 
 log = logging.getLogger(__name__)
 
-#: A document that keeps failing transiently gives up after this many tries per stage.
-MAX_TRIES = 3
+
+class _StageGaveUp(Exception):
+    """A stage's attempts ended: dead-lettered or failed, already recorded."""
 
 
 @dataclass(frozen=True)
@@ -51,10 +55,7 @@ def process_document(services: Services, document_uuid: str) -> Status:
     while stage is not None:
         try:
             result = _run_with_retries(services, stage, document_uuid, version, attempt)
-        except Exception as exc:
-            reason = f"{stage}: {exc or type(exc).__name__}"
-            log.warning("sequential %s failed: %s", document_uuid, reason)
-            stages.fail(services, document_uuid, version, stage, stage.failed_status, reason)
+        except _StageGaveUp:
             break
         if result.skipped:
             break
@@ -66,16 +67,40 @@ def process_document(services: Services, document_uuid: str) -> Status:
 def _run_with_retries(
     services: Services, stage: Stage, document_uuid: str, version: int, attempt: int
 ) -> StageResult:
-    for tries in range(1, MAX_TRIES + 1):
+    """Attempts of one stage under pipeline.policy; raises _StageGaveUp once it is recorded."""
+    stalled = 0
+    tries = 0
+    while True:
         try:
-            return _run_stage(
-                services, stage, document_uuid, version, f"monolith:{attempt}:{tries}"
+            with metered() as meter:
+                return _run_stage(
+                    services, stage, document_uuid, version, f"monolith:{attempt}:{tries}"
+                )
+        except Exception as exc:
+            decision = decide(
+                stage,
+                exc,
+                attempt=tries,
+                stalled=stalled,
+                progressed=meter.progressed,
+                settings=services.settings,
+                retryable=(TransientError,),
             )
-        except TransientError:
-            if tries == MAX_TRIES:
-                raise
-            services.clock.sleep(services.settings.retry_backoff_base_s * 2**tries)
-    raise AssertionError("unreachable")  # pragma: no cover
+            if decision.action == "retry":
+                services.clock.sleep(decision.countdown)
+                stalled = decision.stalled
+                tries += 1
+                continue
+            log.warning("sequential %s: %s", document_uuid, decision.error)
+            if decision.action == "dead_letter":
+                services.store.add_dead_letter(
+                    document_uuid, "monolith", str(stage), decision.error, tries
+                )
+                status = Status.DEAD_LETTERED
+            else:
+                status = stage.failed_status
+            stages.fail(services, document_uuid, version, stage, status, decision.error)
+            raise _StageGaveUp(decision.error) from exc
 
 
 def _run_stage(

@@ -112,7 +112,11 @@ class Settings(BaseSettings):
     # --- Celery: the seed's configuration, corrected -----------------------------------
     task_soft_time_limit_s: int = Field(default=3600, ge=1)
     task_time_limit_s: int = Field(default=3900, ge=1)
+    #: Retries of one stage of one document in a row WITHOUT progress (pipeline/policy.py):
+    #: an attempt that made durable progress (e.g. newly answered chunks) restarts the count.
     max_retries: int = Field(default=5, ge=0)
+    #: Absolute ceiling on the attempts of one stage of one document, progress or not.
+    max_task_attempts: int = Field(default=200, ge=1)
     retry_backoff_base_s: float = Field(default=2.0, ge=0)
     retry_backoff_max_s: float = Field(default=600.0, ge=0)
     #: Redis redelivers unacked tasks after this; must exceed time limit + largest countdown.
@@ -139,6 +143,11 @@ class Settings(BaseSettings):
             raise ValueError("task_soft_time_limit_s must be below task_time_limit_s")
         if self.chunk_min_chars >= self.chunk_max_chars:
             raise ValueError("chunk_min_chars must be below chunk_max_chars")
+        if self.max_task_attempts <= self.max_retries:
+            raise ValueError(
+                f"max_task_attempts ({self.max_task_attempts}) must exceed max_retries "
+                f"({self.max_retries}): the ceiling bounds attempts with progress too"
+            )
         needed = self.task_time_limit_s + self.retry_backoff_max_s
         if self.visibility_timeout_s <= needed:
             raise ValueError(

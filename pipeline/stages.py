@@ -35,6 +35,7 @@ from pipeline.domain.models import (
 from pipeline.domain.resolution import resolve_mentions
 from pipeline.errors import DocumentTooLarge, EmptyDocument, PermanentError, RateLimited
 from pipeline.parsers import detect_file_type, pdf_page_count
+from pipeline.policy import record_progress
 from pipeline.ports import OcrRequest
 
 log = logging.getLogger(__name__)
@@ -322,6 +323,8 @@ def extract_entities(services: Services, document_uuid: str, version: int) -> St
             # Parse before caching: a malformed answer raises and is never cached (failure 10).
             entities = parse_llm_entities(payload, chunk.text)
             services.cache.set(key, payload, services.settings.cache_ttl_s)
+            # Kept even if a later chunk fails: the retry budget counts this as progress.
+            record_progress()
         else:
             entities = parse_llm_entities(payload, chunk.text)
         mentions.extend(build_mentions(document_uuid, chunk, entities))

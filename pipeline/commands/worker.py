@@ -1,22 +1,43 @@
 """`docpipe worker`: a thin wrapper over Celery's own worker.
 
-`celery -A pipeline.celery_app worker -Q ocr` works just as well; this adds
-the plan's per-queue defaults and refuses settings workers cannot share.
+`celery -A pipeline.celery_app worker -Q ocr` works just as well and refuses
+the same settings with the same message (`refuse_unless_workers_can_run`, also
+called from the app's `celeryd_init` receiver); this adds the plan's per-queue
+defaults. `docpipe wait-workers` is how `make workers` knows its workers are up.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import click
+from rich.markup import escape
 
-from pipeline.broker import broker_problems
 from pipeline.domain.models import QUEUES
+from pipeline.settings import Settings, redact_url
 
 #: The plan's layout: OCR on processes, entity extraction on many greenlets.
 DEFAULT_POOL = {"ocr": "prefork", "text": "threads", "entity": "gevent", "graph": "threads"}
 DEFAULT_CONCURRENCY = {"prefork": 2, "threads": 4, "gevent": 100, "solo": 1}
+
+
+def refuse_unless_workers_can_run(settings: Settings) -> None:
+    """Raise the `UserFacingError` (exit 2) that says why a worker cannot run with these settings.
+
+    The one check for `docpipe worker` and for plain `celery -A pipeline.celery_app
+    worker` (whose `celeryd_init` receiver renders it and exits 2 the same way).
+    """
+    from pipeline.broker import broker_preflight
+    from pipeline.cli import _usage_error
+
+    problems = broker_preflight(settings)
+    if problems:
+        _usage_error("cannot start a worker: " + "; ".join(problems))
 
 
 def worker_argv(
@@ -77,10 +98,7 @@ def worker(
     unknown = sorted(set(names) - set(QUEUES))
     if not names or unknown:
         _usage_error(f"unknown queue(s) {', '.join(unknown) or '(none)'}; use {', '.join(QUEUES)}")
-    settings = load_settings(eager=False)
-    problems = broker_problems(settings)
-    if problems:
-        _usage_error("cannot start a worker: " + "; ".join(problems))
+    refuse_unless_workers_can_run(load_settings(eager=False))
     chosen_pool = pool or (DEFAULT_POOL[names[0]] if len(names) == 1 else "threads")
     size = concurrency or DEFAULT_CONCURRENCY[chosen_pool]
     argv = worker_argv(names, chosen_pool, size, hostname or f"{'-'.join(names)}@%h", loglevel)
@@ -89,4 +107,116 @@ def worker(
     os.execve(sys.executable, argv, env)
 
 
-COMMANDS: list[click.Command] = [worker]
+@dataclass(frozen=True)
+class StartedWorker:
+    """One worker `make workers` started: its queue, pid file and log in the run folder."""
+
+    queue: str
+    run_dir: Path
+
+    @property
+    def nodename(self) -> str:
+        # `make workers` passes --hostname QUEUE@%h; Celery's %h is socket.gethostname().
+        return f"{self.queue}@{socket.gethostname()}"
+
+    @property
+    def log(self) -> Path:
+        return self.run_dir / f"{self.queue}.log"
+
+    def pid(self) -> int | None:
+        try:
+            return int((self.run_dir / f"{self.queue}.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def is_alive(self) -> bool:
+        pid = self.pid()
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def last_log_line(self) -> str:
+        try:
+            lines = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return next((line.strip() for line in reversed(lines) if line.strip()), "(empty log)")
+
+
+def _consumed_queues(nodenames: list[str]) -> dict[str, set[str]]:
+    """Node name -> queues it consumes, for the nodes that answered within a second."""
+    from pipeline import celery_app
+
+    replies = (
+        celery_app.app.control.inspect(destination=nodenames, timeout=1.0).active_queues() or {}
+    )
+    return {node: {queue["name"] for queue in queues} for node, queues in replies.items()}
+
+
+@click.command("wait-workers")
+@click.argument("queues", nargs=-1, required=True)
+@click.option(
+    "--run-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path(".docpipe/run"),
+    show_default=True,
+    help="Where `make workers` keeps QUEUE.pid and QUEUE.log.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for every worker.",
+)
+def wait_workers(queues: tuple[str, ...], run_dir: Path, timeout: float) -> None:
+    """Wait until the worker of each QUEUE (started by `make workers`) consumes it.
+
+    A worker counts as up when its node (QUEUE@host) answers on the broker and
+    reports consuming QUEUE. Exits 1 as soon as one has died, or when one has not
+    answered within --timeout, naming its log file and the log's last line.
+    """
+    from pipeline import celery_app
+    from pipeline.cli import EXIT_FAILED, _usage_error, load_settings, stderr
+
+    unknown = sorted(set(queues) - set(QUEUES))
+    if unknown:
+        _usage_error(f"unknown queue(s) {', '.join(unknown)}; use {', '.join(QUEUES)}")
+    celery_app.configure(load_settings(eager=False))
+    waiting = {queue: StartedWorker(queue, run_dir) for queue in queues}
+    deadline = time.monotonic() + timeout
+    failures: list[str] = []
+    while waiting and not failures:
+        for queue, started in list(waiting.items()):
+            if not started.is_alive():
+                failures.append(
+                    f"worker {queue} is not running; log {started.log}: {started.last_log_line()}"
+                )
+        if failures:
+            break
+        answers = _consumed_queues([started.nodename for started in waiting.values()])
+        for queue, started in list(waiting.items()):
+            if queue in answers.get(started.nodename, set()):
+                click.echo(f"worker {queue} is up ({started.nodename}, pid {started.pid()})")
+                del waiting[queue]
+        if waiting and time.monotonic() >= deadline:
+            failures.extend(
+                f"worker {queue} did not answer within {timeout:g} s; "
+                f"log {started.log}: {started.last_log_line()}"
+                for queue, started in waiting.items()
+            )
+    for failure in failures:
+        # A log line is not markup, and may quote a URL: escaped and redacted.
+        stderr.print(f"[bold red]error:[/] {escape(redact_url(failure))}")
+    if failures:
+        stderr.print("stop the others with `make stop-workers`", highlight=False)
+        sys.exit(EXIT_FAILED)
+
+
+COMMANDS: list[click.Command] = [worker, wait_workers]

@@ -262,7 +262,10 @@ class _Run:
         names = {uuid_: name for name, uuid_ in by_name.items()}
         declared, rules = self._rules(by_name)
         namespace = f"docpipe:faults:scenario:{uuid.uuid4().hex[:12]}"
-        injector = RedisFaultInjector(services.redis, rules, namespace=namespace, seed=self.seed)
+        # On the services' clock: a window counts virtual time in sim mode, wall time otherwise.
+        injector = RedisFaultInjector(
+            services.redis, rules, namespace=namespace, seed=self.seed, clock=services.clock
+        )
         install_faults(services.redis, injector)
         try:
             uuids = list(by_name.values())

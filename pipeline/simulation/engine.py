@@ -50,8 +50,10 @@ class Message:
     args: tuple[Any, ...] = ()
     retries: int = 0
     eta: float = 0.0
+    #: Attempts in a row without progress (pipeline.policy), carried like a task kwarg.
+    stalled: int = 0
 
-    def retry(self, countdown: float) -> Send:
+    def retry(self, countdown: float, stalled: int = 0) -> Send:
         """The same task again after `countdown`, as Celery's retry sends it (same id)."""
         return Send(
             task=self.task,
@@ -61,6 +63,7 @@ class Message:
             countdown=countdown,
             retries=self.retries + 1,
             task_id=self.id,
+            stalled=stalled,
         )
 
 
@@ -76,6 +79,7 @@ class Send:
     retries: int = 0
     #: Reuse a task id (a retry keeps its id); a new one otherwise.
     task_id: str | None = None
+    stalled: int = 0
 
 
 @dataclass
@@ -244,6 +248,7 @@ class Simulator:
             args=send.args,
             retries=send.retries,
             eta=self.now + send.countdown if send.countdown > 0 else 0.0,
+            stalled=send.stalled,
         )
         self.queues[message.queue].append(message)
         self._log("publish", message.id, message.task, message.doc, message.retries, message.eta)

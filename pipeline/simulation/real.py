@@ -4,9 +4,11 @@ Services are built as for an eager run (in-memory SQLite, in-process
 fakeredis, memory blobs) but with a `VirtualClock`: the fakes' latencies
 advance it instead of waiting. The task layer's policy (pipeline.tasks:
 the per-document-and-stage lock owned by the task id, the redelivery guard,
-retries with backoff and seeded jitter, dead letters, terminal failures)
-is reproduced here around direct calls of the stage functions, as
-pipeline/monolith.py calls them.
+dead letters, terminal failures) is reproduced here around direct calls of
+the stage functions, as pipeline/monolith.py calls them; the retry decision
+is pipeline.policy's own (seeded jitter), with the attempts without progress
+carried on the message. Fault delays (`timeout`) and windows run on the
+virtual clock too.
 
 The stage function runs to the end when the task starts; its duration is
 the virtual time it slept, and its lock is held until it finishes in
@@ -32,6 +34,7 @@ from pipeline.bootstrap import Services, build_services, redis_client
 from pipeline.domain.models import SourceDocument, Stage, Status, stable_uuid
 from pipeline.errors import LockUnavailable, StaleDelivery, TransientError
 from pipeline.intake import claim_own, storage_key
+from pipeline.policy import ProgressMeter, decide, metered, readable
 from pipeline.ports import FaultInjector
 from pipeline.settings import Settings
 from pipeline.simulation.clock import VirtualClock, VirtualRateLimiter
@@ -69,16 +72,14 @@ class StageExecutor:
         faults: FaultInjector | None = None,
         clock: VirtualClock | None = None,
     ) -> None:
-        from pipeline.tasks import readable, retry_countdown
-
-        self._readable = readable
-        self._retry_countdown = retry_countdown
         self.files = list(files)
         self.seed = seed
         self.clock = clock or VirtualClock()
         if faults is None and settings.fault_injection:
             # What workers follow, but a kill_worker fault raises instead of killing us.
-            faults = SharedFaultInjector(redis_client(settings.redis_url), simulated=True)
+            faults = SharedFaultInjector(
+                redis_client(settings.redis_url), simulated=True, clock=self.clock
+            )
         self.services: Services = build_services(settings, faults=faults, clock=self.clock)
         self.deferred = install_deferred_store(self.services)
         self.limiter = VirtualRateLimiter(
@@ -180,14 +181,17 @@ class StageExecutor:
         version = self.versions[message.doc]
         services = self.services
         if delivery > self.settings.max_redeliveries:
-            self._dead_letter(message, stage, "worker lost too many times")
+            gave_up = f"gave up after {message.retries} retries"
+            self._dead_letter(message, stage, f"worker lost too many times ({gave_up})")
             return Outcome(0.0, "dead_lettered", detail="redelivered too often")
         lock_name = f"{uuid}:{stage}"
         token = services.locks.acquire(lock_name, self.settings.lock_ttl_s, owner=message.id)
+        meter = ProgressMeter()
         try:
             if token is None:
                 raise LockUnavailable(f"another worker holds the {stage} lock")
-            result = self._call(message, stage, uuid, version)
+            with metered() as meter:
+                result = self._call(message, stage, uuid, version)
         except WorkerKilled as killed:
             # SIGKILL: no release, no status, no retry; the broker redelivers the message.
             return Outcome(self.clock.now() - start, "worker_lost", detail=str(killed))
@@ -195,13 +199,11 @@ class StageExecutor:
             if token is not None:
                 services.locks.release(lock_name, token)
             duration = self.clock.now() - start
-            if isinstance(exc, LockUnavailable) and message.retries >= self.settings.max_retries:
-                return Outcome(duration, "skipped", detail=str(exc))
-            return self._retry(message, stage, exc, duration)
+            return self._retry(message, stage, exc, meter.progressed, duration)
         except Exception as exc:  # the task layer records any other failure on the row
             if token is not None:
                 services.locks.release(lock_name, token)
-            reason = self._readable(stage, exc)
+            reason = readable(stage, exc)
             stages.fail(services, uuid, version, stage, stage.failed_status, reason)
             return Outcome(self.clock.now() - start, "failed", detail=reason)
         duration = self.clock.now() - start
@@ -238,18 +240,36 @@ class StageExecutor:
         return stages.STAGE_FUNCTIONS[stage](self.services, uuid, version)
 
     def _retry(
-        self, message: Message, stage: Stage, exc: TransientError, duration: float
+        self,
+        message: Message,
+        stage: Stage,
+        exc: TransientError,
+        progressed: bool,
+        duration: float,
     ) -> Outcome:
-        if message.retries >= self.settings.max_retries:
-            self._dead_letter(message, stage, self._readable(stage, exc))
+        """pipeline.policy's decision, as the task layer applies it."""
+        decision = decide(
+            stage,
+            exc,
+            attempt=message.retries,
+            stalled=message.stalled,
+            progressed=progressed,
+            settings=self.settings,
+            rng=self.rng,
+        )
+        if decision.action == "dead_letter":
+            if isinstance(exc, LockUnavailable):
+                # Another live task runs this very stage; its own message guarantees progress.
+                return Outcome(duration, "skipped", detail=str(exc))
+            self._dead_letter(message, stage, decision.error)
             return Outcome(duration, "dead_lettered", detail=str(exc))
-        countdown = self._retry_countdown(self.settings, message.retries, exc.retry_after, self.rng)
-        send = message.retry(countdown)
-        return Outcome(duration, "retry", [send], detail=f"{exc}; retry in {countdown:.3f}s")
+        send = message.retry(decision.countdown, stalled=decision.stalled)
+        detail = f"{exc}; retry in {decision.countdown:.3f}s ({decision.stalled} without progress)"
+        return Outcome(duration, "retry", [send], detail=detail)
 
-    def _dead_letter(self, message: Message, stage: Stage, reason: str) -> None:
+    def _dead_letter(self, message: Message, stage: Stage, text: str) -> None:
+        """Record the dead letter and the terminal status; `text` says why and after what."""
         uuid = self.uuids[message.doc]
-        text = f"{reason} (gave up after {message.retries} retries)"
         self.services.store.add_dead_letter(uuid, message.task, str(stage), text, message.retries)
         stages.fail(
             self.services, uuid, self.versions[message.doc], stage, Status.DEAD_LETTERED, text

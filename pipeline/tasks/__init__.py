@@ -1,14 +1,15 @@
 """Celery tasks: thin entrypoints, like web views.
 
 Load by id, take the per-document-and-stage lock, call the stage, chain the
-next one. Retry policy lives here; the meaning of failure lives in the domain.
-Messages carry ids only (claim-check): a document uuid and its version.
+next one. The retry decision is pipeline.policy's (shared with the simulator
+and the monolith); the meaning of failure lives in the domain. Messages carry
+ids only (claim-check): a document uuid and its version, and on a retry the
+attempts in a row without progress (`stalled`, a small int).
 """
 
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable
 from typing import Any
 
@@ -20,37 +21,20 @@ from pipeline import stages
 from pipeline.bootstrap import Services, current_services
 from pipeline.celery_app import POLL_OCR_TASK, TASK_NAMES, app
 from pipeline.domain.models import Stage, Status
-from pipeline.errors import LockUnavailable, PermanentError, StaleDelivery, TransientError
-from pipeline.settings import Settings, get_settings, redact_url
+from pipeline.errors import LockUnavailable, StaleDelivery, TransientError
+from pipeline.policy import Decision, ProgressMeter, decide, metered, readable, retry_countdown
+from pipeline.settings import get_settings
 from pipeline.stages import StageResult
 
 log = logging.getLogger(__name__)
 
 
-def retry_countdown(
-    settings: Settings,
-    retries: int,
-    retry_after: float | None = None,
-    rng: random.Random | None = None,
-) -> float:
-    """Exponential backoff with jitter (50-100 % of the step), capped; honours Retry-After.
-
-    `rng` makes the jitter reproducible (the simulator passes a seeded one).
-    """
-    step = min(settings.retry_backoff_max_s, settings.retry_backoff_base_s * 2.0**retries)
-    countdown: float = step * (rng or random).uniform(0.5, 1.0)
-    if retry_after is not None:
-        countdown = max(countdown, retry_after)
-    return min(countdown, settings.retry_backoff_max_s)
-
-
-def readable(stage: Stage, exc: BaseException) -> str:
-    """The error message stored on the row: stage, kind and reason, secrets redacted."""
-    if isinstance(exc, PermanentError | TransientError):
-        message = str(exc) or type(exc).__name__
-    else:
-        message = f"unexpected {type(exc).__name__}: {exc}"
-    return redact_url(f"{stage}: {message}")[:2000]
+#: Failures worth another attempt (pipeline.policy decides whether one is left).
+RETRYABLE: tuple[type[BaseException], ...] = (
+    TransientError,
+    SoftTimeLimitExceeded,
+    redis.RedisError,
+)
 
 
 def run_stage(
@@ -59,17 +43,35 @@ def run_stage(
     document_uuid: str,
     version: int,
     call: Callable[[Services], StageResult],
+    stalled: int = 0,
 ) -> str:
-    """Run one stage under its lock and apply the retry / failure policy."""
+    """Run one stage under its lock and apply the retry / failure policy (pipeline.policy).
+
+    `stalled` (attempts in a row without progress) came with the message; the
+    stage reports its durable progress to the attempt's meter.
+    """
     services = _services_or_retry(task)
     settings = services.settings
     lock_name = f"{document_uuid}:{stage}"
     token: str | None = None
+    meter = ProgressMeter()
+
+    def decision(exc: BaseException) -> Decision:
+        return decide(
+            stage,
+            exc,
+            attempt=task.request.retries,
+            stalled=stalled,
+            progressed=meter.progressed,
+            settings=settings,
+            retryable=RETRYABLE,
+        )
+
     try:
         if _redelivered_too_often(task, services):
-            _dead_letter(
-                task, services, stage, document_uuid, version, "worker lost too many times"
-            )
+            gave_up = f"gave up after {task.request.retries} retries"
+            reason = f"worker lost too many times ({gave_up})"
+            _dead_letter(task, services, stage, document_uuid, version, reason)
             return "dead_lettered"
         # Each delivery holds the lock under its own token; a redelivery of the same task id
         # (worker killed, or a visibility-timeout restore while this one still runs) takes
@@ -77,7 +79,8 @@ def run_stage(
         token = services.locks.acquire(lock_name, settings.lock_ttl_s, owner=task.request.id)
         if token is None:
             raise LockUnavailable(f"another worker holds the {stage} lock")
-        result = call(services)
+        with metered() as meter:
+            result = call(services)
     except StaleDelivery as exc:
         # A later delivery took the document over while this one ran (a redelivery after
         # the visibility timeout, a later stage): nothing of this one was written, and the
@@ -87,19 +90,21 @@ def run_stage(
     except redis.RedisError as exc:
         # Redis restarting or unreachable: retry later rather than drop the document.
         token = None
-        retry = _retry_or_dead_letter(task, services, stage, document_uuid, version, exc)
+        retry = _retry_or_dead_letter(
+            task, services, stage, document_uuid, version, exc, decision(exc)
+        )
         if retry is None:
             raise
         raise retry from exc
     except (TransientError, SoftTimeLimitExceeded) as exc:
-        exhausted = task.request.retries >= settings.max_retries
-        if exhausted and isinstance(exc, LockUnavailable):
+        decided = decision(exc)
+        if decided.action == "dead_letter" and isinstance(exc, LockUnavailable):
             # Another live task runs this very stage; its own message guarantees progress.
             log.warning("%s %s: dropped a duplicate task: %s", stage, document_uuid, exc)
             return "skipped"
         _release(services, lock_name, token)
         token = None
-        retry = _retry_or_dead_letter(task, services, stage, document_uuid, version, exc)
+        retry = _retry_or_dead_letter(task, services, stage, document_uuid, version, exc, decided)
         if retry is None:
             return "dead_lettered"
         raise retry from exc
@@ -122,7 +127,17 @@ def run_stage(
         # down past the publish retries). Acking now would strand the document at this
         # stage; retrying re-runs the idempotent stage, which then publishes again.
         log.warning("%s %s: could not chain the next step: %s", stage, document_uuid, exc)
-        retry = _retry_or_dead_letter(task, services, stage, document_uuid, version, exc)
+        # Any failure to chain is worth a retry: the stage's own work is already committed.
+        chained = decide(
+            stage,
+            exc,
+            attempt=task.request.retries,
+            stalled=stalled,
+            progressed=False,
+            settings=settings,
+            retryable=(Exception,),
+        )
+        retry = _retry_or_dead_letter(task, services, stage, document_uuid, version, exc, chained)
         if retry is None:
             return "dead_lettered"
         raise retry from exc
@@ -151,20 +166,33 @@ def _services_or_retry(task: Task[Any, Any]) -> Services:
         settings = get_settings()
         retries = task.request.retries
         log.warning("cannot build the worker's services (%s); retry %d", exc, retries + 1)
-        raise _retry(task, settings, retry_countdown(settings, retries), exc) from exc
+        countdown = retry_countdown(settings, retries)
+        raise _retry(task, countdown, exc, max_retries=settings.max_retries) from exc
 
 
-def _retry(task: Task[Any, Any], settings: Settings, countdown: float, exc: Exception) -> Retry:
+def _retry(
+    task: Task[Any, Any],
+    countdown: float,
+    exc: Exception,
+    *,
+    max_retries: int,
+    stalled: int | None = None,
+) -> Retry:
     """`task.retry`, its message waiting out a restarting broker (RETRY_PUBLISH_POLICY).
 
+    `stalled` (attempts without progress) replaces the message's count; None keeps it.
     Celery rejects (drops) the message when the retry cannot be published: the
     broker is down. It is requeued instead; late acks keep it until then.
     """
+    kwargs = dict(task.request.kwargs or {})
+    if stalled is not None:
+        kwargs["stalled"] = stalled
     try:
         return task.retry(
+            kwargs=kwargs,
             exc=exc,
             countdown=countdown,
-            max_retries=settings.max_retries,
+            max_retries=max_retries,
             retry_policy=RETRY_PUBLISH_POLICY,
         )
     except Reject as rejected:
@@ -178,16 +206,25 @@ def _retry_or_dead_letter(
     document_uuid: str,
     version: int,
     exc: Exception,
+    decision: Decision,
 ) -> Retry | None:
-    """The Retry to raise, with backoff; None once retries are spent and it is dead-lettered."""
-    settings = services.settings
-    retries = task.request.retries
-    if retries < settings.max_retries:
-        retry_after = exc.retry_after if isinstance(exc, TransientError) else None
-        countdown = retry_countdown(settings, retries, retry_after)
-        log.info("%s %s: %s; retry %d in %.1fs", stage, document_uuid, exc, retries + 1, countdown)
-        return _retry(task, settings, countdown, exc)
-    _dead_letter(task, services, stage, document_uuid, version, readable(stage, exc))
+    """The Retry to raise for a "retry" decision; None once the document is dead-lettered."""
+    if decision.action == "retry":
+        log.info(
+            "%s %s: %s; retry %d in %.1fs (%d without progress)",
+            stage,
+            document_uuid,
+            exc,
+            task.request.retries + 1,
+            decision.countdown,
+            decision.stalled,
+        )
+        # Celery's own cap is the ceiling; the policy has already applied the budget.
+        max_retries = services.settings.max_task_attempts
+        return _retry(
+            task, decision.countdown, exc, max_retries=max_retries, stalled=decision.stalled
+        )
+    _dead_letter(task, services, stage, document_uuid, version, decision.error)
     return None
 
 
@@ -218,10 +255,10 @@ def _dead_letter(
     stage: Stage,
     document_uuid: str,
     version: int,
-    reason: str,
+    message: str,
 ) -> None:
+    """Record the dead letter and the document's terminal status; `message` says why."""
     retries = task.request.retries
-    message = f"{reason} (gave up after {retries} retries)"
     log.warning("%s %s dead-lettered: %s", stage, document_uuid, message)
     services.store.add_dead_letter(document_uuid, task.name, str(stage), message, retries)
     stages.fail(services, document_uuid, version, stage, Status.DEAD_LETTERED, message)
@@ -253,7 +290,7 @@ def send_stage(
 
 
 @app.task(bind=True, name=TASK_NAMES[Stage.OCR])
-def start_ocr_task(self: Task[Any, Any], document_uuid: str, version: int) -> str:
+def start_ocr_task(self: Task[Any, Any], document_uuid: str, version: int, stalled: int = 0) -> str:
     attempt = f"{self.request.id}:{self.request.retries}"
     return run_stage(
         self,
@@ -261,12 +298,18 @@ def start_ocr_task(self: Task[Any, Any], document_uuid: str, version: int) -> st
         document_uuid,
         version,
         lambda s: stages.start_ocr(s, document_uuid, version, attempt),
+        stalled,
     )
 
 
 @app.task(bind=True, name=POLL_OCR_TASK)
 def poll_ocr_task(
-    self: Task[Any, Any], document_uuid: str, version: int, job_id: str, polls: int
+    self: Task[Any, Any],
+    document_uuid: str,
+    version: int,
+    job_id: str,
+    polls: int,
+    stalled: int = 0,
 ) -> str:
     return run_stage(
         self,
@@ -274,6 +317,7 @@ def poll_ocr_task(
         document_uuid,
         version,
         lambda s: stages.poll_ocr(s, document_uuid, version, job_id, polls),
+        stalled,
     )
 
 
@@ -281,9 +325,14 @@ def _stage_task(stage: Stage) -> Any:
     function = stages.STAGE_FUNCTIONS[stage]
 
     @app.task(bind=True, name=TASK_NAMES[stage])
-    def stage_task(self: Task[Any, Any], document_uuid: str, version: int) -> str:
+    def stage_task(self: Task[Any, Any], document_uuid: str, version: int, stalled: int = 0) -> str:
         return run_stage(
-            self, stage, document_uuid, version, lambda s: function(s, document_uuid, version)
+            self,
+            stage,
+            document_uuid,
+            version,
+            lambda s: function(s, document_uuid, version),
+            stalled,
         )
 
     return stage_task

@@ -1,0 +1,176 @@
+"""The progress-aware retry budget in its callers (tasks, simulator, monolith); faults on the clock.
+
+The large cases (600+ chunks, every mode) are the library scenarios
+long_document_transient_llm_errors_completes and
+llm_down_for_good_dead_lettered_within_budget; these are small and fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+
+from fakes.faults import FaultRule, RedisFaultInjector, SharedFaultInjector, install_faults
+from pipeline.bootstrap import Services, redis_client
+from pipeline.domain.models import Status
+from pipeline.errors import TransientError
+from pipeline.intake import claim_own, submit_file
+from pipeline.monolith import process_document
+from pipeline.scenarios.documents import legal_pages
+from pipeline.scenarios.model import Scenario
+from pipeline.scenarios.runner import RunReport, run_scenario
+from pipeline.simulation.clock import VirtualClock
+from tests.unit.test_fake_ocr import RecordingClock
+
+MakeServices = Callable[..., Services]
+
+#: About 40 chunks: a long document in miniature.
+SMALL_CHUNKS = {"chunk_min_chars": 200, "chunk_max_chars": 600}
+
+
+def scenario(faults: list[dict[str, Any]], expect: dict[str, Any]) -> Scenario:
+    return Scenario.model_validate(
+        {
+            "name": "retry_budget",
+            "description": "d",
+            "seed": 3,
+            "documents": [{"generate": {"type": "txt", "name": "long.txt", "pages": 14}}],
+            # One retry without progress allowed: the old budget (one retry per task)
+            # would dead-letter the document at its second failed chunk.
+            "settings": {"max_retries": 1, **SMALL_CHUNKS},
+            "faults": faults,
+            "expect": expect,
+        }
+    )
+
+
+def explain(report: RunReport) -> str:
+    failed = [f"{c.name}: expected {c.expected}, measured {c.measured}" for c in report.checks]
+    return "\n".join(f for f, c in zip(failed, report.checks, strict=True) if not c.passed) + (
+        report.error or ""
+    )
+
+
+@pytest.mark.parametrize("mode", ["eager", "sim"])
+def test_a_long_document_whose_attempts_progress_completes(
+    mode: Literal["eager", "sim"], tmp_path: Path
+) -> None:
+    spec = scenario(
+        [{"port": "llm", "kind": "transient", "every": 5, "fired": {"min": 5}}],
+        {
+            "documents": [{"match": "*", "status": "completed", "chunks": {"min": 30}}],
+            "dead_letters": {"count": 0},
+        },
+    )
+
+    report = run_scenario(spec, tmp_path / "retry_budget.yaml", mode, workdir=tmp_path / "w")
+
+    assert report.passed, explain(report)
+    assert report.faults[0]["fired"] >= 5  # far more failures than max_retries (1)
+
+
+@pytest.mark.parametrize("mode", ["eager", "sim"])
+def test_a_call_that_never_succeeds_is_dead_lettered_within_the_budget(
+    mode: Literal["eager", "sim"], tmp_path: Path
+) -> None:
+    spec = scenario(
+        [{"port": "llm", "kind": "transient", "message": "503", "fired": 2}],
+        {
+            "documents": [
+                {
+                    "match": "*",
+                    "status": "dead_lettered",
+                    "error_contains": "gave up after 1 retries without progress",
+                }
+            ],
+            "calls": {"llm.extract": 2},
+            "dead_letters": {"count": 1, "stages": ["entity_extraction"]},
+        },
+    )
+
+    report = run_scenario(spec, tmp_path / "retry_budget.yaml", mode, workdir=tmp_path / "w")
+
+    assert report.passed, explain(report)
+
+
+def _long_document(services: Services, tmp_path: Path) -> str:
+    import random
+
+    path = tmp_path / "long.txt"
+    path.write_text("\n\n".join(legal_pages(random.Random(3), 14)))
+    project = services.store.ensure_project("monolith")
+    document_uuid = submit_file(services, path, project).document_uuid
+    claim_own(services, document_uuid, worker="monolith")
+    return document_uuid
+
+
+def _faulty_sequential(make_services: MakeServices, rule: FaultRule) -> Services:
+    base = make_services(max_retries=1, **SMALL_CHUNKS)
+    injector = RedisFaultInjector(base.redis, [rule])
+    injector.arm()
+    services = make_services(
+        faults=injector, redis_url=base.settings.redis_url, max_retries=1, **SMALL_CHUNKS
+    )
+    services.clock = RecordingClock()  # the backoff is slept on the clock
+    return services
+
+
+def test_the_monolith_completes_a_long_document_whose_attempts_progress(
+    make_services: MakeServices, tmp_path: Path
+) -> None:
+    services = _faulty_sequential(make_services, FaultRule(port="llm", kind="transient", every=5))
+    document_uuid = _long_document(services, tmp_path)
+
+    status = process_document(services, document_uuid)
+
+    assert status is Status.COMPLETED, services.store.get_document(document_uuid).error_message
+    assert services.store.counts(document_uuid).chunks >= 30
+    assert len(services.clock.slept) >= 5  # type: ignore[attr-defined]
+
+
+def test_the_monolith_dead_letters_a_call_that_never_succeeds(
+    make_services: MakeServices, tmp_path: Path
+) -> None:
+    services = _faulty_sequential(make_services, FaultRule(port="llm", kind="transient"))
+    document_uuid = _long_document(services, tmp_path)
+
+    status = process_document(services, document_uuid)
+
+    assert status is Status.DEAD_LETTERED
+    [letter] = services.store.dead_letters()
+    assert letter["stage"] == "entity_extraction"
+    assert "gave up after 1 retries without progress" in str(letter["error"])
+
+
+# --- item 5: a fault's time is the clock's -------------------------------------------------
+
+
+def test_a_timeout_fault_waits_on_the_clock_it_was_given(make_services: MakeServices) -> None:
+    services = make_services()
+    clock = VirtualClock()
+    rule = FaultRule(port="llm", kind="timeout", latency_s=30.0, first=1)
+    injector = RedisFaultInjector(services.redis, [rule], clock=clock)
+    injector.arm()
+
+    with pytest.raises(TransientError):
+        injector.before("llm", "extract", None)
+
+    assert clock.now() == 30.0 and clock.slept == 30.0
+
+
+def test_workers_follow_installed_faults_on_their_own_clock(make_services: MakeServices) -> None:
+    services = make_services()
+    clock = VirtualClock()
+    rule = FaultRule(port="llm", kind="timeout", latency_s=5.0, window=(10.0, 20.0))
+    install_faults(services.redis, RedisFaultInjector(services.redis, [rule], clock=clock))
+    worker = SharedFaultInjector(redis_client(services.settings.redis_url), clock=clock)
+
+    worker.before("llm", "extract", None)  # virtual second 0: before the window
+    clock.set(12.0)
+    with pytest.raises(TransientError):
+        worker.before("llm", "extract", None)
+
+    assert clock.now() == 17.0  # the window counts on the clock, and the timeout waits on it
