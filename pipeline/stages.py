@@ -34,6 +34,7 @@ from pipeline.domain.models import (
 )
 from pipeline.domain.resolution import resolve_mentions
 from pipeline.errors import DocumentTooLarge, EmptyDocument, PermanentError, RateLimited
+from pipeline.intake import INTAKE_PDF_PAGES
 from pipeline.parsers import detect_file_type, pdf_page_count
 from pipeline.policy import record_progress
 from pipeline.ports import OcrRequest
@@ -164,6 +165,15 @@ def start_ocr(services: Services, document_uuid: str, version: int, attempt: str
             "max_file_bytes",
             services.settings.max_file_bytes,
             "bytes",
+        )
+    intake_pages = document.ocr_metadata.get(INTAKE_PDF_PAGES)
+    if isinstance(intake_pages, int) and intake_pages > services.settings.max_pdf_pages:
+        # Counted at intake, where the file was kept from the upload.
+        raise DocumentTooLarge.over_limit(
+            f"PDF has {intake_pages:,} pages",
+            "max_pdf_pages",
+            services.settings.max_pdf_pages,
+            "pages",
         )
     cached = services.cache.get(cache_key(document, "ocr"))
     if cached is not None and document.raw_text is not None:

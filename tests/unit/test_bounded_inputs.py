@@ -267,6 +267,21 @@ def test_extraction_limits_fail_the_document_at_ocr_and_the_others_complete(
         assert setting in str(rows[name]["error"]), (name, rows[name]["error"])
 
 
+def test_a_pdf_over_the_page_limit_is_refused_at_intake_and_never_uploaded(
+    make_services: MakeServices, tmp_path: Path
+) -> None:
+    services = make_services(max_pdf_pages=3)
+
+    rows = run(services, {"long.pdf": pdf_with_pages(4)}, tmp_path / "inbox")
+
+    row = rows["long.pdf"]
+    assert row["status"] == "ocr_failed"
+    assert "PDF has 4 pages; the limit is 3 pages (raise DOCPIPE_MAX_PDF_PAGES" in str(row["error"])
+    document = services.store.get_document(str(row["document_uuid"]))
+    with pytest.raises(KeyError):
+        services.blobs.get(document.storage_key)
+
+
 def test_text_extracted_by_the_ocr_engine_is_bounded_too(
     make_services: MakeServices, tmp_path: Path
 ) -> None:
