@@ -27,8 +27,8 @@ from tests.unit.test_fake_ocr import RecordingClock
 
 MakeServices = Callable[..., Services]
 
-#: About 40 chunks: a long document in miniature.
-SMALL_CHUNKS = {"chunk_min_chars": 200, "chunk_max_chars": 600}
+#: About 40 chunks: a long document in miniature (and no shared LLM rate limit in the way).
+SMALL_CHUNKS = {"chunk_min_chars": 200, "chunk_max_chars": 600, "llm_rate_limit_calls": 100_000}
 
 
 def scenario(faults: list[dict[str, Any]], expect: dict[str, Any]) -> Scenario:
