@@ -15,10 +15,11 @@ from typing import Any, cast
 import redis
 from redis.exceptions import WatchError
 
+from pipeline.adapters.local_ocr import LocalScanReader, missing_extra_reason
 from pipeline.domain.models import FileType, OcrJob, stable_uuid
 from pipeline.domain.pages import join_pages
-from pipeline.errors import MalformedResponse, PermanentError, UnsupportedFileType
-from pipeline.parsers import DEFAULT_LIMITS, ExtractionLimits, extract_pdf_pages
+from pipeline.errors import EmptyDocument, MalformedResponse, PermanentError, UnsupportedFileType
+from pipeline.parsers import DEFAULT_LIMITS, ExtractionLimits, extract_pdf_pages, pdf_page_count
 from pipeline.ports import BlobStore, Clock, FaultInjector, OcrRequest
 
 JOB_KEY = "docpipe:fake_ocr:job:{job_id}"
@@ -37,7 +38,10 @@ class FakeOcrEngine:
     simulates Textract's processing time: the job also stays IN_PROGRESS until
     that long after its start has passed on the clock. Polls never wait.
     `limits` bound the pages and text it reads (a job over them fails, as
-    Textract fails a document over its own limits).
+    Textract fails a document over its own limits). `scans` reads the pages that
+    have no text layer with local OCR (the `[ocr]` extra); without it such
+    pages fail the job with a reason that says how to enable it. The OCR runs
+    in `poll`, i.e. in the process of the `ocr` queue's worker, never in `start`.
     """
 
     def __init__(
@@ -51,6 +55,7 @@ class FakeOcrEngine:
         faults: FaultInjector | None = None,
         job_seconds: Callable[[str], float] | None = None,
         limits: ExtractionLimits = DEFAULT_LIMITS,
+        scans: LocalScanReader | None = None,
     ) -> None:
         if polls_until_done < 1:
             raise ValueError("polls_until_done must be at least 1")
@@ -64,6 +69,7 @@ class FakeOcrEngine:
         self._faults = faults
         self._job_seconds = job_seconds
         self._limits = limits
+        self._scans = scans
 
     def start(self, request: OcrRequest) -> str:
         """Start (or, for a token already seen, find) the job for this request."""
@@ -171,12 +177,43 @@ class FakeOcrEngine:
             return _failed(f"invalid S3 object: '{record['storage_key']}' no longer exists", polls)
         try:
             pages = extract_pdf_pages(data, self._limits)
+        except EmptyDocument as exc:
+            # No page has a text layer: a scan, unless the PDF has no pages at all.
+            count = pdf_page_count(data) or 0
+            if not count:
+                return _failed(f"UNSUPPORTED_DOCUMENT: {exc}", polls)
+            pages = [""] * count
         except PermanentError as exc:
             return _failed(f"UNSUPPORTED_DOCUMENT: {exc}", polls)
+        scanned = sum(1 for page in pages if not page.strip())
+        ocr_pages, ocr_seconds, ocr_cpu_seconds = "0", "0", "0"
+        if scanned and self._scans is None and scanned == len(pages):
+            return _failed(
+                f"UNSUPPORTED_DOCUMENT: {missing_extra_reason(len(pages), scanned)}", polls
+            )
+        # Without the extra a mixed PDF keeps its text pages, as it always did.
+        if scanned and self._scans is not None:
+            try:
+                scan = self._scans.read(data, pages)
+            except PermanentError as exc:
+                return _failed(f"UNSUPPORTED_DOCUMENT: {exc}", polls)
+            pages = scan.pages
+            ocr_pages = str(len(scan.ocr_pages))
+            ocr_seconds, ocr_cpu_seconds = f"{scan.seconds:.2f}", f"{scan.cpu_seconds:.2f}"
+            if not any(page.strip() for page in pages):
+                return _failed(
+                    "UNSUPPORTED_DOCUMENT: PDF has no text layer and local OCR found no text "
+                    f"at or above confidence {self._scans.min_confidence:g} "
+                    f"({len(pages)} page(s))",
+                    polls,
+                )
         return {
             "state": OcrJob.SUCCEEDED,
             "text": join_pages(pages),
             "pages": str(len(pages)),
+            "ocr_pages": ocr_pages,
+            "ocr_seconds": ocr_seconds,
+            "ocr_cpu_seconds": ocr_cpu_seconds,
             "completed_polls": str(polls),
         }
 
@@ -226,6 +263,10 @@ def _job_from_record(job_id: str, record: dict[str, str]) -> OcrJob:
         "engine": ENGINE_NAME,
         "polls": int(record.get("completed_polls", record.get("polls", "0"))),
     }
+    if int(record.get("ocr_pages", "0")):
+        metadata["ocr_pages"] = int(record["ocr_pages"])
+        metadata["ocr_seconds"] = float(record.get("ocr_seconds", "0"))
+        metadata["ocr_cpu_seconds"] = float(record.get("ocr_cpu_seconds", "0"))
     return OcrJob(
         job_id=job_id,
         state=record["state"],

@@ -255,6 +255,7 @@ def build_services(
     ocr: OcrEngine
     if settings.ocr == "fake":
         from fakes.ocr import FakeOcrEngine
+        from pipeline.adapters.local_ocr import build_scan_reader
 
         ocr = FakeOcrEngine(
             blobs,
@@ -264,6 +265,7 @@ def build_services(
             faults=faults,
             job_seconds=latency.sampler(OCR_JOB),
             limits=limits,
+            scans=build_scan_reader(settings),
         )
     else:
         ocr = build_textract_engine(settings, blobs)

@@ -99,6 +99,15 @@ class Settings(BaseSettings):
     ocr_poll_interval_s: float = Field(default=5.0, ge=0)
     ocr_max_polls: int = Field(default=120, ge=1)
     fake_ocr_polls_until_done: int = Field(default=1, ge=0)
+    # --- local OCR of image-only PDF pages (the `[ocr]` extra, pipeline/adapters/local_ocr.py) ---
+    #: The embedded default OCRs pages without a text layer when the extra is installed.
+    ocr_local: bool = True
+    #: Scanned pages one document may have OCR'd locally (~2-3 s of CPU each).
+    ocr_local_max_pages: int = Field(default=50, ge=1)
+    #: Seconds one document's local OCR may take, checked between pages.
+    ocr_local_job_timeout_s: float = Field(default=600.0, gt=0)
+    #: Rendering resolution of scanned pages for OCR.
+    ocr_local_dpi: int = Field(default=200, ge=72, le=600)
 
     # --- simulated service latency (pipeline/latency.py) ----------------------------
     #: `none` (no waits) or `reference` (the old system's measured timings).
