@@ -31,6 +31,7 @@ from pipeline.domain.models import QUEUES, QueueStatus, Stage, Status
 from pipeline.errors import ConfigurationError
 from pipeline.intake import claim_own, dispatch, submit_file
 from pipeline.scenarios.documents import ScenarioDocument, materialize
+from pipeline.scenarios.integrity import integrity_problems
 from pipeline.scenarios.model import (
     Bound,
     Count,
@@ -629,6 +630,22 @@ def _invariants(
             ", ".join(open_rows) or "none open",
         )
     )
+    broken = [
+        f"{o.name}: {problem}"
+        for o in outcomes
+        if o.status == Status.COMPLETED.value
+        for problem in integrity_problems(store, o.document_uuid)
+    ]
+    checks.append(
+        Check(
+            "invariant",
+            "referential integrity",
+            not broken,
+            "completed documents: mentions linked to their own entities, chunk offsets on the "
+            "text, relationships between existing nodes, one processing version",
+            "; ".join(broken) or "intact",
+        )
+    )
     uncovered = []
     for index, (fault, count) in enumerate(zip(scenario.faults, fired, strict=True)):
         bound = as_bound(fault.fired) if fault.fired is not None else Bound(min=1)
@@ -722,20 +739,21 @@ def sim_skip_reason(scenario: Scenario) -> str | None:
 
     Sim mode runs what eager mode runs (same services, in process) under the
     virtual-time scheduler; it needs the in-process fakes, not the moto cloud.
-    A broker-only scenario runs too when a `kill_worker` fault is what makes
-    it broker-only: the scheduler loses the task and redelivers it, as
-    reject-on-worker-lost does. Disruptions and missing consumers it cannot.
+    A broker-only scenario runs too when what makes it broker-only is
+    something the scheduler models: a `kill_worker` fault (it loses the task
+    and redelivers it, as reject-on-worker-lost does) or a call that outlives
+    the visibility timeout (a wall-clock wait in eager mode, virtual here).
+    Disruptions and missing consumers it cannot.
     """
-    kills = any(f.kind == "kill_worker" for f in scenario.faults)
-    broker_only = (
+    needs_processes = (
         scenario.disruptions
         or scenario.broker.omit_queues
         or scenario.expect.preflight_error is not None
     )
-    if "eager" not in scenario.modes and (not kills or broker_only):
+    if "eager" not in scenario.modes and needs_processes:
         return (
             f"declares modes: [{', '.join(scenario.modes)}] (sim runs eager scenarios and "
-            "broker ones whose only broker need is kill_worker)"
+            "broker ones without disruptions or missing consumers)"
         )
     kinds = sorted({f.kind for f in scenario.faults} - SIM_FAULT_KINDS)
     if kinds:
