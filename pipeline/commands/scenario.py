@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.markup import escape
 from rich.table import Table
 
+from pipeline.display import markup_safe
 from pipeline.scenarios.model import ALL_MODES, Mode, Scenario, ScenarioError, load_scenario
 from pipeline.scenarios.runner import RunReport, parity, run_many
 
@@ -46,26 +46,31 @@ def print_run(report: RunReport) -> None:
         f"in {report.elapsed_s:.2f}s"
     )
     if report.skipped:
-        stdout.print(f"  skipped: {escape(report.skipped)}")
+        stdout.print(f"  skipped: {markup_safe(report.skipped)}")
         return
     if report.error:
-        stdout.print(f"  [red]error:[/] {escape(report.error)}")
+        stdout.print(f"  [red]error:[/] {markup_safe(report.error)}")
     if report.checks:
         table = Table(show_edge=False, pad_edge=False)
         for column in ("", "check", "expected", "measured"):
             table.add_column(column, overflow="fold")
         for check in report.checks:
             mark = "[green]ok[/]" if check.passed else "[red]FAIL[/]"
-            name = escape(check.name)
+            name = markup_safe(check.name)
             name = name if check.kind == "expectation" else f"[dim]{name}[/]"
-            table.add_row(mark, name, escape(check.expected), escape(check.measured))
+            table.add_row(mark, name, markup_safe(check.expected), markup_safe(check.measured))
         stdout.print(table)
     for name, stage in report.resumed.items():
-        stdout.print(f"  resumed: {escape(name)} had no progress; {stage} was sent again")
+        stdout.print(f"  resumed: {markup_safe(name)} had no progress; {stage} was sent again")
     if not report.passed:
-        stdout.print(f"  replay: [bold]{escape(report.replay)}[/]")
-        if report.workdir:
-            stdout.print(f"  (run directory: {report.workdir}, removed after the run)")
+        stdout.print(f"  replay: [bold]{markup_safe(report.replay)}[/]")
+    if report.workdir:
+        stdout.print(
+            f"  run folder kept: {markup_safe(report.workdir)} "
+            "(docpipe.db, blobs/, worker logs in broker mode)"
+        )
+    elif not report.passed:
+        stdout.print("  add --keep DIR to keep the run folder (database, blobs, worker logs)")
 
 
 def print_summary(reports: list[RunReport]) -> None:
@@ -128,11 +133,20 @@ def scenario() -> None:
     "report; all: eager, sim and broker, plus parity reports against eager.",
 )
 @click.option("--seed", type=int, help="Override each scenario's seed.")
+@click.option(
+    "--keep",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Keep each run's folder (database, blobs, worker logs) as DIR/<scenario>-<mode> "
+    "for inspection, e.g. `docpipe status --database-url sqlite:///DIR/.../docpipe.db`.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object on stdout.")
-def run_command(files: tuple[Path, ...], mode: str, seed: int | None, as_json: bool) -> None:
+def run_command(
+    files: tuple[Path, ...], mode: str, seed: int | None, keep: Path | None, as_json: bool
+) -> None:
     """Run scenario files; exit 0 iff every expectation and invariant holds.
 
     A scenario that does not declare the mode (`modes:`) is reported as skipped.
+    Without --keep each run works in a temporary folder, removed afterwards.
     """
     from pipeline.cli import EXIT_FAILED, EXIT_OK
 
@@ -145,7 +159,11 @@ def run_command(files: tuple[Path, ...], mode: str, seed: int | None, as_json: b
     else:
         modes = [mode]  # type: ignore[list-item]
     reports = run_many(
-        loaded, modes, seed=seed, on_report=(lambda report: None) if as_json else print_run
+        loaded,
+        modes,
+        seed=seed,
+        on_report=(lambda report: None) if as_json else print_run,
+        keep=keep.resolve() if keep is not None else None,
     )
     parities = _parity_reports(reports) if mode in ("both", "all") else {}
     passed = all(r.passed for r in reports)
@@ -171,7 +189,7 @@ def _print_parity(parities: dict[str, list[str]]) -> None:
         if differences:
             stdout.print(f"  [red]{name}: {len(differences)} difference(s)[/]")
             for difference in differences:
-                stdout.print(f"    {escape(difference)}")
+                stdout.print(f"    {markup_safe(difference)}")
         else:
             stdout.print(f"  [green]{name}: same outcome[/]")
 
@@ -183,7 +201,7 @@ def validate_command(files: tuple[Path, ...]) -> None:
     from pipeline.cli import stdout
 
     for loaded, path in _load_all(files):
-        stdout.print(f"{path}: ok ({loaded.name}, modes {', '.join(loaded.modes)})")
+        stdout.print(f"{markup_safe(path)}: ok ({loaded.name}, modes {', '.join(loaded.modes)})")
 
 
 @scenario.command("schema")

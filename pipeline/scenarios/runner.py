@@ -86,6 +86,8 @@ class RunReport:
     faults: list[dict[str, Any]] = field(default_factory=list)
     calls: dict[str, int] = field(default_factory=dict)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    #: The run folder (database, blobs, worker logs), when it was kept (`--keep`);
+    #: None when it was a temporary folder, removed after the run.
     workdir: str | None = None
     #: Sim mode: virtual time and the scheduler's event counts (deliveries, restores...).
     sim: dict[str, Any] = field(default_factory=dict)
@@ -159,15 +161,37 @@ def run_scenario(
         report.passed = True
         return report
     with _workdir(workdir, scenario.name, mode) as directory:
-        report.workdir = str(directory)
         try:
             runner = {"eager": EagerRun, "broker": BrokerRun, "sim": SimRun}[mode]
             runner(scenario, path, seed, directory, report).run()
         except ScenarioError as exc:
             report.error = str(exc)
         report.passed = report.error is None and all(c.passed for c in report.checks)
+    if workdir is not None:
+        report.workdir = str(directory)
+    else:
+        _forget_removed_folder(report, directory)
     report.elapsed_s = round(time.perf_counter() - started, 2)
     return report
+
+
+def kept_run_folder(keep: Path, name: str, mode: str) -> Path:
+    """`keep/<scenario>-<mode>`, or `-2`, `-3`... when an earlier run left that one."""
+    base = keep / f"{name}-{mode}"
+    candidate, number = base, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        number += 1
+        candidate = base.with_name(f"{base.name}-{number}")
+    return candidate
+
+
+def _forget_removed_folder(report: RunReport, directory: Path) -> None:
+    """The temporary folder is gone: messages point to --keep instead of naming it."""
+    instead = "the run folder, removed; rerun with --keep DIR to keep it"
+    if report.error:
+        report.error = report.error.replace(str(directory), instead)
+    for check in report.checks:
+        check.measured = check.measured.replace(str(directory), instead)
 
 
 @contextmanager
@@ -1059,12 +1083,15 @@ def run_many(
     *,
     seed: int | None = None,
     on_report: Callable[[RunReport], None] = lambda report: None,
+    keep: Path | None = None,
 ) -> list[RunReport]:
+    """Each scenario in each mode; with `keep`, every run's folder stays below it."""
     reports = []
     for scenario, path in items:
         for mode in modes:
+            workdir = None if keep is None else kept_run_folder(keep, scenario.name, mode)
             try:
-                report = run_scenario(scenario, path, mode, seed=seed)
+                report = run_scenario(scenario, path, mode, seed=seed, workdir=workdir)
             except ConfigurationError as exc:
                 s = scenario.seed if seed is None else seed
                 report = RunReport(
