@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.domain.models import Stage, Status
 from pipeline.settings import Settings
@@ -105,12 +113,36 @@ def as_bound(count: Count) -> Bound:
     return Bound(min=count, max=count) if isinstance(count, int) else count
 
 
+#: What a generated file name may look like (the JSON Schema's view of `file_name_problem`).
+FILE_NAME_PATTERN = r"^(?!\.\.?$)[^/\\\u0000-\u001f]+$"
+
+
+def file_name_problem(name: str) -> str | None:
+    """Why `name` is not a plain file name inside the run folder; None when it is.
+
+    The runner writes `inbox / name`: an absolute path, `..` or a separator would
+    write outside the run folder (or into a folder the run does not own).
+    """
+    if not name:
+        return "must not be empty"
+    if name.startswith(("/", "\\")):
+        return "must be a file name, not an absolute path"
+    if "/" in name or "\\" in name:
+        return "must be a file name without '/' or '\\' (files are written into the run folder)"
+    if name in {".", ".."}:
+        return "must be a file name, not '.' or '..'"
+    if any(ord(char) < 0x20 for char in name):
+        return "must not contain control characters (newline, tab, NUL...)"
+    return None
+
+
 class Generated(_Strict):
     """Documents made by the runner, deterministically from the seed."""
 
     type: DocumentType
-    #: File name; `{i}` is replaced by 1..count (required when count > 1).
-    name: str | None = None
+    #: File name; `{i}` is replaced by 1..count (required when count > 1). A plain
+    #: name: no folder, no `..`, not absolute (the file is written into the run folder).
+    name: str | None = Field(default=None, json_schema_extra={"pattern": FILE_NAME_PATTERN})
     count: int = Field(default=1, ge=1, le=1000)
     pages: int = Field(default=1, ge=1, le=500)
     #: Pad the file to at least this many bytes (oversized files).
@@ -122,6 +154,15 @@ class Generated(_Strict):
     #: default 10 MB, so a file of a few KB expands about 1000x).
     content: Literal["valid", "empty", "truncated", "binary", "zip_bomb"] = "valid"
 
+    @field_validator("name")
+    @classmethod
+    def _plain_file_name(cls, name: str | None) -> str | None:
+        if name is not None:
+            problem = file_name_problem(name)
+            if problem is not None:
+                raise ValueError(problem)
+        return name
+
     @model_validator(mode="after")
     def _zip_bomb_is_a_docx(self) -> Self:
         if self.content == "zip_bomb" and self.type != "docx":
@@ -132,6 +173,20 @@ class Generated(_Strict):
     def _names(self) -> Self:
         if self.count > 1 and self.name is not None and "{i}" not in self.name:
             raise ValueError("name needs '{i}' when count > 1, or every file gets the same name")
+        if self.name is not None:
+            # The names the runner will write, each checked too (defence in depth: a
+            # format spec decides what the rendered name holds).
+            for i in range(1, self.count + 1):
+                try:
+                    rendered = self.name.format(i=i)
+                except (KeyError, IndexError, ValueError, AttributeError) as exc:
+                    raise ValueError(
+                        f"name is not a valid template ({type(exc).__name__}: {exc}); "
+                        "use {i} for the number"
+                    ) from None
+                problem = file_name_problem(rendered)
+                if problem is not None:
+                    raise ValueError(f"name renders as {rendered!r}, which {problem}")
         return self
 
 
