@@ -25,6 +25,14 @@ from pipeline.settings import Settings, redact_url
 AUTH_ENV = "DOCPIPE_FLOWER_BASIC_AUTH"
 FLOWER_AUTH_ENV = "FLOWER_BASIC_AUTH"
 MIN_PASSWORD_CHARS = 8
+#: zxcvbn's score (0-4) a password needs: 3 = at least 10^8 guesses ("safely
+#: unguessable" against online attacks, moderate protection offline). `P@ssw0rd`
+#: scores 0, a 16-character random hex string 4.
+MIN_PASSWORD_SCORE = 3
+#: zxcvbn refuses longer inputs; the first 72 characters decide the estimate.
+_ZXCVBN_MAX_CHARS = 72
+#: Words an attacker tries first against this service, besides the user name.
+_SERVICE_WORDS = ("docpipe", "flower", "celery", "pipeline", "ops", "admin")
 EXIT_USAGE = 2
 
 #: Passwords that ship in examples, tutorials and seed configs (compared case- and
@@ -69,7 +77,30 @@ def flower_auth_problem(value: str | None) -> str | None:
         )
     if normalized == _normalized(user) or password.lower() == user.lower():
         return f"{AUTH_ENV}: the password must not equal the user name"
-    return None
+    return _strength_problem(user, password)
+
+
+def _strength_problem(user: str, password: str) -> str | None:
+    """Dropbox's zxcvbn estimate: dictionaries of common passwords, names and words,
+    keyboard patterns, dates, repeats and l33t substitutions (`P@ssw0rd` is `password`)."""
+    from zxcvbn import zxcvbn
+
+    estimate = zxcvbn(
+        password[:_ZXCVBN_MAX_CHARS],
+        user_inputs=[user, *_SERVICE_WORDS],
+        max_length=_ZXCVBN_MAX_CHARS,
+    )
+    score = int(estimate["score"])
+    if score >= MIN_PASSWORD_SCORE:
+        return None
+    # zxcvbn's warning is generic text ("This is similar to a commonly used password."),
+    # it never quotes the password.
+    warning = str(estimate["feedback"].get("warning") or "").rstrip(".")
+    return (
+        f"{AUTH_ENV}: the password is too easy to guess (zxcvbn strength {score}/4, "
+        f"at least {MIN_PASSWORD_SCORE} needed{': ' + warning if warning else ''}); use a "
+        "random one (python -c 'import secrets; print(secrets.token_hex(16))')"
+    )
 
 
 def flower_invocation(

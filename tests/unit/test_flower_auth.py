@@ -59,6 +59,12 @@ def _no_dotenv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         pytest.param("ops:changeme-to-something-random", id="placeholder"),
         pytest.param("operator:operator", id="password-equals-user"),
         pytest.param("Operator:operator", id="password-equals-user-any-case"),
+        pytest.param("ops:P@ssw0rd", id="P@ssw0rd-l33t-of-a-common-password"),
+        pytest.param("ops:Summer2024!", id="season-year-symbol"),
+        pytest.param("ops:qwertyuiop", id="keyboard-row"),
+        pytest.param("ops:docpipe2024", id="service-name-and-year"),
+        pytest.param("ops:ops12345678", id="user-name-and-digits"),
+        pytest.param("ops:abcdefghijkl", id="sequence"),
     ],
 )
 def test_flower_auth_problem_refuses_missing_malformed_and_default_credentials(
@@ -226,3 +232,35 @@ def test_credentials_from_a_dotenv_file_are_checked_the_same_way(
         f"DOCPIPE_BROKER_URL={BROKER}\nDOCPIPE_FLOWER_BASIC_AUTH={GOOD}\n"
     )
     assert CliRunner().invoke(flower_cmd, []).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["ops:P@ssw0rd", "ops:Summer2024!", "ops:qwertyuiop", "ops:Welcome123!", "ops:monkey123"],
+)
+def test_weak_passwords_are_refused_by_the_strength_rule_with_its_explanation(value: str) -> None:
+    problem = flower_auth_problem(value)
+    assert problem is not None
+    assert "too easy to guess" in problem and "zxcvbn strength" in problem
+    assert "at least 3 needed" in problem
+    assert value.partition(":")[2] not in problem
+
+
+def test_p_at_ssw0rd_is_refused_by_the_command_in_a_real_process(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "flower"],
+        cwd=tmp_path,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(REPO),
+            "HOME": str(tmp_path),
+            "DOCPIPE_BROKER_URL": BROKER,
+            "DOCPIPE_FLOWER_BASIC_AUTH": "ops:P@ssw0rd",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "DOCPIPE_FLOWER_BASIC_AUTH: the password is too easy to guess" in proc.stderr
+    assert "P@ssw0rd" not in proc.stdout + proc.stderr
