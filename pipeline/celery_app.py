@@ -103,7 +103,10 @@ def drop_broker_connections() -> None:
 
 broker_transport.install()
 app = Celery("docpipe", include=["pipeline.tasks"])
-app.conf.update(celery_config(get_settings()))
+# Read lazily, when the configuration is first used (a worker starting, a task
+# sent): importing this module must work whatever the settings, or even
+# `docpipe --help` would fail on a bad DOCPIPE_* value.
+app.add_defaults(lambda: celery_config(get_settings()))
 
 
 @celeryd_init.connect

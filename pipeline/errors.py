@@ -76,5 +76,22 @@ class StaleDelivery(PipelineError):
     """
 
 
-class ConfigurationError(PipelineError):
+class UserFacingError(PipelineError):
+    """Stops a command with a short message and exit code 2, never a traceback.
+
+    Usage, configuration and connection problems: what the user must fix
+    before anything can run. The CLI renders them in one place (pipeline.cli).
+    `hint` says what to check; messages carry redacted URLs only.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class ConfigurationError(UserFacingError):
     """Settings are missing or contradictory; a usage error, exit code 2."""
+
+
+class ServiceUnavailable(UserFacingError):
+    """A service the command needs (database, Redis, S3) cannot be reached or used."""

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipeline.errors import ConfigurationError
 
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]*@")
 
@@ -186,7 +188,56 @@ class Settings(BaseSettings):
         }
 
 
+#: Fields whose values never appear in an error message.
+_SECRET_FIELDS = frozenset({"openai_api_key", "neo4j_password", "flower_basic_auth"})
+_FIELD_NAME = re.compile(r"\b(" + "|".join(sorted(Settings.model_fields, key=len)[::-1]) + r")\b")
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets a field: `max_retries` -> `DOCPIPE_MAX_RETRIES`."""
+    return f"DOCPIPE_{field.upper()}"
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    """One line per invalid setting, named by its environment variable.
+
+    Cross-field checks (the model validator) name their fields in the text;
+    those names are rewritten to variable names too. Secret values are never
+    echoed, other values are shown redacted so the user sees what was read.
+    """
+    lines = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"])
+        message = str(error["msg"]).removeprefix("Value error, ")
+        message = _FIELD_NAME.sub(lambda match: env_name(match.group(1)), message)
+        if not field:
+            lines.append(message)
+            continue
+        name = env_name(field.split(".")[0])
+        given = error.get("input")
+        if field.split(".")[0] not in _SECRET_FIELDS and isinstance(given, str) and len(given) < 80:
+            message += f" (got {redact_url(given)!r})"
+        lines.append(f"{name}: {message}")
+    return "\n".join(lines)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment/.env plus `overrides` (None = not given).
+
+    Invalid values raise `ConfigurationError` naming the variables, never a
+    pydantic traceback.
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        raise ConfigurationError(
+            "invalid settings:\n" + describe_settings_error(exc),
+            hint="fix these DOCPIPE_* variables in the environment or in .env",
+        ) from None
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Settings from the environment, read once per process."""
-    return Settings()
+    """Settings from the environment, read once per process (not at import time)."""
+    return load_settings()
