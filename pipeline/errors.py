@@ -6,9 +6,19 @@ retries `TransientError` with backoff and fails `PermanentError` at once.
 
 from __future__ import annotations
 
+from pipeline.redaction import redact
+
 
 class PipelineError(Exception):
-    """Base class for every error the pipeline raises on purpose."""
+    """Base class for every error the pipeline raises on purpose.
+
+    Adapters build these from vendor exception text, so this constructor is where
+    that text enters docpipe's messages: it is redacted here, once, for every
+    adapter (URL passwords and every secret setting; pipeline.redaction).
+    """
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        super().__init__(redact(str(message)), *args)
 
 
 class TransientError(PipelineError):

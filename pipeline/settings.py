@@ -15,13 +15,8 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.errors import ConfigurationError
-
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]*@")
-
-
-def redact_url(url: str) -> str:
-    """Hide the password of `scheme://user:password@host` URLs (logs, reports, errors)."""
-    return _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", url)
+from pipeline.redaction import redact_url as redact_url  # re-exported for its many callers
+from pipeline.redaction import remember_secrets
 
 
 class Settings(BaseSettings):
@@ -147,6 +142,12 @@ class Settings(BaseSettings):
     neo4j_password: SecretStr | None = None
     neo4j_database: str = "neo4j"
     flower_basic_auth: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _remember_secrets(self) -> Settings:
+        """Every message docpipe builds from vendor text hides these (pipeline.redaction)."""
+        remember_secrets(getattr(self, name) for name in type(self).model_fields)
+        return self
 
     @model_validator(mode="after")
     def _check_relations(self) -> Settings:

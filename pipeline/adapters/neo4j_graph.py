@@ -40,7 +40,7 @@ from pipeline.domain.graph import (
     PROJECT,
 )
 from pipeline.domain.models import CanonicalEntity, Chunk, DocumentNode, Mention, Relationship
-from pipeline.errors import PermanentError, TransientError
+from pipeline.errors import ConfigurationError, PermanentError, TransientError
 
 #: Node labels, in the order nodes are written (edges need both ends to exist).
 NODE_LABELS: tuple[str, ...] = (PROJECT, DOCUMENT, CHUNK, ENTITY_MENTION, CANONICAL_ENTITY)
@@ -322,6 +322,19 @@ def map_neo4j_error(exc: Exception, doing: str) -> TransientError | PermanentErr
 
 
 def create_neo4j_driver(url: str, *, user: str, password: str | None) -> neo4j.Driver:
-    """A driver for `neo4j://`, `neo4j+s://`, `bolt://`...; it connects on first use."""
+    """A driver for `neo4j://`, `neo4j+s://`, `bolt://`...; it connects on first use.
+
+    A URL the driver refuses (it quotes the whole URI, password included, e.g. for
+    `bolt://user:password@host`) is a docpipe ConfigurationError with the text
+    redacted and the driver's exception not chained (a traceback would print it).
+    """
     auth = None if password is None else neo4j.basic_auth(user, password)
-    return neo4j.GraphDatabase.driver(url, auth=auth, connection_timeout=10.0)
+    try:
+        return neo4j.GraphDatabase.driver(url, auth=auth, connection_timeout=10.0)
+    except (neo4j_errors.ConfigurationError, ValueError) as exc:
+        hint = (
+            "; give the user and password in DOCPIPE_NEO4J_USER / DOCPIPE_NEO4J_PASSWORD"
+            if "userinfo" in str(exc)
+            else ""
+        )
+        raise ConfigurationError(f"DOCPIPE_GRAPH_URL: {str(exc).rstrip('.')}{hint}") from None

@@ -32,6 +32,8 @@ def upgrade(database_url: str | None, as_json: bool) -> None:
     from pipeline.adapters.migrations import upgrade as upgrade_schema
     from pipeline.adapters.sql_store import create_database_engine
     from pipeline.cli import configuration_errors, load_settings, stderr, stdout
+    from pipeline.display import markup_safe
+    from pipeline.redaction import redact
     from pipeline.settings import redact_url
 
     settings = load_settings(database_url=database_url)
@@ -41,7 +43,9 @@ def upgrade(database_url: str | None, as_json: bool) -> None:
     try:
         result = upgrade_schema(engine)
     except DBAPIError as exc:
-        stderr.print(f"[bold red]error:[/] {shown}: {redact_url(str(exc.orig))}")
+        stderr.print(
+            f"[bold red]error:[/] {markup_safe(shown)}: {markup_safe(redact(str(exc.orig)))}"
+        )
         sys.exit(1)
     finally:
         engine.dispose()

@@ -1,0 +1,149 @@
+"""Secrets never reach docpipe's messages, whatever vendor text quotes them (issue 11, item 4).
+
+With `DOCPIPE_GRAPH_URL=bolt://neo4j:SECRET@host:1` the neo4j driver's error
+printed the password. Vendor text enters docpipe's messages in one place (the
+`PipelineError` constructor, plus `readable()` for unexpected exceptions), and
+there every URL password and every secret setting is redacted.
+"""
+
+from __future__ import annotations
+
+import pickle
+import socket
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from pipeline.adapters.neo4j_graph import Neo4jGraphSink, create_neo4j_driver
+from pipeline.domain.models import Stage
+from pipeline.errors import ConfigurationError, PermanentError, TransientError
+from pipeline.policy import readable
+from pipeline.redaction import redact, secret_values
+from pipeline.settings import Settings
+from tests.unit.test_cli import GOOD, docpipe
+from tests.unit.test_neo4j_sink import document_graph
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def settings(**values: object) -> Settings:
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "secret"),
+    [
+        ("database_url", "postgresql://app:Db-Secret-1@db.example/x", "Db-Secret-1"),
+        ("database_url", "postgresql://app:p%40ss%2Fw0rd-9@db/x", "p@ss/w0rd-9"),
+        ("redis_url", "redis://:Redis-Secret-2@cache:6379/1", "Redis-Secret-2"),
+        ("broker_url", "redis://user:Broker-Secret-3@mq:6379/0", "Broker-Secret-3"),
+        ("result_backend", "redis://u:Backend-Secret-4@mq/2", "Backend-Secret-4"),
+        ("graph_url", "bolt://neo4j:Graph-Secret-5@graph:7687", "Graph-Secret-5"),
+        ("blob_url", "s3://key:Blob-Secret-6@bucket/prefix", "Blob-Secret-6"),
+        ("scenario_postgres_url", "postgresql://pg:Admin-Secret-7@h/postgres", "Admin-Secret-7"),
+        ("aws_endpoint_url", "http://k:Aws-Secret-8@127.0.0.1:5000", "Aws-Secret-8"),
+        ("openai_base_url", "http://k:Oai-Url-Secret-9@127.0.0.1:9", "Oai-Url-Secret-9"),
+        ("openai_api_key", SecretStr("sk-proj-Key-Secret-10"), "sk-proj-Key-Secret-10"),
+        ("neo4j_password", SecretStr("Neo-Pw-Secret-11"), "Neo-Pw-Secret-11"),
+        ("flower_basic_auth", SecretStr("ops:Flower-Secret-12"), "Flower-Secret-12"),
+    ],
+)
+def test_every_secret_setting_is_redacted_even_when_not_url_shaped(
+    field: str, value: object, secret: str
+) -> None:
+    settings(**{field: value})
+    # Vendor text quoting the bare secret (no scheme://user:...@ around it).
+    leaked = f"driver said: authentication failed for {secret!s} (at {secret})"
+
+    assert secret not in redact(leaked)
+    assert redact(leaked).count("***") == 2
+    assert secret not in str(TransientError(leaked))
+    assert secret not in str(PermanentError(leaked))
+    assert secret not in str(ConfigurationError(leaked))
+
+
+def test_a_url_password_is_redacted_even_from_settings_never_built() -> None:
+    text = "could not connect to amqp://guest:Never-Seen-13@rabbit:5672//"
+    assert redact(text) == "could not connect to amqp://guest:***@rabbit:5672//"
+
+
+def test_short_values_are_not_treated_as_secrets() -> None:
+    # A two-letter password would otherwise blank out every word containing it.
+    assert secret_values([SecretStr("ab"), "redis://:cd@h/0"]) == set()
+
+
+def test_the_redacted_error_survives_pickling_for_celery() -> None:
+    settings(neo4j_password=SecretStr("Pickle-Secret-14"))
+    error = TransientError("boom Pickle-Secret-14", retry_after=3)
+    copy = pickle.loads(pickle.dumps(error))
+    assert str(copy) == "boom ***"
+
+
+def test_readable_redacts_unexpected_vendor_exceptions() -> None:
+    settings(openai_api_key=SecretStr("sk-Readable-Secret-15"))
+    message = readable(Stage.ENTITY_EXTRACTION, RuntimeError("401 for sk-Readable-Secret-15"))
+    assert "sk-Readable-Secret-15" not in message
+    assert message.endswith("unexpected RuntimeError: 401 for ***")
+
+
+def test_a_neo4j_url_with_userinfo_is_a_configuration_error_without_the_password() -> None:
+    with pytest.raises(ConfigurationError) as raised:
+        create_neo4j_driver(
+            f"bolt://neo4j:Userinfo-Secret-16@127.0.0.1:{closed_port()}",
+            user="neo4j",
+            password=None,
+        )
+    assert "Userinfo-Secret-16" not in str(raised.value)
+    assert "DOCPIPE_GRAPH_URL" in str(raised.value) and "DOCPIPE_NEO4J_PASSWORD" in str(
+        raised.value
+    )
+    # Not chained: a logged traceback would print the driver's own text.
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+
+
+def test_the_real_neo4j_driver_against_a_closed_port_fails_without_the_password() -> None:
+    password = "Closed-Port-Secret-17"
+    settings(neo4j_password=SecretStr(password))
+    driver = create_neo4j_driver(
+        f"bolt://127.0.0.1:{closed_port()}", user="neo4j", password=password
+    )
+    sink = Neo4jGraphSink(driver, "neo4j")
+    try:
+        with pytest.raises(TransientError, match="ServiceUnavailable") as raised:
+            sink.write(*document_graph(["Acme Corp"]))
+    finally:
+        sink.close()
+    assert password not in str(raised.value)
+
+
+def test_run_with_a_password_in_the_graph_url_never_prints_it(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text(GOOD)
+    url = f"bolt://neo4j:Cli-Graph-Secret-18@127.0.0.1:{closed_port()}"
+    env = {"DOCPIPE_GRAPH_URL": url}
+
+    result = docpipe(tmp_path, "run", "a.txt", env=env)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Cli-Graph-Secret-18" not in result.stdout + result.stderr
+    assert "bolt://neo4j:***@127.0.0.1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_run_against_an_unreachable_graph_stores_no_password_in_the_row(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text(GOOD)
+    env = {
+        "DOCPIPE_GRAPH_URL": f"bolt://127.0.0.1:{closed_port()}",
+        "DOCPIPE_NEO4J_PASSWORD": "Row-Secret-19",
+        "DOCPIPE_MAX_RETRIES": "0",
+    }
+
+    result = docpipe(tmp_path, "run", "a.txt", "--json", env=env)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "ServiceUnavailable" in result.stdout  # the row's error: the cause is shown ...
+    assert "Row-Secret-19" not in result.stdout + result.stderr  # ... the password is not
