@@ -103,7 +103,7 @@ def print_status(services: Services, payload: dict[str, Any]) -> None:
         stdout.print(f"error: {markup_safe(payload['error'])}")
     stdout.print("history (UTC):")
     for entry in payload["history"]:
-        line = f"  {timestamp(entry['at'])}  v{entry['version']}  {entry['stage']:<34} "
+        line = f"  {timestamp(entry['at'])}  v{entry['version']}  {entry['stage']:<30} "
         line += entry["status"]
         stdout.print(
             markup_safe(line) + (f"  {markup_safe(entry['error'])}" if entry["error"] else "")
@@ -120,9 +120,8 @@ def print_status(services: Services, payload: dict[str, Any]) -> None:
         stdout.print(f"redis state ({where}): none - {why}")
         return
     stdout.print(f"redis state ({where}), last status {state.get('last_status', '-')}:")
-    for stage in sorted({k.removesuffix("_status") for k in state if k.endswith("_status")}):
-        if stage == "last":
-            continue
+    stages = {k.removesuffix("_status") for k in state if k.endswith("_status")} - {"last"}
+    for stage in sorted(stages, key=lambda name: float(state.get(f"{name}_timestamp") or 0)):
         at = state.get(f"{stage}_timestamp")
         line = f"  {timestamp(float(at)) if at else '-'}  {stage:<20} {state[f'{stage}_status']}"
         metadata = state.get(f"{stage}_metadata")

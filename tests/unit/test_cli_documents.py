@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from pipeline.adapters.sql_store import SqlDocumentStore, create_store
+from pipeline.bootstrap import Services
+from pipeline.cli import main
 from pipeline.document_ids import SHORT_LENGTH, resolve_document_uuid
 from pipeline.domain.models import SourceDocument, Status
 from pipeline.errors import UserFacingError
+from pipeline.intake import submit_and_dispatch
 from tests.unit.test_cli import GOOD, docpipe
 
 BROKEN_PDF = b"%PDF-1.7\n1 0 obj <<"
@@ -172,3 +177,25 @@ def test_dlq_list_shows_a_short_uuid_that_dlq_replay_accepts_and_history_shows_t
     assert payload["status"] == "completed"
     stages = [(h["stage"], h["status"]) for h in payload["history"]]
     assert ("entity_extraction (dlq replay)", "entity_extraction") in stages
+
+
+def test_status_shows_the_redis_state_hash_with_its_timestamps(
+    make_services: Callable[..., Services], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A named fakeredis server is shared in-process: the state the run wrote is shown."""
+    services = make_services()
+    path = tmp_path / "good.txt"
+    path.write_text(GOOD)
+    project = services.store.ensure_project("p")
+    document_uuid = submit_and_dispatch(services, path, project).document_uuid
+    settings = services.settings
+    for key, value in {
+        "DATABASE_URL": settings.database_url,
+        "BLOB_URL": settings.blob_url,
+        "REDIS_URL": settings.redis_url,
+    }.items():
+        monkeypatch.setenv(f"DOCPIPE_{key}", value)
+    result = CliRunner().invoke(main, ["status", document_uuid[:SHORT_LENGTH]])
+    assert result.exit_code == 0, result.output
+    assert f"redis state ({settings.redis_url}), last status completed:" in result.output
+    assert re.search(r"\d\d:\d\d:\d\d\.\d{3}Z  relationship_staging\s+completed", result.output)
