@@ -49,6 +49,7 @@ from pipeline.ports import (
     RateLimiter,
     StateTracker,
 )
+from pipeline.rate_limited import RateLimitedEntityExtractor, needs_llm_rate_limit
 from pipeline.settings import Settings, get_settings, redact_url
 
 #: Set by the test suite: real cloud adapters then refuse to build unless a test opts in.
@@ -160,8 +161,9 @@ def build_neo4j_sink(settings: Settings) -> GraphSink:
         url,
         user=settings.neo4j_user,
         password=None if password is None else password.get_secret_value(),
+        timeout_s=settings.neo4j_timeout_s,
     )
-    return Neo4jGraphSink(driver, settings.neo4j_database)
+    return Neo4jGraphSink(driver, settings.neo4j_database, timeout_s=settings.neo4j_timeout_s)
 
 
 def s3_location(settings: Settings) -> tuple[str, str]:
@@ -192,6 +194,8 @@ def aws_client(settings: Settings, service: str, what: str) -> Any:
         region=settings.aws_region,
         endpoint_url=settings.aws_endpoint_url,
         max_attempts=settings.aws_max_attempts,
+        connect_timeout_s=settings.aws_connect_timeout_s,
+        read_timeout_s=settings.aws_read_timeout_s,
     )
 
 
@@ -230,11 +234,16 @@ def latency_profile(settings: Settings) -> LatencyProfile:
 
 
 def build_services(
-    settings: Settings, *, faults: FaultInjector | None = None, clock: Clock | None = None
+    settings: Settings,
+    *,
+    faults: FaultInjector | None = None,
+    clock: Clock | None = None,
+    rate_limiter: RateLimiter | None = None,
 ) -> Services:
     """Every adapter the settings ask for; `faults` reaches the fakes (scenarios, tests).
 
-    `clock` replaces the wall clock (the simulator passes a virtual one).
+    `clock` replaces the wall clock and `rate_limiter` the shared Redis window
+    (the simulator passes virtual ones).
     """
     from pipeline.adapters.sql_store import create_store
 
@@ -285,6 +294,16 @@ def build_services(
         )
     else:
         extractor = build_openai_extractor(settings)
+    if rate_limiter is None:
+        rate_limiter = RedisRateLimiter(
+            client,
+            limit=settings.llm_rate_limit_calls,
+            window_seconds=settings.llm_rate_limit_window_s,
+        )
+    if needs_llm_rate_limit(settings, simulated_llm_latency=latency.sampler(LLM_CALL) is not None):
+        extractor = RateLimitedEntityExtractor(
+            extractor, rate_limiter, clock, max_wait_s=settings.llm_rate_limit_max_wait_s
+        )
 
     graph: GraphSink
     if settings.graph_url.startswith("memory://"):
@@ -310,11 +329,7 @@ def build_services(
         state=RedisStateTracker(client, ttl_seconds=settings.state_ttl_s),
         cache=RedisCache(client),
         locks=RedisLockManager(client),
-        rate_limiter=RedisRateLimiter(
-            client,
-            limit=settings.llm_rate_limit_calls,
-            window_seconds=settings.llm_rate_limit_window_s,
-        ),
+        rate_limiter=rate_limiter,
         clock=clock,
         redis=client,
         faults=faults,

@@ -33,7 +33,7 @@ from pipeline.domain.models import (
     stable_uuid,
 )
 from pipeline.domain.resolution import resolve_mentions
-from pipeline.errors import DocumentTooLarge, EmptyDocument, PermanentError, RateLimited
+from pipeline.errors import DocumentTooLarge, EmptyDocument, PermanentError
 from pipeline.intake import INTAKE_PDF_PAGES
 from pipeline.parsers import detect_file_type, pdf_page_count
 from pipeline.policy import record_progress
@@ -328,7 +328,7 @@ def extract_entities(services: Services, document_uuid: str, version: int) -> St
         key = cache_key(document, "llm", extractor.model, digest)
         payload = services.cache.get(key)
         if payload is None:
-            wait_for_llm_slot(services)
+            # A rate-limited extractor (pipeline/rate_limited.py) waits for its slot here.
             payload = extractor.extract(chunk.text)
             # Parse before caching: a malformed answer raises and is never cached (failure 10).
             entities = parse_llm_entities(payload, chunk.text)
@@ -349,25 +349,6 @@ def extract_entities(services: Services, document_uuid: str, version: int) -> St
             )
     services.store.replace_mentions(document_uuid, mentions, fence=Fence.of(document))
     return StageResult(next_stage=Stage.ENTITY_RESOLUTION, detail=f"{len(mentions)} mentions")
-
-
-def wait_for_llm_slot(services: Services) -> None:
-    """Take a slot of the shared LLM rate limit, waiting out short refusals.
-
-    A refusal without a known wait (the limiter itself is unreachable) or a
-    wait beyond the configured bound is raised, and the task retries later.
-    """
-    waited = 0.0
-    while True:
-        try:
-            services.rate_limiter.acquire("llm")
-            return
-        except RateLimited as refused:
-            wait = refused.retry_after
-            if wait is None or waited + wait > services.settings.llm_rate_limit_max_wait_s:
-                raise
-            services.clock.sleep(wait)
-            waited += wait
 
 
 def resolve_entities(services: Services, document_uuid: str, version: int) -> StageResult:

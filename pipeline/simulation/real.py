@@ -80,14 +80,15 @@ class StageExecutor:
             faults = SharedFaultInjector(
                 redis_client(settings.redis_url), simulated=True, clock=self.clock
             )
-        self.services: Services = build_services(settings, faults=faults, clock=self.clock)
-        self.deferred = install_deferred_store(self.services)
         self.limiter = VirtualRateLimiter(
             self.clock,
             limit=settings.llm_rate_limit_calls,
             window_seconds=settings.llm_rate_limit_window_s,
         )
-        self.services.rate_limiter = self.limiter
+        self.services: Services = build_services(
+            settings, faults=faults, clock=self.clock, rate_limiter=self.limiter
+        )
+        self.deferred = install_deferred_store(self.services)
         self.rng = random.Random(seed)
         self.project = self.services.store.ensure_project(settings.project_name)
         self.uuids: dict[int, str] = {}

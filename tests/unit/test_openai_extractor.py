@@ -22,6 +22,7 @@ from pipeline.bootstrap import Services, build_services, use_services
 from pipeline.domain.models import Status
 from pipeline.errors import ConfigurationError, MalformedResponse, PermanentError, TransientError
 from pipeline.intake import collect_files
+from pipeline.rate_limited import RateLimitedEntityExtractor
 from tests.conftest import SAMPLES, embedded_settings
 from tests.unit.test_pipeline_eager import GOOD_TEXT, run_files
 
@@ -55,7 +56,9 @@ def openai_services(make_services: MakeServices, fake: FakeOpenAI) -> Services:
         openai_base_url=FAKE_BASE_URL,
         max_retries=2,
     )
-    assert isinstance(services.extractor, OpenAIEntityExtractor)
+    # The shared LLM rate limit is on the adapter that calls the limited service.
+    assert isinstance(services.extractor, RateLimitedEntityExtractor)
+    assert isinstance(services.extractor.inner, OpenAIEntityExtractor)
     services = dataclasses.replace(services, extractor=mock_extractor(fake))
     use_services(services)
     return services
@@ -270,7 +273,8 @@ def test_a_real_endpoint_is_refused_under_tests(tmp_path: Path, base_url: str | 
 def test_a_test_may_opt_in_to_a_real_endpoint_explicitly(tmp_path: Path) -> None:
     settings = embedded_settings(tmp_path, llm="openai", openai_api_key=API_KEY, allow_cloud=True)
     services = build_services(settings)  # builds only: no request is made
-    assert isinstance(services.extractor, OpenAIEntityExtractor)
+    assert isinstance(services.extractor, RateLimitedEntityExtractor)
+    assert isinstance(services.extractor.inner, OpenAIEntityExtractor)
 
 
 def test_openai_needs_an_api_key_and_never_prints_it(tmp_path: Path) -> None:
