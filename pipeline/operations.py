@@ -370,8 +370,15 @@ def dlq_replay(services: Services, document_uuids: Sequence[str] | None = None) 
             )
             continue
         stage = Stage(str(letter["stage"]))
+        # The dead letter's row makes way for the replay's (so a second one can be
+        # recorded); the replay row keeps what it said.
         document = store.force_status(
-            document_uuid, stage.running_status, stage=f"{stage} (dlq replay)", bump_version=False
+            document_uuid,
+            stage.running_status,
+            stage=f"{stage} (dlq replay)",
+            bump_version=False,
+            note=f"replays the dead letter of {letter['created_at']}: {letter['error']}",
+            supersedes=[Status.DEAD_LETTERED],
         )
         store.remove_dead_letters([document_uuid])
         send_stage(stage, document_uuid, document.processing_version)

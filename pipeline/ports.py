@@ -192,9 +192,22 @@ class DocumentStore(Protocol):
         ...
 
     def force_status(
-        self, document_uuid: str, status: Status, *, stage: str, bump_version: bool
+        self,
+        document_uuid: str,
+        status: Status,
+        *,
+        stage: str,
+        bump_version: bool,
+        note: str | None = None,
+        supersedes: Sequence[Status] = (),
     ) -> SourceDocument:
-        """Operator override (reset/replay/reprocess): set status, clear the error."""
+        """Operator override (reset/replay/reprocess): set status, clear the error.
+
+        Without a version bump the history row of `status` (and those of the
+        `supersedes` statuses) in this version is replaced by one recorded now,
+        carrying `note`: a replayed dead letter shows after the dead letter, and
+        a second dead letter can be recorded again.
+        """
         ...
 
     def record_attempt(self, document_uuid: str) -> None: ...

@@ -443,6 +443,20 @@ class StoreContract:
             ("ocr", Status.DEAD_LETTERED),
             ("ocr (dlq replay)", Status.OCR_QUEUED),
         ]
+        # Superseding the dead letter lets a second one be recorded after the replay.
+        store.force_status(
+            doc.uuid,
+            Status.OCR_QUEUED,
+            stage="ocr (dlq replay)",
+            bump_version=False,
+            note="replays the dead letter",
+            supersedes=[Status.DEAD_LETTERED],
+        )
+        store.advance_status(doc.uuid, Status.DEAD_LETTERED, stage="ocr", processing_version=1)
+        assert [(h.stage, h.status, h.error_message) for h in store.history(doc.uuid)] == [
+            ("ocr (dlq replay)", Status.OCR_QUEUED, "replays the dead letter"),
+            ("ocr", Status.DEAD_LETTERED, None),
+        ]
 
     def test_force_status_of_unknown_document_raises_key_error(
         self, store: SqlDocumentStore

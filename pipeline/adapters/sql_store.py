@@ -323,7 +323,14 @@ class SqlDocumentStore:
             return document
 
     def force_status(
-        self, document_uuid: str, status: Status, *, stage: str, bump_version: bool
+        self,
+        document_uuid: str,
+        status: Status,
+        *,
+        stage: str,
+        bump_version: bool,
+        note: str | None = None,
+        supersedes: Sequence[Status] = (),
     ) -> SourceDocument:
         status = Status(status)
         docs = source_documents.c
@@ -342,13 +349,15 @@ class SqlDocumentStore:
             if not bump_version:
                 # Back to a status this version already had (a dead letter replayed): the
                 # override is an event of its own, so its history row moves to now under
-                # the stage given (one row per status and version, as everywhere).
+                # the stage given (one row per status and version, as everywhere); the
+                # rows it `supersedes` go, so that they can be recorded again.
                 hist = document_processing_history.c
+                gone = [status.value, *(Status(s).value for s in supersedes)]
                 conn.execute(
                     delete(document_processing_history).where(
                         hist.document_uuid == document_uuid,
                         hist.processing_version == document.processing_version,
-                        hist.status == status.value,
+                        hist.status.in_(gone),
                     )
                 )
             self._record_history(
@@ -357,7 +366,7 @@ class SqlDocumentStore:
                 document.processing_version,
                 stage,
                 status,
-                None,
+                note,
                 document.celery_task_id,
             )
             return document

@@ -429,18 +429,25 @@ def test_dead_letters_are_listed_replayed_once_the_fault_is_gone_and_purged(
     assert operations.dlq_replay(broken, [first]) == [first]
     assert status(broken, first) is Status.DEAD_LETTERED
     assert len(operations.dlq_list(broken)) == 2
+    # ... and the history says so: the replay, then the second dead letter.
+    history = [(h.stage, h.status) for h in broken.store.history(first)]
+    assert history[-2:] == [
+        ("entity_extraction (dlq replay)", Status.ENTITY_EXTRACTION),
+        ("entity_extraction", Status.DEAD_LETTERED),
+    ]
 
     services = healthy(make_services, base)
     assert operations.dlq_replay(services, [first]) == [first]
     document = services.store.get_document(first)
     assert (document.status, document.processing_version) == (Status.COMPLETED, 1)
     assert services.store.counts(first).mentions > 0
-    # The history shows the replay: the stage's row, after the dead letter, under its name.
-    history = [(h.stage, h.status) for h in services.store.history(first)]
-    replay_row = ("entity_extraction (dlq replay)", Status.ENTITY_EXTRACTION)
-    assert replay_row in history
-    assert history.index(replay_row) > history.index(("entity_extraction", Status.DEAD_LETTERED))
-    assert history[-1][1] is Status.COMPLETED
+    # The history shows the replay, under its name, with the dead letter it replaced.
+    entries = services.store.history(first)
+    (replay,) = [h for h in entries if h.stage == "entity_extraction (dlq replay)"]
+    assert replay.status is Status.ENTITY_EXTRACTION
+    assert replay.error_message and "replays the dead letter of" in replay.error_message
+    assert Status.DEAD_LETTERED not in [h.status for h in entries]
+    assert entries[-1].status is Status.COMPLETED
     assert queue_rows(services, first) == [QueueStatus.FAILED]
     assert [letter["document_uuid"] for letter in operations.dlq_list(services)] == [second]
 
