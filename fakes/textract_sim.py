@@ -9,7 +9,9 @@ Jobs then:
 
 - read the object from moto's S3 and answer its PDF text layer as LINE blocks
   with confidences and geometry, shuffled within each result page, plus
-  low-confidence noise lines an adapter must drop;
+  low-confidence noise lines an adapter must drop; pages without a text layer
+  (scans) are read by the local OCR engine when the `[ocr]` extra is installed,
+  its LINE blocks answered as they come (every confidence: the adapter filters);
 - paginate with NextToken (`max_results` blocks per answer, small by default);
 - stay IN_PROGRESS for the first `polls_until_done - 1` status polls;
 - keep Textract's idempotency: one client request token, one job;
@@ -36,9 +38,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.adapters.local_ocr import LocalScanReader, local_ocr_installed
 from pipeline.domain.models import stable_uuid
 from pipeline.errors import PermanentError, TransientError
-from pipeline.parsers import extract_pdf_pages
+from pipeline.parsers import extract_pdf_pages, pdf_page_count
 from pipeline.ports import FaultInjector
 
 FAULT_PORT = "textract"
@@ -85,6 +88,7 @@ class TextractSimulator:
         noise_confidence: float = 41.5,
         faults: FaultInjector | None = None,
         seed: int = 0,
+        local_ocr: bool = True,
     ) -> None:
         if polls_until_done < 1:
             raise ValueError("polls_until_done must be at least 1")
@@ -96,6 +100,10 @@ class TextractSimulator:
         self.noise_confidence = noise_confidence
         self.faults = faults
         self.seed = seed
+        #: Reads scanned pages (None: without the `[ocr]` extra, a scan reads as no text).
+        self.scan_reader = (
+            LocalScanReader(min_confidence=0.0) if local_ocr and local_ocr_installed() else None
+        )
         #: Object keys (or substrings of them) whose jobs end FAILED with this message.
         self.fail_documents: dict[str, str] = {}
         self.jobs: dict[str, SimJob] = {}
@@ -265,11 +273,22 @@ class TextractSimulator:
             pages = extract_pdf_pages(data)
         except PermanentError as exc:
             if "no text layer" in str(exc):
-                pages = [""]  # a scan: Textract would read it; the simulator finds nothing
+                pages = [""] * max(pdf_page_count(data) or 1, 1)  # a scan
             else:
                 job.status, job.message = "FAILED", f"{UNSUPPORTED_MESSAGE} ({exc})"
                 return
-        job.blocks = self.blocks_for(pages, job.job_id)
+        blocks = self.blocks_for(pages, job.job_id)
+        if self.scan_reader is not None and any(not page.strip() for page in pages):
+            try:
+                scan = self.scan_reader.read(data, pages)
+            except PermanentError as exc:
+                job.status, job.message = "FAILED", f"{UNSUPPORTED_MESSAGE} ({exc})"
+                return
+            for line in scan.lines:
+                block = line.as_block()
+                block["Id"] = stable_uuid("sim-ocr", job.job_id, line.page, line.top, line.text)
+                blocks.append(block)
+        job.blocks = blocks
         job.pages = len(pages)
         job.status = "SUCCEEDED"
 

@@ -241,3 +241,38 @@ def test_turned_off_by_setting_a_scan_fails_naming_the_setting() -> None:
 
     assert job.state == OcrJob.FAILED
     assert "DOCPIPE_OCR_LOCAL=true" in (job.error or "")
+
+
+# --- the production adapter's path: the Textract simulator on moto reads scans too ------------
+
+
+def test_textract_adapter_reads_a_scan_through_the_simulator(aws_env: None) -> None:
+    from moto import mock_aws
+
+    from fakes.textract_sim import TextractSimulator
+    from pipeline.adapters.aws import build_client
+    from pipeline.adapters.textract import TextractOcrEngine
+
+    scanned = scan_pdf(text_pdf([SCANNED_LINES[1:2]]), dpi=150)
+    with mock_aws(), TextractSimulator(max_results=5) as simulator:
+        s3 = build_client("s3", region="us-east-1", endpoint_url=None, max_attempts=1)
+        s3.create_bucket(Bucket="docpipe-test")
+        s3.put_object(Bucket="docpipe-test", Key="docs/scan.pdf", Body=scanned)
+        textract = build_client("textract", region="us-east-1", endpoint_url=None, max_attempts=1)
+        engine = TextractOcrEngine(textract, "docpipe-test", prefix="docs", min_confidence=80.0)
+        job_id = engine.start(
+            OcrRequest(
+                document_uuid="doc-1",
+                storage_key="scan.pdf",
+                file_type="pdf",
+                client_request_token="attempt-1",
+            )
+        )
+        job = engine.poll(job_id)
+        assert simulator.scan_reader is not None
+
+    assert job.state == OcrJob.SUCCEEDED, job.error
+    assert "Whitcomb" in job.text
+    assert "Meridian" in job.text
+    assert job.metadata["lines"] >= 1
+    assert job.metadata["low_confidence_lines_dropped"] >= 1  # the simulator's noise line
