@@ -231,7 +231,7 @@ def test_a_document_whose_message_was_lost_mid_pipeline_is_resumed_once_stale(
     (reference,) = submit(services, tmp_path, 1, prefix="reference")
     assert claim_own(services, reference, worker="scenario")
     dispatch(services, reference)  # eager: runs to the end
-    steps = [
+    steps: list[Callable[[], object]] = [
         lambda: stages.start_ocr(services, lost, 1, "attempt-1"),
         *(
             (lambda function=function: function(services, lost, 1))
