@@ -66,8 +66,8 @@ def as_user_facing(exc: Exception) -> UserFacingError | None:
     if isinstance(exc, TransientError) and reason.startswith("database unavailable"):
         return ServiceUnavailable(
             reason,
-            hint="check that the database server is running and --database-url / "
-            "DOCPIPE_DATABASE_URL",
+            hint="check that the database server is running and that --database-url / "
+            "DOCPIPE_DATABASE_URL points at it",
         )
     if isinstance(exc, TransientError):
         return ServiceUnavailable(
@@ -76,7 +76,8 @@ def as_user_facing(exc: Exception) -> UserFacingError | None:
     if isinstance(exc, BrokerUnavailable | redis.ConnectionError | redis.TimeoutError):
         return ServiceUnavailable(
             f"cannot reach Redis or the broker: {reason}",
-            hint="check that redis-server is running and DOCPIPE_BROKER_URL / DOCPIPE_REDIS_URL",
+            hint="check that redis-server is running and that DOCPIPE_BROKER_URL / "
+            "DOCPIPE_REDIS_URL point at it",
         )
     return None
 

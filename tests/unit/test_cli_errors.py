@@ -204,3 +204,14 @@ def test_s3_unreachable_at_intake(tmp_path: Path, inbox: Path) -> None:
 def test_a_usage_error_with_json_still_prints_one_object(tmp_path: Path) -> None:
     result = docpipe(tmp_path, "run", "nothing-here", "--json")
     assert_json_error(result, "nothing-here")
+
+
+def test_any_command_reports_an_unreachable_database_in_short(tmp_path: Path) -> None:
+    """Commands without the run's preflight: the CLI group still turns it into exit 2."""
+    url = f"postgresql://postgres:s3cret-pw@127.0.0.1:{closed_port()}/x"
+
+    result = docpipe(tmp_path, "documents", "--database-url", url, "--json")
+
+    assert_short_usage_error(result, "database unavailable", "DOCPIPE_DATABASE_URL")
+    assert_json_error(result, "database unavailable")
+    assert "s3cret-pw" not in result.stdout + result.stderr
