@@ -122,16 +122,24 @@ class DocpipeGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            # click prints its own usage message and exits 2; --json still gets its object.
+            if self._wants_json(ctx):
+                click.echo(json.dumps({"error": exc.format_message(), "hint": "see --help"}))
+            raise
         except Exception as exc:
             problem = as_user_facing(exc)
             if problem is None:
                 raise
             if ctx.params.get("verbose"):
                 stderr.print_exception()
-            argv = ctx.meta.get(_ARGV_KEY, [])
-            options = argv[: argv.index("--")] if "--" in argv else argv
-            report_problem(problem, as_json="--json" in options)
+            report_problem(problem, as_json=self._wants_json(ctx))
             ctx.exit(EXIT_USAGE)
+
+    @staticmethod
+    def _wants_json(ctx: click.Context) -> bool:
+        argv = ctx.meta.get(_ARGV_KEY, [])
+        return "--json" in (argv[: argv.index("--")] if "--" in argv else argv)
 
 
 _ARGV_KEY = "docpipe.argv"

@@ -215,3 +215,11 @@ def test_any_command_reports_an_unreachable_database_in_short(tmp_path: Path) ->
     assert_short_usage_error(result, "database unavailable", "DOCPIPE_DATABASE_URL")
     assert_json_error(result, "database unavailable")
     assert "s3cret-pw" not in result.stdout + result.stderr
+
+
+def test_a_click_usage_error_with_json_still_prints_one_object(tmp_path: Path) -> None:
+    result = docpipe(tmp_path, "run", "--json")  # no PATHS
+
+    assert result.returncode == 2
+    assert "Missing argument" in result.stderr and "Traceback" not in result.stderr
+    assert_json_error(result, "Missing argument")
