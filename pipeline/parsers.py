@@ -186,7 +186,7 @@ def _check_member(info: zipfile.ZipInfo, size: int, limits: ExtractionLimits) ->
             f"to {size:,}; a zip bomb?)",
             "max_compression_ratio",
             limits.max_compression_ratio,
-            "x",
+            "times its compressed size",
         )
 
 
