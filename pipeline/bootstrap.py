@@ -161,8 +161,9 @@ def build_neo4j_sink(settings: Settings) -> GraphSink:
         url,
         user=settings.neo4j_user,
         password=None if password is None else password.get_secret_value(),
+        timeout_s=settings.neo4j_timeout_s,
     )
-    return Neo4jGraphSink(driver, settings.neo4j_database)
+    return Neo4jGraphSink(driver, settings.neo4j_database, timeout_s=settings.neo4j_timeout_s)
 
 
 def s3_location(settings: Settings) -> tuple[str, str]:
@@ -193,6 +194,8 @@ def aws_client(settings: Settings, service: str, what: str) -> Any:
         region=settings.aws_region,
         endpoint_url=settings.aws_endpoint_url,
         max_attempts=settings.aws_max_attempts,
+        connect_timeout_s=settings.aws_connect_timeout_s,
+        read_timeout_s=settings.aws_read_timeout_s,
     )
 
 

@@ -70,6 +70,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": "text",
         "broker_transport_options": {
             "visibility_timeout": settings.visibility_timeout_s,
+            # How soon after the visibility timeout kombu restores an unacked message:
+            # it sweeps every interval, scanning Redis on every throttle-th sweep.
+            "unacked_restore_interval": settings.broker_restore_interval_s,
+            "unacked_restore_throttle": settings.broker_restore_throttle,
             "max_connections": settings.broker_max_connections,
             **BROKER_RECONNECT,
         },

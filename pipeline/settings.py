@@ -18,6 +18,29 @@ from pipeline.errors import ConfigurationError
 from pipeline.redaction import redact_url as redact_url  # re-exported for its many callers
 from pipeline.redaction import remember_secrets
 
+#: Celery pools that enforce task_soft_time_limit_s / task_time_limit_s (FEASIBILITY.md:
+#: threads, gevent, eventlet and solo let a hung call run on).
+TIME_LIMIT_POOLS: frozenset[str] = frozenset({"prefork"})
+
+UNPROTECTED_POOLS_NOTE = (
+    "Celery enforces time limits only in the prefork pool; on threads, gevent and solo "
+    "pools a hung call is ended by its own timeout, and a delivery that outlives the "
+    "visibility timeout anyway is fenced out (its writes are discarded)"
+)
+
+
+def pool_time_limit_note(settings: Settings, pool: str) -> str | None:
+    """What protects a worker of `pool` from a hung call, or None when Celery's limits do."""
+    if pool in TIME_LIMIT_POOLS:
+        return None
+    limits = ", ".join(f"{name} {s:g}s" for name, s in settings.outbound_timeouts().items())
+    return (
+        f"the {pool} pool does not enforce task time limits "
+        f"(task_soft_time_limit_s {settings.task_soft_time_limit_s}s): hung calls end by their "
+        f"own timeouts ({limits}); a delivery that outlives the visibility timeout "
+        f"({settings.visibility_timeout_s}s) is fenced out, its writes discarded"
+    )
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
@@ -54,6 +77,10 @@ class Settings(BaseSettings):
     aws_endpoint_url: str | None = None
     #: boto3's attempts per call (standard retry mode), the first one included.
     aws_max_attempts: int = Field(default=3, ge=1)
+    #: Each boto3 attempt's own limits (S3, Textract): below the soft time limit, since
+    #: only the prefork pool enforces time limits (`TIME_LIMIT_POOLS`).
+    aws_connect_timeout_s: float = Field(default=10.0, gt=0)
+    aws_read_timeout_s: float = Field(default=60.0, gt=0)
     #: LINE blocks below this Textract confidence (0-100) are left out of the text.
     textract_min_confidence: float = Field(default=80.0, ge=0, le=100)
     #: Textract's asynchronous limit for PDFs; checked before a job is started.
@@ -129,6 +156,10 @@ class Settings(BaseSettings):
     retry_backoff_max_s: float = Field(default=600.0, ge=0)
     #: Redis redelivers unacked tasks after this; must exceed time limit + largest countdown.
     visibility_timeout_s: int = Field(default=4800, ge=1)
+    #: kombu's sweep for unacked messages past the visibility timeout: every interval
+    #: seconds, scanning Redis every throttle-th time (kombu's defaults: a scan every ~100 s).
+    broker_restore_interval_s: int = Field(default=10, ge=1)
+    broker_restore_throttle: int = Field(default=10, ge=1)
     broker_max_connections: int = Field(default=200, ge=10)
     #: How many times a task may kill its worker before the document is dead-lettered.
     max_redeliveries: int = Field(default=3, ge=1)
@@ -139,6 +170,8 @@ class Settings(BaseSettings):
     #: None = the public API. A loopback URL (the OpenAI fake) is allowed under tests.
     openai_base_url: str | None = None
     openai_timeout_s: float = Field(default=60.0, gt=0)
+    #: Neo4j: connect and acquire limits, and the server-side transaction timeout.
+    neo4j_timeout_s: float = Field(default=60.0, gt=0)
     #: Used when `graph_url` is `neo4j://`, `neo4j+s://`, `bolt://` or `bolt+s://`.
     neo4j_user: str = "neo4j"
     neo4j_password: SecretStr | None = None
@@ -162,6 +195,12 @@ class Settings(BaseSettings):
                 f"max_task_attempts ({self.max_task_attempts}) must exceed max_retries "
                 f"({self.max_retries}): the ceiling bounds attempts with progress too"
             )
+        for name, seconds in self.outbound_timeouts().items():
+            if seconds >= self.task_soft_time_limit_s:
+                raise ValueError(
+                    f"{name} ({seconds:g}) must be below task_soft_time_limit_s "
+                    f"({self.task_soft_time_limit_s}): {UNPROTECTED_POOLS_NOTE}"
+                )
         needed = self.task_time_limit_s + self.retry_backoff_max_s
         if self.visibility_timeout_s <= needed:
             raise ValueError(
@@ -176,6 +215,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"latency_overrides: unknown service {service!r}; use {SERVICES}")
             parse_distribution(spec)
         return self
+
+    def outbound_timeouts(self) -> dict[str, float]:
+        """The longest one outbound call may take, per setting (a boto3 attempt: connect + read)."""
+        return {
+            "openai_timeout_s": self.openai_timeout_s,
+            "aws_connect_timeout_s + aws_read_timeout_s": (
+                self.aws_connect_timeout_s + self.aws_read_timeout_s
+            ),
+            "neo4j_timeout_s": self.neo4j_timeout_s,
+        }
 
     def describe(self) -> dict[str, str]:
         """What a report may show: URLs redacted, secrets omitted."""

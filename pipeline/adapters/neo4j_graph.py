@@ -252,11 +252,19 @@ class Neo4jGraphSink:
     """Implements `GraphSink` with the official neo4j driver."""
 
     def __init__(
-        self, driver: neo4j.Driver, database: str, *, batch_size: int = DEFAULT_BATCH_SIZE
+        self,
+        driver: neo4j.Driver,
+        database: str,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        timeout_s: float | None = None,
     ) -> None:
         self._driver = driver
         self._database = database
         self._batch_size = batch_size
+        #: The server aborts a write transaction running longer (a hung graph write ends
+        #: on every pool, not only where Celery enforces time limits).
+        self._timeout_s = timeout_s
         self._constraints_ready = False
         self._constraints_lock = threading.Lock()
 
@@ -289,7 +297,7 @@ class Neo4jGraphSink:
         with (
             _mapped_errors(f"writing document {document.uuid}"),
             self._driver.session(database=self._database) as session,
-            session.begin_transaction() as tx,
+            session.begin_transaction(timeout=self._timeout_s) as tx,
         ):
             for statement in statements:
                 tx.run(statement.query, statement.parameters).consume()
@@ -321,16 +329,25 @@ def map_neo4j_error(exc: Exception, doing: str) -> TransientError | PermanentErr
     return PermanentError(message)
 
 
-def create_neo4j_driver(url: str, *, user: str, password: str | None) -> neo4j.Driver:
+def create_neo4j_driver(
+    url: str, *, user: str, password: str | None, timeout_s: float = 10.0
+) -> neo4j.Driver:
     """A driver for `neo4j://`, `neo4j+s://`, `bolt://`...; it connects on first use.
 
+    `timeout_s` bounds connecting and acquiring a connection.
     A URL the driver refuses (it quotes the whole URI, password included, e.g. for
     `bolt://user:password@host`) is a docpipe ConfigurationError with the text
     redacted and the driver's exception not chained (a traceback would print it).
     """
     auth = None if password is None else neo4j.basic_auth(user, password)
     try:
-        return neo4j.GraphDatabase.driver(url, auth=auth, connection_timeout=10.0)
+        # Connecting and waiting for a pooled connection are bounded too.
+        return neo4j.GraphDatabase.driver(
+            url,
+            auth=auth,
+            connection_timeout=min(10.0, timeout_s),
+            connection_acquisition_timeout=timeout_s,
+        )
     except (neo4j_errors.ConfigurationError, ValueError) as exc:
         hint = (
             "; give the user and password in DOCPIPE_NEO4J_USER / DOCPIPE_NEO4J_PASSWORD"

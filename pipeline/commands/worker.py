@@ -19,7 +19,7 @@ import click
 from rich.markup import escape
 
 from pipeline.domain.models import QUEUES
-from pipeline.settings import Settings, redact_url
+from pipeline.settings import Settings, pool_time_limit_note, redact_url
 
 #: The plan's layout: OCR on processes, entity extraction on many greenlets.
 DEFAULT_POOL = {"ocr": "prefork", "text": "threads", "entity": "gevent", "graph": "threads"}
@@ -98,8 +98,12 @@ def worker(
     unknown = sorted(set(names) - set(QUEUES))
     if not names or unknown:
         _usage_error(f"unknown queue(s) {', '.join(unknown) or '(none)'}; use {', '.join(QUEUES)}")
-    refuse_unless_workers_can_run(load_settings(eager=False))
+    settings = load_settings(eager=False)
+    refuse_unless_workers_can_run(settings)
     chosen_pool = pool or (DEFAULT_POOL[names[0]] if len(names) == 1 else "threads")
+    note = pool_time_limit_note(settings, chosen_pool)
+    if note is not None:
+        click.echo(f"note: {note}", err=True)
     size = concurrency or DEFAULT_CONCURRENCY[chosen_pool]
     argv = worker_argv(names, chosen_pool, size, hostname or f"{'-'.join(names)}@%h", loglevel)
     env = {**os.environ, "DOCPIPE_EAGER": "false"}
@@ -179,8 +183,8 @@ def wait_workers(queues: tuple[str, ...], run_dir: Path, timeout: float) -> None
     """Wait until the worker of each QUEUE (started by `make workers`) consumes it.
 
     A worker counts as up when its node (QUEUE@host) answers on the broker and
-    reports consuming QUEUE. Exits 1 as soon as one has died, or when one has not
-    answered within --timeout, naming its log file and the log's last line.
+    reports consuming QUEUE. Exits 1 when one has died or has not answered within
+    --timeout, naming its log file and the log's last line.
     """
     from pipeline import celery_app
     from pipeline.cli import EXIT_FAILED, _usage_error, load_settings, stderr
@@ -192,13 +196,15 @@ def wait_workers(queues: tuple[str, ...], run_dir: Path, timeout: float) -> None
     waiting = {queue: StartedWorker(queue, run_dir) for queue in queues}
     deadline = time.monotonic() + timeout
     failures: list[str] = []
-    while waiting and not failures:
+    # Until each worker is up or dead (or time is up): all failures are reported at once.
+    while waiting:
         for queue, started in list(waiting.items()):
             if not started.is_alive():
                 failures.append(
                     f"worker {queue} is not running; log {started.log}: {started.last_log_line()}"
                 )
-        if failures:
+                del waiting[queue]
+        if not waiting:
             break
         answers = _consumed_queues([started.nodename for started in waiting.values()])
         for queue, started in list(waiting.items()):
@@ -211,11 +217,12 @@ def wait_workers(queues: tuple[str, ...], run_dir: Path, timeout: float) -> None
                 f"log {started.log}: {started.last_log_line()}"
                 for queue, started in waiting.items()
             )
+            break
     for failure in failures:
         # A log line is not markup, and may quote a URL: escaped and redacted.
-        stderr.print(f"[bold red]error:[/] {escape(redact_url(failure))}")
+        stderr.print(f"[bold red]error:[/] {escape(redact_url(failure))}", soft_wrap=True)
     if failures:
-        stderr.print("stop the others with `make stop-workers`", highlight=False)
+        stderr.print("stop the others with `make stop-workers`", soft_wrap=True)
         sys.exit(EXIT_FAILED)
 
 

@@ -216,6 +216,7 @@ class RecordingDriver:
         self.autocommit: list[str] = []
         self.committed: list[list[tuple[str, dict[str, Any]]]] = []
         self.databases: list[str] = []
+        self.transaction_timeouts: list[float | None] = []
 
     def session(self, database: str) -> RecordingDriver._Session:
         self.databases.append(database)
@@ -242,7 +243,8 @@ class RecordingDriver:
             self.driver.autocommit.append(query)
             return RecordingDriver._Result()
 
-        def begin_transaction(self) -> RecordingDriver._Tx:
+        def begin_transaction(self, timeout: float | None = None) -> RecordingDriver._Tx:
+            self.driver.transaction_timeouts.append(timeout)
             return RecordingDriver._Tx(self.driver)
 
     class _Tx:
@@ -278,6 +280,15 @@ def test_a_document_is_one_transaction_and_constraints_are_created_once() -> Non
     assert len(driver.committed) == 2
     assert driver.committed[0] == [(s.query, s.parameters) for s in plan_statements(*graph)]
     assert set(driver.databases) == {"docs"}
+
+
+def test_the_write_transaction_carries_the_configured_timeout() -> None:
+    # Only the prefork pool enforces Celery's time limits: on threads the server-side
+    # transaction timeout is what ends a hung graph write.
+    driver = RecordingDriver()
+    sink = Neo4jGraphSink(driver, "docs", timeout_s=1.5)  # type: ignore[arg-type]
+    sink.write(*document_graph(["Acme Corp"]))
+    assert driver.transaction_timeouts == [1.5]
 
 
 @pytest.mark.parametrize(
