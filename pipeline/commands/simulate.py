@@ -96,6 +96,8 @@ def simulate(
         sweep,
     )
 
+    if plot is not None:
+        _prepare_plot_folder(plot)  # first: minutes of simulation are never thrown away
     settings = load_settings(latency_profile=profile, time_scale=time_scale, latency_seed=seed)
     try:
         start = Layout.parse(layout)
@@ -117,8 +119,6 @@ def simulate(
         except ValueError:
             click.echo("error: --llm-rate-limit takes CALLS/WINDOW_S, e.g. 500/60", err=True)
             sys.exit(EXIT_USAGE)
-    if plot is not None:
-        _prepare_plot_folder(plot)
     report: dict[str, Any] = {"layout": start.spec(), "profile": latency.describe()}
     report["documents"] = [
         {"name": s.name, "ocr": s.ocr, "chunks": len(s.chunk_keys)} for s in shapes
@@ -176,6 +176,10 @@ def _prepare_plot_folder(plot: Path) -> None:
         click.echo(
             f"error: --plot {plot} is a folder; give a file name such as {plot}/sim.png", err=True
         )
+        sys.exit(EXIT_USAGE)
+    blocking = next((p for p in plot.parents if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        click.echo(f"error: --plot {plot}: {blocking} is a file, not a folder", err=True)
         sys.exit(EXIT_USAGE)
     try:
         plot.parent.mkdir(parents=True, exist_ok=True)

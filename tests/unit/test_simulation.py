@@ -321,10 +321,15 @@ def test_simulate_refuses_a_plot_path_that_is_a_folder_before_simulating(tmp_pat
     import subprocess
     import sys
 
-    argv = [sys.executable, "-m", "pipeline", "simulate", "--docs", "10", "--plot", str(tmp_path)]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
-    assert result.returncode == 2, result.stderr
-    assert "is a folder" in result.stderr and "Traceback" not in result.stderr
+    (tmp_path / "a-file").write_text("")
+    for plot, message in [
+        (tmp_path, "is a folder"),
+        (tmp_path / "a-file" / "sub" / "sim.png", "a-file is a file, not a folder"),
+    ]:
+        argv = [sys.executable, "-m", "pipeline", "simulate", "--docs", "10", "--plot", str(plot)]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_scenarios_run_in_sim_mode_with_the_same_outcome_as_eager() -> None:
