@@ -7,13 +7,20 @@ longer than the hard limit plus the largest retry countdown (failure 15).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import celeryd_init, worker_process_init
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    celeryd_init,
+    worker_process_init,
+)
 
 from pipeline import broker_transport
 from pipeline.domain.models import STAGE_ORDER, Stage
+from pipeline.redaction import redact_log_output
 from pipeline.settings import Settings, get_settings
 
 #: Task names, one per stage (plus the OCR poll); the stage order lives in models.
@@ -111,6 +118,13 @@ app = Celery("docpipe", include=["pipeline.tasks"])
 # sent): importing this module must work whatever the settings, or even
 # `docpipe --help` would fail on a bad DOCPIPE_* value.
 app.add_defaults(lambda: celery_config(get_settings()))
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _redact_worker_logs(logger: logging.Logger, **_: Any) -> None:
+    """Worker log lines (tracebacks included) never show a password or key."""
+    redact_log_output(logger)
 
 
 @celeryd_init.connect

@@ -23,6 +23,7 @@ from rich.table import Table
 from pipeline import settings as settings_module
 from pipeline.display import markup_safe
 from pipeline.errors import ServiceUnavailable, TransientError, UserFacingError
+from pipeline.redaction import redact_log_output
 from pipeline.settings import Settings, redact_url
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -159,6 +160,7 @@ def main(verbose: int) -> None:
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
+    redact_log_output()  # -v output shows vendor exceptions as they are: redact them too
 
 
 @main.command()

@@ -16,6 +16,7 @@ error types can use it.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Iterable
@@ -87,3 +88,25 @@ def remember_secrets(values: Iterable[Any]) -> None:
         if new <= set(_known):
             return
         _known = tuple(sorted(new | set(_known), key=len, reverse=True))
+
+
+class RedactingFormatter(logging.Formatter):
+    """Wraps a log handler's formatter: the whole line, traceback included, is redacted.
+
+    Worker logs carry vendor text that never became a docpipe error: Celery's
+    own "Task ... raised unexpected" tracebacks, chained exceptions, retries.
+    """
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(self.inner.format(record))
+
+
+def redact_log_output(logger: logging.Logger | None = None) -> None:
+    """Redact everything the handlers of `logger` (default: the root logger) write."""
+    for handler in (logger or logging.getLogger()).handlers:
+        if not isinstance(handler.formatter, RedactingFormatter):
+            handler.setFormatter(RedactingFormatter(handler.formatter))

@@ -8,18 +8,21 @@ there every URL password and every secret setting is redacted.
 
 from __future__ import annotations
 
+import io
+import logging
 import pickle
 import socket
 from pathlib import Path
 
 import pytest
+from celery.signals import after_setup_task_logger
 from pydantic import SecretStr
 
 from pipeline.adapters.neo4j_graph import Neo4jGraphSink, create_neo4j_driver
 from pipeline.domain.models import Stage
 from pipeline.errors import ConfigurationError, PermanentError, TransientError
 from pipeline.policy import readable
-from pipeline.redaction import redact, secret_values
+from pipeline.redaction import RedactingFormatter, redact, redact_log_output, secret_values
 from pipeline.settings import Settings
 from tests.unit.test_cli import GOOD, docpipe
 from tests.unit.test_neo4j_sink import document_graph
@@ -147,3 +150,46 @@ def test_run_against_an_unreachable_graph_stores_no_password_in_the_row(tmp_path
     assert result.returncode == 1, result.stdout + result.stderr
     assert "ServiceUnavailable" in result.stdout  # the row's error: the cause is shown ...
     assert "Row-Secret-19" not in result.stdout + result.stderr  # ... the password is not
+
+
+def _logger_writing_to(stream: io.StringIO, name: str) -> logging.Logger:
+    logger = logging.getLogger(name)
+    logger.handlers = [logging.StreamHandler(stream)]
+    logger.handlers[0].setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger.propagate = False
+    return logger
+
+
+def test_log_lines_and_tracebacks_are_redacted() -> None:
+    settings(openai_api_key=SecretStr("sk-Log-Secret-20"))
+    stream = io.StringIO()
+    logger = _logger_writing_to(stream, "test_redaction.plain")
+    redact_log_output(logger)
+    redact_log_output(logger)  # idempotent: wrapped once
+
+    try:
+        raise RuntimeError("vendor said sk-Log-Secret-20 via redis://u:Url-Log-21@h/0")
+    except RuntimeError:
+        logger.exception("call failed for %s", "sk-Log-Secret-20")
+
+    output = stream.getvalue()
+    assert "Traceback" in output and "RuntimeError: vendor said ***" in output
+    assert "sk-Log-Secret-20" not in output and "Url-Log-21" not in output
+    assert output.startswith("ERROR call failed for ***")
+    assert isinstance(logger.handlers[0].formatter, RedactingFormatter)
+    assert not isinstance(logger.handlers[0].formatter.inner, RedactingFormatter)
+
+
+def test_celery_worker_loggers_are_redacted_when_celery_sets_them_up() -> None:
+    import pipeline.celery_app  # noqa: F401  (connects the signal receivers)
+
+    settings(neo4j_password=SecretStr("Worker-Log-Secret-22"))
+    stream = io.StringIO()
+    logger = _logger_writing_to(stream, "test_redaction.worker")
+    after_setup_task_logger.send(
+        sender=None, logger=logger, loglevel=logging.INFO, logfile=None, format="", colorize=False
+    )
+
+    logger.error("neo4j auth failed with Worker-Log-Secret-22")
+
+    assert stream.getvalue() == "ERROR neo4j auth failed with ***\n"
