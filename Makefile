@@ -48,7 +48,12 @@ scenarios: $(STAMP)  ## run every scenario in scenarios/ (eager; MODE=both adds 
 RUN := .docpipe/run
 WORKER_LAYOUT := ocr:prefork:2 text:threads:4 entity:gevent:100 graph:threads:4
 
-workers: $(STAMP)  ## start the plan's workers in the background (pids and logs in .docpipe/run)
+# `make workers` succeeds only once every worker answers on the broker for its queue
+# (WORKERS_TIMEOUT seconds at most); a worker that died or never answered fails it,
+# naming its log and the log's last line.
+WORKERS_TIMEOUT ?= 60
+
+workers: $(STAMP)  ## start the plan's workers in the background and wait until each answers (pids and logs in .docpipe/run)
 	@mkdir -p $(RUN)
 	@for spec in $(WORKER_LAYOUT); do \
 	  queue=$${spec%%:*}; rest=$${spec#*:}; pool=$${rest%%:*}; conc=$${rest#*:}; \
@@ -56,8 +61,10 @@ workers: $(STAMP)  ## start the plan's workers in the background (pids and logs 
 	    echo "worker $$queue already running (pid $$(cat $(RUN)/$$queue.pid))"; continue; fi; \
 	  nohup $(DOCPIPE) worker --queues $$queue --pool $$pool --concurrency $$conc \
 	    --hostname $$queue@%h > $(RUN)/$$queue.log 2>&1 & echo $$! > $(RUN)/$$queue.pid; \
-	  echo "started worker $$queue ($$pool x$$conc), pid $$(cat $(RUN)/$$queue.pid), log $(RUN)/$$queue.log"; \
+	  echo "starting worker $$queue ($$pool x$$conc), pid $$(cat $(RUN)/$$queue.pid), log $(RUN)/$$queue.log"; \
 	done
+	@$(DOCPIPE) wait-workers --run-dir $(RUN) --timeout $(WORKERS_TIMEOUT) \
+	  $(foreach spec,$(WORKER_LAYOUT),$(firstword $(subst :, ,$(spec))))
 
 stop-workers:  ## stop exactly the workers `make workers` started (warm shutdown, then kill)
 	@for pidfile in $(RUN)/*.pid; do \

@@ -173,11 +173,12 @@ def _consumed_queues(nodenames: list[str]) -> dict[str, set[str]]:
     help="Where `make workers` keeps QUEUE.pid and QUEUE.log.",
 )
 @click.option(
+    "-t",
     "--timeout",
     type=click.FloatRange(min=0),
-    default=30.0,
+    default=60.0,
     show_default=True,
-    help="Seconds to wait for every worker.",
+    help="Seconds to wait for every worker (a busy machine starts four in ~5-90 s).",
 )
 def wait_workers(queues: tuple[str, ...], run_dir: Path, timeout: float) -> None:
     """Wait until the worker of each QUEUE (started by `make workers`) consumes it.
