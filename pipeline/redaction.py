@@ -10,8 +10,9 @@ in `readable()` / the CLI for anything unexpected; all of them call `redact`.
 (whatever it is), and every secret the settings hold (`remember_secrets` is
 called for each `Settings` object built in this process): passwords of every URL
 setting, the OpenAI key, the Neo4j password, Flower's password - wherever they
-appear, URL-shaped or not. This module imports nothing from docpipe, so the
-error types can use it.
+appear, URL-shaped or not (values under 4 characters, common passwords and
+English words excepted: see `_common_words`). This module imports nothing from
+docpipe, so the error types can use it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import logging
 import re
 import threading
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -77,7 +79,24 @@ def secret_values(values: Iterable[Any]) -> set[str]:
                 found.add(password)
     # A URL carries the password percent-encoded; messages may show either form.
     found |= {unquote(s) for s in found} | {quote(s, safe="") for s in found}
-    return {s for s in found if len(s) >= MIN_SECRET_CHARS}
+    found = {s for s in found if len(s) >= MIN_SECRET_CHARS}
+    if found:
+        found = {s for s in found if s.lower() not in _common_words()}
+    return found
+
+
+@lru_cache(maxsize=1)
+def _common_words() -> frozenset[str]:
+    """Common passwords and English words (zxcvbn's shipped lists, 60,000 entries).
+
+    Such a value is not replaced as a bare word: `password` or `secret` would
+    blank those words out of docpipe's own messages ("the *** is a well-known
+    default"), and it protects nothing - it is the first thing an attacker
+    tries. Inside a URL it is still hidden (`redact_url`), and Flower refuses it.
+    """
+    from zxcvbn.frequency_lists import FREQUENCY_LISTS
+
+    return frozenset(FREQUENCY_LISTS["passwords"]) | frozenset(FREQUENCY_LISTS["english_wikipedia"])
 
 
 def remember_secrets(values: Iterable[Any]) -> None:

@@ -193,3 +193,28 @@ def test_celery_worker_loggers_are_redacted_when_celery_sets_them_up() -> None:
     logger.error("neo4j auth failed with Worker-Log-Secret-22")
 
     assert stream.getvalue() == "ERROR neo4j auth failed with ***\n"
+
+
+def test_a_common_word_as_secret_does_not_blank_out_docpipes_own_messages() -> None:
+    settings(flower_basic_auth=SecretStr("ops:password"), neo4j_password=SecretStr("secret"))
+
+    problem = str(ConfigurationError("the password is a well-known default, secret or not"))
+
+    assert problem == "the password is a well-known default, secret or not"
+    # In a URL it is still hidden.
+    assert redact("bolt://neo4j:secret@h:7687") == "bolt://neo4j:***@h:7687"
+
+
+def test_flower_refusal_of_a_default_password_stays_readable() -> None:
+    from click.testing import CliRunner
+
+    from pipeline.commands.flower import COMMANDS
+
+    env = {
+        "DOCPIPE_BROKER_URL": "redis://127.0.0.1:6390/0",
+        "DOCPIPE_FLOWER_BASIC_AUTH": "ops:password",
+    }
+    result = CliRunner().invoke(COMMANDS[0], [], env=env)
+
+    assert result.exit_code == 2
+    assert "the password is a well-known default" in result.output
