@@ -129,11 +129,22 @@ def _redact_worker_logs(logger: logging.Logger, **_: Any) -> None:
 
 @celeryd_init.connect
 def _check_worker_configuration(**_: Any) -> None:
-    """A worker never runs eagerly, and refuses settings that cannot be shared (failure 2)."""
-    from pipeline.broker import require_broker_settings
+    """A worker never runs eagerly, and refuses settings that cannot be shared (failure 2).
 
-    settings = get_settings()
-    require_broker_settings(settings)
+    Plain `celery -A pipeline.celery_app worker` refuses exactly as `docpipe
+    worker` does: same check, same message, exit 2. Celery logs and swallows
+    any Exception a receiver raises (celery/utils/dispatch/signal.py), so the
+    refusal is a SystemExit, which it does not catch.
+    """
+    from pipeline.cli import EXIT_USAGE, load_settings, report_problem
+    from pipeline.commands.worker import refuse_unless_workers_can_run
+    from pipeline.errors import UserFacingError
+
+    try:
+        refuse_unless_workers_can_run(load_settings(eager=False))
+    except UserFacingError as problem:
+        report_problem(problem, as_json=False)
+        raise SystemExit(EXIT_USAGE) from None
     app.conf.task_always_eager = False
 
 
