@@ -31,6 +31,7 @@ from sqlalchemy import (
     delete,
     event,
     func,
+    inspect,
     or_,
     select,
     true,
@@ -49,6 +50,7 @@ from pipeline.adapters.schema import (
     dead_letter_tasks,
     document_processing_history,
     document_processing_queue,
+    metadata,
     neo4j_canonical_entities,
     neo4j_chunks,
     neo4j_documents,
@@ -1195,10 +1197,34 @@ def create_store(
     if create:
         try:
             create_schema(engine)
+            missing = missing_columns(engine)
         except OperationalError as exc:
             engine.dispose()
             raise TransientError(f"database unavailable: {exc.orig}") from exc
+        if missing:
+            engine.dispose()
+            # `create_all` adds tables, never columns: a database made by an older
+            # docpipe would fail later on its first query, as "no such column".
+            raise ConfigurationError(
+                f"the database at {redact_url(database_url)} has an older schema (missing "
+                f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})",
+                hint=f"run `docpipe db upgrade --database-url {redact_url(database_url)}` "
+                "once, then run this command again",
+            )
     return SqlDocumentStore(engine, clock=clock)
+
+
+def missing_columns(engine: Engine) -> list[str]:
+    """`table.column` of this code's schema that the database's existing tables lack."""
+    with engine.connect() as conn:
+        inspector = inspect(conn)
+        present = set(inspector.get_table_names())
+        missing = []
+        for table in metadata.sorted_tables:
+            if table.name in present:
+                have = {column["name"] for column in inspector.get_columns(table.name)}
+                missing += [f"{table.name}.{c.name}" for c in table.columns if c.name not in have]
+    return missing
 
 
 def create_database_engine(database_url: str) -> Engine:

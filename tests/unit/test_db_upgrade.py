@@ -105,3 +105,31 @@ def test_upgrade_adds_the_content_hash_to_a_database_made_before_it(tmp_path: Pa
     assert CONTENT_INDEX in {i["name"] for i in inspector.get_indexes("source_documents")}
     assert upgrade(engine).applied == []
     engine.dispose()
+
+
+def test_a_database_older_than_the_code_is_refused_with_the_upgrade_command(
+    tmp_path: Path,
+) -> None:
+    """Not "no such column" on the first query: exit 2, naming `docpipe db upgrade`."""
+    from sqlalchemy import text
+
+    from pipeline.adapters.schema import CONTENT_INDEX
+    from pipeline.adapters.sql_store import create_store
+    from tests.unit.test_cli import GOOD, docpipe
+
+    url = f"sqlite:///{tmp_path / '.docpipe' / 'docpipe.db'}"
+    create_store(url).close()
+    engine = create_database_engine(url)
+    with engine.begin() as conn:  # what a database made before migration 3 looks like
+        conn.execute(text(f"DROP INDEX {CONTENT_INDEX}"))
+        conn.execute(text("ALTER TABLE source_documents DROP COLUMN content_sha256"))
+    engine.dispose()
+    with pytest.raises(ConfigurationError, match=r"older schema .*content_sha256"):
+        create_store(url)
+
+    (tmp_path / "a.txt").write_text(GOOD)
+    refused = docpipe(tmp_path, "run", "a.txt")
+    assert refused.returncode == 2
+    assert "docpipe db upgrade" in refused.stderr and "Traceback" not in refused.stderr
+    assert docpipe(tmp_path, "db", "upgrade").returncode == 0
+    assert docpipe(tmp_path, "run", "a.txt").returncode == 0
