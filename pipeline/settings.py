@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     ocr_local_job_timeout_s: float = Field(default=600.0, gt=0)
     #: Rendering resolution of scanned pages for OCR.
     ocr_local_dpi: int = Field(default=200, ge=72, le=600)
+    #: onnxruntime threads per OCR process (0: one per core). With 1 the `ocr` worker's
+    #: concurrency is the number of cores OCR may take from the other queues.
+    ocr_local_threads: int = Field(default=1, ge=0)
 
     # --- simulated service latency (pipeline/latency.py) ----------------------------
     #: `none` (no waits) or `reference` (the old system's measured timings).

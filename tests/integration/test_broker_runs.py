@@ -97,6 +97,29 @@ def test_mixed_batch_through_real_workers_matches_eager_mode(
     assert isinstance(totals, dict) and totals["mode"] == "broker"
 
 
+def test_running_the_same_file_again_on_the_broker_adds_no_document(
+    stack: BrokerStack, tmp_path: Path
+) -> None:
+    """Reported as already processed without a message sent; --reprocess: same document, v2."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "memo.txt").write_text(f"{TEXT}\nReference {tmp_path.name}.\n")  # unique bytes
+    first_code, first = run_json(stack.env, tmp_path, "--broker", str(inbox))
+    again_code, again = run_json(stack.env, tmp_path, "--broker", str(inbox))
+    redo_code, redo = run_json(stack.env, tmp_path, "--broker", "--reprocess", str(inbox))
+
+    assert first_code == again_code == redo_code == 0
+    rows = [report["documents"][0] for report in (first, again, redo)]  # type: ignore[index]
+    assert len({row["document_uuid"] for row in rows}) == 1
+    assert [(row["already_processed"], row["reprocessed"]) for row in rows] == [
+        (False, False),
+        (True, False),
+        (False, True),
+    ]
+    document = stack.services().store.get_document(rows[0]["document_uuid"])
+    assert (document.status, document.processing_version) == (Status.COMPLETED, 2)
+
+
 def _submit(services: Services, path: Path) -> str:
     project = services.store.ensure_project("broker-tests")
     return submit_file(services, path, project).document_uuid
