@@ -194,19 +194,27 @@ class _SpacingRecognizer:
 
 
 _ENGINE_LOCK = threading.Lock()
-_ENGINES: dict[int, Any] = {}
+_ENGINES: dict[tuple[int, int], Any] = {}
 
 
-def _rapidocr(min_gap: int) -> Any:
-    """One RapidOCR per process (loading the ONNX models takes about a second)."""
+def _rapidocr(min_gap: int, threads: int) -> Any:
+    """One RapidOCR per process (loading the ONNX models takes about a second).
+
+    `threads` bounds onnxruntime's threads per model (0: one per core), so an
+    OCR worker uses at most concurrency x threads cores and leaves the rest
+    to the other queues' workers.
+    """
     with _ENGINE_LOCK:
-        engine = _ENGINES.get(min_gap)
+        engine = _ENGINES.get((min_gap, threads))
         if engine is None:
             from rapidocr_onnxruntime import RapidOCR
 
-            engine = RapidOCR()
+            options = (
+                {"intra_op_num_threads": threads, "inter_op_num_threads": 1} if threads else {}
+            )
+            engine = RapidOCR(**options)
             engine.text_rec = _SpacingRecognizer(engine.text_rec, min_gap)
-            _ENGINES[min_gap] = engine
+            _ENGINES[(min_gap, threads)] = engine
         return engine
 
 
@@ -219,6 +227,7 @@ def build_scan_reader(settings: Settings) -> LocalScanReader | None:
         max_pages=settings.ocr_local_max_pages,
         job_timeout_s=settings.ocr_local_job_timeout_s,
         dpi=settings.ocr_local_dpi,
+        threads=settings.ocr_local_threads,
     )
 
 
@@ -239,6 +248,7 @@ class LocalScanReader:
         job_timeout_s: float = 600.0,
         dpi: int = DEFAULT_DPI,
         word_gap_columns: int = WORD_GAP_COLUMNS,
+        threads: int = 1,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 0 <= min_confidence <= 100:
@@ -250,6 +260,7 @@ class LocalScanReader:
         self.job_timeout_s = job_timeout_s
         self.dpi = dpi
         self.word_gap_columns = word_gap_columns
+        self.threads = threads
         self._monotonic = monotonic
 
     def read(self, data: bytes, text_layer: Sequence[str]) -> ScanResult:
@@ -304,7 +315,7 @@ class LocalScanReader:
     def recognise_image(self, image: Any, number: int) -> list[OcrLine]:
         """Lines of an RGB image array (height x width x 3), top to bottom."""
         height, width = image.shape[:2]
-        found, _ = _rapidocr(self.word_gap_columns)(image)
+        found, _ = _rapidocr(self.word_gap_columns, self.threads)(image)
         lines: list[OcrLine] = []
         for box, text, score in found or []:
             if not str(text).strip():

@@ -176,7 +176,18 @@ def render(spec: Generated, rng: random.Random, name: str) -> bytes:
         data = _encode(spec, _pad(pages, spec.size, len(data)), name)
     if spec.content == "truncated":
         data = data[: max(len(data) * 2 // 5, 1)]
+    if spec.content == "scanned":
+        data = _scanned(data)
     return data
+
+
+def _scanned(pdf: bytes) -> bytes:
+    """The PDF as a scanner makes it: image-only pages, the first slightly askew."""
+    from pipeline.adapters.local_ocr import INSTALL_HINT, local_ocr_installed, scan_pdf
+
+    if not local_ocr_installed():
+        raise ScenarioError(f"content: scanned renders pages with the [ocr] extra: {INSTALL_HINT}")
+    return scan_pdf(pdf, dpi=150, rotate_degrees=[2.0])
 
 
 def _encode(spec: Generated, pages: list[str], name: str) -> bytes:

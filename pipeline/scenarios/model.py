@@ -151,8 +151,10 @@ class Generated(_Strict):
     text: str | None = None
     #: valid, or a broken file: empty (0 bytes), truncated (first 40 %), binary (random bytes),
     #: zip_bomb (docx only: word/document.xml repeats one paragraph up to `size` bytes,
-    #: default 10 MB, so a file of a few KB expands about 1000x).
-    content: Literal["valid", "empty", "truncated", "binary", "zip_bomb"] = "valid"
+    #: default 10 MB, so a file of a few KB expands about 1000x), or scanned (pdf only: the
+    #: pages as grey images without a text layer, the first turned 2 degrees; read by
+    #: local OCR, the `[ocr]` extra, at ~2-3 s of CPU per page: keep such batches small).
+    content: Literal["valid", "empty", "truncated", "binary", "zip_bomb", "scanned"] = "valid"
 
     @field_validator("name")
     @classmethod
@@ -167,6 +169,8 @@ class Generated(_Strict):
     def _zip_bomb_is_a_docx(self) -> Self:
         if self.content == "zip_bomb" and self.type != "docx":
             raise ValueError("content zip_bomb needs type docx (a DOCX is a ZIP archive)")
+        if self.content == "scanned" and self.type != "pdf":
+            raise ValueError("content scanned needs type pdf (a scan is an image-only PDF)")
         return self
 
     @model_validator(mode="after")
