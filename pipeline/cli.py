@@ -232,9 +232,11 @@ def run(
         if not files:
             print_skipped(skipped_rows(collected.skipped), stderr)
             _usage_error("no documents found in " + ", ".join(str(p) for p in paths))
+        # Reachability first: an unreachable broker is reported once, within seconds,
+        # before the checks that need to talk to it.
+        check_services(settings, say_waiting, broker=broker)
         if broker:
             require_broker_settings(settings)
-        check_services(settings, say_waiting, broker=broker)
         services = build_services(settings)
     app = celery_app.configure(settings)
     use_services(services)
