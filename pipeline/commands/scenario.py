@@ -91,11 +91,29 @@ def print_summary(reports: list[RunReport]) -> None:
             f"{report.elapsed_s:.2f}s",
         )
     stdout.print(table)
-    failed = [r for r in reports if not r.passed]
-    skipped = [r for r in reports if r.skipped]
-    ran = len(reports) - len(skipped)
-    line = f"{ran - len(failed)}/{ran} runs passed"
-    stdout.print(line + (f", {len(skipped)} skipped" if skipped else ""))
+
+
+def mode_counts(reports: list[RunReport]) -> list[str]:
+    """One line per mode, in the order run: runs passed of runs made, and runs skipped."""
+    lines = []
+    for mode in dict.fromkeys(report.mode for report in reports):
+        of_mode = [report for report in reports if report.mode == mode]
+        skipped = sum(1 for report in of_mode if report.skipped)
+        ran = len(of_mode) - skipped
+        passed = sum(1 for report in of_mode if report.passed and not report.skipped)
+        line = f"{mode}: {passed}/{ran} runs passed"
+        lines.append(line + (f", {skipped} skipped" if skipped else ""))
+    return lines
+
+
+def nothing_ran(reports: list[RunReport]) -> str | None:
+    """The error when every selected run was skipped: a run that checked nothing must not pass."""
+    if not reports or any(not report.skipped for report in reports):
+        return None
+    reasons = sorted({f"{report.scenario} ({report.mode}): {report.skipped}" for report in reports})
+    return f"no scenario ran: all {len(reports)} selected run(s) were skipped\n" + "\n".join(
+        reasons
+    )
 
 
 def _parity_reports(reports: list[RunReport]) -> dict[str, list[str]]:
@@ -145,10 +163,12 @@ def run_command(
 ) -> None:
     """Run scenario files; exit 0 iff every expectation and invariant holds.
 
-    A scenario that does not declare the mode (`modes:`) is reported as skipped.
+    A scenario that does not declare the mode (`modes:`) is reported as skipped;
+    when every selected run was skipped, nothing was checked: exit 2 with the
+    reasons. A summary line per mode counts the runs passed and skipped.
     Without --keep each run works in a temporary folder, removed afterwards.
     """
-    from pipeline.cli import EXIT_FAILED, EXIT_OK
+    from pipeline.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, stdout
 
     loaded = _load_all(files)
     modes: list[Mode]
@@ -166,16 +186,33 @@ def run_command(
         keep=keep.resolve() if keep is not None else None,
     )
     parities = _parity_reports(reports) if mode in ("both", "all") else {}
-    passed = all(r.passed for r in reports)
+    no_run = nothing_ran(reports)
+    passed = no_run is None and all(r.passed for r in reports)
     if as_json:
-        payload: dict[str, Any] = {"passed": passed, "runs": [r.as_dict() for r in reports]}
+        payload: dict[str, Any] = {
+            "passed": passed,
+            "counts": mode_counts(reports),
+            "runs": [r.as_dict() for r in reports],
+        }
+        if no_run is not None:
+            payload["error"] = no_run
         if mode in ("both", "all"):
             payload["parity"] = parities
         click.echo(json.dumps(payload, indent=2, default=str))
     else:
         if len(reports) > 1:
             print_summary(reports)
+        for line in mode_counts(reports):
+            stdout.print(line)
         _print_parity(parities)
+    if no_run is not None:
+        # Exit 2 (usage/configuration): the wrong --mode for these files, or a
+        # missing setting such as DOCPIPE_SCENARIO_POSTGRES_URL; CI must not pass on it.
+        first, *reasons = no_run.splitlines()
+        click.echo(f"error: {first}", err=True)
+        for reason in reasons:
+            click.echo(f"  {reason}", err=True)
+        sys.exit(EXIT_USAGE)
     sys.exit(EXIT_OK if passed else EXIT_FAILED)
 
 

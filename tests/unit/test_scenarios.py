@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,8 @@ from tests.conftest import REPO
 
 SCENARIOS = REPO / "scenarios"
 FILES = sorted(SCENARIOS.glob("*.yaml"))
+#: The library's eager runs happen here; broker runs in tests/integration/test_scenarios_broker.py.
+EAGER_FILES = [path for path in FILES if "eager" in load_scenario(path).modes]
 
 
 def _explain(report: RunReport) -> str:
@@ -30,14 +33,23 @@ def _explain(report: RunReport) -> str:
     return f"{report.error or ''}\n" + "\n".join(failed) + f"\nreplay: {report.replay}"
 
 
-@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+@pytest.mark.parametrize("path", EAGER_FILES, ids=[p.stem for p in EAGER_FILES])
 def test_scenario_passes_in_eager_mode(path: Path, tmp_path: Path) -> None:
-    scenario = load_scenario(path)
-    if "eager" not in scenario.modes:
-        pytest.skip(f"{scenario.name} declares modes: {scenario.modes} (run in integration)")
-    report = run_scenario(scenario, path, "eager", workdir=tmp_path)
+    report = run_scenario(load_scenario(path), path, "eager", workdir=tmp_path)
+    assert report.skipped is None, report.skipped
     assert report.passed, _explain(report)
     assert report.checks, "a scenario that checks nothing proves nothing"
+
+
+def test_ci_runs_every_library_scenario_in_at_least_one_mode() -> None:
+    """No scenario is left out silently: each runs here (eager) or in integration (broker)."""
+    from tests.integration.test_scenarios_broker import FILES as BROKER_FILES
+
+    run_in_ci = set(EAGER_FILES) | set(BROKER_FILES)
+    assert [path.name for path in FILES if path not in run_in_ci] == []
+    # Broker runs that cut the database off get DOCPIPE_SCENARIO_POSTGRES_URL from the
+    # integration fixture, and that test asserts no broker run was skipped.
+    assert len(FILES) >= 15
 
 
 def test_the_library_has_at_least_15_scenarios_named_after_their_files() -> None:
@@ -210,7 +222,47 @@ def test_cli_summary_counts_skipped_runs_apart_from_passed_ones() -> None:
         cwd=REPO,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "1/1 runs passed, 1 skipped" in result.stdout
+    assert "eager: 1/1 runs passed, 1 skipped" in result.stdout
+
+
+def test_cli_fails_a_run_in_which_every_selected_run_was_skipped(tmp_path: Path) -> None:
+    broker_only = [
+        str(SCENARIOS / "queue_without_consumer.yaml"),
+        str(SCENARIOS / "worker_killed_during_ocr.yaml"),
+    ]
+    command = [sys.executable, "-m", "pipeline", "scenario", "run", *broker_only]
+    result = subprocess.run([*command, "--mode", "eager"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "eager: 0/0 runs passed, 2 skipped" in result.stdout
+    assert "error: no scenario ran: all 2 selected run(s) were skipped" in result.stderr
+    assert "queue_without_consumer (eager): declares modes: [broker]" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    as_json = subprocess.run(
+        [*command, "--mode", "eager", "--json"], capture_output=True, text=True, cwd=REPO
+    )
+    assert as_json.returncode == 2, as_json.stderr
+    payload = json.loads(as_json.stdout)
+    assert payload["passed"] is False
+    assert payload["counts"] == ["eager: 0/0 runs passed, 2 skipped"]
+    assert payload["error"].startswith("no scenario ran")
+
+
+def test_cli_fails_a_database_cut_scenario_skipped_for_want_of_postgres(tmp_path: Path) -> None:
+    env = {
+        key: value for key, value in os.environ.items() if key != "DOCPIPE_SCENARIO_POSTGRES_URL"
+    }
+    scenario = str(SCENARIOS / "database_unreachable_mid_run.yaml")
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "scenario", "run", scenario, "--mode", "broker"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "broker: 0/0 runs passed, 1 skipped" in result.stdout
+    assert "set DOCPIPE_SCENARIO_POSTGRES_URL" in result.stderr
 
 
 def test_parity_pairs_sim_with_broker_when_eager_did_not_run() -> None:
