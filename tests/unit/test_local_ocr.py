@@ -6,6 +6,7 @@ costs seconds per page, so the other tests stub the recogniser or fail before it
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -276,3 +277,29 @@ def test_textract_adapter_reads_a_scan_through_the_simulator(aws_env: None) -> N
     assert "Meridian" in job.text
     assert job.metadata["lines"] >= 1
     assert job.metadata["low_confidence_lines_dropped"] >= 1  # the simulator's noise line
+
+
+def test_docpipe_run_without_the_extra_says_how_to_enable_it(tmp_path: Any) -> None:
+    """A user without the extra: the import system finds neither rapidocr nor pypdfium2."""
+    from tests.conftest import REPO
+    from tests.unit.test_cli import docpipe
+
+    hide = tmp_path / "hide_ocr_extra"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(
+        "import sys\n"
+        "# None in sys.modules: find_spec answers None and import raises ImportError.\n"
+        "sys.modules['rapidocr_onnxruntime'] = None\n"
+        "sys.modules['pypdfium2'] = None\n"
+    )
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "scanned.pdf").write_bytes(two_scanned_pages())
+
+    result = docpipe(tmp_path, "run", "inbox", "--json", env={"PYTHONPATH": f"{hide}:{REPO}"})
+
+    assert result.returncode == 1, result.stderr
+    (row,) = json.loads(result.stdout)["documents"]
+    assert row["status"] == "ocr_failed"
+    assert "PDF has no text layer (2 page(s), probably scanned images)" in row["error"]
+    assert "enable local OCR with pip install 'docpipe[ocr]'" in row["error"]
