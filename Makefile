@@ -23,14 +23,26 @@ venv: $(STAMP)  ## create .venv and install docpipe with its dev tools
 demo: $(STAMP)  ## run the pipeline on the sample documents (embedded default: no Redis, no cloud)
 	$(DOCPIPE) run samples/
 
+# Tests run in a random order (pytest-randomly) so that order-dependent tests fail
+# here, not on someone's fresh clone; the seed is printed, `make test SEED=N` repeats it.
+ifeq ($(origin SEED), undefined)
+SEED := $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+endif
+RANDOM_ORDER := -p randomly --randomly-seed=$(SEED)
+define pytest_in_random_order
+	@echo "test order: random, --randomly-seed=$(SEED) (repeat it: make $@ SEED=$(SEED))"
+	@$(BIN)/pytest -q $(1) $(RANDOM_ORDER) \
+	  || { echo "failed with --randomly-seed=$(SEED) (repeat it: make $@ SEED=$(SEED))"; exit 1; }
+endef
+
 test: lint $(STAMP)  ## lint, then unit, integration and the short load check (CI runs this)
-	$(BIN)/pytest -q tests -m 'load or not load'
+	$(call pytest_in_random_order,tests -m 'load or not load')
 
 unit: $(STAMP)  ## unit tests only (no services needed)
-	$(BIN)/pytest -q tests/unit
+	$(call pytest_in_random_order,tests/unit)
 
 integration: $(STAMP)  ## integration tests (private redis-server, throw-away PostgreSQL database)
-	$(BIN)/pytest -q tests/integration -m integration
+	$(call pytest_in_random_order,tests/integration -m integration)
 
 lint: $(STAMP)  ## ruff check, ruff format --check, mypy
 	$(BIN)/ruff check pipeline fakes tests
