@@ -12,6 +12,7 @@ from typing import Any
 import click
 from rich.table import Table
 
+from pipeline.errors import UserFacingError
 from pipeline.loadtest import DEFAULT_DOCUMENTS
 
 DEFAULT_LAYOUT = "ocr=2,text=4,entity=100,graph=4"
@@ -84,7 +85,7 @@ def simulate(
     (scaled) simulated time.
     """
     from pipeline.bootstrap import latency_profile
-    from pipeline.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, configuration_errors, load_settings
+    from pipeline.cli import EXIT_FAILED, EXIT_OK, configuration_errors, load_settings
     from pipeline.intake import collect_files
     from pipeline.simulation.predict import (
         Layout,
@@ -102,8 +103,7 @@ def simulate(
     try:
         start = Layout.parse(layout)
     except ValueError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
+        raise UserFacingError(str(exc)) from None
     with configuration_errors():
         latency = latency_profile(settings)
         shapes = document_shapes(collect_files([documents]))
@@ -117,8 +117,7 @@ def simulate(
                 llm_rate_limit_window_s=float(window) * time_scale,
             )
         except ValueError:
-            click.echo("error: --llm-rate-limit takes CALLS/WINDOW_S, e.g. 500/60", err=True)
-            sys.exit(EXIT_USAGE)
+            raise UserFacingError("--llm-rate-limit takes CALLS/WINDOW_S, e.g. 500/60") from None
     report: dict[str, Any] = {"layout": start.spec(), "profile": latency.describe()}
     report["documents"] = [
         {"name": s.name, "ocr": s.ocr, "chunks": len(s.chunk_keys)} for s in shapes
@@ -170,22 +169,17 @@ def simulate(
 
 def _prepare_plot_folder(plot: Path) -> None:
     """Create the plot's folders before minutes of simulation, not after them (exit 2 if not)."""
-    from pipeline.cli import EXIT_USAGE
-
     if plot.is_dir():
-        click.echo(
-            f"error: --plot {plot} is a folder; give a file name such as {plot}/sim.png", err=True
-        )
-        sys.exit(EXIT_USAGE)
+        raise UserFacingError(f"--plot {plot} is a folder; give a file name such as {plot}/sim.png")
     blocking = next((p for p in plot.parents if p.exists()), None)
     if blocking is not None and not blocking.is_dir():
-        click.echo(f"error: --plot {plot}: {blocking} is a file, not a folder", err=True)
-        sys.exit(EXIT_USAGE)
+        raise UserFacingError(f"--plot {plot}: {blocking} is a file, not a folder")
     try:
         plot.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        click.echo(f"error: cannot create the folder for --plot {plot}: {exc.strerror}", err=True)
-        sys.exit(EXIT_USAGE)
+        raise UserFacingError(
+            f"cannot create the folder for --plot {plot}: {exc.strerror}"
+        ) from None
 
 
 def _bench(

@@ -223,3 +223,10 @@ def test_a_click_usage_error_with_json_still_prints_one_object(tmp_path: Path) -
     assert result.returncode == 2
     assert "Missing argument" in result.stderr and "Traceback" not in result.stderr
     assert_json_error(result, "Missing argument")
+
+
+def test_simulate_usage_errors_go_through_the_same_rendering(tmp_path: Path) -> None:
+    result = docpipe(tmp_path, "simulate", "--docs", "10", "--llm-rate-limit", "nope", "--json")
+
+    assert_short_usage_error(result, "--llm-rate-limit takes CALLS/WINDOW_S")
+    assert_json_error(result, "--llm-rate-limit takes CALLS/WINDOW_S")
