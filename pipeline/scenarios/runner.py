@@ -970,6 +970,30 @@ class BrokerRun(_Run):
         wait_for_terminal(
             services, uuids, timeout_s=self.scenario.broker.timeout_s, on_progress=on_progress
         )
+        # A document can look finished while an overtaken delivery of one of its stages
+        # still runs (a call stalled past the visibility timeout): judge the rows only
+        # once no task runs, so its late writes - or their refusal - are in them.
+        self._wait_until_idle(timeout_s=self.scenario.broker.timeout_s)
+
+    def _wait_until_idle(self, timeout_s: float) -> None:
+        """Until no worker runs a task (Celery's `inspect active`), at most `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        busy: list[str] = []
+        while time.monotonic() < deadline:
+            active = celery_app.app.control.inspect(timeout=1.0).active() or {}
+            busy = [f"{task['name']}[{task['id']}]" for tasks in active.values() for task in tasks]
+            if not busy:
+                return
+            time.sleep(0.5)
+        self.report.checks.append(
+            Check(
+                "invariant",
+                "workers idle",
+                False,
+                f"no task running {timeout_s:g}s after every document was terminal",
+                ", ".join(busy),
+            )
+        )
 
     def _queue_processor(self, services: Services) -> Callable[[int], None]:
         """A queue-processor cycle (what `docpipe queue-processor` runs) about once a second."""
