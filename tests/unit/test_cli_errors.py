@@ -230,3 +230,14 @@ def test_simulate_usage_errors_go_through_the_same_rendering(tmp_path: Path) -> 
 
     assert_short_usage_error(result, "--llm-rate-limit takes CALLS/WINDOW_S")
     assert_json_error(result, "--llm-rate-limit takes CALLS/WINDOW_S")
+
+
+def test_a_hung_postgres_times_out_with_the_wait_shown(
+    tmp_path: Path, inbox: Path, silent_port: int
+) -> None:
+    url = f"postgresql://postgres@127.0.0.1:{silent_port}/x"
+
+    result = docpipe(tmp_path, "run", "inbox", "--database-url", url)
+
+    assert_short_usage_error(result, "cannot reach PostgreSQL", "timeout")
+    assert f"waiting for PostgreSQL at {url}" in result.stderr
