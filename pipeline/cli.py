@@ -301,7 +301,13 @@ def print_report(report: dict[str, Any]) -> None:
     for row in report["documents"]:
         status = row["status"]
         style = "green" if status == "completed" else "red"
-        shown = status + (" (already processed)" if row.get("already_processed") else "")
+        shown = status + (
+            " (already processed)"
+            if row.get("already_processed")
+            else " (reprocessed)"
+            if row.get("reprocessed")
+            else ""
+        )
         table.add_row(
             markup_safe(Path(row["file"]).name),
             row["short_uuid"],

@@ -81,8 +81,10 @@ def test_running_the_same_files_again_reports_them_instead_of_adding_documents(
         True,
         "completed",
     )
+    shown = docpipe(tmp_path, "run", "inbox/good.txt", "--reprocess")
+    assert shown.returncode == 0 and "completed (reprocessed)" in shown.stdout
     versions = {r["document_uuid"]: r["processing_version"] for r in listed(tmp_path)}
-    assert versions == {uuids["good.txt"]: 2, uuids["broken.pdf"]: 1}
+    assert versions == {uuids["good.txt"]: 3, uuids["broken.pdf"]: 1}
 
 
 def test_documents_lists_short_uuids_that_status_and_reset_accept(tmp_path: Path) -> None:
