@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
 from celery import Celery
 from click.testing import CliRunner, Result
@@ -18,6 +17,7 @@ from kombu.exceptions import OperationalError
 from fakes.faults import FaultRule, RedisFaultInjector
 from pipeline import operations, stages
 from pipeline.bootstrap import Services
+from pipeline.cli import DocpipeGroup
 from pipeline.commands.ops import COMMANDS
 from pipeline.domain.models import QUEUES, QueueStatus, Stage, Status
 from pipeline.intake import claim_own, dispatch, submit_all
@@ -490,7 +490,8 @@ def docpipe(
         "RETRY_BACKOFF_BASE_S": "0",
     }.items():
         monkeypatch.setenv(f"DOCPIPE_{key}", value)
-    group = click.Group("docpipe", commands={c.name: c for c in COMMANDS if c.name})
+    # docpipe's own group: it renders usage, configuration and connection errors (exit 2).
+    group = DocpipeGroup("docpipe", commands={c.name: c for c in COMMANDS if c.name})
 
     def invoke(*args: str, input: str | None = None) -> Result:
         return CliRunner().invoke(group, list(args), input=input)
