@@ -1241,9 +1241,15 @@ def create_database_engine(database_url: str) -> Engine:
         return _sqlite_engine(url)
     if backend in ("postgresql", "postgres"):
         url, connect_args = postgres_engine_options(url)
+        if "connect_timeout" not in url.query:
+            # libpq would wait for the OS's TCP timeout (minutes) on a host that never answers.
+            connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_S
         return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     raise ConfigurationError(f"unsupported database URL scheme {url.drivername!r}")
 
+
+#: Seconds libpq waits for a PostgreSQL connection unless the URL sets connect_timeout.
+POSTGRES_CONNECT_TIMEOUT_S = 10
 
 #: Supabase's transaction-mode pooler (Supavisor): host suffix and port.
 SUPABASE_POOLER_HOST = ".pooler.supabase.com"

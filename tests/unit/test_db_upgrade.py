@@ -85,6 +85,27 @@ def test_the_engine_url_keeps_sslmode_for_libpq() -> None:
         engine.dispose()
 
 
+@pytest.mark.parametrize(("query", "expected"), [("", "10"), ("?connect_timeout=3", "3")])
+def test_postgres_connections_give_up_on_a_silent_host(query: str, expected: str) -> None:
+    """libpq's default is the OS's TCP timeout (minutes); the URL's own value wins."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import OperationalError
+
+    engine = create_database_engine(f"postgresql://u:p@127.0.0.1:1/postgres{query}")
+    seen: dict[str, object] = {}
+
+    @event.listens_for(engine, "do_connect")
+    def capture(dialect: object, record: object, cargs: object, cparams: dict[str, object]) -> None:
+        seen.update(cparams)
+
+    try:
+        with pytest.raises(OperationalError):  # nothing listens on port 1: refused at once
+            engine.connect()
+        assert str(seen["connect_timeout"]) == expected
+    finally:
+        engine.dispose()
+
+
 def test_upgrade_adds_the_content_hash_to_a_database_made_before_it(tmp_path: Path) -> None:
     """A version-2 database (no content_sha256) gets the column and its index from step 3."""
     from sqlalchemy import inspect, text
