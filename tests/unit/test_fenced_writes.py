@@ -114,3 +114,31 @@ def test_an_overtaken_delivery_is_acked_as_stale_not_failed_and_writes_nothing(
     assert services.store.dead_letters() == []
     assert services.store.get_mentions(uuid) == []
     assert "stale delivery, writes discarded" in caplog.text
+
+
+def test_db_upgrade_adds_the_fence_columns_to_a_database_made_before_them(
+    tmp_path: Path,
+) -> None:
+    import sqlalchemy as sa
+
+    from pipeline.adapters.migrations import upgrade
+    from pipeline.adapters.schema import DERIVED_TABLES
+    from pipeline.adapters.sql_store import create_store
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    store = create_store(url)
+    engine = store.engine
+    # A database as the code before the fence made it: no token, no version on derived rows.
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE source_documents DROP COLUMN fence_token"))
+        for table in DERIVED_TABLES:
+            conn.execute(sa.text(f"ALTER TABLE {table.name} DROP COLUMN processing_version"))
+
+    result = upgrade(engine)
+
+    assert 2 in result.applied
+    inspector = sa.inspect(engine)
+    assert "fence_token" in {c["name"] for c in inspector.get_columns("source_documents")}
+    for table in DERIVED_TABLES:
+        assert "processing_version" in {c["name"] for c in inspector.get_columns(table.name)}
+    store.close()
