@@ -177,14 +177,19 @@ def test_the_delayed_store_waits_before_saving_the_node() -> None:
     clock = RecordingClock()
     waits: list[float] = []
 
-    class Spy:
-        def save_document_node(self, node: DocumentNode) -> None:
-            waits.append(clock.current)
+    fences: list[object] = []
 
-    DelayedDocumentStore(Spy(), clock, lambda key: 15.0).save_document_node(NODE)  # type: ignore[arg-type]
+    class Spy:
+        def save_document_node(self, node: DocumentNode, *, fence: object = None) -> None:
+            waits.append(clock.current)
+            fences.append(fence)
+
+    delayed = DelayedDocumentStore(Spy(), clock, lambda key: 15.0)  # type: ignore[arg-type]
+    delayed.save_document_node(NODE, fence="the delivery's fence")  # type: ignore[arg-type]
 
     assert clock.slept == [15.0]
     assert waits == [1_700_000_015.0]
+    assert fences == ["the delivery's fence"]  # the write stays fenced behind the wait
 
 
 def test_profiles_refuse_bad_parameters() -> None:
