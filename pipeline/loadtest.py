@@ -4,7 +4,7 @@ Both runs process the same documents with the same latency profile and time
 scale. The sequential run is the monolith (pipeline/monolith.py) in this
 process; the Celery run starts its own redis-server on a free loopback port
 and the worker layout as worker processes, then drives it with locust as a
-subprocess (tests/load/locustfile.py). Throughput is compared with the
+subprocess (pipeline/locustfile.py). Throughput is compared with the
 bottleneck bound computed from the layout and the profile.
 
 Every wait is bounded in time, every loop in count; only 127.0.0.1 is used.
@@ -34,12 +34,15 @@ import redis
 from pipeline.devstack import RedisServer, WorkerGroup, start_redis, stop_process
 from pipeline.domain.models import PROGRESS_ORDER, QUEUES, Status
 from pipeline.errors import ConfigurationError
+from pipeline.extras import HARNESS_MODULES, require_extra
 from pipeline.latency import DOCUMENT_DB, GRAPH_WRITE, LLM_CALL, LatencyProfile
+from pipeline.library import SAMPLES
 from pipeline.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_LOCUSTFILE = REPO / "tests" / "load" / "locustfile.py"
-DEFAULT_DOCUMENTS = REPO / "samples"
+#: Inside the package, so `docpipe load` works from an install (not only a checkout).
+DEFAULT_LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
+DEFAULT_DOCUMENTS = SAMPLES
 PLAN_LAYOUT_SPEC = "ocr:prefork:2 text:threads:4 entity:gevent:100 graph:threads:4"
 #: Simulated-time settings the load run scales with the profile (seconds in the old system).
 _SCALED_SETTINGS = ("ocr_poll_interval_s", "llm_rate_limit_window_s", "retry_backoff_base_s")
@@ -420,6 +423,8 @@ def run_load(config: LoadConfig, say: Progress = lambda message: None) -> dict[s
     """Both runs, the comparison and the report files; returns the summary."""
     from pipeline.adapters.sql_store import create_store
 
+    # locust (the load) and matplotlib (the chart) are the harness extra's.
+    require_extra("harness", HARNESS_MODULES["load"], "docpipe load")
     if not config.files:
         raise ConfigurationError("no documents to load")
     if not config.locustfile.exists():

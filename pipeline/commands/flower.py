@@ -20,6 +20,7 @@ import click
 from pydantic import ValidationError
 
 from pipeline.errors import ConfigurationError
+from pipeline.extras import FLOWER_MODULES, require_extra
 from pipeline.settings import Settings, redact_url
 
 AUTH_ENV = "DOCPIPE_FLOWER_BASIC_AUTH"
@@ -202,6 +203,8 @@ def flower(port: int, address: str) -> None:
     a reverse proxy (TLS, access control). FLOWER_* variables and a
     flowerconfig.py are ignored, so only DOCPIPE_ settings shape it.
     """
+    # Flower is an extra (`pip install 'docpipe[flower]'`): a worker does not need it.
+    require_extra("flower", FLOWER_MODULES, "docpipe flower")
     try:
         settings = Settings()
     except ValidationError as exc:

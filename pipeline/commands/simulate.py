@@ -13,6 +13,7 @@ import click
 from rich.table import Table
 
 from pipeline.errors import UserFacingError
+from pipeline.extras import HARNESS_MODULES, require_extra
 from pipeline.loadtest import DEFAULT_DOCUMENTS
 
 DEFAULT_LAYOUT = "ocr=2,text=4,entity=100,graph=4"
@@ -98,6 +99,8 @@ def simulate(
     )
 
     if plot is not None:
+        # matplotlib is in the harness extra; say so before minutes of simulation.
+        require_extra("harness", HARNESS_MODULES["plot"], "simulate --plot")
         _prepare_plot_folder(plot)  # first: minutes of simulation are never thrown away
     settings = load_settings(latency_profile=profile, time_scale=time_scale, latency_seed=seed)
     try:

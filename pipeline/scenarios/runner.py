@@ -29,6 +29,7 @@ from pipeline import celery_app
 from pipeline.bootstrap import Services, build_services, use_services
 from pipeline.domain.models import QUEUES, QueueStatus, Stage, Status
 from pipeline.errors import ConfigurationError
+from pipeline.extras import HARNESS_MODULES, missing_extra_reason
 from pipeline.intake import claim_own, dispatch, submit_file
 from pipeline.scenarios.documents import ScenarioDocument, materialize
 from pipeline.scenarios.integrity import integrity_problems
@@ -151,6 +152,8 @@ def run_scenario(
     skip = sim_skip_reason(scenario) if mode == "sim" else None
     if mode != "sim" and mode not in scenario.modes:
         skip = f"declares modes: [{', '.join(scenario.modes)}]"
+    elif scenario.adapters.profile == "sim-cloud" and (missing := sim_cloud_missing()):
+        skip = missing  # moto and flask-cors are the harness extra's (pip install docpipe[harness])
     elif mode == "broker" and needs_postgres(scenario) and postgres_admin_url() is None:
         skip = (
             "cuts the database off, which needs PostgreSQL: set DOCPIPE_SCENARIO_POSTGRES_URL "
@@ -756,6 +759,11 @@ def postgres_admin_url() -> str | None:
     from pipeline.settings import get_settings
 
     return get_settings().scenario_postgres_url
+
+
+def sim_cloud_missing() -> str | None:
+    """Why the sim-cloud profile cannot run here (its extra is not installed), or None."""
+    return missing_extra_reason("harness", HARNESS_MODULES["sim-cloud"], "the sim-cloud profile")
 
 
 def sim_skip_reason(scenario: Scenario) -> str | None:
