@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from dataclasses import dataclass
 
 from pipeline.bootstrap import Services
@@ -73,6 +74,21 @@ _CEILING: dict[Stage, Status] = {
 #: How often `begin` re-reads a document that moved between its read and its claim.
 _CLAIM_ATTEMPTS = 3
 
+#: The claim of the delivery running on this thread (greenlet under gevent), so the task
+#: layer can fence the failure it records too (`claimed_fence`).
+_delivery = threading.local()
+
+
+def forget_claim() -> None:
+    """Forget the last delivery's claim; the task layer calls it before each stage."""
+    _delivery.fence = None
+
+
+def claimed_fence() -> Fence | None:
+    """The fence `begin` claimed for the stage that last ran here, if it got that far."""
+    fence: Fence | None = getattr(_delivery, "fence", None)
+    return fence
+
 
 def begin(
     services: Services, stage: Stage, document_uuid: str, version: int
@@ -107,6 +123,7 @@ def begin(
         )
         if claimed is None:
             continue  # it moved between the read and the claim: judge it again
+        _delivery.fence = Fence.of(claimed)
         if claimed.status is not document.status:
             services.state.record(document_uuid, str(stage), str(claimed.status))
         services.state.record(document_uuid, str(stage), "started")
@@ -394,16 +411,27 @@ def build_relationships(services: Services, document_uuid: str, version: int) ->
 
 
 def fail(
-    services: Services, document_uuid: str, version: int, stage: Stage, status: Status, reason: str
+    services: Services,
+    document_uuid: str,
+    version: int,
+    stage: Stage,
+    status: Status,
+    reason: str,
+    *,
+    fence: Fence | None = None,
 ) -> None:
-    """Record a terminal failure with its readable reason; other documents go on."""
+    """Record a terminal failure with its readable reason; other documents go on.
+
+    With the failing delivery's `fence`, an overtaken delivery cannot fail a document
+    its successor carries on (StaleDelivery, nothing recorded).
+    """
     try:
         document = services.store.get_document(document_uuid)
     except KeyError:
         return
     if document.processing_version != version:
         return
-    mark(services, document, stage, status, error=reason)
+    mark(services, document, stage, status, error=reason, fence=fence)
 
 
 STAGE_FUNCTIONS = {

@@ -191,6 +191,7 @@ class StageExecutor:
         try:
             if token is None:
                 raise LockUnavailable(f"another worker holds the {stage} lock")
+            stages.forget_claim()
             with metered() as meter:
                 result = self._call(message, stage, uuid, version)
         except WorkerKilled as killed:
@@ -205,7 +206,9 @@ class StageExecutor:
             if token is not None:
                 services.locks.release(lock_name, token)
             reason = readable(stage, exc)
-            stages.fail(services, uuid, version, stage, stage.failed_status, reason)
+            # Fenced like the task layer's: committed at the end, refused if overtaken.
+            fence = stages.claimed_fence()
+            stages.fail(services, uuid, version, stage, stage.failed_status, reason, fence=fence)
             return Outcome(self.clock.now() - start, "failed", detail=reason)
         duration = self.clock.now() - start
         release = _releaser(services, lock_name, token)

@@ -79,6 +79,7 @@ def run_stage(
         token = services.locks.acquire(lock_name, settings.lock_ttl_s, owner=task.request.id)
         if token is None:
             raise LockUnavailable(f"another worker holds the {stage} lock")
+        stages.forget_claim()
         with metered() as meter:
             result = call(services)
     except StaleDelivery as exc:
@@ -111,7 +112,20 @@ def run_stage(
     except Exception as exc:
         reason = readable(stage, exc)
         log.warning("%s %s failed: %s", stage, document_uuid, reason)
-        stages.fail(services, document_uuid, version, stage, stage.failed_status, reason)
+        try:
+            stages.fail(
+                services,
+                document_uuid,
+                version,
+                stage,
+                stage.failed_status,
+                reason,
+                fence=stages.claimed_fence(),
+            )
+        except StaleDelivery as stale:
+            # Overtaken before it failed: the delivery that took over decides the outcome.
+            log.warning("%s %s: stale delivery, failure discarded: %s", stage, document_uuid, stale)
+            return "stale"
         return "failed"
     finally:
         if token is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from pipeline import stages
 from pipeline.adapters.sql_store import SqlDocumentStore
 from pipeline.bootstrap import Services
 from pipeline.domain.models import Stage, Status
+from pipeline.errors import PermanentError
 from pipeline.intake import dispatch, submit_all
 from pipeline.scenarios.model import load_scenario
 from pipeline.scenarios.runner import RunReport, run_scenario
@@ -88,8 +90,14 @@ class _OvertakenExtractor:
     def extract(self, text: str) -> str:
         if not self.overtaken:
             self.overtaken = True
-            # What the visibility-timeout redelivery's `begin` does while this call stalls.
-            stages.begin(self._services, Stage.ENTITY_EXTRACTION, self._document_uuid, 1)
+            # What the visibility-timeout redelivery's `begin` does, on another worker
+            # thread, while this call stalls.
+            redelivery = threading.Thread(
+                target=stages.begin,
+                args=(self._services, Stage.ENTITY_EXTRACTION, self._document_uuid, 1),
+            )
+            redelivery.start()
+            redelivery.join()
         return str(self._inner.extract(text))
 
 
@@ -142,3 +150,31 @@ def test_db_upgrade_adds_the_fence_columns_to_a_database_made_before_them(
     for table in DERIVED_TABLES:
         assert "processing_version" in {c["name"] for c in inspector.get_columns(table.name)}
     store.close()
+
+
+class _OvertakenThenFailingExtractor(_OvertakenExtractor):
+    """Overtaken by a redelivery during its first call, which then fails for good."""
+
+    def extract(self, text: str) -> str:
+        first = not self.overtaken
+        answer = super().extract(text)
+        if first:
+            raise PermanentError("401 Unauthorized (a late, permanent failure)")
+        return answer
+
+
+def test_an_overtaken_delivery_cannot_fail_the_document_its_successor_carries_on(
+    services: Services, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "overtaken.txt"
+    path.write_text("Jane Holloway of Acme Corporation signed in Boston on July 14, 2024. " * 20)
+    (submission,) = submit_all(services, [path], "p")
+    uuid = submission.document_uuid
+    services.extractor = _OvertakenThenFailingExtractor(services.extractor, services, uuid)
+
+    with caplog.at_level(logging.WARNING, logger="pipeline.tasks"):
+        dispatch(services, uuid)
+
+    document = services.store.get_document(uuid)
+    assert (document.status, document.error_message) == (Status.ENTITY_EXTRACTION, None)
+    assert "stale delivery, failure discarded" in caplog.text
