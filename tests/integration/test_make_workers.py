@@ -16,6 +16,8 @@ import pytest
 from pipeline.devstack import RedisServer, start_redis
 from tests.conftest import REPO
 
+VENV = Path(sys.executable).parent.parent
+
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed"),
@@ -35,8 +37,8 @@ def make(tmp_path: Path, redis: RedisServer, *args: str) -> subprocess.Completed
         "DOCPIPE_BLOB_URL": f"file://{tmp_path / 'blobs'}",
     }
     return subprocess.run(
-        # -o: never rebuild the virtualenv from a test.
-        ["make", "--no-print-directory", "-o", ".venv/.installed", *args],
+        # The virtualenv running the tests (wherever it is); -o: never rebuild it from a test.
+        ["make", "--no-print-directory", f"VENV={VENV}", "-o", f"{VENV}/.installed", *args],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -18,6 +18,8 @@ import pytest
 
 from tests.conftest import REPO
 
+VENV = Path(sys.executable).parent.parent
+
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 
 
@@ -34,8 +36,8 @@ def clean_env(tmp_path: Path) -> dict[str, str]:
 
 def make(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        # -o: never rebuild the virtualenv from a test.
-        ["make", "--no-print-directory", "-o", ".venv/.installed", *args],
+        # The virtualenv running the tests (wherever it is); -o: never rebuild it from a test.
+        ["make", "--no-print-directory", f"VENV={VENV}", "-o", f"{VENV}/.installed", *args],
         cwd=REPO,
         env=clean_env(tmp_path),
         capture_output=True,
