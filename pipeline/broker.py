@@ -17,7 +17,7 @@ from celery import Celery
 
 from pipeline.bootstrap import Services
 from pipeline.domain.models import QUEUES, Status
-from pipeline.errors import ConfigurationError
+from pipeline.errors import ConfigurationError, UserFacingError
 from pipeline.settings import Settings, redact_url
 
 #: Celery's own variables (`celery -b URL` sets CELERY_BROKER_URL, `--result-backend`
@@ -156,6 +156,17 @@ def require_broker_settings(settings: Settings) -> None:
     problems = broker_preflight(settings)
     if problems:
         raise ConfigurationError("broker mode is not configured: " + "; ".join(problems))
+
+
+def refuse_unless_workers_can_run(settings: Settings) -> None:
+    """Raise the `UserFacingError` (exit 2) that says why a worker cannot run with these settings.
+
+    The one check for `docpipe worker` and for plain `celery -A pipeline.celery_app
+    worker` (whose `celeryd_init` receiver renders it and exits 2 the same way).
+    """
+    problems = broker_preflight(settings)
+    if problems:
+        raise UserFacingError("cannot start a worker: " + "; ".join(problems))
 
 
 def _warn(message: str) -> None:

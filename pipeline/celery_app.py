@@ -136,8 +136,8 @@ def _check_worker_configuration(**_: Any) -> None:
     any Exception a receiver raises (celery/utils/dispatch/signal.py), so the
     refusal is a SystemExit, which it does not catch.
     """
-    from pipeline.cli import EXIT_USAGE, load_settings, report_problem
-    from pipeline.commands.worker import refuse_unless_workers_can_run
+    from pipeline.broker import refuse_unless_workers_can_run
+    from pipeline.console import EXIT_USAGE, load_settings, report_problem
     from pipeline.errors import UserFacingError
 
     try:

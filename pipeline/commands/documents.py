@@ -49,7 +49,7 @@ def documents(statuses: tuple[str, ...], as_json: bool, database_url: str | None
     is accepted by `docpipe status`, `reset` and `dlq replay|purge`.
     """
     from pipeline.bootstrap import build_services
-    from pipeline.cli import configuration_errors, load_settings, stdout
+    from pipeline.console import configuration_errors, load_settings, stdout
 
     settings = load_settings(database_url=database_url)
     with configuration_errors():
@@ -90,7 +90,7 @@ def documents(statuses: tuple[str, ...], as_json: bool, database_url: str | None
 
 def print_status(services: Services, payload: dict[str, Any]) -> None:
     """The human view of `docpipe status`: the row, its history and the Redis state hash."""
-    from pipeline.cli import stdout
+    from pipeline.console import stdout
 
     stdout.print(
         f"{markup_safe(payload['file'])}  [bold]{payload['status']}[/]  {payload['document_uuid']}"

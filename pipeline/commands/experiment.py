@@ -58,7 +58,7 @@ def pools(
             "redis_commands_per_task",
         ],
     )
-    from pipeline.cli import stdout
+    from pipeline.console import stdout
 
     stdout.print(f"verdict: {result['verdict']}")
 
@@ -105,7 +105,7 @@ def _run(
     experiment: Callable[..., dict[str, Any]], as_json: bool, **options: Any
 ) -> dict[str, Any] | None:
     """Run an experiment with its progress on stderr; with --json print it and return None."""
-    from pipeline.cli import configuration_errors, stderr
+    from pipeline.console import configuration_errors, stderr
 
     with configuration_errors():
         result = experiment(**options, say=lambda message: stderr.print(message))
@@ -116,7 +116,7 @@ def _run(
 
 
 def print_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    from pipeline.cli import stdout
+    from pipeline.console import stdout
 
     table = Table(title=title)
     for column in columns:

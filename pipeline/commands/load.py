@@ -107,7 +107,7 @@ def load(
     report/ (summary.json, CSVs, load.png, locust CSV and HTML).
     """
     from pipeline.bootstrap import latency_profile
-    from pipeline.cli import EXIT_FAILED, EXIT_OK, configuration_errors, load_settings, stderr
+    from pipeline.console import EXIT_FAILED, EXIT_OK, configuration_errors, load_settings, stderr
     from pipeline.intake import collect_files
     from pipeline.loadtest import run_load
 
@@ -135,7 +135,7 @@ def load(
 
 
 def print_summary(summary: dict[str, object], report_dir: Path) -> None:
-    from pipeline.cli import stdout
+    from pipeline.console import stdout
 
     seq = summary["sequential"]
     cel = summary["celery"]

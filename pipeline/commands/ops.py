@@ -1,6 +1,6 @@
 """Operating the pipeline: the queue processor, migration, reset, broker purge, dead letters.
 
-`COMMANDS` is registered on `docpipe` by pipeline.cli. The use cases live in
+`docpipe` (pipeline.cli) loads these commands when they are used. The use cases live in
 pipeline.operations; these commands parse options, build the services the way
 `docpipe run` does, and print a table or exactly one JSON object. Exit codes:
 0 done, 1 something failed (or a confirmation was declined), 2 usage or
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
+from pipeline.console import configuration_errors, load_settings, stderr, stdout, usage_error
 from pipeline.display import markup_safe
 from pipeline.domain.models import QUEUES
 
@@ -34,17 +35,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_OK, EXIT_FAILED = 0, 1
 
 
-# pipeline.cli imports this module to register COMMANDS, so its helpers are
-# imported when a command runs, never at import time (no import cycle).
 def _usage_error(message: str) -> NoReturn:
-    from pipeline.cli import _usage_error as usage_error
-
     usage_error(message)
 
 
 def _fail(message: str) -> NoReturn:
-    from pipeline.cli import stderr
-
     stderr.print(f"[bold red]error:[/] {markup_safe(message)}")
     sys.exit(EXIT_FAILED)
 
@@ -54,8 +49,6 @@ def _echo_json(payload: object) -> None:
 
 
 def _print(message: str) -> None:
-    from pipeline.cli import stdout
-
     stdout.print(message)
 
 
@@ -86,8 +79,6 @@ def _unavailable_is_failure() -> Iterator[None]:
 
 
 def _settings(**overrides: Any) -> Settings:
-    from pipeline.cli import load_settings
-
     settings: Settings = load_settings(**overrides)
     return settings
 
@@ -101,7 +92,6 @@ def _services(database_url: str | None, *, sends: bool = False) -> Services:
     from pipeline import celery_app
     from pipeline.bootstrap import build_services, use_services
     from pipeline.broker import require_broker_settings
-    from pipeline.cli import configuration_errors
 
     settings = _settings(database_url=database_url)
     with configuration_errors(), _unavailable_is_failure():
@@ -355,7 +345,6 @@ def dlq_list(as_json: bool, database_url: str | None) -> None:
         return
     from rich.table import Table
 
-    from pipeline.cli import stdout
     from pipeline.document_ids import short_uuid
 
     table = Table(title=f"dead letters ({len(letters)})", title_justify="left")

@@ -16,7 +16,7 @@ from pipeline.scenarios.runner import RunReport, parity, run_many
 
 
 def _load_all(files: tuple[Path, ...]) -> list[tuple[Scenario, Path]]:
-    from pipeline.cli import EXIT_USAGE
+    from pipeline.console import EXIT_USAGE
 
     loaded, problems = [], []
     for path in files:
@@ -38,7 +38,7 @@ def _outcome(report: RunReport) -> str:
 
 
 def print_run(report: RunReport) -> None:
-    from pipeline.cli import stdout
+    from pipeline.console import stdout
 
     style = {"pass": "green", "FAIL": "bold red", "skipped": "yellow"}[_outcome(report)]
     stdout.print(
@@ -74,7 +74,7 @@ def print_run(report: RunReport) -> None:
 
 
 def print_summary(reports: list[RunReport]) -> None:
-    from pipeline.cli import stdout
+    from pipeline.console import stdout
 
     table = Table(title="scenarios", title_justify="left")
     for column in ("scenario", "mode", "outcome", "checks", "time"):
@@ -168,7 +168,7 @@ def run_command(
     reasons. A summary line per mode counts the runs passed and skipped.
     Without --keep each run works in a temporary folder, removed afterwards.
     """
-    from pipeline.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, stdout
+    from pipeline.console import EXIT_FAILED, EXIT_OK, EXIT_USAGE, stdout
 
     loaded = _load_all(files)
     modes: list[Mode]
@@ -217,7 +217,7 @@ def run_command(
 
 
 def _print_parity(parities: dict[str, list[str]]) -> None:
-    from pipeline.cli import stdout
+    from pipeline.console import stdout
 
     if not parities:
         return
@@ -235,7 +235,7 @@ def _print_parity(parities: dict[str, list[str]]) -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True))
 def validate_command(files: tuple[Path, ...]) -> None:
     """Check scenario files against the format without running them."""
-    from pipeline.cli import stdout
+    from pipeline.console import stdout
 
     for loaded, path in _load_all(files):
         stdout.print(f"{markup_safe(path)}: ok ({loaded.name}, modes {', '.join(loaded.modes)})")

@@ -86,7 +86,7 @@ def simulate(
     (scaled) simulated time.
     """
     from pipeline.bootstrap import latency_profile
-    from pipeline.cli import EXIT_FAILED, EXIT_OK, configuration_errors, load_settings
+    from pipeline.console import EXIT_FAILED, EXIT_OK, configuration_errors, load_settings
     from pipeline.intake import collect_files
     from pipeline.simulation.predict import (
         Layout,
@@ -221,7 +221,7 @@ def _bench(
 
 
 def _print(report: dict[str, Any]) -> None:
-    from pipeline.cli import stdout
+    from pipeline.console import stdout
 
     c = report["capacity"]
     at90 = c["at_90_percent"]

@@ -1,8 +1,8 @@
 """`docpipe worker`: a thin wrapper over Celery's own worker.
 
 `celery -A pipeline.celery_app worker -Q ocr` works just as well and refuses
-the same settings with the same message (`refuse_unless_workers_can_run`, also
-called from the app's `celeryd_init` receiver); this adds the plan's per-queue
+the same settings with the same message (`pipeline.broker.refuse_unless_workers_can_run`,
+also called from the app's `celeryd_init` receiver); this adds the plan's per-queue
 defaults. `docpipe wait-workers` is how `make workers` knows its workers are up.
 """
 
@@ -18,26 +18,13 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
+from pipeline.console import EXIT_FAILED, load_settings, stderr, usage_error
 from pipeline.domain.models import QUEUES
-from pipeline.settings import Settings, pool_time_limit_note, redact_url
+from pipeline.settings import pool_time_limit_note, redact_url
 
 #: The plan's layout: OCR on processes, entity extraction on many greenlets.
 DEFAULT_POOL = {"ocr": "prefork", "text": "threads", "entity": "gevent", "graph": "threads"}
 DEFAULT_CONCURRENCY = {"prefork": 2, "threads": 4, "gevent": 100, "solo": 1}
-
-
-def refuse_unless_workers_can_run(settings: Settings) -> None:
-    """Raise the `UserFacingError` (exit 2) that says why a worker cannot run with these settings.
-
-    The one check for `docpipe worker` and for plain `celery -A pipeline.celery_app
-    worker` (whose `celeryd_init` receiver renders it and exits 2 the same way).
-    """
-    from pipeline.broker import broker_preflight
-    from pipeline.cli import _usage_error
-
-    problems = broker_preflight(settings)
-    if problems:
-        _usage_error("cannot start a worker: " + "; ".join(problems))
 
 
 def worker_argv(
@@ -92,12 +79,12 @@ def worker(
     Reads the same DOCPIPE_* settings as every other command; refuses the
     embedded default's in-process broker and Redis, which no worker can share.
     """
-    from pipeline.cli import _usage_error, load_settings
+    from pipeline.broker import refuse_unless_workers_can_run
 
     names = [q.strip() for q in queues.split(",") if q.strip()]
     unknown = sorted(set(names) - set(QUEUES))
     if not names or unknown:
-        _usage_error(f"unknown queue(s) {', '.join(unknown) or '(none)'}; use {', '.join(QUEUES)}")
+        usage_error(f"unknown queue(s) {', '.join(unknown) or '(none)'}; use {', '.join(QUEUES)}")
     settings = load_settings(eager=False)
     refuse_unless_workers_can_run(settings)
     chosen_pool = pool or (DEFAULT_POOL[names[0]] if len(names) == 1 else "threads")
@@ -188,11 +175,10 @@ def wait_workers(queues: tuple[str, ...], run_dir: Path, timeout: float) -> None
     --timeout, naming its log file and the log's last line.
     """
     from pipeline import celery_app
-    from pipeline.cli import EXIT_FAILED, _usage_error, load_settings, stderr
 
     unknown = sorted(set(queues) - set(QUEUES))
     if unknown:
-        _usage_error(f"unknown queue(s) {', '.join(unknown)}; use {', '.join(QUEUES)}")
+        usage_error(f"unknown queue(s) {', '.join(unknown)}; use {', '.join(QUEUES)}")
     celery_app.configure(load_settings(eager=False))
     waiting = {queue: StartedWorker(queue, run_dir) for queue in queues}
     deadline = time.monotonic() + timeout

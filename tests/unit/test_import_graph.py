@@ -1,0 +1,168 @@
+"""The module import graph of `pipeline`: the command line has no import cycle.
+
+The graph is read from the source (ast), counting the imports inside functions
+too - they run when the function does, so a cycle through them is a cycle all
+the same; only `if TYPE_CHECKING:` imports are left out (never run). The lazy
+subcommand table of `pipeline.cli` ("module:attribute" strings) adds its edges.
+
+`python tests/unit/test_import_graph.py` prints every cycle in `pipeline`.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[2] / "pipeline"
+
+
+def module_files(root: Path = PACKAGE_ROOT) -> dict[str, Path]:
+    """Dotted module name -> file, for every module of the package under `root`."""
+    modules = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = list(path.relative_to(root.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        modules[".".join(parts)] = path
+    return modules
+
+
+def import_graph(root: Path = PACKAGE_ROOT) -> dict[str, set[str]]:
+    """Module -> the modules of the same package it imports (anywhere in its code)."""
+    modules = module_files(root)
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        is_package = path.name == "__init__.py"
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        targets = set()
+        for imported in _imported_names(tree, name, is_package=is_package):
+            target = _nearest_module(imported, modules)
+            if target is not None and target != name:
+                targets.add(target)
+        graph[name] = targets
+    return graph
+
+
+def _imported_names(tree: ast.Module, module: str, *, is_package: bool) -> Iterator[str]:
+    """Dotted names a module imports: `from a import b` yields a.b (module b, or a name in a)."""
+    skipped = {id(node) for node in _type_checking_blocks(tree)}
+    stack: list[ast.AST] = [tree]
+    while stack:
+        node = stack.pop()
+        if id(node) in skipped:
+            continue
+        stack.extend(ast.iter_child_nodes(node))
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = _absolute(node, module, is_package=is_package)
+            yield from (f"{base}.{alias.name}" for alias in node.names)
+
+
+def _type_checking_blocks(tree: ast.Module) -> Iterable[ast.If]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            yield node
+
+
+def _absolute(node: ast.ImportFrom, module: str, *, is_package: bool) -> str:
+    if not node.level:
+        return node.module or ""
+    package = module.split(".")
+    if not is_package:
+        package.pop()
+    base = package[: len(package) - (node.level - 1)]
+    return ".".join([*base, *([node.module] if node.module else [])])
+
+
+def _nearest_module(dotted: str, modules: Mapping[str, Path]) -> str | None:
+    """The module a dotted name lives in (a.b.name -> a.b), if it is one of ours."""
+    parts = dotted.split(".")
+    while parts:
+        candidate = ".".join(parts)
+        if candidate in modules:
+            return candidate
+        parts.pop()
+    return None
+
+
+def with_lazy_subcommands(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """The graph plus pipeline.cli -> each module its subcommand table loads."""
+    from pipeline.cli import SUBCOMMANDS
+
+    loaded = {entry.target.partition(":")[0] for entry in SUBCOMMANDS.values()}
+    return {**graph, "pipeline.cli": graph["pipeline.cli"] | loaded}
+
+
+def cycles(graph: Mapping[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan), sorted."""
+    index: dict[str, int] = {}
+    lowlink: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = lowlink[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                lowlink[node] = min(lowlink[node], lowlink[target])
+            elif target in on_stack:
+                lowlink[node] = min(lowlink[node], index[target])
+        if lowlink[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(found)
+
+
+def _is_command_line(module: str) -> bool:
+    return module.startswith(("pipeline.cli", "pipeline.commands", "pipeline.console"))
+
+
+def test_the_command_line_is_in_no_import_cycle() -> None:
+    graph = with_lazy_subcommands(import_graph())
+    assert "pipeline.commands.run" in graph["pipeline.cli"]  # the lazy table is counted
+
+    in_cycles = [cycle for cycle in cycles(graph) if any(map(_is_command_line, cycle))]
+
+    assert in_cycles == []
+
+
+def test_the_cycle_finder_finds_a_cycle_through_a_function_level_import(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from pkg.b import helper\n")
+    (package / "b.py").write_text("def helper():\n    from . import a\n")
+    (package / "c.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg import a\n"
+    )
+
+    graph = import_graph(package)
+
+    assert graph["pkg.b"] == {"pkg.a"}
+    assert graph["pkg.c"] == set()  # TYPE_CHECKING imports never run
+    assert cycles(graph) == [["pkg.a", "pkg.b"]]
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(PACKAGE_ROOT.parent))
+    for cycle in cycles(with_lazy_subcommands(import_graph())):
+        print(" <-> ".join(cycle))
