@@ -19,13 +19,19 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from statistics import NormalDist
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pipeline.domain.models import DocumentNode, Fence
 from pipeline.ports import Clock, DocumentStore
+
+if TYPE_CHECKING:
+    from pipeline.settings import Settings
+
+#: Simulated-time settings the load run scales with the profile (seconds in the old system).
+SCALED_SETTINGS = ("ocr_poll_interval_s", "llm_rate_limit_window_s", "retry_backoff_base_s")
 
 #: The simulated services a profile sets a wait for.
 OCR_JOB = "ocr_job"
@@ -219,3 +225,25 @@ class DelayedDocumentStore:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+
+# --- shared by the load run (pipeline.loadtest) and its prediction (pipeline.simulation) ---
+
+
+def scaled_settings(settings: Settings, time_scale: float) -> dict[str, Any]:
+    """The settings given in the old system's seconds, scaled like the profile."""
+    return {name: getattr(settings, name) * time_scale for name in SCALED_SETTINGS}
+
+
+def steady_rate(completions: Sequence[float], end: float | None = None) -> float:
+    """Documents per second after the first completion: (n - 1) / (end - first).
+
+    Skips the pipeline's fill time; `end` defaults to the last completion.
+    """
+    times = sorted(completions)
+    if len(times) < 2:
+        return 0.0
+    stop = end if end is not None else times[-1]
+    counted = sum(1 for t in times[1:] if t <= stop)
+    span = stop - times[0]
+    return counted / span if span > 0 else 0.0

@@ -36,6 +36,8 @@ from pipeline.domain.models import PROGRESS_ORDER, QUEUES, Status
 from pipeline.errors import ConfigurationError
 from pipeline.extras import HARNESS_MODULES, require_extra
 from pipeline.latency import DOCUMENT_DB, GRAPH_WRITE, LLM_CALL, LatencyProfile
+from pipeline.latency import scaled_settings as scaled_settings  # also shared with the simulator
+from pipeline.latency import steady_rate as steady_rate
 from pipeline.library import SAMPLES
 from pipeline.settings import Settings
 
@@ -44,8 +46,6 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 DEFAULT_DOCUMENTS = SAMPLES
 PLAN_LAYOUT_SPEC = "ocr:prefork:2 text:threads:4 entity:gevent:100 graph:threads:4"
-#: Simulated-time settings the load run scales with the profile (seconds in the old system).
-_SCALED_SETTINGS = ("ocr_poll_interval_s", "llm_rate_limit_window_s", "retry_backoff_base_s")
 #: Statuses in the order a document passes through them ("time in status" is per stage).
 _TIMELINE = PROGRESS_ORDER[PROGRESS_ORDER.index(Status.OCR_QUEUED) :]
 Progress = Callable[[str], None]
@@ -146,20 +146,6 @@ def bottleneck_bound(
 
 
 # --- measurements ------------------------------------------------------------------------
-
-
-def steady_rate(completions: Sequence[float], end: float | None = None) -> float:
-    """Documents per second after the first completion: (n - 1) / (end - first).
-
-    Skips the pipeline's fill time; `end` defaults to the last completion.
-    """
-    times = sorted(completions)
-    if len(times) < 2:
-        return 0.0
-    stop = end if end is not None else times[-1]
-    counted = sum(1 for t in times[1:] if t <= stop)
-    span = stop - times[0]
-    return counted / span if span > 0 else 0.0
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -272,11 +258,6 @@ def _settings_env(values: Mapping[str, Any]) -> dict[str, str]:
         text = json.dumps(value) if isinstance(value, dict) else str(value)
         env[f"DOCPIPE_{key.upper()}"] = text
     return env
-
-
-def scaled_settings(settings: Settings, time_scale: float) -> dict[str, Any]:
-    """The settings given in the old system's seconds, scaled like the profile."""
-    return {name: getattr(settings, name) * time_scale for name in _SCALED_SETTINGS}
 
 
 def _common_values(config: LoadConfig) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 Times here are the load run's wall seconds: the profile is already scaled by
 its time scale, and so are the settings `docpipe load` scales
-(pipeline.loadtest.scaled_settings), so a prediction reads like a measurement.
+(pipeline.latency.scaled_settings), so a prediction reads like a measurement.
 """
 
 from __future__ import annotations
@@ -14,14 +14,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline.latency import LatencyProfile
-from pipeline.loadtest import WorkerSpec as LoadWorkerSpec
-from pipeline.loadtest import scaled_settings, steady_rate
+from pipeline.latency import LatencyProfile, scaled_settings, steady_rate
 from pipeline.settings import Settings
 from pipeline.simulation.engine import SimConfig, SimResult, Simulator, WorkerSpec
 from pipeline.simulation.model import DocumentShape, ModelExecutor, Policy
+
+if TYPE_CHECKING:
+    # A type only: pipeline.loadtest imports this module to predict its run.
+    from pipeline.loadtest import WorkerSpec as LoadWorkerSpec
 
 #: Broker round trip and worker bookkeeping per task, wall seconds (FEASIBILITY.md: ~4.7 ms/hop).
 HOP_OVERHEAD_S = 0.005
