@@ -14,6 +14,8 @@ import sys
 
 import click
 
+from pipeline.console import configuration_errors, load_settings, stderr, stdout
+
 
 @click.group()
 def db() -> None:
@@ -31,7 +33,6 @@ def upgrade(database_url: str | None, as_json: bool) -> None:
 
     from pipeline.adapters.migrations import upgrade as upgrade_schema
     from pipeline.adapters.sql_store import create_database_engine
-    from pipeline.console import configuration_errors, load_settings, stderr, stdout
     from pipeline.display import markup_safe
     from pipeline.redaction import redact
     from pipeline.settings import redact_url

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from pipeline.console import configuration_errors, load_settings, stdout
 from pipeline.display import markup_safe
 from pipeline.document_ids import short_uuid
 from pipeline.domain.models import Status
@@ -49,7 +50,6 @@ def documents(statuses: tuple[str, ...], as_json: bool, database_url: str | None
     is accepted by `docpipe status`, `reset` and `dlq replay|purge`.
     """
     from pipeline.bootstrap import build_services
-    from pipeline.console import configuration_errors, load_settings, stdout
 
     settings = load_settings(database_url=database_url)
     with configuration_errors():
@@ -90,8 +90,6 @@ def documents(statuses: tuple[str, ...], as_json: bool, database_url: str | None
 
 def print_status(services: Services, payload: dict[str, Any]) -> None:
     """The human view of `docpipe status`: the row, its history and the Redis state hash."""
-    from pipeline.console import stdout
-
     stdout.print(
         f"{markup_safe(payload['file'])}  [bold]{payload['status']}[/]  {payload['document_uuid']}"
     )

@@ -9,6 +9,8 @@ from typing import Any
 import click
 from rich.table import Table
 
+from pipeline.console import configuration_errors, stderr, stdout
+
 
 @click.group()
 def experiment() -> None:
@@ -58,7 +60,6 @@ def pools(
             "redis_commands_per_task",
         ],
     )
-    from pipeline.console import stdout
 
     stdout.print(f"verdict: {result['verdict']}")
 
@@ -105,8 +106,6 @@ def _run(
     experiment: Callable[..., dict[str, Any]], as_json: bool, **options: Any
 ) -> dict[str, Any] | None:
     """Run an experiment with its progress on stderr; with --json print it and return None."""
-    from pipeline.console import configuration_errors, stderr
-
     with configuration_errors():
         result = experiment(**options, say=lambda message: stderr.print(message))
     if as_json:
@@ -116,8 +115,6 @@ def _run(
 
 
 def print_table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    from pipeline.console import stdout
-
     table = Table(title=title)
     for column in columns:
         table.add_column(

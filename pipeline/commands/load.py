@@ -9,6 +9,14 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from pipeline.console import (
+    EXIT_FAILED,
+    EXIT_OK,
+    configuration_errors,
+    load_settings,
+    stderr,
+    stdout,
+)
 from pipeline.loadtest import (
     DEFAULT_DOCUMENTS,
     DEFAULT_LOCUSTFILE,
@@ -107,7 +115,6 @@ def load(
     report/ (summary.json, CSVs, load.png, locust CSV and HTML).
     """
     from pipeline.bootstrap import latency_profile
-    from pipeline.console import EXIT_FAILED, EXIT_OK, configuration_errors, load_settings, stderr
     from pipeline.intake import collect_files
     from pipeline.loadtest import run_load
 
@@ -135,8 +142,6 @@ def load(
 
 
 def print_summary(summary: dict[str, object], report_dir: Path) -> None:
-    from pipeline.console import stdout
-
     seq = summary["sequential"]
     cel = summary["celery"]
     bound = summary["bound"]

@@ -10,14 +10,13 @@ from typing import Any
 import click
 from rich.table import Table
 
+from pipeline.console import EXIT_FAILED, EXIT_OK, EXIT_USAGE, stdout
 from pipeline.display import markup_safe
 from pipeline.scenarios.model import ALL_MODES, Mode, Scenario, ScenarioError, load_scenario
 from pipeline.scenarios.runner import RunReport, parity, run_many
 
 
 def _load_all(files: tuple[Path, ...]) -> list[tuple[Scenario, Path]]:
-    from pipeline.console import EXIT_USAGE
-
     loaded, problems = [], []
     for path in files:
         try:
@@ -38,8 +37,6 @@ def _outcome(report: RunReport) -> str:
 
 
 def print_run(report: RunReport) -> None:
-    from pipeline.console import stdout
-
     style = {"pass": "green", "FAIL": "bold red", "skipped": "yellow"}[_outcome(report)]
     stdout.print(
         f"[{style}]{_outcome(report)}[/] {report.scenario} ({report.mode}, seed {report.seed}) "
@@ -74,8 +71,6 @@ def print_run(report: RunReport) -> None:
 
 
 def print_summary(reports: list[RunReport]) -> None:
-    from pipeline.console import stdout
-
     table = Table(title="scenarios", title_justify="left")
     for column in ("scenario", "mode", "outcome", "checks", "time"):
         table.add_column(column, justify="right" if column in {"checks", "time"} else "left")
@@ -168,8 +163,6 @@ def run_command(
     reasons. A summary line per mode counts the runs passed and skipped.
     Without --keep each run works in a temporary folder, removed afterwards.
     """
-    from pipeline.console import EXIT_FAILED, EXIT_OK, EXIT_USAGE, stdout
-
     loaded = _load_all(files)
     modes: list[Mode]
     if mode == "both":
@@ -217,8 +210,6 @@ def run_command(
 
 
 def _print_parity(parities: dict[str, list[str]]) -> None:
-    from pipeline.console import stdout
-
     if not parities:
         return
     stdout.print("[bold]parity (eager vs broker; other pairs where marked)[/]")
@@ -235,8 +226,6 @@ def _print_parity(parities: dict[str, list[str]]) -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True))
 def validate_command(files: tuple[Path, ...]) -> None:
     """Check scenario files against the format without running them."""
-    from pipeline.console import stdout
-
     for loaded, path in _load_all(files):
         stdout.print(f"{markup_safe(path)}: ok ({loaded.name}, modes {', '.join(loaded.modes)})")
 

@@ -12,6 +12,7 @@ from typing import Any
 import click
 from rich.table import Table
 
+from pipeline.console import EXIT_FAILED, EXIT_OK, configuration_errors, load_settings, stdout
 from pipeline.errors import UserFacingError
 from pipeline.extras import HARNESS_MODULES, require_extra
 from pipeline.loadtest import DEFAULT_DOCUMENTS
@@ -86,7 +87,6 @@ def simulate(
     (scaled) simulated time.
     """
     from pipeline.bootstrap import latency_profile
-    from pipeline.console import EXIT_FAILED, EXIT_OK, configuration_errors, load_settings
     from pipeline.intake import collect_files
     from pipeline.simulation.predict import (
         Layout,
@@ -221,8 +221,6 @@ def _bench(
 
 
 def _print(report: dict[str, Any]) -> None:
-    from pipeline.console import stdout
-
     c = report["capacity"]
     at90 = c["at_90_percent"]
     stdout.print(
