@@ -28,6 +28,11 @@ UNPROTECTED_POOLS_NOTE = (
     "visibility timeout anyway is fenced out (its writes are discarded)"
 )
 
+#: Local OCR checks `ocr_local_job_timeout_s` between pages, so the page being read when
+#: the limit passes still finishes: room for one page (2-3 s at 200 dpi on one core,
+#: several times that at 600 dpi or on a busy machine) before the soft time limit.
+OCR_LOCAL_PAGE_ALLOWANCE_S = 15.0
+
 
 def pool_time_limit_note(settings: Settings, pool: str) -> str | None:
     """What protects a worker of `pool` from a hung call, or None when Celery's limits do."""
@@ -204,6 +209,18 @@ class Settings(BaseSettings):
                     f"{name} ({seconds:g}) must be below task_soft_time_limit_s "
                     f"({self.task_soft_time_limit_s}): {UNPROTECTED_POOLS_NOTE}"
                 )
+        ocr_needs = self.ocr_local_job_timeout_s + OCR_LOCAL_PAGE_ALLOWANCE_S
+        if self.ocr_local and ocr_needs >= self.task_soft_time_limit_s:
+            # One poll task does a whole document's local OCR (the ocr worker): its own
+            # limit must end it before Celery's soft limit does (only prefork enforces that).
+            raise ValueError(
+                f"ocr_local_job_timeout_s ({self.ocr_local_job_timeout_s:g}) plus "
+                f"{OCR_LOCAL_PAGE_ALLOWANCE_S:g} s for the page being read when it passes "
+                f"must be below task_soft_time_limit_s ({self.task_soft_time_limit_s}): one "
+                "OCR poll task reads a whole document's scanned pages and checks the limit "
+                "between pages; lower ocr_local_job_timeout_s, raise task_soft_time_limit_s "
+                "or turn local OCR off (ocr_local=false)"
+            )
         needed = self.task_time_limit_s + self.retry_backoff_max_s
         if self.visibility_timeout_s <= needed:
             raise ValueError(
