@@ -15,7 +15,11 @@ from typing import Any, cast
 import redis
 from redis.exceptions import WatchError
 
-from pipeline.adapters.local_ocr import LocalScanReader, missing_extra_reason
+from pipeline.adapters.local_ocr import (
+    LocalScanReader,
+    enable_local_ocr_hint,
+    missing_extra_reason,
+)
 from pipeline.domain.models import FileType, OcrJob, stable_uuid
 from pipeline.domain.pages import join_pages
 from pipeline.errors import EmptyDocument, MalformedResponse, PermanentError, UnsupportedFileType
@@ -191,7 +195,16 @@ class FakeOcrEngine:
             return _failed(
                 f"UNSUPPORTED_DOCUMENT: {missing_extra_reason(len(pages), scanned)}", polls
             )
-        # Without the extra a mixed PDF keeps its text pages, as it always did.
+        # Without the extra a mixed PDF keeps its text pages, as it always did, and
+        # records which pages it could not read and what would read them.
+        skipped: _Fields = {}
+        if scanned and self._scans is None:
+            skipped = {
+                "pages_without_text": ",".join(
+                    str(number) for number, page in enumerate(pages, 1) if not page.strip()
+                ),
+                "scanned_pages_hint": enable_local_ocr_hint(),
+            }
         if scanned and self._scans is not None:
             try:
                 scan = self._scans.read(data, pages)
@@ -215,7 +228,7 @@ class FakeOcrEngine:
             "ocr_seconds": ocr_seconds,
             "ocr_cpu_seconds": ocr_cpu_seconds,
             "completed_polls": str(polls),
-        }
+        } | skipped
 
     def _load(self, job_id: str) -> dict[str, str] | None:
         raw = cast(dict[Any, Any], self._redis.hgetall(JOB_KEY.format(job_id=job_id)))
@@ -267,6 +280,12 @@ def _job_from_record(job_id: str, record: dict[str, str]) -> OcrJob:
         metadata["ocr_pages"] = int(record["ocr_pages"])
         metadata["ocr_seconds"] = float(record.get("ocr_seconds", "0"))
         metadata["ocr_cpu_seconds"] = float(record.get("ocr_cpu_seconds", "0"))
+    if record.get("pages_without_text"):
+        # Page numbers (1-based) that have no text layer and were not OCR'd.
+        skipped = [int(number) for number in record["pages_without_text"].split(",")]
+        metadata["pages_without_text"] = skipped
+        metadata["skipped_scanned_pages"] = len(skipped)
+        metadata["scanned_pages_hint"] = record.get("scanned_pages_hint", "")
     return OcrJob(
         job_id=job_id,
         state=record["state"],

@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from pipeline.adapters.local_ocr import skipped_pages_note
 from pipeline.bootstrap import Services
 from pipeline.document_ids import short_uuid
 from pipeline.intake import SkippedPath, Submission
@@ -32,6 +33,9 @@ def document_row(services: Services, submission: Submission) -> dict[str, Any]:
         "mentions": counts.mentions,
         "canonical_entities": counts.canonical_entities,
         "relationships": counts.relationships,
+        # A mixed PDF read without local OCR: its scanned pages are missing from the text.
+        "skipped_scanned_pages": len(document.ocr_metadata.get("pages_without_text") or []),
+        "note": skipped_pages_note(document.ocr_metadata),
     }
 
 
@@ -59,6 +63,7 @@ def build_report(
         "mentions": sum(r["mentions"] for r in rows),
         "canonical_entities": sum(r["canonical_entities"] for r in rows),
         "relationships": sum(r["relationships"] for r in rows),
+        "skipped_scanned_pages": sum(r["skipped_scanned_pages"] for r in rows),
         "elapsed_s": round(elapsed_s, 3),
         "documents_per_hour": round(len(rows) / elapsed_s * 3600, 1) if elapsed_s > 0 else None,
         "mode": services.settings.describe()["mode"],

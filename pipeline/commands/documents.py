@@ -99,6 +99,8 @@ def print_status(services: Services, payload: dict[str, Any]) -> None:
     )
     if payload["error"]:
         stdout.print(f"error: {markup_safe(payload['error'])}")
+    if payload.get("note"):
+        stdout.print(f"[yellow]note:[/] {markup_safe(payload['note'])}")
     stdout.print("history (UTC):")
     for entry in payload["history"]:
         line = f"  {timestamp(entry['at'])}  v{entry['version']}  {entry['stage']:<30} "

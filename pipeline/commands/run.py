@@ -192,6 +192,10 @@ def print_report(report: dict[str, Any]) -> None:
             stdout.print(
                 f"[red]{markup_safe(Path(row['file']).name)}[/]: {markup_safe(row['error'])}"
             )
+        elif row.get("note"):
+            stdout.print(
+                f"[yellow]{markup_safe(Path(row['file']).name)}[/]: {markup_safe(row['note'])}"
+            )
     print_skipped(report.get("skipped", []), stdout)
     totals = report["totals"]
     if totals.get("already_processed"):
@@ -230,6 +234,7 @@ def status(document_uuid: str, as_json: bool, database_url: str | None) -> None:
 
     DOCUMENT_UUID may be the short uuid of `docpipe documents` (any unique prefix).
     """
+    from pipeline.adapters.local_ocr import skipped_pages_note
     from pipeline.bootstrap import build_services
     from pipeline.commands.documents import print_status
     from pipeline.document_ids import resolve_document_uuid
@@ -246,6 +251,7 @@ def status(document_uuid: str, as_json: bool, database_url: str | None) -> None:
         "file": document.original_file_name,
         "status": str(document.status),
         "error": document.error_message,
+        "note": skipped_pages_note(document.ocr_metadata),
         "processing_version": document.processing_version,
         "celery_task_id": document.celery_task_id,
         "created_at": document.created_at,
