@@ -17,6 +17,7 @@ from redis.exceptions import WatchError
 
 from pipeline.adapters.local_ocr import (
     LocalScanReader,
+    RecognisedPageCache,
     enable_local_ocr_hint,
     missing_extra_reason,
 )
@@ -24,7 +25,7 @@ from pipeline.domain.models import FileType, OcrJob, stable_uuid
 from pipeline.domain.pages import join_pages
 from pipeline.errors import EmptyDocument, MalformedResponse, PermanentError, UnsupportedFileType
 from pipeline.parsers import DEFAULT_LIMITS, ExtractionLimits, extract_pdf_pages, pdf_page_count
-from pipeline.ports import BlobStore, Clock, FaultInjector, OcrRequest
+from pipeline.ports import BlobStore, Cache, Clock, FaultInjector, OcrRequest
 
 JOB_KEY = "docpipe:fake_ocr:job:{job_id}"
 JOB_TTL_SECONDS = 24 * 60 * 60
@@ -45,7 +46,9 @@ class FakeOcrEngine:
     Textract fails a document over its own limits). `scans` reads the pages that
     have no text layer with local OCR (the `[ocr]` extra); without it such
     pages fail the job with a reason that says how to enable it. The OCR runs
-    in `poll`, i.e. in the process of the `ocr` queue's worker, never in `start`.
+    in `poll`, i.e. in the process of the `ocr` queue's worker, never in `start`;
+    with `page_cache` each recognised page is kept there (`page_cache_ttl_s`), so
+    a poll redelivered after its worker died resumes at the first unread page.
     """
 
     def __init__(
@@ -60,6 +63,8 @@ class FakeOcrEngine:
         job_seconds: Callable[[str], float] | None = None,
         limits: ExtractionLimits = DEFAULT_LIMITS,
         scans: LocalScanReader | None = None,
+        page_cache: Cache | None = None,
+        page_cache_ttl_s: int = 12 * 3600,
     ) -> None:
         if polls_until_done < 1:
             raise ValueError("polls_until_done must be at least 1")
@@ -74,6 +79,8 @@ class FakeOcrEngine:
         self._job_seconds = job_seconds
         self._limits = limits
         self._scans = scans
+        self._page_cache = page_cache
+        self._page_cache_ttl_s = page_cache_ttl_s
 
     def start(self, request: OcrRequest) -> str:
         """Start (or, for a token already seen, find) the job for this request."""
@@ -197,9 +204,9 @@ class FakeOcrEngine:
             )
         # Without the extra a mixed PDF keeps its text pages, as it always did, and
         # records which pages it could not read and what would read them.
-        skipped: _Fields = {}
+        recorded: _Fields = {}
         if scanned and self._scans is None:
-            skipped = {
+            recorded = {
                 "pages_without_text": ",".join(
                     str(number) for number, page in enumerate(pages, 1) if not page.strip()
                 ),
@@ -207,12 +214,20 @@ class FakeOcrEngine:
             }
         if scanned and self._scans is not None:
             try:
-                scan = self._scans.read(data, pages)
+                resume = (
+                    RecognisedPageCache(
+                        self._page_cache, record["document_uuid"], self._page_cache_ttl_s
+                    )
+                    if self._page_cache is not None
+                    else None
+                )
+                scan = self._scans.read(data, pages, resume)
             except PermanentError as exc:
                 return _failed(f"UNSUPPORTED_DOCUMENT: {exc}", polls)
             pages = scan.pages
             ocr_pages = str(len(scan.ocr_pages))
             ocr_seconds, ocr_cpu_seconds = f"{scan.seconds:.2f}", f"{scan.cpu_seconds:.2f}"
+            recorded["ocr_pages_from_cache"] = str(scan.pages_from_cache)
             if not any(page.strip() for page in pages):
                 return _failed(
                     "UNSUPPORTED_DOCUMENT: PDF has no text layer and local OCR found no text "
@@ -228,7 +243,7 @@ class FakeOcrEngine:
             "ocr_seconds": ocr_seconds,
             "ocr_cpu_seconds": ocr_cpu_seconds,
             "completed_polls": str(polls),
-        } | skipped
+        } | recorded
 
     def _load(self, job_id: str) -> dict[str, str] | None:
         raw = cast(dict[Any, Any], self._redis.hgetall(JOB_KEY.format(job_id=job_id)))
@@ -280,6 +295,7 @@ def _job_from_record(job_id: str, record: dict[str, str]) -> OcrJob:
         metadata["ocr_pages"] = int(record["ocr_pages"])
         metadata["ocr_seconds"] = float(record.get("ocr_seconds", "0"))
         metadata["ocr_cpu_seconds"] = float(record.get("ocr_cpu_seconds", "0"))
+        metadata["ocr_pages_from_cache"] = int(record.get("ocr_pages_from_cache", "0"))
     if record.get("pages_without_text"):
         # Page numbers (1-based) that have no text layer and were not OCR'd.
         skipped = [int(number) for number in record["pages_without_text"].split(",")]

@@ -275,6 +275,9 @@ def build_services(
             job_seconds=latency.sampler(OCR_JOB),
             limits=limits,
             scans=build_scan_reader(settings),
+            # Recognised pages survive a killed OCR worker: a redelivered poll resumes.
+            page_cache=RedisCache(client),
+            page_cache_ttl_s=settings.cache_ttl_s,
         )
     else:
         ocr = build_textract_engine(settings, blobs)

@@ -19,7 +19,10 @@ measured on the repository's samples, scripts/measure_ocr.py).
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
 import importlib.util
+import json
 import statistics
 import threading
 import time
@@ -30,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.errors import DocumentTooLarge, PermanentError
 
 if TYPE_CHECKING:
+    from pipeline.ports import Cache
     from pipeline.settings import Settings
 
 #: What a user runs to read scans locally (said in every failure that needs it).
@@ -122,6 +126,8 @@ class ScanResult:
     ocr_pages: list[int] = field(default_factory=list)
     lines: list[OcrLine] = field(default_factory=list)
     low_confidence_lines_dropped: int = 0
+    #: Scanned pages whose lines came from the page cache (read by an earlier delivery).
+    pages_from_cache: int = 0
     seconds: float = 0.0
     #: CPU time of the whole process (onnxruntime's threads included) while reading.
     cpu_seconds: float = 0.0
@@ -132,6 +138,7 @@ class ScanResult:
             "ocr_pages": len(self.ocr_pages),
             "ocr_lines": len(self.lines),
             "low_confidence_lines_dropped": self.low_confidence_lines_dropped,
+            "ocr_pages_from_cache": self.pages_from_cache,
             "ocr_seconds": round(self.seconds, 2),
             "ocr_cpu_seconds": round(self.cpu_seconds, 2),
         }
@@ -213,6 +220,48 @@ class _SpacingRecognizer:
         return spaced, elapsed
 
 
+class RecognisedPageCache:
+    """Each recognised page's lines in the cache port, so a redelivered poll resumes.
+
+    One poll reads a whole document's scanned pages; a worker killed on page 9
+    would otherwise read pages 1-8 again. Keys name the document, a digest of
+    the PDF's bytes (what a processing version's file is; a new upload is a new
+    digest), the engine's settings that change what it reads, and the page.
+    Lines are stored before the confidence floor, so the floor may change.
+    """
+
+    def __init__(self, cache: Cache, document_uuid: str, ttl_seconds: int) -> None:
+        self._cache = cache
+        self._document_uuid = document_uuid
+        self._ttl_seconds = ttl_seconds
+
+    def key(self, data_digest: str, engine: str, page: int) -> str:
+        return f"ocr-page:{self._document_uuid}:{data_digest}:{engine}:p{page}"
+
+    def get(self, key: str) -> list[OcrLine] | None:
+        raw = self._cache.get(key)
+        if raw is None:
+            return None
+        try:
+            return [
+                OcrLine(**{**fields, "polygon": tuple(tuple(point) for point in fields["polygon"])})
+                for fields in json.loads(raw)
+            ]
+        except (ValueError, TypeError, KeyError):
+            return None  # unreadable (an older layout): read the page again
+
+    def put(self, key: str, lines: Sequence[OcrLine]) -> None:
+        fields = [line.__dict__ for line in lines]
+        self._cache.set(key, json.dumps(fields), self._ttl_seconds)
+
+
+def _rapidocr_version() -> str:
+    try:
+        return importlib.metadata.version("rapidocr-onnxruntime")
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
 _ENGINE_LOCK = threading.Lock()
 _ENGINES: dict[tuple[int, int], Any] = {}
 
@@ -283,8 +332,21 @@ class LocalScanReader:
         self.threads = threads
         self._monotonic = monotonic
 
-    def read(self, data: bytes, text_layer: Sequence[str]) -> ScanResult:
-        """Every page's text: the text layer where it has one, OCR where it has none."""
+    def engine_key(self) -> str:
+        """What, besides the PDF, decides the lines read: the cache keys carry it."""
+        return f"{ENGINE_NAME}-{_rapidocr_version()}-dpi{self.dpi}-gap{self.word_gap_columns}"
+
+    def read(
+        self,
+        data: bytes,
+        text_layer: Sequence[str],
+        page_cache: RecognisedPageCache | None = None,
+    ) -> ScanResult:
+        """Every page's text: the text layer where it has one, OCR where it has none.
+
+        With `page_cache`, pages an earlier (killed) delivery recognised are taken
+        from it and each newly recognised page is put there before the next one.
+        """
         import pypdfium2
 
         scanned = [index for index, text in enumerate(text_layer) if not text.strip()]
@@ -299,6 +361,7 @@ class LocalScanReader:
                 "pages",
             )
         started, cpu_started = self._monotonic(), time.process_time()
+        data_digest = hashlib.sha256(data).hexdigest()[:16] if page_cache is not None else ""
         try:
             document = pypdfium2.PdfDocument(data)
         except pypdfium2.PdfiumError as exc:
@@ -312,7 +375,7 @@ class LocalScanReader:
                         f"{self.job_timeout_s:g} s ({done} of {len(scanned)} scanned page(s) "
                         "read); raise the setting or split the document"
                     )
-                lines = self.recognise_page(document[index], index + 1)
+                lines = self._page_lines(document, index + 1, page_cache, data_digest, result)
                 kept = [line for line in lines if line.confidence >= self.min_confidence]
                 result.low_confidence_lines_dropped += len(lines) - len(kept)
                 result.lines.extend(kept)
@@ -323,6 +386,26 @@ class LocalScanReader:
         result.seconds = self._monotonic() - started
         result.cpu_seconds = time.process_time() - cpu_started
         return result
+
+    def _page_lines(
+        self,
+        document: Any,
+        number: int,
+        page_cache: RecognisedPageCache | None,
+        data_digest: str,
+        result: ScanResult,
+    ) -> list[OcrLine]:
+        """One page's lines: from the page cache when an earlier delivery read it."""
+        if page_cache is None:
+            return self.recognise_page(document[number - 1], number)
+        key = page_cache.key(data_digest, self.engine_key(), number)
+        cached = page_cache.get(key)
+        if cached is not None:
+            result.pages_from_cache += 1
+            return cached
+        lines = self.recognise_page(document[number - 1], number)
+        page_cache.put(key, lines)
+        return lines
 
     def recognise_page(self, page: Any, number: int) -> list[OcrLine]:
         """Render one pypdfium2 page and recognise its lines (all of them, any confidence)."""

@@ -7,8 +7,10 @@ the engine looks at before OCR, and the recogniser is stubbed where pages are "r
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
+from typing import Any
 
 import fakeredis
 import pytest
@@ -16,7 +18,12 @@ import pytest
 from fakes.blobs import InMemoryBlobStore
 from fakes.ocr import FakeOcrEngine
 from pipeline.adapters import local_ocr
-from pipeline.adapters.local_ocr import skipped_pages_note
+from pipeline.adapters.local_ocr import (
+    LocalScanReader,
+    OcrLine,
+    RecognisedPageCache,
+    skipped_pages_note,
+)
 from pipeline.domain.models import OcrJob
 from pipeline.errors import ConfigurationError
 from pipeline.ports import OcrRequest
@@ -156,3 +163,115 @@ def test_docpipe_run_and_status_show_the_skipped_scanned_pages(tmp_path: Path) -
     assert table.returncode == 0, table.stderr
     assert "mixed.pdf: 1 scanned page(s) not read (page 2)" in table.stdout
     assert "typed.pdf:" not in table.stdout
+
+
+# --- 3. recognised pages are cached: a poll redelivered after a worker died resumes ---------
+
+needs_pdfium = pytest.mark.skipif(
+    importlib.util.find_spec("pypdfium2") is None, reason="the [ocr] extra is not installed"
+)
+
+
+class WorkerKilled(BaseException):
+    """Stands for SIGKILL mid-document: nothing after it runs, nothing catches it."""
+
+
+class DictCache:
+    """The cache port in a dict (what RedisCache keeps in Redis)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+
+    def get(self, key: str) -> str | None:
+        return self.values.get(key)
+
+    def set(self, key: str, value: str, ttl_seconds: int) -> None:
+        self.values[key] = value
+
+
+class KilledOnPageReader(LocalScanReader):
+    """Recognises stub lines, recording each page read; the worker dies on `kill_on`."""
+
+    def __init__(self, kill_on: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.kill_on = kill_on
+        self.pages_read: list[int] = []
+
+    def recognise_page(self, page: Any, number: int) -> list[OcrLine]:
+        if number == self.kill_on:
+            raise WorkerKilled
+        self.pages_read.append(number)
+        return [
+            OcrLine(number, f"Whitcomb page {number}", 95.0, 0.1, 0.1, 0.5, 0.05, ((0.1, 0.1),)),
+            OcrLine(number, "smudge", 20.0, 0.1, 0.3, 0.2, 0.05),
+        ]
+
+
+def scanned_engine(scans: LocalScanReader, cache: DictCache) -> tuple[FakeOcrEngine, str]:
+    blobs = InMemoryBlobStore()
+    blobs.put("docs/scan.pdf", mixed_pdf(blank_pages=(1, 2, 3, 4), pages=4))
+    engine = FakeOcrEngine(blobs, fakeredis.FakeRedis(), scans=scans, page_cache=cache)
+    job_id = engine.start(
+        OcrRequest(
+            document_uuid="doc-1",
+            storage_key="docs/scan.pdf",
+            file_type="pdf",
+            client_request_token="token-1",
+        )
+    )
+    return engine, job_id
+
+
+@needs_pdfium
+def test_a_poll_redelivered_after_its_worker_died_resumes_at_the_first_unread_page() -> None:
+    cache = DictCache()
+    dying = KilledOnPageReader(kill_on=3, min_confidence=80.0)
+    engine, job_id = scanned_engine(dying, cache)
+    with pytest.raises(WorkerKilled):
+        engine.poll(job_id)
+    assert dying.pages_read == [1, 2]
+
+    # The redelivery: another worker process (a new reader) polls the same job.
+    redelivered = KilledOnPageReader(min_confidence=80.0)
+    engine._scans = redelivered  # same Redis, same cache; only the process differs
+    job = engine.poll(job_id)
+
+    assert redelivered.pages_read == [3, 4]
+    assert job.state == OcrJob.SUCCEEDED, job.error
+    assert [f"Whitcomb page {n}" in job.text for n in (1, 2, 3, 4)] == [True] * 4
+    assert "smudge" not in job.text  # the floor applies to cached lines too
+    assert job.metadata["ocr_pages"] == 4
+    assert job.metadata["ocr_pages_from_cache"] == 2
+
+
+@needs_pdfium
+def test_cached_lines_are_the_recognised_lines_with_their_geometry() -> None:
+    cache = DictCache()
+    first = KilledOnPageReader()
+    first.read(mixed_pdf(blank_pages=(1,), pages=1), [""], page_cache_for(cache))
+    again = KilledOnPageReader()
+
+    result = again.read(mixed_pdf(blank_pages=(1,), pages=1), [""], page_cache_for(cache))
+
+    assert again.pages_read == []
+    assert result.lines == [OcrLine(1, "Whitcomb page 1", 95.0, 0.1, 0.1, 0.5, 0.05, ((0.1, 0.1),))]
+    assert result.low_confidence_lines_dropped == 1
+
+
+@needs_pdfium
+def test_other_engine_settings_or_another_document_do_not_reuse_cached_pages() -> None:
+    cache = DictCache()
+    data = mixed_pdf(blank_pages=(1,), pages=1)
+    KilledOnPageReader(dpi=200).read(data, [""], page_cache_for(cache))
+
+    other_dpi = KilledOnPageReader(dpi=300)
+    other_dpi.read(data, [""], page_cache_for(cache))
+    other_document = KilledOnPageReader(dpi=200)
+    other_document.read(data, [""], page_cache_for(cache, document_uuid="doc-2"))
+
+    assert other_dpi.pages_read == [1]
+    assert other_document.pages_read == [1]
+
+
+def page_cache_for(cache: DictCache, document_uuid: str = "doc-1") -> RecognisedPageCache:
+    return RecognisedPageCache(cache, document_uuid, ttl_seconds=60)
