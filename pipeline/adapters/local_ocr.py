@@ -19,6 +19,7 @@ measured on the repository's samples, scripts/measure_ocr.py).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -255,6 +256,7 @@ class RecognisedPageCache:
         self._cache.set(key, json.dumps(fields), self._ttl_seconds)
 
 
+@functools.cache
 def _rapidocr_version() -> str:
     try:
         return importlib.metadata.version("rapidocr-onnxruntime")
