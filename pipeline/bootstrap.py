@@ -1,16 +1,16 @@
 """The composition root: the one place that maps settings to adapters.
 
-Nothing here runs at import time. The CLI calls `build_services()` with its
-settings; worker processes build theirs lazily on first use (after fork), so
-no client is shared across a fork.
+Nothing here connects at import time. The CLI calls `start()` with its
+settings (build the services, configure Celery, install them as current);
+worker processes build theirs lazily on first use (after fork), through the
+factory this module gives pipeline.services, so no client is shared across a
+fork. The stage-chaining port (`Dispatcher`) is wired here to Celery.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlparse
@@ -37,41 +37,24 @@ from pipeline.latency import (
 from pipeline.parsers import ExtractionLimits, LocalDocumentParser
 from pipeline.ports import (
     BlobStore,
-    Cache,
     Clock,
     DocumentParser,
     DocumentStore,
     EntityExtractor,
     FaultInjector,
     GraphSink,
-    LockManager,
     OcrEngine,
     RateLimiter,
-    StateTracker,
 )
 from pipeline.rate_limited import RateLimitedEntityExtractor, needs_llm_rate_limit
+from pipeline.services import Services as Services  # re-exported: callers build and use them
+from pipeline.services import current_services as current_services
+from pipeline.services import set_services_factory
+from pipeline.services import use_services as use_services
 from pipeline.settings import Settings, get_settings, redact_url
 
 #: Set by the test suite: real cloud adapters then refuse to build unless a test opts in.
 UNDER_TEST_ENV = "DOCPIPE_UNDER_TEST"
-
-
-@dataclass
-class Services:
-    settings: Settings
-    store: DocumentStore
-    blobs: BlobStore
-    ocr: OcrEngine
-    parser: DocumentParser
-    extractor: EntityExtractor
-    graph: GraphSink
-    state: StateTracker
-    cache: Cache
-    locks: LockManager
-    rate_limiter: RateLimiter
-    clock: Clock
-    redis: redis.Redis
-    faults: FaultInjector | None = None
 
 
 _fake_redis_servers: dict[str, Any] = {}
@@ -89,6 +72,12 @@ def redis_client(url: str) -> redis.Redis:
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigurationError(f"unsupported redis url {redact_url(url)!r}")
     return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+
+
+def discard_fake_redis_server(url: str) -> None:
+    """Forget the in-process server of a `fakeredis://name` url (its data goes with it)."""
+    if url.startswith("fakeredis://"):
+        _fake_redis_servers.pop(url.removeprefix("fakeredis://") or "default", None)
 
 
 def build_blob_store(url: str) -> BlobStore:
@@ -246,6 +235,7 @@ def build_services(
     (the simulator passes virtual ones).
     """
     from pipeline.adapters.sql_store import create_store
+    from pipeline.tasks import CeleryDispatcher  # celery is imported only when services are built
 
     clock = clock if clock is not None else SystemClock()
     latency = latency_profile(settings)
@@ -335,25 +325,37 @@ def build_services(
         rate_limiter=rate_limiter,
         clock=clock,
         redis=client,
+        dispatcher=CeleryDispatcher(),
         faults=faults,
     )
 
 
-_current: Services | None = None
-_current_lock = threading.Lock()
+def start(
+    settings: Settings,
+    *,
+    faults: FaultInjector | None = None,
+    clock: Clock | None = None,
+    rate_limiter: RateLimiter | None = None,
+) -> Services:
+    """Build the services, configure the Celery app for `settings`, install them as current.
+
+    The one start-up sequence of a process that sends or runs stages (the CLI,
+    scenario runs, load tests, test stacks); the keywords go to
+    `build_services`. The caller closes them: `use_services(None)`, then
+    `services.close()`.
+    """
+    from pipeline import celery_app
+
+    services = build_services(settings, faults=faults, clock=clock, rate_limiter=rate_limiter)
+    celery_app.configure(settings)
+    use_services(services)
+    return services
 
 
-def use_services(services: Services | None) -> None:
-    """Install the services the tasks of this process use (CLI, tests)."""
-    global _current
-    with _current_lock:
-        _current = services
+def _services_from_environment() -> Services:
+    return build_services(get_settings())
 
 
-def current_services() -> Services:
-    """The process's services, built from the environment on first use (workers)."""
-    global _current
-    with _current_lock:
-        if _current is None:
-            _current = build_services(get_settings())
-        return _current
+# A process given no services (a Celery worker child) builds them from its
+# environment on first use; Celery imports this module with the task modules.
+set_services_factory(_services_from_environment)

@@ -15,9 +15,9 @@ from collections.abc import Callable, Mapping, Sequence
 import redis
 from celery import Celery
 
-from pipeline.bootstrap import Services
 from pipeline.domain.models import QUEUES, Status
 from pipeline.errors import ConfigurationError, UserFacingError
+from pipeline.services import Services
 from pipeline.settings import Settings, redact_url
 
 #: Celery's own variables (`celery -b URL` sets CELERY_BROKER_URL, `--result-backend`

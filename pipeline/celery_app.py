@@ -113,7 +113,9 @@ def drop_broker_connections() -> None:
 
 
 broker_transport.install()
-app = Celery("docpipe", include=["pipeline.tasks"])
+# The worker loads the task modules and the composition root (which tells
+# pipeline.services how a worker child builds its services).
+app = Celery("docpipe", include=["pipeline.tasks", "pipeline.bootstrap"])
 # Read lazily, when the configuration is first used (a worker starting, a task
 # sent): importing this module must work whatever the settings, or even
 # `docpipe --help` would fail on a bad DOCPIPE_* value.
@@ -151,6 +153,6 @@ def _check_worker_configuration(**_: Any) -> None:
 @worker_process_init.connect
 def _build_services_after_fork(**_: Any) -> None:
     # Clients must not cross a fork: every worker child builds its own.
-    from pipeline.bootstrap import use_services
+    from pipeline.services import use_services
 
     use_services(None)

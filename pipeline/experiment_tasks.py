@@ -25,9 +25,9 @@ import redis
 from celery import Task
 
 from pipeline import stages, tasks
-from pipeline.bootstrap import Services
 from pipeline.celery_app import app
 from pipeline.domain.models import STAGE_ORDER, Stage, Status
+from pipeline.services import Services
 from pipeline.settings import get_settings
 from pipeline.stages import SKIPPED, StageResult
 

@@ -15,14 +15,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.bootstrap import Services
-from pipeline.domain.models import SourceDocument, Stage, Status
+from pipeline.domain.models import INTAKE_PDF_PAGES, SourceDocument
 from pipeline.errors import ConfigurationError
 from pipeline.parsers import pdf_page_count
+from pipeline.services import Services
+from pipeline.stages import back_to_pending
+from pipeline.stages import dispatch as dispatch  # intake's public name for it, too
 
 _MAX_EXTENSION = 10
-#: `ocr_metadata` key: pages of a PDF refused at intake (over `max_pdf_pages`, not uploaded).
-INTAKE_PDF_PAGES = "intake_pdf_pages"
 
 
 @dataclass(frozen=True)
@@ -212,25 +212,6 @@ def claim_own(services: Services, document_uuid: str, worker: str) -> bool:
     return bool(claimed)
 
 
-def dispatch(services: Services, document_uuid: str) -> str:
-    """Mark the document queued (one commit with its task id), then send its first task."""
-    from pipeline.stages import mark
-    from pipeline.tasks import send_stage
-
-    document = services.store.get_document(document_uuid)
-    task_id = str(uuid.uuid4())
-    mark(
-        services,
-        document,
-        Stage.OCR,
-        Status.OCR_QUEUED,
-        metadata={"task_id": task_id},
-        celery_task_id=task_id,
-    )
-    send_stage(Stage.OCR, document_uuid, document.processing_version, task_id=task_id)
-    return task_id
-
-
 def submit_all(services: Services, paths: Sequence[Path], project_name: str) -> list[Submission]:
     project_uuid = services.store.ensure_project(project_name)
     return [submit_file(services, path, project_uuid) for path in paths]
@@ -255,8 +236,6 @@ def submit_unless_known(
     version (derived rows cleared, as `docpipe reset` does) and runs again; it
     is still one document. Other files are submitted and dispatched as new.
     """
-    from pipeline.operations import reprocess as reprocess_document
-
     known = services.store.find_by_content(project_uuid, content_sha256(path))
     if known is None:
         return submit_and_dispatch(services, path, project_uuid)
@@ -266,3 +245,12 @@ def submit_unless_known(
     claim_own(services, known.uuid, worker="docpipe-run")
     dispatch(services, known.uuid)
     return Submission(file=str(path), document_uuid=known.uuid, reprocessed=True)
+
+
+def reprocess_document(services: Services, document_uuid: str) -> None:
+    """`docpipe run --reprocess` of a file the project has: reset it and give it a queue row.
+
+    The caller (the run itself) claims that row and dispatches the document.
+    """
+    back_to_pending(services, document_uuid, stage="reprocess")
+    services.store.enqueue(document_uuid)

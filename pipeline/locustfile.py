@@ -44,16 +44,13 @@ _context: dict[str, Any] = {}
 def _services() -> tuple[Any, str]:
     """One set of services for this locust process, built on first use."""
     if "services" not in _context:
-        from pipeline.bootstrap import build_services, use_services
+        from pipeline.bootstrap import start
         from pipeline.broker import require_broker_settings
-        from pipeline.celery_app import configure
         from pipeline.settings import Settings
 
         settings = Settings(eager=False)
         require_broker_settings(settings)
-        services = build_services(settings)
-        configure(settings)
-        use_services(services)
+        services = start(settings)
         _context["services"] = services
         _context["project"] = services.store.ensure_project(settings.project_name)
     return _context["services"], _context["project"]

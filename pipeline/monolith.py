@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import stages
-from pipeline.bootstrap import Services
 from pipeline.domain.models import Stage, Status
 from pipeline.errors import TransientError
 from pipeline.intake import claim_own, submit_file
 from pipeline.policy import decide, metered
+from pipeline.services import Services
 from pipeline.stages import StageResult
 
 log = logging.getLogger(__name__)

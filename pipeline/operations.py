@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pipeline.bootstrap import Services
+from pipeline import stages
 from pipeline.domain.models import (
     FAILURE_STATUSES,
     QUEUES,
@@ -28,6 +28,7 @@ from pipeline.domain.models import (
 from pipeline.errors import TransientError
 from pipeline.ports import QueueEntry
 from pipeline.redaction import redact
+from pipeline.services import Services
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -123,8 +124,6 @@ def _handle_claimed(services: Services, entry: QueueEntry, result: QueueBatch) -
             store.keep_claim(entry.uuid)
             result.in_flight.append(document_uuid)
             return
-        from pipeline.tasks import send_stage
-
         stage = RESUME_STAGE[document.status]
         log.warning(
             "queue: %s is %s with no progress for %.0f s; sending %s again",
@@ -134,7 +133,7 @@ def _handle_claimed(services: Services, entry: QueueEntry, result: QueueBatch) -
             stage,
         )
         try:
-            send_stage(stage, document_uuid, document.processing_version)
+            services.dispatcher.send_stage(stage, document_uuid, document.processing_version)
         except Exception as exc:  # broker down: the claim goes stale and this runs again
             result.errors[document_uuid] = redact(f"could not resume: {exc}")[:2000]
             return
@@ -165,9 +164,7 @@ RESUME_STAGE: dict[Status, Stage] = {
 
 
 def _dispatch(services: Services, document: SourceDocument) -> None:
-    from pipeline.intake import dispatch
-
-    task_id = dispatch(services, document.uuid)
+    task_id = stages.dispatch(services, document.uuid)
     if document.status is Status.OCR_QUEUED:
         # A re-dispatch after a stale claim: `ocr_queued` was already committed
         # (with the lost task's id), so only the new task id is recorded.
@@ -175,8 +172,6 @@ def _dispatch(services: Services, document: SourceDocument) -> None:
 
 
 def _give_up(services: Services, document_uuid: str, reason: str) -> None:
-    from pipeline import stages
-
     try:
         document = services.store.get_document(document_uuid)
         stages.fail(
@@ -258,7 +253,7 @@ def migrate(services: Services, *, dry_run: bool = False) -> list[str]:
         if dry_run:
             continue
         if document.status is not Status.PENDING:
-            _back_to_pending(services, document.uuid, stage="migrate")
+            stages.back_to_pending(services, document.uuid, stage="migrate")
         store.enqueue(document.uuid)
     return touched
 
@@ -268,15 +263,6 @@ def _has_open_row(services: Services, document_uuid: str) -> bool:
         entry.status in _OPEN_QUEUE_STATUSES
         for entry in services.store.queue_entries(document_uuid)
     )
-
-
-def _back_to_pending(services: Services, document_uuid: str, *, stage: str) -> None:
-    """New processing version, no derived rows, no open queue row, no dead letter."""
-    store = services.store
-    store.force_status(document_uuid, Status.PENDING, stage=stage, bump_version=True)
-    store.clear_derived(document_uuid)
-    store.finish_queue_entry(document_uuid, QueueStatus.CANCELLED, f"cancelled by {stage}")
-    store.remove_dead_letters([document_uuid])
 
 
 # --- reset (the plan's rollback script) --------------------------------------------------
@@ -303,18 +289,9 @@ def reset(
         for document_uuid in targets:
             store.get_document(document_uuid)  # KeyError before any change
     for document_uuid in targets:
-        _back_to_pending(services, document_uuid, stage="reset")
+        stages.back_to_pending(services, document_uuid, stage="reset")
         store.enqueue(document_uuid)
     return targets
-
-
-def reprocess(services: Services, document_uuid: str) -> None:
-    """`docpipe run --reprocess` of a file the project has: reset it and give it a queue row.
-
-    The caller (the run itself) claims that row and dispatches the document.
-    """
-    _back_to_pending(services, document_uuid, stage="reprocess")
-    services.store.enqueue(document_uuid)
 
 
 # --- dead letters ------------------------------------------------------------------------
@@ -348,8 +325,6 @@ def dlq_replay(services: Services, document_uuids: Sequence[str] | None = None) 
     and not replayed; a letter of a deleted document is removed. Returns the
     uuids replayed.
     """
-    from pipeline.tasks import send_stage
-
     store = services.store
     wanted = None if document_uuids is None else set(document_uuids)
     newest: dict[str, dict[str, object]] = {}
@@ -381,7 +356,7 @@ def dlq_replay(services: Services, document_uuids: Sequence[str] | None = None) 
             supersedes=[Status.DEAD_LETTERED],
         )
         store.remove_dead_letters([document_uuid])
-        send_stage(stage, document_uuid, document.processing_version)
+        services.dispatcher.send_stage(stage, document_uuid, document.processing_version)
         replayed.append(document_uuid)
     return replayed
 

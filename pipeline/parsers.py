@@ -22,10 +22,6 @@ from email.message import EmailMessage, Message
 from html.parser import HTMLParser
 from typing import TYPE_CHECKING, Any
 
-import docx
-from pypdf import PdfReader
-from pypdf.errors import DependencyError, PdfReadError, PyPdfError
-
 from pipeline.domain.models import ExtractedText, FileType
 from pipeline.domain.pages import join_pages
 from pipeline.errors import (
@@ -36,7 +32,12 @@ from pipeline.errors import (
     UnsupportedFileType,
 )
 
+# python-docx and pypdf are imported by the functions that parse those formats:
+# the use cases import this module (detect_file_type, pdf_page_count) and need
+# neither library to be loaded for that.
 if TYPE_CHECKING:
+    from pypdf import PdfReader
+
     from pipeline.settings import Settings
 
 SUPPORTED_EXTENSIONS: tuple[str, ...] = tuple(f".{t.value}" for t in FileType)
@@ -391,6 +392,8 @@ def extract_docx(data: bytes, limits: ExtractionLimits = DEFAULT_LIMITS) -> str:
     The ZIP's expansion is checked before python-docx parses it (which holds
     every XML part in memory), and the text is counted while it is collected.
     """
+    import docx
+
     budget = _CharBudget(limits, "the Word document")
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
@@ -580,6 +583,9 @@ def extract_pdf_pages(data: bytes, limits: ExtractionLimits = DEFAULT_LIMITS) ->
 
     Pages are counted before any is read, and the text while it is read.
     """
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError, PyPdfError
+
     budget = _CharBudget(limits, "the PDF's text layer")
     try:
         reader = PdfReader(io.BytesIO(data), strict=False)
@@ -613,6 +619,8 @@ def _check_pdf_pages(pages: int, limits: ExtractionLimits) -> None:
 
 def pdf_page_count(data: bytes) -> int | None:
     """Pages of a PDF from its page tree (no text extraction); None when it cannot be read."""
+    from pypdf import PdfReader
+
     try:
         reader = PdfReader(io.BytesIO(data), strict=False)
         if reader.is_encrypted:
@@ -623,6 +631,8 @@ def pdf_page_count(data: bytes) -> int | None:
 
 
 def _decrypt_with_empty_password(reader: PdfReader) -> None:
+    from pypdf.errors import DependencyError
+
     try:
         decrypted = reader.decrypt("")
     except DependencyError as exc:

@@ -24,6 +24,7 @@ from pipeline.domain.models import (
     QueueStatus,
     Relationship,
     SourceDocument,
+    Stage,
     Status,
 )
 
@@ -378,3 +379,16 @@ class FaultInjector(Protocol):
     def before(self, port: str, operation: str, document_uuid: str | None) -> FaultEffect:
         """Raise the scheduled error, if any; otherwise say what else to do."""
         ...
+
+
+class Dispatcher(Protocol):
+    """Stage chaining: sends a document's next stage to whoever runs stages.
+
+    Application code (intake, queue processor, dead-letter replay) sends through
+    this port and never imports the Celery tasks; the composition root wires
+    the Celery implementation (pipeline.tasks.CeleryDispatcher).
+    """
+
+    def send_stage(
+        self, stage: Stage, document_uuid: str, version: int, *, task_id: str | None = None
+    ) -> None: ...

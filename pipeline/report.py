@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipeline.adapters.local_ocr import skipped_pages_note
-from pipeline.bootstrap import Services
 from pipeline.document_ids import short_uuid
 from pipeline.intake import SkippedPath, Submission
+from pipeline.services import Services
 
 
 def document_row(services: Services, submission: Submission) -> dict[str, Any]:

@@ -12,21 +12,23 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import uuid
 from dataclasses import dataclass
 
-from pipeline.bootstrap import Services
 from pipeline.domain.categorize import categorize
 from pipeline.domain.chunking import chunk_text
 from pipeline.domain.cleaning import clean_text, derive_title
 from pipeline.domain.entities import build_mentions, parse_llm_entities
 from pipeline.domain.graph import stage_relationships
 from pipeline.domain.models import (
+    INTAKE_PDF_PAGES,
     Chunk,
     DocumentNode,
     Fence,
     FileType,
     Mention,
     OcrJob,
+    QueueStatus,
     SourceDocument,
     Stage,
     Status,
@@ -35,10 +37,10 @@ from pipeline.domain.models import (
 )
 from pipeline.domain.resolution import resolve_mentions
 from pipeline.errors import DocumentTooLarge, EmptyDocument, PermanentError
-from pipeline.intake import INTAKE_PDF_PAGES
 from pipeline.parsers import detect_file_type, pdf_page_count
 from pipeline.policy import record_progress
 from pipeline.ports import OcrRequest
+from pipeline.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -441,3 +443,38 @@ STAGE_FUNCTIONS = {
     Stage.ENTITY_RESOLUTION: resolve_entities,
     Stage.RELATIONSHIPS: build_relationships,
 }
+
+
+def back_to_pending(services: Services, document_uuid: str, *, stage: str) -> None:
+    """New processing version, no derived rows, no open queue row, no dead letter.
+
+    What reset, migrate and `docpipe run --reprocess` do to a document before it
+    is queued again (`stage` names which of them, in its history).
+    """
+    store = services.store
+    store.force_status(document_uuid, Status.PENDING, stage=stage, bump_version=True)
+    store.clear_derived(document_uuid)
+    store.finish_queue_entry(document_uuid, QueueStatus.CANCELLED, f"cancelled by {stage}")
+    store.remove_dead_letters([document_uuid])
+
+
+def dispatch(services: Services, document_uuid: str) -> str:
+    """Mark the document queued (one commit with its task id), then send its first task.
+
+    Returns the task id. The send goes through the services' dispatcher (Celery
+    in every mode but the simulator's), after the commit: rows first.
+    """
+    document = services.store.get_document(document_uuid)
+    task_id = str(uuid.uuid4())
+    mark(
+        services,
+        document,
+        Stage.OCR,
+        Status.OCR_QUEUED,
+        metadata={"task_id": task_id},
+        celery_task_id=task_id,
+    )
+    services.dispatcher.send_stage(
+        Stage.OCR, document_uuid, document.processing_version, task_id=task_id
+    )
+    return task_id

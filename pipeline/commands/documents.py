@@ -18,7 +18,7 @@ from pipeline.document_ids import short_uuid
 from pipeline.domain.models import Status
 
 if TYPE_CHECKING:
-    from pipeline.bootstrap import Services
+    from pipeline.services import Services
 
 EXIT_OK = 0
 

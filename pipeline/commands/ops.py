@@ -27,7 +27,7 @@ from pipeline.display import markup_safe
 from pipeline.domain.models import QUEUES
 
 if TYPE_CHECKING:
-    from pipeline.bootstrap import Services
+    from pipeline.services import Services
     from pipeline.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -89,18 +89,14 @@ def _services(database_url: str | None, *, sends: bool = False) -> Services:
     A command that `sends` tasks refuses, in broker mode (DOCPIPE_EAGER=false),
     settings that cannot reach a worker in another process (exit 2).
     """
-    from pipeline import celery_app
-    from pipeline.bootstrap import build_services, use_services
+    from pipeline.bootstrap import start
     from pipeline.broker import require_broker_settings
 
     settings = _settings(database_url=database_url)
     with configuration_errors(), _unavailable_is_failure():
         if sends and not settings.eager:
             require_broker_settings(settings)
-        services = build_services(settings)
-    celery_app.configure(settings)
-    use_services(services)
-    return services
+        return start(settings)
 
 
 def _default_worker() -> str:

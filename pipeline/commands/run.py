@@ -87,7 +87,7 @@ def run(
     (a failed one keeps exit code 1), unless --reprocess runs it again.
     """
     from pipeline import celery_app
-    from pipeline.bootstrap import build_services, use_services
+    from pipeline.bootstrap import start
     from pipeline.broker import require_broker_settings, wait_for_consumers
     from pipeline.intake import scan_paths, submit_unless_known
     from pipeline.preflight import check_services
@@ -105,9 +105,8 @@ def run(
         check_services(settings, say_waiting, broker=broker)
         if broker:
             require_broker_settings(settings)
-        services = build_services(settings)
-    app = celery_app.configure(settings)
-    use_services(services)
+        services = start(settings)
+    app = celery_app.app
     if broker:
         idle = wait_for_consumers(app)
         if idle:

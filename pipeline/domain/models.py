@@ -178,6 +178,11 @@ class Category(StrEnum):
     DOCUMENT = "document"
 
 
+#: `ocr_metadata` key: pages of a PDF refused at intake (over `max_pdf_pages`, not uploaded).
+#: Intake writes it, the OCR stage reads it.
+INTAKE_PDF_PAGES = "intake_pdf_pages"
+
+
 @dataclass(frozen=True)
 class SourceDocument:
     uuid: str

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from fakes.faults import FaultRule, RedisFaultInjector, clear_faults, install_faults
 from pipeline import celery_app
-from pipeline.bootstrap import Services, build_services, use_services
+from pipeline.bootstrap import Services, discard_fake_redis_server, start, use_services
 from pipeline.domain.models import QUEUES, QueueStatus, Stage, Status
 from pipeline.errors import ConfigurationError
 from pipeline.extras import HARNESS_MODULES, missing_extra_reason
@@ -713,9 +713,7 @@ class EagerRun(_Run):
     def start(self, values: dict[str, Any]) -> Services:
         self._redis_name = f"scenario-{uuid.uuid4().hex}"
         settings = _in_process_settings(self.workdir, self._redis_name, values)
-        services = build_services(settings)
-        celery_app.configure(settings)
-        use_services(services)
+        services = start(settings)
         self._services: Services | None = services
         return services
 
@@ -727,12 +725,8 @@ class EagerRun(_Run):
         use_services(None)
         if services is not None:
             services.redis.flushall()
-            engine = getattr(services.store, "engine", None)
-            if engine is not None:
-                engine.dispose()
-            from pipeline import bootstrap
-
-            bootstrap._fake_redis_servers.pop(self._redis_name, None)
+            services.close()
+            discard_fake_redis_server(services.settings.redis_url)
 
 
 #: Fault kinds the simulator reproduces (a killed worker: the task lost and redelivered).
@@ -877,10 +871,9 @@ class BrokerRun(_Run):
         kill_queues = {PORT_QUEUES[f.port] for f in self.scenario.faults if f.kind == "kill_worker"}
         omit = self.scenario.broker.omit_queues
         # Services first: they create the schema, which workers starting together would race on.
-        services = build_services(settings)
+        services = start(settings)
+        app = celery_app.app
         workers = self.environment.start_workers(worker_layout(kill_queues, omit))
-        app = celery_app.configure(settings)
-        use_services(services)
         self._services: Services | None = services
         self._disruptions = self._disruption_thread(services)
         served = {q for q in QUEUES if q not in omit}
@@ -1056,10 +1049,7 @@ class BrokerRun(_Run):
         pools.reset()
         services = getattr(self, "_services", None)
         if services is not None:
-            engine = getattr(services.store, "engine", None)
-            if engine is not None:
-                engine.dispose()
-            services.redis.close()
+            services.close()
         environment = getattr(self, "environment", None)
         if environment is not None:
             environment.stop()

@@ -18,11 +18,11 @@ from celery import Task
 from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 
 from pipeline import stages
-from pipeline.bootstrap import Services, current_services
 from pipeline.celery_app import POLL_OCR_TASK, TASK_NAMES, app
 from pipeline.domain.models import Stage, Status
 from pipeline.errors import LockUnavailable, StaleDelivery, TransientError
 from pipeline.policy import Decision, ProgressMeter, decide, metered, readable, retry_countdown
+from pipeline.services import Services, current_services
 from pipeline.settings import get_settings
 from pipeline.stages import StageResult
 
@@ -301,6 +301,16 @@ def send_stage(
     STAGE_TASKS[stage].apply_async(
         args=(document_uuid, version), task_id=task_id, retry_policy=RETRY_PUBLISH_POLICY
     )
+
+
+class CeleryDispatcher:
+    """The `Dispatcher` port on Celery: what bootstrap wires into the services."""
+
+    def send_stage(
+        self, stage: Stage, document_uuid: str, version: int, *, task_id: str | None = None
+    ) -> None:
+        # Looked up at call time, so a test that replaces `send_stage` sees every send.
+        send_stage(stage, document_uuid, version, task_id=task_id)
 
 
 @app.task(bind=True, name=TASK_NAMES[Stage.OCR])

@@ -15,8 +15,7 @@ from pathlib import Path
 
 from celery import Celery
 
-from pipeline.bootstrap import Services, build_services, use_services
-from pipeline.celery_app import configure
+from pipeline.bootstrap import Services, start
 from pipeline.devstack import RedisServer, WorkerGroup, settings_values
 from pipeline.domain.models import QUEUES
 from pipeline.settings import Settings
@@ -71,11 +70,7 @@ class BrokerStack:
 
     def services(self) -> Services:
         """Services for the test process (the intake side), installed for the tasks."""
-        settings = self.settings()
-        services = build_services(settings)
-        configure(settings)
-        use_services(services)
-        return services
+        return start(self.settings())
 
     def start_worker(
         self, queues: str, pool: str = "threads", concurrency: int = 4, name: str | None = None

@@ -34,17 +34,14 @@ BROKER_DB, STATE_DB = 2, 3
 PROCESSOR = """
 import json, sys, threading, time
 import redis
-from pipeline import celery_app
-from pipeline.bootstrap import build_services, use_services
+from pipeline.bootstrap import start
 from pipeline.operations import run_queue_processor
 from pipeline.settings import get_settings
 
 worker, barrier_url = sys.argv[1], sys.argv[2]
 settings = get_settings()
 assert not settings.eager
-services = build_services(settings)
-celery_app.configure(settings)
-use_services(services)
+services = start(settings)
 gate = redis.Redis.from_url(barrier_url)
 gate.incr("test:processors_ready")
 deadline = time.monotonic() + 60

@@ -1,4 +1,4 @@
-"""The module import graph of `pipeline`: the command line has no import cycle.
+"""The module import graph of `pipeline`: no import cycle anywhere in it.
 
 The graph is read from the source (ast), counting the imports inside functions
 too - they run when the function does, so a cycle through them is a cycle all
@@ -11,6 +11,7 @@ subcommand table of `pipeline.cli` ("module:attribute" strings) adds its edges.
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -143,6 +144,49 @@ def test_the_command_line_is_in_no_import_cycle() -> None:
     in_cycles = [cycle for cycle in cycles(graph) if any(map(_is_command_line, cycle))]
 
     assert in_cycles == []
+
+
+def test_pipeline_has_no_import_cycle() -> None:
+    """Application code reaches Celery through the Dispatcher port and Services lives
+    in pipeline.services, so no use case imports the tasks or the composition root."""
+    graph = with_lazy_subcommands(import_graph())
+
+    assert cycles(graph) == []
+
+
+def test_use_cases_import_neither_the_tasks_nor_the_composition_root() -> None:
+    graph = import_graph()
+    use_cases = ["intake", "stages", "operations", "report", "monolith", "broker"]
+
+    imports = {
+        name: graph[f"pipeline.{name}"] & {"pipeline.tasks", "pipeline.bootstrap"}
+        for name in use_cases
+    }
+
+    assert imports == {name: set() for name in use_cases}
+
+
+def test_importing_the_use_cases_loads_no_client_library() -> None:
+    """The use cases import Services from pipeline.services, not the composition root,
+    and the parsers load pypdf / python-docx only to parse: no Redis, Celery, SQL or
+    document library comes with an import of the application code."""
+    probe = (
+        "import sys\n"
+        "import pipeline.intake, pipeline.monolith, pipeline.operations, pipeline.report\n"
+        "import pipeline.stages\n"
+        "heavy = ('redis', 'celery', 'sqlalchemy', 'pypdf', 'docx', 'fakeredis')\n"
+        "print(','.join(name for name in heavy if name in sys.modules))\n"
+    )
+
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=PACKAGE_ROOT.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+    assert loaded == ""
 
 
 def test_the_cycle_finder_finds_a_cycle_through_a_function_level_import(tmp_path: Path) -> None:
