@@ -12,8 +12,7 @@ os.environ["DOCPIPE_ALLOW_CLOUD"] = "false"
 
 import pytest
 
-from pipeline import celery_app
-from pipeline.bootstrap import Services, build_services, use_services
+from pipeline.bootstrap import Services, start, use_services
 from pipeline.devstack import RedisServer, start_redis
 from pipeline.ports import FaultInjector
 from pipeline.settings import Settings
@@ -42,15 +41,14 @@ def make_services(tmp_path: Path) -> Iterator[object]:
     built: list[Services] = []
 
     def factory(faults: FaultInjector | None = None, **overrides: object) -> Services:
-        settings = embedded_settings(tmp_path, **overrides)
-        services = build_services(settings, faults=faults)
-        celery_app.configure(settings)
-        use_services(services)
+        services = start(embedded_settings(tmp_path, **overrides), faults=faults)
         built.append(services)
         return services
 
     yield factory
     use_services(None)
+    for services in built:
+        services.close()
 
 
 @pytest.fixture
