@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import kombu.exceptions
+import redis
 from pydantic import ValidationError
 
 from fakes.faults import FaultRule, RedisFaultInjector, clear_faults, install_faults
@@ -981,7 +983,14 @@ class BrokerRun(_Run):
         deadline = time.monotonic() + timeout_s
         busy: list[str] = []
         while time.monotonic() < deadline:
-            active = celery_app.app.control.inspect(timeout=1.0).active() or {}
+            try:
+                active = celery_app.app.control.inspect(timeout=1.0).active() or {}
+            except (OSError, redis.RedisError, kombu.exceptions.OperationalError) as exc:
+                # A pooled connection from before a Redis restart: drop the pool, ask again.
+                log.info("inspect active: %s; asking again", exc)
+                celery_app.app.pool.force_close_all()
+                time.sleep(0.5)
+                continue
             busy = [f"{task['name']}[{task['id']}]" for tasks in active.values() for task in tasks]
             if not busy:
                 return

@@ -45,7 +45,11 @@ def upgrade(url: str) -> dict[str, object]:
     return payload
 
 
-def test_upgrade_creates_the_schema_and_a_second_run_changes_nothing(postgres_url: str) -> None:
+def test_upgrade_creates_the_schema_and_a_second_run_changes_nothing(
+    postgres_databases: PostgresDatabases,
+) -> None:
+    # Its own empty database: the module's is shared with tests that create tables.
+    postgres_url = postgres_databases.create()
     first = upgrade(postgres_url)
     assert first["changed"] is True
     assert first["from_version"] == 0 and first["to_version"] == LATEST_VERSION
