@@ -29,9 +29,10 @@ UNPROTECTED_POOLS_NOTE = (
 )
 
 #: Local OCR checks `ocr_local_job_timeout_s` between pages, so the page being read when
-#: the limit passes still finishes: room for one page (2-3 s at 200 dpi on one core,
-#: several times that at 600 dpi or on a busy machine) before the soft time limit.
-OCR_LOCAL_PAGE_ALLOWANCE_S = 15.0
+#: the limit passes still finishes: room for one page before the soft time limit (an A4
+#: page at 200 dpi took ~10 s of CPU with one thread on the 2-core dev machine,
+#: scripts/measure_ocr.py; more at 600 dpi or on a busy machine).
+OCR_LOCAL_PAGE_ALLOWANCE_S = 60.0
 
 
 def pool_time_limit_note(settings: Settings, pool: str) -> str | None:
@@ -133,7 +134,7 @@ class Settings(BaseSettings):
     # --- local OCR of image-only PDF pages (the `[ocr]` extra, pipeline/adapters/local_ocr.py) ---
     #: The embedded default OCRs pages without a text layer when the extra is installed.
     ocr_local: bool = True
-    #: Scanned pages one document may have OCR'd locally (~2-3 s of CPU each).
+    #: Scanned pages one document may have OCR'd locally (~10 s of CPU each, A4 at 200 dpi).
     ocr_local_max_pages: int = Field(default=50, ge=1)
     #: Seconds one document's local OCR may take, checked between pages.
     ocr_local_job_timeout_s: float = Field(default=600.0, gt=0)

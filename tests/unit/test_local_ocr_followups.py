@@ -35,7 +35,7 @@ SHORT_LIMITS = {"task_soft_time_limit_s": 300, "task_time_limit_s": 400}
 # --- 1. ocr_local_job_timeout_s fits below task_soft_time_limit_s ------------------------------
 
 
-@pytest.mark.parametrize("job_timeout_s", [300, 290])
+@pytest.mark.parametrize("job_timeout_s", [300, 250])
 def test_a_local_ocr_job_limit_that_does_not_fit_the_soft_limit_is_refused_naming_both(
     job_timeout_s: float, monkeypatch: pytest.MonkeyPatch, tmp_path: object
 ) -> None:
@@ -52,7 +52,7 @@ def test_a_local_ocr_job_limit_with_room_for_one_page_passes(
     monkeypatch: pytest.MonkeyPatch, tmp_path: object
 ) -> None:
     monkeypatch.chdir(str(tmp_path))
-    assert load_settings(**SHORT_LIMITS, ocr_local_job_timeout_s=280).ocr_local_job_timeout_s == 280
+    assert load_settings(**SHORT_LIMITS, ocr_local_job_timeout_s=230).ocr_local_job_timeout_s == 230
 
 
 def test_with_local_ocr_off_its_job_limit_is_not_checked(

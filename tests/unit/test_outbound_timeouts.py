@@ -25,8 +25,8 @@ SHORT_LIMITS: dict[str, Any] = {
     "task_soft_time_limit_s": 30,
     "task_time_limit_s": 40,
     "visibility_timeout_s": 700,
-    # Local OCR's own limit (plus one page) must fit below the soft limit too.
-    "ocr_local_job_timeout_s": 10,
+    # Local OCR's own limit (plus one page, 60 s) could not fit below a 30 s soft limit.
+    "ocr_local": False,
 }
 
 
