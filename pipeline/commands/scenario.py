@@ -12,6 +12,7 @@ from rich.table import Table
 
 from pipeline.console import EXIT_FAILED, EXIT_OK, EXIT_USAGE, stdout
 from pipeline.display import markup_safe
+from pipeline.errors import UserFacingError
 from pipeline.scenarios.model import ALL_MODES, Mode, Scenario, ScenarioError, load_scenario
 from pipeline.scenarios.runner import RunReport, parity, run_many
 
@@ -24,9 +25,11 @@ def _load_all(files: tuple[Path, ...]) -> list[tuple[Scenario, Path]]:
         except ScenarioError as exc:
             problems.append(str(exc))
     if problems:
-        # Plain lines (no wrapping): each names the file, the key path and what was expected.
-        click.echo("error: invalid scenario file(s):\n" + "\n".join(problems), err=True)
-        sys.exit(EXIT_USAGE)
+        # One line per problem: each names the file, the key path and what was expected.
+        raise UserFacingError(
+            "invalid scenario file(s):\n" + "\n".join(problems),
+            hint="docpipe scenario schema prints the JSON Schema the files must follow",
+        )
     return loaded
 
 

@@ -241,3 +241,13 @@ def test_a_hung_postgres_times_out_with_the_wait_shown(
 
     assert_short_usage_error(result, "cannot reach PostgreSQL", "timeout")
     assert f"waiting for PostgreSQL at {url}" in result.stderr
+
+
+def test_an_invalid_scenario_file_is_a_usage_error_with_json_too(tmp_path: Path) -> None:
+    scenario = tmp_path / "bad.yaml"
+    scenario.write_text("name: bad\nbogus: 1\n", encoding="utf-8")
+
+    result = docpipe(tmp_path, "scenario", "run", str(scenario), "--json")
+
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert_json_error(result, "invalid scenario file", "bogus: unknown key")
