@@ -984,11 +984,12 @@ class BrokerRun(_Run):
         busy: list[str] = []
         while time.monotonic() < deadline:
             try:
-                active = celery_app.app.control.inspect(timeout=1.0).active() or {}
+                # A connection of its own: a pooled one may predate a Redis restart.
+                with celery_app.app.connection_for_write() as connection:
+                    inspect = celery_app.app.control.inspect(timeout=1.0, connection=connection)
+                    active = inspect.active() or {}
             except (OSError, redis.RedisError, kombu.exceptions.OperationalError) as exc:
-                # A pooled connection from before a Redis restart: drop the pool, ask again.
                 log.info("inspect active: %s; asking again", exc)
-                celery_app.app.pool.force_close_all()
                 time.sleep(0.5)
                 continue
             busy = [f"{task['name']}[{task['id']}]" for tasks in active.values() for task in tasks]
