@@ -57,8 +57,10 @@ def test_run_json_prints_exactly_one_object_and_exit_1_when_a_document_fails(
             "file", "document_uuid", "short_uuid", "already_processed", "reprocessed",
             "status", "error", "category",
             "chunks", "mentions", "canonical_entities", "relationships",
+            "skipped_scanned_pages", "note",
         }  # fmt: skip
     assert rows["good.txt"]["status"] == "completed"
+    assert rows["good.txt"]["skipped_scanned_pages"] == 0 and rows["good.txt"]["note"] is None
     assert rows["broken.pdf"]["status"] == "ocr_failed"
     assert rows["broken.pdf"]["error"]
     assert report["totals"]["documents"] == 2 and report["totals"]["failed"] == 1
