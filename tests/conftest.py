@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +21,31 @@ from pipeline.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
+#: A small document every stage can process (a person, an organisation, a date, money).
+GOOD = (
+    "AFFIDAVIT OF JANE HOLLOWAY\n\nI, Jane R. Holloway, of Chicago, Illinois, swear that on "
+    "March 3, 2023 Meridian Capital Partners LLC paid $45,000.\n"
+)
+
+
+def docpipe(
+    cwd: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -m pipeline ARGS` in `cwd`, in a clean environment plus `env`, as a user runs it."""
+    base = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(REPO),
+        "HOME": str(cwd),
+        "DOCPIPE_UNDER_TEST": "1",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=cwd,
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def embedded_settings(tmp_path: Path, **overrides: object) -> Settings:

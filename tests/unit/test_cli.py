@@ -3,36 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import REPO, SAMPLES
-
-GOOD = (
-    "AFFIDAVIT OF JANE HOLLOWAY\n\nI, Jane R. Holloway, of Chicago, Illinois, swear that on "
-    "March 3, 2023 Meridian Capital Partners LLC paid $45,000.\n"
-)
-
-
-def docpipe(
-    cwd: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "PYTHONPATH": str(REPO),
-        "HOME": str(cwd),
-        "DOCPIPE_UNDER_TEST": "1",
-        **(env or {}),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+from tests.conftest import GOOD, SAMPLES, docpipe
 
 
 def test_run_json_prints_exactly_one_object_and_exit_1_when_a_document_fails(

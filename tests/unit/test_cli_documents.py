@@ -22,7 +22,7 @@ from pipeline.document_ids import SHORT_LENGTH, resolve_document_uuid
 from pipeline.domain.models import SourceDocument, Status
 from pipeline.errors import UserFacingError
 from pipeline.intake import submit_and_dispatch
-from tests.unit.test_cli import GOOD, docpipe
+from tests.conftest import GOOD, docpipe
 
 BROKEN_PDF = b"%PDF-1.7\n1 0 obj <<"
 

@@ -136,7 +136,7 @@ def test_a_database_older_than_the_code_is_refused_with_the_upgrade_command(
 
     from pipeline.adapters.schema import CONTENT_INDEX
     from pipeline.adapters.sql_store import create_store
-    from tests.unit.test_cli import GOOD, docpipe
+    from tests.conftest import GOOD, docpipe
 
     url = f"sqlite:///{tmp_path / '.docpipe' / 'docpipe.db'}"
     create_store(url).close()

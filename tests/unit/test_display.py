@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.display import markup_safe, printable
-from tests.unit.test_cli import GOOD, docpipe
+from tests.conftest import GOOD, docpipe
 
 RLO = "\u202e"
 

@@ -15,7 +15,7 @@ import pytest
 from pipeline.domain.models import FileType
 from pipeline.errors import CorruptDocument
 from pipeline.parsers import detect_file_type, extract_eml
-from tests.unit.test_cli import docpipe
+from tests.conftest import docpipe
 
 #: Like CPython's msg_18.txt, with a body: a single part saved without its envelope.
 CONTENT_TYPE_ONLY = (

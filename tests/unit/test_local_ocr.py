@@ -281,8 +281,7 @@ def test_textract_adapter_reads_a_scan_through_the_simulator(aws_env: None) -> N
 
 def test_docpipe_run_without_the_extra_says_how_to_enable_it(tmp_path: Any) -> None:
     """A user without the extra: the import system finds neither rapidocr nor pypdfium2."""
-    from tests.conftest import REPO
-    from tests.unit.test_cli import docpipe
+    from tests.conftest import REPO, docpipe
 
     hide = tmp_path / "hide_ocr_extra"
     hide.mkdir()

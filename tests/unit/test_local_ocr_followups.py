@@ -137,7 +137,7 @@ def test_a_pdf_whose_pages_all_have_text_has_no_note() -> None:
 
 def test_docpipe_run_and_status_show_the_skipped_scanned_pages(tmp_path: Path) -> None:
     """What a user sees: the run's JSON row and table, and `docpipe status`, note the pages."""
-    from tests.unit.test_cli import docpipe
+    from tests.conftest import docpipe
 
     inbox = tmp_path / "inbox"
     inbox.mkdir()

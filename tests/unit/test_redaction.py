@@ -24,7 +24,7 @@ from pipeline.errors import ConfigurationError, PermanentError, TransientError
 from pipeline.policy import readable
 from pipeline.redaction import RedactingFormatter, redact, redact_log_output, secret_values
 from pipeline.settings import Settings
-from tests.unit.test_cli import GOOD, docpipe
+from tests.conftest import GOOD, docpipe
 from tests.unit.test_neo4j_sink import document_graph
 
 

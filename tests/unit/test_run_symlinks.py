@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.intake import scan_paths
-from tests.unit.test_cli import GOOD, docpipe
+from tests.conftest import GOOD, docpipe
 
 
 @pytest.fixture

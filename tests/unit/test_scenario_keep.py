@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 from pipeline.scenarios.runner import Check, RunReport, _forget_removed_folder, kept_run_folder
-from tests.conftest import REPO
-from tests.unit.test_cli import docpipe
+from tests.conftest import REPO, docpipe
 
 POISON = REPO / "scenarios" / "poison_document_dead_lettered.yaml"
 
