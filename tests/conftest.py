@@ -8,6 +8,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ["DOCPIPE_UNDER_TEST"] = "1"
 os.environ["DOCPIPE_ALLOW_CLOUD"] = "false"
@@ -19,6 +20,9 @@ from pipeline.devstack import RedisServer, start_redis
 from pipeline.ports import FaultInjector
 from pipeline.settings import Settings
 
+if TYPE_CHECKING:
+    from fakes.ocr import FakeOcrEngine
+
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
 #: A small document every stage can process (a person, an organisation, a date, money).
@@ -26,6 +30,26 @@ GOOD = (
     "AFFIDAVIT OF JANE HOLLOWAY\n\nI, Jane R. Holloway, of Chicago, Illinois, swear that on "
     "March 3, 2023 Meridian Capital Partners LLC paid $45,000.\n"
 )
+
+
+def start_fake_ocr_job(data: bytes, scans: object | None) -> tuple[FakeOcrEngine, str]:
+    """The embedded default's OCR engine with `data` stored as one PDF, and its started job."""
+    import fakeredis
+
+    from fakes.blobs import InMemoryBlobStore
+    from fakes.ocr import FakeOcrEngine
+    from pipeline.ports import OcrRequest
+
+    blobs = InMemoryBlobStore()
+    blobs.put("docs/scan.pdf", data)
+    engine = FakeOcrEngine(blobs, fakeredis.FakeRedis(), scans=scans)  # type: ignore[arg-type]
+    request = OcrRequest(
+        document_uuid="doc-1",
+        storage_key="docs/scan.pdf",
+        file_type="pdf",
+        client_request_token="token-1",
+    )
+    return engine, engine.start(request)
 
 
 def docpipe(

@@ -15,7 +15,7 @@ from pipeline.commands import flower as flower_module
 from pipeline.commands.flower import COMMANDS, flower_auth_problem, flower_invocation
 from pipeline.errors import ConfigurationError
 from pipeline.settings import Settings
-from tests.conftest import REPO
+from tests.conftest import REPO, docpipe
 
 GOOD = "ops:9f2c4e1a7b3d5f60"
 BROKER = "redis://:brokerpw@127.0.0.1:6390/0"
@@ -247,19 +247,10 @@ def test_weak_passwords_are_refused_by_the_strength_rule_with_its_explanation(va
 
 
 def test_p_at_ssw0rd_is_refused_by_the_command_in_a_real_process(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "flower"],
-        cwd=tmp_path,
-        env={
-            "PATH": "/usr/bin:/bin",
-            "PYTHONPATH": str(REPO),
-            "HOME": str(tmp_path),
-            "DOCPIPE_BROKER_URL": BROKER,
-            "DOCPIPE_FLOWER_BASIC_AUTH": "ops:P@ssw0rd",
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
+    proc = docpipe(
+        tmp_path,
+        "flower",
+        env={"DOCPIPE_BROKER_URL": BROKER, "DOCPIPE_FLOWER_BASIC_AUTH": "ops:P@ssw0rd"},
     )
     assert proc.returncode == 2
     assert "DOCPIPE_FLOWER_BASIC_AUTH: the password is too easy to guess" in proc.stderr

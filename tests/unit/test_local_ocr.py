@@ -10,12 +10,9 @@ import json
 import re
 from typing import Any
 
-import fakeredis
 import pytest
 from fpdf import FPDF
 
-from fakes.blobs import InMemoryBlobStore
-from fakes.ocr import FakeOcrEngine
 from pipeline.adapters import local_ocr
 from pipeline.adapters.local_ocr import (
     INSTALL_HINT,
@@ -28,6 +25,7 @@ from pipeline.adapters.local_ocr import (
 from pipeline.domain.models import OcrJob
 from pipeline.errors import DocumentTooLarge, PermanentError
 from pipeline.ports import OcrRequest
+from tests.conftest import start_fake_ocr_job
 
 pytestmark = pytest.mark.skipif(
     not local_ocr_installed(), reason=f"the [ocr] extra is not installed ({INSTALL_HINT})"
@@ -52,21 +50,6 @@ def text_pdf(pages: list[tuple[str, ...]]) -> bytes:
     return bytes(pdf.output())
 
 
-def engine_with(data: bytes, scans: LocalScanReader | None) -> tuple[FakeOcrEngine, str]:
-    blobs = InMemoryBlobStore()
-    blobs.put("docs/scan.pdf", data)
-    engine = FakeOcrEngine(blobs, fakeredis.FakeRedis(), scans=scans)
-    job_id = engine.start(
-        OcrRequest(
-            document_uuid="doc-1",
-            storage_key="docs/scan.pdf",
-            file_type="pdf",
-            client_request_token="token-1",
-        )
-    )
-    return engine, job_id
-
-
 def words(text: str) -> set[str]:
     return set(re.findall(r"[A-Za-z]{4,}", text))
 
@@ -87,7 +70,7 @@ def mixed_pdf() -> bytes:
 
 @pytest.fixture(scope="module")
 def mixed_job(mixed_pdf: bytes) -> OcrJob:
-    engine, job_id = engine_with(mixed_pdf, LocalScanReader(min_confidence=80.0))
+    engine, job_id = start_fake_ocr_job(mixed_pdf, LocalScanReader(min_confidence=80.0))
     return engine.poll(job_id)
 
 
@@ -192,7 +175,9 @@ def test_only_pages_without_a_text_layer_are_recognised() -> None:
 
 
 def test_a_job_whose_lines_are_all_below_the_floor_fails_with_the_reason() -> None:
-    engine, job_id = engine_with(two_scanned_pages(), StubbedReader([10.0], min_confidence=80.0))
+    engine, job_id = start_fake_ocr_job(
+        two_scanned_pages(), StubbedReader([10.0], min_confidence=80.0)
+    )
 
     job = engine.poll(job_id)
 
@@ -225,7 +210,7 @@ def test_without_the_extra_a_scan_fails_saying_how_to_enable_local_ocr(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(local_ocr, "local_ocr_installed", lambda: False)
-    engine, job_id = engine_with(two_scanned_pages(), scans=None)
+    engine, job_id = start_fake_ocr_job(two_scanned_pages(), scans=None)
 
     job = engine.poll(job_id)
 
@@ -236,7 +221,7 @@ def test_without_the_extra_a_scan_fails_saying_how_to_enable_local_ocr(
 
 
 def test_turned_off_by_setting_a_scan_fails_naming_the_setting() -> None:
-    engine, job_id = engine_with(two_scanned_pages(), scans=None)
+    engine, job_id = start_fake_ocr_job(two_scanned_pages(), scans=None)
 
     job = engine.poll(job_id)
 

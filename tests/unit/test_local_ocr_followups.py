@@ -28,6 +28,7 @@ from pipeline.domain.models import OcrJob
 from pipeline.errors import ConfigurationError
 from pipeline.ports import OcrRequest
 from pipeline.settings import load_settings
+from tests.conftest import start_fake_ocr_job
 
 SHORT_LIMITS = {"task_soft_time_limit_s": 300, "task_time_limit_s": 400}
 
@@ -85,17 +86,7 @@ def mixed_pdf(blank_pages: tuple[int, ...] = (2,), pages: int = 3) -> bytes:
 
 
 def poll_without_local_ocr(data: bytes) -> OcrJob:
-    blobs = InMemoryBlobStore()
-    blobs.put("docs/mixed.pdf", data)
-    engine = FakeOcrEngine(blobs, fakeredis.FakeRedis(), scans=None)
-    job_id = engine.start(
-        OcrRequest(
-            document_uuid="doc-1",
-            storage_key="docs/mixed.pdf",
-            file_type="pdf",
-            client_request_token="token-1",
-        )
-    )
+    engine, job_id = start_fake_ocr_job(data, scans=None)
     return engine.poll(job_id)
 
 
