@@ -13,7 +13,7 @@ from sqlalchemy.pool import NullPool
 from pipeline.adapters.migrations import LATEST_VERSION
 from pipeline.adapters.sql_store import create_database_engine, create_store
 from pipeline.cli import main
-from pipeline.devstack import PostgresDatabases
+from pipeline.harness.localstack import PostgresDatabases
 
 pytestmark = pytest.mark.integration
 
