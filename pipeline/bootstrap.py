@@ -294,6 +294,7 @@ def build_services(
             client,
             limit=settings.llm_rate_limit_calls,
             window_seconds=settings.llm_rate_limit_window_s,
+            token_limit=settings.llm_rate_limit_tokens,
         )
     if needs_llm_rate_limit(settings, simulated_llm_latency=latency.sampler(LLM_CALL) is not None):
         extractor = RateLimitedEntityExtractor(

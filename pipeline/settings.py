@@ -114,7 +114,19 @@ class Settings(BaseSettings):
     chunk_max_chars: int = Field(default=1500, ge=10)
     fuzzy_threshold: float = Field(default=0.88, gt=0, le=1)
     llm_rate_limit_calls: int = Field(default=50, ge=1)
+    #: Tokens per window (prompt + expected answer each request reserves); 0 = no token
+    #: limit. 200,000 is OpenAI's tier-1 tokens per minute for gpt-4o-mini.
+    llm_rate_limit_tokens: int = Field(default=200_000, ge=0)
     llm_rate_limit_window_s: float = Field(default=60.0, gt=0)
+    #: Consecutive chunks packed into one LLM request up to this many estimated tokens
+    #: (prompt and answer, pipeline.domain.tokens); 0 = one chunk per request.
+    llm_pack_tokens: int = Field(default=8000, ge=0)
+    #: List prices in USD per 1M tokens (input, output) by model, for cost reports.
+    #: OpenAI's published prices (openai.com/api/pricing), as of 2025: gpt-4o-mini
+    #: 0.15/0.60 (since its launch, 2024-07-18), gpt-4o 2.50/10.00 (gpt-4o-2024-08-06).
+    llm_prices_usd_per_mtok: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: {"gpt-4o-mini": (0.15, 0.60), "gpt-4o": (2.50, 10.00)}
+    )
     #: A stage waits this long at most for a rate-limit slot before it retries later.
     llm_rate_limit_max_wait_s: float = Field(default=120.0, ge=0)
     cache_ttl_s: int = Field(default=12 * 3600, ge=1)

@@ -19,10 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from pipeline.ports import Clock, FaultInjector
+from pipeline.adapters.latency import pack_call_seconds, pack_key
+from pipeline.adapters.llm_prompts import messages, request_tokens
+from pipeline.domain.tokens import estimate_answer_tokens, estimate_chat_tokens
+from pipeline.ports import Clock, FaultInjector, LlmAnswer
 
 MODEL = "rule-based-ner-v1"
 
@@ -391,7 +394,13 @@ class _Span:
 
 
 class RuleBasedEntityExtractor:
-    """Implements the EntityExtractor port without a model: same answer shape, no network."""
+    """Implements the EntityExtractor port without a model: same answer shape, no network.
+
+    A packed request (`extract_many`) takes one wait for the whole pack
+    (`pipeline.adapters.latency.pack_call_seconds`) and counts as one call; a
+    "malformed" or "empty" fault then spoils the last chunk's answer only, as
+    an answer cut short would.
+    """
 
     def __init__(
         self,
@@ -413,9 +422,13 @@ class RuleBasedEntityExtractor:
         return MODEL
 
     def extract(self, text: str) -> str:
+        return self.extract_many([text]).payloads[0]
+
+    def extract_many(self, texts: Sequence[str]) -> LlmAnswer:
         delay = self._latency
-        if self._call_seconds is not None:
-            delay += self._call_seconds(hashlib.sha256(text.encode()).hexdigest())
+        if self._call_seconds is not None and texts:
+            keys = [hashlib.sha256(text.encode()).hexdigest() for text in texts]
+            delay += pack_call_seconds(self._call_seconds, pack_key(keys), keys)
         response: str | None = None
         if self._faults is not None:
             effect = self._faults.before("llm", "extract", None)
@@ -424,24 +437,38 @@ class RuleBasedEntityExtractor:
         if self._clock is not None and delay > 0:
             self._clock.sleep(delay)
         self.calls += 1
-        if response == "malformed":
-            return '{"entities": [{"entity": "' + text[:20].replace('"', "")  # cut off mid-answer
-        if response == "empty":
-            return ""
-        return json.dumps(
-            {
-                "entities": [
-                    {
-                        "entity": text[s.start : s.end],
-                        "label": s.label,
-                        "start": s.start,
-                        "end": s.end,
-                        "confidence": s.confidence,
-                    }
-                    for s in find_entities(text)
-                ]
-            }
+        payloads = [answer(text) for text in texts]
+        if payloads and response == "malformed":
+            last = texts[-1]
+            payloads[-1] = '{"entities": [{"entity": "' + last[:20].replace('"', "")  # cut off
+        elif payloads and response == "empty":
+            payloads[-1] = ""
+        return LlmAnswer(
+            payloads=tuple(payloads),
+            prompt_tokens=estimate_chat_tokens([m["content"] for m in messages(texts)]),
+            completion_tokens=sum(estimate_answer_tokens(p) for p in payloads),
         )
+
+    def request_tokens(self, texts: Sequence[str]) -> int:
+        return request_tokens(texts)
+
+
+def answer(text: str) -> str:
+    """The model's JSON answer for one chunk: every entity `find_entities` finds."""
+    return json.dumps(
+        {
+            "entities": [
+                {
+                    "entity": text[s.start : s.end],
+                    "label": s.label,
+                    "start": s.start,
+                    "end": s.end,
+                    "confidence": s.confidence,
+                }
+                for s in find_entities(text)
+            ]
+        }
+    )
 
 
 def find_entities(text: str) -> list[_Span]:

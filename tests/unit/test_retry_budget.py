@@ -28,7 +28,13 @@ from tests.unit.test_fake_ocr import RecordingClock
 MakeServices = Callable[..., Services]
 
 #: About 40 chunks: a long document in miniature (and no shared LLM rate limit in the way).
-SMALL_CHUNKS = {"chunk_min_chars": 200, "chunk_max_chars": 600, "llm_rate_limit_calls": 100_000}
+SMALL_CHUNKS = {
+    "chunk_min_chars": 200,
+    "chunk_max_chars": 600,
+    "llm_rate_limit_calls": 100_000,
+    # One request per chunk: many requests, so the faults fire far more than max_retries.
+    "llm_pack_tokens": 0,
+}
 
 
 def scenario(faults: list[dict[str, Any]], expect: dict[str, Any]) -> Scenario:

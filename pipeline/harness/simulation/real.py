@@ -84,6 +84,7 @@ class StageExecutor:
             self.clock,
             limit=settings.llm_rate_limit_calls,
             window_seconds=settings.llm_rate_limit_window_s,
+            token_limit=settings.llm_rate_limit_tokens,
         )
         self.services: Services = build_services(
             settings, faults=faults, clock=self.clock, rate_limiter=self.limiter
