@@ -414,24 +414,32 @@ def _run_pack(
     # A rate-limited extractor (pipeline/app/rate_limited.py) waits for its slot here.
     answer = extractor.extract_many([chunks[m].text for m in members])
     usage.add(answer)
+    malformed: list[int] = []
     for member, payload in zip(members, answer.payloads, strict=True):
-        chunk = chunks[member]
         try:
             # Parse before caching: a malformed answer raises and is never cached (failure 10).
-            parse_llm_entities(payload, chunk.text)
+            parse_llm_entities(payload, chunks[member].text)
         except MalformedResponse:
             if len(members) == 1:
                 raise
-            log.info(
-                "chunk %d of %s: malformed answer in a pack of %d; asking for it alone",
-                chunk.chunk_index,
-                document.uuid,
-                len(members),
-            )
-            alone = extractor.extract_many([chunk.text])
-            usage.add(alone)
-            payload = alone.payloads[0]
-            parse_llm_entities(payload, chunk.text)
+            malformed.append(member)
+            continue
+        services.cache.set(keys[member], payload, services.settings.cache_ttl_s)
+        payloads[member] = payload
+    # The pack's good answers are cached first: if a chunk asked again alone fails once
+    # more, the task's retry sends only what is still missing.
+    for member in malformed:
+        chunk = chunks[member]
+        log.info(
+            "chunk %d of %s: malformed answer in a pack of %d; asking for it alone",
+            chunk.chunk_index,
+            document.uuid,
+            len(members),
+        )
+        alone = extractor.extract_many([chunk.text])
+        usage.add(alone)
+        payload = alone.payloads[0]
+        parse_llm_entities(payload, chunk.text)
         services.cache.set(keys[member], payload, services.settings.cache_ttl_s)
         payloads[member] = payload
     # Kept even if a later pack fails: the retry budget counts this as progress.

@@ -27,3 +27,10 @@ def test_rate_limiter_fails_closed_when_redis_is_down() -> None:
     limiter = RedisRateLimiter(client, limit=100, window_seconds=60)
     with pytest.raises(RateLimited, match="unavailable"):
         limiter.acquire("llm")
+
+
+def test_token_aware_limiter_fails_closed_when_redis_is_down() -> None:
+    client = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
+    limiter = RedisRateLimiter(client, limit=100, window_seconds=60, token_limit=10_000)
+    with pytest.raises(RateLimited, match="unavailable"):
+        limiter.acquire("llm", 500)
