@@ -234,7 +234,7 @@ def build_services(
     `clock` replaces the wall clock and `rate_limiter` the shared Redis window
     (the simulator passes virtual ones).
     """
-    from pipeline.adapters.sql_store import create_store
+    from pipeline.adapters.sql import create_store
     from pipeline.runtime.tasks import (
         CeleryDispatcher,  # celery is imported only when services are built
     )

@@ -457,7 +457,7 @@ def run_overhead(
     timeout = 60 + 0.5 * chains
     with private_stack(keep) as stack:
         say(f"private redis-server at {stack.server.url(0)}")
-        from pipeline.adapters.sql_store import create_store
+        from pipeline.adapters.sql import create_store
 
         create_store(stack.values["database_url"]).close()
         documents = iter(_create_documents(stack, sequential + rounds * chains + 2 * concurrency))

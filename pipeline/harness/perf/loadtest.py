@@ -329,7 +329,7 @@ def run_celery(
     env = _settings_env(values)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     # Create the schema once, before several processes race to do it.
-    from pipeline.adapters.sql_store import create_store
+    from pipeline.adapters.sql import create_store
 
     create_store(values["database_url"]).close()
 
@@ -404,7 +404,7 @@ def _locust_stats(prefix: Path) -> dict[str, dict[str, Any]]:
 
 def run_load(config: LoadConfig, say: Progress = lambda message: None) -> dict[str, Any]:
     """Both runs, the comparison and the report files; returns the summary."""
-    from pipeline.adapters.sql_store import create_store
+    from pipeline.adapters.sql import create_store
 
     # locust (the load) and matplotlib (the chart) are the harness extra's.
     require_extra("harness", HARNESS_MODULES["load"], "docpipe load")
