@@ -36,7 +36,13 @@ from typing import Any
 import redis
 
 from pipeline.errors import ConfigurationError
-from pipeline.harness.localstack import RedisServer, pool_children, start_redis, stop_process
+from pipeline.harness.localstack import (
+    RedisServer,
+    pool_children,
+    start_redis,
+    stop_process,
+    worker_environment,
+)
 
 Progress = Callable[[str], None]
 HOPS = 6
@@ -178,11 +184,7 @@ class Stack:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DOCPIPE_")}
-        env.update({f"DOCPIPE_{k.upper()}": v for k, v in self.values.items()})
-        repo = str(Path(__file__).resolve().parents[3])
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH", "")]))
-        return env
+        return worker_environment(self.values)
 
     def settings(self) -> Any:
         from pipeline.settings import Settings
@@ -457,7 +459,7 @@ def run_overhead(
     timeout = 60 + 0.5 * chains
     with private_stack(keep) as stack:
         say(f"private redis-server at {stack.server.url(0)}")
-        from pipeline.adapters.sql_store import create_store
+        from pipeline.adapters.sql import create_store
 
         create_store(stack.values["database_url"]).close()
         documents = iter(_create_documents(stack, sequential + rounds * chains + 2 * concurrency))
