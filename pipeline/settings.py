@@ -115,15 +115,16 @@ class Settings(BaseSettings):
     fuzzy_threshold: float = Field(default=0.88, gt=0, le=1)
     llm_rate_limit_calls: int = Field(default=50, ge=1)
     #: Tokens per window (prompt + expected answer each request reserves); 0 = no token
-    #: limit. 200,000 is OpenAI's tier-1 tokens per minute for gpt-4o-mini.
+    #: limit. 200,000 is OpenAI's tier-1 tokens per minute for gpt-4o-mini (500 requests).
     llm_rate_limit_tokens: int = Field(default=200_000, ge=0)
     llm_rate_limit_window_s: float = Field(default=60.0, gt=0)
     #: Consecutive chunks packed into one LLM request up to this many estimated tokens
     #: (prompt and answer, pipeline.domain.tokens); 0 = one chunk per request.
     llm_pack_tokens: int = Field(default=8000, ge=0)
-    #: List prices in USD per 1M tokens (input, output) by model, for cost reports.
-    #: OpenAI's published prices (openai.com/api/pricing), as of 2025: gpt-4o-mini
-    #: 0.15/0.60 (since its launch, 2024-07-18), gpt-4o 2.50/10.00 (gpt-4o-2024-08-06).
+    #: List prices in USD per 1M tokens (input, output) by model, for cost reports: OpenAI's
+    #: standard (not batch, not cached-input) prices, gpt-4o-mini 0.15/0.60 since its launch
+    #: on 2024-07-18 and gpt-4o 2.50/10.00 (gpt-4o-2024-08-06); still listed so in 2026
+    #: (checked 2026-12-06 against published price tables). JSON in the env variable.
     llm_prices_usd_per_mtok: dict[str, tuple[float, float]] = Field(
         default_factory=lambda: {"gpt-4o-mini": (0.15, 0.60), "gpt-4o": (2.50, 10.00)}
     )
