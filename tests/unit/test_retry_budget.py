@@ -32,6 +32,7 @@ SMALL_CHUNKS = {
     "chunk_min_chars": 200,
     "chunk_max_chars": 600,
     "llm_rate_limit_calls": 100_000,
+    "llm_rate_limit_tokens": 0,
     # One request per chunk: many requests, so the faults fire far more than max_retries.
     "llm_pack_tokens": 0,
 }

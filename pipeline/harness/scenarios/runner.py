@@ -117,6 +117,7 @@ def base_settings(scenario: Scenario) -> dict[str, Any]:
         "retry_backoff_max_s": 2.0,
         # The shared LLM limit only matters to scenarios that set it themselves.
         "llm_rate_limit_calls": 100000,
+        "llm_rate_limit_tokens": 0,
         "fake_ocr_polls_until_done": scenario.adapters.ocr_polls_until_done,
     }
 
