@@ -499,7 +499,9 @@ def predicted(config: LoadConfig) -> dict[str, Any]:
     """The virtual-time simulator's figures for this run (pipeline/simulation), with errors."""
     from pipeline.harness.simulation.predict import document_shapes, predict_load
 
-    shapes = document_shapes(config.files, measure_cpu=True)
+    shapes = document_shapes(
+        config.files, measure_cpu=True, pack_tokens=config.settings.llm_pack_tokens
+    )
     return predict_load(
         shapes,
         config.profile,
