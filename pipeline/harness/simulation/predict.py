@@ -54,27 +54,27 @@ def document_shapes(files: Sequence[Path], *, measure_cpu: bool = False) -> list
         fault_injection=False,
         project_name="shapes",
     )
-    services = build_services(settings)
-    project = services.store.ensure_project("shapes")
-    shapes = []
-    for path in files:
-        submission = submit_file(services, path, project)
-        claim_own(services, submission.document_uuid, worker="shapes")
-        began = time.perf_counter()
-        process_document(services, submission.document_uuid)
-        cpu = time.perf_counter() - began
-        document = services.store.get_document(submission.document_uuid)
-        chunks = services.store.get_chunks(submission.document_uuid)
-        keys = tuple(hashlib.sha256(c.text.encode()).hexdigest() for c in chunks)
-        shapes.append(
-            DocumentShape(
-                name=path.name,
-                ocr=document.ocr_metadata.get("method") == "ocr",
-                chunk_keys=keys,
-                cpu_s=cpu if measure_cpu else 0.0,
+    with build_services(settings) as services:
+        project = services.store.ensure_project("shapes")
+        shapes = []
+        for path in files:
+            submission = submit_file(services, path, project)
+            claim_own(services, submission.document_uuid, worker="shapes")
+            began = time.perf_counter()
+            process_document(services, submission.document_uuid)
+            cpu = time.perf_counter() - began
+            document = services.store.get_document(submission.document_uuid)
+            chunks = services.store.get_chunks(submission.document_uuid)
+            keys = tuple(hashlib.sha256(c.text.encode()).hexdigest() for c in chunks)
+            shapes.append(
+                DocumentShape(
+                    name=path.name,
+                    ocr=document.ocr_metadata.get("method") == "ocr",
+                    chunk_keys=keys,
+                    cpu_s=cpu if measure_cpu else 0.0,
+                )
             )
-        )
-    return shapes
+        return shapes
 
 
 def load_policy(settings: Settings, time_scale: float) -> Policy:
