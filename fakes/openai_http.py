@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import httpx2
 
-from fakes.llm import RuleBasedEntityExtractor
+from pipeline.adapters.rule_based_llm import RuleBasedEntityExtractor
 
 Fault = Literal["rate_limit", "unauthorized", "bad_request", "server_error", "malformed", "empty"]
 FAULTS: tuple[Fault, ...] = (

@@ -23,3 +23,9 @@ class FaultyDocumentParser:
         if effect.response == "malformed":
             raise CorruptDocument("injected malformed content")
         return self._inner.extract(file_type, data, document_uuid)
+
+    def detect_file_type(self, file_name: str, data: bytes) -> FileType:
+        return self._inner.detect_file_type(file_name, data)
+
+    def page_count(self, data: bytes) -> int | None:
+        return self._inner.page_count(data)

@@ -39,9 +39,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.adapters.local_ocr import LocalScanReader, local_ocr_installed
+from pipeline.adapters.parsers import extract_pdf_pages, pdf_page_count
 from pipeline.domain.models import stable_uuid
 from pipeline.errors import PermanentError, TransientError
-from pipeline.parsers import extract_pdf_pages, pdf_page_count
 from pipeline.ports import FaultInjector
 
 FAULT_PORT = "textract"

@@ -3,7 +3,7 @@
 Nothing here connects at import time. The CLI calls `start()` with its
 settings (build the services, configure Celery, install them as current);
 worker processes build theirs lazily on first use (after fork), through the
-factory this module gives pipeline.services, so no client is shared across a
+factory this module gives pipeline.ports.services, so no client is shared across a
 fork. The stage-chaining port (`Dispatcher`) is wired here to Celery.
 """
 
@@ -18,14 +18,7 @@ from urllib.parse import urlparse
 import redis
 
 from pipeline.adapters.clock import SystemClock
-from pipeline.adapters.redis_features import (
-    RedisCache,
-    RedisLockManager,
-    RedisRateLimiter,
-    RedisStateTracker,
-)
-from pipeline.errors import ConfigurationError
-from pipeline.latency import (
+from pipeline.adapters.latency import (
     DOCUMENT_DB,
     GRAPH_WRITE,
     LLM_CALL,
@@ -34,7 +27,15 @@ from pipeline.latency import (
     LatencyProfile,
     build_profile,
 )
-from pipeline.parsers import ExtractionLimits, LocalDocumentParser
+from pipeline.adapters.parsers import ExtractionLimits, LocalDocumentParser
+from pipeline.adapters.redis_features import (
+    RedisCache,
+    RedisLockManager,
+    RedisRateLimiter,
+    RedisStateTracker,
+)
+from pipeline.app.rate_limited import RateLimitedEntityExtractor, needs_llm_rate_limit
+from pipeline.errors import ConfigurationError
 from pipeline.ports import (
     BlobStore,
     Clock,
@@ -46,11 +47,10 @@ from pipeline.ports import (
     OcrEngine,
     RateLimiter,
 )
-from pipeline.rate_limited import RateLimitedEntityExtractor, needs_llm_rate_limit
-from pipeline.services import Services as Services  # re-exported: callers build and use them
-from pipeline.services import current_services as current_services
-from pipeline.services import set_services_factory
-from pipeline.services import use_services as use_services
+from pipeline.ports.services import Services as Services  # re-exported: callers build and use them
+from pipeline.ports.services import current_services as current_services
+from pipeline.ports.services import set_services_factory
+from pipeline.ports.services import use_services as use_services
 from pipeline.settings import Settings, get_settings, redact_url
 
 #: Set by the test suite: real cloud adapters then refuse to build unless a test opts in.
@@ -83,7 +83,7 @@ def discard_fake_redis_server(url: str) -> None:
 def build_blob_store(url: str) -> BlobStore:
     parsed = urlparse(url)
     if parsed.scheme == "memory":
-        from fakes.blobs import InMemoryBlobStore
+        from pipeline.adapters.memory_blob import InMemoryBlobStore
 
         return InMemoryBlobStore()
     if parsed.scheme == "file":
@@ -234,8 +234,10 @@ def build_services(
     `clock` replaces the wall clock and `rate_limiter` the shared Redis window
     (the simulator passes virtual ones).
     """
-    from pipeline.adapters.sql_store import create_store
-    from pipeline.tasks import CeleryDispatcher  # celery is imported only when services are built
+    from pipeline.adapters.sql import create_store
+    from pipeline.runtime.tasks import (
+        CeleryDispatcher,  # celery is imported only when services are built
+    )
 
     clock = clock if clock is not None else SystemClock()
     latency = latency_profile(settings)
@@ -253,10 +255,10 @@ def build_services(
 
     ocr: OcrEngine
     if settings.ocr == "fake":
-        from fakes.ocr import FakeOcrEngine
+        from pipeline.adapters.embedded_ocr import EmbeddedOcrEngine
         from pipeline.adapters.local_ocr import build_scan_reader
 
-        ocr = FakeOcrEngine(
+        ocr = EmbeddedOcrEngine(
             blobs,
             client,
             polls_until_done=settings.fake_ocr_polls_until_done,
@@ -280,7 +282,7 @@ def build_services(
 
     extractor: EntityExtractor
     if settings.llm == "fake":
-        from fakes.llm import RuleBasedEntityExtractor
+        from pipeline.adapters.rule_based_llm import RuleBasedEntityExtractor
 
         extractor = RuleBasedEntityExtractor(
             clock=clock, faults=faults, call_seconds=latency.sampler(LLM_CALL)
@@ -300,7 +302,7 @@ def build_services(
 
     graph: GraphSink
     if settings.graph_url.startswith("memory://"):
-        from fakes.graph import InMemoryGraphSink
+        from pipeline.adapters.memory_graph import InMemoryGraphSink
 
         graph = InMemoryGraphSink(clock=clock, write_seconds=latency.sampler(GRAPH_WRITE))
     else:
@@ -344,7 +346,7 @@ def start(
     `build_services`. The caller closes them: `use_services(None)`, then
     `services.close()`.
     """
-    from pipeline import celery_app
+    from pipeline.runtime import celery_app
 
     services = build_services(settings, faults=faults, clock=clock, rate_limiter=rate_limiter)
     celery_app.configure(settings)

@@ -1,6 +1,6 @@
 """What every `docpipe` command shares: its consoles, its exit codes and how errors read.
 
-The root group (`pipeline.cli`) and the command modules (`pipeline.commands.*`)
+The root group (`pipeline.cli`) and the command modules (`pipeline.cli.*`)
 both import from here and never from each other, so the command line has no
 import cycle. Importing this module costs click and rich only: settings,
 pydantic, Redis and kombu are imported by the functions that need them, which

@@ -144,7 +144,7 @@ class Settings(BaseSettings):
     #: concurrency is the number of cores OCR may take from the other queues.
     ocr_local_threads: int = Field(default=1, ge=0)
 
-    # --- simulated service latency (pipeline/latency.py) ----------------------------
+    # --- simulated service latency (pipeline/adapters/latency.py) ----------------------------
     #: `none` (no waits) or `reference` (the old system's measured timings).
     latency_profile: Literal["none", "reference"] = "none"
     #: Per-service overrides, e.g. {"llm_call": "uniform:0.5:2"} (JSON in the env var).
@@ -156,7 +156,7 @@ class Settings(BaseSettings):
     # --- Celery: the seed's configuration, corrected -----------------------------------
     task_soft_time_limit_s: int = Field(default=3600, ge=1)
     task_time_limit_s: int = Field(default=3900, ge=1)
-    #: Retries of one stage of one document in a row WITHOUT progress (pipeline/policy.py):
+    #: Retries of one stage of one document in a row WITHOUT progress (pipeline/app/policy.py):
     #: an attempt that made durable progress (e.g. newly answered chunks) restarts the count.
     max_retries: int = Field(default=5, ge=0)
     #: Absolute ceiling on the attempts of one stage of one document, progress or not.
@@ -229,7 +229,7 @@ class Settings(BaseSettings):
                 f"task_time_limit_s + retry_backoff_max_s ({needed:g}), otherwise Redis "
                 "redelivers long or retried tasks while they still run"
             )
-        from pipeline.latency import SERVICES, parse_distribution
+        from pipeline.adapters.latency import SERVICES, parse_distribution
 
         for service, spec in self.latency_overrides.items():
             if service not in SERVICES:

@@ -16,12 +16,12 @@ os.environ["DOCPIPE_ALLOW_CLOUD"] = "false"
 import pytest
 
 from pipeline.bootstrap import Services, start, use_services
-from pipeline.devstack import RedisServer, start_redis
+from pipeline.harness.localstack import RedisServer, start_redis
 from pipeline.ports import FaultInjector
 from pipeline.settings import Settings
 
 if TYPE_CHECKING:
-    from fakes.ocr import FakeOcrEngine
+    from pipeline.adapters.embedded_ocr import EmbeddedOcrEngine
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
@@ -32,17 +32,17 @@ GOOD = (
 )
 
 
-def start_fake_ocr_job(data: bytes, scans: object | None) -> tuple[FakeOcrEngine, str]:
+def start_fake_ocr_job(data: bytes, scans: object | None) -> tuple[EmbeddedOcrEngine, str]:
     """The embedded default's OCR engine with `data` stored as one PDF, and its started job."""
     import fakeredis
 
-    from fakes.blobs import InMemoryBlobStore
-    from fakes.ocr import FakeOcrEngine
+    from pipeline.adapters.embedded_ocr import EmbeddedOcrEngine
+    from pipeline.adapters.memory_blob import InMemoryBlobStore
     from pipeline.ports import OcrRequest
 
     blobs = InMemoryBlobStore()
     blobs.put("docs/scan.pdf", data)
-    engine = FakeOcrEngine(blobs, fakeredis.FakeRedis(), scans=scans)  # type: ignore[arg-type]
+    engine = EmbeddedOcrEngine(blobs, fakeredis.FakeRedis(), scans=scans)  # type: ignore[arg-type]
     request = OcrRequest(
         document_uuid="doc-1",
         storage_key="docs/scan.pdf",
@@ -118,7 +118,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fake credentials only: nothing here may reach AWS."""
-    from pipeline.scenarios.cloud import FAKE_AWS_ENV
+    from pipeline.harness.scenarios.cloud import FAKE_AWS_ENV
 
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"):
         monkeypatch.delenv(name, raising=False)

@@ -27,7 +27,7 @@ import json
 import statistics
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -70,21 +70,6 @@ def missing_extra_reason(pages: int, scanned: int) -> str:
 def enable_local_ocr_hint() -> str:
     """What turns local OCR on in this process: the extra, or the setting once it is installed."""
     return "set DOCPIPE_OCR_LOCAL=true" if local_ocr_installed() else "install 'docpipe[ocr]'"
-
-
-def skipped_pages_note(ocr_metadata: Mapping[str, Any]) -> str | None:
-    """A short note for a document completed without its scanned pages, or None.
-
-    Reads what the OCR job recorded (`pages_without_text`, `scanned_pages_hint`):
-    a mixed PDF read without local OCR keeps only its text-layer pages.
-    """
-    pages = ocr_metadata.get("pages_without_text")
-    if not isinstance(pages, list) or not pages:
-        return None
-    numbers = ", ".join(str(page) for page in pages)
-    hint = ocr_metadata.get("scanned_pages_hint") or "install 'docpipe[ocr]'"
-    label = "page" if len(pages) == 1 else "pages"
-    return f"{len(pages)} scanned page(s) not read ({label} {numbers}): {hint}"
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Real worker processes on a private Redis, for broker-mode integration tests.
 
-The processes are pipeline.devstack's; here only the tests' shared environment.
+The processes are pipeline.harness.localstack's; here only the tests' shared environment.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 from celery import Celery
 
 from pipeline.bootstrap import Services, start
-from pipeline.devstack import RedisServer, WorkerGroup, settings_values
 from pipeline.domain.models import QUEUES
+from pipeline.harness.localstack import RedisServer, WorkerGroup, settings_values
 from pipeline.settings import Settings
 from tests.conftest import REPO
 

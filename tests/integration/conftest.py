@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipeline.devstack import PostgresDatabases
 from pipeline.errors import ConfigurationError
+from pipeline.harness.localstack import PostgresDatabases
 
 ADMIN_URL_ENV = "DOCPIPE_TEST_POSTGRES_URL"
 SKIP_ENV = "DOCPIPE_SKIP_POSTGRES"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.broker import broker_server_problems
-from pipeline.devstack import RedisServer, start_redis
+from pipeline.harness.localstack import RedisServer, start_redis
+from pipeline.runtime.broker import broker_server_problems
 from tests.conftest import REPO, SAMPLES
 
 pytestmark = pytest.mark.integration
@@ -72,7 +72,7 @@ def test_workers_refuse_a_broker_redis_that_evicts(
     env = deployment_env(tmp_path, evicting_redis)
     by_docpipe = eviction_refusal(run(tmp_path, env, "pipeline", "worker", "-Q", "ocr"))
     by_celery = eviction_refusal(
-        run(tmp_path, env, "celery", "-A", "pipeline.celery_app", "worker", "-Q", "ocr")
+        run(tmp_path, env, "celery", "-A", "pipeline.runtime.celery_app", "worker", "-Q", "ocr")
     )
     assert by_celery == by_docpipe
     assert by_docpipe.startswith("error: cannot start a worker: ")

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from kombu import Connection
 
-from pipeline import celery_app
-from pipeline.devstack import RedisServer, start_redis
 from pipeline.domain.models import Stage
+from pipeline.harness.localstack import RedisServer, start_redis
+from pipeline.runtime import celery_app
+from pipeline.runtime.tasks import send_stage
 from pipeline.settings import Settings
-from pipeline.tasks import send_stage
 
 pytestmark = pytest.mark.integration
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from fakes.faults import FaultRule, RedisFaultInjector, clear_faults, install_faults
+from pipeline.app.intake import claim_own, dispatch, submit_file
 from pipeline.bootstrap import Services
-from pipeline.broker import wait_for_terminal
-from pipeline.celery_app import app
-from pipeline.devstack import RedisServer, pool_children
 from pipeline.domain.models import Status
-from pipeline.intake import claim_own, dispatch, submit_file
+from pipeline.harness.localstack import RedisServer, pool_children
+from pipeline.runtime.broker import wait_for_terminal
+from pipeline.runtime.celery_app import app
 from tests.conftest import SAMPLES
 from tests.integration.broker_stack import BrokerStack, run_json
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from pipeline.devstack import PostgresDatabases
+from pipeline.harness.localstack import PostgresDatabases
 from tests.integration.conftest import postgres_admin_url
 from tests.unit.test_cli_errors import GOOD, assert_json_error, assert_short_usage_error, docpipe
 

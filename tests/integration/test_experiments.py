@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.experiments import run_overhead, run_pools
+from pipeline.harness.perf.experiments import run_overhead, run_pools
 
 pytestmark = pytest.mark.integration
 

@@ -19,15 +19,16 @@ from typing import Any
 
 import pytest
 
-from pipeline.devstack import RedisServer, free_port
+from pipeline.harness.localstack import RedisServer, free_port
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-FLOWER_CMD = "from pipeline.commands.flower import COMMANDS; COMMANDS[0]()"
+FLOWER_CMD = "from pipeline.cli.flower import COMMANDS; COMMANDS[0]()"
 DEADLINE_S = 30.0
 WORKER_ARGS = shlex.split(
-    "-m celery -A pipeline.celery_app worker -Q text -E --pool threads -c 2 -n flowertest@%h "
+    "-m celery -A pipeline.runtime.celery_app worker -Q text -E --pool threads -c 2 "
+    "-n flowertest@%h "
     "--without-heartbeat --without-gossip --without-mingle --loglevel INFO"
 )
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.devstack import RedisServer, start_redis
+from pipeline.harness.localstack import RedisServer, start_redis
 from tests.conftest import REPO
 
 VENV = Path(sys.executable).parent.parent

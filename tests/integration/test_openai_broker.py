@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from fakes.openai_http import FakeOpenAI, FakeOpenAIServer
-from pipeline.celery_app import app
-from pipeline.devstack import RedisServer
+from pipeline.harness.localstack import RedisServer
+from pipeline.runtime.celery_app import app
 from tests.conftest import SAMPLES
 from tests.integration.broker_stack import BrokerStack, run_json
 

@@ -6,8 +6,8 @@ import pytest
 import redis
 
 from pipeline.adapters.redis_features import RedisRateLimiter
-from pipeline.devstack import RedisServer, free_port
 from pipeline.errors import RateLimited
+from pipeline.harness.localstack import RedisServer, free_port
 from tests.redis_contract import RedisFeaturesContract
 
 pytestmark = pytest.mark.integration

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.devstack import PostgresDatabases
-from pipeline.scenarios.model import load_scenario
-from pipeline.scenarios.runner import RunReport, needs_postgres, run_scenario
+from pipeline.harness.localstack import PostgresDatabases
+from pipeline.harness.scenarios.model import load_scenario
+from pipeline.harness.scenarios.runner import RunReport, needs_postgres, run_scenario
 from pipeline.settings import get_settings
 from tests.conftest import REPO
 from tests.integration.conftest import postgres_admin_url

@@ -17,13 +17,13 @@ from fakes.textract_sim import TextractSimulator, moto_server
 from pipeline.adapters.aws import build_client
 from pipeline.adapters.s3_blob import S3BlobStore
 from pipeline.adapters.textract import TextractOcrEngine
+from pipeline.app.intake import claim_own, collect_files, dispatch, submit_file
 from pipeline.bootstrap import Services
-from pipeline.broker import wait_for_terminal
-from pipeline.celery_app import app
-from pipeline.devstack import RedisServer
 from pipeline.domain.models import Status
-from pipeline.intake import claim_own, collect_files, dispatch, submit_file
-from pipeline.scenarios.cloud import FAKE_AWS_ENV
+from pipeline.harness.localstack import RedisServer
+from pipeline.harness.scenarios.cloud import FAKE_AWS_ENV
+from pipeline.runtime.broker import wait_for_terminal
+from pipeline.runtime.celery_app import app
 from tests.conftest import SAMPLES
 from tests.integration.broker_stack import BrokerStack
 

@@ -1,3 +1,3 @@
-"""The locust user lives in the package (pipeline/locustfile.py), so an install has it."""
+"""The locust user lives in the package (pipeline/harness/perf/locustfile.py): installs have it."""
 
-from pipeline.locustfile import DocumentUser  # noqa: F401  (locust collects the User class)
+from pipeline.harness.perf.locustfile import DocumentUser  # noqa: F401  (locust collects the User class)

@@ -21,11 +21,7 @@ import docx
 import pytest
 from pypdf import PdfWriter
 
-from pipeline.bootstrap import Services
-from pipeline.domain.models import FileType
-from pipeline.errors import CorruptDocument, DocumentTooLarge
-from pipeline.intake import submit_and_dispatch
-from pipeline.parsers import (
+from pipeline.adapters.parsers import (
     ExtractionLimits,
     decode_text_bounded,
     extract_docx,
@@ -33,7 +29,11 @@ from pipeline.parsers import (
     extract_pdf_pages,
     extract_text,
 )
-from pipeline.report import build_report
+from pipeline.app.intake import submit_and_dispatch
+from pipeline.app.report import build_report
+from pipeline.bootstrap import Services
+from pipeline.domain.models import FileType
+from pipeline.errors import CorruptDocument, DocumentTooLarge
 from pipeline.settings import Settings
 from tests.conftest import REPO, SAMPLES
 

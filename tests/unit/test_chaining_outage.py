@@ -19,12 +19,12 @@ import redis
 from celery.contrib.testing.worker import start_worker
 from kombu.exceptions import OperationalError
 
+from pipeline.app.intake import dispatch, submit_all
 from pipeline.bootstrap import Services
-from pipeline.celery_app import app
 from pipeline.domain.models import QUEUES, Stage, Status
 from pipeline.errors import TransientError
-from pipeline.intake import dispatch, submit_all
-from pipeline.tasks import STAGE_TASKS
+from pipeline.runtime.celery_app import app
+from pipeline.runtime.tasks import STAGE_TASKS
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
@@ -126,7 +126,7 @@ def test_a_worker_whose_database_is_down_at_its_first_task_retries_it(
     make_services: Callable[..., Services], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A worker builds its services on its first task; the database may be down right then."""
-    import pipeline.tasks
+    import pipeline.runtime.tasks
 
     services = make_services(
         eager=False, broker_url="memory://", retry_backoff_base_s=0.05, retry_backoff_max_s=0.1
@@ -139,8 +139,8 @@ def test_a_worker_whose_database_is_down_at_its_first_task_retries_it(
             raise TransientError("database unavailable: connection refused")
         return services
 
-    monkeypatch.setattr(pipeline.tasks, "current_services", database_down_twice)
-    monkeypatch.setattr(pipeline.tasks, "get_settings", lambda: services.settings)
+    monkeypatch.setattr(pipeline.runtime.tasks, "current_services", database_down_twice)
+    monkeypatch.setattr(pipeline.runtime.tasks, "get_settings", lambda: services.settings)
 
     status = _run_one(services, SAMPLES / "affidavit_of_jane_holloway.txt", monkeypatch)
 

@@ -11,10 +11,10 @@ from typing import Any
 from celery.contrib.testing.worker import start_worker
 from celery.signals import before_task_publish
 
+from pipeline.app.intake import dispatch, submit_all
 from pipeline.bootstrap import Services
-from pipeline.celery_app import app
 from pipeline.domain.models import QUEUES, Status
-from pipeline.intake import dispatch, submit_all
+from pipeline.runtime.celery_app import app
 
 MAX_MESSAGE_BYTES = 2 * 1024
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline.adapters.sql_store import SqlDocumentStore, create_store
+from pipeline.adapters.sql import SqlDocumentStore, create_store
+from pipeline.app.document_ids import SHORT_LENGTH, resolve_document_uuid
+from pipeline.app.intake import submit_and_dispatch
 from pipeline.bootstrap import Services
 from pipeline.cli import main
-from pipeline.document_ids import SHORT_LENGTH, resolve_document_uuid
 from pipeline.domain.models import SourceDocument, Status
 from pipeline.errors import UserFacingError
-from pipeline.intake import submit_and_dispatch
 from tests.conftest import GOOD, docpipe
 
 BROKEN_PDF = b"%PDF-1.7\n1 0 obj <<"

@@ -50,7 +50,7 @@ def test_importing_the_cli_imports_no_heavy_dependency_and_no_command() -> None:
 
     assert "pipeline.cli" in modules
     assert {name.split(".")[0] for name in modules} & set(HEAVY) == set()
-    assert sorted(m for m in modules if m.startswith("pipeline.commands.")) == []
+    assert sorted(m for m in modules if m.startswith("pipeline.cli.")) == []
 
 
 def test_docpipe_help_lists_every_command_without_importing_one() -> None:
@@ -64,7 +64,7 @@ def test_docpipe_help_lists_every_command_without_importing_one() -> None:
     modules = _imported_after(code)
 
     assert {name.split(".")[0] for name in modules} & set(HEAVY) == set()
-    assert sorted(m for m in modules if m.startswith("pipeline.commands.")) == []
+    assert sorted(m for m in modules if m.startswith("pipeline.cli.")) == []
 
 
 def test_a_command_is_imported_when_it_is_used() -> None:
@@ -76,8 +76,8 @@ def test_a_command_is_imported_when_it_is_used() -> None:
         "    pass"
     )
 
-    assert "pipeline.commands.db" in modules
-    assert "pipeline.commands.worker" not in modules
+    assert "pipeline.cli.db" in modules
+    assert "pipeline.cli.worker" not in modules
 
 
 @pytest.mark.parametrize("name", sorted(SUBCOMMANDS))

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.adapters.parsers import detect_file_type, extract_eml
 from pipeline.domain.models import FileType
 from pipeline.errors import CorruptDocument
-from pipeline.parsers import detect_file_type, extract_eml
 from tests.conftest import docpipe
 
 #: Like CPython's msg_18.txt, with a body: a single part saved without its envelope.

@@ -1,4 +1,4 @@
-"""Pure parts of pipeline/experiments.py and the table cell format."""
+"""Pure parts of pipeline/harness/perf/experiments.py and the table cell format."""
 
 from __future__ import annotations
 
@@ -6,8 +6,14 @@ import os
 
 import pytest
 
-from pipeline.commands.experiment import format_cell
-from pipeline.experiments import Batch, best_of, overhead_summary, parse_proc_stat, pools_verdict
+from pipeline.harness.cli.experiment import format_cell
+from pipeline.harness.perf.experiments import (
+    Batch,
+    best_of,
+    overhead_summary,
+    parse_proc_stat,
+    pools_verdict,
+)
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

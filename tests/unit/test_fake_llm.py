@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fakes.llm import RuleBasedEntityExtractor
+from pipeline.adapters.rule_based_llm import RuleBasedEntityExtractor
 from pipeline.domain.entities import build_mentions, parse_llm_entities
 from pipeline.domain.models import Chunk, EntityType
 from pipeline.domain.resolution import resolve_mentions

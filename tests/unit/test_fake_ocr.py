@@ -8,8 +8,8 @@ import fakeredis
 import pytest
 import redis
 
-from fakes.blobs import InMemoryBlobStore
-from fakes.ocr import JOB_KEY, JOB_TTL_SECONDS, FakeOcrEngine
+from pipeline.adapters.embedded_ocr import JOB_KEY, JOB_TTL_SECONDS, EmbeddedOcrEngine
+from pipeline.adapters.memory_blob import InMemoryBlobStore
 from pipeline.domain.models import OcrJob
 from pipeline.domain.pages import PAGE_MARKER_RE
 from pipeline.errors import (
@@ -82,7 +82,7 @@ def request(token: str = "token-1", key: str = "docs/complaint.pdf") -> OcrReque
 def test_job_is_in_progress_until_its_poll_then_succeeds_with_text_and_pages(
     blobs: InMemoryBlobStore, client: redis.Redis
 ) -> None:
-    engine = FakeOcrEngine(blobs, client, polls_until_done=3)
+    engine = EmbeddedOcrEngine(blobs, client, polls_until_done=3)
     job_id = engine.start(request())
     states = [engine.poll(job_id).state for _ in range(2)]
     done = engine.poll(job_id)
@@ -99,12 +99,12 @@ def test_job_is_in_progress_until_its_poll_then_succeeds_with_text_and_pages(
 def test_first_poll_answers_with_the_default_of_one_poll(
     blobs: InMemoryBlobStore, client: redis.Redis
 ) -> None:
-    engine = FakeOcrEngine(blobs, client)
+    engine = EmbeddedOcrEngine(blobs, client)
     assert engine.poll(engine.start(request())).state == OcrJob.SUCCEEDED
 
 
 def test_a_finished_job_keeps_its_result(blobs: InMemoryBlobStore, client: redis.Redis) -> None:
-    engine = FakeOcrEngine(blobs, client, polls_until_done=2)
+    engine = EmbeddedOcrEngine(blobs, client, polls_until_done=2)
     job_id = engine.start(request())
     engine.poll(job_id)
     first = engine.poll(job_id)
@@ -116,7 +116,7 @@ def test_a_finished_job_keeps_its_result(blobs: InMemoryBlobStore, client: redis
 def test_same_token_gives_the_same_job_and_a_new_token_a_new_one(
     blobs: InMemoryBlobStore, client: redis.Redis
 ) -> None:
-    engine = FakeOcrEngine(blobs, client, polls_until_done=2)
+    engine = EmbeddedOcrEngine(blobs, client, polls_until_done=2)
     first = engine.start(request("attempt-1"))
     engine.poll(first)
     assert engine.start(request("attempt-1")) == first
@@ -131,7 +131,7 @@ def test_reusing_a_token_for_another_object_is_refused(
     blobs: InMemoryBlobStore, client: redis.Redis
 ) -> None:
     blobs.put("docs/other.pdf", COMPLAINT)
-    engine = FakeOcrEngine(blobs, client)
+    engine = EmbeddedOcrEngine(blobs, client)
     engine.start(request("token"))
     with pytest.raises(PermanentError, match="already used"):
         engine.start(request("token", key="docs/other.pdf"))
@@ -141,7 +141,7 @@ def test_corrupt_pdf_gives_a_failed_job_with_a_reason(
     blobs: InMemoryBlobStore, client: redis.Redis
 ) -> None:
     blobs.put("docs/truncated.pdf", COMPLAINT[:300])
-    engine = FakeOcrEngine(blobs, client)
+    engine = EmbeddedOcrEngine(blobs, client)
     job = engine.poll(engine.start(request(key="docs/truncated.pdf")))
     assert job.state == OcrJob.FAILED
     assert job.error is not None
@@ -150,7 +150,7 @@ def test_corrupt_pdf_gives_a_failed_job_with_a_reason(
 
 
 def test_missing_blob_is_refused_at_start(blobs: InMemoryBlobStore, client: redis.Redis) -> None:
-    engine = FakeOcrEngine(blobs, client)
+    engine = EmbeddedOcrEngine(blobs, client)
     with pytest.raises(PermanentError, match="invalid S3 object"):
         engine.start(request(key="docs/missing.pdf"))
 
@@ -158,7 +158,7 @@ def test_missing_blob_is_refused_at_start(blobs: InMemoryBlobStore, client: redi
 def test_blob_deleted_while_the_job_runs_fails_the_job(
     blobs: InMemoryBlobStore, client: redis.Redis
 ) -> None:
-    engine = FakeOcrEngine(blobs, client)
+    engine = EmbeddedOcrEngine(blobs, client)
     job_id = engine.start(request())
     blobs.delete("docs/complaint.pdf")
     job = engine.poll(job_id)
@@ -168,21 +168,21 @@ def test_blob_deleted_while_the_job_runs_fails_the_job(
 
 def test_unknown_job_id_is_a_permanent_error(blobs: InMemoryBlobStore, client: redis.Redis) -> None:
     with pytest.raises(PermanentError, match="unknown OCR job id 'nope'"):
-        FakeOcrEngine(blobs, client).poll("nope")
+        EmbeddedOcrEngine(blobs, client).poll("nope")
 
 
 def test_only_pdfs_are_accepted(blobs: InMemoryBlobStore, client: redis.Redis) -> None:
     docx_request = OcrRequest("doc-1", "docs/complaint.pdf", "docx", "token")
     with pytest.raises(UnsupportedFileType, match="PDF documents only"):
-        FakeOcrEngine(blobs, client).start(docx_request)
+        EmbeddedOcrEngine(blobs, client).start(docx_request)
 
 
 def test_state_is_shared_between_engines_on_one_redis_server(
     blobs: InMemoryBlobStore, server: fakeredis.FakeServer
 ) -> None:
     # Two clients on one server stand for two worker processes.
-    starter = FakeOcrEngine(blobs, fakeredis.FakeRedis(server=server), polls_until_done=2)
-    poller = FakeOcrEngine(blobs, fakeredis.FakeRedis(server=server), polls_until_done=5)
+    starter = EmbeddedOcrEngine(blobs, fakeredis.FakeRedis(server=server), polls_until_done=2)
+    poller = EmbeddedOcrEngine(blobs, fakeredis.FakeRedis(server=server), polls_until_done=5)
     job_id = starter.start(request())
     assert poller.start(request()) == job_id
     assert poller.poll(job_id).state == OcrJob.IN_PROGRESS
@@ -195,7 +195,7 @@ def test_state_is_shared_between_engines_on_one_redis_server(
 def test_job_record_is_a_hash_with_a_one_day_ttl(
     blobs: InMemoryBlobStore, client: redis.Redis
 ) -> None:
-    job_id = FakeOcrEngine(blobs, client).start(request())
+    job_id = EmbeddedOcrEngine(blobs, client).start(request())
     key = JOB_KEY.format(job_id=job_id)
     record = client.hgetall(key)
     assert record[b"storage_key"] == b"docs/complaint.pdf"
@@ -208,7 +208,7 @@ def test_job_record_is_a_hash_with_a_one_day_ttl(
 def test_works_with_a_client_that_decodes_responses(
     blobs: InMemoryBlobStore, server: fakeredis.FakeServer
 ) -> None:
-    engine = FakeOcrEngine(blobs, fakeredis.FakeRedis(server=server, decode_responses=True))
+    engine = EmbeddedOcrEngine(blobs, fakeredis.FakeRedis(server=server, decode_responses=True))
     assert engine.poll(engine.start(request())).pages == 4
 
 
@@ -230,7 +230,7 @@ def test_a_job_without_processing_time_is_ready_on_the_next_instant(
 ) -> None:
     # Started at x.0006 s and polled 0.1 ms later: a start time rounded to the
     # millisecond (x.001) made the job look unfinished (the flaky first poll).
-    engine = FakeOcrEngine(
+    engine = EmbeddedOcrEngine(
         blobs, client, clock=SteppingClock(1_700_000_000.0006, 1_700_000_000.0007)
     )
     job = engine.poll(engine.start(request()))
@@ -242,7 +242,7 @@ def test_faults_and_latency_are_applied_through_the_clock(
 ) -> None:
     clock = RecordingClock()
     faults = ScriptedFaults(latency=2.0)
-    engine = FakeOcrEngine(blobs, client, clock=clock, latency_seconds=0.5, faults=faults)
+    engine = EmbeddedOcrEngine(blobs, client, clock=clock, latency_seconds=0.5, faults=faults)
     job_id = engine.start(request())
     engine.poll(job_id)
     assert faults.calls == [("ocr", "start", "doc-1"), ("ocr", "poll", "doc-1")]
@@ -254,7 +254,7 @@ def test_an_injected_fault_is_raised_before_the_operation(
 ) -> None:
     faults = ScriptedFaults()
     faults.errors[("ocr", "poll")] = TransientError("throttled")
-    engine = FakeOcrEngine(blobs, client, polls_until_done=2, faults=faults)
+    engine = EmbeddedOcrEngine(blobs, client, polls_until_done=2, faults=faults)
     job_id = engine.start(request())
     with pytest.raises(TransientError, match="throttled"):
         engine.poll(job_id)
@@ -267,7 +267,7 @@ def test_injected_bad_answers_affect_one_poll_only(
     blobs: InMemoryBlobStore, client: redis.Redis
 ) -> None:
     faults = ScriptedFaults()
-    engine = FakeOcrEngine(blobs, client, faults=faults)
+    engine = EmbeddedOcrEngine(blobs, client, faults=faults)
     job_id = engine.start(request())
     faults.responses[("ocr", "poll")] = "malformed"
     with pytest.raises(MalformedResponse, match="without a job status"):
@@ -280,7 +280,7 @@ def test_injected_bad_answers_affect_one_poll_only(
 
 
 def test_without_a_clock_nothing_sleeps(blobs: InMemoryBlobStore, client: redis.Redis) -> None:
-    engine = FakeOcrEngine(blobs, client, latency_seconds=30.0)
+    engine = EmbeddedOcrEngine(blobs, client, latency_seconds=30.0)
     assert engine.poll(engine.start(request())).state == OcrJob.SUCCEEDED
 
 
@@ -289,4 +289,4 @@ def test_polls_until_done_must_be_positive(
     blobs: InMemoryBlobStore, client: redis.Redis, polls: int
 ) -> None:
     with pytest.raises(ValueError, match="at least 1"):
-        FakeOcrEngine(blobs, client, polls_until_done=polls)
+        EmbeddedOcrEngine(blobs, client, polls_until_done=polls)

@@ -18,14 +18,14 @@ from typing import Any
 
 import pytest
 
-from pipeline import stages
-from pipeline.adapters.sql_store import SqlDocumentStore
+from pipeline.adapters.sql import SqlDocumentStore
+from pipeline.app import stages
+from pipeline.app.intake import dispatch, submit_all
 from pipeline.bootstrap import Services
 from pipeline.domain.models import Stage, Status
 from pipeline.errors import PermanentError
-from pipeline.intake import dispatch, submit_all
-from pipeline.scenarios.model import load_scenario
-from pipeline.scenarios.runner import RunReport, run_scenario
+from pipeline.harness.scenarios.model import load_scenario
+from pipeline.harness.scenarios.runner import RunReport, run_scenario
 
 SCENARIO = (
     Path(__file__).resolve().parents[2]
@@ -111,7 +111,7 @@ def test_an_overtaken_delivery_is_acked_as_stale_not_failed_and_writes_nothing(
     overtaking = _OvertakenExtractor(services.extractor, services, uuid)
     services.extractor = overtaking
 
-    with caplog.at_level(logging.WARNING, logger="pipeline.tasks"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.runtime.tasks"):
         dispatch(services, uuid)
 
     assert overtaking.overtaken
@@ -129,9 +129,9 @@ def test_db_upgrade_adds_the_fence_columns_to_a_database_made_before_them(
 ) -> None:
     import sqlalchemy as sa
 
-    from pipeline.adapters.migrations import upgrade
-    from pipeline.adapters.schema import DERIVED_TABLES
-    from pipeline.adapters.sql_store import create_store
+    from pipeline.adapters.sql import create_store
+    from pipeline.adapters.sql.migrations import upgrade
+    from pipeline.adapters.sql.schema import DERIVED_TABLES
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     store = create_store(url)
@@ -172,7 +172,7 @@ def test_an_overtaken_delivery_cannot_fail_the_document_its_successor_carries_on
     uuid = submission.document_uuid
     services.extractor = _OvertakenThenFailingExtractor(services.extractor, services, uuid)
 
-    with caplog.at_level(logging.WARNING, logger="pipeline.tasks"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.runtime.tasks"):
         dispatch(services, uuid)
 
     document = services.store.get_document(uuid)

@@ -11,8 +11,8 @@ import pytest
 from click.testing import CliRunner
 from pydantic import SecretStr
 
-from pipeline.commands import flower as flower_module
-from pipeline.commands.flower import COMMANDS, flower_auth_problem, flower_invocation
+from pipeline.cli import flower as flower_module
+from pipeline.cli.flower import COMMANDS, flower_auth_problem, flower_invocation
 from pipeline.errors import ConfigurationError
 from pipeline.settings import Settings
 from tests.conftest import REPO, docpipe
@@ -134,7 +134,14 @@ def test_invocation_passes_credentials_only_through_the_environment() -> None:
         base_env=base_env,
     )
 
-    assert argv[:6] == [sys.executable, "-m", "celery", "-A", "pipeline.celery_app", "flower"]
+    assert argv[:6] == [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "pipeline.runtime.celery_app",
+        "flower",
+    ]
     assert "--port=5999" in argv
     assert "--address=127.0.0.1" in argv
     assert not any(password in arg or "basic" in arg.lower() for arg in argv)
@@ -201,7 +208,7 @@ def test_the_example_env_file_ships_credentials_the_command_refuses() -> None:
 
 def test_refusal_in_a_real_process_is_one_line_without_a_traceback(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-c", "from pipeline.commands.flower import COMMANDS; COMMANDS[0]()"],
+        [sys.executable, "-c", "from pipeline.cli.flower import COMMANDS; COMMANDS[0]()"],
         cwd=tmp_path,
         env={
             "PATH": "/usr/bin:/bin",

@@ -134,12 +134,12 @@ def cycles(graph: Mapping[str, set[str]]) -> list[list[str]]:
 
 
 def _is_command_line(module: str) -> bool:
-    return module.startswith(("pipeline.cli", "pipeline.commands", "pipeline.console"))
+    return module.startswith(("pipeline.cli", "pipeline.harness.cli", "pipeline.console"))
 
 
 def test_the_command_line_is_in_no_import_cycle() -> None:
     graph = with_lazy_subcommands(import_graph())
-    assert "pipeline.commands.run" in graph["pipeline.cli"]  # the lazy table is counted
+    assert "pipeline.cli.run" in graph["pipeline.cli"]  # the lazy table is counted
 
     in_cycles = [cycle for cycle in cycles(graph) if any(map(_is_command_line, cycle))]
 
@@ -148,32 +148,54 @@ def test_the_command_line_is_in_no_import_cycle() -> None:
 
 def test_pipeline_has_no_import_cycle() -> None:
     """Application code reaches Celery through the Dispatcher port and Services lives
-    in pipeline.services, so no use case imports the tasks or the composition root."""
+    in pipeline.ports.services, so no use case imports the tasks or the composition root."""
     graph = with_lazy_subcommands(import_graph())
 
     assert cycles(graph) == []
 
 
-def test_use_cases_import_neither_the_tasks_nor_the_composition_root() -> None:
-    graph = import_graph()
-    use_cases = ["intake", "stages", "operations", "report", "monolith", "broker"]
+HARNESS = ("pipeline.harness", "pipeline.testing")
+#: What the inner layers may not import: the use cases see ports, never adapters,
+#: Celery, the composition root or the command line.
+OUTER = ("pipeline.adapters", "pipeline.runtime", "pipeline.bootstrap", "pipeline.cli")
 
-    imports = {
-        name: graph[f"pipeline.{name}"] & {"pipeline.tasks", "pipeline.bootstrap"}
-        for name in use_cases
+
+def test_the_core_never_imports_the_harness() -> None:
+    """The product (domain, ports, app, adapters, runtime, bootstrap, cli) works from a
+    plain install; the harness builds on it. The CLI names the harness subcommands only
+    in its lazy table (strings), loaded when one of them runs."""
+    graph = import_graph()
+
+    into_harness = {
+        module: sorted(t for t in targets if t.startswith(HARNESS))
+        for module, targets in graph.items()
+        if not module.startswith(HARNESS)
     }
 
-    assert imports == {name: set() for name in use_cases}
+    assert {m: t for m, t in into_harness.items() if t} == {}
+    assert any(m.startswith("pipeline.harness.") for m in graph)  # the rule has something to check
+
+
+def test_domain_ports_and_use_cases_import_no_outer_layer() -> None:
+    graph = import_graph()
+    layers = ("pipeline.domain", "pipeline.ports", "pipeline.app")
+    inner = [m for m in graph if m.startswith(layers)]
+
+    outward = {m: sorted(t for t in graph[m] if t.startswith(OUTER)) for m in inner}
+
+    assert "pipeline.app.stages" in inner
+    assert {m: t for m, t in outward.items() if t} == {}
 
 
 def test_importing_the_use_cases_loads_no_client_library() -> None:
-    """The use cases import Services from pipeline.services, not the composition root,
+    """The use cases import Services from pipeline.ports.services, not the composition root,
     and the parsers load pypdf / python-docx only to parse: no Redis, Celery, SQL or
     document library comes with an import of the application code."""
     probe = (
         "import sys\n"
-        "import pipeline.intake, pipeline.monolith, pipeline.operations, pipeline.report\n"
-        "import pipeline.stages\n"
+        "import pipeline.app.intake, pipeline.app.monolith, pipeline.app.operations\n"
+        "import pipeline.app.report\n"
+        "import pipeline.app.stages\n"
         "heavy = ('redis', 'celery', 'sqlalchemy', 'pypdf', 'docx', 'fakeredis')\n"
         "print(','.join(name for name in heavy if name in sys.modules))\n"
     )

@@ -8,13 +8,8 @@ import fakeredis
 import pytest
 from pydantic import ValidationError
 
-from fakes.blobs import InMemoryBlobStore
-from fakes.graph import InMemoryGraphSink
-from fakes.llm import RuleBasedEntityExtractor
-from fakes.ocr import FakeOcrEngine
-from pipeline.bootstrap import Services
-from pipeline.domain.models import Category, DocumentNode, OcrJob
-from pipeline.latency import (
+from pipeline.adapters.embedded_ocr import EmbeddedOcrEngine
+from pipeline.adapters.latency import (
     DOCUMENT_DB,
     GRAPH_WRITE,
     LLM_CALL,
@@ -27,6 +22,11 @@ from pipeline.latency import (
     build_profile,
     parse_distribution,
 )
+from pipeline.adapters.memory_blob import InMemoryBlobStore
+from pipeline.adapters.memory_graph import InMemoryGraphSink
+from pipeline.adapters.rule_based_llm import RuleBasedEntityExtractor
+from pipeline.bootstrap import Services
+from pipeline.domain.models import Category, DocumentNode, OcrJob
 from pipeline.ports import OcrRequest
 from pipeline.settings import Settings
 from tests.unit.test_fake_ocr import COMPLAINT, RecordingClock
@@ -119,7 +119,7 @@ def test_the_fake_ocr_job_finishes_once_its_duration_has_passed() -> None:
     clock = RecordingClock()
     blobs = InMemoryBlobStore()
     blobs.put("documents/d/original.pdf", COMPLAINT)
-    engine = FakeOcrEngine(
+    engine = EmbeddedOcrEngine(
         blobs,
         fakeredis.FakeRedis(server=fakeredis.FakeServer()),
         clock=clock,

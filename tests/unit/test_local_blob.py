@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fakes.blobs import InMemoryBlobStore
 from pipeline.adapters.local_blob import LocalBlobStore
+from pipeline.adapters.memory_blob import InMemoryBlobStore
 from pipeline.ports import BlobStore
 
 

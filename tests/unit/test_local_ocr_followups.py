@@ -15,15 +15,15 @@ from typing import Any
 import fakeredis
 import pytest
 
-from fakes.blobs import InMemoryBlobStore
-from fakes.ocr import FakeOcrEngine
 from pipeline.adapters import local_ocr
+from pipeline.adapters.embedded_ocr import EmbeddedOcrEngine
 from pipeline.adapters.local_ocr import (
     LocalScanReader,
     OcrLine,
     RecognisedPageCache,
-    skipped_pages_note,
 )
+from pipeline.adapters.memory_blob import InMemoryBlobStore
+from pipeline.app.report import skipped_pages_note
 from pipeline.domain.models import OcrJob
 from pipeline.errors import ConfigurationError
 from pipeline.ports import OcrRequest
@@ -198,10 +198,10 @@ class KilledOnPageReader(LocalScanReader):
         ]
 
 
-def scanned_engine(scans: LocalScanReader, cache: DictCache) -> tuple[FakeOcrEngine, str]:
+def scanned_engine(scans: LocalScanReader, cache: DictCache) -> tuple[EmbeddedOcrEngine, str]:
     blobs = InMemoryBlobStore()
     blobs.put("docs/scan.pdf", mixed_pdf(blank_pages=(1, 2, 3, 4), pages=4))
-    engine = FakeOcrEngine(blobs, fakeredis.FakeRedis(), scans=scans, page_cache=cache)
+    engine = EmbeddedOcrEngine(blobs, fakeredis.FakeRedis(), scans=scans, page_cache=cache)
     job_id = engine.start(
         OcrRequest(
             document_uuid="doc-1",

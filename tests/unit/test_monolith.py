@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.adapters.latency import build_profile
+from pipeline.app.monolith import run_sequential
 from pipeline.bootstrap import Services
 from pipeline.domain.models import Status
 from pipeline.errors import ConfigurationError
-from pipeline.latency import build_profile
-from pipeline.loadtest import bottleneck_bound, parse_layout, percentile, steady_rate
-from pipeline.monolith import run_sequential
+from pipeline.harness.perf.loadtest import bottleneck_bound, parse_layout, percentile, steady_rate
 from tests.conftest import SAMPLES
 from tests.unit.test_fake_ocr import RecordingClock
 

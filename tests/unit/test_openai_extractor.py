@@ -11,18 +11,18 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from fakes.llm import RuleBasedEntityExtractor
 from fakes.openai_http import FakeOpenAI, FakeOpenAIServer
 from pipeline.adapters.openai_llm import (
     OpenAIEntityExtractor,
     create_openai_client,
     retry_after_seconds,
 )
+from pipeline.adapters.rule_based_llm import RuleBasedEntityExtractor
+from pipeline.app.intake import collect_files
+from pipeline.app.rate_limited import RateLimitedEntityExtractor
 from pipeline.bootstrap import Services, build_services, use_services
 from pipeline.domain.models import Status
 from pipeline.errors import ConfigurationError, MalformedResponse, PermanentError, TransientError
-from pipeline.intake import collect_files
-from pipeline.rate_limited import RateLimitedEntityExtractor
 from tests.conftest import SAMPLES, embedded_settings
 from tests.unit.test_pipeline_eager import GOOD_TEXT, run_files
 
@@ -188,7 +188,7 @@ def test_rate_limit_is_retried_and_its_retry_after_honoured(
     fake.script(["rate_limit"])
     path = tmp_path / "a.txt"
     path.write_text(GOOD_TEXT)
-    with caplog.at_level(logging.INFO, logger="pipeline.tasks"):
+    with caplog.at_level(logging.INFO, logger="pipeline.runtime.tasks"):
         row = run_files(openai_services, [path])["a.txt"]
     assert row["status"] == "completed", row["error"]
     assert fake.answered(429) == 1

@@ -1,4 +1,4 @@
-"""Operator use cases (pipeline.operations) and their commands, on the embedded default."""
+"""Operator use cases (pipeline.app.operations) and their commands, on the embedded default."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from click.testing import CliRunner, Result
 from kombu.exceptions import OperationalError
 
 from fakes.faults import FaultRule, RedisFaultInjector
-from pipeline import operations, stages
+from pipeline.app import operations, stages
+from pipeline.app.intake import claim_own, dispatch, submit_all
 from pipeline.bootstrap import Services
 from pipeline.cli import DocpipeGroup
-from pipeline.commands.ops import COMMANDS
+from pipeline.cli.ops import COMMANDS
 from pipeline.domain.models import QUEUES, QueueStatus, Stage, Status
-from pipeline.intake import claim_own, dispatch, submit_all
 
 MakeServices = Callable[..., Services]
 #: Queue stale windows on the wall clock: long enough for a claim and a look at
@@ -57,17 +57,17 @@ def queue_rows(services: Services, document_uuid: str) -> list[QueueStatus]:
 @pytest.fixture
 def ocr_sends(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     """Counts OCR messages per document (every stage is still sent for real)."""
-    import pipeline.tasks
+    import pipeline.runtime.tasks
 
     sent: Counter[str] = Counter()
-    real = pipeline.tasks.send_stage
+    real = pipeline.runtime.tasks.send_stage
 
     def counting(stage: Stage, document_uuid: str, version: int, **kwargs: Any) -> None:
         if stage is Stage.OCR:
             sent[document_uuid] += 1
         real(stage, document_uuid, version, **kwargs)
 
-    monkeypatch.setattr(pipeline.tasks, "send_stage", counting)
+    monkeypatch.setattr(pipeline.runtime.tasks, "send_stage", counting)
     return sent
 
 
@@ -113,7 +113,7 @@ def test_queue_processor_dispatches_each_pending_row_once_and_documents_complete
 def test_a_failing_dispatch_is_tried_at_most_max_attempts_then_row_and_document_fail(
     make_services: MakeServices, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pipeline.tasks
+    import pipeline.runtime.tasks
 
     services = make_services(queue_stale_after_s=0.05)
     (document_uuid,) = submit(services, tmp_path, 1)
@@ -123,7 +123,7 @@ def test_a_failing_dispatch_is_tried_at_most_max_attempts_then_row_and_document_
         attempts.append(uuid)
         raise OperationalError("Error 111 connecting to redis://:hunter2@broker:6379/0")
 
-    monkeypatch.setattr(pipeline.tasks, "send_stage", broker_down)
+    monkeypatch.setattr(pipeline.runtime.tasks, "send_stage", broker_down)
     outcomes = []
     for _ in range(5):
         outcomes.append(operations.process_queue_batch(services, "w", batch=5))

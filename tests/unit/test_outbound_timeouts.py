@@ -78,7 +78,7 @@ def test_boto3_clients_carry_the_configured_timeouts() -> None:
 
 
 def test_the_broker_restore_sweep_follows_the_settings() -> None:
-    from pipeline.celery_app import celery_config
+    from pipeline.runtime.celery_app import celery_config
 
     options = celery_config(settings(broker_restore_interval_s=1, broker_restore_throttle=1))[
         "broker_transport_options"

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from pipeline import library
-from pipeline.loadtest import DEFAULT_DOCUMENTS, DEFAULT_LOCUSTFILE
+from pipeline.harness.perf.loadtest import DEFAULT_DOCUMENTS, DEFAULT_LOCUSTFILE
 from tests.conftest import REPO, SAMPLES
 
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -99,9 +99,9 @@ def test_the_package_ships_the_scenario_library_samples_and_locustfile() -> None
     # In a checkout they are the top-level folders (the wheel copies them).
     assert (REPO / "scenarios").resolve() == library.SCENARIOS
     assert DEFAULT_DOCUMENTS == library.SAMPLES == SAMPLES.resolve()
-    assert (REPO / "pipeline" / "locustfile.py").resolve() == DEFAULT_LOCUSTFILE
+    assert (REPO / "pipeline/harness/perf/locustfile.py").resolve() == DEFAULT_LOCUSTFILE
     assert (
-        "from pipeline.locustfile import DocumentUser"
+        "from pipeline.harness.perf.locustfile import DocumentUser"
         in (REPO / "tests" / "load" / "locustfile.py").read_text()
     )
     package_data = PYPROJECT["tool"]["setuptools"]["package-data"]

@@ -10,15 +10,7 @@ import docx
 import pytest
 from pypdf import PdfWriter
 
-from pipeline.domain.models import FileType
-from pipeline.domain.pages import PAGE_MARKER_RE
-from pipeline.errors import (
-    CorruptDocument,
-    EmptyDocument,
-    PermanentError,
-    UnsupportedFileType,
-)
-from pipeline.parsers import (
+from pipeline.adapters.parsers import (
     ExtractedText,
     decode_text,
     detect_file_type,
@@ -27,6 +19,14 @@ from pipeline.parsers import (
     extract_pdf_pages,
     extract_text,
     html_to_text,
+)
+from pipeline.domain.models import FileType
+from pipeline.domain.pages import PAGE_MARKER_RE
+from pipeline.errors import (
+    CorruptDocument,
+    EmptyDocument,
+    PermanentError,
+    UnsupportedFileType,
 )
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"

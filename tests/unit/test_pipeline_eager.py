@@ -10,11 +10,11 @@ import pytest
 import sqlalchemy as sa
 
 from fakes.faults import FaultRule, RedisFaultInjector
-from pipeline import stages
+from pipeline.app import stages
+from pipeline.app.intake import collect_files, dispatch, submit_all, submit_and_dispatch
+from pipeline.app.report import build_report
 from pipeline.bootstrap import Services
 from pipeline.domain.models import EntityType, Stage, Status
-from pipeline.intake import collect_files, dispatch, submit_all, submit_and_dispatch
-from pipeline.report import build_report
 from tests.conftest import SAMPLES
 
 MakeServices = Callable[..., Services]

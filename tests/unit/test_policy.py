@@ -1,4 +1,4 @@
-"""The retry policy (pipeline/policy.py): a budget of attempts without progress, and a ceiling."""
+"""The retry policy (pipeline/app/policy.py): a budget of attempts without progress, a ceiling."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from pipeline.app.policy import Decision, decide, metered, record_progress
 from pipeline.domain.models import Stage
 from pipeline.errors import EmptyDocument, LockUnavailable, TransientError
-from pipeline.policy import Decision, decide, metered, record_progress
 from pipeline.settings import Settings
 
 STAGE = Stage.ENTITY_EXTRACTION

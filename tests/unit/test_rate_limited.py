@@ -8,13 +8,13 @@ from pathlib import Path
 import fakeredis
 import pytest
 
-from fakes.llm import RuleBasedEntityExtractor
 from pipeline.adapters.redis_features import RedisRateLimiter
+from pipeline.adapters.rule_based_llm import RuleBasedEntityExtractor
+from pipeline.app.intake import submit_and_dispatch
+from pipeline.app.rate_limited import RateLimitedEntityExtractor, needs_llm_rate_limit
 from pipeline.bootstrap import Services
 from pipeline.errors import RateLimited
-from pipeline.intake import submit_and_dispatch
-from pipeline.rate_limited import RateLimitedEntityExtractor, needs_llm_rate_limit
-from pipeline.simulation.clock import VirtualClock, VirtualRateLimiter
+from pipeline.harness.simulation.clock import VirtualClock, VirtualRateLimiter
 from tests.conftest import embedded_settings
 
 MakeServices = Callable[..., Services]

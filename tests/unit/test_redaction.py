@@ -19,9 +19,9 @@ from celery.signals import after_setup_task_logger
 from pydantic import SecretStr
 
 from pipeline.adapters.neo4j_graph import Neo4jGraphSink, create_neo4j_driver
+from pipeline.app.policy import readable
 from pipeline.domain.models import Stage
 from pipeline.errors import ConfigurationError, PermanentError, TransientError
-from pipeline.policy import readable
 from pipeline.redaction import RedactingFormatter, redact, redact_log_output, secret_values
 from pipeline.settings import Settings
 from tests.conftest import GOOD, docpipe
@@ -181,7 +181,7 @@ def test_log_lines_and_tracebacks_are_redacted() -> None:
 
 
 def test_celery_worker_loggers_are_redacted_when_celery_sets_them_up() -> None:
-    import pipeline.celery_app  # noqa: F401  (connects the signal receivers)
+    import pipeline.runtime.celery_app  # noqa: F401  (connects the signal receivers)
 
     settings(neo4j_password=SecretStr("Worker-Log-Secret-22"))
     stream = io.StringIO()
@@ -208,7 +208,7 @@ def test_a_common_word_as_secret_does_not_blank_out_docpipes_own_messages() -> N
 def test_flower_refusal_of_a_default_password_stays_readable() -> None:
     from click.testing import CliRunner
 
-    from pipeline.commands.flower import COMMANDS
+    from pipeline.cli.flower import COMMANDS
 
     env = {
         "DOCPIPE_BROKER_URL": "redis://127.0.0.1:6390/0",

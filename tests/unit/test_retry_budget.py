@@ -14,15 +14,15 @@ from typing import Any, Literal
 import pytest
 
 from fakes.faults import FaultRule, RedisFaultInjector, SharedFaultInjector, install_faults
+from pipeline.app.intake import claim_own, submit_file
+from pipeline.app.monolith import process_document
 from pipeline.bootstrap import Services, redis_client
 from pipeline.domain.models import Status
 from pipeline.errors import TransientError
-from pipeline.intake import claim_own, submit_file
-from pipeline.monolith import process_document
-from pipeline.scenarios.documents import legal_pages
-from pipeline.scenarios.model import Scenario
-from pipeline.scenarios.runner import RunReport, run_scenario
-from pipeline.simulation.clock import VirtualClock
+from pipeline.harness.scenarios.documents import legal_pages
+from pipeline.harness.scenarios.model import Scenario
+from pipeline.harness.scenarios.runner import RunReport, run_scenario
+from pipeline.harness.simulation.clock import VirtualClock
 from tests.unit.test_fake_ocr import RecordingClock
 
 MakeServices = Callable[..., Services]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.intake import scan_paths
+from pipeline.app.intake import scan_paths
 from tests.conftest import GOOD, docpipe
 
 

@@ -11,8 +11,8 @@ from moto import mock_aws
 
 from pipeline.adapters.aws import build_client
 from pipeline.adapters.s3_blob import S3BlobStore
-from pipeline.devstack import free_port
 from pipeline.errors import PermanentError, TransientError
+from pipeline.harness.localstack import free_port
 from tests.conftest import SAMPLES
 
 BUCKET = "docpipe-test"

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.scenarios.documents import materialize
-from pipeline.scenarios.model import ScenarioError, parse_scenario
+from pipeline.harness.scenarios.documents import materialize
+from pipeline.harness.scenarios.model import ScenarioError, parse_scenario
 from tests.conftest import REPO
 
 

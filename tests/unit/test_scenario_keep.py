@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.scenarios.runner import Check, RunReport, _forget_removed_folder, kept_run_folder
+from pipeline.harness.scenarios.runner import (
+    Check,
+    RunReport,
+    _forget_removed_folder,
+    kept_run_folder,
+)
 from tests.conftest import REPO, docpipe
 
 POISON = REPO / "scenarios" / "poison_document_dead_lettered.yaml"

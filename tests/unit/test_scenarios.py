@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from pipeline.scenarios.model import (
+from pipeline.harness.scenarios.model import (
     Scenario,
     ScenarioError,
     load_scenario,
     parse_scenario,
     schema_text,
 )
-from pipeline.scenarios.runner import RunReport, run_scenario
+from pipeline.harness.scenarios.runner import RunReport, run_scenario
 from tests.conftest import REPO
 
 SCENARIOS = REPO / "scenarios"
@@ -266,8 +266,8 @@ def test_cli_fails_a_database_cut_scenario_skipped_for_want_of_postgres(tmp_path
 
 
 def test_parity_pairs_sim_with_broker_when_eager_did_not_run() -> None:
-    from pipeline.commands.scenario import _parity_reports
-    from pipeline.scenarios.model import Scenario
+    from pipeline.harness.cli.scenario import _parity_reports
+    from pipeline.harness.scenarios.model import Scenario
 
     # A real run's documents, labelled as the sim run of a broker-only scenario.
     sim = run_scenario(Scenario.model_validate(minimal(name="killed")), None, "eager")

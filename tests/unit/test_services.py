@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from pipeline import celery_app
+from pipeline.app.intake import claim_own, dispatch, submit_all
+from pipeline.app.operations import dlq_replay
 from pipeline.bootstrap import discard_fake_redis_server, redis_client, start, use_services
 from pipeline.domain.models import Stage, Status
-from pipeline.intake import claim_own, dispatch, submit_all
-from pipeline.operations import dlq_replay
-from pipeline.services import current_services
+from pipeline.ports.services import current_services
+from pipeline.runtime import celery_app
 from tests.conftest import embedded_settings
 
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from pipeline.celery_app import TASK_NAMES, celery_config, task_routes
 from pipeline.domain.models import STAGE_ORDER
+from pipeline.runtime.celery_app import TASK_NAMES, celery_config, task_routes
+from pipeline.runtime.tasks import retry_countdown
 from pipeline.settings import Settings, redact_url
-from pipeline.tasks import retry_countdown
 
 
 def settings(**values: object) -> Settings:

@@ -9,10 +9,10 @@ from typing import Any
 import fakeredis
 
 from fakes.faults import FaultRule, RedisFaultInjector
-from pipeline.latency import LatencyProfile, build_profile
-from pipeline.simulation.engine import Crash, SimConfig, SimResult, Simulator, WorkerSpec
-from pipeline.simulation.model import DocumentShape, ModelExecutor, Policy
-from pipeline.simulation.real import StageExecutor, sim_settings
+from pipeline.adapters.latency import LatencyProfile, build_profile
+from pipeline.harness.simulation.engine import Crash, SimConfig, SimResult, Simulator, WorkerSpec
+from pipeline.harness.simulation.model import DocumentShape, ModelExecutor, Policy
+from pipeline.harness.simulation.real import StageExecutor, sim_settings
 
 FIXED = build_profile(
     "none",
@@ -265,9 +265,9 @@ def test_real_runs_are_byte_identical_for_the_same_seed() -> None:
 
 
 def test_prediction_for_the_load_test_is_rate_limited_and_deterministic() -> None:
-    from pipeline.loadtest import PLAN_LAYOUT_SPEC, parse_layout
+    from pipeline.harness.perf.loadtest import PLAN_LAYOUT_SPEC, parse_layout
+    from pipeline.harness.simulation.predict import document_shapes, predict_load
     from pipeline.settings import Settings
-    from pipeline.simulation.predict import document_shapes, predict_load
 
     shapes = document_shapes(sorted(SAMPLES.iterdir()))
     profile = build_profile("reference", time_scale=0.1)
@@ -286,7 +286,7 @@ def test_simulate_names_the_bottleneck_and_the_smallest_layout(tmp_path: Path) -
 
     from click.testing import CliRunner
 
-    from pipeline.commands.simulate import simulate
+    from pipeline.harness.cli.simulate import simulate
 
     argv = ["--target-docs-per-hour", "1200", "--llm-rate-limit", "500/60", "--docs", "200"]
     # A fresh clone has no report/: the folders are created, the simulation kept.
@@ -333,8 +333,8 @@ def test_simulate_refuses_a_plot_path_that_is_a_folder_before_simulating(tmp_pat
 
 
 def test_scenarios_run_in_sim_mode_with_the_same_outcome_as_eager() -> None:
-    from pipeline.scenarios.model import load_scenario
-    from pipeline.scenarios.runner import parity, run_scenario
+    from pipeline.harness.scenarios.model import load_scenario
+    from pipeline.harness.scenarios.runner import parity, run_scenario
 
     path = (
         Path(__file__).resolve().parents[2] / "scenarios" / "llm_429_storm_shared_rate_limit.yaml"
@@ -347,8 +347,8 @@ def test_scenarios_run_in_sim_mode_with_the_same_outcome_as_eager() -> None:
 
 
 def test_sim_mode_runs_worker_kills_and_skips_what_needs_real_processes() -> None:
-    from pipeline.scenarios.model import load_scenario
-    from pipeline.scenarios.runner import run_scenario
+    from pipeline.harness.scenarios.model import load_scenario
+    from pipeline.harness.scenarios.runner import run_scenario
 
     folder = Path(__file__).resolve().parents[2] / "scenarios"
     for name, lost in (("worker_killed_during_ocr", 1), ("poison_kills_worker_dead_lettered", 2)):

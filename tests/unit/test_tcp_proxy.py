@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipeline.scenarios.tcp_proxy import TcpProxy
+from pipeline.harness.scenarios.tcp_proxy import TcpProxy
 
 
 @pytest.fixture

@@ -17,8 +17,11 @@ from moto import mock_aws
 from fakes.faults import FaultRule, RedisFaultInjector
 from fakes.textract_sim import NOISE_TEXTS, TextractSimulator
 from pipeline.adapters.aws import build_client
+from pipeline.adapters.parsers import extract_pdf_pages
 from pipeline.adapters.s3_blob import S3BlobStore
 from pipeline.adapters.textract import TextractOcrEngine, client_request_token
+from pipeline.app.intake import collect_files, submit_and_dispatch
+from pipeline.app.report import build_report
 from pipeline.bootstrap import Services, build_services
 from pipeline.domain.models import OcrJob
 from pipeline.domain.pages import PAGE_MARKER_RE, join_pages
@@ -29,10 +32,7 @@ from pipeline.errors import (
     TransientError,
     UnsupportedFileType,
 )
-from pipeline.intake import collect_files, submit_and_dispatch
-from pipeline.parsers import extract_pdf_pages
 from pipeline.ports import OcrRequest
-from pipeline.report import build_report
 from tests.conftest import SAMPLES, embedded_settings
 
 BUCKET = "docpipe-test"

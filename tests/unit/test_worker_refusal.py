@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.broker import broker_problems
+from pipeline.runtime.broker import broker_problems
 from pipeline.settings import Settings
 from tests.conftest import REPO
 
@@ -25,7 +25,7 @@ REFUSAL = "error: cannot start a worker: "
 def start_worker(
     cwd: Path, command: str, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """`docpipe worker ARGS` or `celery -A pipeline.celery_app ARGS`, in a clean environment."""
+    """`docpipe worker ARGS` or `celery -A pipeline.runtime.celery_app ARGS`, in a clean env."""
     base = {
         "PATH": "/usr/bin:/bin",
         "PYTHONPATH": str(REPO),
@@ -36,7 +36,7 @@ def start_worker(
     prefix = (
         ["-m", "pipeline", "worker"]
         if command == "docpipe"
-        else ["-m", "celery", "-A", "pipeline.celery_app"]
+        else ["-m", "celery", "-A", "pipeline.runtime.celery_app"]
     )
     return subprocess.run(
         [sys.executable, *prefix, *args],

@@ -1,0 +1,479 @@
+"""One function per stage: the only place stage logic lives.
+
+Each takes the services and a document id (plus the processing version the
+message was sent for), is idempotent, and says what comes next. A stage that
+finds its document stale, finished or already taken over by a later stage
+does nothing (a duplicate delivery); one that finds it at its own step runs
+again and rewrites identical rows (a redelivery after a crash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import uuid
+from dataclasses import dataclass
+
+from pipeline.app.policy import record_progress
+from pipeline.domain.categorize import categorize
+from pipeline.domain.chunking import chunk_text
+from pipeline.domain.cleaning import clean_text, derive_title
+from pipeline.domain.entities import build_mentions, parse_llm_entities
+from pipeline.domain.graph import stage_relationships
+from pipeline.domain.models import (
+    INTAKE_PDF_PAGES,
+    Chunk,
+    DocumentNode,
+    Fence,
+    FileType,
+    Mention,
+    OcrJob,
+    QueueStatus,
+    SourceDocument,
+    Stage,
+    Status,
+    progress_rank,
+    stable_uuid,
+)
+from pipeline.domain.resolution import resolve_mentions
+from pipeline.errors import DocumentTooLarge, EmptyDocument, PermanentError
+from pipeline.ports import OcrRequest
+from pipeline.ports.services import Services
+
+log = logging.getLogger(__name__)
+
+#: Bump when stage logic changes what it caches: old cache entries then miss.
+CACHE_SCHEMA = "1"
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What the task layer does next: chain a stage, poll OCR again, or nothing."""
+
+    next_stage: Stage | None = None
+    poll_job_id: str | None = None
+    #: Polls made so far; travels in the next poll's message.
+    polls: int = 0
+    skipped: bool = False
+    detail: str = ""
+
+
+SKIPPED = StageResult(skipped=True)
+
+#: Highest status at which a stage may still (re)run; above it a later stage owns the document.
+_CEILING: dict[Stage, Status] = {
+    Stage.OCR: Status.OCR_COMPLETE,
+    Stage.DOCUMENT_NODE: Status.TEXT_PROCESSING,
+    Stage.CHUNKING: Status.TEXT_PROCESSING,
+    Stage.ENTITY_EXTRACTION: Status.ENTITY_EXTRACTION,
+    Stage.ENTITY_RESOLUTION: Status.ENTITY_RESOLUTION,
+    Stage.RELATIONSHIPS: Status.GRAPH_BUILDING,
+}
+
+
+#: How often `begin` re-reads a document that moved between its read and its claim.
+_CLAIM_ATTEMPTS = 3
+
+#: The claim of the delivery running on this thread (greenlet under gevent), so the task
+#: layer can fence the failure it records too (`claimed_fence`).
+_delivery = threading.local()
+
+
+def forget_claim() -> None:
+    """Forget the last delivery's claim; the task layer calls it before each stage."""
+    _delivery.fence = None
+
+
+def claimed_fence() -> Fence | None:
+    """The fence `begin` claimed for the stage that last ran here, if it got that far."""
+    fence: Fence | None = getattr(_delivery, "fence", None)
+    return fence
+
+
+def begin(
+    services: Services, stage: Stage, document_uuid: str, version: int
+) -> SourceDocument | None:
+    """Load the document and claim it for this delivery, or None for a duplicate delivery.
+
+    The claim (one conditional UPDATE) moves the document to the stage's
+    status and gives it a fresh fencing token: every write of this delivery
+    passes `Fence.of(document)` and commits only while the document is still
+    there. A later delivery of the same stage (a redelivery while this one
+    stalls) claims it anew, and this one's writes are refused (StaleDelivery).
+    """
+    for _ in range(_CLAIM_ATTEMPTS):
+        try:
+            document = services.store.get_document(document_uuid)
+        except KeyError:
+            log.warning("%s: document %s no longer exists; dropping the task", stage, document_uuid)
+            return None
+        if document.processing_version != version or document.status.is_terminal:
+            return None
+        if progress_rank(document.status) > progress_rank(_CEILING[stage]):
+            return None
+        status = document.status
+        if progress_rank(status) < progress_rank(stage.running_status):
+            status = stage.running_status
+        claimed = services.store.claim_delivery(
+            document_uuid,
+            processing_version=version,
+            found_status=document.status,
+            status=status,
+            stage=str(stage),
+        )
+        if claimed is None:
+            continue  # it moved between the read and the claim: judge it again
+        _delivery.fence = Fence.of(claimed)
+        if claimed.status is not document.status:
+            services.state.record(document_uuid, str(stage), str(claimed.status))
+        services.state.record(document_uuid, str(stage), "started")
+        return claimed
+    log.warning("%s %s: the document kept moving; dropping the task", stage, document_uuid)
+    return None
+
+
+def mark(
+    services: Services,
+    document: SourceDocument,
+    stage: Stage,
+    status: Status,
+    *,
+    error: str | None = None,
+    metadata: dict[str, object] | None = None,
+    celery_task_id: str | None = None,
+    fence: Fence | None = None,
+) -> bool:
+    """Record a transition in the database (with history) and the Redis state hash.
+
+    With a `fence` (a stage delivery's own transition) it commits only while
+    that delivery still holds the document (else StaleDelivery).
+    """
+    changed = services.store.advance_status(
+        document.uuid,
+        status,
+        stage=str(stage),
+        processing_version=document.processing_version,
+        error_message=error,
+        celery_task_id=celery_task_id,
+        fence=fence,
+    )
+    if changed:
+        state_meta = dict(metadata or {})
+        if error:
+            state_meta["error"] = error
+        services.state.record(document.uuid, str(stage), str(status), state_meta or None)
+    return changed
+
+
+def cache_key(document: SourceDocument, *parts: str) -> str:
+    return ":".join((f"v{CACHE_SCHEMA}.{document.processing_version}", document.uuid, *parts))
+
+
+# --- stage 1: OCR / text extraction ------------------------------------------------
+
+
+def start_ocr(services: Services, document_uuid: str, version: int, attempt: str) -> StageResult:
+    document = begin(services, Stage.OCR, document_uuid, version)
+    if document is None:
+        return SKIPPED
+    if document.size_bytes > services.settings.max_file_bytes:
+        raise DocumentTooLarge.over_limit(
+            f"file is {document.size_bytes:,} bytes",
+            "max_file_bytes",
+            services.settings.max_file_bytes,
+            "bytes",
+        )
+    intake_pages = document.ocr_metadata.get(INTAKE_PDF_PAGES)
+    if isinstance(intake_pages, int) and intake_pages > services.settings.max_pdf_pages:
+        # Counted at intake, where the file was kept from the upload.
+        raise DocumentTooLarge.over_limit(
+            f"PDF has {intake_pages:,} pages",
+            "max_pdf_pages",
+            services.settings.max_pdf_pages,
+            "pages",
+        )
+    cached = services.cache.get(cache_key(document, "ocr"))
+    if cached is not None and document.raw_text is not None:
+        return _finish_ocr(services, document, document.raw_text, dict(document.ocr_metadata))
+
+    try:
+        data = services.blobs.get(document.storage_key)
+    except KeyError:
+        raise PermanentError(f"the stored file {document.storage_key} is missing") from None
+    file_type = services.parser.detect_file_type(document.original_file_name, data)
+    if file_type is FileType.PDF:
+        pages = services.parser.page_count(data)
+        if pages is not None and pages > services.settings.max_pdf_pages:
+            # Textract's asynchronous limit; refused before a job is started (and paid for).
+            raise DocumentTooLarge.over_limit(
+                f"PDF has {pages:,} pages",
+                "max_pdf_pages",
+                services.settings.max_pdf_pages,
+                "pages",
+            )
+        token = stable_uuid(document.uuid, "ocr", document.processing_version, attempt)
+        job_id = services.ocr.start(
+            OcrRequest(
+                document_uuid=document.uuid,
+                storage_key=document.storage_key,
+                file_type=str(file_type),
+                client_request_token=token,
+            )
+        )
+        services.store.record_ocr_job(document.uuid, job_id, token, OcrJob.IN_PROGRESS)
+        return StageResult(poll_job_id=job_id, detail="ocr job started")
+    extracted = services.parser.extract(file_type, data, document.uuid)
+    return _finish_ocr(
+        services,
+        document,
+        extracted.text,
+        {"method": extracted.method, "pages": extracted.pages},
+    )
+
+
+def poll_ocr(
+    services: Services, document_uuid: str, version: int, job_id: str, polls: int
+) -> StageResult:
+    """One poll; the task reschedules itself with a countdown while the job runs."""
+    document = begin(services, Stage.OCR, document_uuid, version)
+    if document is None:
+        return SKIPPED
+    job = services.ocr.poll(job_id)
+    services.store.update_ocr_job(job_id, job.state, polls + 1)
+    if job.state == OcrJob.IN_PROGRESS:
+        if polls + 1 >= services.settings.ocr_max_polls:
+            raise PermanentError(
+                f"OCR job {job_id} still running after {polls + 1} polls; giving up"
+            )
+        return StageResult(poll_job_id=job_id, polls=polls + 1, detail="ocr job in progress")
+    if job.state == OcrJob.FAILED:
+        raise PermanentError(f"OCR job failed: {job.error or 'no reason given'}")
+    metadata: dict[str, object] = {"method": "ocr", "pages": job.pages, "job_id": job_id}
+    metadata.update(job.metadata)
+    return _finish_ocr(services, document, job.text, metadata)
+
+
+def _finish_ocr(
+    services: Services, document: SourceDocument, text: str, metadata: dict[str, object]
+) -> StageResult:
+    if not text.strip():
+        raise EmptyDocument("no text could be extracted from the document")
+    limit = services.settings.max_extracted_chars
+    if len(text) > limit:
+        # The local parsers stop at the limit themselves; an OCR engine's text is
+        # bounded here, before it is stored and chunked.
+        raise DocumentTooLarge.over_limit(
+            f"the extracted text has {len(text):,} characters",
+            "max_extracted_chars",
+            limit,
+            "characters",
+        )
+    fence = Fence.of(document)
+    services.store.save_raw_text(document.uuid, text, metadata, fence=fence)
+    services.cache.set(cache_key(document, "ocr"), "1", services.settings.cache_ttl_s)
+    mark(services, document, Stage.OCR, Status.OCR_COMPLETE, metadata=metadata, fence=fence)
+    return StageResult(next_stage=Stage.DOCUMENT_NODE)
+
+
+# --- stages 2 and 3: document node and chunking ----------------------------------------
+
+
+def create_document_node(services: Services, document_uuid: str, version: int) -> StageResult:
+    document = begin(services, Stage.DOCUMENT_NODE, document_uuid, version)
+    if document is None:
+        return SKIPPED
+    if document.raw_text is None:
+        # Failure 7: never start on a document whose OCR has not produced text.
+        raise PermanentError("document node started before OCR produced any text")
+    cleaned = clean_text(document.raw_text)
+    if not cleaned:
+        raise EmptyDocument("the document's text is empty after cleaning")
+    node = DocumentNode(
+        uuid=document.uuid,
+        project_uuid=document.project_uuid,
+        title=derive_title(document.original_file_name, cleaned),
+        category=categorize(cleaned, document.original_file_name),
+        cleaned_text=cleaned,
+    )
+    services.store.save_document_node(node, fence=Fence.of(document))
+    return StageResult(next_stage=Stage.CHUNKING)
+
+
+def chunk_document(services: Services, document_uuid: str, version: int) -> StageResult:
+    document = begin(services, Stage.CHUNKING, document_uuid, version)
+    if document is None:
+        return SKIPPED
+    node = services.store.get_document_node(document_uuid)
+    settings = services.settings
+    spans = chunk_text(
+        node.cleaned_text, min_chars=settings.chunk_min_chars, max_chars=settings.chunk_max_chars
+    )
+    if len(spans) > settings.max_chunks_per_document:
+        # Checked before any row is written: every later stage grows with the chunks.
+        raise DocumentTooLarge.over_limit(
+            f"the text makes {len(spans):,} chunks",
+            "max_chunks_per_document",
+            settings.max_chunks_per_document,
+            "chunks per document",
+        )
+    chunks = [
+        Chunk(
+            uuid=stable_uuid(document_uuid, "chunk", span.index),
+            document_uuid=document_uuid,
+            chunk_index=span.index,
+            start=span.start,
+            end=span.end,
+            text=span.text,
+        )
+        for span in spans
+    ]
+    services.store.replace_chunks(document_uuid, chunks, fence=Fence.of(document))
+    return StageResult(next_stage=Stage.ENTITY_EXTRACTION, detail=f"{len(chunks)} chunks")
+
+
+# --- stages 4 and 5: entities ------------------------------------------------------
+
+
+def extract_entities(services: Services, document_uuid: str, version: int) -> StageResult:
+    document = begin(services, Stage.ENTITY_EXTRACTION, document_uuid, version)
+    if document is None:
+        return SKIPPED
+    extractor = services.extractor
+    mentions: list[Mention] = []
+    for chunk in services.store.get_chunks(document_uuid):
+        digest = hashlib.sha256(chunk.text.encode()).hexdigest()
+        key = cache_key(document, "llm", extractor.model, digest)
+        payload = services.cache.get(key)
+        if payload is None:
+            # A rate-limited extractor (pipeline/app/rate_limited.py) waits for its slot here.
+            payload = extractor.extract(chunk.text)
+            # Parse before caching: a malformed answer raises and is never cached (failure 10).
+            entities = parse_llm_entities(payload, chunk.text)
+            services.cache.set(key, payload, services.settings.cache_ttl_s)
+            # Kept even if a later chunk fails: the retry budget counts this as progress.
+            record_progress()
+        else:
+            entities = parse_llm_entities(payload, chunk.text)
+        mentions.extend(build_mentions(document_uuid, chunk, entities))
+        if len(mentions) > services.settings.max_mentions_per_document:
+            # Resolution and relationship staging grow with the mentions; stop here.
+            raise DocumentTooLarge.over_limit(
+                f"the text holds more than {services.settings.max_mentions_per_document:,} "
+                "entity mentions",
+                "max_mentions_per_document",
+                services.settings.max_mentions_per_document,
+                "mentions per document",
+            )
+    services.store.replace_mentions(document_uuid, mentions, fence=Fence.of(document))
+    return StageResult(next_stage=Stage.ENTITY_RESOLUTION, detail=f"{len(mentions)} mentions")
+
+
+def resolve_entities(services: Services, document_uuid: str, version: int) -> StageResult:
+    document = begin(services, Stage.ENTITY_RESOLUTION, document_uuid, version)
+    if document is None:
+        return SKIPPED
+    mentions = services.store.get_mentions(document_uuid)
+    resolution = resolve_mentions(
+        document_uuid, mentions, fuzzy_threshold=services.settings.fuzzy_threshold
+    )
+    services.store.replace_canonical_entities(
+        document_uuid,
+        resolution.entities,
+        resolution.mention_canonical,
+        fence=Fence.of(document),
+    )
+    return StageResult(next_stage=Stage.RELATIONSHIPS)
+
+
+# --- stage 6: relationship staging -------------------------------------------------
+
+
+def build_relationships(services: Services, document_uuid: str, version: int) -> StageResult:
+    document = begin(services, Stage.RELATIONSHIPS, document_uuid, version)
+    if document is None:
+        return SKIPPED
+    store = services.store
+    node = store.get_document_node(document_uuid)
+    chunks = store.get_chunks(document_uuid)
+    mentions = store.get_mentions(document_uuid)
+    entities = store.get_canonical_entities(document_uuid)
+    relationships = stage_relationships(node, chunks, mentions, entities)
+    fence = Fence.of(document)
+    store.replace_relationships(document_uuid, relationships, fence=fence)
+    # The graph sink is outside the database transaction: the fence is checked right
+    # before it (a delivery that loses its claim during the write itself still writes;
+    # MERGE on stable ids keeps that write identical to the winner's).
+    store.check_fence(fence)
+    services.graph.write(node, chunks, mentions, entities, relationships)
+    # Completing also closes the queue row, in the same commit.
+    mark(services, document, Stage.RELATIONSHIPS, Status.COMPLETED, fence=fence)
+    return StageResult()
+
+
+def fail(
+    services: Services,
+    document_uuid: str,
+    version: int,
+    stage: Stage,
+    status: Status,
+    reason: str,
+    *,
+    fence: Fence | None = None,
+) -> None:
+    """Record a terminal failure with its readable reason; other documents go on.
+
+    With the failing delivery's `fence`, an overtaken delivery cannot fail a document
+    its successor carries on (StaleDelivery, nothing recorded).
+    """
+    try:
+        document = services.store.get_document(document_uuid)
+    except KeyError:
+        return
+    if document.processing_version != version:
+        return
+    mark(services, document, stage, status, error=reason, fence=fence)
+
+
+STAGE_FUNCTIONS = {
+    Stage.DOCUMENT_NODE: create_document_node,
+    Stage.CHUNKING: chunk_document,
+    Stage.ENTITY_EXTRACTION: extract_entities,
+    Stage.ENTITY_RESOLUTION: resolve_entities,
+    Stage.RELATIONSHIPS: build_relationships,
+}
+
+
+def back_to_pending(services: Services, document_uuid: str, *, stage: str) -> None:
+    """New processing version, no derived rows, no open queue row, no dead letter.
+
+    What reset, migrate and `docpipe run --reprocess` do to a document before it
+    is queued again (`stage` names which of them, in its history).
+    """
+    store = services.store
+    store.force_status(document_uuid, Status.PENDING, stage=stage, bump_version=True)
+    store.clear_derived(document_uuid)
+    store.finish_queue_entry(document_uuid, QueueStatus.CANCELLED, f"cancelled by {stage}")
+    store.remove_dead_letters([document_uuid])
+
+
+def dispatch(services: Services, document_uuid: str) -> str:
+    """Mark the document queued (one commit with its task id), then send its first task.
+
+    Returns the task id. The send goes through the services' dispatcher (Celery
+    in every mode but the simulator's), after the commit: rows first.
+    """
+    document = services.store.get_document(document_uuid)
+    task_id = str(uuid.uuid4())
+    mark(
+        services,
+        document,
+        Stage.OCR,
+        Status.OCR_QUEUED,
+        metadata={"task_id": task_id},
+        celery_task_id=task_id,
+    )
+    services.dispatcher.send_stage(
+        Stage.OCR, document_uuid, document.processing_version, task_id=task_id
+    )
+    return task_id

@@ -1,1 +1,0 @@
-"""CLI command groups beyond `run` and `status`; each module exports `COMMANDS`."""

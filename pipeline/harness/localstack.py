@@ -1,0 +1,309 @@
+"""A private stack on this machine: a throw-away redis-server, throw-away PostgreSQL
+databases and `docpipe worker` processes.
+
+Used by broker-mode scenarios, the load test and the integration tests. The
+redis-server listens on a free loopback port (never the user's Redis on 6379)
+with no persistence (unless asked for) and `noeviction`; workers are `python -m pipeline worker`
+subprocesses that share one environment and log to files in the work folder.
+PostgreSQL databases (`docpipe_test_<hex>`) are created on a server the
+caller names with an admin URL and dropped again; no other database is touched.
+Every wait is bounded in time; stopping is SIGTERM, a bounded wait, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from celery import Celery
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import NullPool
+
+from pipeline.domain.models import QUEUES
+from pipeline.errors import ConfigurationError
+from pipeline.settings import redact_url
+
+HOST = "127.0.0.1"
+#: Seconds a redis-server gets to answer PING after it was started.
+REDIS_START_TIMEOUT_S = 10.0
+#: Seconds a redis-server gets to exit after SIGTERM (and again after SIGKILL).
+REDIS_STOP_TIMEOUT_S = 10.0
+
+
+class WorkersNotReady(ConfigurationError):
+    """A queue still had no consumer when the deadline passed, or a worker exited."""
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """SIGTERM (if still running), wait up to `timeout_s`, then SIGKILL and wait as long again."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    _reap(process, timeout_s)
+
+
+def _reap(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout_s)
+
+
+def settings_values(env: Mapping[str, str]) -> dict[str, str]:
+    """The DOCPIPE_* variables of `env` as Settings keyword values (DOCPIPE_UNDER_TEST aside)."""
+    return {
+        key.removeprefix("DOCPIPE_").lower(): value
+        for key, value in env.items()
+        if key.startswith("DOCPIPE_") and key != "DOCPIPE_UNDER_TEST"
+    }
+
+
+# --- redis ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RedisServer:
+    port: int
+    process: subprocess.Popen[bytes]
+    workdir: Path
+    #: Started with an append-only file fsynced on every write (survives a restart).
+    persistent: bool = False
+    #: More redis-server options (tests: `--maxmemory-policy allkeys-lru`), kept on restart.
+    extra_args: tuple[str, ...] = ()
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://{HOST}:{self.port}/{db}"
+
+    def client(self, db: int = 0, **options: Any) -> redis.Redis:
+        return redis.Redis(host=HOST, port=self.port, db=db, **options)
+
+    def stop(self) -> None:
+        stop_process(self.process, REDIS_STOP_TIMEOUT_S)
+
+    def restart(self) -> None:
+        """Stop and start again on the same port (and folder).
+
+        The data is gone, unless the server is `persistent` (it reloads its append-only file).
+        """
+        self.stop()
+        self.start_again()
+
+    def start_again(self) -> None:
+        """Start a stopped server on the same port, folder and persistence."""
+        self.process = start_redis(
+            self.workdir, port=self.port, persistent=self.persistent, extra_args=self.extra_args
+        ).process
+
+    def __enter__(self) -> RedisServer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def start_redis(
+    workdir: Path,
+    port: int | None = None,
+    *,
+    persistent: bool = False,
+    extra_args: Sequence[str] = (),
+) -> RedisServer:
+    """A fresh redis-server on `port` (default: a free one), answering PING, or an error.
+
+    `persistent`: an append-only file in `workdir`, fsynced on every write, so a
+    stop and `start_again` lose nothing (queued and unacked messages included).
+    `extra_args` come last, so they override the defaults above.
+    """
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ConfigurationError("redis-server is not on PATH (apt-get install redis-server)")
+    port = port or free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    appendonly = ["yes", "--appendfsync", "always"] if persistent else ["no"]
+    argv = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", *appendonly]
+    argv += ["--dir", str(workdir), "--maxmemory-policy", "noeviction", *extra_args]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = RedisServer(
+        port=port,
+        process=process,
+        workdir=workdir,
+        persistent=persistent,
+        extra_args=tuple(extra_args),
+    )
+    client = server.client(socket_connect_timeout=1)
+    deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if client.ping():
+                    return server
+            except redis.ConnectionError:
+                time.sleep(0.05)
+    finally:
+        client.close()
+    server.stop()
+    raise ConfigurationError(f"redis-server did not start on port {port}")
+
+
+# --- workers -------------------------------------------------------------------------------
+
+
+def pool_children(pid: int) -> list[int]:
+    """Child processes of a worker (its prefork pool), from /proc."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        children.extend(int(child) for child in text)
+    return children
+
+
+@dataclass
+class WorkerGroup:
+    """`docpipe worker` subprocesses with one environment, logging to `workdir`."""
+
+    workdir: Path
+    env: Mapping[str, str]
+    loglevel: str = "INFO"
+    #: Seconds each worker gets to exit after SIGTERM (and again after SIGKILL).
+    stop_timeout_s: float = 15.0
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: dict[int, Path] = field(default_factory=dict)
+
+    def start(
+        self,
+        queues: str | Sequence[str],
+        *,
+        pool: str,
+        concurrency: int,
+        name: str,
+        log: str | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """One worker, node name `{name}-{our pid}@%h`, output in `worker-{log or name}.log`."""
+        queue_list = queues if isinstance(queues, str) else ",".join(queues)
+        argv = [sys.executable, "-m", "pipeline", "worker", "--queues", queue_list]
+        argv += ["--pool", pool, "--concurrency", str(concurrency)]
+        argv += ["--hostname", f"{name}-{os.getpid()}@%h", "--loglevel", self.loglevel]
+        path = self.workdir / f"worker-{log or name}.log"
+        with path.open("ab") as output:
+            process = subprocess.Popen(
+                argv, cwd=self.workdir, env=dict(self.env), stdout=output, stderr=subprocess.STDOUT
+            )
+        self.processes.append(process)
+        self.logs[process.pid] = path
+        return process
+
+    def exited(self) -> subprocess.Popen[bytes] | None:
+        """The first worker that is no longer running, if any."""
+        return next((p for p in self.processes if p.poll() is not None), None)
+
+    def wait_for_consumers(
+        self,
+        app: Celery,
+        queues: Sequence[str] = QUEUES,
+        *,
+        timeout_s: float,
+        required: Collection[str] | None = None,
+    ) -> list[str]:
+        """Wait until every `required` queue (default: all `queues`) has a consumer.
+
+        Asks about all `queues` at once and returns those still without a
+        consumer in that one answer (a slow reply would make every queue look
+        idle). Fails when `timeout_s` passes, or at once when a worker exits.
+        """
+        needed = set(queues if required is None else required)
+        deadline = time.monotonic() + timeout_s
+        while needed & set(idle := _queues_without_consumers(app, queues)):
+            if time.monotonic() > deadline:
+                raise WorkersNotReady(
+                    f"workers did not come up within {timeout_s:g} s; see logs in {self.workdir}"
+                )
+            if (worker := self.exited()) is not None:
+                raise WorkersNotReady(
+                    f"a worker exited early (exit code {worker.returncode}); "
+                    f"see {self.logs[worker.pid]}"
+                )
+        return idle
+
+    def stop(self) -> None:
+        """SIGTERM to all, then each gets `stop_timeout_s` before SIGKILL."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            _reap(process, self.stop_timeout_s)
+        self.processes.clear()
+
+    def __enter__(self) -> WorkerGroup:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def _queues_without_consumers(app: Celery, queues: Sequence[str]) -> list[str]:
+    from pipeline.runtime.broker import queues_without_consumers
+
+    return queues_without_consumers(app, queues, timeout=0.5)
+
+
+class PostgresDatabases:
+    """Creates uniquely named databases on one server and drops them again (WITH (FORCE))."""
+
+    def __init__(self, admin_url: str) -> None:
+        url = make_url(admin_url)
+        if url.drivername in ("postgresql", "postgres"):
+            url = url.set(drivername="postgresql+psycopg")
+        self._url = url
+        self._admin = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+        self._created: list[str] = []
+
+    def ping(self) -> None:
+        """Raise ConfigurationError (password redacted) when the server cannot be reached."""
+        try:
+            with self._admin.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except OperationalError as exc:
+            shown = redact_url(self._url.render_as_string(hide_password=False))
+            raise ConfigurationError(f"PostgreSQL is unreachable at {shown}: {exc.orig}") from exc
+
+    def create(self) -> str:
+        """Create an empty database; returns its URL (psycopg 3 driver)."""
+        name = f"docpipe_test_{uuid.uuid4().hex[:16]}"
+        with self._admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        self._created.append(name)
+        return self._url.set(database=name).render_as_string(hide_password=False)
+
+    def drop(self, database_url: str) -> None:
+        name = make_url(database_url).database
+        if name is None or name not in self._created:
+            raise ValueError(f"{redact_url(database_url)} was not created here")
+        with self._admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        self._created.remove(name)
+
+    def drop_all(self) -> None:
+        for name in list(self._created):
+            self.drop(self._url.set(database=name).render_as_string(hide_password=False))
+        self._admin.dispose()

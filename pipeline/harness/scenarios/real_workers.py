@@ -1,0 +1,170 @@
+"""Broker mode for scenarios: a private redis-server and real worker processes.
+
+Everything is started for one scenario run and stopped after it: a fresh
+redis-server on a free loopback port (broker in db 0, state in db 1), SQLite
+and blobs in the run's directory, and `docpipe worker` subprocesses with the
+scenario's settings in their environment and `DOCPIPE_FAULT_INJECTION=true`,
+so the faults installed in Redis reach them (REFERENCE.md failure 14).
+The processes themselves are pipeline.harness.localstack's.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from sqlalchemy.engine import make_url
+
+from pipeline.domain.models import QUEUES
+from pipeline.errors import ConfigurationError
+from pipeline.harness import localstack as devstack
+from pipeline.harness.scenarios.tcp_proxy import TcpProxy
+
+#: Queue each port's calls run on (a worker killed by a fault there must be prefork).
+PORT_QUEUES = {"ocr": "ocr", "parser": "ocr", "llm": "entity"}
+
+
+@dataclass
+class WorkerSpec:
+    queues: tuple[str, ...]
+    pool: str
+    concurrency: int
+
+
+def worker_layout(prefork_queues: set[str], omit: Sequence[str] = ()) -> list[WorkerSpec]:
+    """OCR (and any queue a kill fault hits) on prefork; the rest on one threads worker."""
+    served = [q for q in QUEUES if q not in omit]
+    prefork = tuple(q for q in served if q == "ocr" or q in prefork_queues)
+    threads = tuple(q for q in served if q not in prefork)
+    layout = []
+    if prefork:
+        layout.append(WorkerSpec(prefork, "prefork", max(1, len(prefork))))
+    if threads:
+        layout.append(WorkerSpec(threads, "threads", 4))
+    return layout
+
+
+@dataclass
+class BrokerEnvironment:
+    workdir: Path
+    settings_env: Mapping[str, str]
+    server: devstack.RedisServer | None = None
+    workers: devstack.WorkerGroup | None = None
+    #: Redis with an fsynced append-only file (scenarios that restart it).
+    persistent: bool = False
+    #: Admin URL of a PostgreSQL server: the run gets a throw-away database there, which
+    #: workers reach through `database_proxy` (scenarios that cut the database off).
+    postgres_admin_url: str | None = None
+    database_proxy: TcpProxy | None = None
+    _databases: devstack.PostgresDatabases | None = None
+    _database_url: str | None = None
+
+    # --- the database --------------------------------------------------------------
+    def start_database(self) -> None:
+        """SQLite in the work folder, or a throw-away PostgreSQL database behind a proxy."""
+        if self.postgres_admin_url is None:
+            return
+        databases = devstack.PostgresDatabases(self.postgres_admin_url)
+        self._databases = databases
+        databases.ping()
+        self._database_url = databases.create()
+        url = make_url(self._database_url)
+        self.database_proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432).start()
+
+    def _proxy(self) -> TcpProxy:
+        if self.database_proxy is None:
+            raise ConfigurationError("broker mode: the database runs without a proxy")
+        return self.database_proxy
+
+    @property
+    def database_url(self) -> str:
+        """What this process uses: the database itself."""
+        return self._database_url or f"sqlite:///{self.workdir / 'docpipe.db'}"
+
+    @property
+    def worker_database_url(self) -> str:
+        """What workers use: through the proxy when there is one."""
+        if self.database_proxy is None or self._database_url is None:
+            return self.database_url
+        proxied = make_url(self._database_url).set(
+            host=self.database_proxy.host, port=self.database_proxy.port
+        )
+        return proxied.render_as_string(hide_password=False)
+
+    # --- redis -------------------------------------------------------------------------
+    def start_redis(self) -> None:
+        try:
+            self.server = devstack.start_redis(self.workdir, persistent=self.persistent)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"broker mode: {exc}") from exc
+
+    def url(self, db: int) -> str:
+        return self._redis().url(db)
+
+    def client(self, db: int) -> redis.Redis:
+        return self._redis().client(db, socket_timeout=5)
+
+    def _redis(self) -> devstack.RedisServer:
+        if self.server is None:
+            raise ConfigurationError("broker mode: the redis-server was not started")
+        return self.server
+
+    # --- configuration shared by this process and the workers -----------------------
+    @property
+    def env(self) -> dict[str, str]:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.workdir),
+            "DOCPIPE_EAGER": "false",
+            "DOCPIPE_BROKER_URL": self.url(0),
+            "DOCPIPE_REDIS_URL": self.url(1),
+            "DOCPIPE_DATABASE_URL": self.worker_database_url,
+            "DOCPIPE_BLOB_URL": f"file://{self.workdir / 'blobs'}",
+            "DOCPIPE_FAULT_INJECTION": "true",
+        }
+        passed_on = ("DOCPIPE_UNDER_TEST", "DOCPIPE_ALLOW_CLOUD", "PYTHONPATH")
+        # The sim-cloud profile's fake AWS credentials (boto3 reads them from the env).
+        aws = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+        for name in passed_on + aws:
+            if name in os.environ:
+                env[name] = os.environ[name]
+        env.update(self.settings_env)
+        return env
+
+    def settings_values(self) -> dict[str, Any]:
+        """This process's settings: the workers' environment, the database direct."""
+        return dict(devstack.settings_values(self.env)) | {"database_url": self.database_url}
+
+    # --- workers -----------------------------------------------------------------------
+    def start_workers(self, layout: Sequence[WorkerSpec]) -> devstack.WorkerGroup:
+        self.workers = devstack.WorkerGroup(self.workdir, self.env)
+        for index, spec in enumerate(layout):
+            name = "-".join(spec.queues)
+            self.workers.start(
+                spec.queues,
+                pool=spec.pool,
+                concurrency=spec.concurrency,
+                name=f"scenario{index}-{name}",
+                log=name,
+            )
+        return self.workers
+
+    def queue_lengths(self) -> dict[str, int]:
+        client = self.client(0)
+        return {queue: int(client.llen(queue)) for queue in QUEUES}
+
+    def stop(self) -> None:
+        if self.workers is not None:
+            self.workers.stop()
+        if self.server is not None:
+            self.server.stop()
+        self.server = None
+        if self.database_proxy is not None:
+            self.database_proxy.close()
+        if self._databases is not None:
+            self._databases.drop_all()
+            self._databases = None

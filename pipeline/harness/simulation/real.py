@@ -1,0 +1,304 @@
+"""The scenario path: the real stage functions and fakes under the scheduler, in virtual time.
+
+Services are built as for an eager run (in-memory SQLite, in-process
+fakeredis, memory blobs) but with a `VirtualClock`: the fakes' latencies
+advance it instead of waiting. The task layer's policy (pipeline.runtime.tasks:
+the per-document-and-stage lock owned by the task id, the redelivery guard,
+dead letters, terminal failures) is reproduced here around direct calls of
+the stage functions, as pipeline/app/monolith.py calls them; the retry decision
+is pipeline.app.policy's own (seeded jitter), with the attempts without progress
+carried on the message. Fault delays (`timeout`) and windows run on the
+virtual clock too.
+
+The stage function runs to the end when the task starts; its duration is
+the virtual time it slept, and its lock is held until it finishes in
+virtual time. Its database writes are committed when it ends
+(pipeline.harness.simulation.effects): a delivery that outlives the visibility
+timeout writes after its redelivery, as between real processes, and the
+store's fence refuses it. A killed worker's writes made before the kill
+are committed at the kill: the worst case for exactly-once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fakes.faults import SharedFaultInjector, WorkerKilled
+from pipeline.app import stages
+from pipeline.app.intake import claim_own, storage_key
+from pipeline.app.policy import ProgressMeter, decide, metered, readable
+from pipeline.app.stages import StageResult
+from pipeline.bootstrap import Services, build_services, redis_client
+from pipeline.domain.models import SourceDocument, Stage, Status, stable_uuid
+from pipeline.errors import LockUnavailable, StaleDelivery, TransientError
+from pipeline.harness.simulation.clock import VirtualClock, VirtualRateLimiter
+from pipeline.harness.simulation.effects import install as install_deferred_store
+from pipeline.harness.simulation.engine import Message, Outcome, OutcomeKind, Send
+from pipeline.harness.simulation.model import POLL_OCR, START_OCR
+from pipeline.ports import FaultInjector
+from pipeline.settings import Settings
+
+_runs = itertools.count(1)
+
+
+def sim_settings(**overrides: Any) -> Settings:
+    """Settings for a simulated run: everything in process, nothing shared between runs."""
+    values: dict[str, Any] = {
+        "database_url": "sqlite://",
+        "blob_url": "memory://",
+        "redis_url": f"fakeredis://sim-{next(_runs)}",
+        "eager": True,
+        "fault_injection": False,
+        "project_name": "sim",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+class StageExecutor:
+    """`Executor` running pipeline/app/stages.py with the task layer's policy."""
+
+    def __init__(
+        self,
+        files: Sequence[Path],
+        settings: Settings,
+        *,
+        seed: int = 0,
+        faults: FaultInjector | None = None,
+        clock: VirtualClock | None = None,
+    ) -> None:
+        self.files = list(files)
+        self.seed = seed
+        self.clock = clock or VirtualClock()
+        if faults is None and settings.fault_injection:
+            # What workers follow, but a kill_worker fault raises instead of killing us.
+            faults = SharedFaultInjector(
+                redis_client(settings.redis_url), simulated=True, clock=self.clock
+            )
+        self.limiter = VirtualRateLimiter(
+            self.clock,
+            limit=settings.llm_rate_limit_calls,
+            window_seconds=settings.llm_rate_limit_window_s,
+        )
+        self.services: Services = build_services(
+            settings, faults=faults, clock=self.clock, rate_limiter=self.limiter
+        )
+        self.deferred = install_deferred_store(self.services)
+        self.rng = random.Random(seed)
+        self.project = self.services.store.ensure_project(settings.project_name)
+        self.uuids: dict[int, str] = {}
+        self.versions: dict[int, int] = {}
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
+
+    def adopt(self, doc: int, document_uuid: str) -> None:
+        """A document submitted by someone else (the scenario runner) gets this index."""
+        self.uuids[doc] = document_uuid
+
+    def submit(self, doc: int, now: float) -> list[Send]:
+        """Queue the document for OCR (intake.dispatch without Celery); submits files first.
+
+        A document not adopted is submitted from `files` with a uuid derived
+        from the seed (reproducible rows), and claimed like `docpipe run` does.
+        """
+        self.clock.set(now)
+        if doc not in self.uuids:
+            self.uuids[doc] = self._submit_file(doc)
+        document = self.services.store.get_document(self.uuids[doc])
+        self.versions[doc] = document.processing_version
+        stages.mark(self.services, document, Stage.OCR, Status.OCR_QUEUED)
+        return [Send(task=START_OCR, queue=Stage.OCR.queue, doc=doc)]
+
+    def _submit_file(self, doc: int) -> str:
+        path = self.files[doc % len(self.files)]
+        document_uuid = stable_uuid("sim", self.seed, doc)
+        key = storage_key(document_uuid, path.name)
+        data = path.read_bytes()
+        self.services.blobs.put(key, data)
+        self.services.store.create_document(
+            SourceDocument(
+                uuid=document_uuid,
+                project_uuid=self.project,
+                original_file_name=path.name,
+                file_type=Path(path.name).suffix.lower().lstrip("."),
+                storage_key=key,
+                size_bytes=len(data),
+            )
+        )
+        self.services.store.enqueue(document_uuid)
+        claim_own(self.services, document_uuid, worker="sim")
+        return document_uuid
+
+    def _stage(self, message: Message) -> Stage:
+        return Stage.OCR if message.task in (START_OCR, POLL_OCR) else Stage(message.task)
+
+    def run(self, message: Message, start: float, delivery: int) -> Outcome:
+        """Run the delivery now; its fenced writes are committed when it ends.
+
+        The stage runs to the end at `start` (its duration is the virtual time
+        it slept) with its fenced writes held back (pipeline.harness.simulation.effects);
+        they are replayed at start + duration, where the store's fence decides:
+        a delivery that a redelivery overtook meanwhile writes nothing and ends
+        as "skipped", sending nothing - as `pipeline.runtime.tasks.run_stage` acks it.
+        """
+        with self.deferred.deferring() as pending:
+            outcome = self._run_at_start(message, start, delivery)
+        if not pending:
+            return outcome
+        stage = self._stage(message)
+        uuid = self.uuids[message.doc]
+
+        def at_end(now: float) -> Outcome:
+            self.clock.set(now)
+            try:
+                self.deferred.apply(pending)
+            except StaleDelivery as stale:
+                if outcome.kind == "worker_lost":
+                    return Outcome(0.0, "worker_lost", detail=outcome.detail)
+                return Outcome(
+                    0.0, "skipped", detail=f"stale delivery: {stale}", on_finish=outcome.on_finish
+                )
+            kind = outcome.kind
+            if stage is Stage.RELATIONSHIPS and kind == "ok" and not outcome.sends:
+                # The completing transition was one of the deferred writes.
+                status = self.services.store.statuses([uuid])[uuid]
+                kind = "completed" if status is Status.COMPLETED else "ok"
+            return Outcome(0.0, kind, outcome.sends, outcome.detail, outcome.on_finish)
+
+        return Outcome(outcome.duration, "ok", detail=outcome.detail, resume=at_end)
+
+    def _run_at_start(self, message: Message, start: float, delivery: int) -> Outcome:
+        self.clock.set(start)
+        self.limiter.prune("llm", start - self.settings.llm_rate_limit_window_s)
+        stage = self._stage(message)
+        uuid = self.uuids[message.doc]
+        version = self.versions[message.doc]
+        services = self.services
+        if delivery > self.settings.max_redeliveries:
+            gave_up = f"gave up after {message.retries} retries"
+            self._dead_letter(message, stage, f"worker lost too many times ({gave_up})")
+            return Outcome(0.0, "dead_lettered", detail="redelivered too often")
+        lock_name = f"{uuid}:{stage}"
+        token = services.locks.acquire(lock_name, self.settings.lock_ttl_s, owner=message.id)
+        meter = ProgressMeter()
+        try:
+            if token is None:
+                raise LockUnavailable(f"another worker holds the {stage} lock")
+            stages.forget_claim()
+            with metered() as meter:
+                result = self._call(message, stage, uuid, version)
+        except WorkerKilled as killed:
+            # SIGKILL: no release, no status, no retry; the broker redelivers the message.
+            return Outcome(self.clock.now() - start, "worker_lost", detail=str(killed))
+        except TransientError as exc:
+            if token is not None:
+                services.locks.release(lock_name, token)
+            duration = self.clock.now() - start
+            return self._retry(message, stage, exc, meter.progressed, duration)
+        except Exception as exc:  # the task layer records any other failure on the row
+            if token is not None:
+                services.locks.release(lock_name, token)
+            reason = readable(stage, exc)
+            # Fenced like the task layer's: committed at the end, refused if overtaken.
+            fence = stages.claimed_fence()
+            stages.fail(services, uuid, version, stage, stage.failed_status, reason, fence=fence)
+            return Outcome(self.clock.now() - start, "failed", detail=reason)
+        duration = self.clock.now() - start
+        release = _releaser(services, lock_name, token)
+        if result.skipped:
+            return Outcome(duration, "skipped", on_finish=release)
+        sends: list[Send] = []
+        if result.poll_job_id is not None:
+            sends.append(
+                Send(
+                    task=POLL_OCR,
+                    queue=Stage.OCR.queue,
+                    doc=message.doc,
+                    args=(result.poll_job_id, result.polls),
+                    countdown=self.settings.ocr_poll_interval_s,
+                )
+            )
+        elif result.next_stage is not None:
+            services.state.record(uuid, str(stage), "completed")
+            sends.append(Send(str(result.next_stage), result.next_stage.queue, message.doc))
+        if stage is Stage.RELATIONSHIPS and not sends:
+            status = services.store.statuses([uuid])[uuid]
+            kind: OutcomeKind = "completed" if status is Status.COMPLETED else "ok"
+            return Outcome(duration, kind, on_finish=release)
+        return Outcome(duration, "ok", sends, detail=result.detail, on_finish=release)
+
+    def _call(self, message: Message, stage: Stage, uuid: str, version: int) -> StageResult:
+        if message.task == START_OCR:
+            attempt = f"{message.id}:{message.retries}"
+            return stages.start_ocr(self.services, uuid, version, attempt)
+        if message.task == POLL_OCR:
+            job_id, polls = message.args
+            return stages.poll_ocr(self.services, uuid, version, str(job_id), int(polls))
+        return stages.STAGE_FUNCTIONS[stage](self.services, uuid, version)
+
+    def _retry(
+        self,
+        message: Message,
+        stage: Stage,
+        exc: TransientError,
+        progressed: bool,
+        duration: float,
+    ) -> Outcome:
+        """pipeline.app.policy's decision, as the task layer applies it."""
+        decision = decide(
+            stage,
+            exc,
+            attempt=message.retries,
+            stalled=message.stalled,
+            progressed=progressed,
+            settings=self.settings,
+            rng=self.rng,
+        )
+        if decision.action == "dead_letter":
+            if isinstance(exc, LockUnavailable):
+                # Another live task runs this very stage; its own message guarantees progress.
+                return Outcome(duration, "skipped", detail=str(exc))
+            self._dead_letter(message, stage, decision.error)
+            return Outcome(duration, "dead_lettered", detail=str(exc))
+        send = message.retry(decision.countdown, stalled=decision.stalled)
+        detail = f"{exc}; retry in {decision.countdown:.3f}s ({decision.stalled} without progress)"
+        return Outcome(duration, "retry", [send], detail=detail)
+
+    def _dead_letter(self, message: Message, stage: Stage, text: str) -> None:
+        """Record the dead letter and the terminal status; `text` says why and after what."""
+        uuid = self.uuids[message.doc]
+        self.services.store.add_dead_letter(uuid, message.task, str(stage), text, message.retries)
+        stages.fail(
+            self.services, uuid, self.versions[message.doc], stage, Status.DEAD_LETTERED, text
+        )
+
+    def rows_digest(self) -> dict[str, Any]:
+        """Per document: status and row counts, for exactly-once checks and reports."""
+        out: dict[str, Any] = {}
+        for doc, uuid in sorted(self.uuids.items()):
+            counts = self.services.store.counts(uuid)
+            status = self.services.store.statuses([uuid])[uuid]
+            out[str(doc)] = {
+                "status": status.value,
+                "chunks": counts.chunks,
+                "mentions": counts.mentions,
+                "canonical_entities": counts.canonical_entities,
+                "relationships": counts.relationships,
+            }
+        digest = hashlib.sha256(repr(sorted(out.items())).encode()).hexdigest()[:16]
+        return {"documents": out, "digest": digest}
+
+
+def _releaser(services: Services, name: str, token: str | None) -> Any:
+    def release() -> None:
+        if token is not None:
+            services.locks.release(name, token)
+
+    return release

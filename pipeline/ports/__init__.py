@@ -1,0 +1,199 @@
+"""Ports: the small protocols stages talk to, in domain terms.
+
+The store port lives in pipeline.ports.store (split by role), Services (every
+port a process uses, with `close()`) in pipeline.ports.services; both are
+importable from here.
+
+No port leaks a vendor type. Every adapter raises `TransientError` or
+`PermanentError` (pipeline.errors) for failures a stage should act on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from pipeline.domain.models import (
+    CanonicalEntity,
+    Chunk,
+    DocumentNode,
+    ExtractedText,
+    FileType,
+    Mention,
+    OcrJob,
+    Relationship,
+    Stage,
+)
+from pipeline.ports.store import (
+    DeadLetters as DeadLetters,
+)
+from pipeline.ports.store import (
+    DerivedRows as DerivedRows,
+)
+from pipeline.ports.store import (
+    DocumentRecords as DocumentRecords,
+)
+from pipeline.ports.store import (
+    DocumentStore as DocumentStore,
+)
+from pipeline.ports.store import (
+    QueueEntry as QueueEntry,
+)
+from pipeline.ports.store import (
+    WorkQueue as WorkQueue,
+)
+
+
+class Clock(Protocol):
+    """Time as the pipeline sees it: a real wait in broker mode, virtual in simulation."""
+
+    def now(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class BlobStore(Protocol):
+    """Object storage for original files (S3 in production)."""
+
+    def put(self, key: str, data: bytes) -> None: ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def size(self, key: str) -> int: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class OcrRequest:
+    document_uuid: str
+    storage_key: str
+    file_type: str
+    #: Differs per attempt so a retry never gets an old failed job back (failure 11).
+    client_request_token: str
+
+
+class OcrEngine(Protocol):
+    """Textract's asynchronous shape: start a job, then poll it without blocking."""
+
+    def start(self, request: OcrRequest) -> str:
+        """Start text detection; returns the job id."""
+        ...
+
+    def poll(self, job_id: str) -> OcrJob: ...
+
+
+class DocumentParser(Protocol):
+    """Local text extraction (DOCX, TXT, EML); PDFs go through the OcrEngine."""
+
+    def extract(self, file_type: FileType, data: bytes, document_uuid: str) -> ExtractedText: ...
+
+    def detect_file_type(self, file_name: str, data: bytes) -> FileType:
+        """The type from the name's suffix, checked against the content."""
+        ...
+
+    def page_count(self, data: bytes) -> int | None:
+        """A PDF's page count from its page tree (None when it cannot be read)."""
+        ...
+
+
+class EntityExtractor(Protocol):
+    """One call per chunk; answers the LLM's JSON text, parsed by the domain."""
+
+    @property
+    def model(self) -> str:
+        """Identifies the model (part of the cache key)."""
+        ...
+
+    def extract(self, text: str) -> str:
+        """Return the raw JSON answer: {"entities": [{entity,label,start,end,confidence}]}."""
+        ...
+
+
+class GraphSink(Protocol):
+    """Where staged relationships go (Neo4j in production): MERGE on stable ids."""
+
+    def write(
+        self,
+        document: DocumentNode,
+        chunks: Sequence[Chunk],
+        mentions: Sequence[Mention],
+        entities: Sequence[CanonicalEntity],
+        relationships: Sequence[Relationship],
+    ) -> None: ...
+
+
+class StateTracker(Protocol):
+    """The Redis document-state hash `doc:state:{uuid}` (7-day TTL)."""
+
+    def record(
+        self, document_uuid: str, stage: str, status: str, metadata: dict[str, object] | None = None
+    ) -> None: ...
+
+    def get(self, document_uuid: str) -> dict[str, str]: ...
+
+
+class Cache(Protocol):
+    """Versioned cache: every key carries the document's processing version."""
+
+    def get(self, key: str) -> str | None: ...
+
+    def set(self, key: str, value: str, ttl_seconds: int) -> None: ...
+
+
+class LockManager(Protocol):
+    """Non-blocking per-document-and-stage locks; never run unlocked on failure."""
+
+    def acquire(self, name: str, ttl_seconds: int, owner: str | None = None) -> str | None:
+        """Returns this acquisition's token, None when someone else holds the lock.
+
+        Another acquisition by the same `owner` (a redelivery of the same task id)
+        takes the lock over with a new token; the older token can no longer release it.
+        """
+        ...
+
+    def release(self, name: str, token: str) -> None: ...
+
+
+class RateLimiter(Protocol):
+    """Shared sliding window; raises `RateLimited` (fail closed) when over or unsure."""
+
+    def acquire(self, name: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class FaultEffect:
+    """What a fault asks a fake to do besides raising: wait, or answer wrongly."""
+
+    latency_s: float = 0.0
+    #: "malformed" or "empty": the fake returns a bad answer instead of raising.
+    response: str | None = None
+
+
+NO_FAULT = FaultEffect()
+
+
+class FaultInjector(Protocol):
+    """Scenario faults, consulted by fakes before each operation.
+
+    Its state lives where every worker process can see it (Redis), so a fault
+    scheduled by a test reaches workers in other processes (failure 14).
+    """
+
+    def before(self, port: str, operation: str, document_uuid: str | None) -> FaultEffect:
+        """Raise the scheduled error, if any; otherwise say what else to do."""
+        ...
+
+
+class Dispatcher(Protocol):
+    """Stage chaining: sends a document's next stage to whoever runs stages.
+
+    Application code (intake, queue processor, dead-letter replay) sends through
+    this port and never imports the Celery tasks; the composition root wires
+    the Celery implementation (pipeline.runtime.tasks.CeleryDispatcher).
+    """
+
+    def send_stage(
+        self, stage: Stage, document_uuid: str, version: int, *, task_id: str | None = None
+    ) -> None: ...

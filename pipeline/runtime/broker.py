@@ -1,0 +1,214 @@
+"""Broker mode: checks that a real deployment is wired, and waiting for documents.
+
+REFERENCE.md failures 1 and 2: tasks PENDING forever because no worker
+consumes a queue, and workers started without the configuration. Both are
+refused up front with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import redis
+from celery import Celery
+
+from pipeline.domain.models import QUEUES, Status
+from pipeline.errors import ConfigurationError, UserFacingError
+from pipeline.ports.services import Services
+from pipeline.settings import Settings, redact_url
+
+#: Celery's own variables (`celery -b URL` sets CELERY_BROKER_URL, `--result-backend`
+#: CELERY_RESULT_BACKEND): inside Celery they outrank the app's configuration, so
+#: a worker would consume from one broker while docpipe checks and publishes to another.
+CELERY_OVERRIDES = {"CELERY_BROKER_URL": "broker_url", "CELERY_RESULT_BACKEND": "result_backend"}
+
+#: The only eviction policy under which Redis never drops a queued task.
+SAFE_EVICTION_POLICY = "noeviction"
+
+
+def broker_problems(settings: Settings, environ: Mapping[str, str] | None = None) -> list[str]:
+    """What stops these settings from working across processes (empty when fine).
+
+    Pure: reads the settings and the environment (Celery's overriding
+    variables), never the network; `broker_preflight` adds the server checks.
+    """
+    problems = celery_override_problems(settings, os.environ if environ is None else environ)
+    if settings.broker_url.startswith("memory://"):
+        problems.append(
+            "DOCPIPE_BROKER_URL is memory:// (the embedded default); set it to a redis:// URL"
+        )
+    if settings.redis_url.startswith("fakeredis://"):
+        problems.append(
+            "DOCPIPE_REDIS_URL is fakeredis:// (in-process only); workers need a shared "
+            "redis:// URL for state, cache, locks and rate limits"
+        )
+    if settings.blob_url.startswith("memory://"):
+        problems.append("DOCPIPE_BLOB_URL is memory://; workers need file:// or s3://")
+    if settings.database_url in {"sqlite://", "sqlite:///:memory:"}:
+        problems.append("DOCPIPE_DATABASE_URL is an in-memory SQLite database")
+    if _same_redis_database(settings.broker_url, settings.redis_url):
+        problems.append(
+            f"broker and cache share one Redis database ({redact_url(settings.broker_url)}); "
+            "use separate databases so cache pressure can never evict queued tasks"
+        )
+    return problems
+
+
+def celery_override_problems(settings: Settings, environ: Mapping[str, str]) -> list[str]:
+    """CELERY_BROKER_URL / CELERY_RESULT_BACKEND that disagree with docpipe's own settings.
+
+    Refused rather than honoured: docpipe's checks, the intake and the queue
+    processor read DOCPIPE_*, and one URL for everything is the only safe rule.
+    """
+    problems = []
+    for variable, field in CELERY_OVERRIDES.items():
+        celery_url = environ.get(variable)
+        docpipe_url: str | None = getattr(settings, field)
+        if not celery_url or (docpipe_url is not None and _same_url(celery_url, docpipe_url)):
+            continue
+        ours = f"DOCPIPE_{field.upper()}"
+        problems.append(
+            f"{variable} ({redact_url(celery_url)}, also what `celery -b/--result-backend` sets) "
+            f"differs from {ours} ({redact_url(docpipe_url) if docpipe_url else 'unset'}); "
+            f"Celery would use {variable} while docpipe reads {ours}: set {ours} only "
+            "(or both to the same URL)"
+        )
+    return problems
+
+
+def _normalised_url(url: str) -> str:
+    """A Redis URL with its database number (`redis://h:6379` is database 0)."""
+    url = url.rstrip("/")
+    if url.startswith("redis") and not url.rsplit("/", 1)[-1].isdigit():
+        return url + "/0"
+    return url
+
+
+def _same_url(first: str, second: str) -> bool:
+    return _normalised_url(first) == _normalised_url(second)
+
+
+def _same_redis_database(broker_url: str, redis_url: str) -> bool:
+    both_redis = broker_url.startswith("redis") and redis_url.startswith("redis")
+    return both_redis and _same_url(broker_url, redis_url)
+
+
+def broker_server_problems(broker_url: str, *, timeout_s: float = 2.0) -> list[str]:
+    """Refuse a broker Redis that may evict keys: queued tasks would vanish silently.
+
+    Queued messages are Redis lists without a TTL; under any policy but
+    `noeviction` a full Redis may drop them (REFERENCE.md's allkeys-lru incident).
+    A server that cannot be asked (CONFIG disabled, unreachable) gets a loud
+    warning on stderr instead: the check cannot decide, the user can.
+    """
+    if not broker_url.startswith(("redis://", "rediss://")):
+        return []
+    where = redact_url(broker_url)
+    try:
+        client = redis.Redis.from_url(
+            broker_url,
+            socket_connect_timeout=timeout_s,
+            socket_timeout=timeout_s,
+            decode_responses=True,
+        )
+        try:
+            policy = str(client.config_get("maxmemory-policy").get("maxmemory-policy", ""))
+        finally:
+            client.close()
+    except redis.ResponseError as exc:
+        _warn(
+            f"cannot check maxmemory-policy of the broker's Redis ({where}): CONFIG GET was "
+            f"refused ({redact_url(str(exc))}). Make sure it is {SAFE_EVICTION_POLICY}: "
+            "under any other policy a full Redis silently evicts queued tasks."
+        )
+        return []
+    except (redis.RedisError, OSError, ValueError) as exc:
+        _warn(
+            f"cannot reach the broker's Redis ({where}) to check its maxmemory-policy: "
+            f"{redact_url(str(exc))}"
+        )
+        return []
+    if not policy:
+        _warn(
+            f"the broker's Redis ({where}) did not report a maxmemory-policy; make sure "
+            f"it is {SAFE_EVICTION_POLICY}, or a full Redis may evict queued tasks."
+        )
+        return []
+    if policy == SAFE_EVICTION_POLICY:
+        return []
+    return [
+        f"the broker's Redis ({where}) has maxmemory-policy {policy}: when it fills up it "
+        "evicts keys, and queued tasks vanish without an error; set it to "
+        f"{SAFE_EVICTION_POLICY} (redis.conf, or CONFIG SET maxmemory-policy "
+        f"{SAFE_EVICTION_POLICY}) and keep cache data in another database or instance"
+    ]
+
+
+def broker_preflight(settings: Settings) -> list[str]:
+    """Everything that stops a broker deployment, settings first, then the broker server."""
+    return broker_problems(settings) or broker_server_problems(settings.broker_url)
+
+
+def require_broker_settings(settings: Settings) -> None:
+    problems = broker_preflight(settings)
+    if problems:
+        raise ConfigurationError("broker mode is not configured: " + "; ".join(problems))
+
+
+def refuse_unless_workers_can_run(settings: Settings) -> None:
+    """Raise the `UserFacingError` (exit 2) that says why a worker cannot run with these settings.
+
+    The one check for `docpipe worker` and for plain `celery -A pipeline.runtime.celery_app
+    worker` (whose `celeryd_init` receiver renders it and exits 2 the same way).
+    """
+    problems = broker_preflight(settings)
+    if problems:
+        raise UserFacingError("cannot start a worker: " + "; ".join(problems))
+
+
+def _warn(message: str) -> None:
+    # stderr, not logging: the CLI logs only errors unless -v, and this must be seen.
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def queues_without_consumers(
+    app: Celery, queues: Sequence[str] = QUEUES, timeout: float = 1.5
+) -> list[str]:
+    """Queues no running worker consumes (a task sent there would wait forever)."""
+    replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    consumed = {queue["name"] for worker in replies.values() for queue in worker}
+    return [queue for queue in queues if queue not in consumed]
+
+
+def wait_for_consumers(
+    app: Celery, queues: Sequence[str] = QUEUES, *, timeout_s: float = 15.0
+) -> list[str]:
+    """Give freshly started workers a moment; returns the queues still without a consumer."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        idle = queues_without_consumers(app, queues)
+        if not idle or time.monotonic() >= deadline:
+            return idle
+
+
+def wait_for_terminal(
+    services: Services,
+    document_uuids: Sequence[str],
+    *,
+    timeout_s: float,
+    on_progress: Callable[[int], None] = lambda done: None,
+    poll_interval_s: float = 0.25,
+) -> dict[str, Status]:
+    """Poll the database until every document is terminal or the timeout passes."""
+    deadline = time.monotonic() + timeout_s
+    statuses: dict[str, Status] = {}
+    while True:
+        statuses = services.store.statuses(document_uuids)
+        done = sum(1 for status in statuses.values() if status.is_terminal)
+        on_progress(done)
+        if done == len(document_uuids) or time.monotonic() >= deadline:
+            return statuses
+        time.sleep(poll_interval_s)

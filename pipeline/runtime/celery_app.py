@@ -1,0 +1,158 @@
+"""The Celery application: `celery -A pipeline.runtime.celery_app worker -Q ocr` works.
+
+Configuration is the seed's, corrected: JSON only, late acks with reject on
+worker loss, prefetch 1, soft and hard limits, and a Redis visibility timeout
+longer than the hard limit plus the largest retry countdown (failure 15).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    celeryd_init,
+    worker_process_init,
+)
+
+from pipeline.domain.models import STAGE_ORDER, Stage
+from pipeline.redaction import redact_log_output
+from pipeline.runtime import redis_transport as broker_transport
+from pipeline.settings import Settings, get_settings
+
+#: Task names, one per stage (plus the OCR poll); the stage order lives in models.
+TASK_NAMES: dict[Stage, str] = {
+    Stage.OCR: "pipeline.start_ocr",
+    Stage.DOCUMENT_NODE: "pipeline.create_document_node",
+    Stage.CHUNKING: "pipeline.chunk_document",
+    Stage.ENTITY_EXTRACTION: "pipeline.extract_entities",
+    Stage.ENTITY_RESOLUTION: "pipeline.resolve_entities",
+    Stage.RELATIONSHIPS: "pipeline.stage_relationships",
+}
+POLL_OCR_TASK = "pipeline.poll_ocr"
+
+
+def task_routes() -> dict[str, dict[str, str]]:
+    routes = {TASK_NAMES[stage]: {"queue": stage.queue} for stage in STAGE_ORDER}
+    routes[POLL_OCR_TASK] = {"queue": Stage.OCR.queue}
+    return routes
+
+
+#: How a publisher reconnects to a broker that went away (a restarting Redis): every
+#: 0.5-1 s for up to 40 s. kombu otherwise gives up after broker_connection_timeout
+#: (4 s), whatever the publish retry policy says, and the message is not sent.
+BROKER_RECONNECT = {
+    "connect_retries_timeout": 40,
+    "interval_start": 0.5,
+    "interval_step": 0.5,
+    "interval_max": 1.0,
+}
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend,
+        "task_ignore_result": settings.result_backend is None,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "timezone": "UTC",
+        "enable_utc": True,
+        "worker_prefetch_multiplier": 1,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_track_started": True,
+        "task_send_sent_event": True,
+        "worker_send_task_events": True,
+        "task_soft_time_limit": settings.task_soft_time_limit_s,
+        "task_time_limit": settings.task_time_limit_s,
+        "task_always_eager": settings.eager,
+        # Failures are recorded on the document row; eager runs must not raise.
+        "task_eager_propagates": False,
+        "task_routes": task_routes(),
+        "task_default_queue": "text",
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout_s,
+            # How soon after the visibility timeout kombu restores an unacked message:
+            # it sweeps every interval, scanning Redis on every throttle-th sweep.
+            "unacked_restore_interval": settings.broker_restore_interval_s,
+            "unacked_restore_throttle": settings.broker_restore_throttle,
+            "max_connections": settings.broker_max_connections,
+            **BROKER_RECONNECT,
+        },
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+    }
+
+
+def configure(settings: Settings) -> Celery:
+    """Apply settings to the app (the CLI calls this with its own settings).
+
+    Pooled broker connections are dropped first: they would keep talking to
+    the previous broker after the URL changed.
+    """
+    drop_broker_connections()
+    app.conf.update(celery_config(settings))
+    return app
+
+
+def drop_broker_connections() -> None:
+    """Forget the app's pooled broker connections: the next use may have another broker URL.
+
+    What Celery itself does after a fork (Celery._after_fork): the connection
+    pool and the producer pool are dropped, so nothing talks to an old broker.
+    """
+    app._pool = None  # type: ignore[attr-defined]
+    amqp = app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None
+
+
+broker_transport.install()
+# The worker loads the task modules and the composition root (which tells
+# pipeline.ports.services how a worker child builds its services).
+app = Celery("docpipe", include=["pipeline.runtime.tasks", "pipeline.bootstrap"])
+# Read lazily, when the configuration is first used (a worker starting, a task
+# sent): importing this module must work whatever the settings, or even
+# `docpipe --help` would fail on a bad DOCPIPE_* value.
+app.add_defaults(lambda: celery_config(get_settings()))
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _redact_worker_logs(logger: logging.Logger, **_: Any) -> None:
+    """Worker log lines (tracebacks included) never show a password or key."""
+    redact_log_output(logger)
+
+
+@celeryd_init.connect
+def _check_worker_configuration(**_: Any) -> None:
+    """A worker never runs eagerly, and refuses settings that cannot be shared (failure 2).
+
+    Plain `celery -A pipeline.runtime.celery_app worker` refuses exactly as `docpipe
+    worker` does: same check, same message, exit 2. Celery logs and swallows
+    any Exception a receiver raises (celery/utils/dispatch/signal.py), so the
+    refusal is a SystemExit, which it does not catch.
+    """
+    from pipeline.console import EXIT_USAGE, load_settings, report_problem
+    from pipeline.errors import UserFacingError
+    from pipeline.runtime.broker import refuse_unless_workers_can_run
+
+    try:
+        refuse_unless_workers_can_run(load_settings(eager=False))
+    except UserFacingError as problem:
+        report_problem(problem, as_json=False)
+        raise SystemExit(EXIT_USAGE) from None
+    app.conf.task_always_eager = False
+
+
+@worker_process_init.connect
+def _build_services_after_fork(**_: Any) -> None:
+    # Clients must not cross a fork: every worker child builds its own.
+    from pipeline.ports.services import use_services
+
+    use_services(None)

@@ -1,0 +1,367 @@
+"""Celery tasks: thin entrypoints, like web views.
+
+Load by id, take the per-document-and-stage lock, call the stage, chain the
+next one. The retry decision is pipeline.app.policy's (shared with the simulator
+and the monolith); the meaning of failure lives in the domain. Messages carry
+ids only (claim-check): a document uuid and its version, and on a retry the
+attempts in a row without progress (`stalled`, a small int).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from celery import Task
+from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
+
+from pipeline.app import stages
+from pipeline.app.policy import Decision, ProgressMeter, decide, metered, readable, retry_countdown
+from pipeline.app.stages import StageResult
+from pipeline.domain.models import Stage, Status
+from pipeline.errors import LockUnavailable, StaleDelivery, TransientError
+from pipeline.ports.services import Services, current_services
+from pipeline.runtime.celery_app import POLL_OCR_TASK, TASK_NAMES, app
+from pipeline.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+
+#: Failures worth another attempt (pipeline.app.policy decides whether one is left).
+RETRYABLE: tuple[type[BaseException], ...] = (
+    TransientError,
+    SoftTimeLimitExceeded,
+    redis.RedisError,
+)
+
+
+def run_stage(
+    task: Task[Any, Any],
+    stage: Stage,
+    document_uuid: str,
+    version: int,
+    call: Callable[[Services], StageResult],
+    stalled: int = 0,
+) -> str:
+    """Run one stage under its lock and apply the retry / failure policy (pipeline.app.policy).
+
+    `stalled` (attempts in a row without progress) came with the message; the
+    stage reports its durable progress to the attempt's meter.
+    """
+    services = _services_or_retry(task)
+    settings = services.settings
+    lock_name = f"{document_uuid}:{stage}"
+    token: str | None = None
+    meter = ProgressMeter()
+
+    def decision(exc: BaseException) -> Decision:
+        return decide(
+            stage,
+            exc,
+            attempt=task.request.retries,
+            stalled=stalled,
+            progressed=meter.progressed,
+            settings=settings,
+            retryable=RETRYABLE,
+        )
+
+    try:
+        if _redelivered_too_often(task, services):
+            gave_up = f"gave up after {task.request.retries} retries"
+            reason = f"worker lost too many times ({gave_up})"
+            _dead_letter(task, services, stage, document_uuid, version, reason)
+            return "dead_lettered"
+        # Each delivery holds the lock under its own token; a redelivery of the same task id
+        # (worker killed, or a visibility-timeout restore while this one still runs) takes
+        # it over at once, and its claim in `stages.begin` fences the older delivery out.
+        token = services.locks.acquire(lock_name, settings.lock_ttl_s, owner=task.request.id)
+        if token is None:
+            raise LockUnavailable(f"another worker holds the {stage} lock")
+        stages.forget_claim()
+        with metered() as meter:
+            result = call(services)
+    except StaleDelivery as exc:
+        # A later delivery took the document over while this one ran (a redelivery after
+        # the visibility timeout, a later stage): nothing of this one was written, and the
+        # delivery that took over carries the document on. Not a failure: ack, no chain.
+        log.warning("%s %s: stale delivery, writes discarded: %s", stage, document_uuid, exc)
+        return "stale"
+    except redis.RedisError as exc:
+        # Redis restarting or unreachable: retry later rather than drop the document.
+        token = None
+        retry = _retry_or_dead_letter(
+            task, services, stage, document_uuid, version, exc, decision(exc)
+        )
+        if retry is None:
+            raise
+        raise retry from exc
+    except (TransientError, SoftTimeLimitExceeded) as exc:
+        decided = decision(exc)
+        if decided.action == "dead_letter" and isinstance(exc, LockUnavailable):
+            # Another live task runs this very stage; its own message guarantees progress.
+            log.warning("%s %s: dropped a duplicate task: %s", stage, document_uuid, exc)
+            return "skipped"
+        _release(services, lock_name, token)
+        token = None
+        retry = _retry_or_dead_letter(task, services, stage, document_uuid, version, exc, decided)
+        if retry is None:
+            return "dead_lettered"
+        raise retry from exc
+    except Exception as exc:
+        reason = readable(stage, exc)
+        log.warning("%s %s failed: %s", stage, document_uuid, reason)
+        try:
+            stages.fail(
+                services,
+                document_uuid,
+                version,
+                stage,
+                stage.failed_status,
+                reason,
+                fence=stages.claimed_fence(),
+            )
+        except StaleDelivery as stale:
+            # Overtaken before it failed: the delivery that took over decides the outcome.
+            log.warning("%s %s: stale delivery, failure discarded: %s", stage, document_uuid, stale)
+            return "stale"
+        return "failed"
+    finally:
+        if token is not None:
+            _release(services, lock_name, token)
+    if result.skipped:
+        return "skipped"
+    try:
+        if result.poll_job_id is None:
+            services.state.record(document_uuid, str(stage), "completed")
+        _dispatch(result, document_uuid, version)
+    except Exception as exc:
+        # The stage committed but its successor could not be published (broker or Redis
+        # down past the publish retries). Acking now would strand the document at this
+        # stage; retrying re-runs the idempotent stage, which then publishes again.
+        log.warning("%s %s: could not chain the next step: %s", stage, document_uuid, exc)
+        # Any failure to chain is worth a retry: the stage's own work is already committed.
+        chained = decide(
+            stage,
+            exc,
+            attempt=task.request.retries,
+            stalled=stalled,
+            progressed=False,
+            settings=settings,
+            retryable=(Exception,),
+        )
+        retry = _retry_or_dead_letter(task, services, stage, document_uuid, version, exc, chained)
+        if retry is None:
+            return "dead_lettered"
+        raise retry from exc
+    return "ok"
+
+
+#: How long publishing a retry or the next stage waits for the broker (a restarting Redis): ~40 s.
+RETRY_PUBLISH_POLICY = {
+    "max_retries": 40,
+    "interval_start": 0.5,
+    "interval_step": 0.5,
+    "interval_max": 1.0,
+}
+
+
+def _services_or_retry(task: Task[Any, Any]) -> Services:
+    """The worker's services; built on its first task, when the database may be down.
+
+    Nothing can be recorded without them, so the task retries with backoff;
+    once retries are spent it fails, and the queue processor finds the
+    document without progress and sends its stage again.
+    """
+    try:
+        return current_services()
+    except (TransientError, redis.RedisError) as exc:
+        settings = get_settings()
+        retries = task.request.retries
+        log.warning("cannot build the worker's services (%s); retry %d", exc, retries + 1)
+        countdown = retry_countdown(settings, retries)
+        raise _retry(task, countdown, exc, max_retries=settings.max_retries) from exc
+
+
+def _retry(
+    task: Task[Any, Any],
+    countdown: float,
+    exc: Exception,
+    *,
+    max_retries: int,
+    stalled: int | None = None,
+) -> Retry:
+    """`task.retry`, its message waiting out a restarting broker (RETRY_PUBLISH_POLICY).
+
+    `stalled` (attempts without progress) replaces the message's count; None keeps it.
+    Celery rejects (drops) the message when the retry cannot be published: the
+    broker is down. It is requeued instead; late acks keep it until then.
+    """
+    kwargs = dict(task.request.kwargs or {})
+    if stalled is not None:
+        kwargs["stalled"] = stalled
+    try:
+        return task.retry(
+            kwargs=kwargs,
+            exc=exc,
+            countdown=countdown,
+            max_retries=max_retries,
+            retry_policy=RETRY_PUBLISH_POLICY,
+        )
+    except Reject as rejected:
+        raise Reject(str(rejected), requeue=True) from exc
+
+
+def _retry_or_dead_letter(
+    task: Task[Any, Any],
+    services: Services,
+    stage: Stage,
+    document_uuid: str,
+    version: int,
+    exc: Exception,
+    decision: Decision,
+) -> Retry | None:
+    """The Retry to raise for a "retry" decision; None once the document is dead-lettered."""
+    if decision.action == "retry":
+        log.info(
+            "%s %s: %s; retry %d in %.1fs (%d without progress)",
+            stage,
+            document_uuid,
+            exc,
+            task.request.retries + 1,
+            decision.countdown,
+            decision.stalled,
+        )
+        # Celery's own cap is the ceiling; the policy has already applied the budget.
+        max_retries = services.settings.max_task_attempts
+        return _retry(
+            task, decision.countdown, exc, max_retries=max_retries, stalled=decision.stalled
+        )
+    _dead_letter(task, services, stage, document_uuid, version, decision.error)
+    return None
+
+
+def _release(services: Services, lock_name: str, token: str | None) -> None:
+    """Release a lock; Redis being down is not the task's failure (the lock expires)."""
+    if token is None:
+        return
+    try:
+        services.locks.release(lock_name, token)
+    except redis.RedisError as exc:
+        # Failing here would skip chaining the next stage of work already committed.
+        log.warning("could not release lock %s (%s); it expires by itself", lock_name, exc)
+
+
+def _redelivered_too_often(task: Task[Any, Any], services: Services) -> bool:
+    """Count deliveries of this task id and retry; a poison task cannot loop forever."""
+    if task.request.is_eager or not task.request.id:
+        return False
+    key = f"docpipe:deliveries:{task.request.id}:{task.request.retries}"
+    deliveries = int(services.redis.incr(key))
+    services.redis.expire(key, 7 * 24 * 3600)
+    return deliveries > services.settings.max_redeliveries
+
+
+def _dead_letter(
+    task: Task[Any, Any],
+    services: Services,
+    stage: Stage,
+    document_uuid: str,
+    version: int,
+    message: str,
+) -> None:
+    """Record the dead letter and the document's terminal status; `message` says why."""
+    retries = task.request.retries
+    log.warning("%s %s dead-lettered: %s", stage, document_uuid, message)
+    services.store.add_dead_letter(document_uuid, task.name, str(stage), message, retries)
+    stages.fail(services, document_uuid, version, stage, Status.DEAD_LETTERED, message)
+
+
+def _dispatch(result: StageResult, document_uuid: str, version: int) -> None:
+    settings = current_services().settings
+    if result.poll_job_id is not None:
+        poll_ocr_task.apply_async(
+            args=(document_uuid, version, result.poll_job_id, result.polls),
+            countdown=settings.ocr_poll_interval_s,
+            retry_policy=RETRY_PUBLISH_POLICY,
+        )
+    elif result.next_stage is not None:
+        send_stage(result.next_stage, document_uuid, version)
+
+
+def send_stage(
+    stage: Stage, document_uuid: str, version: int, *, task_id: str | None = None
+) -> None:
+    """Enqueue a stage for a document: the one way stages are chained.
+
+    Publishing waits out a restarting broker (RETRY_PUBLISH_POLICY) instead of
+    Celery's default ~1 s of retries.
+    """
+    STAGE_TASKS[stage].apply_async(
+        args=(document_uuid, version), task_id=task_id, retry_policy=RETRY_PUBLISH_POLICY
+    )
+
+
+class CeleryDispatcher:
+    """The `Dispatcher` port on Celery: what bootstrap wires into the services."""
+
+    def send_stage(
+        self, stage: Stage, document_uuid: str, version: int, *, task_id: str | None = None
+    ) -> None:
+        # Looked up at call time, so a test that replaces `send_stage` sees every send.
+        send_stage(stage, document_uuid, version, task_id=task_id)
+
+
+@app.task(bind=True, name=TASK_NAMES[Stage.OCR])
+def start_ocr_task(self: Task[Any, Any], document_uuid: str, version: int, stalled: int = 0) -> str:
+    attempt = f"{self.request.id}:{self.request.retries}"
+    return run_stage(
+        self,
+        Stage.OCR,
+        document_uuid,
+        version,
+        lambda s: stages.start_ocr(s, document_uuid, version, attempt),
+        stalled,
+    )
+
+
+@app.task(bind=True, name=POLL_OCR_TASK)
+def poll_ocr_task(
+    self: Task[Any, Any],
+    document_uuid: str,
+    version: int,
+    job_id: str,
+    polls: int,
+    stalled: int = 0,
+) -> str:
+    return run_stage(
+        self,
+        Stage.OCR,
+        document_uuid,
+        version,
+        lambda s: stages.poll_ocr(s, document_uuid, version, job_id, polls),
+        stalled,
+    )
+
+
+def _stage_task(stage: Stage) -> Any:
+    function = stages.STAGE_FUNCTIONS[stage]
+
+    @app.task(bind=True, name=TASK_NAMES[stage])
+    def stage_task(self: Task[Any, Any], document_uuid: str, version: int, stalled: int = 0) -> str:
+        return run_stage(
+            self,
+            stage,
+            document_uuid,
+            version,
+            lambda s: function(s, document_uuid, version),
+            stalled,
+        )
+
+    return stage_task
+
+
+STAGE_TASKS: dict[Stage, Any] = {Stage.OCR: start_ocr_task}
+for _stage in stages.STAGE_FUNCTIONS:
+    STAGE_TASKS[_stage] = _stage_task(_stage)
