@@ -17,6 +17,7 @@ from email.message import EmailMessage
 from functools import cache
 from typing import Any
 
+from pipeline.adapters.parsers import decode_text_bounded, extract_docx, extract_eml
 from pipeline.domain.categorize import categorize
 from pipeline.domain.chunking import chunk_text
 from pipeline.domain.cleaning import clean_text, derive_title
@@ -32,7 +33,6 @@ from pipeline.domain.models import (
 )
 from pipeline.domain.pages import page_marker
 from pipeline.domain.resolution import resolve_mentions
-from pipeline.parsers import decode_text_bounded, extract_docx, extract_eml
 
 #: Text sizes in characters (or bytes for the parsers), 10x apart.
 TEXT_SIZES = {"10KB": 10_000, "100KB": 100_000, "1MB": 1_000_000}
