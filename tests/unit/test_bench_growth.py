@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from itertools import pairwise
 from pathlib import Path
 from types import ModuleType
@@ -72,3 +73,13 @@ def test_every_stage_is_swept_over_sizes_ten_times_apart() -> None:
         assert all(later == 10 * earlier for earlier, later in pairwise(sizes)), sweep.name
     assert SWEEPS_BY_NAME["resolve_mentions"].bound == 15.0
     assert {s.bound for s in SWEEPS if s.name != "resolve_mentions"} == {12.0}
+
+
+def test_the_saved_baseline_covers_every_benchmark() -> None:
+    # A benchmark missing from the baseline is never compared, and nothing says so.
+    baselines = sorted((SCRIPT.parents[1] / "tests" / "benchmarks" / "baselines").glob("*/*.json"))
+    assert baselines
+    expected = {f"test_bench_{sweep.name}[{label}]" for sweep in SWEEPS for label in sweep.sizes}
+    for path in baselines:
+        saved = {bench["name"] for bench in json.loads(path.read_text())["benchmarks"]}
+        assert saved == expected, path.name
