@@ -56,6 +56,12 @@ class Services:
     dispatcher: Dispatcher
     faults: FaultInjector | None = None
 
+    def __enter__(self) -> Services:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
     def close(self) -> None:
         """Release what holds connections: the SQL engine's pool, the graph driver, Redis.
 
