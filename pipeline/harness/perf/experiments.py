@@ -43,6 +43,7 @@ from pipeline.harness.localstack import (
     stop_process,
     worker_environment,
 )
+from pipeline.ports.services import Services
 
 Progress = Callable[[str], None]
 HOPS = 6
@@ -416,10 +417,14 @@ def run_pools(
 
 def _create_documents(stack: Stack, count: int) -> list[tuple[str, int]]:
     """Document rows at `ocr_queued`, as the intake leaves them (no file: no stage reads one)."""
+    with _services(stack) as services:
+        return _create_queued(services, count)
+
+
+def _create_queued(services: Any, count: int) -> list[tuple[str, int]]:
     from pipeline.app.stages import mark
     from pipeline.domain.models import SourceDocument, Stage, Status
 
-    services = _services(stack)
     project = services.store.ensure_project("experiment")
     created = []
     for _ in range(count):
@@ -438,7 +443,7 @@ def _create_documents(stack: Stack, count: int) -> list[tuple[str, int]]:
     return created
 
 
-def _services(stack: Stack) -> Any:
+def _services(stack: Stack) -> Services:
     from pipeline.bootstrap import build_services
 
     return build_services(stack.settings())
@@ -508,8 +513,11 @@ def run_overhead(
 
 def _document_facts(stack: Stack) -> dict[str, Any]:
     """How the harness chains left the documents: statuses and history rows per document."""
-    services = _services(stack)
-    store = services.store
+    with _services(stack) as services:
+        return _facts_of(services.store)
+
+
+def _facts_of(store: Any) -> dict[str, Any]:
     documents = store.list_documents()
     by_status: dict[str, int] = {}
     history_rows = 0

@@ -351,19 +351,21 @@ def run_baseline(config: LoadConfig, workdir: Path, server: RedisServer, say: Pr
         eager=True,
     )
     settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
-    services = build_services(settings)
-    say(f"sequential baseline: the monolith for at least {config.baseline_s:g}s (whole rounds)")
-    results = run_sequential(
-        services,
-        config.files,
-        min_seconds=config.baseline_s,
-        max_documents=max(len(config.files), 5000),
-        on_done=lambda r: say(f"  sequential: {Path(r.file).name} {r.status} in {r.seconds:.2f}s"),
-    )
-    failed = [r for r in results if r.status is not Status.COMPLETED]
-    if failed:
-        say(f"  {len(failed)} sequential document(s) did not complete")
-    return database
+    with build_services(settings) as services:
+        say(f"sequential baseline: the monolith for at least {config.baseline_s:g}s (whole rounds)")
+        results = run_sequential(
+            services,
+            config.files,
+            min_seconds=config.baseline_s,
+            max_documents=max(len(config.files), 5000),
+            on_done=lambda r: say(
+                f"  sequential: {Path(r.file).name} {r.status} in {r.seconds:.2f}s"
+            ),
+        )
+        failed = [r for r in results if r.status is not Status.COMPLETED]
+        if failed:
+            say(f"  {len(failed)} sequential document(s) did not complete")
+        return database
 
 
 def run_celery(

@@ -1013,7 +1013,7 @@ class BrokerRun(_Run):
 
     def _queue_processor(self, services: Services) -> Callable[[int], None]:
         """A queue-processor cycle (what `docpipe queue-processor` runs) about once a second."""
-        from pipeline.app.operations import process_queue_batch
+        from pipeline.app.queue_processor import process_queue_batch
 
         names = {d.uuid: d.original_file_name for d in services.store.list_documents()}
         last = 0.0

@@ -60,34 +60,34 @@ def document_shapes(
         project_name="shapes",
     )
     budget = settings.llm_pack_tokens if pack_tokens is None else pack_tokens
-    services = build_services(settings)
-    project = services.store.ensure_project("shapes")
-    shapes = []
-    for path in files:
-        submission = submit_file(services, path, project)
-        claim_own(services, submission.document_uuid, worker="shapes")
-        began = time.perf_counter()
-        process_document(services, submission.document_uuid)
-        cpu = time.perf_counter() - began
-        document = services.store.get_document(submission.document_uuid)
-        chunks = services.store.get_chunks(submission.document_uuid)
-        keys = tuple(hashlib.sha256(c.text.encode()).hexdigest() for c in chunks)
-        texts = [c.text for c in chunks]
-        extractor = services.extractor
-        requests = tuple(
-            LlmRequest(tuple(pack), extractor.request_tokens([texts[i] for i in pack]))
-            for pack in plan_packs(texts, budget, extractor.request_tokens)
-        )
-        shapes.append(
-            DocumentShape(
-                name=path.name,
-                ocr=document.ocr_metadata.get("method") == "ocr",
-                chunk_keys=keys,
-                cpu_s=cpu if measure_cpu else 0.0,
-                requests=requests,
+    with build_services(settings) as services:
+        project = services.store.ensure_project("shapes")
+        shapes = []
+        for path in files:
+            submission = submit_file(services, path, project)
+            claim_own(services, submission.document_uuid, worker="shapes")
+            began = time.perf_counter()
+            process_document(services, submission.document_uuid)
+            cpu = time.perf_counter() - began
+            document = services.store.get_document(submission.document_uuid)
+            chunks = services.store.get_chunks(submission.document_uuid)
+            keys = tuple(hashlib.sha256(c.text.encode()).hexdigest() for c in chunks)
+            texts = [c.text for c in chunks]
+            extractor = services.extractor
+            requests = tuple(
+                LlmRequest(tuple(pack), extractor.request_tokens([texts[i] for i in pack]))
+                for pack in plan_packs(texts, budget, extractor.request_tokens)
             )
-        )
-    return shapes
+            shapes.append(
+                DocumentShape(
+                    name=path.name,
+                    ocr=document.ocr_metadata.get("method") == "ocr",
+                    chunk_keys=keys,
+                    cpu_s=cpu if measure_cpu else 0.0,
+                    requests=requests,
+                )
+            )
+        return shapes
 
 
 def load_policy(settings: Settings, time_scale: float) -> Policy:
