@@ -49,11 +49,10 @@ def render(snapshot: Snapshot, *, broker: str) -> Group:
         )
 
     workers = Table(title=f"workers ({len(snapshot.workers)})", title_justify="left")
-    for column in ("worker", "queues", "pool", "conc.", "active", "reserved", "eta", "done",
-                   "longest task", "heartbeat"):  # fmt: skip
-        workers.add_column(
-            column, justify="right" if column not in ("worker", "queues", "pool") else "left"
-        )
+    worker_columns = ("worker", "queues", "pool", "conc.", "active", "reserved", "eta", "done")
+    for column in (*worker_columns, "longest task", "heartbeat"):
+        left = column in ("worker", "queues", "pool")
+        workers.add_column(column, justify="left" if left else "right")
     for worker in snapshot.workers:
         workers.add_row(
             markup_safe(worker["name"]),
@@ -163,8 +162,8 @@ def monitor(
             else:
                 stdout.print(render(snapshot, broker=broker))
             return
-        _live(deployment, HeartbeatListener(deployment.app).start(), broker, interval_s,
-              window_s, timeout_s)  # fmt: skip
+        listener = HeartbeatListener(deployment.app).start()
+        _live(deployment, listener, broker, interval_s, window_s, timeout_s)
     finally:
         deployment.close()
 
