@@ -154,6 +154,8 @@ class WorkerReplies:
     reserved: Mapping[str, Any] = field(default_factory=dict)
     scheduled: Mapping[str, Any] = field(default_factory=dict)
     conf: Mapping[str, Any] = field(default_factory=dict)
+    #: docpipe's own settings as each worker runs them (celery_app.DOCPIPE_SETTINGS_COMMAND).
+    docpipe: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def nodes(self) -> list[str]:
@@ -178,7 +180,22 @@ def inspect_workers(app: Celery, timeout_s: float = DEFAULT_INSPECT_TIMEOUT_S) -
         reserved=inspect.reserved() or {},
         scheduled=inspect.scheduled() or {},
         conf=inspect.conf() or {},
+        docpipe=_docpipe_settings(app, timeout_s, len(stats) or None),
     )
+
+
+def _docpipe_settings(app: Celery, timeout_s: float, limit: int | None) -> dict[str, Any]:
+    from pipeline.runtime.celery_app import DOCPIPE_SETTINGS_COMMAND
+
+    replies = app.control.broadcast(
+        DOCPIPE_SETTINGS_COMMAND, reply=True, timeout=timeout_s, limit=limit
+    )
+    merged: dict[str, Any] = {}
+    for reply in replies or []:
+        merged.update(
+            {node: answer for node, answer in reply.items() if "llm_rate_limit_calls" in answer}
+        )
+    return merged
 
 
 def observe_workers(
@@ -415,17 +432,34 @@ def read_documents(
 # --- the LLM rate limit -------------------------------------------------------------------
 
 
+def rate_limit_in_use(replies: WorkerReplies, settings: Settings) -> tuple[int, float, str]:
+    """(calls, window, where from): the workers' own values when they all report the same.
+
+    The workers are who call the LLM; this process's settings are the fallback
+    (no worker answered, or they disagree - each then enforces its own limit).
+    """
+    reported = {
+        (int(answer["llm_rate_limit_calls"]), float(answer["llm_rate_limit_window_s"]))
+        for answer in replies.docpipe.values()
+    }
+    if len(reported) == 1:
+        calls, window = reported.pop()
+        return calls, window, "workers"
+    source = "settings (workers disagree)" if reported else "settings"
+    return settings.llm_rate_limit_calls, settings.llm_rate_limit_window_s, source
+
+
 def read_llm_rate_limit(
-    client: redis.Redis | None, limit: int, window_s: float, now: float
+    client: redis.Redis | None, limit: int, window_s: float, now: float, source: str = "settings"
 ) -> dict[str, Any]:
     """Calls in the shared sliding window right now (entries scored by the callers' clocks)."""
+    shown = {"limit": limit, "window_s": window_s, "source": source}
     if client is None:
-        return {"limit": limit, "window_s": window_s, "calls_in_window": None, "used": None}
+        return {**shown, "calls_in_window": None, "used": None}
     calls = int(client.zcount(LLM_RATE_LIMIT_KEY, now - window_s, "+inf"))
     return {
         "key": LLM_RATE_LIMIT_KEY,
-        "limit": limit,
-        "window_s": window_s,
+        **shown,
         "calls_in_window": calls,
         "used": round(calls / limit, 4),
     }
@@ -582,7 +616,6 @@ def take_snapshot(
     broker = read_broker(deployment.broker)
     now = time.time()
     documents = read_documents(deployment.engine, datetime.fromtimestamp(now, UTC), rate_window_s)
-    limit = read_llm_rate_limit(
-        deployment.cache, settings.llm_rate_limit_calls, settings.llm_rate_limit_window_s, now
-    )
+    calls, window, source = rate_limit_in_use(replies, settings)
+    limit = read_llm_rate_limit(deployment.cache, calls, window, now, source)
     return build_snapshot(broker, replies, heartbeats, documents, limit, now)

@@ -97,7 +97,9 @@ def piled_up(misconfigured: BrokerStack) -> BrokerStack:
 def test_monitor_snapshot_shows_the_pile_in_the_queue_nobody_consumes(
     piled_up: BrokerStack,
 ) -> None:
-    code, snapshot = docpipe_json(piled_up.env, piled_up.workdir, "monitor", "--once", "--json")
+    # The monitor's own LLM limit differs from the workers': the workers' is the one in force.
+    env = {**piled_up.env, "DOCPIPE_LLM_RATE_LIMIT_CALLS": "7"}
+    code, snapshot = docpipe_json(env, piled_up.workdir, "monitor", "--once", "--json")
 
     assert code == 0
     assert set(snapshot) >= {
@@ -122,7 +124,8 @@ def test_monitor_snapshot_shows_the_pile_in_the_queue_nobody_consumes(
     assert documents["time_to_drain_s"] is None
     assert snapshot["oldest_in_flight_s"] > 0
     assert snapshot["dead_letters"] == 0
-    assert snapshot["llm_rate_limit"]["limit"] == 100000  # the stack's setting, read back
+    limit = snapshot["llm_rate_limit"]
+    assert (limit["limit"], limit["source"]) == (100000, "workers")  # the stack's setting
 
 
 def test_doctor_names_each_pitfall_of_the_misconfigured_stack(piled_up: BrokerStack) -> None:

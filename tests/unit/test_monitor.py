@@ -28,10 +28,12 @@ from pipeline.runtime.monitor import (
     build_snapshot,
     pool_name,
     queue_keys,
+    rate_limit_in_use,
     read_broker,
     read_documents,
     read_llm_rate_limit,
 )
+from pipeline.settings import Settings
 from tests.contract_store import new_document
 
 NOW = 1_800_000_000.0
@@ -267,3 +269,23 @@ def test_snapshot_puts_broker_workers_and_documents_together(
 )
 def test_pool_names_are_the_worker_option_names(implementation: str, name: str) -> None:
     assert pool_name({"pool": {"implementation": implementation}}) == name
+
+
+def test_the_llm_limit_shown_is_the_one_the_workers_report() -> None:
+    settings = Settings(_env_file=None, llm_rate_limit_calls=50)  # type: ignore[call-arg]
+    agree = WorkerReplies(
+        docpipe={
+            "a@h": {"llm_rate_limit_calls": 500, "llm_rate_limit_window_s": 6.0},
+            "b@h": {"llm_rate_limit_calls": 500, "llm_rate_limit_window_s": 6.0},
+        }
+    )
+    disagree = WorkerReplies(
+        docpipe={
+            "a@h": {"llm_rate_limit_calls": 500, "llm_rate_limit_window_s": 6.0},
+            "b@h": {"llm_rate_limit_calls": 50, "llm_rate_limit_window_s": 60.0},
+        }
+    )
+
+    assert rate_limit_in_use(agree, settings) == (500, 6.0, "workers")
+    assert rate_limit_in_use(disagree, settings) == (50, 60.0, "settings (workers disagree)")
+    assert rate_limit_in_use(WorkerReplies(), settings) == (50, 60.0, "settings")
