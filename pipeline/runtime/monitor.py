@@ -379,14 +379,20 @@ def read_documents(
                 select(source_documents.c.status, func.count()).group_by(source_documents.c.status)
             )
         }
-        entered = {
-            str(status): int(count)
-            for status, count in conn.execute(
-                select(document_processing_history.c.status, func.count())
-                .where(document_processing_history.c.created_at >= since)
-                .group_by(document_processing_history.c.status)
+        entered: dict[str, int] = {}
+        earliest: datetime | None = None
+        for status, count, first in conn.execute(
+            select(
+                document_processing_history.c.status,
+                func.count(),
+                func.min(document_processing_history.c.created_at),
             )
-        }
+            .where(document_processing_history.c.created_at >= since)
+            .group_by(document_processing_history.c.status)
+        ):
+            entered[str(status)] = int(count)
+            first = _aware(first)
+            earliest = first if earliest is None or first < earliest else earliest
         oldest = conn.execute(
             select(
                 source_documents.c.uuid, source_documents.c.status, source_documents.c.created_at
@@ -399,18 +405,20 @@ def read_documents(
             conn.execute(select(func.count()).select_from(dead_letter_tasks)).one()[0]
         )
     in_flight = sum(n for status, n in by_status.items() if status in IN_FLIGHT_STATUSES)
+    if earliest is not None:
+        # Work that began inside the window (a deployment started 60 s ago) is divided
+        # by the time since its first transition, not by the whole window.
+        window_s = max(1.0, min(window_s, (now - earliest).total_seconds()))
     minutes = window_s / 60.0
     per_minute = {status: round(n / minutes, 3) for status, n in sorted(entered.items())}
     completed_per_s = entered.get(Status.COMPLETED.value, 0) / window_s
     failed = sum(n for s, n in entered.items() if Status(s).is_failure)
-    created_at = oldest.created_at if oldest is not None else None
-    if created_at is not None and created_at.tzinfo is None:
-        created_at = created_at.replace(tzinfo=UTC)
+    created_at = _aware(oldest.created_at) if oldest is not None else None
     return {
         "by_status": dict(sorted(by_status.items())),
         "total": sum(by_status.values()),
         "in_flight": in_flight,
-        "rate_window_s": window_s,
+        "rate_window_s": round(window_s, 3),
         "entered_per_min": per_minute,
         "completed_per_min": round(completed_per_s * 60, 3),
         "failed_per_min": round(failed / minutes, 3),
@@ -427,6 +435,15 @@ def read_documents(
             else None
         ),
     }
+
+
+def _aware(moment: Any) -> Any:
+    """SQLite hands back naive UTC for an aggregate (min): tag it."""
+    if isinstance(moment, str):
+        moment = datetime.fromisoformat(moment)
+    if isinstance(moment, datetime) and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
 
 
 # --- the LLM rate limit -------------------------------------------------------------------

@@ -130,11 +130,13 @@ def test_documents_per_status_rates_time_to_drain_and_oldest_in_flight(
         "pending": 1,
     }
     assert documents["in_flight"] == 2
-    # 3 completions in 5 minutes: 0.6/min, 2 in flight drain in 200 s at that rate.
-    assert documents["completed_per_min"] == pytest.approx(0.6)
-    assert documents["failed_per_min"] == pytest.approx(0.2)
-    assert documents["time_to_drain_s"] == pytest.approx(200.0)
-    assert documents["entered_per_min"]["ocr_queued"] == pytest.approx(1.0)  # 5 in 5 minutes
+    # The first transition in the 300 s window was 100 s ago: 3 completions in 100 s
+    # are 1.8/min, and the 2 in flight drain in 66.7 s at that rate.
+    assert documents["rate_window_s"] == pytest.approx(100.0)
+    assert documents["completed_per_min"] == pytest.approx(1.8)
+    assert documents["failed_per_min"] == pytest.approx(0.6)
+    assert documents["time_to_drain_s"] == pytest.approx(66.7)
+    assert documents["entered_per_min"]["ocr_queued"] == pytest.approx(3.0)  # 5 in 100 s
     assert documents["dead_letters"] == 1
     assert documents["oldest_in_flight"] == {
         "document_uuid": oldest.uuid,
@@ -149,6 +151,7 @@ def test_nothing_completing_means_no_time_to_drain(store: SqlDocumentStore) -> N
     documents = read_documents(store.engine, datetime.fromtimestamp(NOW + 3600, UTC))
 
     assert documents["in_flight"] == 1
+    assert documents["rate_window_s"] == 300  # no transition in it: the whole window
     assert documents["completed_per_min"] == 0
     assert documents["time_to_drain_s"] is None
     assert documents["oldest_in_flight"]["age_s"] == pytest.approx(3600.0)
