@@ -510,7 +510,7 @@ def _optional_bool(value: object) -> bool | None:
 
 
 def schema_version(engine: Engine) -> int:
-    from pipeline.adapters.migrations import current_version
+    from pipeline.adapters.sql.migrations import current_version
 
     with engine.connect() as conn:
         return current_version(conn)
@@ -545,8 +545,8 @@ def gather_facts(
     heartbeat_wait_s: float = DEFAULT_HEARTBEAT_WAIT_S,
 ) -> Facts:
     """Read the deployment once (a few seconds: an inspect round and a heartbeat capture)."""
-    from pipeline.adapters.migrations import LATEST_VERSION
-    from pipeline.adapters.sql_store import missing_columns
+    from pipeline.adapters.sql import missing_columns
+    from pipeline.adapters.sql.migrations import LATEST_VERSION
 
     broker_facts = redis_facts(broker, settings.broker_url)
     cache_facts = redis_facts(cache, settings.redis_url) if cache is not None else None

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 from sqlalchemy import Engine, func, select
 
-from pipeline.adapters.schema import (
+from pipeline.adapters.sql.schema import (
     dead_letter_tasks,
     document_processing_history,
     source_documents,
@@ -554,7 +554,7 @@ class Deployment:
         """
         from sqlalchemy import inspect as inspect_database
 
-        from pipeline.adapters.sql_store import create_database_engine
+        from pipeline.adapters.sql import create_database_engine
         from pipeline.runtime.celery_app import configure
         from pipeline.runtime.preflight import check_database, check_redis
 

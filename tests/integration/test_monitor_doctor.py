@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.adapters.migrations import upgrade
-from pipeline.adapters.sql_store import create_database_engine
+from pipeline.adapters.sql import create_database_engine
+from pipeline.adapters.sql.migrations import upgrade
 from pipeline.app.intake import claim_own, dispatch, submit_file
 from pipeline.harness.localstack import start_redis
 from pipeline.runtime.celery_app import configure

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.adapters.sql_store import create_store
+from pipeline.adapters.sql import create_store
 from pipeline.harness.localstack import free_port
 from pipeline.runtime.doctor import (
     ERROR,

@@ -17,7 +17,7 @@ import fakeredis
 import pytest
 
 from pipeline.adapters.redis_features import RedisRateLimiter
-from pipeline.adapters.sql_store import SqlDocumentStore, create_store
+from pipeline.adapters.sql import SqlDocumentStore, create_store
 from pipeline.domain.models import Stage, Status
 from pipeline.runtime.monitor import (
     LLM_RATE_LIMIT_KEY,
