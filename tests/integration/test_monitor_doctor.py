@@ -11,6 +11,7 @@ correctly configured stack must come out clean (exit 0).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -42,10 +43,11 @@ DOCUMENTS = ("affidavit_of_jane_holloway.txt", "counsel_correspondence.eml")
 
 
 def docpipe_json(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    """`docpipe ARGS` with this machine's real clock (only the stack's worker is skewed)."""
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", *args],
         cwd=cwd,
-        env=env,
+        env={**env, "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
         timeout=120,
@@ -54,15 +56,28 @@ def docpipe_json(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, dict[
     return result.returncode, json.loads(result.stdout)
 
 
+#: The worker's clock runs this far ahead: a `sitecustomize` on its PYTHONPATH shifts
+#: time.time() before Celery is imported (heartbeats, ETAs, task start times all use it).
+CLOCK_SHIFT_S = 5.0
+SHIFTED_CLOCK = """
+import time
+_real_time = time.time
+time.time = lambda: _real_time() + {shift}
+"""
+
+
 @pytest.fixture(scope="module")
 def misconfigured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerStack]:
     workdir = tmp_path_factory.mktemp("misconfigured")
+    skewed = workdir / "skewed-clock"
+    skewed.mkdir()
+    (skewed / "sitecustomize.py").write_text(SHIFTED_CLOCK.format(shift=CLOCK_SHIFT_S))
     with start_redis(workdir / "redis") as server:
         stack = BrokerStack(
             workdir=workdir,
             redis=server,
             database_url=f"sqlite:///{workdir / 'db.sqlite'}",
-            overrides=SHORT_VISIBILITY,
+            overrides={**SHORT_VISIBILITY, "PYTHONPATH": f"{skewed}{os.pathsep}{REPO}"},
         )
         try:
             stack.start_worker("ocr,text,entity", pool="threads", concurrency=4, name="busy")
@@ -145,11 +160,12 @@ def test_doctor_names_each_pitfall_of_the_misconfigured_stack(piled_up: BrokerSt
         ("broker-cache-same-db", "broker"),
         ("queue-without-consumer", "graph"),
         ("unenforced-pool-short-visibility", worker["name"]),
+        ("clock-skew", worker["name"]),
     }
     assert worker["visibility_timeout_s"] == 120
     assert worker["acks_late"] is True
     assert worker["prefetch_multiplier"] == 1
-    assert abs(worker["clock_offset_s"]) < 1  # one machine, one clock
+    assert worker["clock_offset_s"] == pytest.approx(CLOCK_SHIFT_S, abs=0.5)
     assert all(finding["fix"] for finding in report["findings"])
 
 
