@@ -24,8 +24,9 @@ import pytest
 from pipeline.adapters.sql import create_database_engine
 from pipeline.adapters.sql.migrations import upgrade
 from pipeline.app.intake import claim_own, dispatch, submit_file
-from pipeline.harness.localstack import start_redis
+from pipeline.harness.localstack import free_port, start_redis, stop_process
 from pipeline.runtime.celery_app import configure
+from pipeline.runtime.doctor import probe_flower
 from tests.conftest import REPO, SAMPLES
 from tests.integration.broker_stack import BrokerStack
 
@@ -143,10 +144,37 @@ def test_monitor_snapshot_shows_the_pile_in_the_queue_nobody_consumes(
     assert (limit["limit"], limit["source"]) == (100000, "workers")  # the stack's setting
 
 
-def test_doctor_names_each_pitfall_of_the_misconfigured_stack(piled_up: BrokerStack) -> None:
+@pytest.fixture
+def open_flower(misconfigured: BrokerStack) -> Iterator[str]:
+    """Flower started the way the seed plan's script does, without --basic-auth."""
+    port = free_port()
+    argv = [sys.executable, "-m", "celery", "-A", "pipeline.runtime.celery_app", "flower"]
+    argv += [f"--port={port}", "--address=127.0.0.1", f"--conf={os.devnull}"]
+    env = {k: v for k, v in misconfigured.env.items() if not k.startswith("FLOWER_")}
+    with (misconfigured.workdir / "flower.log").open("ab") as log:
+        flower = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while probe_flower(url, timeout_s=1) is None:
+            assert flower.poll() is None, "flower exited; see flower.log"
+            assert time.monotonic() < deadline, "flower did not answer within 30 s"
+            time.sleep(0.3)
+        yield url
+    finally:
+        stop_process(flower, 10)
+
+
+def test_doctor_names_each_pitfall_of_the_misconfigured_stack(
+    piled_up: BrokerStack, open_flower: str
+) -> None:
     broker = piled_up.redis.client(0)
     broker.config_set("maxmemory-policy", "allkeys-lru")
-    env = {**piled_up.env, "DOCPIPE_REDIS_URL": piled_up.redis.url(0)}
+    env = {
+        **piled_up.env,
+        "DOCPIPE_REDIS_URL": piled_up.redis.url(0),
+        "DOCPIPE_FLOWER_URL": open_flower,
+    }
     try:
         code, report = docpipe_json(env, piled_up.workdir, "doctor", "--json")
     finally:
@@ -161,6 +189,7 @@ def test_doctor_names_each_pitfall_of_the_misconfigured_stack(piled_up: BrokerSt
         ("queue-without-consumer", "graph"),
         ("unenforced-pool-short-visibility", worker["name"]),
         ("clock-skew", worker["name"]),
+        ("flower-without-auth", "flower"),
     }
     assert worker["visibility_timeout_s"] == 120
     assert worker["acks_late"] is True
