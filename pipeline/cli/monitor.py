@@ -32,7 +32,7 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def render(snapshot: Snapshot, *, broker: str) -> Group:
+def render(snapshot: Snapshot, *, broker: str, problem: str | None = None) -> Group:
     """Queues, workers and documents as three tables and a summary line."""
     from rich.console import Group
     from rich.table import Table
@@ -101,7 +101,10 @@ def render(snapshot: Snapshot, *, broker: str) -> Group:
     )
     taken = time.strftime("%H:%M:%S", time.gmtime(snapshot.taken_at))
     header = f"[dim]docpipe monitor - broker {markup_safe(broker)} - {taken} UTC[/]"
-    return Group(header, queues, workers, statuses, summary)
+    parts: list[Any] = [header, queues, workers, statuses, summary]
+    if problem:
+        parts.append(f"[bold red]{markup_safe(problem)}[/]")
+    return Group(*parts)
 
 
 @click.command()
@@ -178,21 +181,21 @@ def _live(
 ) -> None:
     from rich.live import Live
 
+    from pipeline.redaction import redact
     from pipeline.runtime.monitor import take_snapshot
 
-    def snapshot() -> Any:
-        return take_snapshot(
-            deployment,
-            listener.latest(),
-            inspect_timeout_s=timeout_s,
-            rate_window_s=window_s,
+    def view() -> Any:
+        snapshot = take_snapshot(
+            deployment, listener.latest(), inspect_timeout_s=timeout_s, rate_window_s=window_s
         )
+        problem = f"heartbeats stopped: {listener.error}" if listener.error else None
+        return render(snapshot, broker=broker, problem=redact(problem) if problem else None)
 
     try:
-        with Live(render(snapshot(), broker=broker), console=stdout, auto_refresh=False) as live:
+        with Live(view(), console=stdout, auto_refresh=False) as live:
             while True:
                 time.sleep(interval_s)
-                live.update(render(snapshot(), broker=broker), refresh=True)
+                live.update(view(), refresh=True)
     except KeyboardInterrupt:
         pass
     finally:

@@ -19,7 +19,6 @@ Where a message is, with kombu's Redis transport:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
@@ -295,21 +294,20 @@ def describe_workers(
 class HeartbeatListener:
     """Collects workers' heartbeat events from the broker in a background thread.
 
-    `capture(app, seconds)` is the one-shot form: it asks every worker for a
-    heartbeat at once (Celery's `heartbeat` broadcast, `wakeup=True`) and
-    listens for `seconds`.
+    Listening starts with Celery's `heartbeat` broadcast (`wakeup=True`): every
+    worker sends one at once, then one every 2 s as usual.
     """
 
     EVENTS = ("worker-heartbeat", "worker-online")
 
-    def __init__(self, app: Celery, clock: Any = time.time) -> None:
+    def __init__(self, app: Celery) -> None:
         self._app = app
-        self._clock = clock
         self._lock = threading.Lock()
         self._beats: dict[str, Heartbeat] = {}
         self._receiver: Any = None
-        self._deadline: float | None = None
+        self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        #: Why listening ended early (the broker went away), shown by the live view.
         self.error: BaseException | None = None
 
     def latest(self) -> dict[str, Heartbeat]:
@@ -320,45 +318,36 @@ class HeartbeatListener:
         if event.get("type") in self.EVENTS and event.get("hostname"):
             beat = Heartbeat(
                 sent_at=float(event.get("timestamp") or 0.0),
-                received_at=float(event.get("local_received") or self._clock()),
+                received_at=float(event.get("local_received") or time.time()),
                 frequency_s=float(event["freq"]) if event.get("freq") else None,
             )
             with self._lock:
                 self._beats[str(event["hostname"])] = beat
-        if self._deadline is not None and self._clock() >= self._deadline and self._receiver:
-            self._receiver.should_stop = True
 
-    def listen(self, seconds: float | None = None) -> None:
-        """Receive events until `seconds` pass (None: until `stop`)."""
-        self._deadline = None if seconds is None else self._clock() + seconds
-        with self._app.connection_for_read() as connection:
-            self._receiver = self._app.events.Receiver(connection, handlers={"*": self._on_event})
-            # A TimeoutError: no event at all within `seconds`, so no heartbeat to report.
-            with contextlib.suppress(TimeoutError):
-                self._receiver.capture(limit=None, timeout=seconds, wakeup=True)
+    def _listen(self) -> None:
+        try:
+            with self._app.connection_for_read() as connection:
+                receiver = self._app.events.Receiver(connection, handlers={"*": self._on_event})
+                self._receiver = receiver
+                if self._stopping.is_set():
+                    return
+                # Ends within a second of `should_stop` (kombu drains with a 1 s timeout).
+                receiver.capture(limit=None, timeout=None, wakeup=True)
+        except Exception as exc:  # shown by the live view, not fatal to it
+            self.error = exc
 
     def start(self) -> HeartbeatListener:
-        def run() -> None:
-            try:
-                self.listen(None)
-            except Exception as exc:  # shown by the monitor, not fatal to it
-                self.error = exc
-
-        self._thread = threading.Thread(target=run, name="heartbeats", daemon=True)
+        self._thread = threading.Thread(target=self._listen, name="heartbeats", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
+        # Set before reading the receiver: the thread sets the receiver before reading this.
+        self._stopping.set()
         if self._receiver is not None:
             self._receiver.should_stop = True
         if self._thread is not None:
             self._thread.join(timeout=3)
-
-    @classmethod
-    def capture(cls, app: Celery, seconds: float) -> dict[str, Heartbeat]:
-        listener = cls(app)
-        listener.listen(seconds)
-        return listener.latest()
 
 
 # --- the database -------------------------------------------------------------------------
