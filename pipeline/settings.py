@@ -238,6 +238,9 @@ class Settings(BaseSettings):
     neo4j_password: SecretStr | None = None
     neo4j_database: str = "neo4j"
     flower_basic_auth: SecretStr | None = None
+    #: Where Flower answers, for `docpipe doctor` to probe without credentials (unset: the
+    #: `docpipe flower` default, http://127.0.0.1:5555, if anything listens there).
+    flower_url: str | None = None
 
     @model_validator(mode="after")
     def _remember_secrets(self) -> Settings:

@@ -131,7 +131,7 @@ def load(
             locustfile=locustfile,
             keep_workdir=keep,
         )
-        summary = run_load(config, say=lambda message: stderr.print(message))
+        summary = run_load(config, say=lambda message: stderr.print(message, soft_wrap=True))
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     else:

@@ -401,6 +401,11 @@ def run_celery(
             say(f"celery: worker {spec.queue} ({spec.pool} x{spec.concurrency})")
         app = configure(Settings(_env_file=None, **values))  # type: ignore[call-arg]
         workers.wait_for_consumers(app, QUEUES, timeout_s=60)
+        say(
+            "celery: watch it from another terminal with "
+            f"DOCPIPE_BROKER_URL={values['broker_url']} DOCPIPE_REDIS_URL={values['redis_url']} "
+            f"DOCPIPE_DATABASE_URL={values['database_url']} docpipe monitor"
+        )
         say(f"celery: locust, {config.users} users for {config.duration_s:g}s")
         locust_env = dict(env)
         locust_env.update(
