@@ -14,6 +14,7 @@ from typing import Any
 import redis
 
 from pipeline.errors import RateLimited
+from pipeline.ports import CountedAcquisition
 
 STATE_KEY = "doc:state:{uuid}"
 
@@ -33,6 +34,34 @@ if current == false or string.sub(current, 1, string.len(ARGV[3])) == ARGV[3] th
     return 1
 end
 return 0
+"""
+
+# The redelivery guard and the lock in one round trip: count this delivery (KEYS[1], kept
+# ARGV[4] seconds); over ARGV[5] deliveries return without trying the lock (KEYS[2]), else
+# `_ACQUIRE` on it with ARGV[1..3] as there. Returns {deliveries, 1 if the lock was taken}.
+_ACQUIRE_COUNTED = """
+local deliveries = redis.call('incr', KEYS[1])
+redis.call('expire', KEYS[1], ARGV[4])
+if deliveries > tonumber(ARGV[5]) then
+    return {deliveries, 0}
+end
+local current = redis.call('get', KEYS[2])
+if current == false or string.sub(current, 1, string.len(ARGV[3])) == ARGV[3] then
+    redis.call('set', KEYS[2], ARGV[1], 'EX', ARGV[2])
+    return {deliveries, 1}
+end
+return {deliveries, 0}
+"""
+
+#: How long a delivery count is kept (a week: longer than any retry schedule).
+DELIVERY_COUNT_TTL_S = 7 * 24 * 3600
+
+# A state hash write and its TTL, atomic and in one round trip: ARGV[1] the TTL, then
+# field, value pairs.
+_RECORD_STATE = """
+redis.call('hset', KEYS[1], unpack(ARGV, 2))
+redis.call('expire', KEYS[1], ARGV[1])
+return 1
 """
 
 # Sliding window of requests and tokens in one round trip. One sorted set per limit name:
@@ -85,6 +114,7 @@ class RedisStateTracker:
     def __init__(self, client: redis.Redis, *, ttl_seconds: int) -> None:
         self._client = client
         self._ttl = ttl_seconds
+        self._record = client.register_script(_RECORD_STATE)
 
     def record(
         self, document_uuid: str, stage: str, status: str, metadata: dict[str, object] | None = None
@@ -97,10 +127,8 @@ class RedisStateTracker:
         }
         if metadata:
             fields[f"{stage}_metadata"] = json.dumps(metadata, sort_keys=True, default=str)
-        pipe = self._client.pipeline()
-        pipe.hset(key, mapping=fields)
-        pipe.expire(key, self._ttl)
-        pipe.execute()
+        pairs = [item for field in fields.items() for item in field]
+        self._record(keys=[key], args=[self._ttl, *pairs])
 
     def get(self, document_uuid: str) -> dict[str, str]:
         raw: dict[Any, Any] = self._client.hgetall(STATE_KEY.format(uuid=document_uuid))
@@ -137,6 +165,7 @@ class RedisLockManager:
         self._client = client
         self._prefix = prefix
         self._acquire = client.register_script(_ACQUIRE)
+        self._acquire_counted = client.register_script(_ACQUIRE_COUNTED)
         self._release = client.register_script(_RELEASE_IF_OWNER)
 
     def acquire(self, name: str, ttl_seconds: int, owner: str | None = None) -> str | None:
@@ -149,6 +178,17 @@ class RedisLockManager:
             token = prefix + delivery
         acquired = self._acquire(keys=[self._prefix + name], args=[token, ttl_seconds, prefix])
         return token if acquired == 1 else None
+
+    def acquire_counted(
+        self, name: str, ttl_seconds: int, owner: str, *, counter: str, limit: int
+    ) -> CountedAcquisition:
+        prefix = f"{owner}#"
+        token = prefix + uuid.uuid4().hex
+        deliveries, acquired = self._acquire_counted(
+            keys=[counter, self._prefix + name],
+            args=[token, ttl_seconds, prefix, DELIVERY_COUNT_TTL_S, limit],
+        )
+        return CountedAcquisition(int(deliveries), token if int(acquired) == 1 else None)
 
     def release(self, name: str, token: str) -> None:
         self._release(keys=[self._prefix + name], args=[token])

@@ -129,8 +129,7 @@ def begin(
         if claimed is None:
             continue  # it moved between the read and the claim: judge it again
         _delivery.fence = Fence.of(claimed)
-        if claimed.status is not document.status:
-            services.state.record(document_uuid, str(stage), str(claimed.status))
+        # One write: "started" replaces every field a write of the claimed status would set.
         services.state.record(document_uuid, str(stage), "started")
         return claimed
     log.warning("%s %s: the document kept moving; dropping the task", stage, document_uuid)

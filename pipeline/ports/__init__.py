@@ -172,6 +172,18 @@ class Cache(Protocol):
     def set(self, key: str, value: str, ttl_seconds: int) -> None: ...
 
 
+@dataclass(frozen=True)
+class CountedAcquisition:
+    """What `LockManager.acquire_counted` found: the delivery count, and the lock's token.
+
+    `token` is None when the count went over the limit (the lock was not tried)
+    or when another owner holds the lock.
+    """
+
+    deliveries: int
+    token: str | None
+
+
 class LockManager(Protocol):
     """Non-blocking per-document-and-stage locks; never run unlocked on failure."""
 
@@ -180,6 +192,16 @@ class LockManager(Protocol):
 
         Another acquisition by the same `owner` (a redelivery of the same task id)
         takes the lock over with a new token; the older token can no longer release it.
+        """
+        ...
+
+    def acquire_counted(
+        self, name: str, ttl_seconds: int, owner: str, *, counter: str, limit: int
+    ) -> CountedAcquisition:
+        """Count one more delivery under the key `counter`, then `acquire` unless over `limit`.
+
+        One round trip for what a task does first (the redelivery guard, then its
+        lock); the count is kept for a week. Over the limit the lock is not tried.
         """
         ...
 

@@ -68,15 +68,29 @@ def run_stage(
         )
 
     try:
-        if _redelivered_too_often(task, services):
-            gave_up = f"gave up after {task.request.retries} retries"
-            reason = f"worker lost too many times ({gave_up})"
-            _dead_letter(task, services, stage, document_uuid, version, reason)
-            return "dead_lettered"
         # Each delivery holds the lock under its own token; a redelivery of the same task id
         # (worker killed, or a visibility-timeout restore while this one still runs) takes
         # it over at once, and its claim in `stages.begin` fences the older delivery out.
-        token = services.locks.acquire(lock_name, settings.lock_ttl_s, owner=task.request.id)
+        # A broker delivery is counted first (one round trip with the lock): a poison task
+        # that kills its worker every time cannot loop forever.
+        counted_as = _delivery_counter(task)
+        if counted_as is None:
+            token = services.locks.acquire(lock_name, settings.lock_ttl_s, owner=task.request.id)
+        else:
+            task_id, counter = counted_as
+            counted = services.locks.acquire_counted(
+                lock_name,
+                settings.lock_ttl_s,
+                task_id,
+                counter=counter,
+                limit=settings.max_redeliveries,
+            )
+            if counted.deliveries > settings.max_redeliveries:
+                gave_up = f"gave up after {task.request.retries} retries"
+                reason = f"worker lost too many times ({gave_up})"
+                _dead_letter(task, services, stage, document_uuid, version, reason)
+                return "dead_lettered"
+            token = counted.token
         if token is None:
             raise LockUnavailable(f"another worker holds the {stage} lock")
         stages.forget_claim()
@@ -253,14 +267,12 @@ def _release(services: Services, lock_name: str, token: str | None) -> None:
         log.warning("could not release lock %s (%s); it expires by itself", lock_name, exc)
 
 
-def _redelivered_too_often(task: Task[Any, Any], services: Services) -> bool:
-    """Count deliveries of this task id and retry; a poison task cannot loop forever."""
-    if task.request.is_eager or not task.request.id:
-        return False
-    key = f"docpipe:deliveries:{task.request.id}:{task.request.retries}"
-    deliveries = int(services.redis.incr(key))
-    services.redis.expire(key, 7 * 24 * 3600)
-    return deliveries > services.settings.max_redeliveries
+def _delivery_counter(task: Task[Any, Any]) -> tuple[str, str] | None:
+    """The task id and the key counting its deliveries at this retry; None for an eager call."""
+    task_id: str | None = task.request.id
+    if task.request.is_eager or not task_id:
+        return None
+    return task_id, f"docpipe:deliveries:{task_id}:{task.request.retries}"
 
 
 def _dead_letter(
