@@ -834,6 +834,42 @@ class StoreContract:
         )
         assert stale_read is None
 
+    def test_read_and_claim_judges_the_read_document_and_claims_it_in_one_go(
+        self, store: SqlDocumentStore
+    ) -> None:
+        doc = new_document(store)
+        seen: list[Status] = []
+
+        def to_extraction(found: SourceDocument) -> Status | None:
+            seen.append(found.status)
+            return Status.ENTITY_EXTRACTION
+
+        claimed = store.read_and_claim(doc.uuid, stage="entity_extraction", judge=to_extraction)
+        assert seen == [Status.PENDING]
+        assert claimed is not None and claimed.fence_token is not None
+        # What it returns is what is stored (updated_at is not compared).
+        assert claimed == store.get_document(doc.uuid)
+        assert claimed.status is Status.ENTITY_EXTRACTION
+        assert [h.status for h in store.history(doc.uuid)] == [Status.ENTITY_EXTRACTION]
+        # A redelivery at the same status: a new token, no new history row, earlier fence out.
+        again = store.read_and_claim(doc.uuid, stage="entity_extraction", judge=to_extraction)
+        assert again is not None and again.fence_token not in (None, claimed.fence_token)
+        assert seen == [Status.PENDING, Status.ENTITY_EXTRACTION]
+        assert [h.status for h in store.history(doc.uuid)] == [Status.ENTITY_EXTRACTION]
+        with pytest.raises(StaleDelivery):
+            store.check_fence(Fence.of(claimed))
+        store.check_fence(Fence.of(again))
+
+    def test_read_and_claim_leaves_a_document_its_judge_refuses(
+        self, store: SqlDocumentStore
+    ) -> None:
+        doc = new_document(store)
+        assert store.read_and_claim(doc.uuid, stage="ocr", judge=lambda found: None) is None
+        assert store.get_document(doc.uuid) == doc
+        assert store.history(doc.uuid) == []
+        with pytest.raises(KeyError):
+            store.read_and_claim("no-such-document", stage="ocr", judge=lambda f: Status.PENDING)
+
     def test_a_later_delivery_fences_the_earlier_one_out_of_every_write(
         self, store: SqlDocumentStore
     ) -> None:

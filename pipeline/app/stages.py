@@ -76,9 +76,6 @@ _CEILING: dict[Stage, Status] = {
 }
 
 
-#: How often `begin` re-reads a document that moved between its read and its claim.
-_CLAIM_ATTEMPTS = 3
-
 #: The claim of the delivery running on this thread (greenlet under gevent), so the task
 #: layer can fence the failure it records too (`claimed_fence`).
 _delivery = threading.local()
@@ -100,40 +97,36 @@ def begin(
 ) -> SourceDocument | None:
     """Load the document and claim it for this delivery, or None for a duplicate delivery.
 
-    The claim (one conditional UPDATE) moves the document to the stage's
-    status and gives it a fresh fencing token: every write of this delivery
-    passes `Fence.of(document)` and commits only while the document is still
-    there. A later delivery of the same stage (a redelivery while this one
+    The claim (read, judged and updated in one transaction) moves the
+    document to the stage's status and gives it a fresh fencing token: every
+    write of this delivery passes `Fence.of(document)` and commits only while
+    the document is still there. A later delivery of the same stage (a redelivery while this one
     stalls) claims it anew, and this one's writes are refused (StaleDelivery).
     """
-    for _ in range(_CLAIM_ATTEMPTS):
-        try:
-            document = services.store.get_document(document_uuid)
-        except KeyError:
-            log.warning("%s: document %s no longer exists; dropping the task", stage, document_uuid)
-            return None
+
+    def claim_status(document: SourceDocument) -> Status | None:
+        """The status to claim the document at; None leaves it (a duplicate delivery)."""
         if document.processing_version != version or document.status.is_terminal:
             return None
         if progress_rank(document.status) > progress_rank(_CEILING[stage]):
             return None
-        status = document.status
-        if progress_rank(status) < progress_rank(stage.running_status):
-            status = stage.running_status
-        claimed = services.store.claim_delivery(
-            document_uuid,
-            processing_version=version,
-            found_status=document.status,
-            status=status,
-            stage=str(stage),
-        )
-        if claimed is None:
-            continue  # it moved between the read and the claim: judge it again
-        _delivery.fence = Fence.of(claimed)
-        # One write: "started" replaces every field a write of the claimed status would set.
-        services.state.record(document_uuid, str(stage), "started")
-        return claimed
-    log.warning("%s %s: the document kept moving; dropping the task", stage, document_uuid)
-    return None
+        if progress_rank(document.status) < progress_rank(stage.running_status):
+            return stage.running_status
+        return document.status
+
+    try:
+        # The read, this judgement and the claim are one transaction: nothing can move
+        # the document in between.
+        claimed = services.store.read_and_claim(document_uuid, stage=str(stage), judge=claim_status)
+    except KeyError:
+        log.warning("%s: document %s no longer exists; dropping the task", stage, document_uuid)
+        return None
+    if claimed is None:
+        return None
+    _delivery.fence = Fence.of(claimed)
+    # One write: "started" replaces every field a write of the claimed status would set.
+    services.state.record(document_uuid, str(stage), "started")
+    return claimed
 
 
 def mark(

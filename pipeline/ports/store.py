@@ -10,7 +10,7 @@ its transactions (pipeline.adapters.sql).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -105,6 +105,23 @@ class DocumentRecords(Protocol):
         """A stage delivery claims the document: new fencing token, status moved to `status`.
 
         None when the document is no longer in that version at `found_status`.
+        """
+        ...
+
+    def read_and_claim(
+        self,
+        document_uuid: str,
+        *,
+        stage: str,
+        judge: Callable[[SourceDocument], Status | None],
+    ) -> SourceDocument | None:
+        """Read the document and claim it for a stage delivery in one transaction.
+
+        `judge(document)` (the caller's rule, run while nothing else can move
+        the document) gives the status to claim it at, or None to leave it as
+        it is (returns None). A claim is `claim_delivery`'s: a fresh fencing
+        token, the status moved forward with its history row. KeyError when
+        there is no such document.
         """
         ...
 

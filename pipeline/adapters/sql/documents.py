@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import uuid as uuidlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -255,6 +256,68 @@ class SqlDocumentRecords(SqlBase):
                     document.celery_task_id,
                 )
             return document
+
+    def read_and_claim(
+        self,
+        document_uuid: str,
+        *,
+        stage: str,
+        judge: Callable[[SourceDocument], Status | None],
+    ) -> SourceDocument | None:
+        """`claim_delivery` with the read in its transaction: one commit, no re-read.
+
+        The row is locked from the read on (FOR UPDATE on PostgreSQL; SQLite
+        holds the write lock from BEGIN IMMEDIATE), so what `judge` saw is what
+        the UPDATE changes; the claimed document is the read one with the new
+        values, not read again.
+        """
+        docs = source_documents.c
+        query = select(source_documents).where(docs.uuid == document_uuid)
+        with self._write() as conn:
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update()
+            row = conn.execute(query).one_or_none()
+            if row is None:
+                raise KeyError(f"no document {document_uuid}")
+            found = _document(row)
+            wanted = judge(found)
+            if wanted is None:
+                return None
+            status = Status(wanted)
+            now = self._now()
+            values: dict[str, Any] = {"fence_token": uuidlib.uuid4().hex, "updated_at": now}
+            moves = progress_rank(status) > progress_rank(found.status)
+            if moves:
+                values.update(status=status.value, error_message=None)
+            changed = conn.execute(
+                update(source_documents)
+                .where(
+                    docs.uuid == document_uuid,
+                    docs.processing_version == found.processing_version,
+                    docs.status == found.status.value,
+                )
+                .values(**values)
+            ).rowcount
+            if changed != 1:  # the row lock makes this unreachable; never claim blind
+                raise RuntimeError(f"document {document_uuid} changed under its row lock")
+            claimed = replace(
+                found,
+                status=status if moves else found.status,
+                error_message=None if moves else found.error_message,
+                fence_token=values["fence_token"],
+                updated_at=now.timestamp(),
+            )
+            if moves:
+                self._record_history(
+                    conn,
+                    document_uuid,
+                    found.processing_version,
+                    stage,
+                    status,
+                    None,
+                    found.celery_task_id,
+                )
+            return claimed
 
     def force_status(
         self,
