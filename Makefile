@@ -73,6 +73,8 @@ scenarios: $(STAMP)  ## run every scenario in scenarios/ (eager; MODE=both adds 
 
 # The plan's worker layout, against DOCPIPE_BROKER_URL (see README "Broker mode").
 RUN := .docpipe/run
+# queue:pool:concurrency items, the syntax `docpipe load --layout` and `docpipe simulate
+# --layout` read (pipeline/harness/layout.py); here one queue per worker (QUEUE.pid, QUEUE@host).
 WORKER_LAYOUT := ocr:prefork:2 text:threads:4 entity:gevent:100 graph:threads:4
 
 # `make workers` succeeds only once every worker answers on the broker for its queue

@@ -193,7 +193,8 @@ def test_importing_the_use_cases_loads_no_client_library() -> None:
     document library comes with an import of the application code."""
     probe = (
         "import sys\n"
-        "import pipeline.app.intake, pipeline.app.monolith, pipeline.app.operations\n"
+        "import pipeline.app.intake, pipeline.app.monolith, pipeline.app.queue_processor\n"
+        "import pipeline.app.admin, pipeline.app.dead_letters\n"
         "import pipeline.app.report\n"
         "import pipeline.app.stages\n"
         "heavy = ('redis', 'celery', 'sqlalchemy', 'pypdf', 'docx', 'fakeredis')\n"
