@@ -9,7 +9,6 @@ fork. The stage-chaining port (`Dispatcher`) is wired here to Celery.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 from typing import Any, cast
@@ -52,7 +51,7 @@ from pipeline.ports.services import Services as Services  # re-exported: callers
 from pipeline.ports.services import current_services as current_services
 from pipeline.ports.services import set_services_factory
 from pipeline.ports.services import use_services as use_services
-from pipeline.settings import Settings, get_settings, redact_url
+from pipeline.settings import Settings, get_settings, is_loopback_url, redact_url
 
 #: Set by the test suite: real cloud adapters then refuse to build unless a test opts in.
 UNDER_TEST_ENV = "DOCPIPE_UNDER_TEST"
@@ -100,19 +99,6 @@ def build_blob_store(url: str) -> BlobStore:
 def _refuse_cloud_under_test(settings: Settings, what: str) -> None:
     if os.environ.get(UNDER_TEST_ENV) and not settings.allow_cloud:
         raise ConfigurationError(f"{what} is a real cloud adapter and is disabled under tests")
-
-
-def is_loopback_url(url: str | None) -> bool:
-    """Whether `url` points at this machine (a local fake, never a cloud service)."""
-    if not url:
-        return False
-    host = urlparse(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def build_openai_extractor(settings: Settings) -> EntityExtractor:
