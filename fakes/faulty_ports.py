@@ -354,14 +354,14 @@ class FaultyRateLimiter:
         self._faults = faults
         self._clock = clock
 
-    def acquire(self, name: str) -> None:
+    def acquire(self, name: str, tokens: int = 0) -> None:
         try:
             response = consult(self._faults, self._clock, "rate_limiter", "acquire", None)
         except TransientError as exc:
             raise RateLimited(
                 f"rate limiter unavailable (ConnectionError: {exc}); refusing the call"
             ) from None
-        self._inner.acquire(name)
+        self._inner.acquire(name, tokens)
         _after(self._faults, response, "rate_limiter", "acquire")
 
     def __getattr__(self, name: str) -> Any:
