@@ -111,9 +111,8 @@ class KuzuDriver:
 
     def rows(self, query: str) -> list[list[Any]]:
         """All rows of a read query (for assertions)."""
-        result = self.connection.execute(query)
-        rows: list[list[Any]] = result.get_all()
-        return rows
+        result: Any = self.connection.execute(query)
+        return [list(row) for row in result.get_all()]
 
     def close(self) -> None:
         self.connection.close()
