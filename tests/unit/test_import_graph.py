@@ -228,7 +228,6 @@ def test_the_cycle_finder_finds_a_cycle_through_a_function_level_import(tmp_path
     assert cycles(graph) == [["pkg.a", "pkg.b"]]
 
 
-
 def test_no_test_module_imports_another() -> None:
     """Shared test code lives in conftest.py, tests/helpers.py or pipeline.testing: importing
     a test module runs its collection-time code and ties unrelated tests together."""
@@ -246,6 +245,7 @@ def test_no_test_module_imports_another() -> None:
                 offenders.append(f"{path.relative_to(tests_root)}:{node.lineno}")
 
     assert offenders == []
+
 
 if __name__ == "__main__":
     sys.path.insert(0, str(PACKAGE_ROOT.parent))
