@@ -65,14 +65,13 @@ class PrivateStack:
             workdir, env, persistent=persistent, postgres_admin_url=postgres_admin_url
         )
         self._services: Services | None = None
-        self._started = False
+        self._worker_count = 0
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> PrivateStack:
         """Start the database (and its proxy) and the redis-server."""
         self.environment.start_database()
         self.environment.start_redis()
-        self._started = True
         return self
 
     def stop(self) -> None:
@@ -128,19 +127,33 @@ class PrivateStack:
         self, layout: Sequence[WorkerSpec] | None = None, *, timeout_s: float = 60.0
     ) -> list[subprocess.Popen[bytes]]:
         """Start workers (default: prefork for OCR, one threads worker for the rest) and
-        wait until every queue they serve has a consumer."""
+        wait until every queue they serve has a consumer; returns the new processes.
+
+        Call it again to add workers (a replacement for a killed one): every worker
+        gets its own node name, and `stop()` ends all of them.
+        """
         from pipeline.runtime import celery_app
 
         layout = list(layout) if layout is not None else worker_layout(set())
         self.services  # noqa: B018 - the schema exists before workers race to create it
-        group = self.environment.start_workers(layout)
+        group = self.environment.workers
+        if group is None:
+            group = self.environment.workers = localstack.WorkerGroup(self.workdir, self.env)
+        started = []
+        for spec in layout:
+            self._worker_count += 1
+            name = f"stack{self._worker_count}-{'-'.join(spec.queues)}"
+            started.append(
+                group.start(spec.queues, pool=spec.pool, concurrency=spec.concurrency, name=name)
+            )
         served = {q for spec in layout for q in spec.queues}
         group.wait_for_consumers(celery_app.app, QUEUES, timeout_s=timeout_s, required=served)
-        return list(group.processes)
+        return started
 
     def kill_worker(self, worker: subprocess.Popen[bytes] | None = None) -> int:
         """kill -9 a worker's main process and its pool children (no shutdown, no acks):
-        the first worker by default. Returns the main process id."""
+        the first worker by default. Returns the main process id; the worker is no
+        longer in `workers` (its log stays in `worker_logs()`)."""
         target = worker if worker is not None else self.workers[0]
         if target.poll() is not None:
             raise ValueError(f"worker {target.pid} already exited ({target.returncode})")
@@ -149,6 +162,10 @@ class PrivateStack:
             with suppress(ProcessLookupError):  # a pool child that exited meanwhile
                 os.kill(pid, signal.SIGKILL)
         target.wait(timeout=10)
+        group = self.environment.workers
+        if group is not None and target in group.processes:
+            # Forgotten by the group: its exit is expected, not "a worker exited early".
+            group.processes.remove(target)
         return target.pid
 
     # --- documents ---------------------------------------------------------------------------

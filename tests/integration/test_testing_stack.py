@@ -38,6 +38,20 @@ def test_workers_process_a_document_and_a_killed_worker_dies_at_once(
     worker = docpipe_stack.workers[0]
     docpipe_stack.kill_worker(worker)
     assert worker.returncode == -signal.SIGKILL
+    assert worker not in docpipe_stack.workers
+
+
+def test_workers_started_again_after_a_kill_take_over_under_their_own_names(
+    docpipe_stack: PrivateStack, document: Path
+) -> None:
+    first = docpipe_stack.start_workers()
+    docpipe_stack.kill_worker(first[-1])
+
+    replacements = docpipe_stack.start_workers()  # no duplicate node name, no early-exit error
+    uuid = docpipe_stack.submit(document)
+
+    assert docpipe_stack.wait_until_terminal([uuid]) == {uuid: Status.COMPLETED}
+    assert len(docpipe_stack.workers) == len(first) - 1 + len(replacements)
 
 
 def test_faults_declared_in_the_test_reach_the_worker_processes(
