@@ -18,7 +18,8 @@ mkdir -p "$WORK/scenarios" "$WORK/tests"
 echo "== $WORK: venv and pip install '$REPO[testing]'"
 "$PYTHON" -m venv "$WORK/.venv"
 "$WORK/.venv/bin/pip" install --quiet --upgrade pip
-"$WORK/.venv/bin/pip" install --quiet -c "$REPO/constraints.txt" "$REPO[testing]"
+"$WORK/.venv/bin/pip" install --quiet -c "$REPO/constraints.txt" "$REPO[testing]" \
+    2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
 cat > "$WORK/pytest.ini" <<'EOF'
 [pytest]
