@@ -23,7 +23,8 @@ import redis
 from pipeline.bootstrap import Services, start, use_services
 from pipeline.domain.models import QUEUES, Status
 from pipeline.harness import localstack
-from pipeline.harness.scenarios.real_workers import BrokerEnvironment, WorkerSpec, worker_layout
+from pipeline.harness.layout import WorkerSpec
+from pipeline.harness.scenarios.real_workers import BrokerEnvironment, worker_layout
 from pipeline.settings import Settings
 from pipeline.testing.faults import FaultRule, RedisFaultInjector, installed_faults
 
