@@ -38,6 +38,7 @@ from pipeline.ports import (
     BlobStore,
     Cache,
     Clock,
+    CountedAcquisition,
     Dispatcher,
     FaultInjector,
     GraphSink,
@@ -62,6 +63,7 @@ STORE_ROLES: dict[str, str] = {
     "statuses": "documents",
     "advance_status": "documents",
     "claim_delivery": "documents",
+    "read_and_claim": "documents",
     "force_status": "documents",
     "record_attempt": "documents",
     "set_task_id": "documents",
@@ -105,6 +107,7 @@ STORE_WRITES = frozenset(
         "create_document",
         "advance_status",
         "claim_delivery",
+        "read_and_claim",
         "force_status",
         "record_attempt",
         "set_task_id",
@@ -321,6 +324,18 @@ class FaultyLockManager:
         token = self._inner.acquire(name, ttl_seconds, owner=owner)
         _after(self._faults, response, "locks", "acquire")
         return token
+
+    def acquire_counted(
+        self, name: str, ttl_seconds: int, owner: str, *, counter: str, limit: int
+    ) -> CountedAcquisition:
+        # The task layer's lock acquisition (with its delivery count): the faults of `acquire`.
+        document = _document_of_lock(name)
+        response = _redis_call(self._faults, self._clock, "locks", "acquire", document)
+        counted = self._inner.acquire_counted(
+            name, ttl_seconds, owner, counter=counter, limit=limit
+        )
+        _after(self._faults, response, "locks", "acquire")
+        return counted
 
     def release(self, name: str, token: str) -> None:
         document = _document_of_lock(name)

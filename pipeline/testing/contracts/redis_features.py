@@ -73,7 +73,7 @@ class RedisFeaturesContract:
         counter = "docpipe:deliveries:task-1:0"
         first = locks.acquire_counted("doc:ocr", 30, "task-1", counter=counter, limit=2)
         assert first.deliveries == 1 and first.token is not None
-        assert 0 < int(client.ttl(counter)) <= 7 * 24 * 3600  # type: ignore[arg-type]
+        assert 0 < int(client.ttl(counter)) <= 7 * 24 * 3600
         # A redelivery of the same task id: counted, and it takes the lock over.
         second = locks.acquire_counted("doc:ocr", 30, "task-1", counter=counter, limit=2)
         assert second.deliveries == 2 and second.token not in (None, first.token)
