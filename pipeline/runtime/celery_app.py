@@ -2,12 +2,15 @@
 
 Configuration is the seed's, corrected: JSON only, late acks with reject on
 worker loss, prefetch 1, soft and hard limits, and a Redis visibility timeout
-longer than the hard limit plus the largest retry countdown (failure 15).
+longer than the hard limit plus the largest retry countdown (failure 15). On a
+RabbitMQ broker (amqp://) the task queues are declared here instead: quorum
+queues with a delivery limit on one topic exchange (`rabbitmq_config`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from celery import Celery
@@ -17,8 +20,9 @@ from celery.signals import (
     celeryd_init,
     worker_process_init,
 )
+from kombu import Exchange, Queue
 
-from pipeline.domain.models import STAGE_ORDER, Stage
+from pipeline.domain.models import QUEUES, STAGE_ORDER, Stage
 from pipeline.redaction import redact_log_output
 from pipeline.runtime import redis_transport as broker_transport
 from pipeline.settings import Settings, get_settings
@@ -53,7 +57,7 @@ BROKER_RECONNECT = {
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    return {
+    config = {
         "broker_url": settings.broker_url,
         "result_backend": settings.result_backend,
         "task_ignore_result": settings.result_backend is None,
@@ -87,6 +91,78 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
     }
+    if settings.broker_kind == "amqp":
+        config.update(rabbitmq_config(settings))
+    return config
+
+
+#: The topic exchange every docpipe queue is bound to (routing key = queue name). Not the
+#: direct exchanges Celery would create: its native delayed delivery (countdowns parked in
+#: RabbitMQ on quorum queues) refuses direct exchanges and would hold the message instead.
+TASK_EXCHANGE = "docpipe"
+#: Where a quorum queue dead-letters a message delivered more than its delivery limit
+#: allows: kept, for inspection (`rabbitmqadmin get queue=docpipe.undeliverable`).
+UNDELIVERABLE_EXCHANGE = "docpipe.undeliverable"
+UNDELIVERABLE_QUEUE = "docpipe.undeliverable"
+
+
+def task_queue_arguments(settings: Settings) -> dict[str, Any]:
+    """The RabbitMQ arguments of the four task queues (README: RabbitMQ and Redis).
+
+    Quorum queues count every return of a message (a worker killed or disconnected
+    with it unacked) and dead-letter it once the count passes `x-delivery-limit`: a
+    poison message cannot loop forever even when docpipe's own guard (a counter in
+    the state Redis, tasks._redelivered_too_often) cannot run. The limit is one above
+    max_redeliveries, so the guard - which also records the document as dead-lettered
+    - goes first; the broker is the backstop.
+    """
+    if settings.broker_queue_type == "classic":
+        return {}
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": settings.max_redeliveries + 1,
+        "x-dead-letter-exchange": UNDELIVERABLE_EXCHANGE,
+    }
+
+
+def task_queues(settings: Settings) -> list[Queue]:
+    exchange = Exchange(TASK_EXCHANGE, type="topic", durable=True)
+    arguments = task_queue_arguments(settings)
+    return [
+        Queue(name, exchange, routing_key=name, durable=True, queue_arguments=arguments)
+        for name in QUEUES
+    ]
+
+
+def broker_countdown(settings: Settings, seconds: float) -> float:
+    """A countdown the broker can take: whole seconds, at least one, on quorum queues.
+
+    Celery's native delayed delivery routes a countdown by its whole seconds
+    (kombu's calculate_routing_key) and raises on 0 < countdown < 1, so a
+    sub-second retry would fail to publish; elsewhere the countdown is kept.
+    """
+    if settings.broker_kind != "amqp" or settings.broker_queue_type != "quorum" or seconds <= 0:
+        return seconds
+    return float(max(1, math.ceil(seconds)))
+
+
+def rabbitmq_config(settings: Settings) -> dict[str, Any]:
+    """What an amqp:// broker adds: declared queues, and none of Redis' transport options.
+
+    Celery (5.5+) sees the quorum queues (worker_detect_quorum_queues, on by default)
+    and then uses per-consumer QoS - quorum queues refuse global QoS - and parks
+    countdowns (retries, OCR polls) in its native delayed-delivery queues.
+    """
+    return {
+        "task_queues": task_queues(settings),
+        "task_default_exchange": TASK_EXCHANGE,
+        "task_default_exchange_type": "topic",
+        "worker_detect_quorum_queues": True,
+        "broker_native_delayed_delivery_queue_type": settings.broker_queue_type,
+        # Redis' options (visibility timeout, restore sweep, pool size) mean nothing here.
+        # Publisher confirms: a publish returns once RabbitMQ has taken the message.
+        "broker_transport_options": {"confirm_publish": True, **BROKER_RECONNECT},
+    }
 
 
 def configure(settings: Settings) -> Celery:
@@ -97,7 +173,24 @@ def configure(settings: Settings) -> Celery:
     """
     drop_broker_connections()
     app.conf.update(celery_config(settings))
+    forget_declared_queues()
     return app
+
+
+def forget_declared_queues() -> None:
+    """Drop Celery's cached queue declarations: the next use reads task_queues again.
+
+    Celery builds `app.amqp.queues` (and the router and default queue on it) once;
+    a process that configures the app again - another scenario with another
+    max_redeliveries - would otherwise declare the old RabbitMQ arguments, which
+    RabbitMQ refuses (PRECONDITION_FAILED, inequivalent arg).
+    """
+    amqp = app.__dict__.get("amqp")
+    if amqp is None:
+        return
+    for cached in ("queues", "default_queue", "router", "default_exchange"):
+        amqp.__dict__.pop(cached, None)
+    amqp._rtable = None
 
 
 def drop_broker_connections() -> None:
