@@ -384,5 +384,9 @@ def purge_queues(app: Celery) -> dict[str, int]:
         # kombu's stubs type the channel as StdChannel, which lacks queue_purge.
         channel: Any = connection.default_channel
         for name in QUEUES:
+            if connection.transport.driver_type == "amqp":
+                # RabbitMQ refuses to purge a queue nobody declared yet (NOT_FOUND, and
+                # the channel is closed): declare it first, with the app's arguments.
+                app.amqp.queues[name](channel).declare()
             counts[name] = int(channel.queue_purge(name) or 0)
     return counts
