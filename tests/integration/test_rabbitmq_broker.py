@@ -17,7 +17,7 @@ from kombu import Connection, Exchange, Queue
 
 from pipeline.domain.models import QUEUES, Stage
 from pipeline.errors import ServiceUnavailable
-from pipeline.harness.localstack import RedisServer
+from pipeline.harness.localstack import RabbitVhosts, RedisServer
 from pipeline.runtime import rabbitmq
 from pipeline.runtime.broker import broker_preflight
 from pipeline.runtime.celery_app import UNDELIVERABLE_QUEUE, app, task_queue_arguments
@@ -180,3 +180,27 @@ def test_purge_deletes_the_waiting_messages_of_every_queue(
     assert '"total": 4' in result.stdout
     assert "guest:guest" not in result.stdout + result.stderr
     assert rabbitmq.queue_lengths(url, QUEUES) == dict.fromkeys(QUEUES, 0)
+
+
+def test_a_broker_environment_on_rabbitmq_deletes_its_vhost(
+    rabbitmq_vhosts: RabbitVhosts, tmp_path: Path
+) -> None:
+    from urllib.parse import urlsplit
+
+    from pipeline.harness.scenarios.real_workers import BrokerEnvironment
+
+    environment = BrokerEnvironment(
+        tmp_path, {}, broker="rabbitmq", rabbitmq_admin_url=rabbitmq_vhosts.url("/")
+    )
+    environment.start_rabbitmq()
+    environment.start_redis()
+    try:
+        url = environment.env["DOCPIPE_BROKER_URL"]
+        vhost = urlsplit(url).path.lstrip("/")
+        assert vhost.startswith("docpipe_test_")
+        assert environment.queue_lengths() == dict.fromkeys(QUEUES, 0)
+        rabbitmq.connect(url, timeout_s=3).release()
+    finally:
+        environment.stop()
+    with pytest.raises(rabbitmq.RabbitUnavailable, match="vhost"):
+        rabbitmq.connect(url, timeout_s=3)
