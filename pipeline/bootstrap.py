@@ -39,6 +39,7 @@ from pipeline.errors import ConfigurationError
 from pipeline.ports import (
     BlobStore,
     Clock,
+    Dispatcher,
     DocumentParser,
     DocumentStore,
     EntityExtractor,
@@ -228,13 +229,14 @@ def build_services(
     faults: FaultInjector | None = None,
     clock: Clock | None = None,
     rate_limiter: RateLimiter | None = None,
+    dispatcher: Dispatcher | None = None,
 ) -> Services:
     """Every adapter the settings ask for; `faults` reaches the fakes (scenarios, tests).
 
-    `clock` replaces the wall clock and `rate_limiter` the shared Redis window
-    (the simulator passes virtual ones).
+    `clock` replaces the wall clock, `rate_limiter` the shared Redis window and
+    `dispatcher` Celery (the simulator passes virtual ones and its own broker model).
     """
-    from pipeline.adapters.sql_store import create_store
+    from pipeline.adapters.sql import create_store
     from pipeline.runtime.tasks import (
         CeleryDispatcher,  # celery is imported only when services are built
     )
@@ -327,7 +329,7 @@ def build_services(
         rate_limiter=rate_limiter,
         clock=clock,
         redis=client,
-        dispatcher=CeleryDispatcher(),
+        dispatcher=dispatcher if dispatcher is not None else CeleryDispatcher(),
         faults=faults,
     )
 
@@ -338,6 +340,7 @@ def start(
     faults: FaultInjector | None = None,
     clock: Clock | None = None,
     rate_limiter: RateLimiter | None = None,
+    dispatcher: Dispatcher | None = None,
 ) -> Services:
     """Build the services, configure the Celery app for `settings`, install them as current.
 
@@ -348,7 +351,9 @@ def start(
     """
     from pipeline.runtime import celery_app
 
-    services = build_services(settings, faults=faults, clock=clock, rate_limiter=rate_limiter)
+    services = build_services(
+        settings, faults=faults, clock=clock, rate_limiter=rate_limiter, dispatcher=dispatcher
+    )
     celery_app.configure(settings)
     use_services(services)
     return services

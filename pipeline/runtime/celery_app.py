@@ -20,11 +20,11 @@ from celery.signals import (
     celeryd_init,
     worker_process_init,
 )
-from kombu import Exchange, Queue
 
-from pipeline.domain.models import QUEUES, STAGE_ORDER, Stage
+from pipeline.domain.models import STAGE_ORDER, Stage
 from pipeline.redaction import redact_log_output
 from pipeline.runtime import redis_transport as broker_transport
+from pipeline.runtime.rabbitmq import TASK_EXCHANGE, task_queues
 from pipeline.settings import Settings, get_settings
 
 #: Task names, one per stage (plus the OCR poll); the stage order lives in models.
@@ -94,44 +94,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     if settings.broker_kind == "amqp":
         config.update(rabbitmq_config(settings))
     return config
-
-
-#: The topic exchange every docpipe queue is bound to (routing key = queue name). Not the
-#: direct exchanges Celery would create: its native delayed delivery (countdowns parked in
-#: RabbitMQ on quorum queues) refuses direct exchanges and would hold the message instead.
-TASK_EXCHANGE = "docpipe"
-#: Where a quorum queue dead-letters a message delivered more than its delivery limit
-#: allows: kept, for inspection (`rabbitmqadmin get queue=docpipe.undeliverable`).
-UNDELIVERABLE_EXCHANGE = "docpipe.undeliverable"
-UNDELIVERABLE_QUEUE = "docpipe.undeliverable"
-
-
-def task_queue_arguments(settings: Settings) -> dict[str, Any]:
-    """The RabbitMQ arguments of the four task queues (README: RabbitMQ and Redis).
-
-    Quorum queues count every return of a message (a worker killed or disconnected
-    with it unacked) and dead-letter it once the count passes `x-delivery-limit`: a
-    poison message cannot loop forever even when docpipe's own guard (a counter in
-    the state Redis, tasks._redelivered_too_often) cannot run. The limit is one above
-    max_redeliveries, so the guard - which also records the document as dead-lettered
-    - goes first; the broker is the backstop.
-    """
-    if settings.broker_queue_type == "classic":
-        return {}
-    return {
-        "x-queue-type": "quorum",
-        "x-delivery-limit": settings.max_redeliveries + 1,
-        "x-dead-letter-exchange": UNDELIVERABLE_EXCHANGE,
-    }
-
-
-def task_queues(settings: Settings) -> list[Queue]:
-    exchange = Exchange(TASK_EXCHANGE, type="topic", durable=True)
-    arguments = task_queue_arguments(settings)
-    return [
-        Queue(name, exchange, routing_key=name, durable=True, queue_arguments=arguments)
-        for name in QUEUES
-    ]
 
 
 def broker_countdown(settings: Settings, seconds: float) -> float:

@@ -69,7 +69,7 @@ def check_database(url: str, say: Say, *, timeout_s: float = CONNECT_TIMEOUT_S) 
     from sqlalchemy.exc import ArgumentError, OperationalError
     from sqlalchemy.pool import NullPool
 
-    from pipeline.adapters.sql_store import postgres_engine_options
+    from pipeline.adapters.sql import postgres_engine_options
 
     try:
         parsed = make_url(url)

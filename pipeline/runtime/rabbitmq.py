@@ -1,11 +1,13 @@
-"""RabbitMQ brokers (DOCPIPE_BROKER_URL=amqp://...): what docpipe asks the server.
+"""RabbitMQ brokers (DOCPIPE_BROKER_URL=amqp://...): the task queues, and asking the server.
 
-Connecting within a bounded time, declaring the queue a quorum queue dead-letters
-to, counting waiting messages, and reading the server's `consumer_timeout`
-(RabbitMQ closes the channel of a delivery left unacked for longer and
-redelivers the message). RabbitMQ 3.10's management API has no endpoint for
-that setting; on the broker's own machine `rabbitmqctl eval` reads it, elsewhere
-docpipe trusts DOCPIPE_BROKER_CONSUMER_TIMEOUT_S and says so.
+The task queues' declaration (quorum, delivery limit, dead-letter exchange) that
+pipeline.runtime.celery_app configures Celery with; connecting within a bounded
+time; declaring the queues before any worker consumes; counting waiting
+messages; reading the server's `consumer_timeout` (RabbitMQ closes the channel
+of a delivery left unacked for longer and redelivers the message). That value is
+read with `rabbitmqctl eval` on the broker's own machine (the management API
+exposes no field for it that docpipe knows of); elsewhere docpipe trusts
+DOCPIPE_BROKER_CONSUMER_TIMEOUT_S and says so.
 """
 
 from __future__ import annotations
@@ -21,9 +23,47 @@ from urllib.parse import urlparse
 
 from kombu import Connection, Exchange, Queue
 
+from pipeline.domain.models import QUEUES
 from pipeline.redaction import redact
-from pipeline.runtime.celery_app import UNDELIVERABLE_EXCHANGE, UNDELIVERABLE_QUEUE, task_queues
 from pipeline.settings import Settings
+
+#: The topic exchange every docpipe queue is bound to (routing key = queue name). Not the
+#: direct exchanges Celery would create: its native delayed delivery (countdowns parked in
+#: RabbitMQ on quorum queues) refuses direct exchanges and would hold the message instead.
+TASK_EXCHANGE = "docpipe"
+#: Where a quorum queue dead-letters a message delivered more than its delivery limit
+#: allows: kept, for inspection (`rabbitmqadmin get queue=docpipe.undeliverable`).
+UNDELIVERABLE_EXCHANGE = "docpipe.undeliverable"
+UNDELIVERABLE_QUEUE = "docpipe.undeliverable"
+
+
+def task_queue_arguments(settings: Settings) -> dict[str, Any]:
+    """The RabbitMQ arguments of the four task queues (README: RabbitMQ and Redis).
+
+    Quorum queues count every return of a message (a worker killed or disconnected
+    with it unacked) and dead-letter it once the count passes `x-delivery-limit`: a
+    poison message cannot loop forever even when docpipe's own guard (a counter in
+    the state Redis, tasks._redelivered_too_often) cannot run. The limit is one above
+    max_redeliveries, so the guard - which also records the document as dead-lettered
+    - goes first; the broker is the backstop.
+    """
+    if settings.broker_queue_type == "classic":
+        return {}
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": settings.max_redeliveries + 1,
+        "x-dead-letter-exchange": UNDELIVERABLE_EXCHANGE,
+    }
+
+
+def task_queues(settings: Settings) -> list[Queue]:
+    exchange = Exchange(TASK_EXCHANGE, type="topic", durable=True)
+    arguments = task_queue_arguments(settings)
+    return [
+        Queue(name, exchange, routing_key=name, durable=True, queue_arguments=arguments)
+        for name in QUEUES
+    ]
+
 
 #: Seconds `rabbitmqctl eval` may take (it starts an Erlang VM: ~1-2 s).
 RABBITMQCTL_TIMEOUT_S = 20.0

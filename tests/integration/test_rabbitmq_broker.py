@@ -20,8 +20,9 @@ from pipeline.errors import ServiceUnavailable
 from pipeline.harness.localstack import RabbitVhosts, RedisServer
 from pipeline.runtime import rabbitmq
 from pipeline.runtime.broker import broker_preflight
-from pipeline.runtime.celery_app import UNDELIVERABLE_QUEUE, app, task_queue_arguments
+from pipeline.runtime.celery_app import app
 from pipeline.runtime.preflight import check_rabbitmq
+from pipeline.runtime.rabbitmq import UNDELIVERABLE_QUEUE, task_queue_arguments
 from pipeline.settings import Settings
 from tests.integration.broker_stack import BrokerStack, run_json
 

@@ -11,12 +11,8 @@ from pipeline.harness.cli.scenario import broker_matrix
 from pipeline.harness.scenarios.model import load_scenario
 from pipeline.harness.scenarios.runner import Check, RunReport, broker_skip_reason
 from pipeline.runtime.broker import broker_problems
-from pipeline.runtime.celery_app import (
-    UNDELIVERABLE_EXCHANGE,
-    broker_countdown,
-    celery_config,
-    task_queue_arguments,
-)
+from pipeline.runtime.celery_app import broker_countdown, celery_config
+from pipeline.runtime.rabbitmq import UNDELIVERABLE_EXCHANGE, task_queue_arguments
 from pipeline.settings import Settings, pool_time_limit_note
 from tests.conftest import REPO
 

@@ -44,8 +44,9 @@ def test_scenario_passes_in_eager_mode(path: Path, tmp_path: Path) -> None:
 def test_ci_runs_every_library_scenario_in_at_least_one_mode() -> None:
     """No scenario is left out silently: each runs here (eager) or in integration (broker)."""
     from tests.integration.test_scenarios_broker import FILES as BROKER_FILES
+    from tests.integration.test_scenarios_broker import RABBITMQ_FILES
 
-    run_in_ci = set(EAGER_FILES) | set(BROKER_FILES)
+    run_in_ci = set(EAGER_FILES) | set(BROKER_FILES) | set(RABBITMQ_FILES)
     assert [path.name for path in FILES if path not in run_in_ci] == []
     # Broker runs that cut the database off get DOCPIPE_SCENARIO_POSTGRES_URL from the
     # integration fixture, and that test asserts no broker run was skipped.
