@@ -11,31 +11,13 @@ from pipeline.harness.localstack import PostgresDatabases, RabbitVhosts
 from pipeline.harness.scenarios.model import load_scenario
 from pipeline.harness.scenarios.runner import RunReport, needs_postgres, run_scenario
 from pipeline.settings import get_settings
-from tests.conftest import REPO
+from tests.helpers import BROKER_SCENARIO_FILES, RABBITMQ_SCENARIO_FILES
 from tests.integration.conftest import postgres_admin_url
 
 pytestmark = pytest.mark.integration
 
-FILES = [
-    p
-    for p in sorted((REPO / "scenarios").glob("*.yaml"))
-    if "broker" in load_scenario(p).modes and "redis" in load_scenario(p).broker.brokers
-]
-#: On RabbitMQ (a throw-away vhost): the scenarios whose broker semantics differ most -
-#: a worker killed (redelivery on connection loss, delivery limit), duplicates,
-#: retries with countdowns (delay queues), the consumer_timeout refusal. The whole
-#: library runs with `docpipe scenario run scenarios/*.yaml --mode broker
-#: --broker redis,rabbitmq`.
-RABBITMQ_FILES = [
-    REPO / "scenarios" / f"{name}.yaml"
-    for name in (
-        "poison_kills_worker_dead_lettered",
-        "worker_killed_during_ocr",
-        "duplicate_delivery_exactly_once",
-        "llm_outage_window",
-        "consumer_timeout_shorter_than_time_limit",
-    )
-]
+FILES = BROKER_SCENARIO_FILES
+RABBITMQ_FILES = RABBITMQ_SCENARIO_FILES
 
 
 def _explain(report: RunReport) -> str:
