@@ -9,7 +9,7 @@ calls passing `fence=`, and `check_fence`) while it runs and replays them,
 in order, when the scheduler reaches its end; the store's fence then
 decides, as it does between real processes.
 
-Claims (`claim_delivery`), reads and unfenced writes (OCR job rows, dead
+Claims (`read_and_claim`, `claim_delivery`), reads and unfenced writes (OCR job rows, dead
 letters, terminal failures) go through at once. Redis effects (cache, state
 hash, locks) and the in-memory graph sink are not deferred.
 """
