@@ -32,6 +32,24 @@ GOOD = (
 )
 
 
+#: Unit modules whose module-scoped fixtures cost seconds of CPU (local OCR of a scan).
+SHARED_FIXTURE_MODULES = frozenset({"tests/unit/test_local_ocr.py"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that share module-scoped fixtures run in one process under `make test`.
+
+    `make test` spreads the tests over processes (pytest-xdist, `--dist loadgroup`): an
+    integration module's private stack (redis-server, worker processes, database) and the
+    modules above start once, in the one process that runs the whole module, instead of
+    once in every process that runs one of its tests. Without -n this changes nothing.
+    """
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        if item.get_closest_marker("integration") or module in SHARED_FIXTURE_MODULES:
+            item.add_marker(pytest.mark.xdist_group(module))
+
+
 def start_fake_ocr_job(data: bytes, scans: object | None) -> tuple[EmbeddedOcrEngine, str]:
     """The embedded default's OCR engine with `data` stored as one PDF, and its started job."""
     import fakeredis
