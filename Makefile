@@ -47,8 +47,8 @@ RANDOM_ORDER := -p randomly --randomly-seed=$(SEED)
 # ...and in TEST_PROCESSES processes (pytest-xdist; every process gets the same seed, so the
 # same shuffled list, and hands out tests from it as they finish: which process runs which
 # test depends on timing). More processes than the 2 cores: the integration tests mostly
-# wait on their redis-servers and worker processes. Integration modules go whole to one
-# process (tests/conftest.py: their module-scoped stacks start once). TEST_PROCESSES=0: one.
+# wait on their redis-servers and worker processes. A module whose module-scoped fixtures
+# start worker processes goes whole to one process (tests/conftest.py: they start once).
 TEST_PROCESSES ?= 4
 PARALLEL := -n $(TEST_PROCESSES) --dist loadgroup
 define pytest_in_random_order

@@ -32,21 +32,29 @@ GOOD = (
 )
 
 
-#: Unit modules whose module-scoped fixtures cost seconds of CPU (local OCR of a scan).
-SHARED_FIXTURE_MODULES = frozenset({"tests/unit/test_local_ocr.py"})
+#: Modules whose module-scoped fixtures cost seconds: worker processes on a private Redis
+#: (integration), local OCR of a scan (unit).
+SHARED_FIXTURE_MODULES = frozenset(
+    {
+        "tests/integration/test_broker_runs.py",
+        "tests/integration/test_openai_broker.py",
+        "tests/integration/test_sim_cloud_broker.py",
+        "tests/unit/test_local_ocr.py",
+    }
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that share module-scoped fixtures run in one process under `make test`.
+    """Each module above runs whole in one process under `make test`.
 
-    `make test` spreads the tests over processes (pytest-xdist, `--dist loadgroup`): an
-    integration module's private stack (redis-server, worker processes, database) and the
-    modules above start once, in the one process that runs the whole module, instead of
-    once in every process that runs one of its tests. Without -n this changes nothing.
+    `make test` spreads the tests over processes (pytest-xdist, `--dist loadgroup`): such a
+    module's fixtures then start once, in the one process that runs all of its tests one
+    after the other, instead of once in every process that gets one of them. Every other
+    test goes to whichever process is free. Without -n this changes nothing.
     """
     for item in items:
         module = item.nodeid.split("::", 1)[0]
-        if item.get_closest_marker("integration") or module in SHARED_FIXTURE_MODULES:
+        if module in SHARED_FIXTURE_MODULES:
             item.add_marker(pytest.mark.xdist_group(module))
 
 
