@@ -9,7 +9,6 @@ fork. The stage-chaining port (`Dispatcher`) is wired here to Celery.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 from typing import Any, cast
@@ -52,7 +51,7 @@ from pipeline.ports.services import Services as Services  # re-exported: callers
 from pipeline.ports.services import current_services as current_services
 from pipeline.ports.services import set_services_factory
 from pipeline.ports.services import use_services as use_services
-from pipeline.settings import Settings, get_settings, redact_url
+from pipeline.settings import Settings, get_settings, is_loopback_url, redact_url
 
 #: Set by the test suite: real cloud adapters then refuse to build unless a test opts in.
 UNDER_TEST_ENV = "DOCPIPE_UNDER_TEST"
@@ -100,19 +99,6 @@ def build_blob_store(url: str) -> BlobStore:
 def _refuse_cloud_under_test(settings: Settings, what: str) -> None:
     if os.environ.get(UNDER_TEST_ENV) and not settings.allow_cloud:
         raise ConfigurationError(f"{what} is a real cloud adapter and is disabled under tests")
-
-
-def is_loopback_url(url: str | None) -> bool:
-    """Whether `url` points at this machine (a local fake, never a cloud service)."""
-    if not url:
-        return False
-    host = urlparse(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def build_openai_extractor(settings: Settings) -> EntityExtractor:
@@ -296,7 +282,13 @@ def build_services(
             client,
             limit=settings.llm_rate_limit_calls,
             window_seconds=settings.llm_rate_limit_window_s,
+            token_limit=settings.llm_rate_limit_tokens,
         )
+    if faults is not None:
+        # The limiter's backend failing (it fails closed): before the extractor takes it.
+        from fakes.faulty_ports import FaultyRateLimiter
+
+        rate_limiter = FaultyRateLimiter(rate_limiter, faults, clock)
     if needs_llm_rate_limit(settings, simulated_llm_latency=latency.sampler(LLM_CALL) is not None):
         extractor = RateLimitedEntityExtractor(
             extractor, rate_limiter, clock, max_wait_s=settings.llm_rate_limit_max_wait_s
@@ -315,7 +307,7 @@ def build_services(
     if document_db is not None:
         store = cast(DocumentStore, DelayedDocumentStore(store, clock, document_db))
 
-    return Services(
+    services = Services(
         settings=settings,
         store=store,
         blobs=blobs,
@@ -332,6 +324,37 @@ def build_services(
         dispatcher=dispatcher if dispatcher is not None else CeleryDispatcher(),
         faults=faults,
     )
+    if faults is not None:
+        _wrap_with_faults(services, faults)
+    return services
+
+
+def _wrap_with_faults(services: Services, faults: FaultInjector) -> None:
+    """Scenario faults on the infrastructure ports (fakes/faulty_ports.py).
+
+    Only when faults are on: production services carry no wrapper. The OCR
+    engine, parser and LLM consult the injector themselves (above). The OCR
+    engine keeps the blob store it was built with: its reads are the OCR
+    service's, not the pipeline's.
+    """
+    from fakes.faulty_ports import (
+        FaultyBlobStore,
+        FaultyCache,
+        FaultyDispatcher,
+        FaultyDocumentStore,
+        FaultyGraphSink,
+        FaultyLockManager,
+        FaultyStateTracker,
+    )
+
+    clock = services.clock
+    services.blobs = FaultyBlobStore(services.blobs, faults, clock)
+    services.store = cast(DocumentStore, FaultyDocumentStore(services.store, faults, clock))
+    services.graph = FaultyGraphSink(services.graph, faults, clock)
+    services.cache = FaultyCache(services.cache, faults, clock)
+    services.locks = FaultyLockManager(services.locks, faults, clock)
+    services.state = FaultyStateTracker(services.state, faults, clock)
+    services.dispatcher = FaultyDispatcher(services.dispatcher, faults, clock)
 
 
 def start(

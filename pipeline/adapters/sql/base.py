@@ -187,6 +187,14 @@ class SqlBase:
             )
         )
 
+    def _replace_fenced(
+        self, table: Table, document_uuid: str, rows: list[dict[str, Any]], fence: Fence | None
+    ) -> None:
+        """Replace the document's rows of `table` in one transaction, if the fence holds."""
+        with self._write() as conn:
+            self._check_fence(conn, fence, document_uuid)
+            self._replace(conn, table, document_uuid, rows)
+
     @staticmethod
     def _replace(
         conn: Connection, table: Table, document_uuid: str, rows: list[dict[str, Any]]

@@ -97,9 +97,7 @@ class SqlDerivedRows(SqlBase):
             }
             for chunk in chunks
         ]
-        with self._write() as conn:
-            self._check_fence(conn, fence, document_uuid)
-            self._replace(conn, neo4j_chunks, document_uuid, rows)
+        self._replace_fenced(neo4j_chunks, document_uuid, rows, fence)
 
     def get_chunks(self, document_uuid: str) -> list[Chunk]:
         table = neo4j_chunks.c
@@ -144,9 +142,7 @@ class SqlDerivedRows(SqlBase):
             }
             for mention in mentions
         ]
-        with self._write() as conn:
-            self._check_fence(conn, fence, document_uuid)
-            self._replace(conn, neo4j_entity_mentions, document_uuid, rows)
+        self._replace_fenced(neo4j_entity_mentions, document_uuid, rows, fence)
 
     def get_mentions(self, document_uuid: str) -> list[Mention]:
         table = neo4j_entity_mentions.c
@@ -266,9 +262,7 @@ class SqlDerivedRows(SqlBase):
             }
             for rel in relationships
         ]
-        with self._write() as conn:
-            self._check_fence(conn, fence, document_uuid)
-            self._replace(conn, neo4j_relationships_staging, document_uuid, rows)
+        self._replace_fenced(neo4j_relationships_staging, document_uuid, rows, fence)
 
     def check_fence(self, fence: Fence) -> None:
         """Raise `StaleDelivery` unless the delivery still holds the document (no write).
