@@ -37,7 +37,9 @@ GOOD = (
 SHARED_FIXTURE_MODULES = frozenset(
     {
         "tests/integration/test_broker_runs.py",
+        "tests/integration/test_monitor_doctor.py",
         "tests/integration/test_openai_broker.py",
+        "tests/integration/test_rabbitmq_broker.py",
         "tests/integration/test_sim_cloud_broker.py",
         "tests/unit/test_local_ocr.py",
     }
