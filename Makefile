@@ -49,6 +49,7 @@ RANDOM_ORDER := -p randomly --randomly-seed=$(SEED)
 # test depends on timing). More processes than the 2 cores: the integration tests mostly
 # wait on their redis-servers and worker processes. A module whose module-scoped fixtures
 # start worker processes goes whole to one process (tests/conftest.py: they start once).
+# TEST_PROCESSES=0: all in this one process, in exactly the seed's order.
 TEST_PROCESSES ?= 4
 PARALLEL := -n $(TEST_PROCESSES) --dist loadgroup
 define pytest_in_random_order
