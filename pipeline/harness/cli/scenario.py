@@ -155,9 +155,23 @@ def scenario() -> None:
     help="Keep each run's folder (database, blobs, worker logs) as DIR/<scenario>-<mode> "
     "for inspection, e.g. `docpipe status --database-url sqlite:///DIR/.../docpipe.db`.",
 )
+@click.option(
+    "--no-shared-fs",
+    "no_shared_fs",
+    is_flag=True,
+    help="Broker mode: run the workers as separate hosts that share only PostgreSQL, Redis "
+    "and S3 - each in a folder of its own, blobs on S3 (moto), a throw-away PostgreSQL "
+    "database (needs DOCPIPE_SCENARIO_POSTGRES_URL) - as `deployment: {shared_filesystem: "
+    "false}` does in a file.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object on stdout.")
 def run_command(
-    files: tuple[Path, ...], mode: str, seed: int | None, keep: Path | None, as_json: bool
+    files: tuple[Path, ...],
+    mode: str,
+    seed: int | None,
+    keep: Path | None,
+    no_shared_fs: bool,
+    as_json: bool,
 ) -> None:
     """Run scenario files; exit 0 iff every expectation and invariant holds.
 
@@ -180,6 +194,7 @@ def run_command(
         seed=seed,
         on_report=(lambda report: None) if as_json else print_run,
         keep=keep.resolve() if keep is not None else None,
+        shared_filesystem=False if no_shared_fs else None,
     )
     parities = _parity_reports(reports) if mode in ("both", "all") else {}
     no_run = nothing_ran(reports)
