@@ -3,7 +3,9 @@ folder must not hold. The runs themselves: tests/integration/test_no_shared_file
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -90,12 +92,16 @@ def test_a_stored_document_or_a_database_in_a_worker_folder_is_found(
     empty.write_bytes(b"")
     host = hosts.host("w0")
     (host.tmp / "copy.bin").write_bytes(stored.read_bytes())
-    (host.home / "state.sqlite3").write_bytes(b"anything")
+    with closing(sqlite3.connect(host.home / "state.db")) as db:
+        db.execute("CREATE TABLE source_documents (uuid TEXT)")
+    with closing(sqlite3.connect(host.home / "onnxruntime.db")) as db:  # another program's
+        db.execute("CREATE TABLE telemetry (k TEXT)")
+    (host.home / "notes.sqlite3").write_bytes(b"not a database at all")
     (host.tmp / "worker.pid").write_bytes(b"")  # empty like blank.txt, but carries nothing
     (host.tmp / "other.bin").write_bytes(b"%PDF-1.4 other bytes....")  # same size, other bytes
 
     assert hosts.leaked([stored, empty]) == [
-        "w0/home/state.sqlite3 (a database file)",
+        "w0/home/state.db (a docpipe database: source_documents)",
         "w0/tmp/copy.bin (a stored document)",
     ]
 

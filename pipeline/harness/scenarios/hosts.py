@@ -6,8 +6,9 @@ else points it at a folder: a worker's environment must carry no file:// or
 sqlite URL and no path of the run folder (where the intake keeps its inbox,
 the redis-server its files and the runner the worker logs) - the run refuses
 to start otherwise. After the run each host folder is searched for a stored
-file (the bytes of a submitted document) and for a database file; finding
-one fails the run. What this does not prove: a worker could still open an
+file (the bytes of a submitted document) and for a SQLite file with docpipe's
+tables; finding one fails the run (other programs' databases - onnxruntime
+keeps one below HOME/.cache - are theirs). What this does not prove: a worker could still open an
 absolute path it was never told (every process runs as the same user).
 """
 
@@ -17,8 +18,10 @@ import hashlib
 import os
 import re
 import shutil
+import sqlite3
 import tempfile
 from collections.abc import Iterable, Mapping
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,8 +29,8 @@ from pipeline.errors import ConfigurationError
 
 #: Environment values that name storage only this host has.
 LOCAL_STORAGE = re.compile(r"file://|sqlite(\+\w+)?:", re.IGNORECASE)
-#: Files a shared-nothing worker must not keep (a database of its own).
-DATABASE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+#: The first bytes of every SQLite database file.
+SQLITE_HEADER = b"SQLite format 3\x00"
 #: Bytes of a host-folder file read for the comparison (larger ones are hashed in blocks).
 _BLOCK = 1 << 20
 
@@ -85,6 +88,21 @@ def content_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def docpipe_tables(path: Path) -> list[str]:
+    """docpipe's tables in `path` when it is a SQLite database; empty for any other file."""
+    from pipeline.adapters.sql.schema import metadata
+
+    try:
+        with path.open("rb") as handle:
+            if handle.read(len(SQLITE_HEADER)) != SQLITE_HEADER:
+                return []
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+            rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    except (OSError, sqlite3.Error):
+        return []
+    return sorted({str(row[0]) for row in rows} & set(metadata.tables))
+
+
 @dataclass
 class SeparateHosts:
     """The worker-host folders of one run, created below a temporary folder of their own."""
@@ -116,14 +134,14 @@ class SeparateHosts:
         return sorted(p for host in self.hosts for p in host.root.rglob("*") if p.is_file())
 
     def leaked(self, stored: Iterable[Path]) -> list[str]:
-        """Host-folder files that are a stored document's bytes or a database (host/relative)."""
+        """Host-folder files that are a stored document's bytes or a docpipe database."""
         digests = {content_digest(p) for p in stored if p.is_file() and p.stat().st_size}
         sizes = {p.stat().st_size for p in stored if p.is_file()}
         found = []
         for path in self.files():
             relative = path.relative_to(self.root)
-            if path.suffix.lower() in DATABASE_SUFFIXES:
-                found.append(f"{relative} (a database file)")
+            if tables := docpipe_tables(path):
+                found.append(f"{relative} (a docpipe database: {', '.join(tables)})")
             elif path.stat().st_size in sizes and content_digest(path) in digests:
                 found.append(f"{relative} (a stored document)")
         return found

@@ -1049,7 +1049,7 @@ class BrokerRun(_Run):
                 "invariant",
                 "separate hosts: nothing stored in a worker's folder",
                 not leaked,
-                "no stored document and no database file in any worker's folder",
+                "no stored document and no docpipe database in any worker's folder",
                 "; ".join(leaked) or f"{len(hosts.files())} file(s) in worker folders, none",
             ),
         ]
