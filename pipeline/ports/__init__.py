@@ -62,7 +62,9 @@ class BlobStore(Protocol):
 
     def size(self, key: str) -> int: ...
 
-    def delete(self, key: str) -> None: ...
+    def delete(self, key: str) -> None:
+        """Deleting a missing key is not an error (as on S3)."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import redis
 from pipeline.adapters.redis_features import RedisRateLimiter
 from pipeline.errors import RateLimited
 from pipeline.harness.localstack import RedisServer, free_port
-from tests.redis_contract import RedisFeaturesContract
+from pipeline.testing.contracts.redis_features import RedisFeaturesContract
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ from pipeline.domain.models import Status
 from pipeline.errors import ConfigurationError
 from pipeline.harness.layout import parse_layout
 from pipeline.harness.perf.loadtest import bottleneck_bound, percentile, steady_rate
+from pipeline.testing.clocks import EPOCH_2023, ManualClock
 from tests.conftest import SAMPLES
-from tests.unit.test_fake_ocr import RecordingClock
 
 
 def test_every_sample_completes_sequentially_in_order(services: Services) -> None:
@@ -38,14 +38,14 @@ def test_the_ocr_job_is_polled_by_sleeping_the_interval(make_services: object) -
     services: Services = make_services(  # type: ignore[operator]
         fake_ocr_polls_until_done=3, ocr_poll_interval_s=5.0
     )
-    clock = RecordingClock()
+    clock = ManualClock(EPOCH_2023)
     services.clock = clock
     pdf = next(SAMPLES.glob("*.pdf"))
 
     [result] = run_sequential(services, [pdf])
 
     assert result.status is Status.COMPLETED
-    assert clock.slept == [5.0, 5.0, 5.0]
+    assert clock.sleeps == [5.0, 5.0, 5.0]
 
 
 def test_a_failing_document_is_recorded_and_the_run_goes_on(

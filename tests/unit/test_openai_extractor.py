@@ -25,7 +25,7 @@ from pipeline.domain.entities import parse_llm_entities
 from pipeline.domain.models import Status
 from pipeline.errors import ConfigurationError, MalformedResponse, PermanentError, TransientError
 from tests.conftest import SAMPLES, embedded_settings
-from tests.unit.test_pipeline_eager import GOOD_TEXT, run_files
+from tests.helpers import GOOD_TEXT, run_files
 
 MakeServices = Callable[..., Services]
 API_KEY = "sk-test-not-a-real-key"

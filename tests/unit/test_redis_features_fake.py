@@ -6,7 +6,7 @@ import redis
 
 from pipeline.adapters.redis_features import RedisRateLimiter
 from pipeline.errors import RateLimited
-from tests.redis_contract import RedisFeaturesContract
+from pipeline.testing.contracts.redis_features import RedisFeaturesContract
 
 
 class TestRedisFeaturesOnFakeredis(RedisFeaturesContract):

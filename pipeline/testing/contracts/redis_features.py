@@ -30,7 +30,7 @@ class RedisFeaturesContract:
         assert float(state["ocr_timestamp"]) > 0
         assert '"task_id": "t1"' in state["ocr_metadata"]
         ttl = client.ttl(STATE_KEY.format(uuid="doc-1"))
-        assert 7 * 24 * 3600 - 5 <= int(ttl) <= 7 * 24 * 3600  # type: ignore[arg-type]
+        assert 7 * 24 * 3600 - 5 <= int(ttl) <= 7 * 24 * 3600
 
     def test_cache_round_trips_and_expires(self, client: redis.Redis) -> None:
         cache = RedisCache(client)
