@@ -3,6 +3,7 @@ folder must not hold. The runs themselves: tests/integration/test_no_shared_file
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing
@@ -14,7 +15,7 @@ from pipeline.harness.scenarios.hosts import SeparateHosts, SharedStorageError, 
 from pipeline.harness.scenarios.model import ScenarioError, load_scenario, parse_scenario
 from pipeline.harness.scenarios.runner import replay_command, run_scenario
 from pipeline.settings import get_settings
-from tests.conftest import REPO
+from tests.conftest import REPO, docpipe
 
 CLEAN = {
     "DOCPIPE_BLOB_URL": "s3://bucket/prefix",
@@ -157,3 +158,17 @@ def test_eager_runs_ignore_the_deployment(tmp_path: Path) -> None:
 
     assert report.passed and report.skipped is None and report.shared_filesystem is True
     assert not [c for c in report.checks if c.name.startswith("separate hosts")]
+
+
+def test_the_cli_flag_reaches_the_run_and_says_what_is_missing(tmp_path: Path) -> None:
+    """Without DOCPIPE_SCENARIO_POSTGRES_URL nothing runs: exit 2, naming the setting."""
+    path = REPO / "scenarios" / "bad_inputs_fail_alone.yaml"
+
+    result = docpipe(
+        tmp_path, "scenario", "run", str(path), "--mode", "broker", "--no-shared-fs", "--json"
+    )
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    run = json.loads(result.stdout)["runs"][0]
+    assert run["shared_filesystem"] is False and run["replay"].endswith("--no-shared-fs")
+    assert "DOCPIPE_SCENARIO_POSTGRES_URL" in run["skipped"]

@@ -65,10 +65,12 @@ def print_run(report: RunReport) -> None:
     if not report.passed:
         stdout.print(f"  replay: [bold]{markup_safe(report.replay)}[/]")
     if report.workdir:
-        stdout.print(
-            f"  run folder kept: {markup_safe(report.workdir)} "
-            "(docpipe.db, blobs/, worker logs in broker mode)"
+        contents = (
+            "docpipe.db, blobs/, worker logs in broker mode"
+            if report.shared_filesystem
+            else "inbox/ and worker logs; the PostgreSQL database and the S3 bucket are gone"
         )
+        stdout.print(f"  run folder kept: {markup_safe(report.workdir)} ({contents})")
     elif not report.passed:
         stdout.print("  add --keep DIR to keep the run folder (database, blobs, worker logs)")
 
