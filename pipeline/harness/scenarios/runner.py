@@ -52,6 +52,7 @@ from pipeline.harness.scenarios.integrity import integrity_problems
 from pipeline.harness.scenarios.model import (
     PROCESS_KILLING_KINDS,
     Bound,
+    BrokerName,
     Count,
     Mode,
     Scenario,
@@ -117,19 +118,42 @@ class RunReport:
     #: Broker mode with `broker.queue_processor`: file -> stage sent again for a document
     #: that made no progress for `queue_stale_after_s` (its message was lost).
     resumed: dict[str, str] = field(default_factory=dict)
+    #: Broker mode: which broker carried the tasks (`redis` or `rabbitmq`).
+    broker: str | None = None
     #: Broker mode: False when the workers ran as separate hosts (no shared filesystem).
     shared_filesystem: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def label(self) -> str:
+        """The mode, and the broker when it is not Redis: `broker-rabbitmq`."""
+        if self.mode == "broker" and self.broker not in (None, "redis"):
+            return f"{self.mode}-{self.broker}"
+        return self.mode
+
 
 def replay_command(
-    path: Path | None, mode: str, seed: int, *, shared_filesystem: bool = True
+    path: Path | None,
+    mode: str,
+    seed: int,
+    broker: str = "redis",
+    *,
+    shared_filesystem: bool = True,
 ) -> str:
     target = shlex.quote(str(path)) if path is not None else "SCENARIO.yaml"
+    on = f" --broker {broker}" if mode == "broker" and broker != "redis" else ""
     flag = "" if shared_filesystem else " --no-shared-fs"
-    return f"docpipe scenario run {target} --mode {mode} --seed {seed}{flag}"
+    return f"docpipe scenario run {target} --mode {mode}{on} --seed {seed}{flag}"
+
+
+def broker_skip_reason(scenario: Scenario, broker: str) -> str | None:
+    """Why a broker-mode run on `broker` is skipped (the scenario is another broker's)."""
+    if broker in scenario.broker.brokers:
+        return None
+    because = scenario.broker.only_because or "declared by the scenario"
+    return f"{'/'.join(scenario.broker.brokers)}-specific: {because}"
 
 
 #: Settings every scenario run starts from (before the scenario's own overrides).
@@ -165,6 +189,7 @@ def run_scenario(
     *,
     seed: int | None = None,
     workdir: Path | None = None,
+    broker: BrokerName = "redis",
     shared_filesystem: bool | None = None,
 ) -> RunReport:
     """One run; `shared_filesystem=False` deploys broker-mode workers as separate hosts
@@ -182,7 +207,8 @@ def run_scenario(
         seed=seed,
         passed=False,
         elapsed_s=0.0,
-        replay=replay_command(path, mode, seed, shared_filesystem=not separate_hosts),
+        replay=replay_command(path, mode, seed, broker, shared_filesystem=not separate_hosts),
+        broker=broker if mode == "broker" else None,
         shared_filesystem=not separate_hosts,
     )
     skip = sim_skip_reason(scenario) if mode == "sim" else None
@@ -198,6 +224,8 @@ def run_scenario(
         )
     elif mode != "sim" and mode not in scenario.modes:
         skip = f"declares modes: [{', '.join(scenario.modes)}]"
+    elif mode == "broker" and (off := broker_skip_reason(scenario, broker)):
+        skip = off
     elif (scenario.adapters.profile == "sim-cloud" or separate_hosts) and (
         missing := sim_cloud_missing()
     ):
@@ -219,7 +247,9 @@ def run_scenario(
     with _workdir(workdir, scenario.name, mode) as directory:
         try:
             runner = {"eager": EagerRun, "broker": BrokerRun, "sim": SimRun}[mode]
-            runner(scenario, path, seed, directory, report).run()
+            run = runner(scenario, path, seed, directory, report)
+            run.broker = broker
+            run.run()
         except ScenarioError as exc:
             report.error = str(exc)
         report.passed = report.error is None and all(c.passed for c in report.checks)
@@ -264,6 +294,8 @@ class _Run:
     """What both modes share: submit, fault, wait, act, measure, judge."""
 
     mode: str = ""
+    #: Broker mode: the broker the tasks go through.
+    broker: BrokerName = "redis"
 
     def __init__(
         self, scenario: Scenario, path: Path | None, seed: int, workdir: Path, report: RunReport
@@ -292,13 +324,22 @@ class _Run:
         """Settings of services this mode starts for the run (in `stack`) besides the profile's."""
         return {}
 
+    def validated_values(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The settings the run's checks refuse or accept (the broker's rules apply)."""
+        if self.mode != "broker" or self.broker != "rabbitmq":
+            return values
+        from pipeline.harness.scenarios.real_workers import RABBITMQ_TIME_LIMITS
+
+        limits = {k.removeprefix("DOCPIPE_").lower(): v for k, v in RABBITMQ_TIME_LIMITS.items()}
+        return limits | values | {"broker_url": "amqp://guest@127.0.0.1:5672/validation"}
+
     def run(self) -> None:
         scenario = self.scenario
         documents = materialize(scenario, self.path, self.seed, self.workdir / "inbox")
         values = base_settings(scenario) | scenario.overrides()
         rejected = scenario.expect.settings_rejected
         try:
-            Settings(_env_file=None, **values)  # type: ignore[call-arg]
+            Settings(_env_file=None, **self.validated_values(values))  # type: ignore[call-arg]
         except ValidationError as exc:
             problem = settings_problem(exc)
             if rejected is None:
@@ -835,6 +876,13 @@ def postgres_admin_url() -> str | None:
     return get_settings().scenario_postgres_url
 
 
+def rabbitmq_admin_url() -> str:
+    """Where broker runs on RabbitMQ create their throw-away vhost."""
+    from pipeline.settings import get_settings
+
+    return get_settings().scenario_rabbitmq_url
+
+
 def sim_cloud_missing() -> str | None:
     """Why the sim-cloud profile cannot run here (its extra is not installed), or None."""
     return missing_extra_reason("harness", HARNESS_MODULES["sim-cloud"], "the sim-cloud profile")
@@ -954,9 +1002,12 @@ class BrokerRun(_Run):
                 postgres_admin_url() if needs_postgres(self.scenario) or separate else None
             ),
             hosts=SeparateHosts(self.scenario.name) if separate else None,
+            broker=self.broker,
+            rabbitmq_admin_url=rabbitmq_admin_url(),
         )
         try:
             self.environment.start_database()
+            self.environment.start_rabbitmq()
         except ConfigurationError as exc:
             raise ScenarioError(f"{self.source}: broker mode: {exc}") from exc
         self.environment.start_redis()
@@ -1283,7 +1334,7 @@ def parity(eager: RunReport, broker: RunReport) -> list[str]:
     """Where two modes' outcomes differ (empty: they agree); labelled by each report's mode."""
     if eager.skipped or broker.skipped:
         return []
-    first, second = eager.mode, broker.mode
+    first, second = eager.label, broker.label
     differences = []
     keyed_e = {d.name: d for d in eager.documents}
     keyed_b = {d.name: d for d in broker.documents}
@@ -1317,31 +1368,41 @@ def run_many(
     seed: int | None = None,
     on_report: Callable[[RunReport], None] = lambda report: None,
     keep: Path | None = None,
+    brokers: Sequence[BrokerName] = ("redis",),
     shared_filesystem: bool | None = None,
 ) -> list[RunReport]:
-    """Each scenario in each mode; with `keep`, every run's folder stays below it.
+    """Each scenario in each mode (broker mode once per broker); `keep` keeps run folders.
 
     `shared_filesystem=False`: broker-mode workers as separate hosts (None: each scenario's
     `deployment`)."""
     reports = []
     for scenario, path in items:
         for mode in modes:
-            workdir = None if keep is None else kept_run_folder(keep, scenario.name, mode)
-            try:
-                report = run_scenario(
-                    scenario,
-                    path,
-                    mode,
-                    seed=seed,
-                    workdir=workdir,
-                    shared_filesystem=shared_filesystem,
-                )
-            except ConfigurationError as exc:
-                s = scenario.seed if seed is None else seed
-                report = RunReport(
-                    scenario.name, str(path), mode, s, False, 0.0, replay_command(path, mode, s)
-                )
-                report.error = str(exc)
-            on_report(report)
-            reports.append(report)
+            for broker in brokers if mode == "broker" else ("redis",):
+                label = f"{mode}-{broker}" if mode == "broker" and len(brokers) > 1 else mode
+                workdir = None if keep is None else kept_run_folder(keep, scenario.name, label)
+                try:
+                    report = run_scenario(
+                        scenario,
+                        path,
+                        mode,
+                        seed=seed,
+                        workdir=workdir,
+                        broker=broker,
+                        shared_filesystem=shared_filesystem,
+                    )
+                except ConfigurationError as exc:
+                    s = scenario.seed if seed is None else seed
+                    shared = scenario.deployment.shared_filesystem
+                    if shared_filesystem is not None:
+                        shared = shared_filesystem
+                    replay = replay_command(
+                        path, mode, s, broker, shared_filesystem=shared or mode != "broker"
+                    )
+                    report = RunReport(scenario.name, str(path), mode, s, False, 0.0, replay)
+                    report.broker = broker if mode == "broker" else None
+                    report.shared_filesystem = shared or mode != "broker"
+                    report.error = str(exc)
+                on_report(report)
+                reports.append(report)
     return reports
