@@ -24,7 +24,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -263,7 +264,11 @@ def _settings_env(values: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _common_values(config: LoadConfig) -> dict[str, Any]:
-    s, p = config.settings, config.profile
+    return stack_values(config.settings, config.profile, project_name="load")
+
+
+def stack_values(s: Settings, p: LatencyProfile, *, project_name: str) -> dict[str, Any]:
+    """Settings every process of a private run shares: the profile, scaled, no faults or cloud."""
     values: dict[str, Any] = {
         "latency_profile": s.latency_profile,
         "latency_overrides": dict(s.latency_overrides),
@@ -273,10 +278,46 @@ def _common_values(config: LoadConfig) -> dict[str, Any]:
         "ocr_max_polls": s.ocr_max_polls,
         "fault_injection": "false",
         "allow_cloud": "false",
-        "project_name": "load",
+        "project_name": project_name,
     }
     values.update(scaled_settings(s, p.time_scale))
     return values
+
+
+@contextmanager
+def worker_layout(
+    workdir: Path,
+    values: Mapping[str, Any],
+    layout: Sequence[WorkerSpec],
+    say: Progress,
+    *,
+    name: str = "load",
+) -> Iterator[tuple[WorkerGroup, dict[str, str]]]:
+    """The layout as worker processes on `values` (broker, database...), consuming every queue.
+
+    Yields the workers and the environment they share (for more processes of
+    the same run); stops them on exit.
+    """
+    from pipeline.adapters.sql_store import create_store
+    from pipeline.runtime.celery_app import configure
+
+    env = _settings_env(values)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    # Create the schema once, before several processes race to do it.
+    create_store(values["database_url"]).close()
+    with WorkerGroup(workdir, env, loglevel="WARNING", stop_timeout_s=20) as workers:
+        for spec in layout:
+            workers.start(
+                spec.queue,
+                pool=spec.pool,
+                concurrency=spec.concurrency,
+                name=f"{name}-{spec.queue}",
+                log=spec.queue,
+            )
+            say(f"celery: worker {spec.queue} ({spec.pool} x{spec.concurrency})")
+        app = configure(Settings(_env_file=None, **values))  # type: ignore[call-arg]
+        workers.wait_for_consumers(app, QUEUES, timeout_s=60)
+        yield workers, env
 
 
 # --- the two runs ----------------------------------------------------------------------------
@@ -315,8 +356,6 @@ def run_celery(
     config: LoadConfig, workdir: Path, server: RedisServer, say: Progress
 ) -> tuple[Path, list[dict[str, float]], dict[str, Any]]:
     """Workers + locust; returns the run's database, queue-depth samples and locust facts."""
-    from pipeline.runtime.celery_app import configure
-
     database = workdir / "celery.db"
     values = _common_values(config)
     values.update(
@@ -326,25 +365,7 @@ def run_celery(
         redis_url=server.url(1),
         eager="false",
     )
-    env = _settings_env(values)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
-    # Create the schema once, before several processes race to do it.
-    from pipeline.adapters.sql_store import create_store
-
-    create_store(values["database_url"]).close()
-
-    with WorkerGroup(workdir, env, loglevel="WARNING", stop_timeout_s=20) as workers:
-        for spec in config.layout:
-            workers.start(
-                spec.queue,
-                pool=spec.pool,
-                concurrency=spec.concurrency,
-                name=f"load-{spec.queue}",
-                log=spec.queue,
-            )
-            say(f"celery: worker {spec.queue} ({spec.pool} x{spec.concurrency})")
-        app = configure(Settings(_env_file=None, **values))  # type: ignore[call-arg]
-        workers.wait_for_consumers(app, QUEUES, timeout_s=60)
+    with worker_layout(workdir, values, config.layout, say) as (_, env):
         say(f"celery: locust, {config.users} users for {config.duration_s:g}s")
         locust_env = dict(env)
         locust_env.update(
