@@ -59,5 +59,8 @@ def test_a_short_soak_runs_end_to_end_and_writes_its_report(tmp_path: Path) -> N
     assert {"redis_used_memory_kb", "rss_mb:ocr", "fds:entity", "rows:source_documents"} <= set(
         rows[0]
     )
+    with (report / "soak_processes.csv").open() as handle:
+        processes = list(csv.DictReader(handle))
+    assert {(r["worker"], r["role"]) for r in processes} >= {("ocr", "main"), ("ocr", "child")}
     assert (report / "soak.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((report / "soak.json").read_text())["passed"] == summary["passed"]

@@ -271,6 +271,7 @@ def test_the_sampler_reads_redis_the_database_and_the_processes(tmp_path: Path) 
         )
         try:
             sample = sampler.sample()
+            processes = sampler.process_rows
         finally:
             sampler.close()
             database.close()
@@ -286,6 +287,7 @@ def test_the_sampler_reads_redis_the_database_and_the_processes(tmp_path: Path) 
     assert sample["rss_mb:me"] > 1
     assert sample["fds:me"] >= 3
     assert sample["db_connections"] >= 1
+    assert [(r["worker"], r["pid"], r["role"]) for r in processes] == [("me", os.getpid(), "main")]
 
 
 def test_generated_variants_are_distinct_documents_of_each_type(tmp_path: Path) -> None:

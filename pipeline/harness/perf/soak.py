@@ -582,11 +582,13 @@ class Sampler:
         #: The latest statistics of every family seen (bytes per key, TTLs), and the most keys.
         self.families: dict[str, FamilyStats] = {}
         self.max_ttl_s: dict[str, float] = {}
+        #: Every worker process (pool children included) at every sample: RSS, descriptors.
+        self.process_rows: list[dict[str, object]] = []
 
     def sample(self) -> Sample:
         row: Sample = {"t_s": self._clock() - self._started}
         row.update(self._redis())
-        row.update(self._processes())
+        row.update(self._processes(row["t_s"]))
         row.update(self._database())
         return row
 
@@ -636,21 +638,32 @@ class Sampler:
         row["scheduled"] = float(scheduled)
         return row
 
-    def _processes(self) -> Sample:
+    def _processes(self, t_s: float) -> Sample:
         row: Sample = {}
         database_handles = 0
         for name, pid in self._workers.items():
             rss_kb = fds = processes = 0.0
             for member in process_tree(pid):
                 try:
-                    rss_kb += process_rss_kb(member)
+                    member_rss_kb = process_rss_kb(member)
                     targets = open_files(member)
                 except (FileNotFoundError, ProcessLookupError):
                     continue  # exited between the listing and the read
+                rss_kb += member_rss_kb
                 processes += 1
                 fds += len(targets)
                 if self._sqlite_path is not None:
                     database_handles += sum(1 for t in targets if t == self._sqlite_path)
+                self.process_rows.append(
+                    {
+                        "t_s": round(t_s, 3),
+                        "worker": name,
+                        "pid": member,
+                        "role": "main" if member == pid else "child",
+                        "rss_mb": round(member_rss_kb / 1024, 3),
+                        "fds": len(targets),
+                    }
+                )
             row[f"rss_mb:{name}"] = rss_kb / 1024
             row[f"fds:{name}"] = fds
             row[f"processes:{name}"] = processes
@@ -877,6 +890,7 @@ def run_soak(
                             sampler.close()
                     submit_errors = submitter.errors
                     families, max_ttls = sampler.families, sampler.max_ttl_s
+                    process_rows = sampler.process_rows
                 finally:
                     use_services(None)
                     services.close()
@@ -885,7 +899,7 @@ def run_soak(
         summary = summarize(
             config, samples, families, max_ttls, rate, bound, submit_errors, database_url
         )
-        write_report(config.report_dir, summary, samples)
+        write_report(config.report_dir, summary, samples, process_rows)
         return summary
     finally:
         if config.keep_workdir:
@@ -1074,7 +1088,12 @@ def json_ready(value: Any) -> Any:
     return value
 
 
-def write_report(report_dir: Path, summary: Mapping[str, Any], samples: Sequence[Sample]) -> None:
+def write_report(
+    report_dir: Path,
+    summary: Mapping[str, Any],
+    samples: Sequence[Sample],
+    process_rows: Sequence[Mapping[str, object]] = (),
+) -> None:
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "soak.json").write_text(
         json.dumps(json_ready(summary), indent=2, default=str, allow_nan=False) + "\n"
@@ -1085,6 +1104,11 @@ def write_report(report_dir: Path, summary: Mapping[str, Any], samples: Sequence
         writer.writerow(columns)
         for sample in samples:
             writer.writerow([f"{sample.get(c, 0.0):.6g}" for c in columns])
+    with (report_dir / "soak_processes.csv").open("w", newline="") as handle:
+        fields = ["t_s", "worker", "pid", "role", "rss_mb", "fds"]
+        process_writer = csv.DictWriter(handle, fields)
+        process_writer.writeheader()
+        process_writer.writerows(process_rows)
     with (report_dir / "soak_checks.csv").open("w", newline="") as handle:
         fields = ["name", "series", "measured", "bound", "unit", "passed"]
         checks_writer = csv.DictWriter(handle, fields)
