@@ -1147,7 +1147,7 @@ def write_chart(path: Path, summary: Mapping[str, Any], samples: Sequence[Sample
         [c for c in columns if c.startswith("keys:")],
         lambda c: c.removeprefix("keys:").replace("\x06\x16", "/"),
     )
-    axes[0][2].set(title="Redis keys by family", ylabel="keys", yscale="symlog")
+    axes[0][2].set(title="Redis keys by family", ylabel="keys", yscale="symlog", ylim=(0, None))
     plot(axes[1][0], [c for c in columns if c.startswith("rss_mb:")], lambda c: c[7:])
     axes[1][0].set(title="Worker RSS (with pool children)", ylabel="MB")
     plot(axes[1][1], [c for c in columns if c.startswith("fds:")], lambda c: c[4:])
@@ -1157,7 +1157,9 @@ def write_chart(path: Path, summary: Mapping[str, Any], samples: Sequence[Sample
         [c for c in columns if c.startswith("rows:")] + ["db_connections", "unacked", "scheduled"],
         lambda c: c.removeprefix("rows:"),
     )
-    axes[1][2].set(title="Database rows, connections; kombu unacked", yscale="symlog")
+    axes[1][2].set(
+        title="Database rows, connections; kombu unacked", yscale="symlog", ylim=(0, None)
+    )
     verdict = "PASSED" if summary["passed"] else "FAILED"
     fig.suptitle(
         f"docpipe soak {verdict}: {summary['documents']['completed']:.0f} documents in "
