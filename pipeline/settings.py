@@ -7,9 +7,11 @@ mode, fake OCR and a rule-based extractor. No Redis, cloud or credentials.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from functools import lru_cache
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +35,43 @@ UNPROTECTED_POOLS_NOTE = (
 #: page at 200 dpi took ~10 s of CPU with one thread on the 2-core dev machine,
 #: scripts/measure_ocr.py; more at 600 dpi or on a busy machine).
 OCR_LOCAL_PAGE_ALLOWANCE_S = 60.0
+
+
+def is_loopback_url(url: str | None) -> bool:
+    """Whether `url` points at this machine (a local fake, never a cloud service)."""
+    if not url:
+        return False
+    host = urlparse(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def single_host_note(settings: Settings) -> str | None:
+    """Why workers on other hosts cannot share this deployment, or None when they can.
+
+    A file:// blob store and a SQLite database are directories on this machine:
+    a worker on another host (the broker is not on loopback, so there may be
+    one) sees its own, different folder. Workers that share only PostgreSQL,
+    Redis and S3 need `s3://` blobs and a PostgreSQL database.
+    """
+    if is_loopback_url(settings.broker_url) or settings.broker_url.startswith("memory://"):
+        return None
+    local = []
+    if settings.blob_url.startswith("file://"):
+        local.append(f"blobs ({settings.blob_url})")
+    if settings.database_url.startswith("sqlite"):
+        local.append("the SQLite database")
+    if not local:
+        return None
+    return (
+        f"{' and '.join(local)} live on this host only: a worker on another host cannot read "
+        "them; run every worker here or use DOCPIPE_BLOB_URL=s3://BUCKET/PREFIX and a "
+        "PostgreSQL DOCPIPE_DATABASE_URL"
+    )
 
 
 def pool_time_limit_note(settings: Settings, pool: str) -> str | None:

@@ -18,7 +18,8 @@ import pytest
 from sqlalchemy import Table, select, text
 from sqlalchemy.exc import IntegrityError
 
-from pipeline.adapters.schema import (
+from pipeline.adapters.sql import SqlDocumentStore, create_store
+from pipeline.adapters.sql.schema import (
     DERIVED_TABLES,
     create_schema,
     document_processing_history,
@@ -28,7 +29,6 @@ from pipeline.adapters.schema import (
     neo4j_entity_mentions,
     neo4j_relationships_staging,
 )
-from pipeline.adapters.sql_store import SqlDocumentStore, create_store
 from pipeline.domain.models import (
     CanonicalEntity,
     Category,

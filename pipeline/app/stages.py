@@ -200,7 +200,14 @@ def start_ocr(services: Services, document_uuid: str, version: int, attempt: str
     try:
         data = services.blobs.get(document.storage_key)
     except KeyError:
-        raise PermanentError(f"the stored file {document.storage_key} is missing") from None
+        hint = ""
+        if services.settings.blob_url.startswith("file://"):
+            # The usual cause: a worker on another host, with its own folder of that name.
+            hint = (
+                f" ({services.settings.blob_url} is a folder on one host: every worker must "
+                "share it, or use DOCPIPE_BLOB_URL=s3://BUCKET/PREFIX)"
+            )
+        raise PermanentError(f"the stored file {document.storage_key} is missing{hint}") from None
     file_type = services.parser.detect_file_type(document.original_file_name, data)
     if file_type is FileType.PDF:
         pages = services.parser.page_count(data)

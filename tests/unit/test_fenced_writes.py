@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.adapters.sql_store import SqlDocumentStore
+from pipeline.adapters.sql import SqlDocumentStore
 from pipeline.app import stages
 from pipeline.app.intake import dispatch, submit_all
 from pipeline.bootstrap import Services
@@ -129,9 +129,9 @@ def test_db_upgrade_adds_the_fence_columns_to_a_database_made_before_them(
 ) -> None:
     import sqlalchemy as sa
 
-    from pipeline.adapters.migrations import upgrade
-    from pipeline.adapters.schema import DERIVED_TABLES
-    from pipeline.adapters.sql_store import create_store
+    from pipeline.adapters.sql import create_store
+    from pipeline.adapters.sql.migrations import upgrade
+    from pipeline.adapters.sql.schema import DERIVED_TABLES
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     store = create_store(url)

@@ -12,7 +12,8 @@ from pipeline.app.monolith import run_sequential
 from pipeline.bootstrap import Services
 from pipeline.domain.models import Status
 from pipeline.errors import ConfigurationError
-from pipeline.harness.perf.loadtest import bottleneck_bound, parse_layout, percentile, steady_rate
+from pipeline.harness.layout import parse_layout
+from pipeline.harness.perf.loadtest import bottleneck_bound, percentile, steady_rate
 from tests.conftest import SAMPLES
 from tests.unit.test_fake_ocr import RecordingClock
 

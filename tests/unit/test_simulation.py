@@ -10,7 +10,13 @@ import fakeredis
 
 from fakes.faults import FaultRule, RedisFaultInjector
 from pipeline.adapters.latency import LatencyProfile, build_profile
-from pipeline.harness.simulation.engine import Crash, SimConfig, SimResult, Simulator, WorkerSpec
+from pipeline.harness.simulation.engine import (
+    Crash,
+    SimConfig,
+    SimResult,
+    SimulatedWorker,
+    Simulator,
+)
 from pipeline.harness.simulation.model import DocumentShape, ModelExecutor, Policy
 from pipeline.harness.simulation.real import StageExecutor, sim_settings
 
@@ -27,18 +33,18 @@ TXT = DocumentShape("a.txt", ocr=False, chunk_keys=("c1", "c2"))
 PDF = DocumentShape("b.pdf", ocr=True, chunk_keys=("c3",))
 
 
-def layout(text: int = 1, prefetch: int = 1, ocr: int = 1) -> list[WorkerSpec]:
+def layout(text: int = 1, prefetch: int = 1, ocr: int = 1) -> list[SimulatedWorker]:
     return [
-        *(WorkerSpec("ocr", 1, name=f"ocr-{i}") for i in range(ocr)),
-        *(WorkerSpec("text", 1, prefetch, name=f"text-{i}") for i in range(text)),
-        WorkerSpec("entity", 4, name="entity-0"),
-        WorkerSpec("graph", 1, name="graph-0"),
+        *(SimulatedWorker("ocr", 1, name=f"ocr-{i}") for i in range(ocr)),
+        *(SimulatedWorker("text", 1, prefetch, name=f"text-{i}") for i in range(text)),
+        SimulatedWorker("entity", 4, name="entity-0"),
+        SimulatedWorker("graph", 1, name="graph-0"),
     ]
 
 
 def simulate(
     shapes: Sequence[DocumentShape],
-    workers: Sequence[WorkerSpec],
+    workers: Sequence[SimulatedWorker],
     *,
     docs: int = 1,
     policy: Policy | None = None,
@@ -265,14 +271,14 @@ def test_real_runs_are_byte_identical_for_the_same_seed() -> None:
 
 
 def test_prediction_for_the_load_test_is_rate_limited_and_deterministic() -> None:
-    from pipeline.harness.perf.loadtest import PLAN_LAYOUT_SPEC, parse_layout
+    from pipeline.harness.layout import PLAN_LAYOUT, parse_layout
     from pipeline.harness.simulation.predict import document_shapes, predict_load
     from pipeline.settings import Settings
 
     shapes = document_shapes(sorted(SAMPLES.iterdir()))
     profile = build_profile("reference", time_scale=0.1)
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
-    layout = parse_layout(PLAN_LAYOUT_SPEC)
+    layout = parse_layout(PLAN_LAYOUT)
     first = predict_load(shapes, profile, settings, layout, documents=400)
     again = predict_load(shapes, profile, settings, layout, documents=400)
     assert first["celery_docs_per_hour"] == again["celery_docs_per_hour"]
@@ -297,18 +303,18 @@ def test_simulate_names_the_bottleneck_and_the_smallest_layout(tmp_path: Path) -
     report = json.loads(result.output)
     plan = report["plan"]
     assert plan["bottleneck"] == "queue text"
-    assert plan["reached"] and plan["layout"].startswith("ocr=2,text=")
-    assert int(plan["layout"].split(",")[1].removeprefix("text=")) > 4
+    assert plan["reached"] and plan["layout"].startswith("ocr:prefork:2 text:threads:")
+    assert int(plan["layout"].split()[1].removeprefix("text:threads:")) > 4
     # The named layout sustains the target in the report's own figures ...
     (named,) = [step for step in plan["steps"] if step["layout"] == plan["layout"]]
     assert named["docs_per_hour"] >= 1200 and named["sustained"]
     assert named["reaches_target"]
     text_workers = [
-        int(step["layout"].split(",")[1].removeprefix("text="))
+        int(step["layout"].split()[1].removeprefix("text:threads:"))
         for step in plan["steps"]
         if step["reaches_target"]
     ]
-    assert min(text_workers) == int(plan["layout"].split(",")[1].removeprefix("text="))
+    assert min(text_workers) == int(plan["layout"].split()[1].removeprefix("text:threads:"))
     # ... and the header's capacity is the first row's.
     first = plan["steps"][0]
     assert report["capacity"]["estimate_docs_per_hour"] == first["capacity_estimate"]

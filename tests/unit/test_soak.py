@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.app.intake import submit_file
 from pipeline.bootstrap import build_services
-from pipeline.harness.perf.loadtest import parse_layout
+from pipeline.harness.layout import parse_layout
 from pipeline.harness.perf.soak import (
     KOMBU_BOOKKEEPING,
     Sample,
@@ -144,11 +144,14 @@ def test_the_worker_holding_the_in_memory_graph_may_grow_with_the_documents() ->
     assert failed(checks(samples, 120.0, SoakBounds(), graph_workers=["graph"])) == ["rss_mb:graph"]
 
 
-def test_workers_are_named_after_their_queue_and_numbered_when_it_repeats() -> None:
-    layout = parse_layout(
-        "ocr:prefork:2 text:threads:4 entity:gevent:50 entity:gevent:50 graph:solo:1"
-    )
-    assert list(worker_queues(layout)) == ["ocr", "text", "entity-2", "entity-3", "graph"]
+def test_workers_are_named_after_their_queues_and_numbered_when_repeated() -> None:
+    layout = parse_layout("ocr:prefork:2 text+graph:threads:4 entity:gevent:50 entity:gevent:50")
+    assert worker_queues(layout) == {
+        "ocr": ("ocr",),
+        "text+graph": ("text", "graph"),
+        "entity-2": ("entity",),
+        "entity-3": ("entity",),
+    }
 
 
 def test_nan_becomes_null_in_the_json() -> None:

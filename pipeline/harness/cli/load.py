@@ -17,12 +17,11 @@ from pipeline.console import (
     stderr,
     stdout,
 )
+from pipeline.harness.layout import PLAN_LAYOUT, parse_layout
 from pipeline.harness.perf.loadtest import (
     DEFAULT_DOCUMENTS,
     DEFAULT_LOCUSTFILE,
-    PLAN_LAYOUT_SPEC,
     LoadConfig,
-    parse_layout,
 )
 
 
@@ -59,9 +58,9 @@ from pipeline.harness.perf.loadtest import (
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--layout",
-    default=PLAN_LAYOUT_SPEC,
+    default=PLAN_LAYOUT,
     show_default=True,
-    help="Worker layout: queue:pool:concurrency items.",
+    help="Worker layout: queue[+queue]:pool:concurrency items.",
 )
 @click.option(
     "--documents",

@@ -15,13 +15,19 @@ from rich.table import Table
 from pipeline.console import EXIT_FAILED, EXIT_OK, configuration_errors, load_settings, stdout
 from pipeline.errors import UserFacingError
 from pipeline.extras import HARNESS_MODULES, require_extra
+from pipeline.harness.layout import PLAN_LAYOUT
 from pipeline.harness.perf.loadtest import DEFAULT_DOCUMENTS
 
-DEFAULT_LAYOUT = "ocr=2,text=4,entity=100,graph=4"
+DEFAULT_LAYOUT = PLAN_LAYOUT
 
 
 @click.command()
-@click.option("--layout", default=DEFAULT_LAYOUT, show_default=True, help="queue=N,... workers.")
+@click.option(
+    "--layout",
+    default=DEFAULT_LAYOUT,
+    show_default=True,
+    help="Worker layout: queue:pool:N items (one worker per queue).",
+)
 @click.option(
     "--target-docs-per-hour",
     "target",

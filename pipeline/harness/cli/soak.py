@@ -12,7 +12,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from pipeline.console import EXIT_FAILED, EXIT_OK, load_settings, stderr, stdout
-from pipeline.harness.perf.loadtest import DEFAULT_DOCUMENTS, PLAN_LAYOUT_SPEC, parse_layout
+from pipeline.harness.layout import PLAN_LAYOUT, parse_layout
+from pipeline.harness.perf.loadtest import DEFAULT_DOCUMENTS
 from pipeline.harness.perf.soak import SoakBounds, SoakConfig, json_ready
 
 _DEFAULT_BOUNDS = SoakBounds()
@@ -59,7 +60,9 @@ _DEFAULT_BOUNDS = SoakBounds()
     help="Multiplies every simulated wait (and the poll interval and rate-limit window).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--layout", default=PLAN_LAYOUT_SPEC, show_default=True, help="queue:pool:N items.")
+@click.option(
+    "--layout", default=PLAN_LAYOUT, show_default=True, help="queue[+queue]:pool:N items."
+)
 @click.option(
     "--documents",
     type=click.Path(exists=True, path_type=Path),

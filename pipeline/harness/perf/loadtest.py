@@ -40,45 +40,23 @@ from pipeline.adapters.latency import steady_rate as steady_rate
 from pipeline.domain.models import PROGRESS_ORDER, QUEUES, Status
 from pipeline.errors import ConfigurationError
 from pipeline.extras import HARNESS_MODULES, require_extra
-from pipeline.harness.localstack import RedisServer, WorkerGroup, start_redis, stop_process
+from pipeline.harness.layout import PLAN_LAYOUT, WorkerSpec, parse_layout
+from pipeline.harness.localstack import (
+    RedisServer,
+    WorkerGroup,
+    start_redis,
+    stop_process,
+    worker_environment,
+)
 from pipeline.library import SAMPLES
 from pipeline.settings import Settings
 
-REPO = Path(__file__).resolve().parents[3]
 #: Inside the package, so `docpipe load` works from an install (not only a checkout).
 DEFAULT_LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 DEFAULT_DOCUMENTS = SAMPLES
-PLAN_LAYOUT_SPEC = "ocr:prefork:2 text:threads:4 entity:gevent:100 graph:threads:4"
 #: Statuses in the order a document passes through them ("time in status" is per stage).
 _TIMELINE = PROGRESS_ORDER[PROGRESS_ORDER.index(Status.OCR_QUEUED) :]
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    queue: str
-    pool: str
-    concurrency: int
-
-
-def parse_layout(spec: str) -> list[WorkerSpec]:
-    """`queue:pool:concurrency` items separated by spaces or commas (the Makefile's form)."""
-    layout = []
-    for item in spec.replace(",", " ").split():
-        try:
-            queue, pool, concurrency = item.split(":")
-            worker = WorkerSpec(queue, pool, int(concurrency))
-        except ValueError:
-            raise ConfigurationError(f"worker layout item {item!r}: use queue:pool:N") from None
-        if queue not in QUEUES or pool not in ("prefork", "threads", "gevent", "solo"):
-            raise ConfigurationError(f"worker layout item {item!r}: unknown queue or pool")
-        if worker.concurrency < 1:
-            raise ConfigurationError(f"worker layout item {item!r}: concurrency below 1")
-        layout.append(worker)
-    missing = set(QUEUES) - {w.queue for w in layout}
-    if missing:
-        raise ConfigurationError(f"worker layout leaves queue(s) {sorted(missing)} unconsumed")
-    return layout
 
 
 @dataclass(frozen=True)
@@ -90,7 +68,7 @@ class LoadConfig:
     users: int = 24
     duration_s: float = 30.0
     baseline_s: float = 30.0
-    layout: Sequence[WorkerSpec] = field(default_factory=lambda: parse_layout(PLAN_LAYOUT_SPEC))
+    layout: Sequence[WorkerSpec] = field(default_factory=lambda: parse_layout(PLAN_LAYOUT))
     locustfile: Path = DEFAULT_LOCUSTFILE
     poll_s: float = 0.1
     keep_workdir: bool = False
@@ -255,14 +233,6 @@ class QueueDepthSampler:
         self._client.close()
 
 
-def _settings_env(values: Mapping[str, Any]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCPIPE_")}
-    for key, value in values.items():
-        text = json.dumps(value) if isinstance(value, dict) else str(value)
-        env[f"DOCPIPE_{key.upper()}"] = text
-    return env
-
-
 def _common_values(config: LoadConfig) -> dict[str, Any]:
     return stack_values(config.settings, config.profile, project_name="load")
 
@@ -298,23 +268,23 @@ def worker_layout(
     Yields the workers and the environment they share (for more processes of
     the same run); stops them on exit.
     """
-    from pipeline.adapters.sql_store import create_store
+    from pipeline.adapters.sql import create_store
     from pipeline.runtime.celery_app import configure
 
-    env = _settings_env(values)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    env = worker_environment(values)
     # Create the schema once, before several processes race to do it.
     create_store(values["database_url"]).close()
     with WorkerGroup(workdir, env, loglevel="WARNING", stop_timeout_s=20) as workers:
         for spec in layout:
+            queues = "+".join(spec.queues)
             workers.start(
-                spec.queue,
+                spec.queues,
                 pool=spec.pool,
                 concurrency=spec.concurrency,
-                name=f"{name}-{spec.queue}",
-                log=spec.queue,
+                name=f"{name}-{queues}",
+                log=queues,
             )
-            say(f"celery: worker {spec.queue} ({spec.pool} x{spec.concurrency})")
+            say(f"celery: worker {queues} ({spec.pool} x{spec.concurrency})")
         app = configure(Settings(_env_file=None, **values))  # type: ignore[call-arg]
         workers.wait_for_consumers(app, QUEUES, timeout_s=60)
         yield workers, env
@@ -337,19 +307,21 @@ def run_baseline(config: LoadConfig, workdir: Path, server: RedisServer, say: Pr
         eager=True,
     )
     settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
-    services = build_services(settings)
-    say(f"sequential baseline: the monolith for at least {config.baseline_s:g}s (whole rounds)")
-    results = run_sequential(
-        services,
-        config.files,
-        min_seconds=config.baseline_s,
-        max_documents=max(len(config.files), 5000),
-        on_done=lambda r: say(f"  sequential: {Path(r.file).name} {r.status} in {r.seconds:.2f}s"),
-    )
-    failed = [r for r in results if r.status is not Status.COMPLETED]
-    if failed:
-        say(f"  {len(failed)} sequential document(s) did not complete")
-    return database
+    with build_services(settings) as services:
+        say(f"sequential baseline: the monolith for at least {config.baseline_s:g}s (whole rounds)")
+        results = run_sequential(
+            services,
+            config.files,
+            min_seconds=config.baseline_s,
+            max_documents=max(len(config.files), 5000),
+            on_done=lambda r: say(
+                f"  sequential: {Path(r.file).name} {r.status} in {r.seconds:.2f}s"
+            ),
+        )
+        failed = [r for r in results if r.status is not Status.COMPLETED]
+        if failed:
+            say(f"  {len(failed)} sequential document(s) did not complete")
+        return database
 
 
 def run_celery(
@@ -425,7 +397,7 @@ def _locust_stats(prefix: Path) -> dict[str, dict[str, Any]]:
 
 def run_load(config: LoadConfig, say: Progress = lambda message: None) -> dict[str, Any]:
     """Both runs, the comparison and the report files; returns the summary."""
-    from pipeline.adapters.sql_store import create_store
+    from pipeline.adapters.sql import create_store
 
     # locust (the load) and matplotlib (the chart) are the harness extra's.
     require_extra("harness", HARNESS_MODULES["load"], "docpipe load")

@@ -55,14 +55,9 @@ from pipeline.adapters.latency import LatencyProfile
 from pipeline.domain.models import QUEUES, TERMINAL_STATUSES, Stage, Status
 from pipeline.errors import ConfigurationError
 from pipeline.extras import HARNESS_MODULES, require_extra
+from pipeline.harness.layout import PLAN_LAYOUT, WorkerSpec, parse_layout
 from pipeline.harness.localstack import PostgresDatabases, pool_children, start_redis
-from pipeline.harness.perf.loadtest import (
-    PLAN_LAYOUT_SPEC,
-    WorkerSpec,
-    parse_layout,
-    stack_values,
-    worker_layout,
-)
+from pipeline.harness.perf.loadtest import stack_values, worker_layout
 from pipeline.settings import Settings
 
 Progress = Callable[[str], None]
@@ -162,7 +157,7 @@ class SoakConfig:
     #: Generated documents (legal prose as pdf/docx/eml/txt, 1-3 pages) added to `files`.
     variants: int = 20
     seed: int = 0
-    layout: Sequence[WorkerSpec] = field(default_factory=lambda: parse_layout(PLAN_LAYOUT_SPEC))
+    layout: Sequence[WorkerSpec] = field(default_factory=lambda: parse_layout(PLAN_LAYOUT))
     bounds: SoakBounds = SoakBounds()
     production_docs_per_day: float = 10_000.0
     #: A PostgreSQL admin URL: the run gets a throw-away database there instead of SQLite.
@@ -812,10 +807,13 @@ def default_rate_per_min(config: SoakConfig) -> tuple[float, dict[str, Any]]:
     return bound["docs_per_s"] * 60 * DEFAULT_RATE_FRACTION, bound
 
 
-def worker_queues(layout: Sequence[WorkerSpec]) -> dict[str, str]:
-    """A name for each worker of the layout, in its order (its queue, numbered if repeated)."""
-    queues = [w.queue for w in layout]
-    return {(q if queues.count(q) == 1 else f"{q}-{index}"): q for index, q in enumerate(queues)}
+def worker_queues(layout: Sequence[WorkerSpec]) -> dict[str, tuple[str, ...]]:
+    """A name for each worker of the layout, in its order: its queues, numbered if repeated."""
+    names = ["+".join(w.queues) for w in layout]
+    return {
+        (name if names.count(name) == 1 else f"{name}-{index}"): worker.queues
+        for index, (name, worker) in enumerate(zip(names, layout, strict=True))
+    }
 
 
 @contextmanager
@@ -973,7 +971,7 @@ def summarize(
         samples,
         warmup,
         config.bounds,
-        graph_workers=[n for n, q in worker_queues(config.layout).items() if q == graph_queue]
+        graph_workers=[n for n, q in worker_queues(config.layout).items() if graph_queue in q]
         if in_memory_graph
         else [],
     )

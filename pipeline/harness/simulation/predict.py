@@ -12,18 +12,16 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipeline.adapters.latency import LatencyProfile, scaled_settings, steady_rate
-from pipeline.harness.simulation.engine import SimConfig, SimResult, Simulator, WorkerSpec
+from pipeline.errors import ConfigurationError
+from pipeline.harness.layout import PLAN_LAYOUT, WorkerSpec, concurrency_per_queue, parse_layout
+from pipeline.harness.simulation.engine import SimConfig, SimResult, SimulatedWorker, Simulator
 from pipeline.harness.simulation.model import DocumentShape, ModelExecutor, Policy
 from pipeline.settings import Settings
-
-if TYPE_CHECKING:
-    # A type only: pipeline.harness.perf.loadtest imports this module to predict its run.
-    from pipeline.harness.perf.loadtest import WorkerSpec as LoadWorkerSpec
 
 #: Broker round trip and worker bookkeeping per task, wall seconds (FEASIBILITY.md: ~4.7 ms/hop).
 HOP_OVERHEAD_S = 0.005
@@ -56,27 +54,27 @@ def document_shapes(files: Sequence[Path], *, measure_cpu: bool = False) -> list
         fault_injection=False,
         project_name="shapes",
     )
-    services = build_services(settings)
-    project = services.store.ensure_project("shapes")
-    shapes = []
-    for path in files:
-        submission = submit_file(services, path, project)
-        claim_own(services, submission.document_uuid, worker="shapes")
-        began = time.perf_counter()
-        process_document(services, submission.document_uuid)
-        cpu = time.perf_counter() - began
-        document = services.store.get_document(submission.document_uuid)
-        chunks = services.store.get_chunks(submission.document_uuid)
-        keys = tuple(hashlib.sha256(c.text.encode()).hexdigest() for c in chunks)
-        shapes.append(
-            DocumentShape(
-                name=path.name,
-                ocr=document.ocr_metadata.get("method") == "ocr",
-                chunk_keys=keys,
-                cpu_s=cpu if measure_cpu else 0.0,
+    with build_services(settings) as services:
+        project = services.store.ensure_project("shapes")
+        shapes = []
+        for path in files:
+            submission = submit_file(services, path, project)
+            claim_own(services, submission.document_uuid, worker="shapes")
+            began = time.perf_counter()
+            process_document(services, submission.document_uuid)
+            cpu = time.perf_counter() - began
+            document = services.store.get_document(submission.document_uuid)
+            chunks = services.store.get_chunks(submission.document_uuid)
+            keys = tuple(hashlib.sha256(c.text.encode()).hexdigest() for c in chunks)
+            shapes.append(
+                DocumentShape(
+                    name=path.name,
+                    ocr=document.ocr_metadata.get("method") == "ocr",
+                    chunk_keys=keys,
+                    cpu_s=cpu if measure_cpu else 0.0,
+                )
             )
-        )
-    return shapes
+        return shapes
 
 
 def load_policy(settings: Settings, time_scale: float) -> Policy:
@@ -96,10 +94,10 @@ def load_policy(settings: Settings, time_scale: float) -> Policy:
 
 
 def engine_layout(
-    layout: Sequence[LoadWorkerSpec], prefetch_multiplier: int = 1
-) -> list[WorkerSpec]:
+    layout: Sequence[WorkerSpec], prefetch_multiplier: int = 1
+) -> list[SimulatedWorker]:
     return [
-        WorkerSpec(w.queue, w.concurrency, prefetch_multiplier, name=f"{w.queue}-{i}")
+        SimulatedWorker(w.queue, w.concurrency, prefetch_multiplier, name=f"{w.queue}-{i}")
         for i, w in enumerate(layout)
     ]
 
@@ -132,7 +130,7 @@ def simulate_sequential(
     seed: int,
 ) -> SimResult:
     """The monolith: one document at a time, no broker hops (a closed loop of one user)."""
-    workers = [WorkerSpec(q, 1, name=f"{q}-seq") for q in QUEUE_ORDER]
+    workers = [SimulatedWorker(q, 1, name=f"{q}-seq") for q in QUEUE_ORDER]
     config = SimConfig(workers, users=1, trace=False)
     executor = ModelExecutor(shapes, profile, policy, seed=seed)
     return Simulator(config, executor).run(range(documents))
@@ -142,7 +140,7 @@ def simulate_layout(
     shapes: Sequence[DocumentShape],
     profile: LatencyProfile,
     policy: Policy,
-    workers: Sequence[WorkerSpec],
+    workers: Sequence[SimulatedWorker],
     documents: int,
     *,
     seed: int = 0,
@@ -168,7 +166,7 @@ def predict_load(
     shapes: Sequence[DocumentShape],
     profile: LatencyProfile,
     settings: Settings,
-    layout: Sequence[LoadWorkerSpec],
+    layout: Sequence[WorkerSpec],
     *,
     users: int = 24,
     poll_s: float = 0.1,
@@ -212,34 +210,40 @@ def predict_load(
 
 @dataclass(frozen=True)
 class Layout:
+    """Capacity planning's view of a worker layout: task slots (and the pool) per queue."""
+
     concurrency: dict[str, int]
+    pools: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, spec: str) -> Layout:
-        """`ocr=2,text=4,entity=100,graph=4`."""
-        concurrency: dict[str, int] = {}
-        for item in spec.replace(" ", ",").split(","):
-            if not item:
-                continue
-            queue, _, number = item.partition("=")
-            if queue not in QUEUE_ORDER or not number.isdigit() or int(number) < 1:
-                raise ValueError(f"layout item {item!r}: use queue=N with a queue of {QUEUE_ORDER}")
-            concurrency[queue] = int(number)
-        missing = [q for q in QUEUE_ORDER if q not in concurrency]
-        if missing:
-            raise ValueError(f"layout leaves queue(s) {missing} without workers")
-        return cls(concurrency)
+        """The one layout syntax (pipeline.harness.layout), one worker per queue."""
+        try:
+            workers = parse_layout(spec)
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from None
+        shared = [w.item for w in workers if len(w.queues) > 1]
+        if shared:
+            raise ValueError(f"capacity planning models one queue per worker; got {shared}")
+        return cls(concurrency_per_queue(workers), {w.queue: w.pool for w in workers})
 
     def spec(self) -> str:
-        return ",".join(f"{q}={self.concurrency[q]}" for q in QUEUE_ORDER)
+        return " ".join(f"{q}:{self.pool(q)}:{self.concurrency[q]}" for q in QUEUE_ORDER)
 
-    def workers(self) -> list[WorkerSpec]:
-        return [WorkerSpec(q, self.concurrency[q], name=f"{q}-0") for q in QUEUE_ORDER]
+    def pool(self, queue: str) -> str:
+        return self.pools.get(queue) or _PLAN_POOLS[queue]
+
+    def workers(self) -> list[SimulatedWorker]:
+        return [SimulatedWorker(q, self.concurrency[q], name=f"{q}-0") for q in QUEUE_ORDER]
+
+    def with_concurrency(self, queue: str, slots: int) -> Layout:
+        return Layout({**self.concurrency, queue: slots}, self.pools)
 
     def with_more(self, queue: str, extra: int) -> Layout:
-        concurrency = dict(self.concurrency)
-        concurrency[queue] += extra
-        return Layout(concurrency)
+        return self.with_concurrency(queue, self.concurrency[queue] + extra)
+
+
+_PLAN_POOLS = {w.queue: w.pool for w in parse_layout(PLAN_LAYOUT)}
 
 
 @dataclass(frozen=True)
@@ -431,7 +435,7 @@ def _shrink(
     best = reached
     while low <= high:
         middle = (low + high) // 2
-        candidate = Layout({**reached.layout.concurrency, queue: middle})
+        candidate = reached.layout.with_concurrency(queue, middle)
         capacity = measure(candidate)
         if reaches_target(capacity, target_per_hour):
             best, high = capacity, middle - 1
@@ -456,7 +460,7 @@ def sweep(
     for queue in QUEUE_ORDER:
         points: list[tuple[int, float]] = []
         for n in sorted({max(1, round(base.concurrency[queue] * f)) for f in factors}):
-            layout = Layout({**base.concurrency, queue: n})
+            layout = base.with_concurrency(queue, n)
             capacity = measure_capacity(
                 shapes,
                 profile,

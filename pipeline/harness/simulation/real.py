@@ -25,16 +25,17 @@ import hashlib
 import itertools
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fakes.faults import SharedFaultInjector, WorkerKilled
 from pipeline.app import stages
-from pipeline.app.intake import claim_own, storage_key
+from pipeline.app.intake import claim_own, submit_file
 from pipeline.app.policy import ProgressMeter, decide, metered, readable
 from pipeline.app.stages import StageResult
 from pipeline.bootstrap import Services, build_services, redis_client
-from pipeline.domain.models import SourceDocument, Stage, Status, stable_uuid
+from pipeline.domain.models import Stage, Status, stable_uuid
 from pipeline.errors import LockUnavailable, StaleDelivery, TransientError
 from pipeline.harness.simulation.clock import VirtualClock, VirtualRateLimiter
 from pipeline.harness.simulation.effects import install as install_deferred_store
@@ -85,8 +86,13 @@ class StageExecutor:
             limit=settings.llm_rate_limit_calls,
             window_seconds=settings.llm_rate_limit_window_s,
         )
+        self.dispatcher = RecordingDispatcher()
         self.services: Services = build_services(
-            settings, faults=faults, clock=self.clock, rate_limiter=self.limiter
+            settings,
+            faults=faults,
+            clock=self.clock,
+            rate_limiter=self.limiter,
+            dispatcher=self.dispatcher,
         )
         self.deferred = install_deferred_store(self.services)
         self.rng = random.Random(seed)
@@ -103,38 +109,27 @@ class StageExecutor:
         self.uuids[doc] = document_uuid
 
     def submit(self, doc: int, now: float) -> list[Send]:
-        """Queue the document for OCR (intake.dispatch without Celery); submits files first.
+        """Queue the document for OCR through intake, as `docpipe run` does; submits files first.
 
-        A document not adopted is submitted from `files` with a uuid derived
-        from the seed (reproducible rows), and claimed like `docpipe run` does.
+        A document not adopted is submitted from `files` (intake.submit_file)
+        with a uuid derived from the seed (reproducible rows) and claimed; then
+        stages.dispatch marks it queued and sends its first stage through the
+        Dispatcher port, which here hands the message to the broker model.
         """
         self.clock.set(now)
         if doc not in self.uuids:
-            self.uuids[doc] = self._submit_file(doc)
-        document = self.services.store.get_document(self.uuids[doc])
-        self.versions[doc] = document.processing_version
-        stages.mark(self.services, document, Stage.OCR, Status.OCR_QUEUED)
-        return [Send(task=START_OCR, queue=Stage.OCR.queue, doc=doc)]
+            path = self.files[doc % len(self.files)]
+            document_uuid = stable_uuid("sim", self.seed, doc)
+            submit_file(self.services, path, self.project, document_uuid=document_uuid)
+            claim_own(self.services, document_uuid, worker="sim")
+            self.uuids[doc] = document_uuid
+        self.versions[doc] = self.services.store.get_document(self.uuids[doc]).processing_version
+        stages.dispatch(self.services, self.uuids[doc])
+        return [self._send(doc, sent) for sent in self.dispatcher.take()]
 
-    def _submit_file(self, doc: int) -> str:
-        path = self.files[doc % len(self.files)]
-        document_uuid = stable_uuid("sim", self.seed, doc)
-        key = storage_key(document_uuid, path.name)
-        data = path.read_bytes()
-        self.services.blobs.put(key, data)
-        self.services.store.create_document(
-            SourceDocument(
-                uuid=document_uuid,
-                project_uuid=self.project,
-                original_file_name=path.name,
-                file_type=Path(path.name).suffix.lower().lstrip("."),
-                storage_key=key,
-                size_bytes=len(data),
-            )
-        )
-        self.services.store.enqueue(document_uuid)
-        claim_own(self.services, document_uuid, worker="sim")
-        return document_uuid
+    def _send(self, doc: int, sent: SentStage) -> Send:
+        task = START_OCR if sent.stage is Stage.OCR else str(sent.stage)
+        return Send(task=task, queue=sent.stage.queue, doc=doc)
 
     def _stage(self, message: Message) -> Stage:
         return Stage.OCR if message.task in (START_OCR, POLL_OCR) else Stage(message.task)
@@ -294,6 +289,31 @@ class StageExecutor:
             }
         digest = hashlib.sha256(repr(sorted(out.items())).encode()).hexdigest()[:16]
         return {"documents": out, "digest": digest}
+
+
+@dataclass(frozen=True)
+class SentStage:
+    stage: Stage
+    document_uuid: str
+    version: int
+    task_id: str | None
+
+
+class RecordingDispatcher:
+    """The `Dispatcher` port in the simulator: sends are kept for the broker model."""
+
+    def __init__(self) -> None:
+        self._sent: list[SentStage] = []
+
+    def send_stage(
+        self, stage: Stage, document_uuid: str, version: int, *, task_id: str | None = None
+    ) -> None:
+        self._sent.append(SentStage(stage, document_uuid, version, task_id))
+
+    def take(self) -> list[SentStage]:
+        """The sends since the last call, oldest first."""
+        sent, self._sent = self._sent, []
+        return sent
 
 
 def _releaser(services: Services, name: str, token: str | None) -> Any:
