@@ -62,7 +62,9 @@ class BlobStore(Protocol):
 
     def size(self, key: str) -> int: ...
 
-    def delete(self, key: str) -> None: ...
+    def delete(self, key: str) -> None:
+        """Deleting a missing key is not an error (as on S3)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,22 @@ class DocumentParser(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class LlmAnswer:
+    """One LLM request's answer: one JSON text per chunk sent, and the tokens it used."""
+
+    #: `{"entities": [...]}` per chunk, in the order sent (parsed by the domain).
+    payloads: tuple[str, ...]
+    prompt_tokens: int
+    completion_tokens: int
+
+
 class EntityExtractor(Protocol):
-    """One call per chunk; answers the LLM's JSON text, parsed by the domain."""
+    """Answers the LLM's JSON text per chunk, parsed and verified by the domain.
+
+    `extract` sends one chunk in one request; `extract_many` packs several
+    chunks into one request (`pipeline.domain.packing`) and answers per chunk.
+    """
 
     @property
     def model(self) -> str:
@@ -108,6 +124,22 @@ class EntityExtractor(Protocol):
 
     def extract(self, text: str) -> str:
         """Return the raw JSON answer: {"entities": [{entity,label,start,end,confidence}]}."""
+        ...
+
+    def extract_many(self, texts: Sequence[str]) -> LlmAnswer:
+        """One request for all `texts` (one text goes exactly as `extract` sends it).
+
+        Raises `MalformedResponse` when the answer as a whole cannot be read; a
+        single chunk's unreadable answer is a payload the domain parser rejects.
+        """
+        ...
+
+    def request_tokens(self, texts: Sequence[str]) -> int:
+        """Estimated tokens one request for `texts` uses, prompt and answer.
+
+        What packing budgets (`DOCPIPE_LLM_PACK_TOKENS`) and what the request
+        reserves of the shared tokens-per-window limit.
+        """
         ...
 
 
@@ -157,9 +189,13 @@ class LockManager(Protocol):
 
 
 class RateLimiter(Protocol):
-    """Shared sliding window; raises `RateLimited` (fail closed) when over or unsure."""
+    """Shared sliding window; raises `RateLimited` (fail closed) when over or unsure.
 
-    def acquire(self, name: str) -> None: ...
+    Counts requests, and with a token limit also the `tokens` each request
+    reserves (requests and tokens per window, as OpenAI enforces them).
+    """
+
+    def acquire(self, name: str, tokens: int = 0) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from sqlalchemy.pool import NullPool
 from pipeline.adapters.sql import SqlDocumentStore, create_database_engine, create_store
 from pipeline.adapters.sql.schema import create_schema, metadata
 from pipeline.ports import QueueEntry
-from tests.contract_store import StoreContract, new_document
+from pipeline.testing.contracts.store import StoreContract, new_document
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.adapters.sql import SqlDocumentStore, create_store
 from pipeline.domain.models import QueueStatus
-from tests.contract_store import StoreContract, claim_until_empty, new_document
+from pipeline.testing.contracts.store import StoreContract, claim_until_empty, new_document
 
 
 class TestSqliteDocumentStore(StoreContract):

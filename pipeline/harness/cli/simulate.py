@@ -115,7 +115,7 @@ def simulate(
         raise UserFacingError(str(exc)) from None
     with configuration_errors():
         latency = latency_profile(settings)
-        shapes = document_shapes(collect_files([documents]))
+        shapes = document_shapes(collect_files([documents]), pack_tokens=settings.llm_pack_tokens)
     policy = load_policy(settings, time_scale)
     if llm_rate_limit is not None:
         try:
@@ -129,7 +129,13 @@ def simulate(
             raise UserFacingError("--llm-rate-limit takes CALLS/WINDOW_S, e.g. 500/60") from None
     report: dict[str, Any] = {"layout": start.spec(), "profile": latency.describe()}
     report["documents"] = [
-        {"name": s.name, "ocr": s.ocr, "chunks": len(s.chunk_keys)} for s in shapes
+        {
+            "name": s.name,
+            "ocr": s.ocr,
+            "chunks": len(s.chunk_keys),
+            "llm_requests": len(s.llm_requests),
+        }
+        for s in shapes
     ]
     if target is not None:
         report["plan"] = plan_capacity(

@@ -26,27 +26,48 @@ import kombu.exceptions
 import redis
 from pydantic import ValidationError
 
-from fakes.faults import FaultRule, RedisFaultInjector, clear_faults, install_faults
+from fakes.faults import (
+    ACTIVE_FAULTS_KEY,
+    FaultRule,
+    RedisFaultInjector,
+    SharedFaultInjector,
+    WorkerKilled,
+    clear_faults,
+    install_faults,
+)
+from fakes.faulty_ports import unfaulted
 from pipeline.app.intake import claim_own, dispatch, submit_file
-from pipeline.bootstrap import Services, discard_fake_redis_server, start, use_services
+from pipeline.bootstrap import (
+    Services,
+    discard_fake_redis_server,
+    redis_client,
+    start,
+    use_services,
+)
 from pipeline.domain.models import QUEUES, QueueStatus, Stage, Status
-from pipeline.errors import ConfigurationError
+from pipeline.errors import ConfigurationError, TransientError
 from pipeline.extras import HARNESS_MODULES, missing_extra_reason
 from pipeline.harness.scenarios.documents import ScenarioDocument, materialize
 from pipeline.harness.scenarios.integrity import integrity_problems
 from pipeline.harness.scenarios.model import (
+    PROCESS_KILLING_KINDS,
     Bound,
+    BrokerName,
     Count,
     Mode,
     Scenario,
     ScenarioError,
     as_bound,
+    fault_modes,
     matches,
 )
 from pipeline.runtime import celery_app
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: Submissions of one file the runner makes before it gives up (intake under faults).
+INTAKE_ATTEMPTS = 8
 
 
 @dataclass
@@ -97,14 +118,32 @@ class RunReport:
     #: Broker mode with `broker.queue_processor`: file -> stage sent again for a document
     #: that made no progress for `queue_stale_after_s` (its message was lost).
     resumed: dict[str, str] = field(default_factory=dict)
+    #: Broker mode: which broker carried the tasks (`redis` or `rabbitmq`).
+    broker: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def label(self) -> str:
+        """The mode, and the broker when it is not Redis: `broker-rabbitmq`."""
+        if self.mode == "broker" and self.broker not in (None, "redis"):
+            return f"{self.mode}-{self.broker}"
+        return self.mode
 
-def replay_command(path: Path | None, mode: str, seed: int) -> str:
+
+def replay_command(path: Path | None, mode: str, seed: int, broker: str = "redis") -> str:
     target = shlex.quote(str(path)) if path is not None else "SCENARIO.yaml"
-    return f"docpipe scenario run {target} --mode {mode} --seed {seed}"
+    on = f" --broker {broker}" if mode == "broker" and broker != "redis" else ""
+    return f"docpipe scenario run {target} --mode {mode}{on} --seed {seed}"
+
+
+def broker_skip_reason(scenario: Scenario, broker: str) -> str | None:
+    """Why a broker-mode run on `broker` is skipped (the scenario is another broker's)."""
+    if broker in scenario.broker.brokers:
+        return None
+    because = scenario.broker.only_because or "declared by the scenario"
+    return f"{'/'.join(scenario.broker.brokers)}-specific: {because}"
 
 
 #: Settings every scenario run starts from (before the scenario's own overrides).
@@ -117,6 +156,7 @@ def base_settings(scenario: Scenario) -> dict[str, Any]:
         "retry_backoff_max_s": 2.0,
         # The shared LLM limit only matters to scenarios that set it themselves.
         "llm_rate_limit_calls": 100000,
+        "llm_rate_limit_tokens": 0,
         "fake_ocr_polls_until_done": scenario.adapters.ocr_polls_until_done,
     }
 
@@ -139,6 +179,7 @@ def run_scenario(
     *,
     seed: int | None = None,
     workdir: Path | None = None,
+    broker: BrokerName = "redis",
 ) -> RunReport:
     seed = scenario.seed if seed is None else seed
     started = time.perf_counter()
@@ -149,11 +190,24 @@ def run_scenario(
         seed=seed,
         passed=False,
         elapsed_s=0.0,
-        replay=replay_command(path, mode, seed),
+        replay=replay_command(path, mode, seed, broker),
+        broker=broker if mode == "broker" else None,
     )
     skip = sim_skip_reason(scenario) if mode == "sim" else None
-    if mode != "sim" and mode not in scenario.modes:
+    simulated_only = [
+        f"{f.kind} on {f.port}.{f.operation or '*'}"
+        for f in scenario.faults
+        if mode != "sim" and mode not in fault_modes(f.port, f.operation, f.kind)
+    ]
+    if simulated_only:
+        skip = (
+            f"{mode} mode cannot inject {', '.join(simulated_only)}: simulator-only fault(s), "
+            "which a real deployment cannot be made to suffer on cue; run it with --mode sim"
+        )
+    elif mode != "sim" and mode not in scenario.modes:
         skip = f"declares modes: [{', '.join(scenario.modes)}]"
+    elif mode == "broker" and (off := broker_skip_reason(scenario, broker)):
+        skip = off
     elif scenario.adapters.profile == "sim-cloud" and (missing := sim_cloud_missing()):
         skip = missing  # moto and flask-cors are the harness extra's (pip install docpipe[harness])
     elif mode == "broker" and needs_postgres(scenario) and postgres_admin_url() is None:
@@ -168,7 +222,9 @@ def run_scenario(
     with _workdir(workdir, scenario.name, mode) as directory:
         try:
             runner = {"eager": EagerRun, "broker": BrokerRun, "sim": SimRun}[mode]
-            runner(scenario, path, seed, directory, report).run()
+            run = runner(scenario, path, seed, directory, report)
+            run.broker = broker
+            run.run()
         except ScenarioError as exc:
             report.error = str(exc)
         report.passed = report.error is None and all(c.passed for c in report.checks)
@@ -213,6 +269,8 @@ class _Run:
     """What both modes share: submit, fault, wait, act, measure, judge."""
 
     mode: str = ""
+    #: Broker mode: the broker the tasks go through.
+    broker: BrokerName = "redis"
 
     def __init__(
         self, scenario: Scenario, path: Path | None, seed: int, workdir: Path, report: RunReport
@@ -237,13 +295,22 @@ class _Run:
     def extra_checks(self, services: Services) -> list[Check]:
         return []
 
+    def validated_values(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The settings the run's checks refuse or accept (the broker's rules apply)."""
+        if self.mode != "broker" or self.broker != "rabbitmq":
+            return values
+        from pipeline.harness.scenarios.real_workers import RABBITMQ_TIME_LIMITS
+
+        limits = {k.removeprefix("DOCPIPE_").lower(): v for k, v in RABBITMQ_TIME_LIMITS.items()}
+        return limits | values | {"broker_url": "amqp://guest@127.0.0.1:5672/validation"}
+
     def run(self) -> None:
         scenario = self.scenario
         documents = materialize(scenario, self.path, self.seed, self.workdir / "inbox")
         values = base_settings(scenario) | scenario.overrides()
         rejected = scenario.expect.settings_rejected
         try:
-            Settings(_env_file=None, **values)  # type: ignore[call-arg]
+            Settings(_env_file=None, **self.validated_values(values))  # type: ignore[call-arg]
         except ValidationError as exc:
             problem = settings_problem(exc)
             if rejected is None:
@@ -281,23 +348,39 @@ class _Run:
             finally:
                 self.stop()
 
-    def _run_with(self, services: Services, documents: list[ScenarioDocument]) -> None:
+    def _run_with(self, faulted: Services, documents: list[ScenarioDocument]) -> None:
         scenario = self.scenario
+        # The runner's own submissions, claims and reads never meet a fault: the tasks
+        # run on the (faulted) current services, or in the workers' processes.
+        services = unfaulted(faulted)
         project_uuid = services.store.ensure_project(scenario.name)
-        by_name: dict[str, str] = {}
-        for document in documents:
-            by_name[document.name] = submit_file(
-                services, document.path, project_uuid
-            ).document_uuid
-        names = {uuid_: name for name, uuid_ in by_name.items()}
-        declared, rules = self._rules(by_name)
         namespace = f"docpipe:faults:scenario:{uuid.uuid4().hex[:12]}"
         # On the services' clock: a window counts virtual time in sim mode, wall time otherwise.
+        # Installed before intake (faults on the blob store and the document rows hit the
+        # submissions too), with `documents` filters matching nothing until the uuids exist.
+        declared, rules = self._rules({}, pending=True)
         injector = RedisFaultInjector(
             services.redis, rules, namespace=namespace, seed=self.seed, clock=services.clock
         )
         install_faults(services.redis, injector)
         try:
+            by_name: dict[str, str] = {}
+            for document in documents:
+                by_name[document.name] = self._submit(faulted, document.path, project_uuid)
+            names = {uuid_: name for name, uuid_ in by_name.items()}
+            declared, rules = self._rules(by_name)
+            injector = RedisFaultInjector(
+                services.redis, rules, namespace=namespace, seed=self.seed, clock=services.clock
+            )
+            # Same namespace, not re-armed: the counters of the intake's calls carry on.
+            services.redis.set(ACTIVE_FAULTS_KEY, injector.to_json())
+            for name, path in [(d.name, d.path) for d in documents]:
+                if injector.before("intake", "submit", by_name[name]).response == "duplicate":
+                    # The same file submitted again while the first is in flight (two
+                    # `docpipe run`s at once): a second document with the same bytes.
+                    again = f"{name} (submitted again)"
+                    by_name[again] = self._submit(faulted, path, project_uuid)
+                    names[by_name[again]] = again
             uuids = list(by_name.values())
             for document_uuid in uuids:
                 claim_own(services, document_uuid, worker=f"scenario-{scenario.name}")
@@ -326,12 +409,33 @@ class _Run:
         self.report.checks.extend(_invariants(services, outcomes, fired[:declared], scenario))
         self.report.checks.extend(self.extra_checks(services))
 
-    def _rules(self, by_name: dict[str, str]) -> tuple[int, list[FaultRule]]:
-        """Declared faults (document patterns resolved to uuids), then the latency rules."""
+    def _submit(self, faulted: Services, path: Path, project_uuid: str) -> str:
+        """Submit under the faults; a failed intake is run again, as an operator re-runs
+        `docpipe run` (a document row it left behind is not the run's)."""
+        problem: BaseException | None = None
+        for attempt in range(INTAKE_ATTEMPTS):
+            try:
+                return submit_file(faulted, path, project_uuid).document_uuid
+            except (TransientError, redis.RedisError, WorkerKilled) as exc:
+                problem = exc
+                faulted.clock.sleep(min(2.0**attempt, 30.0))
+        raise ScenarioError(
+            f"{self.source}: the intake of {path.name} failed {INTAKE_ATTEMPTS} times: {problem}"
+        )
+
+    def _rules(
+        self, by_name: dict[str, str], *, pending: bool = False
+    ) -> tuple[int, list[FaultRule]]:
+        """Declared faults (document patterns resolved to uuids), then the latency rules.
+
+        `pending`: before intake; a rule for some documents matches none yet.
+        """
         rules: list[FaultRule] = []
         for index, fault in enumerate(self.scenario.faults):
             documents: tuple[str, ...] = ()
-            if fault.documents:
+            if fault.documents and pending:
+                documents = ("(not submitted yet)",)
+            elif fault.documents:
                 documents = tuple(u for n, u in by_name.items() if matches(n, fault.documents))
                 if not documents:
                     raise ScenarioError(
@@ -731,21 +835,6 @@ class EagerRun(_Run):
             discard_fake_redis_server(services.settings.redis_url)
 
 
-#: Fault kinds the simulator reproduces (a killed worker: the task lost and redelivered).
-SIM_FAULT_KINDS = frozenset(
-    {
-        "transient",
-        "throttle",
-        "permanent",
-        "timeout",
-        "latency",
-        "malformed",
-        "empty",
-        "kill_worker",
-    }
-)
-
-
 def needs_postgres(scenario: Scenario) -> bool:
     return any(d.kind == "database_unreachable" for d in scenario.disruptions)
 
@@ -755,6 +844,13 @@ def postgres_admin_url() -> str | None:
     from pipeline.settings import get_settings
 
     return get_settings().scenario_postgres_url
+
+
+def rabbitmq_admin_url() -> str:
+    """Where broker runs on RabbitMQ create their throw-away vhost."""
+    from pipeline.settings import get_settings
+
+    return get_settings().scenario_rabbitmq_url
 
 
 def sim_cloud_missing() -> str | None:
@@ -783,7 +879,11 @@ def sim_skip_reason(scenario: Scenario) -> str | None:
             f"declares modes: [{', '.join(scenario.modes)}] (sim runs eager scenarios and "
             "broker ones without disruptions or missing consumers)"
         )
-    kinds = sorted({f.kind for f in scenario.faults} - SIM_FAULT_KINDS)
+    kinds = sorted(
+        f"{f.kind} on {f.port}"
+        for f in scenario.faults
+        if "sim" not in fault_modes(f.port, f.operation, f.kind)
+    )
     if kinds:
         return f"fault kind(s) {kinds} need real worker processes"
     if scenario.adapters.profile == "sim-cloud":
@@ -867,17 +967,29 @@ class BrokerRun(_Run):
             env,
             persistent=restarts,
             postgres_admin_url=postgres_admin_url() if needs_postgres(self.scenario) else None,
+            broker=self.broker,
+            rabbitmq_admin_url=rabbitmq_admin_url(),
         )
         try:
             self.environment.start_database()
+            self.environment.start_rabbitmq()
         except ConfigurationError as exc:
             raise ScenarioError(f"{self.source}: broker mode: {exc}") from exc
         self.environment.start_redis()
         settings = Settings(_env_file=None, **self.environment.settings_values())  # type: ignore[call-arg]
-        kill_queues = {PORT_QUEUES[f.port] for f in self.scenario.faults if f.kind == "kill_worker"}
+        kill_queues = {
+            queue
+            for f in self.scenario.faults
+            if f.kind in PROCESS_KILLING_KINDS
+            # A port every stage uses (store, locks, ...) can kill a worker of any queue.
+            for queue in ([PORT_QUEUES[f.port]] if f.port in PORT_QUEUES else QUEUES)
+        }
         omit = self.scenario.broker.omit_queues
         # Services first: they create the schema, which workers starting together would race on.
-        services = start(settings)
+        # A kill fault met at intake must not kill the runner: it raises WorkerKilled here.
+        services = start(
+            settings, faults=SharedFaultInjector(redis_client(settings.redis_url), simulated=True)
+        )
         app = celery_app.app
         workers = self.environment.start_workers(worker_layout(kill_queues, omit))
         self._services: Services | None = services
@@ -1080,7 +1192,7 @@ def parity(eager: RunReport, broker: RunReport) -> list[str]:
     """Where two modes' outcomes differ (empty: they agree); labelled by each report's mode."""
     if eager.skipped or broker.skipped:
         return []
-    first, second = eager.mode, broker.mode
+    first, second = eager.label, broker.label
     differences = []
     keyed_e = {d.name: d for d in eager.documents}
     keyed_b = {d.name: d for d in broker.documents}
@@ -1114,20 +1226,25 @@ def run_many(
     seed: int | None = None,
     on_report: Callable[[RunReport], None] = lambda report: None,
     keep: Path | None = None,
+    brokers: Sequence[BrokerName] = ("redis",),
 ) -> list[RunReport]:
-    """Each scenario in each mode; with `keep`, every run's folder stays below it."""
+    """Each scenario in each mode (broker mode once per broker); `keep` keeps run folders."""
     reports = []
     for scenario, path in items:
         for mode in modes:
-            workdir = None if keep is None else kept_run_folder(keep, scenario.name, mode)
-            try:
-                report = run_scenario(scenario, path, mode, seed=seed, workdir=workdir)
-            except ConfigurationError as exc:
-                s = scenario.seed if seed is None else seed
-                report = RunReport(
-                    scenario.name, str(path), mode, s, False, 0.0, replay_command(path, mode, s)
-                )
-                report.error = str(exc)
-            on_report(report)
-            reports.append(report)
+            for broker in brokers if mode == "broker" else ("redis",):
+                label = f"{mode}-{broker}" if mode == "broker" and len(brokers) > 1 else mode
+                workdir = None if keep is None else kept_run_folder(keep, scenario.name, label)
+                try:
+                    report = run_scenario(
+                        scenario, path, mode, seed=seed, workdir=workdir, broker=broker
+                    )
+                except ConfigurationError as exc:
+                    s = scenario.seed if seed is None else seed
+                    replay = replay_command(path, mode, s, broker)
+                    report = RunReport(scenario.name, str(path), mode, s, False, 0.0, replay)
+                    report.broker = broker if mode == "broker" else None
+                    report.error = str(exc)
+                on_report(report)
+                reports.append(report)
     return reports

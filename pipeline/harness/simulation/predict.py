@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.adapters.latency import LatencyProfile, scaled_settings, steady_rate
+from pipeline.domain.packing import plan_packs
 from pipeline.errors import ConfigurationError
 from pipeline.harness.layout import PLAN_LAYOUT, WorkerSpec, concurrency_per_queue, parse_layout
 from pipeline.harness.simulation.engine import SimConfig, SimResult, SimulatedWorker, Simulator
-from pipeline.harness.simulation.model import DocumentShape, ModelExecutor, Policy
+from pipeline.harness.simulation.model import DocumentShape, LlmRequest, ModelExecutor, Policy
 from pipeline.settings import Settings
 
 #: Broker round trip and worker bookkeeping per task, wall seconds (FEASIBILITY.md: ~4.7 ms/hop).
@@ -33,11 +34,15 @@ MAX_UTILISATION = 0.95
 TARGET_OFFER_HEADROOM = 0.05
 
 
-def document_shapes(files: Sequence[Path], *, measure_cpu: bool = False) -> list[DocumentShape]:
+def document_shapes(
+    files: Sequence[Path], *, measure_cpu: bool = False, pack_tokens: int | None = None
+) -> list[DocumentShape]:
     """Each file run once through the real stages (eager, no latency): its shape.
 
     With `measure_cpu` the wall time of that run (the stage code's own CPU
-    and database time) is kept on the shape; it varies from run to run.
+    and database time) is kept on the shape; it varies from run to run. Its
+    LLM requests are packed as the stage packs them, with `pack_tokens`
+    (default: the settings' `llm_pack_tokens`).
     """
     from pipeline.app.intake import claim_own, submit_file
     from pipeline.app.monolith import process_document
@@ -54,6 +59,7 @@ def document_shapes(files: Sequence[Path], *, measure_cpu: bool = False) -> list
         fault_injection=False,
         project_name="shapes",
     )
+    budget = settings.llm_pack_tokens if pack_tokens is None else pack_tokens
     with build_services(settings) as services:
         project = services.store.ensure_project("shapes")
         shapes = []
@@ -66,12 +72,19 @@ def document_shapes(files: Sequence[Path], *, measure_cpu: bool = False) -> list
             document = services.store.get_document(submission.document_uuid)
             chunks = services.store.get_chunks(submission.document_uuid)
             keys = tuple(hashlib.sha256(c.text.encode()).hexdigest() for c in chunks)
+            texts = [c.text for c in chunks]
+            extractor = services.extractor
+            requests = tuple(
+                LlmRequest(tuple(pack), extractor.request_tokens([texts[i] for i in pack]))
+                for pack in plan_packs(texts, budget, extractor.request_tokens)
+            )
             shapes.append(
                 DocumentShape(
                     name=path.name,
                     ocr=document.ocr_metadata.get("method") == "ocr",
                     chunk_keys=keys,
                     cpu_s=cpu if measure_cpu else 0.0,
+                    requests=requests,
                 )
             )
         return shapes
@@ -84,6 +97,7 @@ def load_policy(settings: Settings, time_scale: float) -> Policy:
         ocr_poll_interval_s=scaled["ocr_poll_interval_s"],
         ocr_max_polls=settings.ocr_max_polls,
         llm_rate_limit_calls=settings.llm_rate_limit_calls,
+        llm_rate_limit_tokens=settings.llm_rate_limit_tokens,
         llm_rate_limit_window_s=scaled["llm_rate_limit_window_s"],
         llm_rate_limit_max_wait_s=settings.llm_rate_limit_max_wait_s,
         max_retries=settings.max_retries,
@@ -306,6 +320,9 @@ def measure_capacity(
     used = {q: result.busy_s.get(q, 0.0) / (layout.concurrency[q] * span) for q in QUEUE_ORDER}
     allowed = policy.llm_rate_limit_calls / policy.llm_rate_limit_window_s * span
     used["llm rate limit"] = executor.llm_calls / allowed if allowed else 0.0
+    if policy.llm_rate_limit_tokens > 0:
+        tokens_allowed = policy.llm_rate_limit_tokens / policy.llm_rate_limit_window_s * span
+        used["llm token limit"] = executor.llm_tokens / tokens_allowed
     busiest = max(used, key=lambda name: used[name])
     dead = sum(1 for r in result.documents.values() if r.outcome != "completed")
     latency = [
@@ -319,7 +336,7 @@ def measure_capacity(
         offered_per_hour,
         middle_half_per_hour(result.completed_times()),
         dead,
-        busiest if busiest == "llm rate limit" else f"queue {busiest}",
+        busiest if busiest.startswith("llm ") else f"queue {busiest}",
         used,
         statistics.median(latency[:quarter]) if latency else math.inf,
         statistics.median(latency[-quarter:]) if latency else math.inf,
@@ -375,8 +392,8 @@ def plan_capacity(
             if grown is not None:
                 reached = _shrink(measure, capacity, *grown, target_per_hour)
             break
-        if capacity.bottleneck == "llm rate limit":
-            reason = "the shared LLM rate limit caps throughput; more workers cannot help"
+        if capacity.bottleneck.startswith("llm "):
+            reason = f"the shared {capacity.bottleneck} caps throughput; more workers cannot help"
             break
         queue = capacity.bottleneck.removeprefix("queue ")
         current = layout.concurrency[queue]
