@@ -53,9 +53,6 @@ end
 return {deliveries, 0}
 """
 
-#: How long a delivery count is kept (a week: longer than any retry schedule).
-DELIVERY_COUNT_TTL_S = 7 * 24 * 3600
-
 # A state hash write and its TTL, atomic and in one round trip: ARGV[1] the TTL, then
 # field, value pairs.
 _RECORD_STATE = """
@@ -180,13 +177,20 @@ class RedisLockManager:
         return token if acquired == 1 else None
 
     def acquire_counted(
-        self, name: str, ttl_seconds: int, owner: str, *, counter: str, limit: int
+        self,
+        name: str,
+        ttl_seconds: int,
+        owner: str,
+        *,
+        counter: str,
+        counter_ttl_s: int,
+        limit: int,
     ) -> CountedAcquisition:
         prefix = f"{owner}#"
         token = prefix + uuid.uuid4().hex
         deliveries, acquired = self._acquire_counted(
             keys=[counter, self._prefix + name],
-            args=[token, ttl_seconds, prefix, DELIVERY_COUNT_TTL_S, limit],
+            args=[token, ttl_seconds, prefix, counter_ttl_s, limit],
         )
         return CountedAcquisition(int(deliveries), token if int(acquired) == 1 else None)
 

@@ -198,12 +198,20 @@ class LockManager(Protocol):
         ...
 
     def acquire_counted(
-        self, name: str, ttl_seconds: int, owner: str, *, counter: str, limit: int
+        self,
+        name: str,
+        ttl_seconds: int,
+        owner: str,
+        *,
+        counter: str,
+        counter_ttl_s: int,
+        limit: int,
     ) -> CountedAcquisition:
         """Count one more delivery under the key `counter`, then `acquire` unless over `limit`.
 
-        One round trip for what a task does first (the redelivery guard, then its
-        lock); the count is kept for a week. Over the limit the lock is not tried.
+        One atomic round trip for what a task does first (the redelivery guard, then
+        its lock); the count expires `counter_ttl_s` after its last delivery. Over
+        the limit the lock is not tried.
         """
         ...
 

@@ -43,7 +43,7 @@ def task_queue_arguments(settings: Settings) -> dict[str, Any]:
     Quorum queues count every return of a message (a worker killed or disconnected
     with it unacked) and dead-letter it once the count passes `x-delivery-limit`: a
     poison message cannot loop forever even when docpipe's own guard (a counter in
-    the state Redis, tasks._redelivered_too_often) cannot run. The limit is one above
+    the state Redis, tasks.run_stage's delivery count) cannot run. The limit is one above
     max_redeliveries, so the guard - which also records the document as dead-lettered
     - goes first; the broker is the backstop.
     """

@@ -28,6 +28,10 @@ from pipeline.settings import get_settings
 
 log = logging.getLogger(__name__)
 
+#: `docpipe:deliveries:{task id}:{retries}`, one per task delivered: a week outlasts any
+#: redelivery of one task (the visibility timeout is 80 minutes).
+DELIVERIES_KEY = "docpipe:deliveries:{task_id}:{retries}"
+DELIVERIES_TTL_S = 7 * 24 * 3600
 
 #: Failures worth another attempt (pipeline.app.policy decides whether one is left).
 RETRYABLE: tuple[type[BaseException], ...] = (
@@ -83,6 +87,7 @@ def run_stage(
                 settings.lock_ttl_s,
                 task_id,
                 counter=counter,
+                counter_ttl_s=DELIVERIES_TTL_S,
                 limit=settings.max_redeliveries,
             )
             if counted.deliveries > settings.max_redeliveries:
@@ -289,7 +294,7 @@ def _delivery_counter(task: Task[Any, Any]) -> tuple[str, str] | None:
     task_id: str | None = task.request.id
     if task.request.is_eager or not task_id:
         return None
-    return task_id, f"docpipe:deliveries:{task_id}:{task.request.retries}"
+    return task_id, DELIVERIES_KEY.format(task_id=task_id, retries=task.request.retries)
 
 
 def _dead_letter(

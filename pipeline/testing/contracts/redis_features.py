@@ -18,6 +18,9 @@ from pipeline.adapters.redis_features import (
 from pipeline.errors import RateLimited
 from pipeline.ports import CountedAcquisition
 
+#: The delivery counter's TTL in the counted-acquisition tests.
+WEEK = 7 * 24 * 3600
+
 
 class RedisFeaturesContract:
     """Subclasses provide a `client` fixture (a clean redis-py client)."""
@@ -71,16 +74,22 @@ class RedisFeaturesContract:
     ) -> None:
         locks = RedisLockManager(client)
         counter = "docpipe:deliveries:task-1:0"
-        first = locks.acquire_counted("doc:ocr", 30, "task-1", counter=counter, limit=2)
+        first = locks.acquire_counted(
+            "doc:ocr", 30, "task-1", counter=counter, counter_ttl_s=WEEK, limit=2
+        )
         assert first.deliveries == 1 and first.token is not None
-        assert 0 < int(client.ttl(counter)) <= 7 * 24 * 3600
+        assert 0 < int(client.ttl(counter)) <= WEEK
         # A redelivery of the same task id: counted, and it takes the lock over.
-        second = locks.acquire_counted("doc:ocr", 30, "task-1", counter=counter, limit=2)
+        second = locks.acquire_counted(
+            "doc:ocr", 30, "task-1", counter=counter, counter_ttl_s=WEEK, limit=2
+        )
         assert second.deliveries == 2 and second.token not in (None, first.token)
         locks.release("doc:ocr", str(first.token))  # the older delivery cannot release it
         assert locks.acquire("doc:ocr", ttl_seconds=30, owner="task-2") is None
         # Over the limit: counted, and the lock is not tried (the holder keeps it).
-        third = locks.acquire_counted("doc:ocr", 30, "task-1", counter=counter, limit=2)
+        third = locks.acquire_counted(
+            "doc:ocr", 30, "task-1", counter=counter, counter_ttl_s=WEEK, limit=2
+        )
         assert third == CountedAcquisition(deliveries=3, token=None)
         assert locks.acquire("doc:ocr", ttl_seconds=30, owner="task-2") is None
         locks.release("doc:ocr", str(second.token))
@@ -93,12 +102,22 @@ class RedisFeaturesContract:
         held = locks.acquire("doc:chunking", ttl_seconds=30, owner="task-1")
         assert held is not None
         refused = locks.acquire_counted(
-            "doc:chunking", 30, "task-2", counter="docpipe:deliveries:task-2:0", limit=3
+            "doc:chunking",
+            30,
+            "task-2",
+            counter="docpipe:deliveries:task-2:0",
+            counter_ttl_s=WEEK,
+            limit=3,
         )
         assert refused == CountedAcquisition(deliveries=1, token=None)
         locks.release("doc:chunking", held)
         taken = locks.acquire_counted(
-            "doc:chunking", 30, "task-2", counter="docpipe:deliveries:task-2:0", limit=3
+            "doc:chunking",
+            30,
+            "task-2",
+            counter="docpipe:deliveries:task-2:0",
+            counter_ttl_s=WEEK,
+            limit=3,
         )
         assert taken.deliveries == 2 and taken.token is not None
         assert locks.acquire("doc:chunking", ttl_seconds=30, owner="task-1") is None
