@@ -764,7 +764,7 @@ def gather_facts(
         )
     if rabbit_facts is not None:
         if rabbit_facts.unavailable:
-            notes.append(f"RabbitMQ queue types and arguments: {rabbit_facts.unavailable}")
+            notes.append(rabbit_facts.unavailable)
         missing = [q.name for q in rabbit_facts.queues if not q.exists]
         if missing:
             notes.append(

@@ -267,8 +267,9 @@ def passive_queue_states(
 def parse_list_queues(output: str) -> dict[str, dict[str, Any]]:
     """`rabbitmqctl list_queues ... --formatter json` output, by queue name.
 
-    Arguments come as a JSON object (`{"x-queue-type": "quorum", ...}`) on RabbitMQ
-    3.9+, as a list of `[key, value]` pairs on older servers: both become a dict.
+    RabbitMQ 3.10 lists arguments as AMQP table entries `[key, type, value]`
+    (`[["x-delivery-limit", "signedint", 4]]`); a JSON object or `[key, value]`
+    pairs are taken as well: all become a dict of key -> value.
     """
     rows = json.loads(output or "[]")
     by_name: dict[str, dict[str, Any]] = {}
@@ -278,9 +279,9 @@ def parse_list_queues(output: str) -> dict[str, dict[str, Any]]:
         arguments = row.get("arguments")
         if isinstance(arguments, list):
             arguments = {
-                str(pair[0]): pair[1]
-                for pair in arguments
-                if isinstance(pair, list | tuple) and len(pair) == 2
+                str(entry[0]): entry[-1]
+                for entry in arguments
+                if isinstance(entry, list | tuple) and len(entry) in (2, 3)
             }
         by_name[str(row["name"])] = {**row, "arguments": arguments or {}}
     return by_name
@@ -298,7 +299,7 @@ def rabbitmqctl_queues(
         return None, "rabbitmqctl is not on PATH"
     vhost = vhost_of(broker_url)
     argv = [binary, "list_queues", "-p", vhost, *LIST_QUEUES_COLUMNS, "--formatter", "json"]
-    argv += ["--quiet", "--no-table-headers"]
+    argv.append("--quiet")
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:

@@ -21,7 +21,7 @@ import pytest
 from pipeline.adapters.sql import create_database_engine
 from pipeline.adapters.sql.migrations import upgrade
 from pipeline.app.intake import claim_own, dispatch, submit_file
-from pipeline.harness.localstack import RedisServer
+from pipeline.harness.localstack import RabbitVhosts, RedisServer
 from pipeline.runtime import rabbitmq
 from pipeline.runtime.celery_app import configure
 from tests.conftest import REPO, SAMPLES
@@ -88,9 +88,13 @@ def piled_up(
         stack.stop()
 
 
-def test_monitor_snapshot_reads_the_queues_at_rabbitmq(piled_up: BrokerStack) -> None:
+def test_monitor_snapshot_reads_the_queues_at_rabbitmq(
+    piled_up: BrokerStack, rabbitmq_vhosts: RabbitVhosts
+) -> None:
     url = piled_up.settings().broker_url
     listed, why = rabbitmq.rabbitmqctl_queues(url)
+    # Where the fixture made its vhost with rabbitmqctl, list_queues must work too.
+    assert listed is not None or rabbitmq_vhosts.via != "rabbitmqctl", why
 
     code, snapshot = docpipe_json(piled_up.env, piled_up.workdir, "monitor", "--once", "--json")
 
@@ -119,7 +123,7 @@ def test_monitor_snapshot_reads_the_queues_at_rabbitmq(piled_up: BrokerStack) ->
 
 
 def test_doctor_names_the_queue_without_consumer_and_no_redis_pitfall(
-    piled_up: BrokerStack,
+    piled_up: BrokerStack, rabbitmq_vhosts: RabbitVhosts
 ) -> None:
     code, report = docpipe_json(piled_up.env, piled_up.workdir, "doctor", "--json")
 
@@ -135,6 +139,8 @@ def test_doctor_names_the_queue_without_consumer_and_no_redis_pitfall(
     assert "RabbitMQ: 0 consumer(s), 1 ready" in graph["seen"]
     queues = {q["name"]: q for q in facts["rabbitmq"]["queues"]}
     assert queues["graph"]["consumers"] == 0 and queues["ocr"]["consumers"] == 1
+    if rabbitmq_vhosts.via == "rabbitmqctl":
+        assert facts["rabbitmq"]["unavailable"] is None
     if facts["rabbitmq"]["unavailable"] is None:  # rabbitmqctl list_queues answered
         assert {q["queue_type"] for q in queues.values()} == {"quorum"}
         assert queues["graph"]["arguments"]["x-delivery-limit"] == (

@@ -48,7 +48,17 @@ def test_the_vhost_is_the_urls_path_unquoted_and_slash_when_absent() -> None:
     assert vhost_of("amqp://127.0.0.1:5672") == "/"
 
 
-def test_rabbitmqctl_arguments_as_object_or_as_pairs_become_a_dict() -> None:
+def test_rabbitmqctl_arguments_as_table_entries_object_or_pairs_become_a_dict() -> None:
+    # RabbitMQ 3.10.8's own output for a quorum queue (`--formatter json --quiet`).
+    listed = (
+        '[\n{"name":"q1","type":"quorum","arguments":[["x-queue-type","longstr","quorum"],'
+        '["x-delivery-limit","signedint",4]],"consumers":0,"messages_ready":0,'
+        '"messages_unacknowledged":0}\n]\n'
+    )
+    assert parse_list_queues(listed)["q1"]["arguments"] == {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": 4,
+    }
     output = json.dumps(
         [
             {"name": "ocr", "type": "quorum", "arguments": QUORUM, "consumers": 1,
