@@ -270,7 +270,16 @@ def check_consumer_timeout(facts: Facts) -> list[Finding]:
     rabbit = facts.rabbitmq
     if rabbit is None:
         return []
-    server, longest = rabbit.consumer_timeout_s, rabbit.longest_unacked_s
+    server, longest, what = (
+        rabbit.consumer_timeout_s,
+        rabbit.longest_unacked_s,
+        rabbit.longest_unacked_what,
+    )
+    # The workers hold the deliveries: a limit one of them runs with beats this process's.
+    for worker in facts.workers:
+        if worker.task_time_limit_s is not None and worker.task_time_limit_s > longest:
+            longest = worker.task_time_limit_s
+            what = f"{worker.name}'s task_time_limit"
     if server is None:
         return [
             Finding(
@@ -281,7 +290,7 @@ def check_consumer_timeout(facts: Facts) -> list[Finding]:
                 "DOCPIPE_BROKER_CONSUMER_TIMEOUT_S "
                 f"({rabbit.configured_consumer_timeout_s:g} s)",
                 f"check on the server that consumer_timeout (rabbitmq.conf, milliseconds) is above "
-                f"{rabbit.longest_unacked_what} ({longest:g} s)",
+                f"{what} ({longest:g} s)",
                 subject="broker",
             )
         ]
@@ -291,7 +300,7 @@ def check_consumer_timeout(facts: Facts) -> list[Finding]:
                 "consumer-timeout-short",
                 ERROR,
                 f"the RabbitMQ server's consumer_timeout is {server:g} s (from "
-                f"{rabbit.consumer_timeout_source}), not more than {rabbit.longest_unacked_what} "
+                f"{rabbit.consumer_timeout_source}), not more than {what} "
                 f"({longest:g} s): RabbitMQ closes the channel of a long task and delivers it "
                 "again while it still runs",
                 "raise consumer_timeout in rabbitmq.conf (milliseconds) and restart RabbitMQ, "

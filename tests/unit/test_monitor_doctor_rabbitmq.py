@@ -215,6 +215,16 @@ def test_a_consumer_timeout_not_above_the_task_time_limit_is_an_error() -> None:
     }
 
 
+def test_a_worker_running_a_longer_time_limit_than_this_process_is_checked() -> None:
+    facts = _facts(_rabbit())
+    longer = dataclasses.replace(facts.workers[0], task_time_limit_s=2400.0)
+
+    (finding,) = diagnose(dataclasses.replace(facts, workers=(longer,)))
+
+    assert finding.id == "consumer-timeout-short"
+    assert "all@host's task_time_limit (2400 s)" in finding.seen
+
+
 def test_an_unreadable_consumer_timeout_or_an_overstated_setting_is_a_warning() -> None:
     unknown = _rabbit(consumer_timeout_s=None, consumer_timeout_source="rabbitmqctl is not on PATH")
     (finding,) = diagnose(_facts(unknown))
