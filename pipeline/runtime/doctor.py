@@ -400,12 +400,20 @@ def check_broker_dead_letters(facts: Facts) -> list[Finding]:
 
 
 def check_unenforced_time_limits(facts: Facts) -> list[Finding]:
+    """On RabbitMQ the visibility timeout means nothing: consumer_timeout bounds a delivery."""
+    rabbit = facts.rabbitmq
     findings = []
     for worker in facts.workers:
         if worker.pool is None or worker.pool in TIME_LIMIT_POOLS:
             continue
-        visibility = worker.visibility_timeout_s
+        visibility = worker.visibility_timeout_s if rabbit is None else None
         limit = worker.task_time_limit_s
+        redelivered = (
+            f"at the visibility timeout ({_seconds(visibility)}) Redis delivers it again"
+            if rabbit is None
+            else f"at consumer_timeout ({_seconds(rabbit.consumer_timeout_s)}) RabbitMQ "
+            "delivers it again"
+        )
         overrun = (
             worker.longest_active_s is not None
             and limit is not None
@@ -418,8 +426,7 @@ def check_unenforced_time_limits(facts: Facts) -> list[Finding]:
                     ERROR,
                     f"{worker.name} ({worker.pool}) has run a task for "
                     f"{worker.longest_active_s:.0f} s, past task_time_limit ({limit:g} s), which "
-                    f"the {worker.pool} pool does not enforce; at the visibility timeout "
-                    f"({_seconds(visibility)}) Redis delivers it again while it still runs",
+                    f"the {worker.pool} pool does not enforce; {redelivered} while it still runs",
                     "find the hung call (docpipe -v status, the worker's log) and give it a "
                     "timeout; run this queue on prefork if its tasks can hang",
                     subject=worker.name,

@@ -206,6 +206,19 @@ def test_the_redis_checks_do_not_run_on_rabbitmq() -> None:
     assert diagnose(dataclasses.replace(facts, workers=(threads,))) == []
 
 
+def test_a_task_past_its_limit_on_rabbitmq_is_redelivered_at_the_consumer_timeout() -> None:
+    facts = _facts(_rabbit())
+    # A worker that still reports a short visibility timeout: irrelevant on amqp.
+    hung = dataclasses.replace(
+        facts.workers[0], pool="threads", longest_active_s=1400.0, visibility_timeout_s=60.0
+    )
+
+    (finding,) = diagnose(dataclasses.replace(facts, workers=(hung,)))
+
+    assert finding.id == "task-past-time-limit"
+    assert "at consumer_timeout (1800 s) RabbitMQ delivers it again" in finding.seen
+
+
 def test_a_consumer_timeout_not_above_the_task_time_limit_is_an_error() -> None:
     assert _found(_facts(_rabbit(consumer_timeout_s=900.0))) == {
         ("consumer-timeout-short", ERROR, "broker")
