@@ -242,8 +242,14 @@ class WorkerGroup:
         concurrency: int,
         name: str,
         log: str | None = None,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
-        """One worker, node name `{name}-{our pid}@%h`, output in `worker-{log or name}.log`."""
+        """One worker, node name `{name}-{our pid}@%h`, output in `worker-{log or name}.log`.
+
+        `cwd` and `env` replace the group's work folder and environment for this one
+        worker (a worker deployed as a host of its own).
+        """
         queue_list = queues if isinstance(queues, str) else ",".join(queues)
         argv = [sys.executable, "-m", "pipeline", "worker", "--queues", queue_list]
         argv += ["--pool", pool, "--concurrency", str(concurrency)]
@@ -251,7 +257,11 @@ class WorkerGroup:
         path = self.workdir / f"worker-{log or name}.log"
         with path.open("ab") as output:
             process = subprocess.Popen(
-                argv, cwd=self.workdir, env=dict(self.env), stdout=output, stderr=subprocess.STDOUT
+                argv,
+                cwd=cwd or self.workdir,
+                env=dict(self.env if env is None else env),
+                stdout=output,
+                stderr=subprocess.STDOUT,
             )
         self.processes.append(process)
         self.logs[process.pid] = path

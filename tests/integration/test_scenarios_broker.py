@@ -46,7 +46,8 @@ def test_scenario_passes_against_real_workers(
     path: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     scenario = load_scenario(path)
-    if needs_postgres(scenario):
+    # Workers as separate hosts share no SQLite file: they need PostgreSQL too.
+    if needs_postgres(scenario) or not scenario.deployment.shared_filesystem:
         request.getfixturevalue("scenario_postgres")
     report = run_scenario(scenario, path, "broker", workdir=tmp_path)
     assert report.skipped is None, report.skipped

@@ -73,10 +73,12 @@ def print_run(report: RunReport) -> None:
     if not report.passed:
         stdout.print(f"  replay: [bold]{markup_safe(report.replay)}[/]")
     if report.workdir:
-        stdout.print(
-            f"  run folder kept: {markup_safe(report.workdir)} "
-            "(docpipe.db, blobs/, worker logs in broker mode)"
+        contents = (
+            "docpipe.db, blobs/, worker logs in broker mode"
+            if report.shared_filesystem
+            else "inbox/ and worker logs; the PostgreSQL database and the S3 bucket are gone"
         )
+        stdout.print(f"  run folder kept: {markup_safe(report.workdir)} ({contents})")
     elif not report.passed:
         stdout.print("  add --keep DIR to keep the run folder (database, blobs, worker logs)")
 
@@ -255,6 +257,15 @@ def scenario() -> None:
     help="Keep each run's folder (database, blobs, worker logs) as DIR/<scenario>-<mode> "
     "for inspection, e.g. `docpipe status --database-url sqlite:///DIR/.../docpipe.db`.",
 )
+@click.option(
+    "--no-shared-fs",
+    "no_shared_fs",
+    is_flag=True,
+    help="Broker mode: run the workers as separate hosts that share only PostgreSQL, Redis "
+    "and S3 - each in a folder of its own, blobs on S3 (moto), a throw-away PostgreSQL "
+    "database (needs DOCPIPE_SCENARIO_POSTGRES_URL) - as `deployment: {shared_filesystem: "
+    "false}` does in a file.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object on stdout.")
 def run_command(
     files: tuple[Path, ...],
@@ -262,6 +273,7 @@ def run_command(
     broker_names: str,
     seed: int | None,
     keep: Path | None,
+    no_shared_fs: bool,
     as_json: bool,
 ) -> None:
     """Run scenario files; exit 0 iff every expectation and invariant holds.
@@ -287,6 +299,7 @@ def run_command(
         on_report=(lambda report: None) if as_json else print_run,
         keep=keep.resolve() if keep is not None else None,
         brokers=brokers,
+        shared_filesystem=False if no_shared_fs else None,
     )
     parities = _parity_reports(reports) if mode in ("both", "all") else {}
     matrix = broker_matrix(reports) if len(brokers) > 1 else []

@@ -544,6 +544,19 @@ class BrokerOptions(_Strict):
     only_because: str | None = None
 
 
+class Deployment(_Strict):
+    """Broker mode only: how the workers are deployed."""
+
+    #: false: the workers behave like separate hosts that share only PostgreSQL, Redis
+    #: and S3. Each starts in a folder of its own (cwd, HOME and TMPDIR) outside the
+    #: run folder, blobs are on S3 (a moto server), the database is a throw-away
+    #: PostgreSQL database (DOCPIPE_SCENARIO_POSTGRES_URL); a file:// or sqlite URL or
+    #: a path of the run folder in a worker's environment fails the run, and so does a
+    #: stored file found in a worker's folder afterwards.
+    #: `docpipe scenario run --no-shared-fs` sets it for every scenario run.
+    shared_filesystem: bool = True
+
+
 class Scenario(_Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     description: str
@@ -560,6 +573,8 @@ class Scenario(_Strict):
     disruptions: list[Disruption] = Field(default_factory=list)
     then: list[Action] = Field(default_factory=list)
     broker: BrokerOptions = Field(default_factory=BrokerOptions)
+    #: Broker mode: workers as separate hosts (see Deployment).
+    deployment: Deployment = Field(default_factory=Deployment)
     expect: Expectations = Field(default_factory=Expectations)
 
     @model_validator(mode="after")

@@ -24,6 +24,7 @@ from pipeline.domain.models import QUEUES
 from pipeline.errors import ConfigurationError
 from pipeline.harness import localstack as devstack
 from pipeline.harness.layout import WorkerSpec
+from pipeline.harness.scenarios.hosts import SeparateHosts
 from pipeline.harness.scenarios.model import BrokerName
 from pipeline.harness.scenarios.tcp_proxy import TcpProxy
 
@@ -63,6 +64,8 @@ class BrokerEnvironment:
     #: workers reach through `database_proxy` (scenarios that cut the database off).
     postgres_admin_url: str | None = None
     database_proxy: TcpProxy | None = None
+    #: Workers deployed as separate hosts: each in a folder of its own (see hosts.py).
+    hosts: SeparateHosts | None = None
     _databases: devstack.PostgresDatabases | None = None
     _database_url: str | None = None
     #: Where tasks go: the redis-server's db 0, or a throw-away vhost on the local RabbitMQ.
@@ -167,12 +170,19 @@ class BrokerEnvironment:
         self.workers = devstack.WorkerGroup(self.workdir, self.env)
         for index, spec in enumerate(layout):
             name = "-".join(spec.queues)
+            env, cwd = self.env, None
+            if self.hosts is not None:
+                host = self.hosts.host(f"worker{index}-{name}")
+                env, cwd = host.environment(env), host.root
+                self.hosts.check_environment(env, self.workdir)
             self.workers.start(
                 spec.queues,
                 pool=spec.pool,
                 concurrency=spec.concurrency,
                 name=f"scenario{index}-{name}",
                 log=name,
+                cwd=cwd,
+                env=env,
             )
         return self.workers
 
@@ -199,3 +209,5 @@ class BrokerEnvironment:
             self._vhosts.delete_all()
             self._vhosts = None
             self._rabbitmq_url = None
+        if self.hosts is not None:
+            self.hosts.remove()
