@@ -44,20 +44,30 @@ ifeq ($(origin SEED), undefined)
 SEED := $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
 endif
 RANDOM_ORDER := -p randomly --randomly-seed=$(SEED)
+# ...and in TEST_PROCESSES processes (pytest-xdist; every process gets the same seed, so the
+# same shuffled list, and hands out tests from it as they finish: which process runs which
+# test depends on timing). More processes than the 2 cores: the integration tests mostly
+# wait on their redis-servers and worker processes. A module whose module-scoped fixtures
+# start worker processes goes whole to one process (tests/conftest.py: they start once).
+# TEST_PROCESSES=0: all in this one process, in exactly the seed's order.
+TEST_PROCESSES ?= 4
+PARALLEL := -n $(TEST_PROCESSES) --dist loadgroup
 define pytest_in_random_order
 	@echo "test order: random, --randomly-seed=$(SEED) (repeat it: make $@ SEED=$(SEED))"
 	@$(BIN)/pytest -q $(1) $(RANDOM_ORDER) \
 	  || { echo "failed with --randomly-seed=$(SEED) (repeat it: make $@ SEED=$(SEED))"; exit 1; }
 endef
 
-test: lint $(STAMP)  ## lint, then unit, integration and the short load check (CI runs this)
-	$(call pytest_in_random_order,tests -m 'load or not load')
+# The load check runs alone, after the others: it measures throughput on this machine.
+test: lint $(STAMP)  ## lint, then unit and integration tests in parallel, then the short load check (CI runs this)
+	$(call pytest_in_random_order,$(PARALLEL) tests -m 'not load')
+	$(call pytest_in_random_order,tests -m load)
 
 unit: $(STAMP)  ## unit tests only (no services needed)
-	$(call pytest_in_random_order,tests/unit)
+	$(call pytest_in_random_order,$(PARALLEL) tests/unit)
 
 integration: $(STAMP)  ## integration tests (private redis-server, throw-away PostgreSQL database)
-	$(call pytest_in_random_order,tests/integration -m integration)
+	$(call pytest_in_random_order,$(PARALLEL) tests/integration -m integration)
 
 lint: $(STAMP)  ## ruff check, ruff format --check, mypy
 	$(BIN)/ruff check pipeline fakes tests

@@ -32,6 +32,34 @@ GOOD = (
 )
 
 
+#: Modules whose module-scoped fixtures cost seconds: worker processes on a private Redis
+#: (integration), local OCR of a scan (unit).
+SHARED_FIXTURE_MODULES = frozenset(
+    {
+        "tests/integration/test_broker_runs.py",
+        "tests/integration/test_monitor_doctor.py",
+        "tests/integration/test_openai_broker.py",
+        "tests/integration/test_rabbitmq_broker.py",
+        "tests/integration/test_sim_cloud_broker.py",
+        "tests/unit/test_local_ocr.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each module above runs whole in one process under `make test`.
+
+    `make test` spreads the tests over processes (pytest-xdist, `--dist loadgroup`): such a
+    module's fixtures then start once, in the one process that runs all of its tests one
+    after the other, instead of once in every process that gets one of them. Every other
+    test goes to whichever process is free. Without -n this changes nothing.
+    """
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        if module in SHARED_FIXTURE_MODULES:
+            item.add_marker(pytest.mark.xdist_group(module))
+
+
 def start_fake_ocr_job(data: bytes, scans: object | None) -> tuple[EmbeddedOcrEngine, str]:
     """The embedded default's OCR engine with `data` stored as one PDF, and its started job."""
     import fakeredis

@@ -41,6 +41,8 @@ from pipeline.settings import redact_url
 HOST = "127.0.0.1"
 #: Seconds a redis-server gets to answer PING after it was started.
 REDIS_START_TIMEOUT_S = 10.0
+#: Free ports `start_redis` tries when none is given (another process may take one first).
+REDIS_FREE_PORT_ATTEMPTS = 3
 #: Seconds a redis-server gets to exit after SIGTERM (and again after SIGKILL).
 REDIS_STOP_TIMEOUT_S = 10.0
 
@@ -178,12 +180,25 @@ def start_redis(
     `persistent`: an append-only file in `workdir`, fsynced on every write, so a
     stop and `start_again` lose nothing (queued and unacked messages included).
     `extra_args` come last, so they override the defaults above.
+    Without `port`, a port another process took between `free_port` and the bind
+    (parallel test workers do) is given up for another free one.
     """
     binary = shutil.which("redis-server")
     if binary is None:
         raise ConfigurationError("redis-server is not on PATH (apt-get install redis-server)")
-    port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
+    attempts = 1 if port else REDIS_FREE_PORT_ATTEMPTS
+    for _ in range(attempts):
+        server = _start_redis_on(binary, workdir, port or free_port(), persistent, extra_args)
+        if server is not None:
+            return server
+    raise ConfigurationError(f"redis-server did not start on port {port or 'any free port'}")
+
+
+def _start_redis_on(
+    binary: str, workdir: Path, port: int, persistent: bool, extra_args: Sequence[str]
+) -> RedisServer | None:
+    """The started server once it answers PING itself, or None (stopped) if it did not."""
     appendonly = ["yes", "--appendfsync", "always"] if persistent else ["no"]
     argv = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", *appendonly]
     argv += ["--dir", str(workdir), "--maxmemory-policy", "noeviction", *extra_args]
@@ -200,14 +215,17 @@ def start_redis(
     try:
         while time.monotonic() < deadline and process.poll() is None:
             try:
-                if client.ping():
+                # Another redis-server on this port (one that won the race for it) answers
+                # PING too; only ours has our process id.
+                if client.info("server").get("process_id") == process.pid:
                     return server
+                break
             except redis.ConnectionError:
                 time.sleep(0.05)
     finally:
         client.close()
     server.stop()
-    raise ConfigurationError(f"redis-server did not start on port {port}")
+    return None
 
 
 # --- workers -------------------------------------------------------------------------------

@@ -50,6 +50,19 @@ MENTION_COUNTS = {"100": 100, "1000": 1_000, "10000": 10_000}
 LINEAR_BOUND = 12.0
 RESOLUTION_BOUND = 15.0
 
+#: With benchmarks disabled (every normal test run) each body runs once, to check its
+#: result: on a tenth of the input, but never under the sweep's smallest size (the checks
+#: of the text stages need a few paragraphs). `make bench` and scripts/bench_growth.py
+#: measure the sizes above.
+UNMEASURED_DIVISOR = 10
+
+
+def input_size(sizes: dict[str, int], label: str, *, measured: bool) -> int:
+    """The size a benchmark body runs on: `sizes[label]` when it is measured."""
+    size = sizes[label]
+    return size if measured else max(size // UNMEASURED_DIVISOR, min(sizes.values()))
+
+
 DOC = DocumentNode("doc-bench", "project-bench", "Bench", Category.LEGAL_FILING, "")
 
 # --- legal-like text -------------------------------------------------------------------

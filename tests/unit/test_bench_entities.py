@@ -3,7 +3,8 @@
 1,000 and 10,000 mentions (stages 5 and 6).
 
 Run with `make bench` (`--benchmark-enable`, compared with the saved baseline);
-normal runs execute each once. The inputs are those of scripts/bench_growth.py.
+normal runs execute each once, on a tenth of the larger inputs (workloads.input_size). The
+measured inputs are those of scripts/bench_growth.py.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from tests.benchmarks.workloads import (
     SWEEPS_BY_NAME,
     TEXT_SIZES,
     extraction_input,
+    input_size,
 )
 
 
 @pytest.mark.parametrize("size_id", list(TEXT_SIZES))
 def test_bench_verify_entities(benchmark: BenchmarkFixture, size_id: str) -> None:
     sweep = SWEEPS_BY_NAME["verify_entities"]
-    data = extraction_input(TEXT_SIZES[size_id])
+    data = extraction_input(input_size(TEXT_SIZES, size_id, measured=not benchmark.disabled))
     benchmark.group = sweep.name
 
     mentions = benchmark(sweep.run, data)
@@ -42,7 +44,7 @@ def test_bench_verify_entities(benchmark: BenchmarkFixture, size_id: str) -> Non
 @pytest.mark.parametrize("size_id", list(MENTION_COUNTS))
 def test_bench_resolve_mentions(benchmark: BenchmarkFixture, size_id: str) -> None:
     sweep = SWEEPS_BY_NAME["resolve_mentions"]
-    size = MENTION_COUNTS[size_id]
+    size = input_size(MENTION_COUNTS, size_id, measured=not benchmark.disabled)
     mentions = sweep.prepare(size)
     benchmark.group = sweep.name
 
@@ -56,7 +58,7 @@ def test_bench_resolve_mentions(benchmark: BenchmarkFixture, size_id: str) -> No
 @pytest.mark.parametrize("size_id", list(MENTION_COUNTS))
 def test_bench_stage_relationships(benchmark: BenchmarkFixture, size_id: str) -> None:
     sweep = SWEEPS_BY_NAME["stage_relationships"]
-    size = MENTION_COUNTS[size_id]
+    size = input_size(MENTION_COUNTS, size_id, measured=not benchmark.disabled)
     data = sweep.prepare(size)
     benchmark.group = sweep.name
 

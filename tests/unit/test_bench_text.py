@@ -1,7 +1,8 @@
 """Benchmarks for the text stages on 10 KB, 100 KB and 1 MB: local parsers (stage 1),
 cleaning, title and category (stage 2) and chunking (stage 3).
 
-Disabled in normal runs (``--benchmark-disable`` runs each body once); `make bench`
+Disabled in normal runs (``--benchmark-disable`` runs each body once, on a tenth of
+the larger inputs: workloads.input_size); `make bench`
 measures them and compares them with the saved baseline (tests/benchmarks/baselines).
 The inputs are those of scripts/bench_growth.py, which checks that each stage grows
 linearly with its input.
@@ -13,13 +14,23 @@ import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from pipeline.domain.models import Category
-from tests.benchmarks.workloads import SWEEPS_BY_NAME, TEXT_SIZES, TXT_SIZES, Sweep
+from tests.benchmarks.workloads import (
+    SWEEPS_BY_NAME,
+    TEXT_SIZES,
+    TXT_SIZES,
+    Sweep,
+    input_size,
+)
 
 SIZE_IDS = list(TEXT_SIZES)
 
 
+def _size(benchmark: BenchmarkFixture, sizes: dict[str, int], size_id: str) -> int:
+    return input_size(sizes, size_id, measured=not benchmark.disabled)
+
+
 def _measure(benchmark: BenchmarkFixture, sweep: Sweep, size_id: str) -> object:
-    data = sweep.prepare(sweep.sizes[size_id])
+    data = sweep.prepare(_size(benchmark, sweep.sizes, size_id))
     benchmark.group = sweep.name
     return benchmark(sweep.run, data)
 
@@ -29,7 +40,7 @@ def test_bench_parse_txt(benchmark: BenchmarkFixture, size_id: str) -> None:
     text = _measure(benchmark, SWEEPS_BY_NAME["parse_txt"], size_id)
 
     assert isinstance(text, str)
-    assert len(text) == TXT_SIZES[size_id]
+    assert len(text) == _size(benchmark, TXT_SIZES, size_id)
 
 
 @pytest.mark.parametrize("size_id", SIZE_IDS)
@@ -39,7 +50,7 @@ def test_bench_parse_eml(benchmark: BenchmarkFixture, size_id: str) -> None:
     assert isinstance(text, str)
     assert text.startswith("From: Jane Holloway")
     assert "<p>" not in text
-    assert len(text) > TEXT_SIZES[size_id] * 0.8
+    assert len(text) > _size(benchmark, TEXT_SIZES, size_id) * 0.8
 
 
 @pytest.mark.parametrize("size_id", SIZE_IDS)
@@ -47,7 +58,7 @@ def test_bench_parse_docx(benchmark: BenchmarkFixture, size_id: str) -> None:
     text = _measure(benchmark, SWEEPS_BY_NAME["parse_docx"], size_id)
 
     assert isinstance(text, str)
-    assert len(text) > TEXT_SIZES[size_id] * 0.8
+    assert len(text) > _size(benchmark, TEXT_SIZES, size_id) * 0.8
 
 
 @pytest.mark.parametrize("size_id", SIZE_IDS)
@@ -57,13 +68,13 @@ def test_bench_clean_text(benchmark: BenchmarkFixture, size_id: str) -> None:
     assert isinstance(cleaned, str)
     assert "\x00" not in cleaned
     assert "\r" not in cleaned
-    assert len(cleaned) > TEXT_SIZES[size_id] * 0.8
+    assert len(cleaned) > _size(benchmark, TEXT_SIZES, size_id) * 0.8
 
 
 @pytest.mark.parametrize("size_id", SIZE_IDS)
 def test_bench_title_and_category(benchmark: BenchmarkFixture, size_id: str) -> None:
     sweep = SWEEPS_BY_NAME["title_and_category"]
-    text = sweep.prepare(TEXT_SIZES[size_id])
+    text = sweep.prepare(_size(benchmark, TEXT_SIZES, size_id))
     benchmark.group = sweep.name
 
     title, category = benchmark(sweep.run, text)
@@ -78,7 +89,7 @@ def test_bench_chunk_text(benchmark: BenchmarkFixture, size_id: str) -> None:
     chunks = _measure(benchmark, SWEEPS_BY_NAME["chunk_text"], size_id)
 
     assert isinstance(chunks, list)
-    size = TEXT_SIZES[size_id]
+    size = _size(benchmark, TEXT_SIZES, size_id)
     assert chunks[0].start == 0
     assert chunks[-1].end == size
     assert len(chunks) >= size // 1500
