@@ -38,6 +38,7 @@ SHARED_FIXTURE_MODULES = frozenset(
     {
         "tests/integration/test_broker_runs.py",
         "tests/integration/test_monitor_doctor.py",
+        "tests/integration/test_monitor_doctor_rabbitmq.py",
         "tests/integration/test_openai_broker.py",
         "tests/integration/test_rabbitmq_broker.py",
         "tests/integration/test_sim_cloud_broker.py",

@@ -34,8 +34,10 @@ def doctor(flower_url: str | None, timeout_s: float, as_json: bool) -> None:
     """Check the live deployment the DOCPIPE_* settings point at; exit 1 listing each finding.
 
     Asks the broker's Redis (maxmemory-policy, whether the cache shares its
-    database, TIME), the workers themselves (queues, pool, prefetch, late
-    acks, visibility timeout as they run them; their clocks from heartbeats),
+    database, TIME) - or RabbitMQ (consumer_timeout, queue types and delivery
+    limits, consumer counts, docpipe.undeliverable) - the workers themselves
+    (queues, pool, prefetch, late acks, visibility timeout as they run them;
+    their clocks from heartbeats),
     the database (schema version) and Flower without credentials. Each finding
     says what was seen and the fix. Exit 0 when clean, 1 with findings, 2
     when the deployment cannot be reached.
@@ -67,8 +69,11 @@ def doctor(flower_url: str | None, timeout_s: float, as_json: bool) -> None:
         click.echo(json.dumps(payload, indent=2, default=str))
     else:
         workers = ", ".join(f"{w.name} ({w.pool})" for w in facts.workers) or "none"
+        broker_url = (
+            facts.broker.url if facts.broker else facts.rabbitmq.url if facts.rabbitmq else "-"
+        )
         stdout.print(
-            f"checked: broker {markup_safe(facts.broker.url if facts.broker else '-')}, "
+            f"checked: broker {markup_safe(broker_url)}, "
             f"{len(facts.workers)} worker(s): {markup_safe(workers)}, schema "
             f"v{facts.schema_version}/{facts.latest_schema_version}, Flower "
             f"{markup_safe(facts.flower.url) if facts.flower else 'not found'}",

@@ -44,7 +44,10 @@ def render(snapshot: Snapshot, *, broker: str, problem: str | None = None) -> Gr
         consumers = ", ".join(row["consumers"]) or "[bold red]none[/]"
         queues.add_row(
             markup_safe(name),
-            *(str(row[key]) for key in ("ready", "unacked", "active", "reserved", "scheduled")),
+            *(
+                "-" if row[key] is None else str(row[key])
+                for key in ("ready", "unacked", "active", "reserved", "scheduled")
+            ),
             consumers if not row["consumers"] else markup_safe(consumers),
         )
 
@@ -96,12 +99,18 @@ def render(snapshot: Snapshot, *, broker: str, problem: str | None = None) -> Gr
         f"[bold]{documents['completed_per_min']:g}/min[/], time to drain "
         f"[bold]{_age(drain) if drain is not None else '-'}[/], oldest in flight "
         f"[bold]{_age(snapshot.oldest_in_flight_s)}[/], oldest unacked "
-        f"{_age(snapshot.oldest_unacked_s)}, dead letters [bold]{snapshot.dead_letters}[/], "
-        f"LLM window {used}"
+        f"{_age(snapshot.oldest_unacked_s)}, dead letters [bold]{snapshot.dead_letters}[/]"
+        + (
+            f" (at the broker [bold]{snapshot.broker_dead_letters}[/])"
+            if snapshot.broker_dead_letters is not None
+            else ""
+        )
+        + f", LLM window {used}"
     )
     taken = time.strftime("%H:%M:%S", time.gmtime(snapshot.taken_at))
     header = f"[dim]docpipe monitor - broker {markup_safe(broker)} - {taken} UTC[/]"
     parts: list[Any] = [header, queues, workers, statuses, summary]
+    parts.extend(f"[dim]note: {markup_safe(note)}[/]" for note in snapshot.broker_notes)
     if problem:
         parts.append(f"[bold red]{markup_safe(problem)}[/]")
     return Group(*parts)
@@ -139,12 +148,14 @@ def monitor(
 ) -> None:
     """A live view of the broker deployment the DOCPIPE_* settings point at.
 
-    Per queue: ready (in Redis), unacked (delivered, not acknowledged), and
+    Per queue: ready (in the broker), unacked (delivered, not acknowledged;
+    on RabbitMQ only where `rabbitmqctl` runs, else `-`/null), and
     what workers hold: active, reserved (waiting for a slot), scheduled
     (ETA/countdown). Per worker: queues, pool, concurrency, tasks, the last
     heartbeat. Documents per status with the rates over --window, the time to
     drain, the oldest in-flight document, dead letters and the LLM rate-limit
-    window. Reads DOCPIPE_BROKER_URL, DOCPIPE_REDIS_URL, DOCPIPE_DATABASE_URL.
+    window; on RabbitMQ also the broker's consumer counts and the depth of
+    docpipe.undeliverable. Reads DOCPIPE_BROKER_URL, DOCPIPE_REDIS_URL, DOCPIPE_DATABASE_URL.
     `--once --json` prints one snapshot for scripts; Ctrl-C ends the live view.
     """
     from pipeline.redaction import redact_url

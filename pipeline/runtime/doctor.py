@@ -16,6 +16,16 @@ them; a database behind (or ahead of) this code's schema; worker clocks that
 disagree with Redis (ETA tasks, the visibility timeout's restore and the
 shared LLM window all compare timestamps written by different machines);
 Flower answering without credentials.
+
+On RabbitMQ (amqp://) the Redis checks of the broker (eviction policy, a
+cache sharing its database, the visibility timeout) do not apply and are not
+run; instead: the server's `consumer_timeout` against the longest a delivery
+may stay unacked (read as the preflight reads it, `rabbitmqctl eval` on the
+broker's machine), task queues that are not quorum queues or lack the
+delivery limit and dead-letter exchange (`rabbitmqctl list_queues`: a
+passive declare does not return arguments), queues RabbitMQ counts no
+consumer on, and messages dead-lettered to `docpipe.undeliverable`. Worker
+clocks are then compared with this machine's clock (AMQP has no TIME).
 """
 
 from __future__ import annotations
@@ -113,6 +123,38 @@ class FlowerFacts:
 
 
 @dataclass(frozen=True)
+class RabbitQueueFacts:
+    name: str
+    #: False: not declared on the vhost.
+    exists: bool
+    ready: int | None
+    #: Consumers RabbitMQ counts on the queue (passive declare).
+    consumers: int | None
+    #: None: unknown (rabbitmqctl not available).
+    queue_type: str | None
+    arguments: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True)
+class RabbitFacts:
+    url: str  # redacted
+    queues: tuple[RabbitQueueFacts, ...]
+    #: Messages in docpipe.undeliverable (None: the queue is not declared).
+    dead_letters: int | None
+    #: The server's consumer_timeout (None: unknown) and where it was read.
+    consumer_timeout_s: float | None
+    consumer_timeout_source: str
+    #: Settings.longest_unacked_s(): how long one delivery may stay unacked, and why.
+    longest_unacked_s: float
+    longest_unacked_what: str
+    #: DOCPIPE_BROKER_CONSUMER_TIMEOUT_S and DOCPIPE_BROKER_QUEUE_TYPE.
+    configured_consumer_timeout_s: float
+    configured_queue_type: str
+    #: Why queue types and arguments are unknown (None: read).
+    unavailable: str | None = None
+
+
+@dataclass(frozen=True)
 class Facts:
     broker: RedisFacts | None
     cache: RedisFacts | None
@@ -125,6 +167,10 @@ class Facts:
     missing_columns: tuple[str, ...] = ()
     flower: FlowerFacts | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: RabbitMQ's side, on an amqp:// broker (then `broker` is None).
+    rabbitmq: RabbitFacts | None = None
+    #: What the workers' clocks are compared with.
+    clock_reference: str = "the broker Redis' TIME"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -184,28 +230,190 @@ def check_shared_redis(facts: Facts) -> list[Finding]:
 
 
 def check_consumers(facts: Facts) -> list[Finding]:
+    """A queue no worker that answered consumes - or, on RabbitMQ, with no consumer at all.
+
+    RabbitMQ's own count also catches a worker that lists the queue but whose
+    consumer is gone (its channel closed, e.g. by consumer_timeout).
+    """
     consumed = {queue for worker in facts.workers for queue in worker.queues}
+    at_broker = {q.name: q for q in facts.rabbitmq.queues} if facts.rabbitmq else {}
+    findings = []
+    for queue in facts.queues:
+        rabbit = at_broker.get(queue)
+        broker_says_none = rabbit is not None and rabbit.consumers == 0
+        if queue in consumed and not broker_says_none:
+            continue
+        seen = (
+            f"no running worker consumes queue {queue!r} ({len(facts.workers)} worker(s) "
+            "answered): its tasks wait forever"
+            if queue not in consumed
+            else f"a worker lists queue {queue!r}, but RabbitMQ counts no consumer on it: "
+            "its tasks wait"
+        )
+        if rabbit is not None and rabbit.exists:
+            seen += f" (RabbitMQ: {rabbit.consumers} consumer(s), {rabbit.ready} ready)"
+        findings.append(
+            Finding(
+                "queue-without-consumer",
+                ERROR,
+                seen,
+                f"start one: docpipe worker --queues {queue} (make workers starts the plan's "
+                "layout)",
+                subject=queue,
+            )
+        )
+    return findings
+
+
+def check_consumer_timeout(facts: Facts) -> list[Finding]:
+    """RabbitMQ closes the channel of a delivery unacked past consumer_timeout, redelivers it."""
+    rabbit = facts.rabbitmq
+    if rabbit is None:
+        return []
+    server, longest, what = (
+        rabbit.consumer_timeout_s,
+        rabbit.longest_unacked_s,
+        rabbit.longest_unacked_what,
+    )
+    # The workers hold the deliveries: a limit one of them runs with beats this process's.
+    for worker in facts.workers:
+        if worker.task_time_limit_s is not None and worker.task_time_limit_s > longest:
+            longest = worker.task_time_limit_s
+            what = f"{worker.name}'s task_time_limit"
+    if server is None:
+        return [
+            Finding(
+                "consumer-timeout-unknown",
+                WARNING,
+                "cannot read the RabbitMQ server's consumer_timeout "
+                f"({rabbit.consumer_timeout_source}); docpipe assumes "
+                "DOCPIPE_BROKER_CONSUMER_TIMEOUT_S "
+                f"({rabbit.configured_consumer_timeout_s:g} s)",
+                f"check on the server that consumer_timeout (rabbitmq.conf, milliseconds) is above "
+                f"{what} ({longest:g} s)",
+                subject="broker",
+            )
+        ]
+    if server <= longest:
+        return [
+            Finding(
+                "consumer-timeout-short",
+                ERROR,
+                f"the RabbitMQ server's consumer_timeout is {server:g} s (from "
+                f"{rabbit.consumer_timeout_source}), not more than {what} "
+                f"({longest:g} s): RabbitMQ closes the channel of a long task and delivers it "
+                "again while it still runs",
+                "raise consumer_timeout in rabbitmq.conf (milliseconds) and restart RabbitMQ, "
+                "or lower DOCPIPE_TASK_TIME_LIMIT_S",
+                subject="broker",
+            )
+        ]
+    if server < rabbit.configured_consumer_timeout_s:
+        return [
+            Finding(
+                "consumer-timeout-setting",
+                WARNING,
+                f"DOCPIPE_BROKER_CONSUMER_TIMEOUT_S ({rabbit.configured_consumer_timeout_s:g}) "
+                f"is more than the server's consumer_timeout ({server:g} s, from "
+                f"{rabbit.consumer_timeout_source})",
+                "set DOCPIPE_BROKER_CONSUMER_TIMEOUT_S to the server's value",
+                subject="broker",
+            )
+        ]
+    return []
+
+
+def check_queue_declarations(facts: Facts) -> list[Finding]:
+    """Task queues that are not quorum queues with a delivery limit and a dead-letter exchange."""
+    from pipeline.runtime.rabbitmq import UNDELIVERABLE_EXCHANGE
+
+    rabbit = facts.rabbitmq
+    if rabbit is None:
+        return []
+    quorum_expected = rabbit.configured_queue_type == "quorum"
+    findings = []
+    for queue in rabbit.queues:
+        if not queue.exists or queue.queue_type is None:
+            continue
+        arguments = queue.arguments or {}
+        if queue.queue_type != "quorum":
+            findings.append(
+                Finding(
+                    "queue-not-quorum",
+                    ERROR if quorum_expected else WARNING,
+                    f"queue {queue.name!r} is a {queue.queue_type} queue: RabbitMQ does not count "
+                    "its redeliveries, so a message that kills its worker comes back forever"
+                    + (
+                        " (and workers with DOCPIPE_BROKER_QUEUE_TYPE=quorum fail to declare it)"
+                        if quorum_expected
+                        else ""
+                    ),
+                    f"with workers stopped and the queue drained: rabbitmqctl delete_queue "
+                    f"{queue.name} -p VHOST, then start a worker with "
+                    "DOCPIPE_BROKER_QUEUE_TYPE=quorum (it declares the queue again)",
+                    subject=queue.name,
+                )
+            )
+            continue
+        lacking = [
+            name
+            for name in ("x-delivery-limit", "x-dead-letter-exchange")
+            if arguments.get(name) in (None, "")
+        ]
+        if lacking:
+            findings.append(
+                Finding(
+                    "queue-without-delivery-limit",
+                    WARNING,
+                    f"quorum queue {queue.name!r} has no {' or '.join(lacking)}: a poison "
+                    "message is "
+                    + (
+                        "redelivered without bound"
+                        if "x-delivery-limit" in lacking
+                        else f"dropped past the limit instead of kept in {UNDELIVERABLE_EXCHANGE}"
+                    ),
+                    "apply a policy (rabbitmqctl set_policy -p VHOST --apply-to quorum_queues "
+                    f"docpipe '^(ocr|text|entity|graph)$' '{{\"delivery-limit\": N, "
+                    f'"dead-letter-exchange": "{UNDELIVERABLE_EXCHANGE}"}}\'), or re-declare the '
+                    "queue with docpipe's arguments",
+                    subject=queue.name,
+                )
+            )
+    return findings
+
+
+def check_broker_dead_letters(facts: Facts) -> list[Finding]:
+    rabbit = facts.rabbitmq
+    if rabbit is None or not rabbit.dead_letters:
+        return []
     return [
         Finding(
-            "queue-without-consumer",
-            ERROR,
-            f"no running worker consumes queue {queue!r} "
-            f"({len(facts.workers)} worker(s) answered): its tasks wait forever",
-            f"start one: docpipe worker --queues {queue} (make workers starts the plan's layout)",
-            subject=queue,
+            "broker-dead-letters",
+            WARNING,
+            f"{rabbit.dead_letters} message(s) in docpipe.undeliverable: RabbitMQ dead-lettered "
+            "them past the delivery limit",
+            "look at them (rabbitmqadmin get queue=docpipe.undeliverable) and the documents' "
+            "status; docpipe's own guard should have dead-lettered them first",
+            subject="docpipe.undeliverable",
         )
-        for queue in facts.queues
-        if queue not in consumed
     ]
 
 
 def check_unenforced_time_limits(facts: Facts) -> list[Finding]:
+    """On RabbitMQ the visibility timeout means nothing: consumer_timeout bounds a delivery."""
+    rabbit = facts.rabbitmq
     findings = []
     for worker in facts.workers:
         if worker.pool is None or worker.pool in TIME_LIMIT_POOLS:
             continue
-        visibility = worker.visibility_timeout_s
+        visibility = worker.visibility_timeout_s if rabbit is None else None
         limit = worker.task_time_limit_s
+        redelivered = (
+            f"at the visibility timeout ({_seconds(visibility)}) Redis delivers it again"
+            if rabbit is None
+            else f"at consumer_timeout ({_seconds(rabbit.consumer_timeout_s)}) RabbitMQ "
+            "delivers it again"
+        )
         overrun = (
             worker.longest_active_s is not None
             and limit is not None
@@ -218,8 +426,7 @@ def check_unenforced_time_limits(facts: Facts) -> list[Finding]:
                     ERROR,
                     f"{worker.name} ({worker.pool}) has run a task for "
                     f"{worker.longest_active_s:.0f} s, past task_time_limit ({limit:g} s), which "
-                    f"the {worker.pool} pool does not enforce; at the visibility timeout "
-                    f"({_seconds(visibility)}) Redis delivers it again while it still runs",
+                    f"the {worker.pool} pool does not enforce; {redelivered} while it still runs",
                     "find the hung call (docpipe -v status, the worker's log) and give it a "
                     "timeout; run this queue on prefork if its tasks can hang",
                     subject=worker.name,
@@ -325,7 +532,7 @@ def check_clock_skew(facts: Facts) -> list[Finding]:
             "clock-skew",
             WARNING,
             f"{worker.name}'s clock is {abs(worker.clock_offset_s):.2f} s "
-            f"{'ahead of' if worker.clock_offset_s > 0 else 'behind'} the broker Redis' TIME",
+            f"{'ahead of' if worker.clock_offset_s > 0 else 'behind'} {facts.clock_reference}",
             "run NTP (chrony / systemd-timesyncd) on every worker host; ETA/countdowns, the "
             "visibility timeout's restore and the shared LLM window compare their timestamps",
             subject=worker.name,
@@ -373,6 +580,9 @@ CHECKS: tuple[Callable[[Facts], list[Finding]], ...] = (
     check_broker_eviction,
     check_shared_redis,
     check_consumers,
+    check_consumer_timeout,
+    check_queue_declarations,
+    check_broker_dead_letters,
     check_unenforced_time_limits,
     check_acks_and_prefetch,
     check_schema,
@@ -535,7 +745,7 @@ def probe_flower(url: str, timeout_s: float = FLOWER_PROBE_TIMEOUT_S) -> FlowerF
 def gather_facts(
     settings: Settings,
     app: Celery,
-    broker: redis.Redis,
+    broker: redis.Redis | None,
     cache: redis.Redis | None,
     engine: Engine,
     *,
@@ -548,12 +758,14 @@ def gather_facts(
     from pipeline.adapters.sql import missing_columns
     from pipeline.adapters.sql.migrations import LATEST_VERSION
 
-    broker_facts = redis_facts(broker, settings.broker_url)
+    broker_facts = redis_facts(broker, settings.broker_url) if broker is not None else None
+    rabbit_facts = rabbitmq_facts(settings, queues) if broker is None else None
     cache_facts = redis_facts(cache, settings.redis_url) if cache is not None else None
     replies, heartbeats = observe_workers(
         app, inspect_timeout_s=inspect_timeout_s, heartbeat_wait_s=heartbeat_wait_s
     )
-    server_time, local_time = redis_time(broker)
+    # AMQP has no TIME: on RabbitMQ the workers' clocks are compared with this machine's.
+    server_time, local_time = redis_time(broker) if broker is not None else (0.0, 0.0)
     workers = worker_facts(replies, heartbeats, local_time - server_time, time.time())
     notes = [
         f"{w.name}: no heartbeat within {heartbeat_wait_s:g} s"
@@ -566,6 +778,15 @@ def gather_facts(
             f"no schema version recorded (tables made on first use); `docpipe db upgrade` "
             f"records version {LATEST_VERSION}"
         )
+    if rabbit_facts is not None:
+        if rabbit_facts.unavailable:
+            notes.append(rabbit_facts.unavailable)
+        missing = [q.name for q in rabbit_facts.queues if not q.exists]
+        if missing:
+            notes.append(
+                f"not declared on RabbitMQ yet: {', '.join(missing)} (a worker or "
+                "`docpipe run --broker` declares them)"
+            )
     flower = probe_flower(flower_url or DEFAULT_FLOWER_URL)
     if flower is None and flower_url:
         notes.append(f"Flower at {redact_url(flower_url)} did not answer")
@@ -579,4 +800,38 @@ def gather_facts(
         missing_columns=tuple(missing_columns(engine)),
         flower=flower,
         notes=tuple(notes),
+        rabbitmq=rabbit_facts,
+        clock_reference="the broker Redis' TIME" if broker is not None else "this machine's clock",
+    )
+
+
+def rabbitmq_facts(settings: Settings, queues: Sequence[str]) -> RabbitFacts:
+    """The task queues as RabbitMQ declares them and its consumer_timeout (read, not declared)."""
+    from pipeline.runtime.rabbitmq import UNDELIVERABLE_QUEUE, read_queues, server_consumer_timeout
+
+    reading = read_queues(settings.broker_url, queues)
+    consumer_timeout = server_consumer_timeout(settings.broker_url)
+    longest, what = settings.longest_unacked_s()
+    dead = reading.queues.get(UNDELIVERABLE_QUEUE)
+    return RabbitFacts(
+        url=redact_url(settings.broker_url),
+        queues=tuple(
+            RabbitQueueFacts(
+                name=name,
+                exists=reading.queues[name].exists,
+                ready=reading.queues[name].ready,
+                consumers=reading.queues[name].consumers,
+                queue_type=reading.queues[name].queue_type,
+                arguments=reading.queues[name].arguments,
+            )
+            for name in queues
+        ),
+        dead_letters=(dead.ready or 0) + (dead.unacked or 0) if dead and dead.exists else None,
+        consumer_timeout_s=consumer_timeout.seconds,
+        consumer_timeout_source=consumer_timeout.source,
+        longest_unacked_s=longest,
+        longest_unacked_what=what,
+        configured_consumer_timeout_s=float(settings.broker_consumer_timeout_s),
+        configured_queue_type=settings.broker_queue_type,
+        unavailable=reading.unavailable,
     )

@@ -7,6 +7,14 @@ documents from the database, the LLM window from the rate limiter's key.
 `docpipe monitor` renders it (pipeline.cli.monitor); `docpipe doctor`
 (pipeline.runtime.doctor) reads the same facts.
 
+On RabbitMQ (DOCPIPE_BROKER_URL=amqp://...) the queue figures come from the
+broker itself (pipeline.runtime.rabbitmq.read_queues): ready messages and
+consumers from a passive declare, unacked ones only from `rabbitmqctl
+list_queues` on the broker's machine (AMQP does not tell them; the management
+API would, and is not asked) - elsewhere they are null, with the reason in
+`broker_notes`. The `docpipe.undeliverable` queue's depth is the dead letters
+at the broker (`broker_dead_letters`).
+
 Where a message is, with kombu's Redis transport:
 - `ready`: waiting in the queue's list (the key is the queue name; priorities
   other than 0 live in `{queue}\\x06\\x16{priority}`);
@@ -43,6 +51,7 @@ from pipeline.redaction import redact_url
 if TYPE_CHECKING:
     from celery import Celery
 
+    from pipeline.runtime.rabbitmq import RabbitReading
     from pipeline.settings import Settings
 
 #: kombu's Redis transport: the hash of delivered, unacknowledged messages and the
@@ -85,11 +94,19 @@ class BrokerState:
     """What the broker's Redis holds: ready messages per queue, unacked ones per queue."""
 
     ready: dict[str, int]
-    unacked: dict[str, int]
-    #: Seconds since the oldest unacknowledged delivery (Redis TIME), None when none.
+    #: None per queue: the broker's figure could not be read (RabbitMQ without rabbitmqctl).
+    unacked: Mapping[str, int | None]
+    #: Seconds since the oldest unacknowledged delivery (Redis TIME), None when none/unknown.
     oldest_unacked_s: float | None
-    #: Redis TIME when read (seconds since the epoch).
+    #: Redis TIME when read (seconds since the epoch); this process's clock on RabbitMQ.
     server_time: float
+    #: Consumers per queue as the broker counts them (RabbitMQ); None on Redis, which
+    #: keeps no such count.
+    consumers: Mapping[str, int | None] | None = None
+    #: Messages in RabbitMQ's `docpipe.undeliverable` queue (past the delivery limit).
+    dead_letters: int | None = None
+    #: What could not be read, and why.
+    notes: tuple[str, ...] = ()
 
 
 def read_broker(client: redis.Redis, queues: Sequence[str] = QUEUES) -> BrokerState:
@@ -115,6 +132,31 @@ def read_broker(client: redis.Redis, queues: Sequence[str] = QUEUES) -> BrokerSt
             unacked[routed_to] = unacked.get(routed_to, 0) + 1
     oldest_unacked_s = max(0.0, server_time - float(oldest[0][1])) if oldest else None
     return BrokerState(ready, unacked, oldest_unacked_s, server_time)
+
+
+def rabbit_broker_state(reading: RabbitReading, queues: Sequence[str], now: float) -> BrokerState:
+    """A RabbitMQ reading as the monitor's broker figures: what is not known stays None."""
+    from pipeline.runtime.rabbitmq import UNDELIVERABLE_QUEUE
+
+    notes = [f"queue figures from {reading.source}"]
+    if reading.unavailable:
+        notes.append(reading.unavailable)
+    notes.append("oldest unacked delivery: not available on RabbitMQ")
+    missing = [q for q in queues if not reading.queues[q].exists]
+    if missing:
+        notes.append(f"not declared on the broker yet: {', '.join(missing)}")
+    dead = reading.queues.get(UNDELIVERABLE_QUEUE)
+    if dead is None or not dead.exists:
+        notes.append(f"{UNDELIVERABLE_QUEUE} is not declared: nothing dead-lettered there")
+    return BrokerState(
+        ready={q: reading.queues[q].ready or 0 for q in queues},
+        unacked={q: reading.queues[q].unacked for q in queues},
+        oldest_unacked_s=None,
+        server_time=now,
+        consumers={q: reading.queues[q].consumers for q in queues},
+        dead_letters=(dead.ready or 0) + (dead.unacked or 0) if dead and dead.exists else 0,
+        notes=tuple(notes),
+    )
 
 
 def _routing_key(payload: bytes | str) -> str | None:
@@ -484,6 +526,10 @@ class Snapshot:
     oldest_in_flight_s: float | None
     llm_rate_limit: dict[str, Any]
     oldest_unacked_s: float | None = None
+    broker_kind: str = "redis"
+    #: RabbitMQ: messages in `docpipe.undeliverable`; None on Redis (no such queue).
+    broker_dead_letters: int | None = None
+    broker_notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -510,6 +556,8 @@ def build_snapshot(
             **on_workers,
             "consumers": [w["name"] for w in workers if queue in w["queues"]],
         }
+        if broker.consumers is not None:
+            rows[queue]["broker_consumers"] = broker.consumers.get(queue)
     oldest = documents.get("oldest_in_flight")
     return Snapshot(
         taken_at=now,
@@ -520,6 +568,9 @@ def build_snapshot(
         oldest_in_flight_s=oldest["age_s"] if oldest else None,
         llm_rate_limit=dict(llm_rate_limit),
         oldest_unacked_s=broker.oldest_unacked_s,
+        broker_kind="redis" if broker.consumers is None else "amqp",
+        broker_dead_letters=broker.dead_letters,
+        broker_notes=list(broker.notes),
     )
 
 
@@ -529,7 +580,8 @@ class Deployment:
 
     settings: Settings
     app: Celery
-    broker: redis.Redis
+    #: The broker's Redis; None on RabbitMQ (read through pipeline.runtime.rabbitmq).
+    broker: redis.Redis | None
     cache: redis.Redis | None
     engine: Engine
 
@@ -545,17 +597,22 @@ class Deployment:
 
         from pipeline.adapters.sql import create_database_engine
         from pipeline.runtime.celery_app import configure
-        from pipeline.runtime.preflight import check_database, check_redis
+        from pipeline.runtime.preflight import check_database, check_rabbitmq, check_redis
 
-        if not settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
+        amqp = settings.broker_kind == "amqp"
+        if not amqp and not settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigurationError(
-                f"the broker is {redact_url(settings.broker_url)}: this reads a Redis broker",
+                f"the broker is {redact_url(settings.broker_url)}: this reads a Redis or "
+                "RabbitMQ broker",
                 hint="set DOCPIPE_BROKER_URL (and DOCPIPE_REDIS_URL, DOCPIPE_DATABASE_URL) to "
                 "the deployment's, e.g. DOCPIPE_BROKER_URL=redis://127.0.0.1:6379/0",
             )
         _require_sqlite_file(settings.database_url)
         check_database(settings.database_url, say)
-        check_redis(settings.broker_url, "the broker", "DOCPIPE_BROKER_URL", say)
+        if amqp:
+            check_rabbitmq(settings.broker_url, say)
+        else:
+            check_redis(settings.broker_url, "the broker", "DOCPIPE_BROKER_URL", say)
         check_redis(settings.redis_url, "state and cache", "DOCPIPE_REDIS_URL", say)
         engine = create_database_engine(settings.database_url)
         with engine.connect() as conn:
@@ -577,13 +634,14 @@ class Deployment:
         return cls(
             settings=settings,
             app=configure(settings),
-            broker=redis.Redis.from_url(settings.broker_url, **timeout),
+            broker=None if amqp else redis.Redis.from_url(settings.broker_url, **timeout),
             cache=cache,
             engine=engine,
         )
 
     def close(self) -> None:
-        self.broker.close()
+        if self.broker is not None:
+            self.broker.close()
         if self.cache is not None:
             self.cache.close()
         self.engine.dispose()
@@ -619,9 +677,19 @@ def take_snapshot(
         )
     else:
         replies = inspect_workers(deployment.app, inspect_timeout_s)
-    broker = read_broker(deployment.broker)
+    broker = read_broker_of(deployment)
     now = time.time()
     documents = read_documents(deployment.engine, datetime.fromtimestamp(now, UTC), rate_window_s)
     calls, window, source = rate_limit_in_use(replies, settings)
     limit = read_llm_rate_limit(deployment.cache, calls, window, now, source)
     return build_snapshot(broker, replies, heartbeats, documents, limit, now)
+
+
+def read_broker_of(deployment: Deployment, queues: Sequence[str] = QUEUES) -> BrokerState:
+    """The broker's figures, from its Redis or from RabbitMQ."""
+    if deployment.broker is not None:
+        return read_broker(deployment.broker, queues)
+    from pipeline.runtime.rabbitmq import read_queues
+
+    reading = read_queues(deployment.settings.broker_url, queues)
+    return rabbit_broker_state(reading, queues, time.time())

@@ -13,6 +13,7 @@ DOCPIPE_BROKER_CONSUMER_TIMEOUT_S and says so.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import shutil
 import subprocess
@@ -185,3 +186,172 @@ def _is_local(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+# --- what `docpipe monitor` and `docpipe doctor` read --------------------------------------
+
+#: The columns `rabbitmqctl list_queues` is asked for (JSON formatter: one object per queue).
+LIST_QUEUES_COLUMNS = (
+    "name",
+    "type",
+    "arguments",
+    "consumers",
+    "messages_ready",
+    "messages_unacknowledged",
+)
+
+
+@dataclass(frozen=True)
+class QueueReading:
+    """One queue as RabbitMQ reports it; None is a figure this reading could not see."""
+
+    #: False: the queue is not declared on the vhost (a passive declare said NOT_FOUND).
+    exists: bool
+    ready: int | None = None
+    consumers: int | None = None
+    #: Delivered and not acknowledged: only `rabbitmqctl` (or the management API) says.
+    unacked: int | None = None
+    #: `quorum`, `classic`, `stream`; None without rabbitmqctl.
+    queue_type: str | None = None
+    arguments: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class RabbitReading:
+    """The task queues and the dead-letter queue, and why some figures are missing."""
+
+    queues: dict[str, QueueReading]
+    #: Where ready/consumer counts came from and, when rabbitmqctl could not run, why
+    #: unacked counts and queue types are unknown.
+    source: str
+    unavailable: str | None = None
+
+
+def vhost_of(broker_url: str) -> str:
+    """The virtual host an amqp:// URL names (`amqp://h:5672` and `amqp://h:5672/` mean `/`)."""
+    from urllib.parse import unquote
+
+    path = urlparse(broker_url).path
+    return unquote(path[1:]) if len(path) > 1 else "/"
+
+
+def passive_queue_states(
+    broker_url: str, queues: Sequence[str], *, timeout_s: float = 5.0
+) -> dict[str, QueueReading]:
+    """Ready messages and consumers per queue from a passive declare (AMQP's queue.declare-ok).
+
+    That reply carries only those two counts: not the unacked ones, not the type or
+    the arguments. A passive declare never creates a queue: a missing one is reported.
+    """
+    readings: dict[str, QueueReading] = {}
+    connection = connect(broker_url, timeout_s=timeout_s)
+    try:
+        for name in queues:
+            channel: Any = connection.channel()
+            try:
+                reply = channel.queue_declare(name, passive=True)
+                readings[name] = QueueReading(
+                    exists=True, ready=int(reply.message_count), consumers=int(reply.consumer_count)
+                )
+            except Exception as exc:
+                if "NOT_FOUND" not in str(exc):
+                    raise
+                readings[name] = QueueReading(exists=False)
+            finally:
+                _close_quietly(channel)
+    finally:
+        connection.release()
+    return readings
+
+
+def parse_list_queues(output: str) -> dict[str, dict[str, Any]]:
+    """`rabbitmqctl list_queues ... --formatter json` output, by queue name.
+
+    RabbitMQ 3.10 lists arguments as AMQP table entries `[key, type, value]`
+    (`[["x-delivery-limit", "signedint", 4]]`); a JSON object or `[key, value]`
+    pairs are taken as well: all become a dict of key -> value.
+    """
+    rows = json.loads(output or "[]")
+    by_name: dict[str, dict[str, Any]] = {}
+    for row in rows if isinstance(rows, list) else []:
+        if not isinstance(row, dict) or "name" not in row:
+            continue
+        arguments = row.get("arguments")
+        if isinstance(arguments, list):
+            arguments = {
+                str(entry[0]): entry[-1]
+                for entry in arguments
+                if isinstance(entry, list | tuple) and len(entry) in (2, 3)
+            }
+        by_name[str(row["name"])] = {**row, "arguments": arguments or {}}
+    return by_name
+
+
+def rabbitmqctl_queues(
+    broker_url: str, *, timeout_s: float = RABBITMQCTL_TIMEOUT_S
+) -> tuple[dict[str, dict[str, Any]] | None, str]:
+    """(queues by name, source) from `rabbitmqctl list_queues -p VHOST`, or (None, why not)."""
+    host = urlparse(broker_url).hostname or "localhost"
+    if not _is_local(host):
+        return None, f"the broker runs on {host}, not this machine (no rabbitmqctl)"
+    binary = shutil.which("rabbitmqctl")
+    if binary is None:
+        return None, "rabbitmqctl is not on PATH"
+    vhost = vhost_of(broker_url)
+    argv = [binary, "list_queues", "-p", vhost, *LIST_QUEUES_COLUMNS, "--formatter", "json"]
+    argv.append("--quiet")
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"rabbitmqctl list_queues failed: {type(exc).__name__}"
+    if done.returncode != 0:
+        reason = (done.stderr.strip() or done.stdout.strip()).splitlines()[:1]
+        return None, f"rabbitmqctl list_queues failed: {redact(' '.join(reason))}"
+    try:
+        return parse_list_queues(done.stdout), f"rabbitmqctl list_queues -p {vhost}"
+    except ValueError:
+        return None, f"rabbitmqctl list_queues said {done.stdout.strip()[:80]!r}"
+
+
+def merge_readings(
+    passive: dict[str, QueueReading], listed: dict[str, dict[str, Any]] | None
+) -> dict[str, QueueReading]:
+    """The passive declare's counts, completed by rabbitmqctl's columns where it answered."""
+    merged: dict[str, QueueReading] = {}
+    for name, reading in passive.items():
+        row = (listed or {}).get(name)
+        if row is None or not reading.exists:
+            merged[name] = reading
+            continue
+        merged[name] = QueueReading(
+            exists=True,
+            ready=reading.ready,
+            consumers=reading.consumers,
+            unacked=_count(row.get("messages_unacknowledged")),
+            queue_type=str(row["type"]) if row.get("type") else None,
+            arguments=dict(row.get("arguments") or {}),
+        )
+    return merged
+
+
+def _count(value: object) -> int | None:
+    return int(value) if isinstance(value, int) else None
+
+
+def read_queues(broker_url: str, queues: Sequence[str], *, timeout_s: float = 5.0) -> RabbitReading:
+    """The task queues and `docpipe.undeliverable`: counts always, the rest when local."""
+    names = [*queues, UNDELIVERABLE_QUEUE]
+    passive = passive_queue_states(broker_url, names, timeout_s=timeout_s)
+    listed, listed_source = rabbitmqctl_queues(broker_url)
+    source = "AMQP passive declare (ready, consumers)"
+    if listed is None:
+        return RabbitReading(
+            merge_readings(passive, None),
+            source,
+            unavailable=f"unacked counts and queue types unknown: {listed_source} (AMQP tells "
+            "neither; the management API would, but is not asked)",
+        )
+    return RabbitReading(
+        merge_readings(passive, listed),
+        f"{source}; {listed_source} (unacked, type, arguments)",
+    )
