@@ -17,7 +17,13 @@ from pipeline.console import (
     stderr,
     stdout,
 )
-from pipeline.harness.layout import PLAN_LAYOUT, parse_layout
+from pipeline.harness.cli.options import (
+    layout_option,
+    profile_option,
+    seed_option,
+    time_scale_option,
+)
+from pipeline.harness.layout import parse_layout
 from pipeline.harness.perf.loadtest import (
     DEFAULT_DOCUMENTS,
     DEFAULT_LOCUSTFILE,
@@ -41,27 +47,10 @@ from pipeline.harness.perf.loadtest import (
     help="Seconds of sequential baseline (at least one round of the documents) "
     "[default: the duration].",
 )
-@click.option(
-    "--profile",
-    type=click.Choice(["none", "reference"]),
-    default="reference",
-    show_default=True,
-    help="Latency profile of the simulated services.",
-)
-@click.option(
-    "--time-scale",
-    type=click.FloatRange(min=0, min_open=True),
-    default=0.1,
-    show_default=True,
-    help="Multiplies every simulated wait (and the poll interval and rate-limit window).",
-)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--layout",
-    default=PLAN_LAYOUT,
-    show_default=True,
-    help="Worker layout: queue[+queue]:pool:concurrency items.",
-)
+@profile_option
+@time_scale_option()
+@seed_option
+@layout_option()
 @click.option(
     "--documents",
     type=click.Path(exists=True, path_type=Path),

@@ -15,39 +15,26 @@ from rich.table import Table
 from pipeline.console import EXIT_FAILED, EXIT_OK, configuration_errors, load_settings, stdout
 from pipeline.errors import UserFacingError
 from pipeline.extras import HARNESS_MODULES, require_extra
-from pipeline.harness.layout import PLAN_LAYOUT
+from pipeline.harness.cli.options import (
+    layout_option,
+    profile_option,
+    seed_option,
+    time_scale_option,
+)
 from pipeline.harness.perf.loadtest import DEFAULT_DOCUMENTS
-
-DEFAULT_LAYOUT = PLAN_LAYOUT
 
 
 @click.command()
-@click.option(
-    "--layout",
-    default=DEFAULT_LAYOUT,
-    show_default=True,
-    help="Worker layout: queue:pool:N items (one worker per queue).",
-)
+@layout_option("Worker layout: queue:pool:N items (one worker per queue).")
 @click.option(
     "--target-docs-per-hour",
     "target",
     type=click.FloatRange(min=0, min_open=True),
     help="Find the smallest layout (greedy, bounded) that sustains this rate.",
 )
-@click.option(
-    "--profile",
-    type=click.Choice(["none", "reference"]),
-    default="reference",
-    show_default=True,
-)
-@click.option(
-    "--time-scale",
-    type=click.FloatRange(min=0, min_open=True),
-    default=1.0,
-    show_default=True,
-    help="1: the old system's seconds; 0.1: what `docpipe load` runs.",
-)
-@click.option("--seed", type=int, default=0, show_default=True)
+@profile_option
+@time_scale_option(1.0, "1: the old system's seconds; 0.1: what `docpipe load` runs.")
+@seed_option
 @click.option(
     "--documents",
     type=click.Path(exists=True, path_type=Path),

@@ -12,7 +12,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from pipeline.console import EXIT_FAILED, EXIT_OK, load_settings, stderr, stdout
-from pipeline.harness.layout import PLAN_LAYOUT, parse_layout
+from pipeline.harness.cli.options import (
+    layout_option,
+    profile_option,
+    seed_option,
+    time_scale_option,
+)
+from pipeline.harness.layout import parse_layout
 from pipeline.harness.perf.loadtest import DEFAULT_DOCUMENTS
 from pipeline.harness.perf.soak import SoakBounds, SoakConfig, json_ready
 
@@ -45,24 +51,10 @@ _DEFAULT_BOUNDS = SoakBounds()
     type=click.FloatRange(min=0, min_open=True),
     help="Documents submitted per minute [default: 30% of the layout's bottleneck bound].",
 )
-@click.option(
-    "--profile",
-    type=click.Choice(["none", "reference"]),
-    default="reference",
-    show_default=True,
-    help="Latency profile of the simulated services.",
-)
-@click.option(
-    "--time-scale",
-    type=click.FloatRange(min=0, min_open=True),
-    default=0.1,
-    show_default=True,
-    help="Multiplies every simulated wait (and the poll interval and rate-limit window).",
-)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--layout", default=PLAN_LAYOUT, show_default=True, help="queue[+queue]:pool:N items."
-)
+@profile_option
+@time_scale_option()
+@seed_option
+@layout_option()
 @click.option(
     "--documents",
     type=click.Path(exists=True, path_type=Path),
