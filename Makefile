@@ -9,7 +9,7 @@ CONSTRAINTS := constraints.txt
 DOCPIPE := $(BIN)/docpipe
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lock demo test unit integration lint fmt scenarios load load-test bench bench-save bench-growth workers stop-workers flower clean
+.PHONY: help venv lock demo test unit integration lint fmt scenarios load load-test soak bench bench-save bench-growth workers stop-workers flower clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -113,6 +113,9 @@ load: $(STAMP)  ## sequential baseline vs Celery under locust (USERS, DURATION);
 
 load-test: $(STAMP)  ## the short CI version: fails if Celery is under 3x the sequential run (~1 min)
 	$(BIN)/pytest -q tests/load -m load
+
+soak: $(STAMP)  ## steady stream on the worker layout for DURATION s (600); fails when memory or keys grow
+	$(DOCPIPE) soak --duration $(or $(DURATION),600) --report report/soak
 
 # Benchmarks of the CPU-bound stages (inputs: tests/benchmarks/workloads.py), in CPU time
 # (process_time: waiting for a busy machine's cores does not count), rounds of at least

@@ -23,6 +23,7 @@ from pipeline.errors import UserFacingError
 #: Top-level modules each extra provides (import names, not distribution names).
 HARNESS_MODULES: dict[str, tuple[str, ...]] = {
     "load": ("locust", "matplotlib"),
+    "soak": ("matplotlib",),
     "plot": ("matplotlib",),
     "sim-cloud": ("moto", "flask", "flask_cors"),
 }

@@ -108,6 +108,10 @@ SUBCOMMANDS: Mapping[str, LazyCommand] = {
         "pipeline.harness.cli.simulate:simulate",
         "Name the bottleneck of a worker layout and the smallest layout that reaches a target.",
     ),
+    "soak": LazyCommand(
+        "pipeline.harness.cli.soak:soak",
+        "Soak the worker layout with a steady stream; fail when memory or keys keep growing.",
+    ),
     "status": LazyCommand(
         "pipeline.cli.run:status",
         "Show a document's status, error, history and Redis state.",

@@ -23,11 +23,15 @@ from pipeline.app.stages import StageResult
 from pipeline.domain.models import Stage, Status
 from pipeline.errors import LockUnavailable, StaleDelivery, TransientError
 from pipeline.ports.services import Services, current_services
-from pipeline.runtime.celery_app import POLL_OCR_TASK, TASK_NAMES, app
+from pipeline.runtime.celery_app import POLL_OCR_TASK, TASK_NAMES, app, broker_countdown
 from pipeline.settings import get_settings
 
 log = logging.getLogger(__name__)
 
+#: `docpipe:deliveries:{task id}:{retries}`, one per task delivered: a week outlasts any
+#: redelivery of one task (the visibility timeout is 80 minutes).
+DELIVERIES_KEY = "docpipe:deliveries:{task_id}:{retries}"
+DELIVERIES_TTL_S = 7 * 24 * 3600
 
 #: Failures worth another attempt (pipeline.app.policy decides whether one is left).
 RETRYABLE: tuple[type[BaseException], ...] = (
@@ -207,7 +211,7 @@ def _retry(
         return task.retry(
             kwargs=kwargs,
             exc=exc,
-            countdown=countdown,
+            countdown=broker_countdown(get_settings(), countdown),
             max_retries=max_retries,
             retry_policy=RETRY_PUBLISH_POLICY,
         )
@@ -274,10 +278,14 @@ def _redelivered_too_often(task: Task[Any, Any], services: Services) -> bool:
     """Count deliveries of this task id and retry; a poison task cannot loop forever."""
     if task.request.is_eager or not task.request.id:
         return False
-    key = f"docpipe:deliveries:{task.request.id}:{task.request.retries}"
-    deliveries = int(services.redis.incr(key))
-    services.redis.expire(key, 7 * 24 * 3600)
-    return deliveries > services.settings.max_redeliveries
+    key = DELIVERIES_KEY.format(task_id=task.request.id, retries=task.request.retries)
+    # One transaction: a worker killed between the two commands would leave a key
+    # that never expires (the very case this counter is for).
+    pipe = services.redis.pipeline(transaction=True)
+    pipe.incr(key)
+    pipe.expire(key, DELIVERIES_TTL_S)
+    deliveries, _ = pipe.execute()
+    return int(deliveries) > services.settings.max_redeliveries
 
 
 def _dead_letter(
@@ -301,7 +309,7 @@ def _dispatch(result: StageResult, document_uuid: str, version: int) -> None:
     if result.poll_job_id is not None:
         poll_ocr_task.apply_async(
             args=(document_uuid, version, result.poll_job_id, result.polls),
-            countdown=settings.ocr_poll_interval_s,
+            countdown=broker_countdown(settings, settings.ocr_poll_interval_s),
             retry_policy=RETRY_PUBLISH_POLICY,
         )
     elif result.next_stage is not None:

@@ -34,7 +34,7 @@ from pipeline.runtime.monitor import (
     read_llm_rate_limit,
 )
 from pipeline.settings import Settings
-from tests.contract_store import new_document
+from pipeline.testing.contracts.store import new_document
 
 NOW = 1_800_000_000.0
 

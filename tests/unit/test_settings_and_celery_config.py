@@ -62,3 +62,36 @@ def test_redact_url_hides_passwords() -> None:
     assert redact_url("redis://:pw@h:6379/0") == "redis://:***@h:6379/0"
     assert redact_url("sqlite:///.docpipe/docpipe.db") == "sqlite:///.docpipe/docpipe.db"
     assert "hunter2" not in str(settings(database_url="postgresql://u:hunter2@h/d").describe())
+
+
+_PRELOAD_PROBE = """
+import sys
+from types import SimpleNamespace
+from celery.concurrency.prefork import TaskPool as Prefork
+from celery.concurrency.thread import TaskPool as Threads
+from pipeline.runtime.celery_app import _import_parsers_before_forking
+
+def worker(queues, pool):
+    queues = SimpleNamespace(consume_from=dict.fromkeys(queues))
+    return SimpleNamespace(app=SimpleNamespace(amqp=SimpleNamespace(queues=queues)), pool_cls=pool)
+
+_import_parsers_before_forking(sender=worker(["text"], Prefork))
+_import_parsers_before_forking(sender=worker(["ocr"], Threads))
+print("docx" in sys.modules, "pypdf" in sys.modules)
+_import_parsers_before_forking(sender=worker(["ocr"], Prefork))
+print("docx" in sys.modules, "pypdf" in sys.modules)
+"""
+
+
+def test_a_prefork_ocr_worker_imports_the_parsers_before_forking_and_no_other() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", _PRELOAD_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert result.stdout.split() == ["False", "False", "True", "True"]

@@ -24,7 +24,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -316,7 +317,11 @@ class QueueDepthSampler:
 
 
 def _common_values(config: LoadConfig) -> dict[str, Any]:
-    s, p = config.settings, config.profile
+    return stack_values(config.settings, config.profile, project_name="load")
+
+
+def stack_values(s: Settings, p: LatencyProfile, *, project_name: str) -> dict[str, Any]:
+    """Settings every process of a private run shares: the profile, scaled, no faults or cloud."""
     values: dict[str, Any] = {
         "latency_profile": s.latency_profile,
         "latency_overrides": dict(s.latency_overrides),
@@ -328,10 +333,46 @@ def _common_values(config: LoadConfig) -> dict[str, Any]:
         "ocr_max_polls": s.ocr_max_polls,
         "fault_injection": "false",
         "allow_cloud": "false",
-        "project_name": "load",
+        "project_name": project_name,
     }
     values.update(scaled_settings(s, p.time_scale))
     return values
+
+
+@contextmanager
+def worker_layout(
+    workdir: Path,
+    values: Mapping[str, Any],
+    layout: Sequence[WorkerSpec],
+    say: Progress,
+    *,
+    name: str = "load",
+) -> Iterator[tuple[WorkerGroup, dict[str, str]]]:
+    """The layout as worker processes on `values` (broker, database...), consuming every queue.
+
+    Yields the workers and the environment they share (for more processes of
+    the same run); stops them on exit.
+    """
+    from pipeline.adapters.sql import create_store
+    from pipeline.runtime.celery_app import configure
+
+    env = worker_environment(values)
+    # Create the schema once, before several processes race to do it.
+    create_store(values["database_url"]).close()
+    with WorkerGroup(workdir, env, loglevel="WARNING", stop_timeout_s=20) as workers:
+        for spec in layout:
+            queues = "+".join(spec.queues)
+            workers.start(
+                spec.queues,
+                pool=spec.pool,
+                concurrency=spec.concurrency,
+                name=f"{name}-{queues}",
+                log=queues,
+            )
+            say(f"celery: worker {queues} ({spec.pool} x{spec.concurrency})")
+        app = configure(Settings(_env_file=None, **values))  # type: ignore[call-arg]
+        workers.wait_for_consumers(app, QUEUES, timeout_s=60)
+        yield workers, env
 
 
 # --- the two runs ----------------------------------------------------------------------------
@@ -372,8 +413,6 @@ def run_celery(
     config: LoadConfig, workdir: Path, server: RedisServer, say: Progress
 ) -> tuple[Path, list[dict[str, float]], dict[str, Any]]:
     """Workers + locust; returns the run's database, queue-depth samples and locust facts."""
-    from pipeline.runtime.celery_app import configure
-
     database = workdir / "celery.db"
     values = _common_values(config)
     values.update(
@@ -383,24 +422,7 @@ def run_celery(
         redis_url=server.url(1),
         eager="false",
     )
-    env = worker_environment(values)
-    # Create the schema once, before several processes race to do it.
-    from pipeline.adapters.sql import create_store
-
-    create_store(values["database_url"]).close()
-
-    with WorkerGroup(workdir, env, loglevel="WARNING", stop_timeout_s=20) as workers:
-        for spec in config.layout:
-            workers.start(
-                spec.queue,
-                pool=spec.pool,
-                concurrency=spec.concurrency,
-                name=f"load-{spec.queue}",
-                log=spec.queue,
-            )
-            say(f"celery: worker {spec.queue} ({spec.pool} x{spec.concurrency})")
-        app = configure(Settings(_env_file=None, **values))  # type: ignore[call-arg]
-        workers.wait_for_consumers(app, QUEUES, timeout_s=60)
+    with worker_layout(workdir, values, config.layout, say) as (_, env):
         say(
             "celery: watch it from another terminal with "
             f"DOCPIPE_BROKER_URL={values['broker_url']} DOCPIPE_REDIS_URL={values['redis_url']} "

@@ -519,6 +519,15 @@ class Disruption(_Strict):
         return self.down_s
 
 
+#: The brokers broker mode runs on (`docpipe scenario run --broker`).
+BrokerName = Literal["redis", "rabbitmq"]
+BROKERS: tuple[BrokerName, ...] = ("redis", "rabbitmq")
+
+
+def _every_broker() -> list[BrokerName]:
+    return list(BROKERS)
+
+
 class BrokerOptions(_Strict):
     """Broker mode only."""
 
@@ -529,6 +538,23 @@ class BrokerOptions(_Strict):
     #: Run queue-processor cycles while waiting: a document without progress for
     #: `queue_stale_after_s` gets its current stage sent again (a lost message).
     queue_processor: bool = False
+    #: The brokers this scenario runs on (`--broker`); any other is skipped with `only_because`.
+    brokers: list[BrokerName] = Field(default_factory=_every_broker, min_length=1)
+    #: Why the scenario is specific to `brokers` (shown as the skip reason on the others).
+    only_because: str | None = None
+
+
+class Deployment(_Strict):
+    """Broker mode only: how the workers are deployed."""
+
+    #: false: the workers behave like separate hosts that share only PostgreSQL, Redis
+    #: and S3. Each starts in a folder of its own (cwd, HOME and TMPDIR) outside the
+    #: run folder, blobs are on S3 (a moto server), the database is a throw-away
+    #: PostgreSQL database (DOCPIPE_SCENARIO_POSTGRES_URL); a file:// or sqlite URL or
+    #: a path of the run folder in a worker's environment fails the run, and so does a
+    #: stored file found in a worker's folder afterwards.
+    #: `docpipe scenario run --no-shared-fs` sets it for every scenario run.
+    shared_filesystem: bool = True
 
 
 class Scenario(_Strict):
@@ -547,6 +573,8 @@ class Scenario(_Strict):
     disruptions: list[Disruption] = Field(default_factory=list)
     then: list[Action] = Field(default_factory=list)
     broker: BrokerOptions = Field(default_factory=BrokerOptions)
+    #: Broker mode: workers as separate hosts (see Deployment).
+    deployment: Deployment = Field(default_factory=Deployment)
     expect: Expectations = Field(default_factory=Expectations)
 
     @model_validator(mode="after")

@@ -52,6 +52,7 @@ from pipeline.harness.scenarios.integrity import integrity_problems
 from pipeline.harness.scenarios.model import (
     PROCESS_KILLING_KINDS,
     Bound,
+    BrokerName,
     Count,
     Mode,
     Scenario,
@@ -61,7 +62,7 @@ from pipeline.harness.scenarios.model import (
     matches,
 )
 from pipeline.runtime import celery_app
-from pipeline.settings import Settings
+from pipeline.settings import Settings, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -117,14 +118,42 @@ class RunReport:
     #: Broker mode with `broker.queue_processor`: file -> stage sent again for a document
     #: that made no progress for `queue_stale_after_s` (its message was lost).
     resumed: dict[str, str] = field(default_factory=dict)
+    #: Broker mode: which broker carried the tasks (`redis` or `rabbitmq`).
+    broker: str | None = None
+    #: Broker mode: False when the workers ran as separate hosts (no shared filesystem).
+    shared_filesystem: bool = True
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def label(self) -> str:
+        """The mode, and the broker when it is not Redis: `broker-rabbitmq`."""
+        if self.mode == "broker" and self.broker not in (None, "redis"):
+            return f"{self.mode}-{self.broker}"
+        return self.mode
 
-def replay_command(path: Path | None, mode: str, seed: int) -> str:
+
+def replay_command(
+    path: Path | None,
+    mode: str,
+    seed: int,
+    broker: str = "redis",
+    *,
+    shared_filesystem: bool = True,
+) -> str:
     target = shlex.quote(str(path)) if path is not None else "SCENARIO.yaml"
-    return f"docpipe scenario run {target} --mode {mode} --seed {seed}"
+    on = f" --broker {broker}" if mode == "broker" and broker != "redis" else ""
+    flag = "" if shared_filesystem else " --no-shared-fs"
+    return f"docpipe scenario run {target} --mode {mode}{on} --seed {seed}{flag}"
+
+
+def broker_skip_reason(scenario: Scenario, broker: str) -> str | None:
+    """Why a broker-mode run on `broker` is skipped (the scenario is another broker's)."""
+    if broker in scenario.broker.brokers:
+        return None
+    because = scenario.broker.only_because or "declared by the scenario"
+    return f"{'/'.join(scenario.broker.brokers)}-specific: {because}"
 
 
 #: Settings every scenario run starts from (before the scenario's own overrides).
@@ -160,9 +189,17 @@ def run_scenario(
     *,
     seed: int | None = None,
     workdir: Path | None = None,
+    broker: BrokerName = "redis",
+    shared_filesystem: bool | None = None,
 ) -> RunReport:
+    """One run; `shared_filesystem=False` deploys broker-mode workers as separate hosts
+    (None: what the scenario's `deployment` says)."""
     seed = scenario.seed if seed is None else seed
     started = time.perf_counter()
+    if shared_filesystem is None:
+        shared_filesystem = scenario.deployment.shared_filesystem
+    # Eager and sim runs are one process: there is no other host to share with.
+    separate_hosts = mode == "broker" and not shared_filesystem
     report = RunReport(
         scenario=scenario.name,
         file=str(path) if path is not None else "-",
@@ -170,7 +207,9 @@ def run_scenario(
         seed=seed,
         passed=False,
         elapsed_s=0.0,
-        replay=replay_command(path, mode, seed),
+        replay=replay_command(path, mode, seed, broker, shared_filesystem=not separate_hosts),
+        broker=broker if mode == "broker" else None,
+        shared_filesystem=not separate_hosts,
     )
     skip = sim_skip_reason(scenario) if mode == "sim" else None
     simulated_only = [
@@ -185,8 +224,17 @@ def run_scenario(
         )
     elif mode != "sim" and mode not in scenario.modes:
         skip = f"declares modes: [{', '.join(scenario.modes)}]"
-    elif scenario.adapters.profile == "sim-cloud" and (missing := sim_cloud_missing()):
+    elif mode == "broker" and (off := broker_skip_reason(scenario, broker)):
+        skip = off
+    elif (scenario.adapters.profile == "sim-cloud" or separate_hosts) and (
+        missing := sim_cloud_missing()
+    ):
         skip = missing  # moto and flask-cors are the harness extra's (pip install docpipe[harness])
+    elif separate_hosts and postgres_admin_url() is None:
+        skip = (
+            "workers as separate hosts share no SQLite file: set DOCPIPE_SCENARIO_POSTGRES_URL "
+            "to an admin URL (a throw-away database is created there and dropped)"
+        )
     elif mode == "broker" and needs_postgres(scenario) and postgres_admin_url() is None:
         skip = (
             "cuts the database off, which needs PostgreSQL: set DOCPIPE_SCENARIO_POSTGRES_URL "
@@ -199,7 +247,9 @@ def run_scenario(
     with _workdir(workdir, scenario.name, mode) as directory:
         try:
             runner = {"eager": EagerRun, "broker": BrokerRun, "sim": SimRun}[mode]
-            runner(scenario, path, seed, directory, report).run()
+            run = runner(scenario, path, seed, directory, report)
+            run.broker = broker
+            run.run()
         except ScenarioError as exc:
             report.error = str(exc)
         report.passed = report.error is None and all(c.passed for c in report.checks)
@@ -244,6 +294,8 @@ class _Run:
     """What both modes share: submit, fault, wait, act, measure, judge."""
 
     mode: str = ""
+    #: Broker mode: the broker the tasks go through.
+    broker: BrokerName = "redis"
 
     def __init__(
         self, scenario: Scenario, path: Path | None, seed: int, workdir: Path, report: RunReport
@@ -268,13 +320,26 @@ class _Run:
     def extra_checks(self, services: Services) -> list[Check]:
         return []
 
+    def shared_services(self, stack: ExitStack, values: dict[str, Any]) -> dict[str, Any]:
+        """Settings of services this mode starts for the run (in `stack`) besides the profile's."""
+        return {}
+
+    def validated_values(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The settings the run's checks refuse or accept (the broker's rules apply)."""
+        if self.mode != "broker" or self.broker != "rabbitmq":
+            return values
+        from pipeline.harness.scenarios.real_workers import RABBITMQ_TIME_LIMITS
+
+        limits = {k.removeprefix("DOCPIPE_").lower(): v for k, v in RABBITMQ_TIME_LIMITS.items()}
+        return limits | values | {"broker_url": "amqp://guest@127.0.0.1:5672/validation"}
+
     def run(self) -> None:
         scenario = self.scenario
         documents = materialize(scenario, self.path, self.seed, self.workdir / "inbox")
         values = base_settings(scenario) | scenario.overrides()
         rejected = scenario.expect.settings_rejected
         try:
-            Settings(_env_file=None, **values)  # type: ignore[call-arg]
+            Settings(_env_file=None, **self.validated_values(values))  # type: ignore[call-arg]
         except ValidationError as exc:
             problem = settings_problem(exc)
             if rejected is None:
@@ -306,6 +371,7 @@ class _Run:
 
                 polls = scenario.adapters.ocr_polls_until_done
                 values |= cloud.enter_context(sim_cloud(scenario.name, polls_until_done=polls))
+            values |= self.shared_services(cloud, values)
             try:
                 services = self.start(values)
                 self._run_with(services, documents)
@@ -810,6 +876,13 @@ def postgres_admin_url() -> str | None:
     return get_settings().scenario_postgres_url
 
 
+def rabbitmq_admin_url() -> str:
+    """Where broker runs on RabbitMQ create their throw-away vhost."""
+    from pipeline.settings import get_settings
+
+    return get_settings().scenario_rabbitmq_url
+
+
 def sim_cloud_missing() -> str | None:
     """Why the sim-cloud profile cannot run here (its extra is not installed), or None."""
     return missing_extra_reason("harness", HARNESS_MODULES["sim-cloud"], "the sim-cloud profile")
@@ -911,6 +984,7 @@ class BrokerRun(_Run):
 
     def start(self, values: dict[str, Any]) -> Services:
         from pipeline.harness.localstack import WorkersNotReady, settings_env
+        from pipeline.harness.scenarios.hosts import SeparateHosts, SharedStorageError
         from pipeline.harness.scenarios.real_workers import (
             PORT_QUEUES,
             BrokerEnvironment,
@@ -919,14 +993,21 @@ class BrokerRun(_Run):
 
         env = settings_env(values)
         restarts = any(d.kind == "restart_redis" for d in self.scenario.disruptions)
+        separate = not self.report.shared_filesystem
         self.environment = BrokerEnvironment(
             self.workdir,
             env,
             persistent=restarts,
-            postgres_admin_url=postgres_admin_url() if needs_postgres(self.scenario) else None,
+            postgres_admin_url=(
+                postgres_admin_url() if needs_postgres(self.scenario) or separate else None
+            ),
+            hosts=SeparateHosts(self.scenario.name) if separate else None,
+            broker=self.broker,
+            rabbitmq_admin_url=rabbitmq_admin_url(),
         )
         try:
             self.environment.start_database()
+            self.environment.start_rabbitmq()
         except ConfigurationError as exc:
             raise ScenarioError(f"{self.source}: broker mode: {exc}") from exc
         self.environment.start_redis()
@@ -945,7 +1026,10 @@ class BrokerRun(_Run):
             settings, faults=SharedFaultInjector(redis_client(settings.redis_url), simulated=True)
         )
         app = celery_app.app
-        workers = self.environment.start_workers(worker_layout(kill_queues, omit))
+        try:
+            workers = self.environment.start_workers(worker_layout(kill_queues, omit))
+        except SharedStorageError as exc:
+            raise ScenarioError(f"{self.source}: broker mode: {exc}") from exc
         self._services: Services | None = services
         self._disruptions = self._disruption_thread(services)
         served = {q for q in QUEUES if q not in omit}
@@ -958,6 +1042,7 @@ class BrokerRun(_Run):
                 f"{self.source}: broker mode: the workers did not come up within 30 s "
                 f"(worker logs in {self.workdir})"
             ) from exc
+        self._host_checks = self._separate_host_processes()
         expected = self.scenario.expect.preflight_error
         if idle:
             message = (
@@ -990,6 +1075,100 @@ class BrokerRun(_Run):
     def run(self) -> None:
         with suppress(_Preflight):
             super().run()
+
+    def shared_services(self, stack: ExitStack, values: dict[str, Any]) -> dict[str, Any]:
+        """Separate hosts share no folder: blobs go to S3 (moto), unless the profile did that."""
+        if self.report.shared_filesystem or str(values.get("blob_url", "")).startswith("s3://"):
+            return {}
+        from pipeline.harness.scenarios.cloud import s3_blobs
+
+        settings: dict[str, Any] = stack.enter_context(s3_blobs(self.scenario.name))
+        return settings
+
+    def _separate_host_processes(self) -> list[Check]:
+        """What the running workers really have, read from /proc: their cwd and environment."""
+        from pipeline.harness.scenarios.hosts import environment_problems, working_directory
+
+        hosts, workers = self.environment.hosts, self.environment.workers
+        if hosts is None or workers is None:
+            return []
+        misplaced, problems = [], []
+        for process, host in zip(workers.processes, hosts.hosts, strict=True):
+            cwd = working_directory(process.pid)
+            if cwd is None or cwd != host.root.resolve() or cwd.is_relative_to(self.workdir):
+                misplaced.append(f"{host.name} works in {cwd}")
+            try:
+                raw = Path(f"/proc/{process.pid}/environ").read_bytes()
+            except OSError as exc:
+                problems.append(f"{host.name}: environment unreadable ({exc.strerror})")
+                continue
+            pairs = (item.partition(b"=") for item in raw.split(b"\0") if item)
+            env = {k.decode(errors="replace"): v.decode(errors="replace") for k, _, v in pairs}
+            problems.extend(f"{host.name}: {p}" for p in environment_problems(env, self.workdir))
+            if env.get("HOME") != str(host.home) or env.get("TMPDIR") != str(host.tmp):
+                problems.append(f"{host.name}: HOME or TMPDIR is not its own folder")
+        count = len(hosts.hosts)
+        return [
+            Check(
+                "invariant",
+                "separate hosts: working folders",
+                not misplaced,
+                "each worker in a folder of its own, outside the run folder",
+                "; ".join(misplaced) or f"{count} worker(s), each in its own folder",
+            ),
+            Check(
+                "invariant",
+                "separate hosts: environment",
+                not problems,
+                "no file:// or sqlite URL, no run-folder path; own HOME and TMPDIR",
+                "; ".join(problems) or f"{count} worker environment(s) clean",
+            ),
+        ]
+
+    def _separate_host_storage(self, services: Services) -> list[Check]:
+        """After the run: every stored file on S3, none in a worker's folder."""
+        from pipeline.adapters.s3_blob import S3BlobStore
+        from pipeline.domain.models import INTAKE_PDF_PAGES
+
+        hosts = self.environment.hosts
+        if hosts is None:
+            return []
+        uploaded, missing = 0, []
+        for outcome in self.report.documents:
+            document = services.store.get_document(outcome.document_uuid)
+            refused = document.size_bytes > services.settings.max_file_bytes or (
+                INTAKE_PDF_PAGES in document.ocr_metadata
+            )
+            if refused:
+                continue  # over a limit: recorded at intake, never stored
+            try:
+                stored = services.blobs.size(document.storage_key)
+            except Exception as exc:  # missing (KeyError) or unreachable: either way not there
+                missing.append(f"{outcome.name} ({type(exc).__name__})")
+                continue
+            if stored == document.size_bytes:
+                uploaded += 1
+            else:
+                missing.append(f"{outcome.name} ({stored} of {document.size_bytes} bytes)")
+        on_s3 = isinstance(services.blobs, S3BlobStore)
+        inbox = [p for p in (self.workdir / "inbox").rglob("*") if p.is_file()]
+        leaked = hosts.leaked(inbox)
+        return [
+            Check(
+                "invariant",
+                "separate hosts: stored files on S3",
+                on_s3 and not missing,
+                "every stored file in the S3 bucket, where every host reaches it",
+                _stored_files(services, on_s3, uploaded, missing),
+            ),
+            Check(
+                "invariant",
+                "separate hosts: nothing stored in a worker's folder",
+                not leaked,
+                "no stored document and no docpipe database in any worker's folder",
+                "; ".join(leaked) or f"{len(hosts.files())} file(s) in worker folders, none",
+            ),
+        ]
 
     def _disruption_thread(self, services: Services) -> Any:
         from pipeline.harness.scenarios.disruptions import DisruptionThread
@@ -1108,6 +1287,8 @@ class BrokerRun(_Run):
         waiting = {q: n for q, n in lengths.items() if n}
         return [
             *disrupted,
+            *getattr(self, "_host_checks", []),
+            *self._separate_host_storage(services),
             Check(
                 "invariant",
                 "no message left in a queue",
@@ -1135,6 +1316,13 @@ class BrokerRun(_Run):
             environment.stop()
 
 
+def _stored_files(services: Services, on_s3: bool, uploaded: int, missing: list[str]) -> str:
+    if not on_s3:
+        return f"blobs in {type(services.blobs).__name__}, not on S3"
+    text = f"{redact_url(services.settings.blob_url)}: {uploaded} stored file(s)"
+    return text + (f"; missing: {', '.join(missing)}" if missing else "")
+
+
 class _Preflight(Exception):
     """Broker mode stopped before submitting (its outcome is already a check)."""
 
@@ -1146,7 +1334,7 @@ def parity(eager: RunReport, broker: RunReport) -> list[str]:
     """Where two modes' outcomes differ (empty: they agree); labelled by each report's mode."""
     if eager.skipped or broker.skipped:
         return []
-    first, second = eager.mode, broker.mode
+    first, second = eager.label, broker.label
     differences = []
     keyed_e = {d.name: d for d in eager.documents}
     keyed_b = {d.name: d for d in broker.documents}
@@ -1180,20 +1368,41 @@ def run_many(
     seed: int | None = None,
     on_report: Callable[[RunReport], None] = lambda report: None,
     keep: Path | None = None,
+    brokers: Sequence[BrokerName] = ("redis",),
+    shared_filesystem: bool | None = None,
 ) -> list[RunReport]:
-    """Each scenario in each mode; with `keep`, every run's folder stays below it."""
+    """Each scenario in each mode (broker mode once per broker); `keep` keeps run folders.
+
+    `shared_filesystem=False`: broker-mode workers as separate hosts (None: each scenario's
+    `deployment`)."""
     reports = []
     for scenario, path in items:
         for mode in modes:
-            workdir = None if keep is None else kept_run_folder(keep, scenario.name, mode)
-            try:
-                report = run_scenario(scenario, path, mode, seed=seed, workdir=workdir)
-            except ConfigurationError as exc:
-                s = scenario.seed if seed is None else seed
-                report = RunReport(
-                    scenario.name, str(path), mode, s, False, 0.0, replay_command(path, mode, s)
-                )
-                report.error = str(exc)
-            on_report(report)
-            reports.append(report)
+            for broker in brokers if mode == "broker" else ("redis",):
+                label = f"{mode}-{broker}" if mode == "broker" and len(brokers) > 1 else mode
+                workdir = None if keep is None else kept_run_folder(keep, scenario.name, label)
+                try:
+                    report = run_scenario(
+                        scenario,
+                        path,
+                        mode,
+                        seed=seed,
+                        workdir=workdir,
+                        broker=broker,
+                        shared_filesystem=shared_filesystem,
+                    )
+                except ConfigurationError as exc:
+                    s = scenario.seed if seed is None else seed
+                    shared = scenario.deployment.shared_filesystem
+                    if shared_filesystem is not None:
+                        shared = shared_filesystem
+                    replay = replay_command(
+                        path, mode, s, broker, shared_filesystem=shared or mode != "broker"
+                    )
+                    report = RunReport(scenario.name, str(path), mode, s, False, 0.0, replay)
+                    report.broker = broker if mode == "broker" else None
+                    report.shared_filesystem = shared or mode != "broker"
+                    report.error = str(exc)
+                on_report(report)
+                reports.append(report)
     return reports
