@@ -11,10 +11,12 @@ under the same minimum confidence as Textract's are left out.
 
 rapidocr's default recognition model reads the letters well but often drops
 the spaces between words ("DennisRayWhitcomb"). The recogniser's CTC output
-says at which column of the line image each character was read; a gap of at
-least `WORD_GAP_COLUMNS` columns between two characters, or a smaller one
-that the two characters' widths do not explain is a space (`space_words`;
-measured on the repository's samples, scripts/measure_ocr.py).
+says at which column of the line image each character was read; between two
+characters read next to each other, a stretch of the line image without ink at
+least `WORD_GAP_LINE_HEIGHTS` of the line's height wide is a space
+(`space_words_by_ink`). Where the image cannot tell (no contrast), a gap in
+recogniser columns that the characters' widths do not explain is one
+(`space_words`). Measured on the repository's samples, scripts/measure_ocr.py.
 """
 
 from __future__ import annotations
@@ -46,6 +48,15 @@ DEFAULT_DPI = 200
 #: A gap of this many recogniser columns (4 px of a 48 px high line) between two
 #: characters is a word boundary; 5 and 7 measured worse than 6 on the samples.
 WORD_GAP_COLUMNS = 6
+#: The text detector sees the page scaled down to this many pixels on its longer side;
+#: the recogniser still reads each line cropped from the full rendering. Detection
+#: costs in proportion to the pixels: on the samples' pages 1100 px took 0.5-0.7 s of
+#: CPU instead of 1.5-1.8 s at rapidocr's 2000 px, and found the same lines.
+DETECT_MAX_SIDE = 1100
+#: Lines go through the recogniser one at a time: rapidocr's batches of 6 pad every
+#: line to the widest in the batch, and measured 1.5x the CPU time (4.7 s vs 3.0 s
+#: for a page's 26 lines).
+RECOGNISE_BATCH = 1
 ENGINE_NAME = "local-ocr"
 
 
@@ -181,6 +192,86 @@ def space_words(
     return "".join(out).strip()
 
 
+#: A stretch without ink this wide (times the line image's height) between two
+#: characters is a word space. Recorded lines of the sample scans (tests/unit/
+#: fixtures/ocr_line_ink.json): blank stretches inside all-capital words reach 0.2
+#: of the height (T's crossbar, LT), spaces between them are 0.28 or more; 0.22-0.28
+#: all read 27 of 28 capital lines and 123-124 of 140 others word for word, against
+#: 11 and 114 with the column rule (`space_words`) alone.
+WORD_GAP_LINE_HEIGHTS = 0.25
+#: A line image whose darkest and lightest grey differ less than this has no
+#: readable ink profile; the column rule decides there.
+_MIN_INK_CONTRAST = 32
+
+
+def ink_columns(image: Any) -> Any | None:
+    """Which columns of a line image (grey or RGB array) hold ink, or None (no contrast).
+
+    A pixel is ink when it is darker than midway between the image's darkest and
+    lightest grey, so the threshold follows the scan's own contrast.
+    """
+    import numpy
+
+    grey = numpy.asarray(image, dtype=numpy.float32)
+    if grey.ndim == 3:
+        grey = grey.mean(axis=2)
+    darkest, lightest = float(grey.min()), float(grey.max())
+    if lightest - darkest < _MIN_INK_CONTRAST:
+        return None
+    return (grey < (darkest + lightest) / 2).any(axis=0)
+
+
+def space_words_by_ink(
+    chars: Sequence[str],
+    columns: Sequence[int],
+    column_count: float,
+    ink: Sequence[bool],
+    height: int,
+    min_gap_heights: float = WORD_GAP_LINE_HEIGHTS,
+) -> str:
+    """The line's text with a space wherever a wide blank stretch separates two characters.
+
+    `columns[i]` is the recogniser column at which `chars[i]` was read, out of
+    `column_count` columns spanning the `len(ink)` pixels of the line image; the
+    widest stretch of columns without ink between two adjacent characters'
+    centres (`ink[x]` False) that is at least `min_gap_heights` x `height`
+    pixels wide is a space. Spaces the model did read are kept, never doubled.
+    """
+    if len(chars) != len(columns) or not chars or column_count <= 0 or height <= 0:
+        return "".join(chars)
+    pixels_per_column = len(ink) / column_count
+    min_gap = min_gap_heights * height
+    runs = _blank_runs(ink)
+    out: list[str] = []
+    for index, char in enumerate(chars):
+        if index and char != " " and chars[index - 1] != " ":
+            left = (columns[index - 1] + 0.5) * pixels_per_column
+            right = (columns[index] + 0.5) * pixels_per_column
+            widest = max(
+                (min(end, right) - max(start, left) for start, end in runs),
+                default=0.0,
+            )
+            if widest >= min_gap:
+                out.append(" ")
+        out.append(char)
+    return " ".join("".join(out).split())
+
+
+def _blank_runs(ink: Sequence[bool]) -> list[tuple[int, int]]:
+    """Half-open [start, end) pixel ranges of the columns without ink."""
+    runs: list[tuple[int, int]] = []
+    start: int | None = None
+    for x, has_ink in enumerate(ink):
+        if not has_ink and start is None:
+            start = x
+        elif has_ink and start is not None:
+            runs.append((start, x))
+            start = None
+    if start is not None:
+        runs.append((start, len(ink)))
+    return runs
+
+
 def _pair_width(left: str, right: str) -> float:
     """Distance (em) between the centres of two adjacent characters."""
     return (_CHAR_WIDTHS.get(left, _DEFAULT_WIDTH) + _CHAR_WIDTHS.get(right, _DEFAULT_WIDTH)) / 2
@@ -196,14 +287,52 @@ class _SpacingRecognizer:
     def __call__(self, images: Any, return_word_box: bool = False) -> tuple[list[Any], float]:
         results, elapsed = self._recognizer(images, True)
         spaced: list[Any] = []
-        for text, confidence, word_info in results:
-            # word_info: [column count, words (lists of chars), their columns, states, confs]
+        for image, (text, confidence, word_info) in zip(images, results, strict=True):
+            # word_info: [column count (of the unpadded image), words (lists of chars),
+            # their columns, states, confs]
             words, word_columns = word_info[1], word_info[2]
             chars = [char for word in words for char in word]
             columns = [column for word in word_columns for column in word]
-            line = space_words(chars, columns, self._min_gap) if chars == list(text) else text
+            if chars != list(text):
+                spaced.append((text, confidence))
+                continue
+            ink = ink_columns(image)
+            if ink is None:
+                line = space_words(chars, columns, self._min_gap)
+            else:
+                line = space_words_by_ink(
+                    chars, columns, float(word_info[0]), list(ink), int(image.shape[0])
+                )
             spaced.append((line, confidence))
         return spaced, elapsed
+
+
+class _ScaledDetector:
+    """Wraps rapidocr's detector: finds the lines on a smaller copy of the page.
+
+    The boxes are scaled back to the page the recogniser crops from, so only
+    finding where lines are is done at the lower resolution, not reading them.
+    """
+
+    def __init__(self, detector: Any, max_side: int) -> None:
+        self._detector = detector
+        self._max_side = max_side
+
+    def __call__(self, image: Any) -> tuple[Any, float]:
+        import cv2
+        import numpy
+
+        height, width = image.shape[:2]
+        factor = self._max_side / max(height, width)
+        if factor >= 1:
+            return self._detector(image)  # type: ignore[no-any-return]
+        small = cv2.resize(
+            image, (round(width * factor), round(height * factor)), interpolation=cv2.INTER_AREA
+        )
+        boxes, elapsed = self._detector(small)
+        if boxes is None:
+            return boxes, elapsed
+        return (numpy.asarray(boxes) / factor).astype(numpy.float32), elapsed
 
 
 class RecognisedPageCache:
@@ -265,10 +394,11 @@ def _rapidocr(min_gap: int, threads: int) -> Any:
         if engine is None:
             from rapidocr_onnxruntime import RapidOCR
 
-            options = (
-                {"intra_op_num_threads": threads, "inter_op_num_threads": 1} if threads else {}
-            )
+            options: dict[str, int] = {"rec_batch_num": RECOGNISE_BATCH}
+            if threads:
+                options |= {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
             engine = RapidOCR(**options)
+            engine.text_det = _ScaledDetector(engine.text_det, DETECT_MAX_SIDE)
             engine.text_rec = _SpacingRecognizer(engine.text_rec, min_gap)
             _ENGINES[(min_gap, threads)] = engine
         return engine
@@ -321,7 +451,10 @@ class LocalScanReader:
 
     def engine_key(self) -> str:
         """What, besides the PDF, decides the lines read: the cache keys carry it."""
-        return f"{ENGINE_NAME}-{_rapidocr_version()}-dpi{self.dpi}-gap{self.word_gap_columns}"
+        return (
+            f"{ENGINE_NAME}-{_rapidocr_version()}-dpi{self.dpi}-gap{self.word_gap_columns}"
+            f"-det{DETECT_MAX_SIDE}-rec{RECOGNISE_BATCH}-ink{WORD_GAP_LINE_HEIGHTS:g}"
+        )
 
     def read(
         self,
