@@ -22,10 +22,12 @@ from pipeline.adapters.clock import SystemClock
 from pipeline.errors import PermanentError, TransientError
 from pipeline.ports import NO_FAULT, Clock, FaultEffect
 
-#: The scenario catalogue's kinds (pipeline/harness/scenarios/model.py FaultKind). Those
+#: Every fault kind (the scenario catalogue in pipeline/harness/scenarios/model.py). Those
 #: `_apply` does not act on come back as the effect's `response`: the wrapper that
 #: consulted the injector acts on them (fakes/faulty_ports.py, the simulator).
 FaultKind = Literal[
+    # A call raises (transient, throttle, permanent), hangs then raises (timeout), is slow
+    # (latency) or answers wrongly (malformed, empty).
     "transient",
     "throttle",
     "permanent",
@@ -33,12 +35,20 @@ FaultKind = Literal[
     "latency",
     "malformed",
     "empty",
+    # The worker process dies (SIGKILL) just before the call, or just after it returned
+    # (its side effect done, nothing acknowledged or chained).
     "kill_worker",
     "kill_worker_after",
+    # Database: the connection drops mid-transaction (rolled back, the caller sees an
+    # error); the commit went through but the caller sees an error (outcome unknown).
     "connection_lost",
     "commit_unknown",
+    # Publishing: the message is sent twice; an extra copy carries the previous
+    # processing version (a stale message); the same file is submitted twice.
     "duplicate",
     "stale_version",
+    # Process level (sim mode): Redis restarts and loses what it keeps in memory; a
+    # task runs past the visibility timeout (a pool without time limits).
     "restart",
     "outlive_visibility",
 ]

@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from fakes.faults import FaultKind as FaultKind
 from pipeline.domain.models import Stage, Status
 from pipeline.settings import Settings
 
@@ -45,33 +46,6 @@ Port = Literal[
     "intake",
     "worker",
     "redis",
-]
-FaultKind = Literal[
-    # A call raises (transient, throttle, permanent), hangs then raises (timeout), is slow
-    # (latency) or answers wrongly (malformed, empty).
-    "transient",
-    "throttle",
-    "permanent",
-    "timeout",
-    "latency",
-    "malformed",
-    "empty",
-    # The worker process dies (SIGKILL) just before the call, or just after it returned
-    # (its side effect done, nothing acknowledged or chained).
-    "kill_worker",
-    "kill_worker_after",
-    # Database: the connection drops mid-transaction (rolled back, the caller sees an
-    # error); the commit went through but the caller sees an error (outcome unknown).
-    "connection_lost",
-    "commit_unknown",
-    # Publishing: the message is sent twice; an extra copy carries the previous
-    # processing version (a stale message); the same file is submitted twice.
-    "duplicate",
-    "stale_version",
-    # Process level (sim mode): Redis restarts and loses what it keeps in memory; a
-    # task runs past the visibility timeout (a pool without time limits).
-    "restart",
-    "outlive_visibility",
 ]
 DocumentType = Literal["txt", "pdf", "docx", "eml"]
 
