@@ -25,6 +25,7 @@ import hashlib
 import itertools
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,25 @@ from pipeline.ports import FaultInjector
 from pipeline.settings import Settings
 
 _runs = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One delivery of one task as the executor saw it: the retry budget's evidence.
+
+    `progressed` is the stage's own report (pipeline.app.policy.record_progress),
+    measured apart from the policy's decision, so an invariant can judge the
+    decision against it (a dead letter needs max_retries + 1 attempts in a row
+    without progress, or the ceiling of attempts).
+    """
+
+    doc: int
+    task: str
+    task_id: str
+    retries: int
+    progressed: bool
+    #: "ok", "retry", "dead_letter", "failed", "killed", "locked" (lock held elsewhere).
+    result: str
 
 
 def sim_settings(**overrides: Any) -> Settings:
@@ -93,6 +113,8 @@ class StageExecutor:
         self.project = self.services.store.ensure_project(settings.project_name)
         self.uuids: dict[int, str] = {}
         self.versions: dict[int, int] = {}
+        #: Every delivery that ran stage code (or was refused the lock), in virtual-time order.
+        self.attempts: list[Attempt] = []
 
     @property
     def settings(self) -> Settings:
@@ -196,12 +218,19 @@ class StageExecutor:
                 result = self._call(message, stage, uuid, version)
         except WorkerKilled as killed:
             # SIGKILL: no release, no status, no retry; the broker redelivers the message.
+            self._attempted(message, meter.progressed, "killed")
             return Outcome(self.clock.now() - start, "worker_lost", detail=str(killed))
         except TransientError as exc:
             if token is not None:
                 services.locks.release(lock_name, token)
             duration = self.clock.now() - start
-            return self._retry(message, stage, exc, meter.progressed, duration)
+            outcome = self._retry(message, stage, exc, meter.progressed, duration)
+            if isinstance(exc, LockUnavailable):
+                result = "locked"
+            else:
+                result = "dead_letter" if outcome.kind == "dead_lettered" else "retry"
+            self._attempted(message, meter.progressed, result)
+            return outcome
         except Exception as exc:  # the task layer records any other failure on the row
             if token is not None:
                 services.locks.release(lock_name, token)
@@ -209,8 +238,10 @@ class StageExecutor:
             # Fenced like the task layer's: committed at the end, refused if overtaken.
             fence = stages.claimed_fence()
             stages.fail(services, uuid, version, stage, stage.failed_status, reason, fence=fence)
+            self._attempted(message, meter.progressed, "failed")
             return Outcome(self.clock.now() - start, "failed", detail=reason)
         duration = self.clock.now() - start
+        self._attempted(message, meter.progressed, "ok")
         release = _releaser(services, lock_name, token)
         if result.skipped:
             return Outcome(duration, "skipped", on_finish=release)
@@ -233,6 +264,18 @@ class StageExecutor:
             kind: OutcomeKind = "completed" if status is Status.COMPLETED else "ok"
             return Outcome(duration, kind, on_finish=release)
         return Outcome(duration, "ok", sends, detail=result.detail, on_finish=release)
+
+    def _attempted(self, message: Message, progressed: bool, result: str) -> None:
+        self.attempts.append(
+            Attempt(
+                doc=message.doc,
+                task=message.task,
+                task_id=message.id,
+                retries=message.retries,
+                progressed=progressed,
+                result=result,
+            )
+        )
 
     def _call(self, message: Message, stage: Stage, uuid: str, version: int) -> StageResult:
         if message.task == START_OCR:

@@ -1,0 +1,138 @@
+"""Shrink a failing schedule to a minimal one that fails the same invariant.
+
+A hand-written greedy delta-debugging pass (Zeller's ddmin with chunks of
+one, which suits lists of a few documents and faults) run to a fixpoint:
+drop documents, drop faults and disruptions, drop settings, then make each
+fault simpler (no window, an earlier and shorter window, no document
+filter, no operation, fewer firings, shorter latencies) and each
+disruption earlier and shorter. Every candidate is a scenario mapping run
+in sim mode; it is kept when it still violates the same invariant. The
+simulator is deterministic, so a kept candidate fails again on replay.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from pipeline.harness.scenarios.model import matches
+
+Schedule = dict[str, Any]
+
+
+def _document_names(schedule: Schedule) -> list[str]:
+    return [Path(spec["files"][0]).name for spec in schedule["documents"]]
+
+
+def _without_document(schedule: Schedule, index: int) -> Schedule:
+    candidate = copy.deepcopy(schedule)
+    del candidate["documents"][index]
+    names = _document_names(candidate)
+    kept = []
+    for fault in candidate.get("faults", []):
+        patterns = fault.get("documents")
+        if patterns and not any(matches(name, patterns) for name in names):
+            continue  # it targeted only the removed document
+        kept.append(fault)
+    candidate["faults"] = kept
+    return candidate
+
+
+def _simpler_faults(fault: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Simpler variants of one fault, the boldest first."""
+
+    def variant(**changes: Any) -> dict[str, Any]:
+        out = {k: v for k, v in fault.items() if k not in changes or changes[k] is not None}
+        out.update({k: v for k, v in changes.items() if v is not None})
+        return out
+
+    if "window" in fault:
+        start, end = fault["window"]
+        yield {k: v for k, v in fault.items() if k != "window"}
+        if start > 0:
+            yield variant(window=[0.0, round(end - start, 1)])
+        if end - start > 0.2:
+            yield variant(window=[start, round(start + (end - start) / 2, 1)])
+    if "documents" in fault:
+        yield {k: v for k, v in fault.items() if k != "documents"}
+    if "operation" in fault:
+        yield {k: v for k, v in fault.items() if k != "operation"}
+    if "retry_after_s" in fault:
+        yield {k: v for k, v in fault.items() if k != "retry_after_s"}
+    if fault.get("first", 1) > 1:
+        yield variant(first=1)
+    if "every" in fault or "probability" in fault:
+        # The deterministic trigger: the first N calls instead of a rate.
+        for n in (1, 2, 3):
+            yield {k: v for k, v in fault.items() if k not in ("every", "probability")} | {
+                "first": n
+            }
+    if fault.get("latency_s", 0) > 0.2 and fault["kind"] in ("latency", "timeout"):
+        yield variant(latency_s=round(fault["latency_s"] / 2, 1))
+
+
+def _candidates(schedule: Schedule) -> Iterator[Schedule]:
+    """Every one-step simplification of `schedule`, the biggest steps first."""
+    for index in range(len(schedule["documents"])):
+        if len(schedule["documents"]) > 1:
+            yield _without_document(schedule, index)
+    for key in ("faults", "disruptions"):
+        for index in range(len(schedule.get(key, []))):
+            candidate = copy.deepcopy(schedule)
+            del candidate[key][index]
+            yield candidate
+    settings = schedule.get("settings") or {}
+    if settings:
+        candidate = copy.deepcopy(schedule)
+        del candidate["settings"]
+        yield candidate
+        for name in settings:
+            candidate = copy.deepcopy(schedule)
+            del candidate["settings"][name]
+            yield candidate
+    for index, fault in enumerate(schedule.get("faults", [])):
+        for simpler in _simpler_faults(fault):
+            candidate = copy.deepcopy(schedule)
+            candidate["faults"][index] = simpler
+            yield candidate
+    for index, disruption in enumerate(schedule.get("disruptions", [])):
+        for changes in (
+            {"at_s": 0.0},
+            {"at_s": round(disruption["at_s"] / 2, 1)},
+            {"down_s": round(max(disruption["down_s"] / 2, 0.1), 1)},
+        ):
+            if all(disruption[k] == v for k, v in changes.items()):
+                continue
+            candidate = copy.deepcopy(schedule)
+            candidate["disruptions"][index] = disruption | changes
+            yield candidate
+
+
+def size(schedule: Schedule) -> tuple[int, int]:
+    """(documents, faults + disruptions): what the report calls a file's size."""
+    faults = len(schedule.get("faults", [])) + len(schedule.get("disruptions", []))
+    return len(schedule["documents"]), faults
+
+
+def shrink(
+    schedule: Schedule, still_fails: Callable[[Schedule], bool], *, max_runs: int = 200
+) -> tuple[Schedule, int]:
+    """The smallest schedule found that still fails, and how many candidate runs it took."""
+    current = copy.deepcopy(schedule)
+    runs = 0
+    improved = True
+    while improved and runs < max_runs:
+        improved = False
+        for candidate in _candidates(current):
+            if candidate == current:
+                continue
+            runs += 1
+            if still_fails(candidate):
+                current = candidate
+                improved = True
+                break  # restart from the biggest steps on the smaller schedule
+            if runs >= max_runs:
+                break
+    return current, runs

@@ -1,0 +1,85 @@
+"""The retry budget as an invariant: judged on what the stages reported, not on the policy.
+
+pipeline.app.policy decides; this module checks its decisions afterwards
+against the attempts the simulator saw (`real.Attempt`): which made durable
+progress is the stage code's own report. The budget (issue 11.2): a chain of
+attempts of one task (retries and redeliveries keep the task id) is
+dead-lettered only after `max_retries + 1` attempts in a row without
+progress, or at the ceiling of `max_task_attempts`; and it never runs more
+attempts than that. A killed delivery is no attempt of the policy's (the
+broker redelivers it; `max_redeliveries` bounds those).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from pipeline.harness.simulation.real import Attempt
+from pipeline.settings import Settings
+
+
+@dataclass(frozen=True)
+class BudgetProblem:
+    doc: int
+    task: str
+    what: str
+
+    def describe(self, names: Mapping[int, str]) -> str:
+        return f"{names.get(self.doc, f'document {self.doc}')} {self.task}: {self.what}"
+
+
+def retry_budget_problems(attempts: Sequence[Attempt], settings: Settings) -> list[BudgetProblem]:
+    chains: dict[str, list[Attempt]] = {}
+    for attempt in attempts:
+        chains.setdefault(attempt.task_id, []).append(attempt)
+    problems: list[BudgetProblem] = []
+    for chain in chains.values():
+        counted = [a for a in chain if a.result != "killed"]
+        killed = len(chain) - len(counted)
+        first = chain[0]
+        if killed > settings.max_redeliveries + 1:
+            problems.append(
+                BudgetProblem(
+                    first.doc,
+                    first.task,
+                    f"{killed} deliveries lost with their worker "
+                    f"(max_redeliveries {settings.max_redeliveries})",
+                )
+            )
+        if not counted:
+            continue
+        if len(counted) > settings.max_task_attempts:
+            problems.append(
+                BudgetProblem(
+                    first.doc,
+                    first.task,
+                    f"{len(counted)} attempts (max_task_attempts {settings.max_task_attempts})",
+                )
+            )
+        longest = run = 0
+        for attempt in counted:
+            run = 0 if attempt.progressed else run + 1
+            longest = max(longest, run)
+        if longest > settings.max_retries + 1:
+            problems.append(
+                BudgetProblem(
+                    first.doc,
+                    first.task,
+                    f"{longest} attempts in a row without progress "
+                    f"(max_retries {settings.max_retries} allows {settings.max_retries + 1})",
+                )
+            )
+        if counted[-1].result == "dead_letter":
+            if run <= settings.max_retries and len(counted) < settings.max_task_attempts:
+                problems.append(
+                    BudgetProblem(
+                        first.doc,
+                        first.task,
+                        f"dead-lettered after {len(counted)} attempts, the last {run} without "
+                        f"progress (max_retries {settings.max_retries} allows "
+                        f"{settings.max_retries + 1} in a row, max_task_attempts "
+                        f"{settings.max_task_attempts} in all)",
+                    )
+                )
+    return problems
