@@ -180,21 +180,28 @@ class Workspace:
         return self._references[key]
 
     def judge(self, schedule: Schedule) -> tuple[list[Violation], Counter[str]]:
+        found, fired, _ = self.judge_faults(schedule)
+        return found, fired
+
+    def judge_faults(self, schedule: Schedule) -> tuple[list[Violation], Counter[str], list[int]]:
+        """The violations, fired counts per "port.kind", and how often each fault fired."""
         fired: Counter[str] = Counter()
         try:
             report = self.run(schedule)
         except ScenarioError as exc:
-            return [Violation("scenario error", str(exc))], fired
+            return [Violation("scenario error", str(exc))], fired, []
         except Exception as exc:  # a crash of stage or harness code is a finding too
-            last = traceback.format_exception(exc)[-1].strip()
-            return [Violation(CRASH, f"{type(exc).__name__}: {exc} ({last})")], fired
-        for fault, row in zip(schedule.get("faults", []), report.faults, strict=False):
-            if row["fired"]:
-                fired[f"{fault['port']}.{fault['kind']}"] += int(row["fired"])
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            at = f"{Path(where.filename).name}:{where.lineno}"
+            return [Violation(CRASH, f"{type(exc).__name__}: {exc} (at {at})")], fired, []
+        per_fault = [int(row["fired"]) for row in report.faults]
+        for fault, count in zip(schedule.get("faults", []), per_fault, strict=False):
+            if count:
+                fired[f"{fault['port']}.{fault['kind']}"] += count
         for disruption in schedule.get("disruptions", []):
             fired[f"process.{disruption['kind']}"] += 1
         reference = self.reference(schedule.get("settings") or {})
-        return violations(report, reference), fired
+        return violations(report, reference), fired, per_fault
 
 
 # --- running schedules, possibly on several processes ---------------------------------
@@ -319,7 +326,10 @@ def _shrink_and_write(
     shrunk, runs = shrink(schedule, still_fails, max_runs=shrink_runs)
     finding.shrink_runs = runs
     finding.shrunk_size = size(shrunk)
-    found, _ = workspace.judge(shrunk)
+    found, _, per_fault = workspace.judge_faults(shrunk)
+    for fault, count in zip(shrunk.get("faults", []), per_fault, strict=False):
+        if count:
+            del fault["fired"]  # the default, at least once: the replay checks it fires
     detail = next((v.detail for v in found if v.invariant == invariant), finding.detail)
     name = f"explore_{seed}_{finding.schedule_index}_{_slug(invariant)}"
     out.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,9 @@ progress is the stage code's own report. The budget (issue 11.2): a chain of
 attempts of one task (retries and redeliveries keep the task id) is
 dead-lettered only after `max_retries + 1` attempts in a row without
 progress, or at the ceiling of `max_task_attempts`; and it never runs more
-attempts than that. A killed delivery is no attempt of the policy's (the
-broker redelivers it; `max_redeliveries` bounds those).
+attempts than that. A redelivery (a killed worker's message, or one restored
+after the visibility timeout) is the same attempt delivered again, not a
+retry: `max_redeliveries` bounds those.
 """
 
 from __future__ import annotations
@@ -35,31 +36,41 @@ def retry_budget_problems(attempts: Sequence[Attempt], settings: Settings) -> li
         chains.setdefault(attempt.task_id, []).append(attempt)
     problems: list[BudgetProblem] = []
     for chain in chains.values():
-        counted = [a for a in chain if a.result != "killed"]
-        killed = len(chain) - len(counted)
         first = chain[0]
-        if killed > settings.max_redeliveries + 1:
-            problems.append(
-                BudgetProblem(
-                    first.doc,
-                    first.task,
-                    f"{killed} deliveries lost with their worker "
-                    f"(max_redeliveries {settings.max_redeliveries})",
+        # Deliveries of one attempt (same retry number): the original and its redeliveries
+        # (a killed worker, a visibility-timeout restore); the policy counts attempts.
+        deliveries: dict[int, list[Attempt]] = {}
+        for attempt in chain:
+            deliveries.setdefault(attempt.retries, []).append(attempt)
+        for retries, same in deliveries.items():
+            if len(same) > settings.max_redeliveries + 1:
+                problems.append(
+                    BudgetProblem(
+                        first.doc,
+                        first.task,
+                        f"attempt {retries + 1} delivered {len(same)} times "
+                        f"(max_redeliveries {settings.max_redeliveries})",
+                    )
                 )
-            )
-        if not counted:
+        # One entry per attempt: it progressed when any of its deliveries did.
+        attempts = [
+            (any(a.progressed for a in same), same[-1].result)
+            for same in deliveries.values()
+            if any(a.result != "killed" for a in same)
+        ]
+        if not attempts:
             continue
-        if len(counted) > settings.max_task_attempts:
+        if len(attempts) > settings.max_task_attempts:
             problems.append(
                 BudgetProblem(
                     first.doc,
                     first.task,
-                    f"{len(counted)} attempts (max_task_attempts {settings.max_task_attempts})",
+                    f"{len(attempts)} attempts (max_task_attempts {settings.max_task_attempts})",
                 )
             )
         longest = run = 0
-        for attempt in counted:
-            run = 0 if attempt.progressed else run + 1
+        for progressed, _ in attempts:
+            run = 0 if progressed else run + 1
             longest = max(longest, run)
         if longest > settings.max_retries + 1:
             problems.append(
@@ -70,13 +81,13 @@ def retry_budget_problems(attempts: Sequence[Attempt], settings: Settings) -> li
                     f"(max_retries {settings.max_retries} allows {settings.max_retries + 1})",
                 )
             )
-        if counted[-1].result == "dead_letter":
-            if run <= settings.max_retries and len(counted) < settings.max_task_attempts:
+        if attempts[-1][1] == "dead_letter":
+            if run <= settings.max_retries and len(attempts) < settings.max_task_attempts:
                 problems.append(
                     BudgetProblem(
                         first.doc,
                         first.task,
-                        f"dead-lettered after {len(counted)} attempts, the last {run} without "
+                        f"dead-lettered after {len(attempts)} attempts, the last {run} without "
                         f"progress (max_retries {settings.max_retries} allows "
                         f"{settings.max_retries + 1} in a row, max_task_attempts "
                         f"{settings.max_task_attempts} in all)",
