@@ -73,7 +73,7 @@ scenarios: $(STAMP)  ## run every scenario in scenarios/ (eager; MODE=both adds 
 
 # Random fault schedules in sim mode (docpipe explore); findings shrunk to .docpipe/explore/.
 EXPLORE_BUDGET ?= 300
-explore: $(STAMP)  ## explore random fault schedules for EXPLORE_BUDGET seconds (SEED=N; default 1)
+explore: $(STAMP)  ## explore random fault schedules for EXPLORE_BUDGET seconds (EXPLORE_SEED=N, default 1)
 	$(DOCPIPE) explore --budget $(EXPLORE_BUDGET) --seed $(or $(EXPLORE_SEED),1) --out .docpipe/explore
 
 # The plan's worker layout, against DOCPIPE_BROKER_URL (see README "Broker mode").
