@@ -20,7 +20,7 @@ import re
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,6 @@ from pipeline.harness.explore.generate import generate_schedule
 from pipeline.harness.explore.invariants import (
     CRASH,
     EXACTLY_ONCE,
-    ROWS,
     Violation,
     reference_rows,
     violations,
@@ -161,9 +160,7 @@ class Workspace:
     def run(self, schedule: Schedule) -> RunReport:
         scenario = parse_scenario(schedule, schedule["name"])
         # The base folder is where relative document paths are resolved from.
-        return run_scenario(
-            scenario, self.base / f"{schedule['name']}.yaml", "sim", in_memory=True
-        )
+        return run_scenario(scenario, self.base / f"{schedule['name']}.yaml", "sim", in_memory=True)
 
     def reference(self, settings: dict[str, Any]) -> dict[str, dict[str, int]]:
         """Rows of a fault-free sim run of every document under these settings (cached)."""
@@ -224,7 +221,7 @@ def _run_index(index: int) -> ScheduleResult:
 
 def _results(
     workspace: Workspace, seed: int, catalogue: Catalogue, jobs: int, limit: int | None
-) -> Iterator[ScheduleResult]:
+) -> Generator[ScheduleResult, None, None]:
     """Schedule results in index order, forever (or `limit`); the caller stops consuming."""
     indices: Iterator[int] = iter(range(limit)) if limit is not None else _count()
     if jobs <= 1:
@@ -233,7 +230,9 @@ def _results(
             yield _run_index(index)
         return
     context = multiprocessing.get_context("fork")
-    with context.Pool(jobs, initializer=_init_worker, initargs=(workspace, seed, catalogue)) as pool:
+    with context.Pool(
+        jobs, initializer=_init_worker, initargs=(workspace, seed, catalogue)
+    ) as pool:
         # Ordered: findings are judged in index order whatever process ran them.
         yield from pool.imap(_run_index, indices, chunksize=1)
         # Leaving the block terminates the workers still running schedules past the budget.

@@ -65,7 +65,7 @@ def generate_schedule(
         settings["max_retries"] = rng.choice([0, 1, 2, 3])
     if rng.random() < 0.3:
         settings["max_redeliveries"] = rng.choice([1, 2])
-    if rng.random() < 0.3:
+    if rng.random() < 0.4:
         settings.update(SHORT_VISIBILITY)
 
     # Swarm: a random subset of the catalogue, each pair with its own rate (at least one).
@@ -123,8 +123,10 @@ def _fault(
         fault["documents"] = [rng.choice(names)]
     if option.kind in ("latency", "timeout"):
         # Past the visibility timeout now and then, when it is short (overlapping deliveries).
-        longest = 12.0 if "visibility_timeout_s" in settings else 4.0
-        fault["latency_s"] = round(rng.uniform(0.1, longest), 1)
+        if "visibility_timeout_s" in settings and rng.random() < 0.5:
+            fault["latency_s"] = round(rng.uniform(6.0, 15.0), 1)
+        else:
+            fault["latency_s"] = round(rng.uniform(0.1, 4.0), 1)
     if option.kind == "throttle" and rng.random() < 0.5:
         fault["retry_after_s"] = round(rng.uniform(0, 3), 1)
     # A generated fault need not fire: coverage is the fixed scenarios' invariant, not ours.

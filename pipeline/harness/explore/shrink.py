@@ -73,16 +73,37 @@ def _simpler_faults(fault: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield variant(latency_s=round(fault["latency_s"] / 2, 1))
 
 
-def _candidates(schedule: Schedule) -> Iterator[Schedule]:
-    """Every one-step simplification of `schedule`, the biggest steps first."""
-    for index in range(len(schedule["documents"])):
-        if len(schedule["documents"]) > 1:
-            yield _without_document(schedule, index)
-    for key in ("faults", "disruptions"):
-        for index in range(len(schedule.get(key, []))):
-            candidate = copy.deepcopy(schedule)
+def _removals(schedule: Schedule) -> Iterator[Callable[[Schedule], Schedule | None]]:
+    """One-step removals, each a function of the current schedule (None: not applicable)."""
+
+    def without_document(index: int) -> Callable[[Schedule], Schedule | None]:
+        def step(current: Schedule) -> Schedule | None:
+            if len(current["documents"]) <= 1 or index >= len(current["documents"]):
+                return None
+            return _without_document(current, index)
+
+        return step
+
+    def without(key: str, index: int) -> Callable[[Schedule], Schedule | None]:
+        def step(current: Schedule) -> Schedule | None:
+            if index >= len(current.get(key, [])):
+                return None
+            candidate = copy.deepcopy(current)
             del candidate[key][index]
-            yield candidate
+            return candidate
+
+        return step
+
+    for index in reversed(range(len(schedule["documents"]))):
+        yield without_document(index)
+    for key in ("faults", "disruptions"):
+        # Last first: a probabilistic fault's draws are seeded with its index, so removing
+        # a later fault leaves the earlier ones firing on the very same calls.
+        for index in reversed(range(len(schedule.get(key, [])))):
+            yield without(key, index)
+
+
+def _setting_removals(schedule: Schedule) -> Iterator[Schedule]:
     settings = schedule.get("settings") or {}
     if settings:
         candidate = copy.deepcopy(schedule)
@@ -91,23 +112,29 @@ def _candidates(schedule: Schedule) -> Iterator[Schedule]:
         for name in settings:
             candidate = copy.deepcopy(schedule)
             del candidate["settings"][name]
+            if not candidate["settings"]:
+                del candidate["settings"]
             yield candidate
-    for index, fault in enumerate(schedule.get("faults", [])):
-        for simpler in _simpler_faults(fault):
-            candidate = copy.deepcopy(schedule)
-            candidate["faults"][index] = simpler
-            yield candidate
-    for index, disruption in enumerate(schedule.get("disruptions", [])):
-        for changes in (
-            {"at_s": 0.0},
-            {"at_s": round(disruption["at_s"] / 2, 1)},
-            {"down_s": round(max(disruption["down_s"] / 2, 0.1), 1)},
-        ):
-            if all(disruption[k] == v for k, v in changes.items()):
-                continue
-            candidate = copy.deepcopy(schedule)
-            candidate["disruptions"][index] = disruption | changes
-            yield candidate
+
+
+def _simplifications(schedule: Schedule, key: str, index: int) -> Iterator[Schedule]:
+    item = schedule[key][index]
+    if key == "faults":
+        variants = list(_simpler_faults(item))
+    else:
+        variants = [
+            item | changes
+            for changes in (
+                {"at_s": 0.0},
+                {"at_s": round(item["at_s"] / 2, 1)},
+                {"down_s": round(max(item["down_s"] / 2, 0.1), 1)},
+            )
+            if any(item[k] != v for k, v in changes.items())
+        ]
+    for variant in variants:
+        candidate = copy.deepcopy(schedule)
+        candidate[key][index] = variant
+        yield candidate
 
 
 def size(schedule: Schedule) -> tuple[int, int]:
@@ -119,20 +146,41 @@ def size(schedule: Schedule) -> tuple[int, int]:
 def shrink(
     schedule: Schedule, still_fails: Callable[[Schedule], bool], *, max_runs: int = 200
 ) -> tuple[Schedule, int]:
-    """The smallest schedule found that still fails, and how many candidate runs it took."""
+    """The smallest schedule found that still fails, and how many candidate runs it took.
+
+    Passes over removals (documents, faults, disruptions), settings, and
+    per-item simplifications, each keeping every step that still fails, repeated
+    until a whole round keeps nothing (or `max_runs` candidates ran).
+    """
     current = copy.deepcopy(schedule)
     runs = 0
+
+    def attempt(candidate: Schedule | None) -> bool:
+        nonlocal current, runs
+        if candidate is None or candidate == current or runs >= max_runs:
+            return False
+        runs += 1
+        if still_fails(candidate):
+            current = candidate
+            return True
+        return False
+
     improved = True
     while improved and runs < max_runs:
         improved = False
-        for candidate in _candidates(current):
-            if candidate == current:
-                continue
-            runs += 1
-            if still_fails(candidate):
-                current = candidate
+        for step in list(_removals(current)):
+            improved |= attempt(step(current))
+        for candidate in list(_setting_removals(current)):
+            if attempt(candidate):
                 improved = True
-                break  # restart from the biggest steps on the smaller schedule
-            if runs >= max_runs:
-                break
+                break  # the other removals were of the settings as they were
+        for key in ("faults", "disruptions"):
+            for index in range(len(current.get(key, []))):
+                simpler = True
+                while simpler and runs < max_runs:
+                    simpler = False
+                    for candidate in _simplifications(current, key, index):
+                        if attempt(candidate):
+                            improved = simpler = True
+                            break  # simplify the simpler one further
     return current, runs

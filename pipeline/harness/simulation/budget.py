@@ -53,23 +53,23 @@ def retry_budget_problems(attempts: Sequence[Attempt], settings: Settings) -> li
                     )
                 )
         # One entry per attempt: it progressed when any of its deliveries did.
-        attempts = [
+        tries: list[tuple[bool, str]] = [
             (any(a.progressed for a in same), same[-1].result)
             for same in deliveries.values()
             if any(a.result != "killed" for a in same)
         ]
-        if not attempts:
+        if not tries:
             continue
-        if len(attempts) > settings.max_task_attempts:
+        if len(tries) > settings.max_task_attempts:
             problems.append(
                 BudgetProblem(
                     first.doc,
                     first.task,
-                    f"{len(attempts)} attempts (max_task_attempts {settings.max_task_attempts})",
+                    f"{len(tries)} attempts (max_task_attempts {settings.max_task_attempts})",
                 )
             )
         longest = run = 0
-        for progressed, _ in attempts:
+        for progressed, _ in tries:
             run = 0 if progressed else run + 1
             longest = max(longest, run)
         if longest > settings.max_retries + 1:
@@ -81,16 +81,16 @@ def retry_budget_problems(attempts: Sequence[Attempt], settings: Settings) -> li
                     f"(max_retries {settings.max_retries} allows {settings.max_retries + 1})",
                 )
             )
-        if attempts[-1][1] == "dead_letter":
-            if run <= settings.max_retries and len(attempts) < settings.max_task_attempts:
-                problems.append(
-                    BudgetProblem(
-                        first.doc,
-                        first.task,
-                        f"dead-lettered after {len(attempts)} attempts, the last {run} without "
-                        f"progress (max_retries {settings.max_retries} allows "
-                        f"{settings.max_retries + 1} in a row, max_task_attempts "
-                        f"{settings.max_task_attempts} in all)",
-                    )
+        premature = run <= settings.max_retries and len(tries) < settings.max_task_attempts
+        if tries[-1][1] == "dead_letter" and premature:
+            problems.append(
+                BudgetProblem(
+                    first.doc,
+                    first.task,
+                    f"dead-lettered after {len(tries)} attempts, the last {run} without "
+                    f"progress (max_retries {settings.max_retries} allows "
+                    f"{settings.max_retries + 1} in a row, max_task_attempts "
+                    f"{settings.max_task_attempts} in all)",
                 )
+            )
     return problems

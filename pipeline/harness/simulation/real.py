@@ -226,10 +226,10 @@ class StageExecutor:
             duration = self.clock.now() - start
             outcome = self._retry(message, stage, exc, meter.progressed, duration)
             if isinstance(exc, LockUnavailable):
-                result = "locked"
+                ended = "locked"
             else:
-                result = "dead_letter" if outcome.kind == "dead_lettered" else "retry"
-            self._attempted(message, meter.progressed, result)
+                ended = "dead_letter" if outcome.kind == "dead_lettered" else "retry"
+            self._attempted(message, meter.progressed, ended)
             return outcome
         except Exception as exc:  # the task layer records any other failure on the row
             if token is not None:
