@@ -22,8 +22,25 @@ from pipeline.adapters.clock import SystemClock
 from pipeline.errors import PermanentError, TransientError
 from pipeline.ports import NO_FAULT, Clock, FaultEffect
 
+#: The scenario catalogue's kinds (pipeline/harness/scenarios/model.py FaultKind). Those
+#: `_apply` does not act on come back as the effect's `response`: the wrapper that
+#: consulted the injector acts on them (fakes/faulty_ports.py, the simulator).
 FaultKind = Literal[
-    "transient", "throttle", "permanent", "timeout", "latency", "malformed", "empty", "kill_worker"
+    "transient",
+    "throttle",
+    "permanent",
+    "timeout",
+    "latency",
+    "malformed",
+    "empty",
+    "kill_worker",
+    "kill_worker_after",
+    "connection_lost",
+    "commit_unknown",
+    "duplicate",
+    "stale_version",
+    "restart",
+    "outlive_visibility",
 ]
 
 
@@ -137,6 +154,12 @@ class RedisFaultInjector:
             effect = self._apply(self._sampled(index, rule, call), effect)
         return effect
 
+    def kill_worker(self, reason: str) -> None:
+        """The worker process dies now (in the simulator: WorkerKilled is raised)."""
+        if self._simulated:
+            raise WorkerKilled(reason)
+        os.kill(os.getpid(), signal.SIGKILL)  # pragma: no cover - ends this process
+
     def fired(self) -> list[int]:
         """How many times each rule fired (coverage: a rule that never fired is a finding)."""
         return [self._count(f"{self._ns}:rule:{i}:fired") for i in range(len(self.rules))]
@@ -196,9 +219,7 @@ class RedisFaultInjector:
             self._clock.sleep(rule.latency_s)
             raise TransientError(reason)
         if rule.kind == "kill_worker":
-            if self._simulated:
-                raise WorkerKilled(reason)
-            os.kill(os.getpid(), signal.SIGKILL)
+            self.kill_worker(reason)
         if rule.kind == "latency":
             return FaultEffect(
                 latency_s=effect.latency_s + rule.latency_s, response=effect.response
@@ -248,6 +269,12 @@ class SharedFaultInjector:
             )
             self._loaded = (config, injector)
         return self._loaded[1].before(port, operation, document_uuid)
+
+    def kill_worker(self, reason: str) -> None:
+        """The worker process dies now (in the simulator: WorkerKilled is raised)."""
+        if self._simulated:
+            raise WorkerKilled(reason)
+        os.kill(os.getpid(), signal.SIGKILL)  # pragma: no cover - ends this process
 
 
 def install_faults(client: redis.Redis, injector: RedisFaultInjector) -> None:

@@ -295,6 +295,11 @@ def build_services(
             limit=settings.llm_rate_limit_calls,
             window_seconds=settings.llm_rate_limit_window_s,
         )
+    if faults is not None:
+        # The limiter's backend failing (it fails closed): before the extractor takes it.
+        from fakes.faulty_ports import FaultyRateLimiter
+
+        rate_limiter = FaultyRateLimiter(rate_limiter, faults, clock)
     if needs_llm_rate_limit(settings, simulated_llm_latency=latency.sampler(LLM_CALL) is not None):
         extractor = RateLimitedEntityExtractor(
             extractor, rate_limiter, clock, max_wait_s=settings.llm_rate_limit_max_wait_s
@@ -313,7 +318,7 @@ def build_services(
     if document_db is not None:
         store = cast(DocumentStore, DelayedDocumentStore(store, clock, document_db))
 
-    return Services(
+    services = Services(
         settings=settings,
         store=store,
         blobs=blobs,
@@ -330,6 +335,37 @@ def build_services(
         dispatcher=CeleryDispatcher(),
         faults=faults,
     )
+    if faults is not None:
+        _wrap_with_faults(services, faults)
+    return services
+
+
+def _wrap_with_faults(services: Services, faults: FaultInjector) -> None:
+    """Scenario faults on the infrastructure ports (fakes/faulty_ports.py).
+
+    Only when faults are on: production services carry no wrapper. The OCR
+    engine, parser and LLM consult the injector themselves (above). The OCR
+    engine keeps the blob store it was built with: its reads are the OCR
+    service's, not the pipeline's.
+    """
+    from fakes.faulty_ports import (
+        FaultyBlobStore,
+        FaultyCache,
+        FaultyDispatcher,
+        FaultyDocumentStore,
+        FaultyGraphSink,
+        FaultyLockManager,
+        FaultyStateTracker,
+    )
+
+    clock = services.clock
+    services.blobs = FaultyBlobStore(services.blobs, faults, clock)
+    services.store = cast(DocumentStore, FaultyDocumentStore(services.store, faults, clock))
+    services.graph = FaultyGraphSink(services.graph, faults, clock)
+    services.cache = FaultyCache(services.cache, faults, clock)
+    services.locks = FaultyLockManager(services.locks, faults, clock)
+    services.state = FaultyStateTracker(services.state, faults, clock)
+    services.dispatcher = FaultyDispatcher(services.dispatcher, faults, clock)
 
 
 def start(

@@ -941,16 +941,30 @@ class SqlDocumentStore:
     def add_dead_letter(
         self, document_uuid: str, task_name: str, stage: str, error: str, retries: int
     ) -> None:
+        """One dead letter per document and stage: recording it again (a retry after the
+        commit's outcome was lost) updates that row instead of adding a second one."""
+        table = dead_letter_tasks.c
+        values = {"task_name": task_name, "error": error, "retries": retries}
         with self._write() as conn:
+            existing = conn.execute(
+                select(table.uuid)
+                .where(table.document_uuid == document_uuid, table.stage == stage)
+                .limit(1)
+            ).scalar()
+            if existing is not None:
+                conn.execute(
+                    dead_letter_tasks.update()
+                    .where(table.uuid == existing)
+                    .values(**values, created_at=self._now())
+                )
+                return
             conn.execute(
                 dead_letter_tasks.insert().values(
                     uuid=str(uuidlib.uuid4()),
                     document_uuid=document_uuid,
-                    task_name=task_name,
                     stage=stage,
-                    error=error,
-                    retries=retries,
                     created_at=self._now(),
+                    **values,
                 )
             )
 

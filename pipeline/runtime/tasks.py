@@ -126,6 +126,8 @@ def run_stage(
             # Overtaken before it failed: the delivery that took over decides the outcome.
             log.warning("%s %s: stale delivery, failure discarded: %s", stage, document_uuid, stale)
             return "stale"
+        except (TransientError, redis.RedisError) as unrecorded:
+            raise _retry_recording(task, settings, unrecorded) from exc
         return "failed"
     finally:
         if token is not None:
@@ -238,8 +240,23 @@ def _retry_or_dead_letter(
         return _retry(
             task, decision.countdown, exc, max_retries=max_retries, stalled=decision.stalled
         )
-    _dead_letter(task, services, stage, document_uuid, version, decision.error)
+    try:
+        _dead_letter(task, services, stage, document_uuid, version, decision.error)
+    except (TransientError, redis.RedisError) as unrecorded:
+        raise _retry_recording(task, services.settings, unrecorded) from exc
     return None
+
+
+def _retry_recording(task: Task[Any, Any], settings: Any, exc: Exception) -> Retry:
+    """The terminal status could not be recorded (the database or Redis is down).
+
+    Acking now would leave the document in a working status that nothing moves on
+    (issue 14: a dead letter without its terminal status). The task runs again
+    later; the policy then reaches the same verdict and records it.
+    """
+    log.warning("could not record the failure (%s); trying again later", exc)
+    countdown = retry_countdown(settings, task.request.retries)
+    return _retry(task, countdown, exc, max_retries=settings.max_task_attempts)
 
 
 def _release(services: Services, lock_name: str, token: str | None) -> None:
@@ -279,7 +296,8 @@ def _dead_letter(
 
 
 def _dispatch(result: StageResult, document_uuid: str, version: int) -> None:
-    settings = current_services().settings
+    services = current_services()
+    settings = services.settings
     if result.poll_job_id is not None:
         poll_ocr_task.apply_async(
             args=(document_uuid, version, result.poll_job_id, result.polls),
@@ -287,7 +305,8 @@ def _dispatch(result: StageResult, document_uuid: str, version: int) -> None:
             retry_policy=RETRY_PUBLISH_POLICY,
         )
     elif result.next_stage is not None:
-        send_stage(result.next_stage, document_uuid, version)
+        # Through the port, as intake sends: what wraps it (scenario faults) sees every send.
+        services.dispatcher.send_stage(result.next_stage, document_uuid, version)
 
 
 def send_stage(

@@ -16,25 +16,34 @@ from pipeline.harness.explore.catalogue import sim_catalogue
 from pipeline.harness.explore.explorer import explore
 from pipeline.harness.explore.generate import generate_schedule
 from pipeline.harness.explore.shrink import shrink, size
-from pipeline.harness.scenarios.model import FaultKind, Port, load_scenario, parse_scenario
-from pipeline.harness.scenarios.runner import SIM_FAULT_KINDS, run_scenario
+from pipeline.harness.scenarios.model import (
+    FAULT_CATALOGUE,
+    fault_modes,
+    load_scenario,
+    parse_scenario,
+)
+from pipeline.harness.scenarios.runner import run_scenario
 from pipeline.harness.simulation import real
 from pipeline.library import SAMPLES
 
 DOCUMENTS = [p.name for p in sorted(SAMPLES.iterdir())]
 
 
-def test_the_catalogue_is_the_schema_s_ports_and_the_kinds_sim_mode_runs() -> None:
+def test_the_catalogue_is_the_schema_s_faults_that_sim_mode_injects() -> None:
     catalogue = sim_catalogue()
     pairs = {(option.port, option.kind) for option in catalogue.faults}
     expected = {
         (port, kind)
-        for port in Port.__args__  # type: ignore[attr-defined]
-        for kind in FaultKind.__args__  # type: ignore[attr-defined]
-        if kind in SIM_FAULT_KINDS
+        for port, operations in FAULT_CATALOGUE.items()
+        for supported in operations.values()
+        for kind in supported
+        if "sim" in fault_modes(port, None, kind)
     }
     assert pairs == expected
     assert ("llm", "transient") in pairs and ("parser", "kill_worker") in pairs
+    for option in catalogue.faults:
+        for operation in option.operations:
+            assert "sim" in fault_modes(option.port, operation, option.kind)
 
 
 def test_a_schedule_is_a_function_of_seed_and_index_and_a_valid_scenario() -> None:

@@ -25,6 +25,8 @@ SCENARIOS = REPO / "scenarios"
 FILES = sorted(SCENARIOS.glob("*.yaml"))
 #: The library's eager runs happen here; broker runs in tests/integration/test_scenarios_broker.py.
 EAGER_FILES = [path for path in FILES if "eager" in load_scenario(path).modes]
+#: Scenarios of simulator-only faults (process crashes, a Redis restart): run here in sim mode.
+SIM_FILES = [path for path in FILES if load_scenario(path).modes == ["sim"]]
 
 
 def _explain(report: RunReport) -> str:
@@ -41,11 +43,19 @@ def test_scenario_passes_in_eager_mode(path: Path, tmp_path: Path) -> None:
     assert report.checks, "a scenario that checks nothing proves nothing"
 
 
+@pytest.mark.parametrize("path", SIM_FILES, ids=[p.stem for p in SIM_FILES])
+def test_simulator_only_scenario_passes_in_sim_mode(path: Path, tmp_path: Path) -> None:
+    report = run_scenario(load_scenario(path), path, "sim", workdir=tmp_path)
+    assert report.skipped is None, report.skipped
+    assert report.passed, _explain(report)
+    assert report.checks, "a scenario that checks nothing proves nothing"
+
+
 def test_ci_runs_every_library_scenario_in_at_least_one_mode() -> None:
     """No scenario is left out silently: each runs here (eager) or in integration (broker)."""
     from tests.integration.test_scenarios_broker import FILES as BROKER_FILES
 
-    run_in_ci = set(EAGER_FILES) | set(BROKER_FILES)
+    run_in_ci = set(EAGER_FILES) | set(BROKER_FILES) | set(SIM_FILES)
     assert [path.name for path in FILES if path not in run_in_ci] == []
     # Broker runs that cut the database off get DOCPIPE_SCENARIO_POSTGRES_URL from the
     # integration fixture, and that test asserts no broker run was skipped.

@@ -1,9 +1,10 @@
 """What explore may generate: read from the scenario schema, never listed here.
 
-The ports, their operations, the fault kinds and the disruptions are the
-scenario model's own (pipeline.harness.scenarios.model); which of them sim
-mode reproduces is the runner's (`SIM_FAULT_KINDS`, `sim_skip_reason`). A
-kind or port added to the schema is generated as soon as sim mode runs it.
+The ports, their operations and fault kinds are the scenario model's fault
+catalogue (`FAULT_CATALOGUE`, port -> operation -> kinds), and which of them
+sim mode injects is its `fault_modes`; the disruptions are the `Disruption`
+model's kinds that the runner runs in sim mode (`sim_skip_reason`). A kind
+or port added to the schema is generated as soon as sim mode runs it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, get_args
 
 from pipeline.harness.scenarios import model
-from pipeline.harness.scenarios.runner import SIM_FAULT_KINDS, sim_skip_reason
+from pipeline.harness.scenarios.runner import sim_skip_reason
 
 
 @dataclass(frozen=True)
@@ -74,22 +75,38 @@ def _sim_runs_disruption(kind: str) -> bool:
 
 
 def sim_catalogue() -> Catalogue:
-    """Every (port, kind) pair and disruption the scenario schema has and sim mode runs."""
-    ports = _literal_values(model.Port)
-    kinds = _literal_values(model.FaultKind)
-    faults = tuple(
-        FaultOption(
-            port=port,
-            kind=kind,
-            operations=tuple(model.PORT_OPERATIONS.get(port, ())),
-            document_aware=port in model.DOCUMENT_AWARE_PORTS,
-        )
-        for port in ports
-        for kind in kinds
-        if kind in SIM_FAULT_KINDS
-    )
+    """Every (port, kind) of the fault catalogue that sim mode injects, and such disruptions."""
+    faults = []
+    for port, operations in model.FAULT_CATALOGUE.items():
+        kinds = sorted({kind for supported in operations.values() for kind in supported})
+        for kind in kinds:
+            if "sim" not in model.fault_modes(port, None, kind):
+                continue
+            faults.append(
+                FaultOption(
+                    port=port,
+                    kind=kind,
+                    operations=tuple(
+                        operation
+                        for operation, supported in operations.items()
+                        if kind in supported and "sim" in model.fault_modes(port, operation, kind)
+                    ),
+                    document_aware=port in model.DOCUMENT_AWARE_PORTS,
+                )
+            )
     disruption_kinds = _literal_values(model.Disruption.model_fields["kind"].annotation)
     disruptions = tuple(
         DisruptionOption(kind) for kind in disruption_kinds if _sim_runs_disruption(kind)
     )
-    return Catalogue(faults=faults, disruptions=disruptions)
+    return Catalogue(faults=tuple(faults), disruptions=disruptions)
+
+
+def declared_modes(faults: list[dict[str, Any]], disruptions: list[dict[str, Any]]) -> list[str]:
+    """The modes a scenario with these faults can declare: eager and broker where every
+    fault is injected there too (the file then replays on real workers), else sim only."""
+    modes = {"eager", "broker"}
+    for fault in faults:
+        modes &= set(model.fault_modes(fault["port"], fault.get("operation"), fault["kind"]))
+    if disruptions:
+        modes &= {"broker"}
+    return sorted(modes) or ["sim"]

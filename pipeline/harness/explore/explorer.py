@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.harness.explore.catalogue import Catalogue, sim_catalogue
+from pipeline.harness.explore.catalogue import Catalogue, declared_modes, sim_catalogue
 from pipeline.harness.explore.generate import generate_schedule
 from pipeline.harness.explore.invariants import (
     CRASH,
@@ -364,6 +364,8 @@ def _scenario_file(
 ) -> str:
     data = dict(schedule)
     data["name"] = name
+    # What the shrunk faults allow (a file without sim-only faults replays on real workers).
+    data["modes"] = declared_modes(data.get("faults", []), data.get("disruptions", []))
     data["description"] = (
         f"Found by `docpipe explore --seed {seed}` (schedule {finding.schedule_index}, shrunk "
         f"from {finding.original_size[0]} document(s) and {finding.original_size[1]} fault(s) "

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.harness.explore.catalogue import Catalogue, FaultOption
+from pipeline.harness.explore.catalogue import Catalogue, FaultOption, declared_modes
 
 #: Settings that make deliveries overlap (a call outliving the visibility timeout), valid
 #: together (scenarios/stalled_call_outlives_visibility_timeout.yaml has the reasoning).
@@ -70,8 +70,8 @@ def generate_schedule(
 
     # Swarm: a random subset of the catalogue, each pair with its own rate (at least one).
     options = list(catalogue.faults)
-    share = rng.choice([0.1, 0.25, 0.5])
-    enabled = [option for option in options if rng.random() < share] or [rng.choice(options)]
+    enabled = rng.sample(options, min(len(options), rng.choice([1, 2, 3, 4, 6, 8])))
+    share = len(enabled) / len(options)
     faults = [
         _fault(rng, option, names, settings)
         for option in enabled
@@ -86,12 +86,11 @@ def generate_schedule(
         for option in catalogue.disruptions
         if rng.random() < share
     ]
-    process_level = any(f["kind"] == "kill_worker" for f in faults) or disruptions
     scenario: dict[str, Any] = {
         "name": f"explore-{seed}-{index}",
         "description": f"docpipe explore --seed {seed}: schedule {index}",
         "seed": rng.randrange(1 << 16),
-        "modes": ["broker"] if process_level else ["eager", "broker"],
+        "modes": declared_modes(faults, disruptions),
         "documents": [{"files": [path]} for path in chosen],
     }
     if settings:

@@ -29,20 +29,139 @@ from pipeline.settings import Settings
 
 Mode = Literal["eager", "broker", "sim"]
 ALL_MODES: tuple[Mode, ...] = ("eager", "broker")
-Port = Literal["ocr", "parser", "llm"]
+#: Every port (and process-level target) a fault can hit; see FAULT_CATALOGUE.
+Port = Literal[
+    "ocr",
+    "parser",
+    "llm",
+    "blobs",
+    "store",
+    "graph",
+    "cache",
+    "locks",
+    "state",
+    "rate_limiter",
+    "dispatcher",
+    "intake",
+    "worker",
+    "redis",
+]
 FaultKind = Literal[
-    "transient", "throttle", "permanent", "timeout", "latency", "malformed", "empty", "kill_worker"
+    # A call raises (transient, throttle, permanent), hangs then raises (timeout), is slow
+    # (latency) or answers wrongly (malformed, empty).
+    "transient",
+    "throttle",
+    "permanent",
+    "timeout",
+    "latency",
+    "malformed",
+    "empty",
+    # The worker process dies (SIGKILL) just before the call, or just after it returned
+    # (its side effect done, nothing acknowledged or chained).
+    "kill_worker",
+    "kill_worker_after",
+    # Database: the connection drops mid-transaction (rolled back, the caller sees an
+    # error); the commit went through but the caller sees an error (outcome unknown).
+    "connection_lost",
+    "commit_unknown",
+    # Publishing: the message is sent twice; an extra copy carries the previous
+    # processing version (a stale message); the same file is submitted twice.
+    "duplicate",
+    "stale_version",
+    # Process level (sim mode): Redis restarts and loses what it keeps in memory; a
+    # task runs past the visibility timeout (a pool without time limits).
+    "restart",
+    "outlive_visibility",
 ]
 DocumentType = Literal["txt", "pdf", "docx", "eml"]
 
-#: The operations each fake consults the fault injector for.
-PORT_OPERATIONS: dict[str, tuple[str, ...]] = {
-    "ocr": ("start", "poll"),
-    "parser": ("extract",),
-    "llm": ("extract",),
+_CALL_KINDS = ("transient", "throttle", "permanent", "timeout", "latency")
+_SERVICE_KINDS = (*_CALL_KINDS, "malformed", "empty", "kill_worker")
+_INFRA_KINDS = ("transient", "timeout", "latency", "kill_worker", "kill_worker_after")
+_STORE_KINDS = (
+    "transient",
+    "connection_lost",
+    "commit_unknown",
+    "latency",
+    "kill_worker",
+    "kill_worker_after",
+)
+
+#: THE fault catalogue: port -> operation -> the fault kinds it supports. Everything a
+#: scenario's `faults:` can declare, and what `docpipe explore` draws from.
+#: Store operations are the store's roles (pipeline/ports DocumentStore methods grouped
+#: in fakes/faulty_ports.py STORE_ROLES). `worker`, `redis` are process-level events of
+#: the simulated deployment; `intake.submit` is the scenario runner's submission.
+FAULT_CATALOGUE: dict[str, dict[str, tuple[str, ...]]] = {
+    "ocr": {"start": _SERVICE_KINDS, "poll": _SERVICE_KINDS},
+    "parser": {"extract": _SERVICE_KINDS},
+    "llm": {"extract": _SERVICE_KINDS},
+    "blobs": {"put": _INFRA_KINDS, "get": _INFRA_KINDS},
+    "store": {
+        "documents": _STORE_KINDS,
+        "derived": _STORE_KINDS,
+        "queue": _STORE_KINDS,
+        "dead_letters": _STORE_KINDS,
+    },
+    "graph": {"write": (*_INFRA_KINDS, "commit_unknown")},
+    "cache": {"get": _INFRA_KINDS, "set": _INFRA_KINDS},
+    "locks": {"acquire": _INFRA_KINDS, "release": _INFRA_KINDS},
+    "state": {"record": _INFRA_KINDS},
+    "rate_limiter": {"acquire": _INFRA_KINDS},
+    "dispatcher": {
+        "send_stage": ("transient", "latency", "duplicate", "stale_version", "kill_worker")
+    },
+    "intake": {"submit": ("duplicate",)},
+    "worker": {
+        # At a task's start, before any side effect; after its side effects, before the
+        # ack (nothing chained); while it holds a retry's countdown message.
+        "start": ("kill_worker", "outlive_visibility"),
+        "ack": ("kill_worker",),
+        "countdown": ("kill_worker",),
+    },
+    "redis": {"server": ("restart",)},
 }
-#: Ports whose fakes tell the injector which document a call is for.
-DOCUMENT_AWARE_PORTS = frozenset({"ocr", "parser"})
+
+#: (port, operation, kind) that only the simulator can produce: broker mode refuses them.
+#: Everything else is injected by wrappers that read their rules from Redis, so it
+#: reaches real worker processes too.
+SIM_ONLY_FAULTS: frozenset[tuple[str, str, str]] = frozenset(
+    {
+        ("worker", "start", "kill_worker"),
+        ("worker", "start", "outlive_visibility"),
+        ("worker", "ack", "kill_worker"),
+        ("worker", "countdown", "kill_worker"),
+        ("redis", "server", "restart"),
+    }
+)
+#: Kinds that end the process they fire in: eager mode (the runner's own process) refuses
+#: them; the simulator raises WorkerKilled, broker workers are SIGKILLed.
+PROCESS_KILLING_KINDS = frozenset({"kill_worker", "kill_worker_after"})
+
+
+def fault_modes(port: str, operation: str | None, kind: str) -> tuple[Mode, ...]:
+    """The run modes that can inject `kind` on `port.operation` (every operation when None)."""
+    operations = FAULT_CATALOGUE[port]
+    names = [operation] if operation is not None else [o for o in operations]
+    names = [o for o in names if kind in operations.get(o, ())]
+    if not names:
+        return ()
+    modes: list[Mode] = ["sim"]
+    if all((port, o, kind) not in SIM_ONLY_FAULTS for o in names):
+        modes.append("broker")
+        if kind not in PROCESS_KILLING_KINDS and port not in ("worker", "redis"):
+            modes.append("eager")
+    return tuple(sorted(modes))
+
+
+#: The operations each port consults the fault injector for (from FAULT_CATALOGUE).
+PORT_OPERATIONS: dict[str, tuple[str, ...]] = {
+    port: tuple(operations) for port, operations in FAULT_CATALOGUE.items()
+}
+#: Ports whose wrappers tell the injector which document a call is for.
+DOCUMENT_AWARE_PORTS = frozenset(
+    {"ocr", "parser", "blobs", "store", "graph", "dispatcher", "intake", "worker"}
+)
 
 #: Settings the runner owns (where things live, which adapters): a scenario cannot set them.
 RUNNER_OWNED_SETTINGS = frozenset(
@@ -266,6 +385,15 @@ class Fault(_Strict):
             raise ValueError(
                 f"port {self.port!r} has operations {', '.join(operations)}; got {self.operation!r}"
             )
+        if not fault_modes(self.port, self.operation, self.kind):
+            where = f"{self.port}.{self.operation}" if self.operation else f"port {self.port!r}"
+            supported = sorted(
+                {k for o in (self.operation,) if o for k in FAULT_CATALOGUE[self.port][o]}
+                or {k for kinds in FAULT_CATALOGUE[self.port].values() for k in kinds}
+            )
+            raise ValueError(
+                f"{where} has no fault kind {self.kind!r}; it supports {', '.join(supported)}"
+            )
         if self.documents and self.port not in DOCUMENT_AWARE_PORTS:
             raise ValueError(
                 f"'documents' needs a port that knows the document "
@@ -424,10 +552,22 @@ class Scenario(_Strict):
     @model_validator(mode="after")
     def _process_faults_need_broker(self) -> Self:
         for index, fault in enumerate(self.faults):
-            if fault.kind == "kill_worker" and "eager" in self.modes:
+            modes = fault_modes(fault.port, fault.operation, fault.kind)
+            target = f"{fault.port}.{fault.operation or '*'}"
+            if "eager" in self.modes and "eager" not in modes:
                 raise ValueError(
-                    f"faults[{index}]: kill_worker kills the process it runs in; "
-                    "declare `modes: [broker]`"
+                    f"faults[{index}]: {fault.kind} on {target} "
+                    + (
+                        "kills the process it runs in; declare `modes: [broker]`"
+                        if "broker" in modes
+                        else "is simulated only; declare `modes: [sim]`"
+                    )
+                )
+            if "broker" in self.modes and "broker" not in modes:
+                raise ValueError(
+                    f"faults[{index}]: {fault.kind} on {target} is a simulator-only fault "
+                    "(a real deployment cannot be made to suffer it on cue); "
+                    "declare `modes: [sim]`"
                 )
         for index, disruption in enumerate(self.disruptions):
             if self.modes != ["broker"]:
@@ -435,6 +575,15 @@ class Scenario(_Strict):
                     f"disruptions[{index}]: {disruption.kind} disrupts real processes; "
                     "declare `modes: [broker]`"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _latency_on_calls(self) -> Self:
+        for port in self.latency:
+            if "latency" not in fault_modes(port, None, "latency") and not any(
+                "latency" in kinds for kinds in FAULT_CATALOGUE[port].values()
+            ):
+                raise ValueError(f"latency: port {port!r} has no calls to slow down")
         return self
 
     def overrides(self) -> dict[str, Any]:

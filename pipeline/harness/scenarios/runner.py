@@ -26,27 +26,47 @@ import kombu.exceptions
 import redis
 from pydantic import ValidationError
 
-from fakes.faults import FaultRule, RedisFaultInjector, clear_faults, install_faults
+from fakes.faults import (
+    ACTIVE_FAULTS_KEY,
+    FaultRule,
+    RedisFaultInjector,
+    SharedFaultInjector,
+    WorkerKilled,
+    clear_faults,
+    install_faults,
+)
+from fakes.faulty_ports import unfaulted
 from pipeline.app.intake import claim_own, dispatch, submit_file
-from pipeline.bootstrap import Services, discard_fake_redis_server, start, use_services
+from pipeline.bootstrap import (
+    Services,
+    discard_fake_redis_server,
+    redis_client,
+    start,
+    use_services,
+)
 from pipeline.domain.models import QUEUES, QueueStatus, Stage, Status
-from pipeline.errors import ConfigurationError
+from pipeline.errors import ConfigurationError, TransientError
 from pipeline.extras import HARNESS_MODULES, missing_extra_reason
 from pipeline.harness.scenarios.documents import ScenarioDocument, materialize
 from pipeline.harness.scenarios.integrity import integrity_problems
 from pipeline.harness.scenarios.model import (
+    PROCESS_KILLING_KINDS,
     Bound,
     Count,
     Mode,
     Scenario,
     ScenarioError,
     as_bound,
+    fault_modes,
     matches,
 )
 from pipeline.runtime import celery_app
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: Submissions of one file the runner makes before it gives up (intake under faults).
+INTAKE_ATTEMPTS = 8
 
 
 @dataclass
@@ -155,7 +175,17 @@ def run_scenario(
         replay=replay_command(path, mode, seed),
     )
     skip = sim_skip_reason(scenario) if mode == "sim" else None
-    if mode != "sim" and mode not in scenario.modes:
+    simulated_only = [
+        f"{f.kind} on {f.port}.{f.operation or '*'}"
+        for f in scenario.faults
+        if mode != "sim" and mode not in fault_modes(f.port, f.operation, f.kind)
+    ]
+    if simulated_only:
+        skip = (
+            f"{mode} mode cannot inject {', '.join(simulated_only)}: simulator-only fault(s), "
+            "which a real deployment cannot be made to suffer on cue; run it with --mode sim"
+        )
+    elif mode != "sim" and mode not in scenario.modes:
         skip = f"declares modes: [{', '.join(scenario.modes)}]"
     elif scenario.adapters.profile == "sim-cloud" and (missing := sim_cloud_missing()):
         skip = missing  # moto and flask-cors are the harness extra's (pip install docpipe[harness])
@@ -288,23 +318,39 @@ class _Run:
             finally:
                 self.stop()
 
-    def _run_with(self, services: Services, documents: list[ScenarioDocument]) -> None:
+    def _run_with(self, faulted: Services, documents: list[ScenarioDocument]) -> None:
         scenario = self.scenario
+        # The runner's own submissions, claims and reads never meet a fault: the tasks
+        # run on the (faulted) current services, or in the workers' processes.
+        services = unfaulted(faulted)
         project_uuid = services.store.ensure_project(scenario.name)
-        by_name: dict[str, str] = {}
-        for document in documents:
-            by_name[document.name] = submit_file(
-                services, document.path, project_uuid
-            ).document_uuid
-        names = {uuid_: name for name, uuid_ in by_name.items()}
-        declared, rules = self._rules(by_name)
         namespace = f"docpipe:faults:scenario:{uuid.uuid4().hex[:12]}"
         # On the services' clock: a window counts virtual time in sim mode, wall time otherwise.
+        # Installed before intake (faults on the blob store and the document rows hit the
+        # submissions too), with `documents` filters matching nothing until the uuids exist.
+        declared, rules = self._rules({}, pending=True)
         injector = RedisFaultInjector(
             services.redis, rules, namespace=namespace, seed=self.seed, clock=services.clock
         )
         install_faults(services.redis, injector)
         try:
+            by_name: dict[str, str] = {}
+            for document in documents:
+                by_name[document.name] = self._submit(faulted, document.path, project_uuid)
+            names = {uuid_: name for name, uuid_ in by_name.items()}
+            declared, rules = self._rules(by_name)
+            injector = RedisFaultInjector(
+                services.redis, rules, namespace=namespace, seed=self.seed, clock=services.clock
+            )
+            # Same namespace, not re-armed: the counters of the intake's calls carry on.
+            services.redis.set(ACTIVE_FAULTS_KEY, injector.to_json())
+            for name, path in [(d.name, d.path) for d in documents]:
+                if injector.before("intake", "submit", by_name[name]).response == "duplicate":
+                    # The same file submitted again while the first is in flight (two
+                    # `docpipe run`s at once): a second document with the same bytes.
+                    again = f"{name} (submitted again)"
+                    by_name[again] = self._submit(faulted, path, project_uuid)
+                    names[by_name[again]] = again
             uuids = list(by_name.values())
             for document_uuid in uuids:
                 claim_own(services, document_uuid, worker=f"scenario-{scenario.name}")
@@ -333,12 +379,33 @@ class _Run:
         self.report.checks.extend(_invariants(services, outcomes, fired[:declared], scenario))
         self.report.checks.extend(self.extra_checks(services))
 
-    def _rules(self, by_name: dict[str, str]) -> tuple[int, list[FaultRule]]:
-        """Declared faults (document patterns resolved to uuids), then the latency rules."""
+    def _submit(self, faulted: Services, path: Path, project_uuid: str) -> str:
+        """Submit under the faults; a failed intake is run again, as an operator re-runs
+        `docpipe run` (a document row it left behind is not the run's)."""
+        problem: BaseException | None = None
+        for attempt in range(INTAKE_ATTEMPTS):
+            try:
+                return submit_file(faulted, path, project_uuid).document_uuid
+            except (TransientError, redis.RedisError, WorkerKilled) as exc:
+                problem = exc
+                faulted.clock.sleep(min(2.0**attempt, 30.0))
+        raise ScenarioError(
+            f"{self.source}: the intake of {path.name} failed {INTAKE_ATTEMPTS} times: {problem}"
+        )
+
+    def _rules(
+        self, by_name: dict[str, str], *, pending: bool = False
+    ) -> tuple[int, list[FaultRule]]:
+        """Declared faults (document patterns resolved to uuids), then the latency rules.
+
+        `pending`: before intake; a rule for some documents matches none yet.
+        """
         rules: list[FaultRule] = []
         for index, fault in enumerate(self.scenario.faults):
             documents: tuple[str, ...] = ()
-            if fault.documents:
+            if fault.documents and pending:
+                documents = ("(not submitted yet)",)
+            elif fault.documents:
                 documents = tuple(u for n, u in by_name.items() if matches(n, fault.documents))
                 if not documents:
                     raise ScenarioError(
@@ -754,21 +821,6 @@ class EagerRun(_Run):
             discard_fake_redis_server(services.settings.redis_url)
 
 
-#: Fault kinds the simulator reproduces (a killed worker: the task lost and redelivered).
-SIM_FAULT_KINDS = frozenset(
-    {
-        "transient",
-        "throttle",
-        "permanent",
-        "timeout",
-        "latency",
-        "malformed",
-        "empty",
-        "kill_worker",
-    }
-)
-
-
 def needs_postgres(scenario: Scenario) -> bool:
     return any(d.kind == "database_unreachable" for d in scenario.disruptions)
 
@@ -806,7 +858,11 @@ def sim_skip_reason(scenario: Scenario) -> str | None:
             f"declares modes: [{', '.join(scenario.modes)}] (sim runs eager scenarios and "
             "broker ones without disruptions or missing consumers)"
         )
-    kinds = sorted({f.kind for f in scenario.faults} - SIM_FAULT_KINDS)
+    kinds = sorted(
+        f"{f.kind} on {f.port}"
+        for f in scenario.faults
+        if "sim" not in fault_modes(f.port, f.operation, f.kind)
+    )
     if kinds:
         return f"fault kind(s) {kinds} need real worker processes"
     if scenario.adapters.profile == "sim-cloud":
@@ -923,10 +979,19 @@ class BrokerRun(_Run):
             raise ScenarioError(f"{self.source}: broker mode: {exc}") from exc
         self.environment.start_redis()
         settings = Settings(_env_file=None, **self.environment.settings_values())  # type: ignore[call-arg]
-        kill_queues = {PORT_QUEUES[f.port] for f in self.scenario.faults if f.kind == "kill_worker"}
+        kill_queues = {
+            queue
+            for f in self.scenario.faults
+            if f.kind in PROCESS_KILLING_KINDS
+            # A port every stage uses (store, locks, ...) can kill a worker of any queue.
+            for queue in ([PORT_QUEUES[f.port]] if f.port in PORT_QUEUES else QUEUES)
+        }
         omit = self.scenario.broker.omit_queues
         # Services first: they create the schema, which workers starting together would race on.
-        services = start(settings)
+        # A kill fault met at intake must not kill the runner: it raises WorkerKilled here.
+        services = start(
+            settings, faults=SharedFaultInjector(redis_client(settings.redis_url), simulated=True)
+        )
         app = celery_app.app
         workers = self.environment.start_workers(worker_layout(kill_queues, omit))
         self._services: Services | None = services

@@ -52,12 +52,14 @@ def retry_budget_problems(attempts: Sequence[Attempt], settings: Settings) -> li
                         f"(max_redeliveries {settings.max_redeliveries})",
                     )
                 )
-        # One entry per attempt: it progressed when any of its deliveries did.
-        tries: list[tuple[bool, str]] = [
-            (any(a.progressed for a in same), same[-1].result)
-            for same in deliveries.values()
-            if any(a.result != "killed" for a in same)
-        ]
+        # One entry per attempt: the delivery whose outcome the policy judged (the last one
+        # not lost with its worker); its message carried the count of attempts without
+        # progress, so a killed delivery's progress is not that attempt's.
+        tries: list[tuple[bool, str]] = []
+        for same in deliveries.values():
+            judged = [a for a in same if a.result != "killed"]
+            if judged:
+                tries.append((judged[-1].progressed, judged[-1].result))
         if not tries:
             continue
         if len(tries) > settings.max_task_attempts:

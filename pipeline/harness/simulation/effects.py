@@ -69,14 +69,21 @@ class DeferredStore:
 
 
 def install(services: Any) -> DeferredStore:
-    """Put a `DeferredStore` directly around the SQL store (under any latency wrapper)."""
+    """Put a `DeferredStore` directly around the SQL store (under any latency or fault
+    wrapper: a fault then fires when the stage calls, and a write it lets through -
+    `commit_unknown` - is committed at the delivery's end like any other)."""
+    from fakes.faulty_ports import FaultyDocumentStore
     from pipeline.adapters.latency import DelayedDocumentStore
 
+    wrappers = (DelayedDocumentStore, FaultyDocumentStore)
     outer = services.store
-    if isinstance(outer, DelayedDocumentStore):
-        deferred = DeferredStore(outer._inner)
-        outer._inner = deferred
+    if not isinstance(outer, wrappers):
+        deferred = DeferredStore(outer)
+        services.store = deferred
         return deferred
-    deferred = DeferredStore(outer)
-    services.store = deferred
+    holder = outer
+    while isinstance(holder._inner, wrappers):
+        holder = holder._inner
+    deferred = DeferredStore(holder._inner)
+    holder._inner = deferred
     return deferred

@@ -52,6 +52,8 @@ class Message:
     eta: float = 0.0
     #: Attempts in a row without progress (pipeline.app.policy), carried like a task kwarg.
     stalled: int = 0
+    #: The processing version the message carries (None: the document's current one).
+    version: int | None = None
 
     def retry(self, countdown: float, stalled: int = 0) -> Send:
         """The same task again after `countdown`, as Celery's retry sends it (same id)."""
@@ -64,6 +66,7 @@ class Message:
             retries=self.retries + 1,
             task_id=self.id,
             stalled=stalled,
+            version=self.version,
         )
 
 
@@ -80,6 +83,8 @@ class Send:
     #: Reuse a task id (a retry keeps its id); a new one otherwise.
     task_id: str | None = None
     stalled: int = 0
+    #: The processing version to carry (None: the document's current one).
+    version: int | None = None
 
 
 @dataclass
@@ -92,6 +97,17 @@ class Outcome:
     on_finish: Callable[[], None] | None = None
     #: The task is not done: after `duration`, call this (with the time) for the rest.
     resume: Callable[[float], Outcome] | None = None
+    #: Redis restarted as this task started: every worker's connection dropped.
+    redis_restarted: bool = False
+
+
+class IntakeFailed(Exception):
+    """`Executor.submit` could not queue the document (its database is down): the queue
+    processor finds the claimed row stale and dispatches it again `retry_after_s` later."""
+
+    def __init__(self, reason: str, retry_after_s: float) -> None:
+        super().__init__(reason)
+        self.retry_after_s = retry_after_s
 
 
 class Executor(Protocol):
@@ -102,6 +118,12 @@ class Executor(Protocol):
     def run(self, message: Message, start: float, delivery: int) -> Outcome:
         """Run one delivery of a message starting at `start` (virtual seconds)."""
         ...
+
+
+class CountdownFaults(Protocol):
+    """An executor that can make a worker die while it holds a retry's countdown message."""
+
+    def dies_holding(self, message: Message, now: float) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -146,6 +168,9 @@ class _Delivery:
     reserved_at: float
     acked: bool = False
     generation: int = 0
+    #: Its worker's connection dropped while it waited (a Redis restart): it never runs
+    #: there; the visibility timeout restores it.
+    dropped: bool = False
 
 
 @dataclass
@@ -249,6 +274,7 @@ class Simulator:
             retries=send.retries,
             eta=self.now + send.countdown if send.countdown > 0 else 0.0,
             stalled=send.stalled,
+            version=send.version,
         )
         self.queues[message.queue].append(message)
         self._log("publish", message.id, message.task, message.doc, message.retries, message.eta)
@@ -291,8 +317,40 @@ class Simulator:
     def _on_submit(self, doc: int) -> None:
         self.documents[doc] = DocumentRecord(submitted_at=self.now)
         self._log("submit", doc)
-        for send in self.executor.submit(doc, self.now):
+        self._intake(doc)
+
+    def _on_resubmit(self, doc: int) -> None:
+        self._log("resubmit", doc)
+        self._intake(doc)
+
+    def _intake(self, doc: int) -> None:
+        try:
+            sends = self.executor.submit(doc, self.now)
+        except IntakeFailed as failed:
+            self._log("submit_failed", doc, str(failed))
+            self._push(self.now + failed.retry_after_s, "resubmit", doc)
+            return
+        for send in sends:
             self.publish(send)
+
+    def restart_redis(self) -> None:
+        """Redis went away and came back: the queues and the unacked hash survive (an
+        fsynced append-only file), but every worker's connection dropped. Messages a
+        worker had received without starting them - prefetched, or held for their
+        countdown - are gone from it; kombu could not requeue them while Redis was down,
+        so they come back when the visibility timeout restores them."""
+        lost = []
+        for worker in self.workers:
+            for delivery in worker.buffer:
+                delivery.dropped = True
+                lost.append(delivery.message.id)
+            worker.buffer.clear()
+        for _at, _seq, kind, payload in self._heap:
+            if kind == "eta" and not payload.dropped:
+                payload.dropped = True
+                payload.worker.held -= 1
+                lost.append(payload.message.id)
+        self._log("redis_restart", lost)
 
     def _on_crash(self, crash: Crash) -> None:
         for worker in self.workers:
@@ -325,7 +383,7 @@ class Simulator:
 
     def _on_eta(self, delivery: _Delivery) -> None:
         worker = delivery.worker
-        if delivery.generation != worker.generation:
+        if delivery.generation != worker.generation or delivery.dropped:
             return
         worker.held -= 1
         worker.buffer.append(delivery)
@@ -400,6 +458,10 @@ class Simulator:
             # ETA messages are held outside the prefetch count until due.
             worker.held += 1
             self._push(message.eta, "eta", delivery)
+            dies = getattr(self.executor, "dies_holding", None)
+            if dies is not None and dies(message, self.now):
+                # The worker dies while it holds the countdown (and whatever else it runs).
+                self._push(self.now, "crash", Crash(worker.name, self.now, restart_after=5.0))
             return
         worker.buffer.append(delivery)
         self._start_ready(worker)
@@ -415,6 +477,8 @@ class Simulator:
                 message, self.now, self.deliveries[(message.id, message.retries)]
             )
             self._log("start", message.id, delivery.tag, worker.name)
+            if outcome.redis_restarted:
+                self.restart_redis()
             self._schedule(delivery, outcome, self.config.hop_overhead_s)
 
     def _schedule(self, delivery: _Delivery, outcome: Outcome, overhead: float = 0.0) -> None:

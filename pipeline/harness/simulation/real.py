@@ -21,27 +21,32 @@ are committed at the kill: the worst case for exactly-once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from fakes.faults import SharedFaultInjector, WorkerKilled
+import redis
+
+from fakes.faults import ACTIVE_FAULTS_KEY, SharedFaultInjector, WorkerKilled
+from fakes.faulty_ports import consult
 from pipeline.app import stages
 from pipeline.app.intake import claim_own, storage_key
-from pipeline.app.policy import ProgressMeter, decide, metered, readable
+from pipeline.app.policy import ProgressMeter, decide, metered, readable, retry_countdown
 from pipeline.app.stages import StageResult
 from pipeline.bootstrap import Services, build_services, redis_client
 from pipeline.domain.models import SourceDocument, Stage, Status, stable_uuid
 from pipeline.errors import LockUnavailable, StaleDelivery, TransientError
 from pipeline.harness.simulation.clock import VirtualClock, VirtualRateLimiter
 from pipeline.harness.simulation.effects import install as install_deferred_store
-from pipeline.harness.simulation.engine import Message, Outcome, OutcomeKind, Send
+from pipeline.harness.simulation.engine import IntakeFailed, Message, Outcome, OutcomeKind, Send
 from pipeline.harness.simulation.model import POLL_OCR, START_OCR
 from pipeline.ports import FaultInjector
+from pipeline.runtime.tasks import RETRYABLE
 from pipeline.settings import Settings
 
 _runs = itertools.count(1)
@@ -105,6 +110,7 @@ class StageExecutor:
             limit=settings.llm_rate_limit_calls,
             window_seconds=settings.llm_rate_limit_window_s,
         )
+        self.faults = faults
         self.services: Services = build_services(
             settings, faults=faults, clock=self.clock, rate_limiter=self.limiter
         )
@@ -115,6 +121,8 @@ class StageExecutor:
         self.versions: dict[int, int] = {}
         #: Every delivery that ran stage code (or was refused the lock), in virtual-time order.
         self.attempts: list[Attempt] = []
+        #: Whether the delivery starting now found Redis restarted (a `redis.server` fault).
+        self._restarted = False
 
     @property
     def settings(self) -> Settings:
@@ -131,12 +139,46 @@ class StageExecutor:
         from the seed (reproducible rows), and claimed like `docpipe run` does.
         """
         self.clock.set(now)
-        if doc not in self.uuids:
-            self.uuids[doc] = self._submit_file(doc)
-        document = self.services.store.get_document(self.uuids[doc])
-        self.versions[doc] = document.processing_version
-        stages.mark(self.services, document, Stage.OCR, Status.OCR_QUEUED)
+        try:
+            if doc not in self.uuids:
+                self.uuids[doc] = self._submit_file(doc)
+            document = self.services.store.get_document(self.uuids[doc])
+            self.versions[doc] = document.processing_version
+            stages.mark(self.services, document, Stage.OCR, Status.OCR_QUEUED)
+        except (TransientError, redis.RedisError, WorkerKilled) as exc:
+            # `docpipe run` reports the error; the claimed queue row goes stale and the
+            # queue processor dispatches the document again.
+            raise IntakeFailed(
+                f"{type(exc).__name__}: {exc}", self.settings.queue_stale_after_s
+            ) from None
         return [Send(task=START_OCR, queue=Stage.OCR.queue, doc=doc)]
+
+    def _consult(self, port: str, operation: str, doc: int) -> str | None:
+        """The process-level faults (a port of the scenario catalogue the scheduler owns)."""
+        if self.faults is None:
+            return None
+        return consult(self.faults, self.clock, port, operation, self.uuids.get(doc))
+
+    def dies_holding(self, message: Message, now: float) -> bool:
+        """Whether a `worker.countdown` fault kills the worker holding this retry."""
+        self.clock.set(now)
+        try:
+            self._consult("worker", "countdown", message.doc)
+        except WorkerKilled:
+            return True
+        return False
+
+    def _restart_redis(self) -> None:
+        """Redis lost what it held in memory: locks, state hash, caches, delivery counts.
+
+        The fault injector's own keys are the experiment's, not the deployment's: kept.
+        """
+        client = self.services.redis
+        keep = (ACTIVE_FAULTS_KEY, "docpipe:faults:")
+        for key in list(client.scan_iter()):
+            name = key.decode() if isinstance(key, bytes) else str(key)
+            if not name.startswith(keep):
+                client.delete(name)
 
     def _submit_file(self, doc: int) -> str:
         path = self.files[doc % len(self.files)]
@@ -171,7 +213,25 @@ class StageExecutor:
         as "skipped", sending nothing - as `pipeline.runtime.tasks.run_stage` acks it.
         """
         with self.deferred.deferring() as pending:
-            outcome = self._run_at_start(message, start, delivery)
+            try:
+                outcome = self._run_at_start(message, start, delivery)
+            except WorkerKilled as killed:
+                # Killed outside the stage call (a dispatcher or task-layer write).
+                outcome = Outcome(self.clock.now() - start, "worker_lost", detail=str(killed))
+            except (TransientError, redis.RedisError) as exc:
+                # Recording the failure or dead letter failed (database or Redis down): as
+                # the task layer (`_retry_recording`), the task runs again later.
+                countdown = retry_countdown(self.settings, message.retries, rng=self.rng)
+                detail = f"could not record the outcome ({exc}); retry in {countdown:.3f}s"
+                send = message.retry(countdown, stalled=message.stalled)
+                outcome = Outcome(self.clock.now() - start, "retry", [send], detail=detail)
+            if outcome.kind != "worker_lost":
+                try:
+                    self._consult("worker", "ack", message.doc)
+                except WorkerKilled as killed:
+                    # Its side effects are done; the ack and the sends die with it.
+                    outcome = Outcome(outcome.duration, "worker_lost", detail=str(killed))
+            outcome.redis_restarted = self._restarted
         if not pending:
             return outcome
         stage = self._stage(message)
@@ -194,23 +254,36 @@ class StageExecutor:
                 kind = "completed" if status is Status.COMPLETED else "ok"
             return Outcome(0.0, kind, outcome.sends, outcome.detail, outcome.on_finish)
 
-        return Outcome(outcome.duration, "ok", detail=outcome.detail, resume=at_end)
+        return Outcome(
+            outcome.duration,
+            "ok",
+            detail=outcome.detail,
+            resume=at_end,
+            redis_restarted=outcome.redis_restarted,
+        )
 
     def _run_at_start(self, message: Message, start: float, delivery: int) -> Outcome:
         self.clock.set(start)
         self.limiter.prune("llm", start - self.settings.llm_rate_limit_window_s)
         stage = self._stage(message)
         uuid = self.uuids[message.doc]
-        version = self.versions[message.doc]
+        version = message.version if message.version is not None else self.versions[message.doc]
         services = self.services
+        self._restarted = self._consult("redis", "server", message.doc) == "restart"
+        if self._restarted:
+            self._restart_redis()
+        if self._consult("worker", "start", message.doc) == "outlive_visibility":
+            # A pool without time limits: the task hangs past the visibility timeout.
+            self.clock.sleep(self.settings.visibility_timeout_s + 1.0)
         if delivery > self.settings.max_redeliveries:
             gave_up = f"gave up after {message.retries} retries"
             self._dead_letter(message, stage, f"worker lost too many times ({gave_up})")
             return Outcome(0.0, "dead_lettered", detail="redelivered too often")
         lock_name = f"{uuid}:{stage}"
-        token = services.locks.acquire(lock_name, self.settings.lock_ttl_s, owner=message.id)
+        token: str | None = None
         meter = ProgressMeter()
         try:
+            token = services.locks.acquire(lock_name, self.settings.lock_ttl_s, owner=message.id)
             if token is None:
                 raise LockUnavailable(f"another worker holds the {stage} lock")
             stages.forget_claim()
@@ -220,15 +293,18 @@ class StageExecutor:
             # SIGKILL: no release, no status, no retry; the broker redelivers the message.
             self._attempted(message, meter.progressed, "killed")
             return Outcome(self.clock.now() - start, "worker_lost", detail=str(killed))
+        except redis.RedisError as exc:
+            # As the task layer: Redis unreachable is retried; the lock is left to expire.
+            duration = self.clock.now() - start
+            outcome = self._retry(message, stage, exc, meter.progressed, duration)
+            self._attempted(message, meter.progressed, _ended(outcome))
+            return outcome
         except TransientError as exc:
             if token is not None:
                 services.locks.release(lock_name, token)
             duration = self.clock.now() - start
             outcome = self._retry(message, stage, exc, meter.progressed, duration)
-            if isinstance(exc, LockUnavailable):
-                ended = "locked"
-            else:
-                ended = "dead_letter" if outcome.kind == "dead_lettered" else "retry"
+            ended = "locked" if isinstance(exc, LockUnavailable) else _ended(outcome)
             self._attempted(message, meter.progressed, ended)
             return outcome
         except Exception as exc:  # the task layer records any other failure on the row
@@ -246,19 +322,30 @@ class StageExecutor:
         if result.skipped:
             return Outcome(duration, "skipped", on_finish=release)
         sends: list[Send] = []
-        if result.poll_job_id is not None:
-            sends.append(
-                Send(
-                    task=POLL_OCR,
-                    queue=Stage.OCR.queue,
-                    doc=message.doc,
-                    args=(result.poll_job_id, result.polls),
-                    countdown=self.settings.ocr_poll_interval_s,
+        try:
+            if result.poll_job_id is not None:
+                sends.append(
+                    Send(
+                        task=POLL_OCR,
+                        queue=Stage.OCR.queue,
+                        doc=message.doc,
+                        args=(result.poll_job_id, result.polls),
+                        countdown=self.settings.ocr_poll_interval_s,
+                    )
                 )
-            )
-        elif result.next_stage is not None:
-            services.state.record(uuid, str(stage), "completed")
-            sends.append(Send(str(result.next_stage), result.next_stage.queue, message.doc))
+            elif result.next_stage is not None:
+                services.state.record(uuid, str(stage), "completed")
+                sends.extend(self._publish(result.next_stage, message, version))
+        except WorkerKilled:
+            raise
+        except Exception as exc:
+            # As the task layer: the stage committed but its successor was not published;
+            # retrying re-runs the idempotent stage, which publishes again.
+            release()
+            duration = self.clock.now() - start
+            outcome = self._retry(message, stage, exc, False, duration, retryable=(Exception,))
+            self.attempts[-1] = replace(self.attempts[-1], result=_ended(outcome))
+            return outcome
         if stage is Stage.RELATIONSHIPS and not sends:
             status = services.store.statuses([uuid])[uuid]
             kind: OutcomeKind = "completed" if status is Status.COMPLETED else "ok"
@@ -277,6 +364,16 @@ class StageExecutor:
             )
         )
 
+    def _publish(self, stage: Stage, message: Message, version: int) -> list[Send]:
+        """The next stage's message, through the dispatcher's faults (as FaultyDispatcher)."""
+        send = Send(str(stage), stage.queue, message.doc, version=message.version)
+        response = self._consult("dispatcher", "send_stage", message.doc)
+        if response == "duplicate":
+            return [send, Send(str(stage), stage.queue, message.doc, version=message.version)]
+        if response == "stale_version":
+            return [send, Send(str(stage), stage.queue, message.doc, version=version - 1)]
+        return [send]
+
     def _call(self, message: Message, stage: Stage, uuid: str, version: int) -> StageResult:
         if message.task == START_OCR:
             attempt = f"{message.id}:{message.retries}"
@@ -290,9 +387,11 @@ class StageExecutor:
         self,
         message: Message,
         stage: Stage,
-        exc: TransientError,
+        exc: Exception,
         progressed: bool,
         duration: float,
+        *,
+        retryable: tuple[type[BaseException], ...] = RETRYABLE,
     ) -> Outcome:
         """pipeline.app.policy's decision, as the task layer applies it."""
         decision = decide(
@@ -302,6 +401,7 @@ class StageExecutor:
             stalled=message.stalled,
             progressed=progressed,
             settings=self.settings,
+            retryable=retryable,
             rng=self.rng,
         )
         if decision.action == "dead_letter":
@@ -339,9 +439,17 @@ class StageExecutor:
         return {"documents": out, "digest": digest}
 
 
+def _ended(outcome: Outcome) -> str:
+    """An attempt's result for the retry-budget evidence, from the policy's outcome."""
+    return "dead_letter" if outcome.kind == "dead_lettered" else "retry"
+
+
 def _releaser(services: Services, name: str, token: str | None) -> Any:
     def release() -> None:
-        if token is not None:
+        if token is None:
+            return
+        # As the task layer: Redis being down is not the task's failure (the lock expires).
+        with contextlib.suppress(redis.RedisError):
             services.locks.release(name, token)
 
     return release
