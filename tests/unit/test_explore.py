@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from pipeline.app.policy import Decision
-from pipeline.harness.explore.catalogue import sim_catalogue
+from pipeline.harness.explore.catalogue import Catalogue, sim_catalogue
 from pipeline.harness.explore.explorer import explore
 from pipeline.harness.explore.generate import generate_schedule
 from pipeline.harness.explore.shrink import shrink, size
@@ -27,6 +27,16 @@ from pipeline.harness.simulation import real
 from pipeline.library import SAMPLES
 
 DOCUMENTS = [p.name for p in sorted(SAMPLES.iterdir())]
+
+
+def service_faults() -> Catalogue:
+    """The external services' faults (ocr, parser, llm): the catalogue these tests explore.
+
+    The whole catalogue (every port, process faults) is `make explore`'s; here a
+    fixed, short exploration whose outcome depends on the seed and count only.
+    """
+    faults = tuple(o for o in sim_catalogue().faults if o.port in {"ocr", "parser", "llm"})
+    return Catalogue(faults=faults, disruptions=())
 
 
 def test_the_catalogue_is_the_schema_s_faults_that_sim_mode_injects() -> None:
@@ -98,7 +108,14 @@ def test_shrinking_keeps_only_what_the_failure_needs() -> None:
 
 
 def test_a_short_exploration_of_main_finds_nothing(tmp_path: Path) -> None:
-    result = explore(seed=2026, documents=[SAMPLES], out=tmp_path, schedules=16, jobs=1)
+    result = explore(
+        seed=2026,
+        documents=[SAMPLES],
+        out=tmp_path,
+        schedules=16,
+        jobs=1,
+        catalogue=service_faults(),
+    )
     assert result.schedules == 16
     assert result.fired, "no fault fired: the schedules explored nothing"
     assert [(f.invariant, f.detail) for f in result.findings] == []
@@ -114,7 +131,15 @@ def test_a_planted_defect_is_found_shrunk_and_replayed(
         return Decision("dead_letter", f"{stage}: {exc} (planted: no retry)", stalled=1)
 
     monkeypatch.setattr(real, "decide", dead_letter_at_once)
-    result = explore(seed=2026, documents=[SAMPLES], out=tmp_path, schedules=16, jobs=1)
+    result = explore(
+        seed=2026,
+        documents=[SAMPLES],
+        out=tmp_path,
+        schedules=16,
+        jobs=1,
+        shrink_runs=60,
+        catalogue=service_faults(),
+    )
     budget = [f for f in result.findings if f.invariant == "retry budget"]
     assert budget, [f.invariant for f in result.findings]
     finding = budget[0]
