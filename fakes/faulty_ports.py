@@ -47,7 +47,9 @@ from pipeline.ports import (
 )
 from pipeline.ports.services import Services
 
-#: DocumentStore method -> its role (the scenario catalogue's `store` operations).
+#: DocumentStore method -> its role (the scenario catalogue's `store` operations): the
+#: role protocols of pipeline/ports/store.py (DocumentRecords, DerivedRows, WorkQueue,
+#: DeadLetters), by method name, so one proxy serves the joined store or any single role.
 STORE_ROLES: dict[str, str] = {
     # documents and their status, fences, OCR job rows
     "ensure_project": "documents",
@@ -60,7 +62,6 @@ STORE_ROLES: dict[str, str] = {
     "statuses": "documents",
     "advance_status": "documents",
     "claim_delivery": "documents",
-    "check_fence": "documents",
     "force_status": "documents",
     "record_attempt": "documents",
     "set_task_id": "documents",
@@ -83,6 +84,7 @@ STORE_ROLES: dict[str, str] = {
     "clear_derived": "derived",
     "counts": "derived",
     "derived_versions": "derived",
+    "check_fence": "derived",
     # the work queue
     "enqueue": "queue",
     "claim": "queue",
@@ -352,14 +354,14 @@ class FaultyRateLimiter:
         self._faults = faults
         self._clock = clock
 
-    def acquire(self, name: str) -> None:
+    def acquire(self, name: str, tokens: int = 0) -> None:
         try:
             response = consult(self._faults, self._clock, "rate_limiter", "acquire", None)
         except TransientError as exc:
             raise RateLimited(
                 f"rate limiter unavailable (ConnectionError: {exc}); refusing the call"
             ) from None
-        self._inner.acquire(name)
+        self._inner.acquire(name, tokens)
         _after(self._faults, response, "rate_limiter", "acquire")
 
     def __getattr__(self, name: str) -> Any:

@@ -3,8 +3,11 @@
 `FakeOpenAI` answers `POST /v1/chat/completions` with the rule-based
 extractor's JSON for the user message (so results are meaningful), and plays
 scripted failures first: 429 with Retry-After, 401, 400, 500, malformed or
-empty content. Use it in-process with `httpx2.MockTransport(fake.handler)`,
-or across processes with `FakeOpenAIServer` (stdlib http.server on
+empty content. A packed request (pipeline.domain.packing: the user message is
+`{"chunks": [...]}`) is answered per chunk; `malformed_chunk` leaves the last
+chunk's entity list out of such an answer (one chunk broken, the rest good).
+Use it in-process with `httpx2.MockTransport(fake.handler)`, or across processes with
+`FakeOpenAIServer` (stdlib http.server on
 127.0.0.1, a free port) whose `base_url` goes into `DOCPIPE_OPENAI_BASE_URL`.
 The script lives in the server's process, so failures scheduled by a test do
 reach workers in other processes (failure 14).
@@ -26,8 +29,18 @@ from typing import Any, Literal
 import httpx2
 
 from pipeline.adapters.rule_based_llm import RuleBasedEntityExtractor
+from pipeline.domain.packing import pack_answer, unpack_request_text
+from pipeline.domain.tokens import estimate_answer_tokens, estimate_chat_tokens
 
-Fault = Literal["rate_limit", "unauthorized", "bad_request", "server_error", "malformed", "empty"]
+Fault = Literal[
+    "rate_limit",
+    "unauthorized",
+    "bad_request",
+    "server_error",
+    "malformed",
+    "empty",
+    "malformed_chunk",
+]
 FAULTS: tuple[Fault, ...] = (
     "rate_limit",
     "unauthorized",
@@ -35,6 +48,7 @@ FAULTS: tuple[Fault, ...] = (
     "server_error",
     "malformed",
     "empty",
+    "malformed_chunk",
 )
 
 CHAT_PATH = "/v1/chat/completions"
@@ -148,14 +162,21 @@ class FakeOpenAI:
         text = next(
             (m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), ""
         )
+        packed = unpack_request_text(str(text))
         if fault == "malformed":
             content = '{"entities": [{"entity": "' + str(text)[:20].replace('"', "")
         elif fault == "empty":
             content = ""
+        elif packed is not None:
+            content = pack_answer([self._extractor.extract(chunk) for chunk in packed])
+            if fault == "malformed_chunk" and packed:
+                answer = json.loads(content)
+                del answer["chunks"][-1]["entities"]
+                content = json.dumps(answer)
         else:
             content = self._extractor.extract(str(text))
-        prompt = sum(len(str(m.get("content", ""))) for m in messages) // 4 + 1
-        completion = len(content) // 4 + 1
+        prompt = estimate_chat_tokens([str(m.get("content", "")) for m in messages])
+        completion = estimate_answer_tokens(content)
         with self._lock:
             self.prompt_tokens += prompt
             self.completion_tokens += completion

@@ -9,7 +9,6 @@ fork. The stage-chaining port (`Dispatcher`) is wired here to Celery.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 from typing import Any, cast
@@ -39,6 +38,7 @@ from pipeline.errors import ConfigurationError
 from pipeline.ports import (
     BlobStore,
     Clock,
+    Dispatcher,
     DocumentParser,
     DocumentStore,
     EntityExtractor,
@@ -51,7 +51,7 @@ from pipeline.ports.services import Services as Services  # re-exported: callers
 from pipeline.ports.services import current_services as current_services
 from pipeline.ports.services import set_services_factory
 from pipeline.ports.services import use_services as use_services
-from pipeline.settings import Settings, get_settings, redact_url
+from pipeline.settings import Settings, get_settings, is_loopback_url, redact_url
 
 #: Set by the test suite: real cloud adapters then refuse to build unless a test opts in.
 UNDER_TEST_ENV = "DOCPIPE_UNDER_TEST"
@@ -99,19 +99,6 @@ def build_blob_store(url: str) -> BlobStore:
 def _refuse_cloud_under_test(settings: Settings, what: str) -> None:
     if os.environ.get(UNDER_TEST_ENV) and not settings.allow_cloud:
         raise ConfigurationError(f"{what} is a real cloud adapter and is disabled under tests")
-
-
-def is_loopback_url(url: str | None) -> bool:
-    """Whether `url` points at this machine (a local fake, never a cloud service)."""
-    if not url:
-        return False
-    host = urlparse(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def build_openai_extractor(settings: Settings) -> EntityExtractor:
@@ -228,13 +215,14 @@ def build_services(
     faults: FaultInjector | None = None,
     clock: Clock | None = None,
     rate_limiter: RateLimiter | None = None,
+    dispatcher: Dispatcher | None = None,
 ) -> Services:
     """Every adapter the settings ask for; `faults` reaches the fakes (scenarios, tests).
 
-    `clock` replaces the wall clock and `rate_limiter` the shared Redis window
-    (the simulator passes virtual ones).
+    `clock` replaces the wall clock, `rate_limiter` the shared Redis window and
+    `dispatcher` Celery (the simulator passes virtual ones and its own broker model).
     """
-    from pipeline.adapters.sql_store import create_store
+    from pipeline.adapters.sql import create_store
     from pipeline.runtime.tasks import (
         CeleryDispatcher,  # celery is imported only when services are built
     )
@@ -294,6 +282,7 @@ def build_services(
             client,
             limit=settings.llm_rate_limit_calls,
             window_seconds=settings.llm_rate_limit_window_s,
+            token_limit=settings.llm_rate_limit_tokens,
         )
     if faults is not None:
         # The limiter's backend failing (it fails closed): before the extractor takes it.
@@ -332,7 +321,7 @@ def build_services(
         rate_limiter=rate_limiter,
         clock=clock,
         redis=client,
-        dispatcher=CeleryDispatcher(),
+        dispatcher=dispatcher if dispatcher is not None else CeleryDispatcher(),
         faults=faults,
     )
     if faults is not None:
@@ -374,6 +363,7 @@ def start(
     faults: FaultInjector | None = None,
     clock: Clock | None = None,
     rate_limiter: RateLimiter | None = None,
+    dispatcher: Dispatcher | None = None,
 ) -> Services:
     """Build the services, configure the Celery app for `settings`, install them as current.
 
@@ -384,7 +374,9 @@ def start(
     """
     from pipeline.runtime import celery_app
 
-    services = build_services(settings, faults=faults, clock=clock, rate_limiter=rate_limiter)
+    services = build_services(
+        settings, faults=faults, clock=clock, rate_limiter=rate_limiter, dispatcher=dispatcher
+    )
     celery_app.configure(settings)
     use_services(services)
     return services

@@ -7,9 +7,11 @@ mode, fake OCR and a rule-based extractor. No Redis, cloud or credentials.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from functools import lru_cache
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +35,43 @@ UNPROTECTED_POOLS_NOTE = (
 #: page at 200 dpi took ~10 s of CPU with one thread on the 2-core dev machine,
 #: scripts/measure_ocr.py; more at 600 dpi or on a busy machine).
 OCR_LOCAL_PAGE_ALLOWANCE_S = 60.0
+
+
+def is_loopback_url(url: str | None) -> bool:
+    """Whether `url` points at this machine (a local fake, never a cloud service)."""
+    if not url:
+        return False
+    host = urlparse(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def single_host_note(settings: Settings) -> str | None:
+    """Why workers on other hosts cannot share this deployment, or None when they can.
+
+    A file:// blob store and a SQLite database are directories on this machine:
+    a worker on another host (the broker is not on loopback, so there may be
+    one) sees its own, different folder. Workers that share only PostgreSQL,
+    Redis and S3 need `s3://` blobs and a PostgreSQL database.
+    """
+    if is_loopback_url(settings.broker_url) or settings.broker_url.startswith("memory://"):
+        return None
+    local = []
+    if settings.blob_url.startswith("file://"):
+        local.append(f"blobs ({settings.blob_url})")
+    if settings.database_url.startswith("sqlite"):
+        local.append("the SQLite database")
+    if not local:
+        return None
+    return (
+        f"{' and '.join(local)} live on this host only: a worker on another host cannot read "
+        "them; run every worker here or use DOCPIPE_BLOB_URL=s3://BUCKET/PREFIX and a "
+        "PostgreSQL DOCPIPE_DATABASE_URL"
+    )
 
 
 def pool_time_limit_note(settings: Settings, pool: str) -> str | None:
@@ -114,7 +153,20 @@ class Settings(BaseSettings):
     chunk_max_chars: int = Field(default=1500, ge=10)
     fuzzy_threshold: float = Field(default=0.88, gt=0, le=1)
     llm_rate_limit_calls: int = Field(default=50, ge=1)
+    #: Tokens per window (prompt + expected answer each request reserves); 0 = no token
+    #: limit. 200,000 is OpenAI's tier-1 tokens per minute for gpt-4o-mini (500 requests).
+    llm_rate_limit_tokens: int = Field(default=200_000, ge=0)
     llm_rate_limit_window_s: float = Field(default=60.0, gt=0)
+    #: Consecutive chunks packed into one LLM request up to this many estimated tokens
+    #: (prompt and answer, pipeline.domain.tokens); 0 = one chunk per request.
+    llm_pack_tokens: int = Field(default=8000, ge=0)
+    #: List prices in USD per 1M tokens (input, output) by model, for cost reports: OpenAI's
+    #: standard (not batch, not cached-input) prices, gpt-4o-mini 0.15/0.60 since its launch
+    #: on 2024-07-18 and gpt-4o 2.50/10.00 (gpt-4o-2024-08-06); still listed so in 2026
+    #: (checked 2026-12-06 against published price tables). JSON in the env variable.
+    llm_prices_usd_per_mtok: dict[str, tuple[float, float]] = Field(
+        default_factory=lambda: {"gpt-4o-mini": (0.15, 0.60), "gpt-4o": (2.50, 10.00)}
+    )
     #: A stage waits this long at most for a rate-limit slot before it retries later.
     llm_rate_limit_max_wait_s: float = Field(default=120.0, ge=0)
     cache_ttl_s: int = Field(default=12 * 3600, ge=1)
@@ -186,6 +238,9 @@ class Settings(BaseSettings):
     neo4j_password: SecretStr | None = None
     neo4j_database: str = "neo4j"
     flower_basic_auth: SecretStr | None = None
+    #: Where Flower answers, for `docpipe doctor` to probe without credentials (unset: the
+    #: `docpipe flower` default, http://127.0.0.1:5555, if anything listens there).
+    flower_url: str | None = None
 
     @model_validator(mode="after")
     def _remember_secrets(self) -> Settings:

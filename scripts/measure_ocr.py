@@ -60,7 +60,7 @@ def normalise(text: str) -> str:
 
 
 def measure(workdir: Path, rotate: float) -> list[dict[str, Any]]:
-    from pipeline.adapters.sql_store import create_store
+    from pipeline.adapters.sql import create_store
 
     text_dir, scan_dir = workdir / "text", workdir / "scan"
     text_dir.mkdir(parents=True, exist_ok=True)

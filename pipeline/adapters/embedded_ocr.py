@@ -1,4 +1,9 @@
-"""A fake Textract: asynchronous jobs whose state lives in Redis.
+"""The embedded default's OCR engine: Textract's asynchronous job shape, run locally.
+
+Text layers and DOCX/TXT/EML come from the local parsers; image-only PDF pages
+go through local OCR (pipeline.adapters.local_ocr) when the `ocr` extra is
+installed. Faults from the FaultInjector port reach it, so scenarios can make
+it fail like Textract does.
 
 Job records are Redis hashes, so a job started by one worker process can be
 polled by another (the OCR task reschedules itself and may land anywhere).

@@ -97,6 +97,32 @@ class Distribution:
 
 ZERO = Distribution("fixed", 0.0)
 
+#: Share of one LLM call's time that does not grow with the tokens it carries (the round
+#: trip and time to first token, ~0.3-0.5 s of a 1-4 s call); the rest is generating
+#: the answer, token by token, so it grows with the chunks a packed call carries.
+LLM_FIXED_SHARE = 0.25
+
+
+def pack_call_seconds(
+    call_seconds: Callable[[str], float], pack_key: str, chunk_keys: Sequence[str]
+) -> float:
+    """Simulated time of one LLM request carrying these chunks (keys: sha256 of each text).
+
+    `LLM_CALL` is the time of a request carrying one chunk. A packed request
+    pays the fixed part once and each chunk's token part: fixed share x the
+    pack's own sample + the rest of each chunk's sample. One chunk costs exactly
+    its old sample, so unpacked runs keep their timings.
+    """
+    if len(chunk_keys) == 1:
+        return call_seconds(chunk_keys[0])
+    variable = sum(call_seconds(key) for key in chunk_keys)
+    return LLM_FIXED_SHARE * call_seconds(pack_key) + (1 - LLM_FIXED_SHARE) * variable
+
+
+def pack_key(chunk_keys: Sequence[str]) -> str:
+    """The latency key of a packed request: a digest of its chunks' keys."""
+    return hashlib.sha256("\x00".join(chunk_keys).encode()).hexdigest()
+
 
 def parse_distribution(spec: str) -> Distribution:
     """`fixed:S`, `uniform:LOW:HIGH`, `lognormal:MEDIAN:SIGMA[:LOW:HIGH]` (seconds)."""

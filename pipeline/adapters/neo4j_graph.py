@@ -28,16 +28,12 @@ import neo4j
 from neo4j import exceptions as neo4j_errors
 
 from pipeline.domain.graph import (
-    BELONGS_TO,
     CANONICAL_ENTITY,
     CHUNK,
-    CONTAINS_MENTION,
     DOCUMENT,
     ENTITY_MENTION,
-    MEMBER_OF_CLUSTER,
-    NEXT_CHUNK,
-    PREVIOUS_CHUNK,
     PROJECT,
+    RELATIONSHIP_PROPERTIES,
 )
 from pipeline.domain.models import CanonicalEntity, Chunk, DocumentNode, Mention, Relationship
 from pipeline.errors import ConfigurationError, PermanentError, TransientError
@@ -72,16 +68,6 @@ NODE_PROPERTIES: dict[str, tuple[str, ...]] = {
     ),
 }
 
-#: Every (from label, type, to label) the pipeline stages, with its edge properties
-#: (pipeline.domain.graph.stage_relationships); anything else is refused.
-RELATIONSHIP_PROPERTIES: dict[tuple[str, str, str], tuple[str, ...]] = {
-    (DOCUMENT, BELONGS_TO, PROJECT): ("title", "category"),
-    (CHUNK, BELONGS_TO, DOCUMENT): ("chunk_index",),
-    (CHUNK, NEXT_CHUNK, CHUNK): ("from_index", "to_index"),
-    (CHUNK, PREVIOUS_CHUNK, CHUNK): ("from_index", "to_index"),
-    (CHUNK, CONTAINS_MENTION, ENTITY_MENTION): ("start", "end", "entity_type"),
-    (ENTITY_MENTION, MEMBER_OF_CLUSTER, CANONICAL_ENTITY): ("confidence", "entity_type"),
-}
 RELATIONSHIP_KINDS: tuple[tuple[str, str, str], ...] = tuple(RELATIONSHIP_PROPERTIES)
 
 DEFAULT_BATCH_SIZE = 500

@@ -1,4 +1,7 @@
-"""OpenAI entity extraction: the official SDK, one chat completion per chunk.
+"""OpenAI entity extraction: the official SDK, one chat completion per chunk or per pack.
+
+A packed request carries several chunks and is answered per chunk
+(pipeline.domain.packing); the prompts are in pipeline.adapters.llm_prompts.
 
 The SDK's own retries are off (`max_retries=0`): docpipe's task retry policy is
 the one place that decides when to try again, and it honours Retry-After.
@@ -12,28 +15,22 @@ from __future__ import annotations
 import email.utils
 import json
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 
+from pipeline.adapters.llm_prompts import messages, request_tokens
+from pipeline.domain.packing import split_packed_answer
+from pipeline.domain.tokens import estimate_answer_tokens, estimate_chat_tokens
 from pipeline.errors import MalformedResponse, PermanentError, TransientError
+from pipeline.ports import LlmAnswer
 
 if TYPE_CHECKING:
     import httpx2
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-
-#: Asks for exactly the shape `pipeline.domain.entities.parse_llm_entities` reads.
-SYSTEM_PROMPT = (
-    "You extract named entities from one chunk of a legal document. Answer with a single "
-    'JSON object and nothing else, exactly of this shape: {"entities": [{"entity": '
-    '"<the exact text as it appears in the chunk>", "label": "<PERSON|ORG|GPE|LOCATION|DATE|'
-    'MONEY|LAW|CASE|OTHER>", "start": <character offset where it starts in the chunk>, '
-    '"end": <offset just after it ends>, "confidence": <number between 0 and 1>}]}. '
-    "Copy entity text verbatim from the chunk. Use GPE for countries, states and cities, "
-    "LOCATION for other places, LAW for statutes and rules, CASE for case names and numbers. "
-    'Answer {"entities": []} when the chunk has none.'
-)
 
 #: Statuses the SDK itself would retry (besides 429 and 5xx): worth a later attempt.
 _RETRYABLE_STATUSES = frozenset({408, 409})
@@ -52,13 +49,21 @@ class OpenAIEntityExtractor:
         return self._model
 
     def extract(self, text: str) -> str:
+        return self.extract_many([text]).payloads[0]
+
+    def request_tokens(self, texts: Sequence[str]) -> int:
+        return request_tokens(texts)
+
+    def extract_many(self, texts: Sequence[str]) -> LlmAnswer:
+        system, user = messages(texts)
+        request: list[ChatCompletionMessageParam] = [
+            {"role": "system", "content": system["content"]},
+            {"role": "user", "content": user["content"]},
+        ]
         try:
             completion = self._client.chat.completions.create(
                 model=self._model,
-                messages=[
-                    {"role": "system", "content": SYSTEM_PROMPT},
-                    {"role": "user", "content": text},
-                ],
+                messages=request,
                 response_format={"type": "json_object"},
                 temperature=0,
                 timeout=self._timeout_s,
@@ -85,7 +90,14 @@ class OpenAIEntityExtractor:
             ) from exc
         if not isinstance(data, dict):
             raise MalformedResponse(f"OpenAI answer is a JSON {type(data).__name__}, not an object")
-        return content
+        payloads = [content] if len(texts) == 1 else split_packed_answer(content, len(texts))
+        usage = completion.usage
+        if usage is not None:
+            prompt, answered = usage.prompt_tokens, usage.completion_tokens
+        else:  # a compatible server may leave usage out: estimate it
+            prompt = estimate_chat_tokens([system["content"], user["content"]])
+            answered = estimate_answer_tokens(content)
+        return LlmAnswer(tuple(payloads), prompt_tokens=prompt, completion_tokens=answered)
 
 
 def map_openai_error(exc: openai.APIError) -> TransientError | PermanentError:

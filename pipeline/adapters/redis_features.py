@@ -35,21 +35,47 @@ end
 return 0
 """
 
-# Sliding window in one round trip: drop old entries, count, add if under the limit.
+# Sliding window of requests and tokens in one round trip. One sorted set per limit name:
+# score = the request's time, member = "<unique id>:<tokens reserved>". Drop what left the
+# window, then find how long until one more request (ARGV[3] per window) and ARGV[5] more
+# tokens (ARGV[6] per window; 0 = no token limit) both fit; take the slot if that is now.
 _SLIDING_WINDOW = """
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
+local tokens = tonumber(ARGV[5])
+local token_limit = tonumber(ARGV[6])
+if token_limit > 0 and tokens > token_limit then
+    tokens = token_limit
+end
 redis.call('zremrangebyscore', key, '-inf', now - window)
-local count = redis.call('zcard', key)
-if count < limit then
-    redis.call('zadd', key, now, ARGV[4])
+local entries = redis.call('zrange', key, 0, -1, 'WITHSCORES')
+local count = #entries / 2
+local wait = 0
+if count >= limit then
+    local oldest = tonumber(entries[2 * (count - limit + 1)])
+    wait = math.max(wait, oldest + window - now)
+end
+if token_limit > 0 then
+    local used = 0
+    for i = 1, #entries, 2 do
+        used = used + tonumber(string.match(entries[i], ':(%d+)$') or '0')
+    end
+    local excess = used + tokens - token_limit
+    local i = 1
+    while excess > 0 and i <= #entries do
+        excess = excess - tonumber(string.match(entries[i], ':(%d+)$') or '0')
+        wait = math.max(wait, tonumber(entries[i + 1]) + window - now)
+        i = i + 2
+    end
+end
+if wait <= 0 then
+    redis.call('zadd', key, now, ARGV[4] .. ':' .. tostring(tokens))
     redis.call('pexpire', key, math.ceil(window * 1000))
     return 0
 end
-local oldest = redis.call('zrange', key, 0, 0, 'WITHSCORES')
-return tostring(math.max(tonumber(oldest[2]) + window - now, 0.001))
+return tostring(math.max(wait, 0.001))
 """
 
 
@@ -129,10 +155,14 @@ class RedisLockManager:
 
 
 class RedisRateLimiter:
-    """A sliding window shared by every worker process; fails closed.
+    """A sliding window of requests and tokens shared by every worker process; fails closed.
 
-    When Redis cannot answer, the call is refused with `RateLimited` (retried
-    later by the task) rather than let through or turned into an empty result.
+    `limit` requests per window and, when `token_limit` > 0, `token_limit`
+    tokens per window (what each request reserves, passed to `acquire`). A
+    request over the whole token limit reserves all of it (it waits for an
+    empty window instead of never fitting). When Redis cannot answer, the call
+    is refused with `RateLimited` (retried later by the task) rather than let
+    through or turned into an empty result.
     """
 
     def __init__(
@@ -141,19 +171,28 @@ class RedisRateLimiter:
         *,
         limit: int,
         window_seconds: float,
+        token_limit: int = 0,
         prefix: str = "docpipe:ratelimit:",
     ) -> None:
         self._client = client
         self._limit = limit
         self._window = window_seconds
+        self._token_limit = token_limit
         self._prefix = prefix
         self._script = client.register_script(_SLIDING_WINDOW)
 
-    def acquire(self, name: str) -> None:
+    def acquire(self, name: str, tokens: int = 0) -> None:
         try:
             wait = self._script(
                 keys=[self._prefix + name],
-                args=[time.time(), self._window, self._limit, uuid.uuid4().hex],
+                args=[
+                    time.time(),
+                    self._window,
+                    self._limit,
+                    uuid.uuid4().hex,
+                    max(0, int(tokens)),
+                    self._token_limit,
+                ],
             )
         except redis.RedisError as exc:
             raise RateLimited(
@@ -161,8 +200,10 @@ class RedisRateLimiter:
             ) from exc
         retry_after = float(_text(wait))
         if retry_after > 0:
+            tokens_part = f" and {self._token_limit} tokens" if self._token_limit else ""
             raise RateLimited(
-                f"rate limit of {self._limit} calls per {self._window:g}s reached for {name}",
+                f"rate limit of {self._limit} calls{tokens_part} per {self._window:g}s "
+                f"reached for {name}",
                 retry_after=retry_after,
             )
 

@@ -1,12 +1,10 @@
-"""A deterministic stand-in for the entity-extraction LLM: regular expressions and rules.
+"""A deterministic stand-in for the entity-extraction LLM (the embedded default's).
 
 `RuleBasedEntityExtractor` answers exactly the JSON text the model answers,
 `{"entities": [{"entity", "label", "start", "end", "confidence"}]}`, with
 offsets into the text it was given, so the real parser, resolver and graph
-stage run on it unchanged. It is tuned for US legal prose: people near
-honorifics and cues, companies with designators, courts and agencies, places
-from a built-in gazetteer, dates, amounts, statutes and rules, and docket
-numbers. Overlaps resolve to the longest span, then by label priority.
+stage run on it unchanged. The recognition itself (rules and a gazetteer, tuned
+for US legal prose) is pipeline.adapters.rule_based_ner.
 
 Faults: `faults.before("llm", "extract", None)` runs first; its latency is
 slept on the clock, and so is `call_seconds` (simulated model time); a
@@ -17,381 +15,25 @@ empty body - both are bad answers the parser must reject.
 from __future__ import annotations
 
 import hashlib
-import json
-import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
-from pipeline.ports import Clock, FaultInjector
+from pipeline.adapters.latency import pack_call_seconds, pack_key
+from pipeline.adapters.llm_prompts import messages, request_tokens
+from pipeline.adapters.rule_based_ner import answer
+from pipeline.domain.tokens import estimate_answer_tokens, estimate_chat_tokens
+from pipeline.ports import Clock, FaultInjector, LlmAnswer
 
 MODEL = "rule-based-ner-v1"
 
-#: Ties between equally long spans go to the earlier label here.
-LABEL_PRIORITY = ("CASE", "LAW", "MONEY", "DATE", "ORG", "PERSON", "GPE", "LOCATION", "OTHER")
-
-# --- vocabularies --------------------------------------------------------------------------
-
-
-def _words(text: str) -> list[str]:
-    return text.split()
-
-
-US_STATES = [
-    *_words(
-        "Alabama Alaska Arizona Arkansas California Colorado Connecticut Delaware Florida Georgia "
-        "Hawaii Idaho Illinois Indiana Iowa Kansas Kentucky Louisiana Maine Maryland Massachusetts "
-        "Michigan Minnesota Mississippi Missouri Montana Nebraska Nevada Ohio Oklahoma Oregon "
-        "Pennsylvania Tennessee Texas Utah Vermont Virginia Washington Wisconsin Wyoming"
-    ),
-    "New Hampshire",
-    "New Jersey",
-    "New Mexico",
-    "New York",
-    "North Carolina",
-    "North Dakota",
-    "Rhode Island",
-    "South Carolina",
-    "South Dakota",
-    "West Virginia",
-    "District of Columbia",
-    "Puerto Rico",
-]
-CITIES = [
-    *_words(
-        "Chicago Houston Phoenix Philadelphia Dallas Austin Seattle Denver Boston Atlanta Miami "
-        "Detroit Minneapolis Portland Baltimore Nashville Pittsburgh Cleveland Sacramento Oakland "
-        "Newark Wilmington Brooklyn Manhattan Irvine Pasadena Tampa Orlando Honolulu Indianapolis "
-        "Columbus Milwaukee Cincinnati Richmond Raleigh Hartford Providence Albany Trenton Memphis "
-        "London Paris Tokyo Toronto Beijing Shanghai Frankfurt Dublin Zurich Geneva Sydney Mumbai "
-        "Singapore Vancouver Montreal Berlin Madrid Rome Amsterdam Brussels Luxembourg Stockholm"
-    ),
-    "New York City",
-    "Los Angeles",
-    "San Antonio",
-    "San Diego",
-    "San Jose",
-    "San Francisco",
-    "Las Vegas",
-    "St. Louis",
-    "Palo Alto",
-    "Santa Monica",
-    "Long Beach",
-    "Fort Worth",
-    "Salt Lake City",
-    "Kansas City",
-    "Hong Kong",
-    "Mexico City",
-]
-COUNTRIES = [
-    *_words(
-        "Canada Mexico England Scotland France Germany China Japan India Brazil Australia Ireland "
-        "Switzerland Israel Italy Spain Netherlands Belgium Russia Sweden Norway Denmark Argentina"
-    ),
-    "United States of America",
-    "United States",
-    "United Kingdom",
-    "Cayman Islands",
-    "British Virgin Islands",
-    "South Korea",
-]
-MONTHS = _words(
-    "January February March April May June July August September October November December"
-)
-
-#: Lower-cased words that never start an ORG/LAW/LOCATION/CASE span (trimmed off).
-LEADING_STOP = frozenset(
-    _words(
-        """the this that these those a an plaintiff plaintiffs defendant defendants petitioner
-    petitioners respondent respondents appellant appellee against between by and or of in on at
-    for from to with see cf dear each both said such any all its their his her our under pursuant
-    upon whereas if when while after before during as because although however moreover further
-    furthermore accordingly thereafter also then here there honorable counsel"""
-    )
-)
-#: Lower-cased words that are not part of a person's name.
-NON_NAME = (
-    frozenset(
-        _words(
-            """the this that plaintiff plaintiffs defendant defendants petitioner respondent court
-    judge united states state district county city section act code exhibit agreement complaint
-    company inc llc corp corporation bank trust group partners association capital holdings
-    financial services management investments technologies systems solutions industries
-    international global enterprises ventures securities exchange commission federal national
-    first civil procedure rule rules case no page article title chapter schedule counsel attorney
-    attorneys law office offices esq dear sincerely respectfully submitted dated signed by name
-    date witness notary public honorable street avenue suite road boulevard new north south east
-    west san los las santa fort saint st order motion memorandum declaration affidavit
-    deposition jury trial i ii iii iv v re cc attn fund llp ltd department to and or of for in
-    on at with from into upon shall may will must has have had is was are were be been moved
-    filed dismiss pursuant whereas therefore"""
-        )
-    )
-    | {m.lower() for m in MONTHS}
-    | {d.lower() for d in _words("Monday Tuesday Wednesday Thursday Friday Saturday Sunday")}
-)
-#: Capitalised words too common to stand for one organisation on their own.
-COMMON_ORG_WORDS = frozenset(
-    _words(
-        """american general united first national global international pacific atlantic western
-    eastern northern southern central standard universal royal premier superior supreme
-    internal equal consumer commodity financial bureau court district university bank
-    mutual citizens peoples community regional metropolitan allied continental"""
-    )
-)
-ORG_DESIGNATORS = frozenset(
-    _words(
-        """inc incorporated llc l.l.c corp corporation company co llp l.l.p lp l.p ltd limited plc
-    n.a bank trust group partners association holdings commission agency bureau administration
-    authority university college institute court"""
-    )
-)
-
-# --- patterns ------------------------------------------------------------------------------
-
-_NAME = r"(?:Mc|Mac|O['’]|D['’])?[A-Z][a-z]+(?:-[A-Z][a-z]+)?"
-_INITIAL = r"[A-Z]\."
-_FULL_NAME = rf"{_NAME}(?:[ \t](?:{_INITIAL}|{_NAME})){{0,2}}[ \t]{_NAME}"
-_HONORIFIC = (
-    r"(?:(?:Mr|Mrs|Ms|Mx|Dr|Prof|Hon)\.|Miss|(?:Chief[ \t]|Magistrate[ \t])?Judge|Justice|"
-    r"(?:[Tt]he[ \t])?Honorable|Professor)"
-)
-_CAP = r"[A-Z][A-Za-z0-9'’\-]*"
-_STRONG = (
-    r"(?:Inc\.?|Incorporated|LLC|L\.L\.C\.|Corp\.?|Co\.|LLP|L\.L\.P\.|L\.P\.|LP|Ltd\.?|PLC|N\.A\.)"
-)
-_WEAK = r"(?:Corporation|Company|Limited|Bank|Trust|Group|Partners|Association|Holdings)"
-_OF_PLACE = (
-    r"(?:(?:(?<=Bank)|(?<=Company)|(?<=Association))[ \t]of[ \t](?:the[ \t])?"
-    rf"{_CAP}(?:[ \t]{_CAP})?)?"
-)
-_ORG_WORD = rf"(?!{_STRONG}(?![A-Za-z]))(?:(?:[A-Z]\.){{1,3}}|{_CAP})"
-_STATE_ALT = "|".join(sorted((re.escape(s) for s in US_STATES), key=len, reverse=True))
-_STATE_CAPS = "|".join(sorted((re.escape(s.upper()) for s in US_STATES), key=len, reverse=True))
-_PLACES = sorted({*US_STATES, *CITIES, *COUNTRIES}, key=len, reverse=True)
-_PLACE_WORDS = frozenset(word for place in _PLACES for word in place.split())
-_PLACE_ALT = "|".join(re.escape(p) for p in _PLACES)
-_MONTH = (
-    r"(?:January|February|March|April|May|June|July|August|September|October|November|"
-    r"December|Jan\.?|Feb\.?|Mar\.?|Apr\.?|Jun\.?|Jul\.?|Aug\.?|Sept\.?|Sep\.?|Oct\.?|Nov\.?|"
-    r"Dec\.?)"
-)
-_PAREN = r"(?:\([A-Za-z0-9]{1,4}\))"
-_ACT = (
-    r"(?:[A-Z][A-Za-z.'’\-]*[ \t](?:(?:of|and|with|for|on|the|to|in)[ \t])*){1,8}Act"
-    r"(?:[ \t]of[ \t](?:1[7-9]|20)\d\d)?"
-)
-_AMOUNT = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d{1,2})?(?:\s(?:thousand|million|billion|trillion))?"
-_DOCKET = r"\d{1,2}:\d{2}-[A-Za-z]{2,4}-\d{3,6}(?:-[A-Z]{2,5})*"
-_NUMBERED = r"\d{2,4}-(?:[A-Za-z]{1,4}-)?\d{2,7}(?:-[A-Za-z0-9]{1,5})*"
-_CIRCUIT = (
-    r"(?:First|Second|Third|Fourth|Fifth|Sixth|Seventh|Eighth|Ninth|Tenth|Eleventh|"
-    r"District of Columbia|Federal)"
-)
-_DIRECTION = r"(?:(?:Northern|Southern|Eastern|Western|Middle|Central)\s)?"
-_REPORTER = (
-    r"\d{1,4}\s(?:U\.S\.|S\.\s?Ct\.|L\.\s?Ed\.(?:\s?2d)?|F\.(?:\s?(?:2d|3d|4th))?|"
-    r"F\.\s?Supp\.(?:\s?(?:2d|3d))?|F\.\s?App['’]x|Cal\.\s?(?:App\.\s?)?(?:\dth|\dd)?|"
-    r"N\.Y\.(?:\s?\dd)?)\s\d{1,5}(?:,\s\d{1,5})?(?:\s\([^()\n]{0,40}?\d{4}\))?"
-)
-_PARTY = r"[A-Z][\w.'’&\-]*(?:[ \t](?:[A-Z][\w.'’&\-]*|of|the|and|&))*"
-
-
-@dataclass(frozen=True)
-class _Rule:
-    label: str
-    pattern: re.Pattern[str]
-    confidence: float
-    #: "person": validate name tokens; "honorific": the same, anchored on an honorific;
-    #: "trim": drop leading stop words; "org"/"law": trim and require a real name part.
-    kind: str = ""
-    group: int = 0
-
-
-def _rule(label: str, pattern: str, confidence: float, kind: str = "", group: int = 0) -> _Rule:
-    return _Rule(label, re.compile(pattern), confidence, kind, group)
-
-
-_RULES: tuple[_Rule, ...] = (
-    # CASE: docket numbers and reporter citations
-    _rule(
-        "CASE",
-        r"\b(?:Case|Civil\sAction|Criminal\sAction|Criminal\sCase|Docket|Adv\.\sProc\.|"
-        r"Adversary\sProceeding|Index|Appeal|Cause)\s(?:No|Number)s?\.?:?\s?"
-        rf"(?:{_DOCKET}|{_NUMBERED}|\d[\d\-:]*\d)",
-        0.95,
-    ),
-    _rule("CASE", rf"\bNos?\.\s?(?:{_DOCKET}|\d{{2,4}}-\d{{2,7}}(?:-[A-Za-z0-9]{{1,5}})*)\b", 0.9),
-    _rule("CASE", rf"\b{_DOCKET}\b", 0.9),
-    _rule("CASE", rf"\b{_PARTY}[ \t]v\.[ \t]{_PARTY}(?:,[ \t]{_REPORTER})?", 0.85, "trim"),
-    _rule("CASE", rf"\b{_REPORTER}", 0.85),
-    # LAW: statutes, regulations, codes, rules, acts
-    _rule(
-        "LAW",
-        r"\b\d+\sU\.\s?S\.\s?C\.(?:\s?A\.)?\s§§?\s?\d+[A-Za-z]*(?:-\d+)?"
-        rf"{_PAREN}*(?:\s(?:et\sseq\.|and\s\d+[a-z]*{_PAREN}*))?",
-        0.95,
-    ),
-    _rule("LAW", rf"\b\d+\sC\.\s?F\.\s?R\.\s(?:§§?\s?)?\d+(?:\.\d+)*{_PAREN}*", 0.95),
-    _rule(
-        "LAW",
-        r"\b(?:[A-Z][A-Za-z.]*\.\s(?:&\s)?){1,5}(?:Code|Law|Stat\.)(?:\sAnn\.)?\s§§?\s?"
-        rf"\d+(?:[.\-:]\d+)*[a-z]?{_PAREN}*",
-        0.95,
-    ),
-    _rule(
-        "LAW",
-        r"\bFed\.\s?R\.\s?(?:(?:Civ|Crim|App|Bankr)\.\s?P\.|Evid\.)\s?\d+(?:\.\d+)?"
-        rf"{_PAREN}*",
-        0.95,
-    ),
-    _rule(
-        "LAW",
-        r"\bFederal\sRules?\sof\s(?:(?:Civil|Criminal|Appellate|Bankruptcy)\sProcedure|Evidence)"
-        rf"(?:\s\d+{_PAREN}*)?",
-        0.9,
-    ),
-    _rule("LAW", rf"\bRule\s(?:\d+[a-z]?-\d+|\d+{_PAREN}+)", 0.85),
-    _rule("LAW", rf"\bSection\s\d+[A-Za-z]?{_PAREN}*\sof\s(?:the\s)?{_ACT}", 0.95),
-    _rule("LAW", rf"\bTitle\s[IVXL]+\b(?:\sof\s(?:the\s)?{_ACT})?", 0.9),
-    _rule("LAW", rf"\b{_ACT}\b", 0.85, "law"),
-    # MONEY
-    _rule("MONEY", rf"(?:US)?\$\s?{_AMOUNT}\b", 0.95),
-    _rule("MONEY", rf"\b(?:USD|EUR|GBP|CAD)\s?{_AMOUNT}\b", 0.95),
-    _rule("MONEY", rf"[€£]\s?{_AMOUNT}\b", 0.95),
-    _rule("MONEY", rf"\b{_AMOUNT}\s(?:U\.S\.\s)?(?:dollars|euros|pounds)\b", 0.9),
-    # DATE
-    _rule("DATE", rf"\b{_MONTH}\s\d{{1,2}}(?:st|nd|rd|th)?,?\s(?:1[7-9]|20)\d\d\b", 0.95),
-    _rule(
-        "DATE",
-        rf"\b\d{{1,2}}(?:st|nd|rd|th)?\s(?:day\sof\s)?{_MONTH},?\s(?:1[7-9]|20)\d\d\b",
-        0.95,
-    ),
-    _rule("DATE", r"\b(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12]\d|3[01])/(?:\d{4}|\d{2})\b", 0.9),
-    _rule("DATE", r"\b(?:1[7-9]|20)\d\d-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])\b", 0.95),
-    _rule("DATE", rf"\b(?:{'|'.join(MONTHS)})\s(?:1[7-9]|20)\d\d\b", 0.75),
-    # ORG: courts, agencies, designators
-    _rule(
-        "ORG",
-        rf"\bUnited\sStates\s(?:District|Bankruptcy)\sCourt(?:\sfor\sthe\s{_DIRECTION}"
-        rf"District\sof\s(?:{_STATE_ALT}))?",
-        0.95,
-    ),
-    _rule(
-        "ORG",
-        r"\bUNITED\sSTATES\s(?:DISTRICT|BANKRUPTCY)\sCOURT(?:\s+(?:FOR\sTHE\s+)?"
-        r"(?:(?:NORTHERN|SOUTHERN|EASTERN|WESTERN|MIDDLE|CENTRAL)\s)?DISTRICT\sOF\s"
-        rf"(?:{_STATE_CAPS}))?",
-        0.95,
-    ),
-    _rule(
-        "ORG",
-        rf"\b(?:United\sStates\s)?Court\sof\sAppeals?(?:\sfor\sthe\s{_CIRCUIT}\sCircuit)?",
-        0.9,
-    ),
-    _rule("ORG", r"\bSupreme\sCourt\sof\s(?:the\sUnited\sStates|" + _STATE_ALT + ")", 0.95),
-    _rule(
-        "ORG",
-        rf"\bSuperior\sCourt\sof\s(?:the\sState\sof\s)?(?:{_STATE_ALT})"
-        rf"(?:,?\s(?:City\sand\s)?County\sof\s{_CAP}(?:\s{_CAP})?)?",
-        0.95,
-    ),
-    _rule(
-        "ORG",
-        r"\b(?:Securities\sand\sExchange\sCommission|Federal\sTrade\sCommission|"
-        r"Equal\sEmployment\sOpportunity\sCommission|Commodity\sFutures\sTrading\sCommission|"
-        r"Consumer\sFinancial\sProtection\sBureau|Internal\sRevenue\sService|"
-        r"Federal\sBureau\sof\sInvestigation|Financial\sIndustry\sRegulatory\sAuthority|"
-        r"Federal\sReserve(?:\sBoard|\sBank\sof\sNew\sYork)?|"
-        r"Department\sof\s(?:Justice|Labor|the\sTreasury|Health\sand\sHuman\sServices|"
-        r"Homeland\sSecurity|Commerce|Education|State|Defense|Energy|Transportation|"
-        r"Agriculture|Veterans\sAffairs|Housing\sand\sUrban\sDevelopment|the\sInterior)|"
-        r"SEC|FTC|EEOC|CFTC|CFPB|IRS|FBI|DOJ|FINRA)\b",
-        0.95,
-    ),
-    _rule(
-        "ORG", rf"\b(?:Bank|University)[ \t]of[ \t](?:the[ \t])?{_CAP}(?:[ \t]{_CAP}){{0,2}}", 0.9
-    ),
-    _rule(
-        "ORG",
-        rf"\b{_ORG_WORD}(?:[ \t](?:&[ \t])?{_ORG_WORD}){{0,6}}"
-        rf"(?:,?\s{_STRONG}|[ \t]{_WEAK}{_OF_PLACE})(?![A-Za-z])",
-        0.9,
-        "org",
-    ),
-    _rule(
-        "ORG",
-        rf"\b{_CAP}(?:[ \t]{_CAP}){{0,4}}[ \t](?:Commission|Agency|Bureau|Administration|Authority|"
-        r"University|College|Institute|Court)\b",
-        0.75,
-        "org",
-    ),
-    _rule(
-        "ORG",
-        r"\b(?!(?:LLC|INC|CORP|LTD|LLP)\b)[A-Z][A-Z0-9'’&\-]+"
-        r"(?:[ \t](?:&[ \t])?[A-Z][A-Z0-9'’&.\-]+){0,6},?\s"
-        r"(?:LLC|L\.L\.C\.|INC\.?|CORP\.?|CORPORATION|COMPANY|LLP|LTD\.?|N\.A\.)"
-        r"(?![A-Za-z])",
-        0.9,
-        "org",
-    ),
-    # PERSON
-    _rule(
-        "PERSON",
-        rf"\b{_HONORIFIC}[ \t](?:(?:{_INITIAL}|{_NAME})[ \t]){{0,3}}{_NAME}",
-        0.9,
-        "honorific",
-    ),
-    _rule("PERSON", rf"/s/[ \t]?({_NAME}(?:[ \t](?:{_INITIAL}|{_NAME})){{1,3}})", 0.9, "person", 1),
-    _rule(
-        "PERSON",
-        r"(?i:\b(?:by|plaintiffs?|defendants?|petitioners?|respondents?|witness|deponent|affiant|"
-        r"declarant|undersigned|counsel|attorney|employee|cc|attn|dear|sincerely|regards|signed|"
-        r"name|claimant|decedent|debtor|guarantor|tenant|landlord|buyer|seller|borrower|lender))"
-        rf"[:,]?\s+({_FULL_NAME})\b",
-        0.85,
-        "person",
-        1,
-    ),
-    _rule("PERSON", rf"\b({_NAME}[ \t]{_INITIAL}[ \t]{_NAME})\b", 0.85, "person", 1),
-    _rule("PERSON", rf"\b({_FULL_NAME}),?[ \t]Esq\.?", 0.9, "person", 1),
-    _rule(
-        "PERSON",
-        r"\b([A-Z][A-Z'’\-]+(?:[ \t](?:[A-Z]\.|[A-Z][A-Z'’\-]+)){1,3}),\s+(?:an\sindividual,\s+)?"
-        r"(?:Plaintiffs?|Defendants?|Petitioners?|Respondents?)\b",
-        0.8,
-        "person",
-        1,
-    ),
-    # LOCATION (GPE for named places, LOCATION for counties)
-    _rule("GPE", rf"\b(?:{_PLACE_ALT})\b", 0.9),
-    _rule("LOCATION", rf"\bCounty[ \t]of[ \t]{_CAP}(?:[ \t]{_CAP}){{0,2}}", 0.9),
-    _rule("LOCATION", rf"\b{_CAP}(?:[ \t]{_CAP}){{0,2}}[ \t]County\b", 0.85, "trim"),
-)
-
-_TOKEN = re.compile(r"\S+")
-_NAME_TOKEN = re.compile(rf"{_NAME}|{_INITIAL}|[A-Z][A-Z'’\-]+")
-_HONORIFIC_RE = re.compile(_HONORIFIC)
-
-
-@dataclass(frozen=True)
-class _Span:
-    start: int
-    end: int
-    label: str
-    confidence: float
-
-    @property
-    def sort_key(self) -> tuple[int, int, int, float]:
-        return (
-            self.start - self.end,
-            LABEL_PRIORITY.index(self.label),
-            self.start,
-            -self.confidence,
-        )
-
 
 class RuleBasedEntityExtractor:
-    """Implements the EntityExtractor port without a model: same answer shape, no network."""
+    """Implements the EntityExtractor port without a model: same answer shape, no network.
+
+    A packed request (`extract_many`) takes one wait for the whole pack
+    (`pipeline.adapters.latency.pack_call_seconds`) and counts as one call; a
+    "malformed" or "empty" fault then spoils the last chunk's answer only, as
+    an answer cut short would.
+    """
 
     def __init__(
         self,
@@ -413,9 +55,13 @@ class RuleBasedEntityExtractor:
         return MODEL
 
     def extract(self, text: str) -> str:
+        return self.extract_many([text]).payloads[0]
+
+    def extract_many(self, texts: Sequence[str]) -> LlmAnswer:
         delay = self._latency
-        if self._call_seconds is not None:
-            delay += self._call_seconds(hashlib.sha256(text.encode()).hexdigest())
+        if self._call_seconds is not None and texts:
+            keys = [hashlib.sha256(text.encode()).hexdigest() for text in texts]
+            delay += pack_call_seconds(self._call_seconds, pack_key(keys), keys)
         response: str | None = None
         if self._faults is not None:
             effect = self._faults.before("llm", "extract", None)
@@ -424,143 +70,20 @@ class RuleBasedEntityExtractor:
         if self._clock is not None and delay > 0:
             self._clock.sleep(delay)
         self.calls += 1
-        if response == "malformed":
-            return '{"entities": [{"entity": "' + text[:20].replace('"', "")  # cut off mid-answer
-        if response == "empty":
-            return ""
-        return json.dumps(
-            {
-                "entities": [
-                    {
-                        "entity": text[s.start : s.end],
-                        "label": s.label,
-                        "start": s.start,
-                        "end": s.end,
-                        "confidence": s.confidence,
-                    }
-                    for s in find_entities(text)
-                ]
-            }
+        payloads = [answer(text) for text in texts]
+        if payloads and response == "malformed":
+            last = texts[-1]
+            payloads[-1] = '{"entities": [{"entity": "' + last[:20].replace('"', "")  # cut off
+        elif payloads and response == "empty":
+            payloads[-1] = ""
+        return LlmAnswer(
+            payloads=tuple(payloads),
+            prompt_tokens=estimate_chat_tokens([m["content"] for m in messages(texts)]),
+            completion_tokens=sum(estimate_answer_tokens(p) for p in payloads),
         )
 
-
-def find_entities(text: str) -> list[_Span]:
-    """Every entity the rules find, overlaps resolved, in text order.
-
-    A second pass tags short references to what the first pass found: a
-    person's surname standing alone ("Holloway") and an organisation's
-    distinctive first word ("Meridian").
-    """
-    candidates = list(_candidates(text))
-    accepted = _resolve_overlaps(candidates, len(text))
-    aliases: dict[str, tuple[str, float]] = {}
-    for span in sorted(accepted, key=lambda s: (s.start, s.end)):
-        name = text[span.start : span.end]
-        if span.label == "PERSON":
-            for alias in [_surname(name)]:
-                if alias:
-                    aliases.setdefault(alias, ("PERSON", 0.7))
-        elif span.label == "ORG":
-            for alias in _org_aliases(name):
-                aliases.setdefault(alias, ("ORG", 0.65))
-    if aliases:
-        pattern = re.compile(
-            r"\b(?:"
-            + "|".join(re.escape(a) for a in sorted(aliases, key=lambda a: (-len(a), a)))
-            + r")\b"
-        )
-        for m in pattern.finditer(text):
-            label, confidence = aliases[m.group()]
-            candidates.append(_Span(m.start(), m.end(), label, confidence))
-        accepted = _resolve_overlaps(candidates, len(text))
-    return sorted(accepted, key=lambda s: (s.start, s.end))
+    def request_tokens(self, texts: Sequence[str]) -> int:
+        return request_tokens(texts)
 
 
-def _candidates(text: str) -> Iterator[_Span]:
-    for rule in _RULES:
-        for match in rule.pattern.finditer(text):
-            start, end = match.span(rule.group)
-            span = _refine(text, rule, start, end)
-            if span is not None:
-                yield _Span(span[0], span[1], rule.label, rule.confidence)
-
-
-def _refine(text: str, rule: _Rule, start: int, end: int) -> tuple[int, int] | None:
-    """Apply the rule's post-conditions; None rejects the match."""
-    if rule.kind in ("trim", "org", "law"):
-        start = _trim_leading(text, start, end)
-        words = [t.strip(".,&").lower() for t in text[start:end].split()]
-        if rule.kind == "org" and not any(w and w not in ORG_DESIGNATORS for w in words):
-            return None
-        if rule.kind == "law" and len(words) < 2:
-            return None
-        return (start, end) if end > start else None
-    if rule.kind == "honorific":
-        honorific = _HONORIFIC_RE.match(text, start)
-        if honorific is None:  # pragma: no cover - the rule starts with an honorific
-            return None
-        tokens = list(_TOKEN.finditer(text, honorific.end(), end))
-        kept = []
-        for token in tokens:
-            if token.group().rstrip(".").lower() in NON_NAME:
-                break
-            kept.append(token)
-        while kept and kept[-1].group().endswith("."):  # end on a name, not an initial
-            kept.pop()
-        return (start, kept[-1].end()) if kept else None
-    if rule.kind == "person":
-        words = text[start:end].split()
-        if any(w.rstrip(".,").lower() in NON_NAME for w in words):
-            return None
-        if not all(_NAME_TOKEN.fullmatch(w) for w in words):
-            return None
-    return start, end
-
-
-def _trim_leading(text: str, start: int, end: int) -> int:
-    for token in _TOKEN.finditer(text, start, end):
-        if token.group().strip(".,;:").lower() not in LEADING_STOP:
-            return token.start()
-    return end
-
-
-def _surname(name: str) -> str:
-    tokens = [t for t in name.split() if not _HONORIFIC_RE.fullmatch(t)]
-    tokens = [t for t in tokens if t.rstrip(".,").lower() not in {"jr", "sr", "ii", "iii", "esq"}]
-    if len(tokens) < (1 if _HONORIFIC_RE.match(name) else 2):
-        return ""
-    last = tokens[-1].rstrip(".,")
-    if len(last) < 3 or last.lower() in NON_NAME or not re.fullmatch(_NAME, last):
-        return ""
-    return last
-
-
-def _org_aliases(name: str) -> list[str]:
-    """Short forms of a company name: "Harbor Point Advisors LLC" -> "Harbor Point", "Harbor"."""
-    words = name.split()
-    first = words[0] if len(words) > 1 else ""
-    if not re.fullmatch(r"[A-Z][a-z]{3,}", first):
-        return []
-    lowered = first.lower()
-    if lowered in NON_NAME or lowered in LEADING_STOP or lowered in ORG_DESIGNATORS:
-        return []
-    if lowered in COMMON_ORG_WORDS or first in _PLACE_WORDS:
-        return []
-    prefix: list[str] = []
-    for word in words:
-        if not re.fullmatch(r"[A-Z][a-z]+", word) or word.lower() in ORG_DESIGNATORS:
-            break
-        prefix.append(word)
-    return [" ".join(prefix[:n]) for n in range(1, len(prefix) + 1)]
-
-
-def _resolve_overlaps(candidates: list[_Span], length: int) -> list[_Span]:
-    """Longest span first, then label priority; an overlapping later span is dropped."""
-    taken = bytearray(length)
-    accepted: list[_Span] = []
-    for span in sorted(set(candidates), key=lambda s: s.sort_key):
-        if span.end <= span.start or any(taken[span.start : span.end]):
-            continue
-        taken[span.start : span.end] = b"\x01" * (span.end - span.start)
-        accepted.append(span)
-    return accepted
+__all__ = ["MODEL", "RuleBasedEntityExtractor", "answer"]

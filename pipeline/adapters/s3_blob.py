@@ -55,8 +55,8 @@ class S3BlobStore:
         return int(response["ContentLength"])
 
     def delete(self, key: str) -> None:
-        """Deleting a missing key is a KeyError, as with the other stores."""
-        self.size(key)
+        """Deleting a missing key is not an error: S3's DeleteObject is idempotent, and so
+        are the other stores (the BlobStore contract)."""
         try:
             self._client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
         except Exception as exc:

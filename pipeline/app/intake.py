@@ -165,14 +165,18 @@ def content_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def submit_file(services: Services, path: Path, project_uuid: str) -> Submission:
+def submit_file(
+    services: Services, path: Path, project_uuid: str, *, document_uuid: str | None = None
+) -> Submission:
     """Store the file and create its rows; files over a limit are recorded, not uploaded.
 
     Over a limit: the size, or for a PDF its page count (read from the page tree
     here, before the upload); the OCR stage then fails the document with the reason.
+    `document_uuid` is a fresh uuid4 unless given (the simulator derives it from
+    its seed, so a replayed run has the same rows).
     """
     size = path.stat().st_size
-    document_uuid = str(uuid.uuid4())
+    document_uuid = document_uuid or str(uuid.uuid4())
     key = storage_key(document_uuid, path.name)
     intake_metadata: dict[str, object] = {}
     if size <= services.settings.max_file_bytes:

@@ -1,7 +1,8 @@
 """The shared LLM rate limit, on the extractor that talks to the limited service.
 
-The limit (`DOCPIPE_LLM_RATE_LIMIT_CALLS` per `DOCPIPE_LLM_RATE_LIMIT_WINDOW_S`,
-shared by every worker through Redis) protects a remote model service. It
+The limit (`DOCPIPE_LLM_RATE_LIMIT_CALLS` requests and `DOCPIPE_LLM_RATE_LIMIT_TOKENS`
+tokens per `DOCPIPE_LLM_RATE_LIMIT_WINDOW_S`, shared by every worker through Redis)
+protects a remote model service. It
 belongs to the adapter that calls that service, not to the stage: the
 composition root wraps the OpenAI adapter - and a local stand-in only where
 it plays a remote service or the limit is declared (`needs_llm_rate_limit`).
@@ -11,12 +12,16 @@ not throttled for nothing (a 622-chunk file took 13 minutes under 50/60 s).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pipeline.errors import RateLimited
-from pipeline.ports import Clock, EntityExtractor, RateLimiter
+from pipeline.ports import Clock, EntityExtractor, LlmAnswer, RateLimiter
 from pipeline.settings import Settings
 
 #: Settings that declare the limit; any of them set (env, .env, a scenario) keeps it.
-RATE_LIMIT_SETTINGS = frozenset({"llm_rate_limit_calls", "llm_rate_limit_window_s"})
+RATE_LIMIT_SETTINGS = frozenset(
+    {"llm_rate_limit_calls", "llm_rate_limit_tokens", "llm_rate_limit_window_s"}
+)
 
 
 def needs_llm_rate_limit(settings: Settings, *, simulated_llm_latency: bool) -> bool:
@@ -33,6 +38,9 @@ def needs_llm_rate_limit(settings: Settings, *, simulated_llm_latency: bool) -> 
 
 class RateLimitedEntityExtractor:
     """`EntityExtractor` that takes a slot of a shared rate limit before each call.
+
+    Each request reserves its estimated tokens (`request_tokens`: prompt and
+    expected answer) of the tokens-per-window limit along with its request slot.
 
     Short refusals are waited out on `clock` (virtual in the simulator); a
     refusal without a known wait (the limiter itself is unreachable: it fails
@@ -64,14 +72,21 @@ class RateLimitedEntityExtractor:
         return self._inner
 
     def extract(self, text: str) -> str:
-        self.wait_for_slot()
+        self.wait_for_slot(self._inner.request_tokens([text]))
         return self._inner.extract(text)
 
-    def wait_for_slot(self) -> None:
+    def extract_many(self, texts: Sequence[str]) -> LlmAnswer:
+        self.wait_for_slot(self._inner.request_tokens(texts))
+        return self._inner.extract_many(texts)
+
+    def request_tokens(self, texts: Sequence[str]) -> int:
+        return self._inner.request_tokens(texts)
+
+    def wait_for_slot(self, tokens: int = 0) -> None:
         waited = 0.0
         while True:
             try:
-                self._limiter.acquire(self._name)
+                self._limiter.acquire(self._name, tokens)
                 return
             except RateLimited as refused:
                 wait = refused.retry_after

@@ -10,10 +10,11 @@ again and rewrites identical rows (a redelivery after a crash).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from pipeline.app.policy import record_progress
 from pipeline.domain.categorize import categorize
@@ -36,15 +37,18 @@ from pipeline.domain.models import (
     progress_rank,
     stable_uuid,
 )
+from pipeline.domain.packing import plan_packs
 from pipeline.domain.resolution import resolve_mentions
-from pipeline.errors import DocumentTooLarge, EmptyDocument, PermanentError
-from pipeline.ports import OcrRequest
+from pipeline.errors import DocumentTooLarge, EmptyDocument, MalformedResponse, PermanentError
+from pipeline.ports import LlmAnswer, OcrRequest
 from pipeline.ports.services import Services
 
 log = logging.getLogger(__name__)
 
 #: Bump when stage logic changes what it caches: old cache entries then miss.
 CACHE_SCHEMA = "1"
+#: The cache key part of a document's LLM usage record (`llm_usage_key`).
+LLM_USAGE = "llm_usage"
 
 
 @dataclass(frozen=True)
@@ -200,7 +204,14 @@ def start_ocr(services: Services, document_uuid: str, version: int, attempt: str
     try:
         data = services.blobs.get(document.storage_key)
     except KeyError:
-        raise PermanentError(f"the stored file {document.storage_key} is missing") from None
+        hint = ""
+        if services.settings.blob_url.startswith("file://"):
+            # The usual cause: a worker on another host, with its own folder of that name.
+            hint = (
+                f" ({services.settings.blob_url} is a folder on one host: every worker must "
+                "share it, or use DOCPIPE_BLOB_URL=s3://BUCKET/PREFIX)"
+            )
+        raise PermanentError(f"the stored file {document.storage_key} is missing{hint}") from None
     file_type = services.parser.detect_file_type(document.original_file_name, data)
     if file_type is FileType.PDF:
         pages = services.parser.page_count(data)
@@ -336,37 +347,154 @@ def chunk_document(services: Services, document_uuid: str, version: int) -> Stag
 
 
 def extract_entities(services: Services, document_uuid: str, version: int) -> StageResult:
+    """Entities of every chunk: cached answers first, the misses in packed LLM requests.
+
+    Consecutive uncached chunks share one request up to `llm_pack_tokens`
+    (pipeline.domain.packing); each chunk's answer is verified against that
+    chunk and cached on its own, so a retry sends only what is still missing.
+    A chunk whose answer in a pack is malformed is asked again alone, once;
+    a malformed answer to a request of one chunk raises as before.
+    """
     document = begin(services, Stage.ENTITY_EXTRACTION, document_uuid, version)
     if document is None:
         return SKIPPED
     extractor = services.extractor
+    settings = services.settings
+    chunks = services.store.get_chunks(document_uuid)
+    keys = [
+        cache_key(document, "llm", extractor.model, hashlib.sha256(c.text.encode()).hexdigest())
+        for c in chunks
+    ]
+    payloads: dict[int, str] = {}
+    for position, key in enumerate(keys):
+        cached = services.cache.get(key)
+        if cached is not None:
+            payloads[position] = cached
+    misses = [position for position in range(len(chunks)) if position not in payloads]
+    packs = plan_packs(
+        [chunks[position].text for position in misses],
+        settings.llm_pack_tokens,
+        extractor.request_tokens,
+    )
+    # Which pack answers each missing chunk; packs run lazily, in chunk order, so an
+    # oversized document stops (max_mentions_per_document) before paying for the rest.
+    pack_of = {misses[i]: number for number, pack in enumerate(packs) for i in pack}
+    usage = LlmUsage()
     mentions: list[Mention] = []
-    for chunk in services.store.get_chunks(document_uuid):
-        digest = hashlib.sha256(chunk.text.encode()).hexdigest()
-        key = cache_key(document, "llm", extractor.model, digest)
-        payload = services.cache.get(key)
-        if payload is None:
-            # A rate-limited extractor (pipeline/app/rate_limited.py) waits for its slot here.
-            payload = extractor.extract(chunk.text)
-            # Parse before caching: a malformed answer raises and is never cached (failure 10).
-            entities = parse_llm_entities(payload, chunk.text)
-            services.cache.set(key, payload, services.settings.cache_ttl_s)
-            # Kept even if a later chunk fails: the retry budget counts this as progress.
-            record_progress()
-        else:
-            entities = parse_llm_entities(payload, chunk.text)
-        mentions.extend(build_mentions(document_uuid, chunk, entities))
-        if len(mentions) > services.settings.max_mentions_per_document:
-            # Resolution and relationship staging grow with the mentions; stop here.
-            raise DocumentTooLarge.over_limit(
-                f"the text holds more than {services.settings.max_mentions_per_document:,} "
-                "entity mentions",
-                "max_mentions_per_document",
-                services.settings.max_mentions_per_document,
-                "mentions per document",
-            )
+    try:
+        for position, chunk in enumerate(chunks):
+            if position not in payloads:
+                members = [misses[i] for i in packs[pack_of[position]]]
+                _run_pack(services, document, chunks, keys, members, payloads, usage)
+            entities = parse_llm_entities(payloads[position], chunk.text)
+            mentions.extend(build_mentions(document_uuid, chunk, entities))
+            if len(mentions) > settings.max_mentions_per_document:
+                # Resolution and relationship staging grow with the mentions; stop here.
+                raise DocumentTooLarge.over_limit(
+                    f"the text holds more than {settings.max_mentions_per_document:,} "
+                    "entity mentions",
+                    "max_mentions_per_document",
+                    settings.max_mentions_per_document,
+                    "mentions per document",
+                )
+    finally:
+        if usage.calls:
+            add_llm_usage(services, document, usage)
     services.store.replace_mentions(document_uuid, mentions, fence=Fence.of(document))
-    return StageResult(next_stage=Stage.ENTITY_RESOLUTION, detail=f"{len(mentions)} mentions")
+    return StageResult(
+        next_stage=Stage.ENTITY_RESOLUTION,
+        detail=f"{len(mentions)} mentions, {usage.calls} LLM calls",
+    )
+
+
+def _run_pack(
+    services: Services,
+    document: SourceDocument,
+    chunks: list[Chunk],
+    keys: list[str],
+    members: list[int],
+    payloads: dict[int, str],
+    usage: LlmUsage,
+) -> None:
+    """One request for the chunks at `members`; each good answer is cached at once."""
+    extractor = services.extractor
+    # A rate-limited extractor (pipeline/app/rate_limited.py) waits for its slot here.
+    answer = extractor.extract_many([chunks[m].text for m in members])
+    usage.add(answer)
+    malformed: list[int] = []
+    for member, payload in zip(members, answer.payloads, strict=True):
+        try:
+            # Parse before caching: a malformed answer raises and is never cached (failure 10).
+            parse_llm_entities(payload, chunks[member].text)
+        except MalformedResponse:
+            if len(members) == 1:
+                raise
+            malformed.append(member)
+            continue
+        services.cache.set(keys[member], payload, services.settings.cache_ttl_s)
+        payloads[member] = payload
+    # The pack's good answers are cached first: if a chunk asked again alone fails once
+    # more, the task's retry sends only what is still missing.
+    for member in malformed:
+        chunk = chunks[member]
+        log.info(
+            "chunk %d of %s: malformed answer in a pack of %d; asking for it alone",
+            chunk.chunk_index,
+            document.uuid,
+            len(members),
+        )
+        alone = extractor.extract_many([chunk.text])
+        usage.add(alone)
+        payload = alone.payloads[0]
+        parse_llm_entities(payload, chunk.text)
+        services.cache.set(keys[member], payload, services.settings.cache_ttl_s)
+        payloads[member] = payload
+    # Kept even if a later pack fails: the retry budget counts this as progress.
+    record_progress()
+
+
+@dataclass
+class LlmUsage:
+    """LLM requests and tokens one delivery of entity extraction spent."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, answer: LlmAnswer) -> None:
+        self.calls += 1
+        self.prompt_tokens += answer.prompt_tokens
+        self.completion_tokens += answer.completion_tokens
+
+
+def llm_usage_key(document: SourceDocument) -> str:
+    """Where a document's LLM usage (all deliveries of this version) is kept."""
+    return cache_key(document, LLM_USAGE)
+
+
+def add_llm_usage(services: Services, document: SourceDocument, usage: LlmUsage) -> None:
+    """Add one delivery's LLM usage to the document's (read by `docpipe load`).
+
+    Read-modify-write is safe here: one delivery at a time holds the document's
+    entity-extraction lock.
+    """
+    key = llm_usage_key(document)
+    total = read_llm_usage(services.cache.get(key))
+    total.calls += usage.calls
+    total.prompt_tokens += usage.prompt_tokens
+    total.completion_tokens += usage.completion_tokens
+    services.cache.set(key, json.dumps(asdict(total)), services.settings.cache_ttl_s)
+
+
+def read_llm_usage(raw: str | None) -> LlmUsage:
+    if raw is None:
+        return LlmUsage()
+    data = json.loads(raw)
+    return LlmUsage(
+        calls=int(data["calls"]),
+        prompt_tokens=int(data["prompt_tokens"]),
+        completion_tokens=int(data["completion_tokens"]),
+    )
 
 
 def resolve_entities(services: Services, document_uuid: str, version: int) -> StageResult:

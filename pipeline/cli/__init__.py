@@ -55,6 +55,10 @@ SUBCOMMANDS: Mapping[str, LazyCommand] = {
         "pipeline.cli.ops:dlq",
         "Dead letters: documents whose task gave up after its retries.",
     ),
+    "doctor": LazyCommand(
+        "pipeline.cli.doctor:doctor",
+        "Check the live deployment the DOCPIPE_* settings point at; exit 1 listing each finding.",
+    ),
     "documents": LazyCommand(
         "pipeline.cli.documents:documents",
         "List documents, oldest first: short uuid, file, status, error, last update.",
@@ -79,6 +83,10 @@ SUBCOMMANDS: Mapping[str, LazyCommand] = {
         "pipeline.cli.ops:migrate",
         "Re-queue documents left in pending, ocr_processing or ocr_failed "
         "(run with workers stopped).",
+    ),
+    "monitor": LazyCommand(
+        "pipeline.cli.monitor:monitor",
+        "A live view of the broker deployment the DOCPIPE_* settings point at.",
     ),
     "purge": LazyCommand(
         "pipeline.cli.ops:purge",

@@ -1,7 +1,7 @@
 """`docpipe db upgrade`: apply the schema migrations (repeatable; a second run changes nothing).
 
 Works on SQLite and PostgreSQL, including a Supabase project: use its pooler
-connection string with `?sslmode=require` (see pipeline.adapters.sql_store
+connection string with `?sslmode=require` (see pipeline.adapters.sql
 `postgres_engine_options` for prepared statements on the pooler's port 6543).
 Exit codes: 0 done, 1 the database could not be reached or a step failed,
 2 usage or configuration errors.
@@ -31,8 +31,8 @@ def upgrade(database_url: str | None, as_json: bool) -> None:
     """Create or upgrade every docpipe table; records the version in `schema_version`."""
     from sqlalchemy.exc import DBAPIError
 
-    from pipeline.adapters.migrations import upgrade as upgrade_schema
-    from pipeline.adapters.sql_store import create_database_engine
+    from pipeline.adapters.sql import create_database_engine
+    from pipeline.adapters.sql.migrations import upgrade as upgrade_schema
     from pipeline.display import markup_safe
     from pipeline.redaction import redact
     from pipeline.settings import redact_url

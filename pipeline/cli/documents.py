@@ -54,38 +54,39 @@ def documents(statuses: tuple[str, ...], as_json: bool, database_url: str | None
     settings = load_settings(database_url=database_url)
     with configuration_errors():
         services = build_services(settings)
-    wanted = [Status(s) for s in statuses] or None
-    rows: list[dict[str, Any]] = [
-        {
-            "short_uuid": short_uuid(d.uuid),
-            "document_uuid": d.uuid,
-            "file": d.original_file_name,
-            "status": str(d.status),
-            "error": d.error_message,
-            "processing_version": d.processing_version,
-            "created_at": d.created_at,
-            "updated_at": d.updated_at,
-        }
-        for d in services.store.list_documents(wanted)
-    ]
-    if as_json:
-        click.echo(json.dumps({"documents": rows, "count": len(rows)}, indent=2))
-        sys.exit(EXIT_OK)
-    from rich.table import Table
+    with services:
+        wanted = [Status(s) for s in statuses] or None
+        rows: list[dict[str, Any]] = [
+            {
+                "short_uuid": short_uuid(d.uuid),
+                "document_uuid": d.uuid,
+                "file": d.original_file_name,
+                "status": str(d.status),
+                "error": d.error_message,
+                "processing_version": d.processing_version,
+                "created_at": d.created_at,
+                "updated_at": d.updated_at,
+            }
+            for d in services.store.list_documents(wanted)
+        ]
+        if as_json:
+            click.echo(json.dumps({"documents": rows, "count": len(rows)}, indent=2))
+            sys.exit(EXIT_OK)
+        from rich.table import Table
 
-    table = Table(title=f"documents ({len(rows)})", title_justify="left")
-    for column in ("uuid", "file", "status", "version", "updated (UTC)", "error"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(
-            row["short_uuid"],
-            markup_safe(row["file"]),
-            row["status"],
-            str(row["processing_version"]),
-            timestamp(row["updated_at"]),
-            markup_safe(row["error"] or ""),
-        )
-    stdout.print(table)
+        table = Table(title=f"documents ({len(rows)})", title_justify="left")
+        for column in ("uuid", "file", "status", "version", "updated (UTC)", "error"):
+            table.add_column(column)
+        for row in rows:
+            table.add_row(
+                row["short_uuid"],
+                markup_safe(row["file"]),
+                row["status"],
+                str(row["processing_version"]),
+                timestamp(row["updated_at"]),
+                markup_safe(row["error"] or ""),
+            )
+        stdout.print(table)
 
 
 def print_status(services: Services, payload: dict[str, Any]) -> None:

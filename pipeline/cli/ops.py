@@ -1,8 +1,8 @@
 """Operating the pipeline: the queue processor, migration, reset, broker purge, dead letters.
 
 `docpipe` (pipeline.cli) loads these commands when they are used. The use cases live in
-pipeline.app.operations; these commands parse options, build the services the way
-`docpipe run` does, and print a table or exactly one JSON object. Exit codes:
+pipeline.app (queue_processor, admin, dead_letters); these commands parse options, build
+the services the way `docpipe run` does, and print a table or exactly one JSON object. Exit codes:
 0 done, 1 something failed (or a confirmation was declined), 2 usage or
 configuration errors.
 """
@@ -150,7 +150,7 @@ def queue_processor(
     Runs until SIGINT/SIGTERM unless --once or --until-empty is given; exit 1
     when a dispatch failed in --once mode.
     """
-    from pipeline.app.operations import process_queue_batch, run_queue_processor
+    from pipeline.app.queue_processor import process_queue_batch, run_queue_processor
 
     services = _services(database_url, sends=True)
     name = worker or _default_worker()
@@ -220,7 +220,7 @@ def migrate(dry_run: bool, as_json: bool, database_url: str | None) -> None:
     tasks of the old one become no-ops) with their derived rows cleared. The
     queue processor then dispatches them. Running it again changes nothing.
     """
-    from pipeline.app.operations import migrate as migrate_documents
+    from pipeline.app.admin import migrate as migrate_documents
 
     services = _services(database_url)
     with _unavailable_is_failure():
@@ -256,7 +256,7 @@ def reset(
     gets one fresh queue row, which the queue processor dispatches. Tasks
     still in flight for the old version do nothing.
     """
-    from pipeline.app.operations import reset as reset_documents
+    from pipeline.app.admin import reset as reset_documents
 
     if bool(document_uuids) == failed:
         _usage_error("give document uuids or --failed (one of them)")
@@ -290,8 +290,8 @@ def purge(yes: bool, broker_url: str | None, as_json: bool) -> None:
     keep their status: reset them (`docpipe reset --failed` or by uuid) and
     run the queue processor to process them again.
     """
-    from pipeline.app.operations import purge_queues
     from pipeline.runtime import celery_app
+    from pipeline.runtime.broker import purge_queues
     from pipeline.settings import redact_url
 
     settings = _settings(broker_url=broker_url)
@@ -331,7 +331,7 @@ def dlq() -> None:
 @_database_option
 def dlq_list(as_json: bool, database_url: str | None) -> None:
     """List dead letters, newest first, with each document's current status."""
-    from pipeline.app.operations import dlq_list as list_letters
+    from pipeline.app.dead_letters import dlq_list as list_letters
 
     services = _services(database_url)
     with _unavailable_is_failure():
@@ -397,7 +397,7 @@ def dlq_replay(
     rows kept) and completes once the fault is gone. Letters of documents
     that are no longer dead_lettered (e.g. reset since) are skipped.
     """
-    from pipeline.app.operations import dlq_replay as replay_letters
+    from pipeline.app.dead_letters import dlq_replay as replay_letters
 
     if bool(document_uuids) == everything:
         _usage_error("give document uuids or --all (one of them)")
@@ -436,7 +436,7 @@ def dlq_purge(
     Asks for confirmation unless --yes. `docpipe reset --failed` still finds
     the documents afterwards.
     """
-    from pipeline.app.operations import dlq_purge as purge_letters
+    from pipeline.app.dead_letters import dlq_purge as purge_letters
 
     if bool(document_uuids) == everything:
         _usage_error("give document uuids or --all (one of them)")

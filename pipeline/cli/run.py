@@ -241,37 +241,38 @@ def status(document_uuid: str, as_json: bool, database_url: str | None) -> None:
     settings = load_settings(database_url=database_url)
     with configuration_errors():
         services = build_services(settings)
-    document_uuid = resolve_document_uuid(services.store, document_uuid)
-    document = services.store.get_document(document_uuid)
-    history = services.store.history(document_uuid)
-    counts = services.store.counts(document_uuid)
-    payload: dict[str, Any] = {
-        "document_uuid": document.uuid,
-        "file": document.original_file_name,
-        "status": str(document.status),
-        "error": document.error_message,
-        "note": skipped_pages_note(document.ocr_metadata),
-        "processing_version": document.processing_version,
-        "celery_task_id": document.celery_task_id,
-        "created_at": document.created_at,
-        "updated_at": document.updated_at,
-        "counts": counts.__dict__,
-        "history": [
-            {
-                "stage": h.stage,
-                "status": str(h.status),
-                "error": h.error_message,
-                "at": h.created_at,
-                "version": h.processing_version,
-            }
-            for h in history
-        ],
-        "state": services.state.get(document_uuid),
-    }
-    if as_json:
-        click.echo(json.dumps(payload, indent=2, default=str))
-        return
-    print_status(services, payload)
+    with services:
+        document_uuid = resolve_document_uuid(services.store, document_uuid)
+        document = services.store.get_document(document_uuid)
+        history = services.store.history(document_uuid)
+        counts = services.store.counts(document_uuid)
+        payload: dict[str, Any] = {
+            "document_uuid": document.uuid,
+            "file": document.original_file_name,
+            "status": str(document.status),
+            "error": document.error_message,
+            "note": skipped_pages_note(document.ocr_metadata),
+            "processing_version": document.processing_version,
+            "celery_task_id": document.celery_task_id,
+            "created_at": document.created_at,
+            "updated_at": document.updated_at,
+            "counts": counts.__dict__,
+            "history": [
+                {
+                    "stage": h.stage,
+                    "status": str(h.status),
+                    "error": h.error_message,
+                    "at": h.created_at,
+                    "version": h.processing_version,
+                }
+                for h in history
+            ],
+            "state": services.state.get(document_uuid),
+        }
+        if as_json:
+            click.echo(json.dumps(payload, indent=2, default=str))
+            return
+        print_status(services, payload)
 
 
 COMMANDS: list[click.Command] = [run, status]

@@ -20,7 +20,7 @@ from rich.markup import escape
 
 from pipeline.console import EXIT_FAILED, load_settings, stderr, usage_error
 from pipeline.domain.models import QUEUES
-from pipeline.settings import pool_time_limit_note, redact_url
+from pipeline.settings import pool_time_limit_note, redact_url, single_host_note
 
 #: The plan's layout: OCR on processes, entity extraction on many greenlets.
 DEFAULT_POOL = {"ocr": "prefork", "text": "threads", "entity": "gevent", "graph": "threads"}
@@ -88,9 +88,9 @@ def worker(
     settings = load_settings(eager=False)
     refuse_unless_workers_can_run(settings)
     chosen_pool = pool or (DEFAULT_POOL[names[0]] if len(names) == 1 else "threads")
-    note = pool_time_limit_note(settings, chosen_pool)
-    if note is not None:
-        click.echo(f"note: {note}", err=True)
+    for note in (pool_time_limit_note(settings, chosen_pool), single_host_note(settings)):
+        if note is not None:
+            click.echo(f"note: {note}", err=True)
     size = concurrency or DEFAULT_CONCURRENCY[chosen_pool]
     argv = worker_argv(names, chosen_pool, size, hostname or f"{'-'.join(names)}@%h", loglevel)
     env = {**os.environ, "DOCPIPE_EAGER": "false"}

@@ -23,6 +23,17 @@ PREVIOUS_CHUNK = "PREVIOUS_CHUNK"
 CONTAINS_MENTION = "CONTAINS_MENTION"
 MEMBER_OF_CLUSTER = "MEMBER_OF_CLUSTER"
 
+#: Every (from label, type, to label) the pipeline stages, with its edge properties
+#: (`stage_relationships`); a graph sink refuses anything else (PermanentError).
+RELATIONSHIP_PROPERTIES: dict[tuple[str, str, str], tuple[str, ...]] = {
+    (DOCUMENT, BELONGS_TO, PROJECT): ("title", "category"),
+    (CHUNK, BELONGS_TO, DOCUMENT): ("chunk_index",),
+    (CHUNK, NEXT_CHUNK, CHUNK): ("from_index", "to_index"),
+    (CHUNK, PREVIOUS_CHUNK, CHUNK): ("from_index", "to_index"),
+    (CHUNK, CONTAINS_MENTION, ENTITY_MENTION): ("start", "end", "entity_type"),
+    (ENTITY_MENTION, MEMBER_OF_CLUSTER, CANONICAL_ENTITY): ("confidence", "entity_type"),
+}
+
 
 def expected_relationship_count(chunks: int, mentions: int) -> int:
     """1 project edge + 1 per chunk + 2 per adjacent chunk pair + 2 per mention."""

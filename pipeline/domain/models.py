@@ -309,9 +309,14 @@ class CanonicalEntity:
     mention_count: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Relationship:
-    """One row of `neo4j_relationships_staging`."""
+    """One row of `neo4j_relationships_staging`.
+
+    Slotted: a document has two per mention and one to three per chunk, so a large one
+    holds hundreds of thousands of them; without a per-instance `__dict__` each is smaller
+    and quicker to build.
+    """
 
     from_id: str
     from_label: str

@@ -12,6 +12,7 @@ Every wait is bounded in time; stopping is SIGTERM, a bounded wait, then SIGKILL
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -68,6 +69,48 @@ def _reap(process: subprocess.Popen[bytes], timeout_s: float) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=timeout_s)
+
+
+#: The checkout (or site-packages) that holds this `pipeline`: workers import the same code.
+CODE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def env_value(value: Any) -> str:
+    """A settings value as its DOCPIPE_* variable spells it (booleans lower case, dicts JSON)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return str(value)
+
+
+def settings_env(values: Mapping[str, Any]) -> dict[str, str]:
+    """`{"max_retries": 3}` -> `{"DOCPIPE_MAX_RETRIES": "3"}`."""
+    return {f"DOCPIPE_{key.upper()}": env_value(value) for key, value in values.items()}
+
+
+def worker_environment(
+    values: Mapping[str, Any], *, home: Path | None = None, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The one environment of a private stack's processes: `values` as DOCPIPE_* variables.
+
+    Built on `base` (this process's environment by default) without its own
+    DOCPIPE_* and CELERY_* variables, so a user's .env or shell never leaks into a private
+    stack (DOCPIPE_UNDER_TEST and DOCPIPE_ALLOW_CLOUD, which guard the tests,
+    are kept). This `pipeline` goes first on PYTHONPATH, so workers run the
+    same code as their parent; `home` gives them their own HOME.
+    """
+    kept = ("DOCPIPE_UNDER_TEST", "DOCPIPE_ALLOW_CLOUD")
+    source = os.environ if base is None else base
+    # CELERY_* too: a worker refuses a CELERY_BROKER_URL that disagrees with its settings.
+    env = {
+        k: v for k, v in source.items() if not k.startswith(("DOCPIPE_", "CELERY_")) or k in kept
+    }
+    env.update(settings_env(values))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CODE_ROOT), env.get("PYTHONPATH")]))
+    if home is not None:
+        env["HOME"] = str(home)
+    return env
 
 
 def settings_values(env: Mapping[str, str]) -> dict[str, str]:

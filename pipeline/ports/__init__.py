@@ -1,5 +1,9 @@
 """Ports: the small protocols stages talk to, in domain terms.
 
+The store port lives in pipeline.ports.store (split by role), Services (every
+port a process uses, with `close()`) in pipeline.ports.services; both are
+importable from here.
+
 No port leaks a vendor type. Every adapter raises `TransientError` or
 `PermanentError` (pipeline.errors) for failures a stage should act on.
 """
@@ -13,19 +17,31 @@ from typing import Protocol
 from pipeline.domain.models import (
     CanonicalEntity,
     Chunk,
-    DocumentCounts,
     DocumentNode,
     ExtractedText,
-    Fence,
     FileType,
-    HistoryEntry,
     Mention,
     OcrJob,
-    QueueStatus,
     Relationship,
-    SourceDocument,
     Stage,
-    Status,
+)
+from pipeline.ports.store import (
+    DeadLetters as DeadLetters,
+)
+from pipeline.ports.store import (
+    DerivedRows as DerivedRows,
+)
+from pipeline.ports.store import (
+    DocumentRecords as DocumentRecords,
+)
+from pipeline.ports.store import (
+    DocumentStore as DocumentStore,
+)
+from pipeline.ports.store import (
+    QueueEntry as QueueEntry,
+)
+from pipeline.ports.store import (
+    WorkQueue as WorkQueue,
 )
 
 
@@ -46,7 +62,9 @@ class BlobStore(Protocol):
 
     def size(self, key: str) -> int: ...
 
-    def delete(self, key: str) -> None: ...
+    def delete(self, key: str) -> None:
+        """Deleting a missing key is not an error (as on S3)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -82,8 +100,22 @@ class DocumentParser(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class LlmAnswer:
+    """One LLM request's answer: one JSON text per chunk sent, and the tokens it used."""
+
+    #: `{"entities": [...]}` per chunk, in the order sent (parsed by the domain).
+    payloads: tuple[str, ...]
+    prompt_tokens: int
+    completion_tokens: int
+
+
 class EntityExtractor(Protocol):
-    """One call per chunk; answers the LLM's JSON text, parsed by the domain."""
+    """Answers the LLM's JSON text per chunk, parsed and verified by the domain.
+
+    `extract` sends one chunk in one request; `extract_many` packs several
+    chunks into one request (`pipeline.domain.packing`) and answers per chunk.
+    """
 
     @property
     def model(self) -> str:
@@ -92,6 +124,22 @@ class EntityExtractor(Protocol):
 
     def extract(self, text: str) -> str:
         """Return the raw JSON answer: {"entities": [{entity,label,start,end,confidence}]}."""
+        ...
+
+    def extract_many(self, texts: Sequence[str]) -> LlmAnswer:
+        """One request for all `texts` (one text goes exactly as `extract` sends it).
+
+        Raises `MalformedResponse` when the answer as a whole cannot be read; a
+        single chunk's unreadable answer is a payload the domain parser rejects.
+        """
+        ...
+
+    def request_tokens(self, texts: Sequence[str]) -> int:
+        """Estimated tokens one request for `texts` uses, prompt and answer.
+
+        What packing budgets (`DOCPIPE_LLM_PACK_TOKENS`) and what the request
+        reserves of the shared tokens-per-window limit.
+        """
         ...
 
 
@@ -106,225 +154,6 @@ class GraphSink(Protocol):
         entities: Sequence[CanonicalEntity],
         relationships: Sequence[Relationship],
     ) -> None: ...
-
-
-@dataclass(frozen=True)
-class QueueEntry:
-    uuid: str
-    document_uuid: str
-    status: QueueStatus
-    attempts: int
-    claimed_by: str | None
-    claimed_at: float | None
-    last_error: str | None
-
-
-class DocumentStore(Protocol):
-    """The database (SQLite on the embedded default, PostgreSQL/Supabase in production).
-
-    Writes of derived rows *replace* a document's rows for that stage, so a
-    redelivered stage leaves identical rows and a reprocess adds nothing.
-    """
-
-    # --- projects and documents -------------------------------------------------
-    def ensure_project(self, name: str) -> str:
-        """Return the uuid of the project with this name, creating it if needed."""
-        ...
-
-    def create_document(self, document: SourceDocument) -> None: ...
-
-    def get_document(self, document_uuid: str) -> SourceDocument:
-        """Raises KeyError when there is no such document."""
-        ...
-
-    def last_activity(self, document_uuid: str) -> float:
-        """Epoch seconds of the document's last change or OCR poll; KeyError if unknown."""
-        ...
-
-    def list_documents(self, statuses: Sequence[Status] | None = None) -> list[SourceDocument]: ...
-
-    def find_by_content(self, project_uuid: str, content_sha256: str) -> SourceDocument | None:
-        """The project's earliest document whose file had these bytes (sha256), or None."""
-        ...
-
-    def match_uuid_prefix(self, prefix: str, *, limit: int = 10) -> list[str]:
-        """Uuids of documents that start with `prefix` (a short uuid), at most `limit`."""
-        ...
-
-    def statuses(self, document_uuids: Sequence[str]) -> dict[str, Status]:
-        """The current status of each given document (unknown ids are left out)."""
-        ...
-
-    def advance_status(
-        self,
-        document_uuid: str,
-        status: Status,
-        *,
-        stage: str,
-        processing_version: int,
-        error_message: str | None = None,
-        celery_task_id: str | None = None,
-        fence: Fence | None = None,
-    ) -> bool:
-        """Move the document to `status` and record the transition in history.
-
-        Only moves forward on the happy path (a failure status is always
-        accepted unless the document is already terminal); a call for a stale
-        processing version changes nothing. Returns whether the row changed.
-        The history row is written at most once per (document, version, status).
-        With a `fence`, raises `StaleDelivery` (and changes nothing) unless the
-        document is still where that delivery claimed it.
-        """
-        ...
-
-    def claim_delivery(
-        self,
-        document_uuid: str,
-        *,
-        processing_version: int,
-        found_status: Status,
-        status: Status,
-        stage: str,
-    ) -> SourceDocument | None:
-        """A stage delivery claims the document: new fencing token, status moved to `status`.
-
-        None when the document is no longer in that version at `found_status`.
-        """
-        ...
-
-    def check_fence(self, fence: Fence) -> None:
-        """Raise `StaleDelivery` unless the document is still where `fence` claimed it."""
-        ...
-
-    def derived_versions(self, document_uuid: str) -> dict[str, list[int | None]]:
-        """Per derived table, the distinct processing versions of the document's rows."""
-        ...
-
-    def force_status(
-        self,
-        document_uuid: str,
-        status: Status,
-        *,
-        stage: str,
-        bump_version: bool,
-        note: str | None = None,
-        supersedes: Sequence[Status] = (),
-    ) -> SourceDocument:
-        """Operator override (reset/replay/reprocess): set status, clear the error.
-
-        Without a version bump the history row of `status` (and those of the
-        `supersedes` statuses) in this version is replaced by one recorded now,
-        carrying `note`: a replayed dead letter shows after the dead letter, and
-        a second dead letter can be recorded again.
-        """
-        ...
-
-    def record_attempt(self, document_uuid: str) -> None: ...
-
-    def set_task_id(self, document_uuid: str, celery_task_id: str) -> None: ...
-
-    def save_raw_text(
-        self,
-        document_uuid: str,
-        raw_text: str,
-        ocr_metadata: dict[str, object],
-        *,
-        fence: Fence | None = None,
-    ) -> None: ...
-
-    def history(self, document_uuid: str) -> list[HistoryEntry]: ...
-
-    # --- OCR jobs -------------------------------------------------------------------
-    def record_ocr_job(
-        self, document_uuid: str, job_id: str, client_request_token: str, status: str
-    ) -> None: ...
-
-    def update_ocr_job(self, job_id: str, status: str, polls: int) -> None: ...
-
-    # --- derived rows (each call replaces the document's rows of that kind) ----
-    def save_document_node(self, node: DocumentNode, *, fence: Fence | None = None) -> None: ...
-
-    def get_document_node(self, document_uuid: str) -> DocumentNode: ...
-
-    def replace_chunks(
-        self, document_uuid: str, chunks: Sequence[Chunk], *, fence: Fence | None = None
-    ) -> None: ...
-
-    def get_chunks(self, document_uuid: str) -> list[Chunk]: ...
-
-    def replace_mentions(
-        self, document_uuid: str, mentions: Sequence[Mention], *, fence: Fence | None = None
-    ) -> None: ...
-
-    def get_mentions(self, document_uuid: str) -> list[Mention]: ...
-
-    def replace_canonical_entities(
-        self,
-        document_uuid: str,
-        entities: Sequence[CanonicalEntity],
-        mention_canonical: dict[str, str],
-        *,
-        fence: Fence | None = None,
-    ) -> None:
-        """Replace the entities and set each mention's canonical uuid, atomically."""
-        ...
-
-    def get_canonical_entities(self, document_uuid: str) -> list[CanonicalEntity]: ...
-
-    def replace_relationships(
-        self,
-        document_uuid: str,
-        relationships: Sequence[Relationship],
-        *,
-        fence: Fence | None = None,
-    ) -> None: ...
-
-    def get_relationships(self, document_uuid: str) -> list[Relationship]: ...
-
-    def clear_derived(self, document_uuid: str) -> None:
-        """Delete node, chunks, mentions, entities and relationships (reprocess/reset)."""
-        ...
-
-    def counts(self, document_uuid: str) -> DocumentCounts: ...
-
-    # --- the processing queue -------------------------------------------------------
-    def enqueue(self, document_uuid: str) -> str:
-        """Add a pending queue row (idempotent per document while one is open)."""
-        ...
-
-    def claim(
-        self,
-        worker: str,
-        limit: int,
-        stale_after: float,
-        max_attempts: int,
-        *,
-        documents: Sequence[str] | None = None,
-    ) -> list[QueueEntry]:
-        """Atomically claim up to `limit` pending rows (or stale processing ones).
-
-        `documents` restricts the claim to those documents (a direct run claims its own).
-        """
-        ...
-
-    def keep_claim(self, entry_uuid: str) -> None:
-        """Undo the attempt a claim counted (its document is progressing in a stage)."""
-        ...
-
-    def finish_queue_entry(
-        self, document_uuid: str, status: QueueStatus, error: str | None = None
-    ) -> None: ...
-
-    def queue_entries(self, document_uuid: str | None = None) -> list[QueueEntry]: ...
-
-    # --- dead letters -------------------------------------------------------------
-    def add_dead_letter(
-        self, document_uuid: str, task_name: str, stage: str, error: str, retries: int
-    ) -> None: ...
-
-    def dead_letters(self) -> list[dict[str, object]]: ...
-
-    def remove_dead_letters(self, document_uuids: Sequence[str] | None = None) -> int: ...
 
 
 class StateTracker(Protocol):
@@ -360,9 +189,13 @@ class LockManager(Protocol):
 
 
 class RateLimiter(Protocol):
-    """Shared sliding window; raises `RateLimited` (fail closed) when over or unsure."""
+    """Shared sliding window; raises `RateLimited` (fail closed) when over or unsure.
 
-    def acquire(self, name: str) -> None: ...
+    Counts requests, and with a token limit also the `tokens` each request
+    reserves (requests and tokens per window, as OpenAI enforces them).
+    """
+
+    def acquire(self, name: str, tokens: int = 0) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 This module holds only the type and the process-wide slot; which adapter backs
 each port is decided by the composition root (pipeline.bootstrap), so
-importing a use case (stages, intake, operations, ...) costs the ports and
+importing a use case (stages, intake, queue processor, ...) costs the ports and
 the settings, not redis-py, pypdf or python-docx.
 """
 
@@ -55,6 +55,12 @@ class Services:
     redis: redis.Redis
     dispatcher: Dispatcher
     faults: FaultInjector | None = None
+
+    def __enter__(self) -> Services:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     def close(self) -> None:
         """Release what holds connections: the SQL engine's pool, the graph driver, Redis.

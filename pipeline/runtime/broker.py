@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import redis
 from celery import Celery
@@ -212,3 +213,20 @@ def wait_for_terminal(
         if done == len(document_uuids) or time.monotonic() >= deadline:
             return statuses
         time.sleep(poll_interval_s)
+
+
+def purge_queues(app: Celery) -> dict[str, int]:
+    """Delete every waiting message of the docpipe queues; returns the count per queue.
+
+    Not `app.control.purge()`: that only purges the queues the app declares
+    (the default one), not all four. Messages a worker had already reserved
+    (unacked) are not waiting and are not purged; a reset bumps the documents'
+    processing version so those become no-ops when redelivered.
+    """
+    counts: dict[str, int] = {}
+    with app.connection_for_write() as connection:
+        # kombu's stubs type the channel as StdChannel, which lacks queue_purge.
+        channel: Any = connection.default_channel
+        for name in QUEUES:
+            counts[name] = int(channel.queue_purge(name) or 0)
+    return counts

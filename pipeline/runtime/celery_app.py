@@ -17,9 +17,10 @@ from celery.signals import (
     celeryd_init,
     worker_process_init,
 )
+from celery.worker.control import inspect_command
 
 from pipeline.domain.models import STAGE_ORDER, Stage
-from pipeline.redaction import redact_log_output
+from pipeline.redaction import redact_log_output, redact_url
 from pipeline.runtime import redis_transport as broker_transport
 from pipeline.settings import Settings, get_settings
 
@@ -148,6 +149,29 @@ def _check_worker_configuration(**_: Any) -> None:
         report_problem(problem, as_json=False)
         raise SystemExit(EXIT_USAGE) from None
     app.conf.task_always_eager = False
+
+
+#: The remote inspect command `docpipe monitor` and `docpipe doctor` ask workers with.
+DOCPIPE_SETTINGS_COMMAND = "docpipe_settings"
+
+
+@inspect_command(name=DOCPIPE_SETTINGS_COMMAND)
+def _docpipe_settings(state: Any, **_: Any) -> dict[str, Any]:
+    """The docpipe settings this worker runs with that the monitor and doctor compare.
+
+    Celery's own `conf` reply holds Celery's settings only; the LLM window and
+    the state/cache Redis are docpipe's. URLs are redacted, secrets left out.
+    """
+    settings = get_settings()
+    return {
+        "broker_url": redact_url(settings.broker_url),
+        "redis_url": redact_url(settings.redis_url),
+        "llm_rate_limit_calls": settings.llm_rate_limit_calls,
+        "llm_rate_limit_window_s": settings.llm_rate_limit_window_s,
+        "visibility_timeout_s": settings.visibility_timeout_s,
+        "task_time_limit_s": settings.task_time_limit_s,
+        "retry_backoff_max_s": settings.retry_backoff_max_s,
+    }
 
 
 @worker_process_init.connect

@@ -67,7 +67,7 @@ def check_database(url: str, say: Say, *, timeout_s: float = CONNECT_TIMEOUT_S) 
     from sqlalchemy.exc import ArgumentError, OperationalError
     from sqlalchemy.pool import NullPool
 
-    from pipeline.adapters.sql_store import postgres_engine_options
+    from pipeline.adapters.sql import postgres_engine_options
 
     try:
         parsed = make_url(url)
@@ -151,7 +151,8 @@ def check_s3(settings: Settings, say: Say, *, timeout_s: float = CONNECT_TIMEOUT
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
     from pipeline.adapters.aws import build_client, error_code, http_status
-    from pipeline.bootstrap import is_loopback_url, s3_location
+    from pipeline.bootstrap import s3_location
+    from pipeline.settings import is_loopback_url
 
     bucket, _ = s3_location(settings)
     if not is_loopback_url(settings.aws_endpoint_url) and not settings.allow_cloud:

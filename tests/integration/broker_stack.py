@@ -6,7 +6,6 @@ The processes are pipeline.harness.localstack's; here only the tests' shared env
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -17,9 +16,13 @@ from celery import Celery
 
 from pipeline.bootstrap import Services, start
 from pipeline.domain.models import QUEUES
-from pipeline.harness.localstack import RedisServer, WorkerGroup, settings_values
+from pipeline.harness.localstack import (
+    RedisServer,
+    WorkerGroup,
+    settings_values,
+    worker_environment,
+)
 from pipeline.settings import Settings
-from tests.conftest import REPO
 
 
 @dataclass
@@ -43,25 +46,23 @@ class BrokerStack:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(self.workdir),
-            "PYTHONPATH": str(REPO),
-            "DOCPIPE_UNDER_TEST": "1",
-            "DOCPIPE_ALLOW_CLOUD": "false",
-            "DOCPIPE_EAGER": "false",
-            "DOCPIPE_BROKER_URL": self.redis.url(self.broker_db),
-            "DOCPIPE_REDIS_URL": self.redis.url(self.state_db),
-            "DOCPIPE_DATABASE_URL": self.database_url,
-            "DOCPIPE_BLOB_URL": f"file://{self.workdir / 'blobs'}",
-            "DOCPIPE_FAULT_INJECTION": "true",
-            "DOCPIPE_OCR_POLL_INTERVAL_S": "0.2",
-            "DOCPIPE_FAKE_OCR_POLLS_UNTIL_DONE": "4",
+        values: dict[str, object] = {
+            "under_test": "1",
+            "allow_cloud": False,
+            "eager": False,
+            "broker_url": self.redis.url(self.broker_db),
+            "redis_url": self.redis.url(self.state_db),
+            "database_url": self.database_url,
+            "blob_url": f"file://{self.workdir / 'blobs'}",
+            "fault_injection": True,
+            "ocr_poll_interval_s": 0.2,
+            "fake_ocr_polls_until_done": 4,
             # The shared LLM limit is tested on its own; here it would only slow the batch.
-            "DOCPIPE_LLM_RATE_LIMIT_CALLS": "100000",
-            "DOCPIPE_RETRY_BACKOFF_BASE_S": "0.2",
-            "DOCPIPE_RETRY_BACKOFF_MAX_S": "2",
+            "llm_rate_limit_calls": 100000,
+            "retry_backoff_base_s": 0.2,
+            "retry_backoff_max_s": 2,
         }
+        env = worker_environment(values, home=self.workdir)
         env.update(self.overrides)
         return env
 

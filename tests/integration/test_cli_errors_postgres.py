@@ -10,8 +10,10 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from pipeline.harness.localstack import PostgresDatabases
+from tests.conftest import docpipe
+from tests.helpers import SHORT_AFFIDAVIT as GOOD
+from tests.helpers import assert_json_error, assert_short_usage_error
 from tests.integration.conftest import postgres_admin_url
-from tests.unit.test_cli_errors import GOOD, assert_json_error, assert_short_usage_error, docpipe
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from pipeline.adapters.migrations import LATEST_VERSION
-from pipeline.adapters.sql_store import create_database_engine, create_store
+from pipeline.adapters.sql import create_database_engine, create_store
+from pipeline.adapters.sql.migrations import LATEST_VERSION
 from pipeline.cli import main
 from pipeline.harness.localstack import PostgresDatabases
 

@@ -18,10 +18,10 @@ import pytest
 from celery import Celery
 
 from pipeline.app.intake import submit_file
-from pipeline.app.operations import purge_queues
 from pipeline.bootstrap import build_services
 from pipeline.domain.models import QUEUES, QueueStatus, Status
 from pipeline.harness.localstack import RedisServer
+from pipeline.runtime.broker import purge_queues
 from pipeline.settings import Settings
 from tests.conftest import REPO
 
@@ -35,7 +35,7 @@ PROCESSOR = """
 import json, sys, threading, time
 import redis
 from pipeline.bootstrap import start
-from pipeline.app.operations import run_queue_processor
+from pipeline.app.queue_processor import run_queue_processor
 from pipeline.settings import get_settings
 
 worker, barrier_url = sys.argv[1], sys.argv[2]

@@ -11,14 +11,12 @@ from pipeline.harness.localstack import PostgresDatabases
 from pipeline.harness.scenarios.model import load_scenario
 from pipeline.harness.scenarios.runner import RunReport, needs_postgres, run_scenario
 from pipeline.settings import get_settings
-from tests.conftest import REPO
+from tests.helpers import BROKER_SCENARIO_FILES
 from tests.integration.conftest import postgres_admin_url
 
 pytestmark = pytest.mark.integration
 
-FILES = [
-    p for p in sorted((REPO / "scenarios").glob("*.yaml")) if "broker" in load_scenario(p).modes
-]
+FILES = BROKER_SCENARIO_FILES
 
 
 def _explain(report: RunReport) -> str:

@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.pool import NullPool
 
-from pipeline.adapters.schema import create_schema, metadata
-from pipeline.adapters.sql_store import SqlDocumentStore, create_database_engine, create_store
+from pipeline.adapters.sql import SqlDocumentStore, create_database_engine, create_store
+from pipeline.adapters.sql.schema import create_schema, metadata
 from pipeline.ports import QueueEntry
-from tests.contract_store import StoreContract, new_document
+from pipeline.testing.contracts.store import StoreContract, new_document
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline.adapters.sql_store import SqlDocumentStore, create_store
+from pipeline.adapters.sql import SqlDocumentStore, create_store
 from pipeline.app.document_ids import SHORT_LENGTH, resolve_document_uuid
 from pipeline.app.intake import submit_and_dispatch
 from pipeline.bootstrap import Services

@@ -7,9 +7,7 @@ still holds exactly one JSON object with an `error` field.
 
 from __future__ import annotations
 
-import json
 import socket
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,29 +15,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import docpipe
+from tests.helpers import SHORT_AFFIDAVIT, assert_json_error, assert_short_usage_error
 
-GOOD = "AFFIDAVIT OF JANE HOLLOWAY\n\nI, Jane R. Holloway, of Chicago, Illinois, swear.\n"
-#: "A few lines at most": error, continuation lines, hint (and the wait line).
-MAX_LINES = 5
+GOOD = SHORT_AFFIDAVIT
 #: Credentials for the S3 client (botocore signs before it connects); never real ones.
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-
-
-def assert_short_usage_error(result: subprocess.CompletedProcess[str], *expected: str) -> None:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert 1 <= len(lines) <= MAX_LINES, result.stderr
-    for text in expected:
-        assert text in result.stderr, result.stderr
-
-
-def assert_json_error(result: subprocess.CompletedProcess[str], *expected: str) -> None:
-    assert result.returncode == 2, result.stderr
-    payload = json.loads(result.stdout)  # exactly one object, nothing else on stdout
-    assert set(payload) == {"error", "hint"}
-    for text in expected:
-        assert text in payload["error"], payload
 
 
 def closed_port() -> int:

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy.engine import make_url
 
-from pipeline.adapters.migrations import LATEST_VERSION
-from pipeline.adapters.sql_store import create_database_engine, postgres_engine_options
+from pipeline.adapters.sql import create_database_engine, postgres_engine_options
+from pipeline.adapters.sql.migrations import LATEST_VERSION
 from pipeline.cli import main
 from pipeline.errors import ConfigurationError
 
@@ -110,8 +110,8 @@ def test_upgrade_adds_the_content_hash_to_a_database_made_before_it(tmp_path: Pa
     """A version-2 database (no content_sha256) gets the column and its index from step 3."""
     from sqlalchemy import inspect, text
 
-    from pipeline.adapters.migrations import upgrade
-    from pipeline.adapters.schema import CONTENT_INDEX
+    from pipeline.adapters.sql.migrations import upgrade
+    from pipeline.adapters.sql.schema import CONTENT_INDEX
 
     engine = create_database_engine(f"sqlite:///{tmp_path / 'old.db'}")
     assert upgrade(engine).applied == [1, 2, 3]
@@ -134,8 +134,8 @@ def test_a_database_older_than_the_code_is_refused_with_the_upgrade_command(
     """Not "no such column" on the first query: exit 2, naming `docpipe db upgrade`."""
     from sqlalchemy import text
 
-    from pipeline.adapters.schema import CONTENT_INDEX
-    from pipeline.adapters.sql_store import create_store
+    from pipeline.adapters.sql import create_store
+    from pipeline.adapters.sql.schema import CONTENT_INDEX
     from tests.conftest import GOOD, docpipe
 
     url = f"sqlite:///{tmp_path / '.docpipe' / 'docpipe.db'}"

@@ -15,7 +15,9 @@ from pipeline.domain.entities import build_mentions, parse_llm_entities
 from pipeline.domain.models import Chunk, EntityType
 from pipeline.domain.resolution import resolve_mentions
 from pipeline.errors import MalformedResponse, TransientError
-from pipeline.ports import NO_FAULT, EntityExtractor, FaultEffect
+from pipeline.ports import EntityExtractor, FaultEffect
+from pipeline.testing.clocks import ManualClock
+from pipeline.testing.faults import ScriptedFaults
 
 COMPLAINT = """UNITED STATES DISTRICT COURT
 FOR THE CENTRAL DISTRICT OF CALIFORNIA
@@ -41,34 +43,6 @@ Code § 1542 and Title VII. Defendant moved to dismiss under Fed. R. Civ. P. 12(
 Dated: April 10, 2023            /s/ Mark T. Ellison
                                  Mark T. Ellison, Esq.
 """
-
-
-class ScriptedFaults:
-    """A FaultInjector answering a fixed effect, recording every call."""
-
-    def __init__(self, effect: FaultEffect = NO_FAULT, error: Exception | None = None) -> None:
-        self.effect = effect
-        self.error = error
-        self.calls: list[tuple[str, str, str | None]] = []
-
-    def before(self, port: str, operation: str, document_uuid: str | None) -> FaultEffect:
-        self.calls.append((port, operation, document_uuid))
-        if self.error is not None:
-            raise self.error
-        return self.effect
-
-
-class RecordingClock:
-    def __init__(self) -> None:
-        self.t = 0.0
-        self.sleeps: list[float] = []
-
-    def now(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.t += seconds
 
 
 def found(text: str) -> dict[EntityType, set[str]]:
@@ -190,7 +164,7 @@ def test_any_text_gives_a_parseable_answer_with_exact_offsets(text: str) -> None
 
 
 def test_faults_are_consulted_first_and_latency_is_slept_on_the_clock() -> None:
-    clock = RecordingClock()
+    clock = ManualClock()
     faults = ScriptedFaults(FaultEffect(latency_s=2.0))
     extractor = RuleBasedEntityExtractor(clock=clock, latency_seconds=0.5, faults=faults)
     extractor.extract("Ms. Holloway")
@@ -199,7 +173,7 @@ def test_faults_are_consulted_first_and_latency_is_slept_on_the_clock() -> None:
 
 
 def test_no_clock_no_sleep_and_zero_latency_does_not_sleep() -> None:
-    clock = RecordingClock()
+    clock = ManualClock()
     RuleBasedEntityExtractor(clock=clock).extract("Ms. Holloway")
     assert clock.sleeps == []
     RuleBasedEntityExtractor(latency_seconds=5.0).extract("Ms. Holloway")  # returns at once

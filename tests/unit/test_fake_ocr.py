@@ -19,41 +19,11 @@ from pipeline.errors import (
     UnsupportedFileType,
 )
 from pipeline.ports import FaultEffect, OcrRequest
+from pipeline.testing.clocks import EPOCH_2023, ManualClock, SteppingClock
+from pipeline.testing.faults import ScriptedFaults
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 COMPLAINT = (SAMPLES / "complaint_holloway_v_meridian.pdf").read_bytes()
-
-
-class RecordingClock:
-    """Virtual time: sleeping only advances `now`."""
-
-    def __init__(self) -> None:
-        self.current = 1_700_000_000.0
-        self.slept: list[float] = []
-
-    def now(self) -> float:
-        return self.current
-
-    def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.current += seconds
-
-
-class ScriptedFaults:
-    """Answers a fixed latency, or raises the queued error once, per (port, operation)."""
-
-    def __init__(self, latency: float = 0.0) -> None:
-        self.latency = latency
-        self.errors: dict[tuple[str, str], Exception] = {}
-        self.responses: dict[tuple[str, str], str] = {}
-        self.calls: list[tuple[str, str, str | None]] = []
-
-    def before(self, port: str, operation: str, document_uuid: str | None) -> FaultEffect:
-        self.calls.append((port, operation, document_uuid))
-        error = self.errors.pop((port, operation), None)
-        if error is not None:
-            raise error
-        return FaultEffect(self.latency, self.responses.pop((port, operation), None))
 
 
 @pytest.fixture
@@ -212,19 +182,6 @@ def test_works_with_a_client_that_decodes_responses(
     assert engine.poll(engine.start(request())).pages == 4
 
 
-class SteppingClock:
-    """Answers the given instants in turn (then the last one); sleeping is free."""
-
-    def __init__(self, *instants: float) -> None:
-        self.instants = list(instants)
-
-    def now(self) -> float:
-        return self.instants.pop(0) if len(self.instants) > 1 else self.instants[0]
-
-    def sleep(self, seconds: float) -> None:
-        pass
-
-
 def test_a_job_without_processing_time_is_ready_on_the_next_instant(
     blobs: InMemoryBlobStore, client: redis.Redis
 ) -> None:
@@ -240,13 +197,13 @@ def test_a_job_without_processing_time_is_ready_on_the_next_instant(
 def test_faults_and_latency_are_applied_through_the_clock(
     blobs: InMemoryBlobStore, client: redis.Redis
 ) -> None:
-    clock = RecordingClock()
-    faults = ScriptedFaults(latency=2.0)
+    clock = ManualClock(EPOCH_2023)
+    faults = ScriptedFaults(FaultEffect(latency_s=2.0))
     engine = EmbeddedOcrEngine(blobs, client, clock=clock, latency_seconds=0.5, faults=faults)
     job_id = engine.start(request())
     engine.poll(job_id)
     assert faults.calls == [("ocr", "start", "doc-1"), ("ocr", "poll", "doc-1")]
-    assert clock.slept == [2.5, 2.5]
+    assert clock.sleeps == [2.5, 2.5]
 
 
 def test_an_injected_fault_is_raised_before_the_operation(

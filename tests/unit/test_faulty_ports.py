@@ -22,7 +22,7 @@ from fakes.faulty_ports import (
 )
 from pipeline.adapters.clock import SystemClock
 from pipeline.adapters.memory_blob import InMemoryBlobStore
-from pipeline.adapters.sql_store import SqlDocumentStore, create_store
+from pipeline.adapters.sql import SqlDocumentStore, create_store
 from pipeline.bootstrap import build_services
 from pipeline.domain.models import SourceDocument, Stage
 from pipeline.errors import RateLimited, TransientError
@@ -35,7 +35,7 @@ from pipeline.harness.scenarios.model import (
     fault_modes,
 )
 from pipeline.harness.scenarios.runner import run_scenario
-from pipeline.ports import DocumentStore
+from pipeline.ports.store import DeadLetters, DerivedRows, DocumentRecords, WorkQueue
 from tests.conftest import embedded_settings
 
 
@@ -85,17 +85,27 @@ def test_fault_modes_keep_killing_kinds_out_of_eager_and_sim_only_ones_out_of_br
     assert fault_modes("intake", "submit", "transient") == ()
 
 
-def test_the_store_role_table_covers_every_method_of_the_port_and_of_the_sql_store() -> None:
+def test_the_store_role_table_follows_the_role_protocols_and_the_sql_store() -> None:
     """The wrapper groups methods by name: a method missing here would never be faulted."""
-    port_methods = {
-        name for name, _ in inspect.getmembers(DocumentStore) if not name.startswith("_")
+
+    def methods(cls: type) -> set[str]:
+        return {name for name in vars(cls) if not name.startswith("_")}
+
+    roles = {
+        DocumentRecords: "documents",
+        DerivedRows: "derived",
+        WorkQueue: "queue",
+        DeadLetters: "dead_letters",
     }
+    for protocol, role in roles.items():
+        assert {name: STORE_ROLES.get(name) for name in methods(protocol)} == dict.fromkeys(
+            methods(protocol), role
+        )
     sql_methods = {
         name
         for name, member in inspect.getmembers(SqlDocumentStore, inspect.isfunction)
         if not name.startswith("_") and name != "close"
     }
-    assert port_methods <= set(STORE_ROLES)
     assert sql_methods <= set(STORE_ROLES)
     assert set(STORE_ROLES.values()) == set(FAULT_CATALOGUE["store"])
     assert set(STORE_ROLES) >= STORE_WRITES

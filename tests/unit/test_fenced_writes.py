@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pipeline.adapters.sql_store import SqlDocumentStore
+from pipeline.adapters.sql import SqlDocumentStore
 from pipeline.app import stages
 from pipeline.app.intake import dispatch, submit_all
 from pipeline.bootstrap import Services
@@ -26,6 +27,7 @@ from pipeline.domain.models import Stage, Status
 from pipeline.errors import PermanentError
 from pipeline.harness.scenarios.model import load_scenario
 from pipeline.harness.scenarios.runner import RunReport, run_scenario
+from pipeline.ports import LlmAnswer
 
 SCENARIO = (
     Path(__file__).resolve().parents[2]
@@ -87,7 +89,10 @@ class _OvertakenExtractor:
     def model(self) -> str:
         return str(self._inner.model)
 
-    def extract(self, text: str) -> str:
+    def request_tokens(self, texts: Sequence[str]) -> int:
+        return int(self._inner.request_tokens(texts))
+
+    def extract_many(self, texts: Sequence[str]) -> LlmAnswer:
         if not self.overtaken:
             self.overtaken = True
             # What the visibility-timeout redelivery's `begin` does, on another worker
@@ -98,7 +103,8 @@ class _OvertakenExtractor:
             )
             redelivery.start()
             redelivery.join()
-        return str(self._inner.extract(text))
+        answer: LlmAnswer = self._inner.extract_many(texts)
+        return answer
 
 
 def test_an_overtaken_delivery_is_acked_as_stale_not_failed_and_writes_nothing(
@@ -129,9 +135,9 @@ def test_db_upgrade_adds_the_fence_columns_to_a_database_made_before_them(
 ) -> None:
     import sqlalchemy as sa
 
-    from pipeline.adapters.migrations import upgrade
-    from pipeline.adapters.schema import DERIVED_TABLES
-    from pipeline.adapters.sql_store import create_store
+    from pipeline.adapters.sql import create_store
+    from pipeline.adapters.sql.migrations import upgrade
+    from pipeline.adapters.sql.schema import DERIVED_TABLES
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     store = create_store(url)
@@ -155,9 +161,9 @@ def test_db_upgrade_adds_the_fence_columns_to_a_database_made_before_them(
 class _OvertakenThenFailingExtractor(_OvertakenExtractor):
     """Overtaken by a redelivery during its first call, which then fails for good."""
 
-    def extract(self, text: str) -> str:
+    def extract_many(self, texts: Sequence[str]) -> LlmAnswer:
         first = not self.overtaken
-        answer = super().extract(text)
+        answer = super().extract_many(texts)
         if first:
             raise PermanentError("401 Unauthorized (a late, permanent failure)")
         return answer

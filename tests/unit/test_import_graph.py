@@ -193,7 +193,8 @@ def test_importing_the_use_cases_loads_no_client_library() -> None:
     document library comes with an import of the application code."""
     probe = (
         "import sys\n"
-        "import pipeline.app.intake, pipeline.app.monolith, pipeline.app.operations\n"
+        "import pipeline.app.intake, pipeline.app.monolith, pipeline.app.queue_processor\n"
+        "import pipeline.app.admin, pipeline.app.dead_letters\n"
         "import pipeline.app.report\n"
         "import pipeline.app.stages\n"
         "heavy = ('redis', 'celery', 'sqlalchemy', 'pypdf', 'docx', 'fakeredis')\n"
@@ -228,7 +229,37 @@ def test_the_cycle_finder_finds_a_cycle_through_a_function_level_import(tmp_path
     assert cycles(graph) == [["pkg.a", "pkg.b"]]
 
 
+def test_no_test_module_imports_another() -> None:
+    """Shared test code lives in conftest.py, tests/helpers.py or pipeline.testing: importing
+    a test module runs its collection-time code and ties unrelated tests together."""
+    tests_root = PACKAGE_ROOT.parent / "tests"
+    offenders = []
+    for path in sorted(tests_root.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            if any(name.split(".")[-1].startswith("test_") for name in names if "tests" in name):
+                offenders.append(f"{path.relative_to(tests_root)}:{node.lineno}")
+
+    assert offenders == []
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(PACKAGE_ROOT.parent))
     for cycle in cycles(with_lazy_subcommands(import_graph())):
         print(" <-> ".join(cycle))
+
+
+def test_every_module_says_what_it_is() -> None:
+    """scripts/layout_tree.py prints the layout from these docstrings (the README's map)."""
+    undocumented = [
+        name
+        for name, path in module_files().items()
+        if not ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
+    ]
+
+    assert undocumented == []

@@ -29,7 +29,10 @@ from pipeline.bootstrap import Services
 from pipeline.domain.models import Category, DocumentNode, OcrJob
 from pipeline.ports import OcrRequest
 from pipeline.settings import Settings
-from tests.unit.test_fake_ocr import COMPLAINT, RecordingClock
+from pipeline.testing.clocks import EPOCH_2023, ManualClock
+from tests.conftest import SAMPLES
+
+COMPLAINT = (SAMPLES / "complaint_holloway_v_meridian.pdf").read_bytes()
 
 NODE = DocumentNode("doc-1", "project-1", "Title", Category.CONTRACT, "Some text.")
 
@@ -116,7 +119,7 @@ def test_settings_carry_the_profile_and_refuse_unknown_services() -> None:
 
 
 def test_the_fake_ocr_job_finishes_once_its_duration_has_passed() -> None:
-    clock = RecordingClock()
+    clock = ManualClock(EPOCH_2023)
     blobs = InMemoryBlobStore()
     blobs.put("documents/d/original.pdf", COMPLAINT)
     engine = EmbeddedOcrEngine(
@@ -128,28 +131,28 @@ def test_the_fake_ocr_job_finishes_once_its_duration_has_passed() -> None:
     job_id = engine.start(OcrRequest("d", "documents/d/original.pdf", "pdf", "token-1"))
 
     assert engine.poll(job_id).state == OcrJob.IN_PROGRESS
-    clock.current += 29.0
+    clock.advance(29.0)
     assert engine.poll(job_id).state == OcrJob.IN_PROGRESS
-    clock.current += 1.5
+    clock.advance(1.5)
     assert engine.poll(job_id).state == OcrJob.SUCCEEDED
-    assert clock.slept == []  # start and poll never block
+    assert clock.sleeps == []  # start and poll never block
 
 
 def test_the_fake_llm_and_graph_wait_on_the_clock() -> None:
-    clock = RecordingClock()
+    clock = ManualClock(EPOCH_2023)
     extractor = RuleBasedEntityExtractor(clock=clock, call_seconds=lambda key: 2.5)
     graph = InMemoryGraphSink(clock=clock, write_seconds=lambda key: 3.0)
 
     extractor.extract("Ms. Jane Holloway met counsel in Chicago.")
     graph.write(NODE, [], [], [], [])
 
-    assert clock.slept == [2.5, 3.0]
+    assert clock.sleeps == [2.5, 3.0]
     assert ("Document", "doc-1") in graph.nodes
 
 
 def test_llm_waits_are_keyed_by_the_chunk_text() -> None:
     profile = build_profile("reference", time_scale=0.001)
-    clock = RecordingClock()
+    clock = ManualClock(EPOCH_2023)
     sampler = profile.sampler(LLM_CALL)
     assert sampler is not None
     extractor = RuleBasedEntityExtractor(clock=clock, call_seconds=sampler)
@@ -157,7 +160,7 @@ def test_llm_waits_are_keyed_by_the_chunk_text() -> None:
     for text in ("one chunk", "another chunk", "one chunk"):
         extractor.extract(text)
 
-    assert clock.slept[0] == clock.slept[2] != clock.slept[1]
+    assert clock.sleeps[0] == clock.sleeps[2] != clock.sleeps[1]
 
 
 def test_the_reference_profile_is_wired_into_the_services(make_services: object) -> None:
@@ -174,20 +177,20 @@ def test_the_default_profile_leaves_the_services_alone(services: Services) -> No
 
 
 def test_the_delayed_store_waits_before_saving_the_node() -> None:
-    clock = RecordingClock()
+    clock = ManualClock(EPOCH_2023)
     waits: list[float] = []
 
     fences: list[object] = []
 
     class Spy:
         def save_document_node(self, node: DocumentNode, *, fence: object = None) -> None:
-            waits.append(clock.current)
+            waits.append(clock.now())
             fences.append(fence)
 
     delayed = DelayedDocumentStore(Spy(), clock, lambda key: 15.0)  # type: ignore[arg-type]
     delayed.save_document_node(NODE, fence="the delivery's fence")  # type: ignore[arg-type]
 
-    assert clock.slept == [15.0]
+    assert clock.sleeps == [15.0]
     assert waits == [1_700_000_015.0]
     assert fences == ["the delivery's fence"]  # the write stays fenced behind the wait
 

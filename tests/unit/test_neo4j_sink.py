@@ -36,81 +36,13 @@ from pipeline.adapters.neo4j_graph import (
     plan_statements,
 )
 from pipeline.bootstrap import build_services
-from pipeline.domain.graph import stage_relationships
 from pipeline.domain.models import (
-    CanonicalEntity,
-    Category,
-    Chunk,
-    DocumentNode,
-    EntityType,
-    Mention,
     Relationship,
-    stable_uuid,
 )
 from pipeline.errors import ConfigurationError, PermanentError, TransientError
+from pipeline.testing.contracts.graph import HOSTILE, document_graph
+from pipeline.testing.kuzu_graph import KUZU_SCHEMA
 from tests.conftest import embedded_settings
-
-HOSTILE = [
-    'O\'Brien & "Sons" LLC',
-    "`Robert`); DROP DATABASE neo4j; //",
-    "x'}) DETACH DELETE n //",
-    "MATCH (n) DETACH DELETE n",
-    "$rows {uuid: 'a'} \\u0027 \\",
-]
-
-
-def document_graph(
-    values: list[str], chunk_count: int = 2, name: str = "d1"
-) -> tuple[DocumentNode, list[Chunk], list[Mention], list[CanonicalEntity], list[Relationship]]:
-    doc_uuid = stable_uuid("doc", name)
-    document = DocumentNode(
-        uuid=doc_uuid,
-        project_uuid=stable_uuid("project", "p"),
-        title="Title with `ticks` and 'quotes'",
-        category=Category.CONTRACT,
-        cleaned_text="...",
-    )
-    chunks = [
-        Chunk(
-            uuid=stable_uuid("chunk", doc_uuid, str(i)),
-            document_uuid=doc_uuid,
-            chunk_index=i,
-            start=i * 100,
-            end=i * 100 + 100,
-            text=" ".join(values),
-        )
-        for i in range(chunk_count)
-    ]
-    entities: list[CanonicalEntity] = []
-    mentions: list[Mention] = []
-    for n, value in enumerate(values):
-        entity = CanonicalEntity(
-            uuid=stable_uuid("entity", doc_uuid, value),
-            document_uuid=doc_uuid,
-            entity_type=EntityType.ORG,
-            canonical_name=value,
-            normalized_name=value.lower(),
-            mention_count=1,
-        )
-        entities.append(entity)
-        mentions.append(
-            Mention(
-                uuid=stable_uuid("mention", doc_uuid, str(n)),
-                document_uuid=doc_uuid,
-                chunk_uuid=chunks[n % chunk_count].uuid,
-                chunk_index=n % chunk_count,
-                value=value,
-                normalized_value=value.lower(),
-                entity_type=EntityType.ORG,
-                confidence=0.9,
-                start=0,
-                end=len(value),
-                canonical_uuid=entity.uuid,
-            )
-        )
-    relationships = stage_relationships(document, chunks, mentions, entities)
-    return document, chunks, mentions, entities, relationships
-
 
 # --- the statements ---------------------------------------------------------------------
 
@@ -361,27 +293,6 @@ def test_an_unknown_graph_scheme_is_a_configuration_error_with_the_password_reda
 
 
 # --- the exact statements on an embedded Cypher engine --------------------------------------
-
-KUZU_SCHEMA = [
-    "CREATE NODE TABLE Project(uuid STRING, PRIMARY KEY(uuid))",
-    "CREATE NODE TABLE Document(uuid STRING, title STRING, category STRING, "
-    "project_uuid STRING, PRIMARY KEY(uuid))",
-    "CREATE NODE TABLE Chunk(uuid STRING, document_uuid STRING, chunk_index INT64, "
-    "start INT64, `end` INT64, text STRING, PRIMARY KEY(uuid))",
-    "CREATE NODE TABLE EntityMention(uuid STRING, document_uuid STRING, chunk_uuid STRING, "
-    "value STRING, normalized_value STRING, entity_type STRING, confidence DOUBLE, "
-    "start INT64, `end` INT64, PRIMARY KEY(uuid))",
-    "CREATE NODE TABLE CanonicalEntity(uuid STRING, document_uuid STRING, entity_type STRING, "
-    "canonical_name STRING, normalized_name STRING, mention_count INT64, PRIMARY KEY(uuid))",
-    "CREATE REL TABLE BELONGS_TO(FROM Document TO Project, FROM Chunk TO Document, "
-    "title STRING, category STRING, chunk_index INT64)",
-    "CREATE REL TABLE NEXT_CHUNK(FROM Chunk TO Chunk, from_index INT64, to_index INT64)",
-    "CREATE REL TABLE PREVIOUS_CHUNK(FROM Chunk TO Chunk, from_index INT64, to_index INT64)",
-    "CREATE REL TABLE CONTAINS_MENTION(FROM Chunk TO EntityMention, start INT64, "
-    "`end` INT64, entity_type STRING)",
-    "CREATE REL TABLE MEMBER_OF_CLUSTER(FROM EntityMention TO CanonicalEntity, "
-    "confidence DOUBLE, entity_type STRING)",
-]
 
 
 @pytest.fixture

@@ -21,10 +21,11 @@ from pipeline.adapters.rule_based_llm import RuleBasedEntityExtractor
 from pipeline.app.intake import collect_files
 from pipeline.app.rate_limited import RateLimitedEntityExtractor
 from pipeline.bootstrap import Services, build_services, use_services
+from pipeline.domain.entities import parse_llm_entities
 from pipeline.domain.models import Status
 from pipeline.errors import ConfigurationError, MalformedResponse, PermanentError, TransientError
 from tests.conftest import SAMPLES, embedded_settings
-from tests.unit.test_pipeline_eager import GOOD_TEXT, run_files
+from tests.helpers import GOOD_TEXT, run_files
 
 MakeServices = Callable[..., Services]
 API_KEY = "sk-test-not-a-real-key"
@@ -78,6 +79,54 @@ def test_answer_is_the_rule_based_json_and_the_request_is_json_mode(fake: FakeOp
     system, user = call.body["messages"]
     assert system["role"] == "system" and '"entities"' in system["content"]
     assert user == {"role": "user", "content": GOOD_TEXT}
+
+
+PACK = [
+    "Ms. Jane Holloway met counsel in Chicago on March 3, 2023.",
+    "Meridian Capital Partners LLC paid $45,000 under 15 U.S.C. § 78j(b).",
+    "No entities here at all.",
+]
+
+
+def test_a_packed_request_round_trips_through_the_sdk_answered_per_chunk(
+    fake: FakeOpenAI,
+) -> None:
+    answer = mock_extractor(fake).extract_many(PACK)
+
+    rule_based = RuleBasedEntityExtractor()
+    assert [json.loads(p) for p in answer.payloads] == [
+        json.loads(rule_based.extract(text)) for text in PACK
+    ]
+    (call,) = fake.calls  # one request for the three chunks
+    system, user = call.body["messages"]
+    assert '"chunks"' in system["content"]
+    assert json.loads(user["content"]) == {
+        "chunks": [{"id": i, "text": text} for i, text in enumerate(PACK)]
+    }
+    # The usage the service reported, not an estimate of ours.
+    assert (answer.prompt_tokens, answer.completion_tokens) == (
+        fake.prompt_tokens,
+        fake.completion_tokens,
+    )
+    assert answer.prompt_tokens > 0 and answer.completion_tokens > 0
+
+
+def test_one_chunk_malformed_in_a_packed_answer_leaves_the_others_usable(
+    fake: FakeOpenAI,
+) -> None:
+    fake.script(["malformed_chunk"])
+    answer = mock_extractor(fake).extract_many(PACK)
+
+    first, second, last = answer.payloads
+    assert parse_llm_entities(first, PACK[0]) and parse_llm_entities(second, PACK[1])
+    with pytest.raises(MalformedResponse, match="entities"):
+        parse_llm_entities(last, PACK[2])
+
+
+def test_a_packed_answer_unreadable_as_a_whole_is_malformed(fake: FakeOpenAI) -> None:
+    fake.script(["malformed"])
+    with pytest.raises(MalformedResponse):
+        mock_extractor(fake).extract_many(PACK)
 
 
 @pytest.mark.parametrize(
@@ -179,7 +228,8 @@ def test_samples_give_the_same_mentions_as_the_rule_based_fake(
 
     assert mentions(through_openai) == mentions(through_fake)
     assert all(row["status"] == "completed" for row in through_openai.values())
-    assert fake.answered(200) == chunks  # one call per chunk
+    # Packed (the default budget): one request per sample document, not one per chunk.
+    assert fake.answered(200) == len(files) < chunks
 
 
 def test_rate_limit_is_retried_and_its_retry_after_honoured(

@@ -1,4 +1,4 @@
-"""Operator use cases (pipeline.app.operations) and their commands, on the embedded default."""
+"""Operator use cases (queue processor, admin, dead letters) and their commands, embedded."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ from click.testing import CliRunner, Result
 from kombu.exceptions import OperationalError
 
 from fakes.faults import FaultRule, RedisFaultInjector
-from pipeline.app import operations, stages
+from pipeline.app import admin, dead_letters, queue_processor, stages
 from pipeline.app.intake import claim_own, dispatch, submit_all
 from pipeline.bootstrap import Services
 from pipeline.cli import DocpipeGroup
 from pipeline.cli.ops import COMMANDS
 from pipeline.domain.models import QUEUES, QueueStatus, Stage, Status
+from pipeline.runtime.broker import purge_queues
 
 MakeServices = Callable[..., Services]
 #: Queue stale windows on the wall clock: long enough for a claim and a look at
@@ -93,11 +94,11 @@ def test_queue_processor_dispatches_each_pending_row_once_and_documents_complete
 ) -> None:
     uuids = submit(services, tmp_path, 3)
 
-    first = operations.process_queue_once(services, "w1", batch=2)
-    second = operations.process_queue_once(services, "w2", batch=2)
+    first = queue_processor.process_queue_once(services, "w1", batch=2)
+    second = queue_processor.process_queue_once(services, "w2", batch=2)
 
     assert first == uuids[:2] and second == uuids[2:]
-    assert operations.process_queue_once(services, "w1", batch=2) == []
+    assert queue_processor.process_queue_once(services, "w1", batch=2) == []
     assert ocr_sends == Counter({u: 1 for u in uuids})
     for document_uuid in uuids:
         assert status(services, document_uuid) is Status.COMPLETED
@@ -126,7 +127,7 @@ def test_a_failing_dispatch_is_tried_at_most_max_attempts_then_row_and_document_
     monkeypatch.setattr(pipeline.runtime.tasks, "send_stage", broker_down)
     outcomes = []
     for _ in range(5):
-        outcomes.append(operations.process_queue_batch(services, "w", batch=5))
+        outcomes.append(queue_processor.process_queue_batch(services, "w", batch=5))
         time.sleep(0.06)  # the claim goes stale
 
     assert len(attempts) == services.settings.queue_max_attempts == 3
@@ -143,8 +144,8 @@ def test_a_failing_dispatch_is_tried_at_most_max_attempts_then_row_and_document_
 
     # The failure is visible to `reset --failed`; with the broker back it completes.
     monkeypatch.undo()
-    assert operations.reset(services, failed=True) == [document_uuid]
-    assert operations.process_queue_once(services, "w", batch=5) == [document_uuid]
+    assert admin.reset(services, failed=True) == [document_uuid]
+    assert queue_processor.process_queue_once(services, "w", batch=5) == [document_uuid]
     assert status(services, document_uuid) is Status.COMPLETED
 
 
@@ -157,11 +158,11 @@ def test_a_row_whose_claimers_keep_dying_fails_after_max_attempts(
         assert len(services.store.claim(f"dies-{n}", 1, 0.05, 3)) == 1
         time.sleep(0.06)
 
-    assert operations.process_queue_once(services, "w", batch=5) == []
+    assert queue_processor.process_queue_once(services, "w", batch=5) == []
     assert queue_rows(services, document_uuid) == [QueueStatus.FAILED]
     # Still pending without an open row: `migrate` queues it again.
-    assert operations.migrate(services) == [document_uuid]
-    assert operations.process_queue_once(services, "w", batch=5) == [document_uuid]
+    assert admin.migrate(services) == [document_uuid]
+    assert queue_processor.process_queue_once(services, "w", batch=5) == [document_uuid]
     assert status(services, document_uuid) is Status.COMPLETED
 
 
@@ -176,9 +177,9 @@ def test_a_stale_claim_is_reclaimed_and_dispatched_again(
     document = services.store.get_document(after_mark)
     stages.mark(services, document, Stage.OCR, Status.OCR_QUEUED, celery_task_id="lost-task")
 
-    assert operations.process_queue_once(services, "w", batch=5) == []  # claims still fresh
+    assert queue_processor.process_queue_once(services, "w", batch=5) == []  # claims still fresh
     time.sleep(STALE_WINDOW_S + 0.05)
-    assert sorted(operations.process_queue_once(services, "w", batch=5)) == sorted(
+    assert sorted(queue_processor.process_queue_once(services, "w", batch=5)) == sorted(
         [before_mark, after_mark]
     )
 
@@ -201,7 +202,7 @@ def test_finished_and_in_flight_documents_are_not_dispatched_again(
     force(busy, Status.TEXT_PROCESSING, stage="test", bump_version=False)
     force(queued, Status.OCR_QUEUED, stage="test", bump_version=False)
 
-    outcome = operations.process_queue_batch(services, "w", batch=10)
+    outcome = queue_processor.process_queue_batch(services, "w", batch=10)
 
     assert outcome.dispatched == [queued]
     assert outcome.closed == {done: "completed", failed: "failed"}
@@ -245,10 +246,10 @@ def test_a_document_whose_message_was_lost_mid_pipeline_is_resumed_once_stale(
     # a random test order that runs this first) outlived the stale window.
     assert claim_own(services, lost, worker="scenario")
 
-    fresh = operations.process_queue_batch(services, "w", batch=5)
+    fresh = queue_processor.process_queue_batch(services, "w", batch=5)
     assert fresh.resumed == {} and fresh.claimed == []  # the claim is still fresh
     time.sleep(STALE_WINDOW_S + 0.05)
-    outcome = operations.process_queue_batch(services, "w", batch=5)
+    outcome = queue_processor.process_queue_batch(services, "w", batch=5)
 
     assert outcome.resumed == {lost: str(sent_again)}
     assert status(services, lost) is Status.COMPLETED
@@ -268,7 +269,7 @@ def test_a_progressing_document_outlives_many_stale_windows_without_using_attemp
         time.sleep(STALE_WINDOW_S + 0.05)
         # Progress: the stage moved the document (its row's updated_at is fresh).
         services.store.force_status(busy, Status.TEXT_PROCESSING, stage="test", bump_version=False)
-        outcome = operations.process_queue_batch(services, "w", batch=5)
+        outcome = queue_processor.process_queue_batch(services, "w", batch=5)
         assert outcome.in_flight == [busy] and outcome.resumed == {}
     (entry,) = services.store.queue_entries(busy)
     assert (entry.status, entry.attempts) == (QueueStatus.PROCESSING, 1)
@@ -279,12 +280,12 @@ def test_run_queue_processor_stops_when_idle_or_told_to(services: Services, tmp_
 
     uuids = submit(services, tmp_path, 5)
     stop = threading.Event()
-    dispatched = operations.run_queue_processor(
+    dispatched = queue_processor.run_queue_processor(
         services, "loop", batch=2, interval_s=0.01, stop=stop, max_idle_cycles=2
     )
     assert dispatched == uuids
     stop.set()
-    assert operations.run_queue_processor(services, "loop", 2, 0.01, stop) == []
+    assert queue_processor.run_queue_processor(services, "loop", 2, 0.01, stop) == []
 
 
 # --- migrate and reset -----------------------------------------------------------------
@@ -317,10 +318,10 @@ def test_migrate_requeues_exactly_the_resumable_statuses_and_is_idempotent(
     resumable = {by_status[s] for s in (Status.PENDING, Status.OCR_PROCESSING, Status.OCR_FAILED)}
 
     before = _snapshot(services)
-    assert set(operations.migrate(services, dry_run=True)) == resumable
+    assert set(admin.migrate(services, dry_run=True)) == resumable
     assert _snapshot(services) == before
 
-    assert set(operations.migrate(services)) == resumable
+    assert set(admin.migrate(services)) == resumable
 
     for wanted, document_uuid in by_status.items():
         document = services.store.get_document(document_uuid)
@@ -338,10 +339,10 @@ def test_migrate_requeues_exactly_the_resumable_statuses_and_is_idempotent(
     assert services.store.counts(stale).chunks == 0
 
     after = _snapshot(services)
-    assert operations.migrate(services) == []
+    assert admin.migrate(services) == []
     assert _snapshot(services) == after
 
-    assert set(operations.process_queue_once(services, "w", batch=50)) == resumable
+    assert set(queue_processor.process_queue_once(services, "w", batch=50)) == resumable
     assert {u for u in resumable if status(services, u) is Status.COMPLETED} == resumable
 
 
@@ -352,12 +353,12 @@ def test_reset_failed_brings_failed_documents_back_and_they_complete(
     # The fake LLM does not know the document: one document per fault, in turn.
     (refused,) = submit(base, tmp_path, 1, prefix="refused")
     broken, _ = faulty(make_services, base, FaultRule(port="llm", kind="permanent"))
-    operations.process_queue_once(broken, "w", batch=10)
+    queue_processor.process_queue_once(broken, "w", batch=10)
     (lost,) = submit(base, tmp_path, 1, prefix="lost")
     broken, _ = faulty(make_services, base, FaultRule(port="llm", kind="transient"))
-    operations.process_queue_once(broken, "w", batch=10)
+    queue_processor.process_queue_once(broken, "w", batch=10)
     (fine,) = submit(base, tmp_path, 1, prefix="fine")
-    operations.process_queue_once(healthy(make_services, base), "w", batch=10)
+    queue_processor.process_queue_once(healthy(make_services, base), "w", batch=10)
     assert [status(broken, u) for u in (refused, lost, fine)] == [
         Status.ENTITY_FAILED,
         Status.DEAD_LETTERED,
@@ -366,7 +367,7 @@ def test_reset_failed_brings_failed_documents_back_and_they_complete(
     assert len(broken.store.dead_letters()) == 1
 
     services = healthy(make_services, base)
-    assert sorted(operations.reset(services, failed=True)) == sorted([refused, lost])
+    assert sorted(admin.reset(services, failed=True)) == sorted([refused, lost])
 
     assert services.store.dead_letters() == []
     for document_uuid in (refused, lost):
@@ -374,7 +375,9 @@ def test_reset_failed_brings_failed_documents_back_and_they_complete(
         assert (document.status, document.processing_version) == (Status.PENDING, 2)
         assert services.store.counts(document_uuid).chunks == 0
         assert queue_rows(services, document_uuid) == [QueueStatus.FAILED, QueueStatus.PENDING]
-    assert sorted(operations.process_queue_once(services, "w", batch=10)) == sorted([refused, lost])
+    assert sorted(queue_processor.process_queue_once(services, "w", batch=10)) == sorted(
+        [refused, lost]
+    )
     for document_uuid in (refused, lost):
         assert status(services, document_uuid) is Status.COMPLETED
         assert services.store.counts(document_uuid).mentions > 0
@@ -385,19 +388,19 @@ def test_reset_by_uuid_reprocesses_and_rejects_bad_selections(
     services: Services, tmp_path: Path
 ) -> None:
     (document_uuid,) = submit(services, tmp_path, 1)
-    operations.process_queue_once(services, "w", batch=1)
+    queue_processor.process_queue_once(services, "w", batch=1)
     counts = services.store.counts(document_uuid)
 
     with pytest.raises(ValueError):
-        operations.reset(services)
+        admin.reset(services)
     with pytest.raises(ValueError):
-        operations.reset(services, [document_uuid], failed=True)
+        admin.reset(services, [document_uuid], failed=True)
     with pytest.raises(KeyError):
-        operations.reset(services, [document_uuid, "no-such-document"])
+        admin.reset(services, [document_uuid, "no-such-document"])
     assert status(services, document_uuid) is Status.COMPLETED
 
-    assert operations.reset(services, [document_uuid, document_uuid]) == [document_uuid]
-    assert operations.process_queue_once(services, "w", batch=1) == [document_uuid]
+    assert admin.reset(services, [document_uuid, document_uuid]) == [document_uuid]
+    assert queue_processor.process_queue_once(services, "w", batch=1) == [document_uuid]
     document = services.store.get_document(document_uuid)
     assert (document.status, document.processing_version) == (Status.COMPLETED, 2)
     assert services.store.counts(document_uuid) == counts
@@ -412,11 +415,11 @@ def test_dead_letters_are_listed_replayed_once_the_fault_is_gone_and_purged(
     base = make_services()
     first, second = submit(base, tmp_path, 2)
     broken, injector = faulty(make_services, base, FaultRule(port="llm", kind="transient"))
-    operations.process_queue_once(broken, "w", batch=10)
+    queue_processor.process_queue_once(broken, "w", batch=10)
     retries = broken.settings.max_retries
     assert injector.calls() == [2 * (retries + 1)]
 
-    letters = operations.dlq_list(broken)
+    letters = dead_letters.dlq_list(broken)
     assert {letter["document_uuid"] for letter in letters} == {first, second}
     for letter in letters:
         assert letter["stage"] == "entity_extraction"
@@ -425,9 +428,9 @@ def test_dead_letters_are_listed_replayed_once_the_fault_is_gone_and_purged(
         assert str(letter["file"]).endswith(".txt")
 
     # Replayed while the fault still fires: dead-lettered again, nothing lost.
-    assert operations.dlq_replay(broken, [first]) == [first]
+    assert dead_letters.dlq_replay(broken, [first]) == [first]
     assert status(broken, first) is Status.DEAD_LETTERED
-    assert len(operations.dlq_list(broken)) == 2
+    assert len(dead_letters.dlq_list(broken)) == 2
     # ... and the history says so: the replay, then the second dead letter.
     history = [(h.stage, h.status) for h in broken.store.history(first)]
     assert history[-2:] == [
@@ -436,7 +439,7 @@ def test_dead_letters_are_listed_replayed_once_the_fault_is_gone_and_purged(
     ]
 
     services = healthy(make_services, base)
-    assert operations.dlq_replay(services, [first]) == [first]
+    assert dead_letters.dlq_replay(services, [first]) == [first]
     document = services.store.get_document(first)
     assert (document.status, document.processing_version) == (Status.COMPLETED, 1)
     assert services.store.counts(first).mentions > 0
@@ -448,15 +451,15 @@ def test_dead_letters_are_listed_replayed_once_the_fault_is_gone_and_purged(
     assert Status.DEAD_LETTERED not in [h.status for h in entries]
     assert entries[-1].status is Status.COMPLETED
     assert queue_rows(services, first) == [QueueStatus.FAILED]
-    assert [letter["document_uuid"] for letter in operations.dlq_list(services)] == [second]
+    assert [letter["document_uuid"] for letter in dead_letters.dlq_list(services)] == [second]
 
     # A letter whose document has moved on is not replayed.
     services.store.add_dead_letter(first, "pipeline.extract_entities", "entity_extraction", "x", 5)
-    assert operations.dlq_replay(services) == [second]
+    assert dead_letters.dlq_replay(services) == [second]
     assert status(services, second) is Status.COMPLETED
-    assert operations.dlq_purge(services) == 1
-    assert operations.dlq_list(services) == []
-    assert operations.dlq_purge(services, []) == 0
+    assert dead_letters.dlq_purge(services) == 1
+    assert dead_letters.dlq_list(services) == []
+    assert dead_letters.dlq_purge(services, []) == 0
 
 
 def test_purge_queues_empties_every_docpipe_queue() -> None:
@@ -464,8 +467,8 @@ def test_purge_queues_empties_every_docpipe_queue() -> None:
     app.conf.task_always_eager = False
     for queue in ("ocr", "ocr", "graph", "entity"):
         app.send_task("pipeline.start_ocr", args=("doc", 1), queue=queue)
-    assert operations.purge_queues(app) == {"ocr": 2, "text": 0, "entity": 1, "graph": 1}
-    assert operations.purge_queues(app) == dict.fromkeys(QUEUES, 0)
+    assert purge_queues(app) == {"ocr": 2, "text": 0, "entity": 1, "graph": 1}
+    assert purge_queues(app) == dict.fromkeys(QUEUES, 0)
 
 
 # --- the commands ----------------------------------------------------------------------
@@ -580,7 +583,7 @@ def test_cli_dead_letters_migrate_and_reset(
 ) -> None:
     (document_uuid,) = submit(services, tmp_path, 1)
     broken, _ = faulty(make_services, services, FaultRule(port="llm", kind="transient"))
-    operations.process_queue_once(broken, "w", batch=1)
+    queue_processor.process_queue_once(broken, "w", batch=1)
     assert status(services, document_uuid) is Status.DEAD_LETTERED
 
     listed = json.loads(docpipe("dlq", "list", "--json").stdout)

@@ -11,28 +11,13 @@ import sqlalchemy as sa
 
 from fakes.faults import FaultRule, RedisFaultInjector
 from pipeline.app import stages
-from pipeline.app.intake import collect_files, dispatch, submit_all, submit_and_dispatch
-from pipeline.app.report import build_report
+from pipeline.app.intake import collect_files, dispatch, submit_all
 from pipeline.bootstrap import Services
 from pipeline.domain.models import EntityType, Stage, Status
 from tests.conftest import SAMPLES
+from tests.helpers import GOOD_TEXT, run_files
 
 MakeServices = Callable[..., Services]
-
-GOOD_TEXT = (
-    "SETTLEMENT AGREEMENT\n\nThis Settlement Agreement is entered into on March 3, 2023 between "
-    "Jane R. Holloway and Meridian Capital Partners LLC of Chicago, Illinois. Meridian shall pay "
-    "$1,250,000.00 to Ms. Holloway within thirty days, as required under 15 U.S.C. § 78j(b).\n\n"
-    "Section 2. Release. Ms. Holloway releases all claims asserted in Case No. 2:23-cv-01234-ABC "
-    "before the United States District Court for the Northern District of Illinois.\n"
-)
-
-
-def run_files(services: Services, files: list[Path]) -> dict[str, dict[str, object]]:
-    project_uuid = services.store.ensure_project("test-project")
-    submissions = [submit_and_dispatch(services, path, project_uuid) for path in files]
-    report = build_report(services, submissions, elapsed_s=1.0)
-    return {Path(row["file"]).name: row for row in report["documents"]}
 
 
 def test_sample_documents_all_complete_with_entities(services: Services) -> None:

@@ -13,6 +13,7 @@ from pipeline.adapters.rule_based_llm import RuleBasedEntityExtractor
 from pipeline.app.intake import submit_and_dispatch
 from pipeline.app.rate_limited import RateLimitedEntityExtractor, needs_llm_rate_limit
 from pipeline.bootstrap import Services
+from pipeline.domain.packing import plan_packs
 from pipeline.errors import RateLimited
 from pipeline.harness.simulation.clock import VirtualClock, VirtualRateLimiter
 from tests.conftest import embedded_settings
@@ -52,7 +53,10 @@ def test_the_embedded_default_does_not_wait_on_the_shared_llm_limit(
 def test_a_declared_limit_still_throttles_the_rule_based_extractor(
     make_services: MakeServices, tmp_path: Path
 ) -> None:
-    services = make_services(llm_rate_limit_calls=1000, llm_rate_limit_window_s=60)
+    # Packing off: one request (and one slot) per chunk, as before packing.
+    services = make_services(
+        llm_rate_limit_calls=1000, llm_rate_limit_window_s=60, llm_pack_tokens=0
+    )
     assert isinstance(services.extractor, RateLimitedEntityExtractor)
 
     assert process(services, many_chunk_file(tmp_path)) == "completed"
@@ -60,6 +64,30 @@ def test_a_declared_limit_still_throttles_the_rule_based_extractor(
     chunks = services.store.counts(services.store.list_documents()[0].uuid).chunks
     assert chunks > 1
     assert services.redis.zcard(WINDOW_KEY) == chunks  # one slot per LLM call
+
+
+def test_packed_requests_take_one_slot_and_their_tokens_each(
+    make_services: MakeServices, tmp_path: Path
+) -> None:
+    services = make_services(
+        llm_rate_limit_calls=1000,
+        llm_rate_limit_window_s=60,
+        llm_rate_limit_tokens=10_000_000,
+        llm_pack_tokens=3000,
+    )
+    assert process(services, many_chunk_file(tmp_path)) == "completed"
+
+    uuid = services.store.list_documents()[0].uuid
+    chunks = services.store.get_chunks(uuid)
+    packs = plan_packs([c.text for c in chunks], 3000, services.extractor.request_tokens)
+    assert 1 < len(packs) < len(chunks)
+    entries = services.redis.zrange(WINDOW_KEY, 0, -1)
+    assert len(entries) == len(packs)  # one slot per request, not per chunk
+    reserved = sorted(int(member.decode().rsplit(":", 1)[1]) for member in entries)
+    expected = sorted(
+        services.extractor.request_tokens([chunks[i].text for i in pack]) for pack in packs
+    )
+    assert reserved == expected
 
 
 @pytest.mark.parametrize(

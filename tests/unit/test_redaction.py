@@ -24,8 +24,8 @@ from pipeline.domain.models import Stage
 from pipeline.errors import ConfigurationError, PermanentError, TransientError
 from pipeline.redaction import RedactingFormatter, redact, redact_log_output, secret_values
 from pipeline.settings import Settings
+from pipeline.testing.contracts.graph import document_graph
 from tests.conftest import GOOD, docpipe
-from tests.unit.test_neo4j_sink import document_graph
 
 
 def closed_port() -> int:

@@ -6,7 +6,7 @@ import redis
 
 from pipeline.adapters.redis_features import RedisRateLimiter
 from pipeline.errors import RateLimited
-from tests.redis_contract import RedisFeaturesContract
+from pipeline.testing.contracts.redis_features import RedisFeaturesContract
 
 
 class TestRedisFeaturesOnFakeredis(RedisFeaturesContract):
@@ -21,3 +21,14 @@ def test_rate_limiter_fails_closed_when_redis_is_unreachable() -> None:
     server.connected = False
     with pytest.raises(RateLimited, match="unavailable"):
         limiter.acquire("llm")
+
+
+def test_token_aware_limiter_fails_closed_when_redis_is_unreachable() -> None:
+    server = fakeredis.FakeServer()
+    limiter = RedisRateLimiter(
+        fakeredis.FakeRedis(server=server), limit=100, window_seconds=60, token_limit=10_000
+    )
+    limiter.acquire("llm", 100)
+    server.connected = False
+    with pytest.raises(RateLimited, match="unavailable"):
+        limiter.acquire("llm", 100)

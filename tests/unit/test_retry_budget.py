@@ -22,13 +22,19 @@ from pipeline.errors import TransientError
 from pipeline.harness.scenarios.documents import legal_pages
 from pipeline.harness.scenarios.model import Scenario
 from pipeline.harness.scenarios.runner import RunReport, run_scenario
-from pipeline.harness.simulation.clock import VirtualClock
-from tests.unit.test_fake_ocr import RecordingClock
+from pipeline.testing.clocks import EPOCH_2023, ManualClock, VirtualClock
 
 MakeServices = Callable[..., Services]
 
 #: About 40 chunks: a long document in miniature (and no shared LLM rate limit in the way).
-SMALL_CHUNKS = {"chunk_min_chars": 200, "chunk_max_chars": 600, "llm_rate_limit_calls": 100_000}
+SMALL_CHUNKS = {
+    "chunk_min_chars": 200,
+    "chunk_max_chars": 600,
+    "llm_rate_limit_calls": 100_000,
+    "llm_rate_limit_tokens": 0,
+    # One request per chunk: many requests, so the faults fire far more than max_retries.
+    "llm_pack_tokens": 0,
+}
 
 
 def scenario(faults: list[dict[str, Any]], expect: dict[str, Any]) -> Scenario:
@@ -114,7 +120,7 @@ def _faulty_sequential(make_services: MakeServices, rule: FaultRule) -> Services
     services = make_services(
         faults=injector, redis_url=base.settings.redis_url, max_retries=1, **SMALL_CHUNKS
     )
-    services.clock = RecordingClock()  # the backoff is slept on the clock
+    services.clock = ManualClock(EPOCH_2023)  # the backoff is slept on the clock
     return services
 
 
@@ -128,7 +134,7 @@ def test_the_monolith_completes_a_long_document_whose_attempts_progress(
 
     assert status is Status.COMPLETED, services.store.get_document(document_uuid).error_message
     assert services.store.counts(document_uuid).chunks >= 30
-    assert len(services.clock.slept) >= 5  # type: ignore[attr-defined]
+    assert len(services.clock.sleeps) >= 5  # type: ignore[attr-defined]
 
 
 def test_the_monolith_dead_letters_a_call_that_never_succeeds(

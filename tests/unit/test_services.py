@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from pipeline.app.dead_letters import dlq_replay
 from pipeline.app.intake import claim_own, dispatch, submit_all
-from pipeline.app.operations import dlq_replay
 from pipeline.bootstrap import discard_fake_redis_server, redis_client, start, use_services
 from pipeline.domain.models import Stage, Status
 from pipeline.ports.services import current_services

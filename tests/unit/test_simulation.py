@@ -10,8 +10,15 @@ import fakeredis
 
 from fakes.faults import FaultRule, RedisFaultInjector
 from pipeline.adapters.latency import LatencyProfile, build_profile
-from pipeline.harness.simulation.engine import Crash, SimConfig, SimResult, Simulator, WorkerSpec
+from pipeline.harness.simulation.engine import (
+    Crash,
+    SimConfig,
+    SimResult,
+    SimulatedWorker,
+    Simulator,
+)
 from pipeline.harness.simulation.model import DocumentShape, ModelExecutor, Policy
+from pipeline.harness.simulation.predict import Layout
 from pipeline.harness.simulation.real import StageExecutor, sim_settings
 
 FIXED = build_profile(
@@ -27,18 +34,18 @@ TXT = DocumentShape("a.txt", ocr=False, chunk_keys=("c1", "c2"))
 PDF = DocumentShape("b.pdf", ocr=True, chunk_keys=("c3",))
 
 
-def layout(text: int = 1, prefetch: int = 1, ocr: int = 1) -> list[WorkerSpec]:
+def layout(text: int = 1, prefetch: int = 1, ocr: int = 1) -> list[SimulatedWorker]:
     return [
-        *(WorkerSpec("ocr", 1, name=f"ocr-{i}") for i in range(ocr)),
-        *(WorkerSpec("text", 1, prefetch, name=f"text-{i}") for i in range(text)),
-        WorkerSpec("entity", 4, name="entity-0"),
-        WorkerSpec("graph", 1, name="graph-0"),
+        *(SimulatedWorker("ocr", 1, name=f"ocr-{i}") for i in range(ocr)),
+        *(SimulatedWorker("text", 1, prefetch, name=f"text-{i}") for i in range(text)),
+        SimulatedWorker("entity", 4, name="entity-0"),
+        SimulatedWorker("graph", 1, name="graph-0"),
     ]
 
 
 def simulate(
     shapes: Sequence[DocumentShape],
-    workers: Sequence[WorkerSpec],
+    workers: Sequence[SimulatedWorker],
     *,
     docs: int = 1,
     policy: Policy | None = None,
@@ -265,20 +272,64 @@ def test_real_runs_are_byte_identical_for_the_same_seed() -> None:
 
 
 def test_prediction_for_the_load_test_is_rate_limited_and_deterministic() -> None:
-    from pipeline.harness.perf.loadtest import PLAN_LAYOUT_SPEC, parse_layout
+    from pipeline.harness.layout import PLAN_LAYOUT, parse_layout
     from pipeline.harness.simulation.predict import document_shapes, predict_load
     from pipeline.settings import Settings
 
-    shapes = document_shapes(sorted(SAMPLES.iterdir()))
+    # Packing off: one LLM call per chunk, as before packing.
+    shapes = document_shapes(sorted(SAMPLES.iterdir()), pack_tokens=0)
     profile = build_profile("reference", time_scale=0.1)
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
-    layout = parse_layout(PLAN_LAYOUT_SPEC)
+    settings = Settings(_env_file=None, llm_pack_tokens=0)  # type: ignore[call-arg]
+    layout = parse_layout(PLAN_LAYOUT)
     first = predict_load(shapes, profile, settings, layout, documents=400)
     again = predict_load(shapes, profile, settings, layout, documents=400)
     assert first["celery_docs_per_hour"] == again["celery_docs_per_hour"]
     # 50 LLM calls per 6 s shared by 5 chunks a document: at most 6,000 documents per hour.
     assert 5000 < first["celery_docs_per_hour"] <= 6000 * 1.02
     assert 700 < first["sequential_docs_per_hour"] < 1100
+
+
+def test_packing_lifts_the_predicted_rate_past_the_request_limit_to_the_text_queue() -> None:
+    from pipeline.harness.layout import PLAN_LAYOUT, parse_layout
+    from pipeline.harness.simulation.predict import document_shapes, predict_load
+    from pipeline.settings import Settings
+
+    shapes = document_shapes(sorted(SAMPLES.iterdir()), pack_tokens=8000)
+    # The samples' documents fit one request each at this budget.
+    assert [len(s.llm_requests) for s in shapes] == [1] * len(shapes)
+    assert all(s.llm_requests[0].tokens > 0 for s in shapes)
+    profile = build_profile("reference", time_scale=0.1)
+    settings = Settings(_env_file=None, llm_pack_tokens=8000)  # type: ignore[call-arg]
+    prediction = predict_load(shapes, profile, settings, parse_layout(PLAN_LAYOUT))
+    # One call a document: the request limit allows 30,000 documents per hour, the text
+    # queue (4 threads, 1.5 s a document) 9,600; the tokens per window more than both.
+    assert 6000 * 1.1 < prediction["celery_docs_per_hour"] <= 9600 * 1.02
+
+
+def test_the_token_limit_binds_when_it_is_the_tighter_one() -> None:
+    from pipeline.harness.simulation.predict import document_shapes, measure_capacity
+
+    shapes = document_shapes(sorted(SAMPLES.iterdir()), pack_tokens=8000)
+    tokens = sum(r.tokens for s in shapes for r in s.llm_requests) / len(shapes)
+    profile = build_profile("reference", time_scale=0.1)
+    # Room for 50 requests but only ~5 documents' tokens per 6 s window.
+    policy = Policy(
+        llm_rate_limit_calls=50,
+        llm_rate_limit_tokens=round(5 * tokens),
+        llm_rate_limit_window_s=6.0,
+        llm_rate_limit_max_wait_s=1e4,
+    )
+    capacity = measure_capacity(
+        shapes,
+        profile,
+        policy,
+        Layout.parse("ocr:prefork:2 text:threads:40 entity:gevent:100 graph:threads:40"),
+        offered_per_hour=10_000,
+        documents=120,
+    )
+    assert capacity.bottleneck == "llm token limit"
+    # 5 documents' tokens per 6 s: 3,000 documents per hour at most.
+    assert capacity.docs_per_hour <= 3000 * 1.05
 
 
 def test_simulate_names_the_bottleneck_and_the_smallest_layout(tmp_path: Path) -> None:
@@ -297,18 +348,18 @@ def test_simulate_names_the_bottleneck_and_the_smallest_layout(tmp_path: Path) -
     report = json.loads(result.output)
     plan = report["plan"]
     assert plan["bottleneck"] == "queue text"
-    assert plan["reached"] and plan["layout"].startswith("ocr=2,text=")
-    assert int(plan["layout"].split(",")[1].removeprefix("text=")) > 4
+    assert plan["reached"] and plan["layout"].startswith("ocr:prefork:2 text:threads:")
+    assert int(plan["layout"].split()[1].removeprefix("text:threads:")) > 4
     # The named layout sustains the target in the report's own figures ...
     (named,) = [step for step in plan["steps"] if step["layout"] == plan["layout"]]
     assert named["docs_per_hour"] >= 1200 and named["sustained"]
     assert named["reaches_target"]
     text_workers = [
-        int(step["layout"].split(",")[1].removeprefix("text="))
+        int(step["layout"].split()[1].removeprefix("text:threads:"))
         for step in plan["steps"]
         if step["reaches_target"]
     ]
-    assert min(text_workers) == int(plan["layout"].split(",")[1].removeprefix("text="))
+    assert min(text_workers) == int(plan["layout"].split()[1].removeprefix("text:threads:"))
     # ... and the header's capacity is the first row's.
     first = plan["steps"][0]
     assert report["capacity"]["estimate_docs_per_hour"] == first["capacity_estimate"]

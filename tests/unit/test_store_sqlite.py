@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.adapters.sql_store import SqlDocumentStore, create_store
+from pipeline.adapters.sql import SqlDocumentStore, create_store
 from pipeline.domain.models import QueueStatus
-from tests.contract_store import StoreContract, claim_until_empty, new_document
+from pipeline.testing.contracts.store import StoreContract, claim_until_empty, new_document
 
 
 class TestSqliteDocumentStore(StoreContract):

@@ -21,7 +21,8 @@ from rich.text import Text
 
 from pipeline.console import EXIT_FAILED, EXIT_OK, stderr, stdout
 from pipeline.display import markup_safe
-from pipeline.harness.explore.explorer import ExploreResult, explore as run_exploration
+from pipeline.harness.explore.explorer import ExploreResult
+from pipeline.harness.explore.explorer import explore as run_exploration
 from pipeline.library import SAMPLES
 
 

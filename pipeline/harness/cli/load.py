@@ -17,12 +17,11 @@ from pipeline.console import (
     stderr,
     stdout,
 )
+from pipeline.harness.layout import PLAN_LAYOUT, parse_layout
 from pipeline.harness.perf.loadtest import (
     DEFAULT_DOCUMENTS,
     DEFAULT_LOCUSTFILE,
-    PLAN_LAYOUT_SPEC,
     LoadConfig,
-    parse_layout,
 )
 
 
@@ -59,9 +58,9 @@ from pipeline.harness.perf.loadtest import (
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--layout",
-    default=PLAN_LAYOUT_SPEC,
+    default=PLAN_LAYOUT,
     show_default=True,
-    help="Worker layout: queue:pool:concurrency items.",
+    help="Worker layout: queue[+queue]:pool:concurrency items.",
 )
 @click.option(
     "--documents",
@@ -132,7 +131,7 @@ def load(
             locustfile=locustfile,
             keep_workdir=keep,
         )
-        summary = run_load(config, say=lambda message: stderr.print(message))
+        summary = run_load(config, say=lambda message: stderr.print(message, soft_wrap=True))
     if as_json:
         click.echo(json.dumps(summary, indent=2, default=str))
     else:
@@ -178,6 +177,22 @@ def print_summary(summary: dict[str, object], report_dir: Path) -> None:
             error = f"{(guess - measured) / measured:+.1%}" if measured else "-"
             sim.add_row(name, f"{measured:,.0f}", f"{guess:,.0f}", error)
         stdout.print(sim)
+    price = summary.get("llm_price")
+    cost = summary.get("llm_cost_usd_per_document")
+    if isinstance(price, dict):
+        priced = (
+            f"${cost:.5f} per document at {price['model']} list prices "
+            f"(${price['input_usd_per_mtok']:g} in / ${price['output_usd_per_mtok']:g} out "
+            "per 1M tokens)"
+            if isinstance(cost, float)
+            else f"no list price for {price['model']}"
+        )
+        stdout.print(
+            f"LLM per document (celery run): "
+            f"{summary.get('llm_calls_per_document', 0):.2f} calls, "
+            f"{summary.get('llm_tokens_per_document', 0):,.0f} tokens, {priced}; "
+            f"packing up to {summary.get('llm_pack_tokens')} tokens per request"
+        )
     stdout.print(
         f"ratio celery/sequential: [bold]{summary['ratio']:.2f}x[/]   "
         f"fraction of bound reached: [bold]{summary['fraction_of_bound']:.0%}[/]   "

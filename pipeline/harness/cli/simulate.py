@@ -15,13 +15,19 @@ from rich.table import Table
 from pipeline.console import EXIT_FAILED, EXIT_OK, configuration_errors, load_settings, stdout
 from pipeline.errors import UserFacingError
 from pipeline.extras import HARNESS_MODULES, require_extra
+from pipeline.harness.layout import PLAN_LAYOUT
 from pipeline.harness.perf.loadtest import DEFAULT_DOCUMENTS
 
-DEFAULT_LAYOUT = "ocr=2,text=4,entity=100,graph=4"
+DEFAULT_LAYOUT = PLAN_LAYOUT
 
 
 @click.command()
-@click.option("--layout", default=DEFAULT_LAYOUT, show_default=True, help="queue=N,... workers.")
+@click.option(
+    "--layout",
+    default=DEFAULT_LAYOUT,
+    show_default=True,
+    help="Worker layout: queue:pool:N items (one worker per queue).",
+)
 @click.option(
     "--target-docs-per-hour",
     "target",
@@ -109,7 +115,7 @@ def simulate(
         raise UserFacingError(str(exc)) from None
     with configuration_errors():
         latency = latency_profile(settings)
-        shapes = document_shapes(collect_files([documents]))
+        shapes = document_shapes(collect_files([documents]), pack_tokens=settings.llm_pack_tokens)
     policy = load_policy(settings, time_scale)
     if llm_rate_limit is not None:
         try:
@@ -123,7 +129,13 @@ def simulate(
             raise UserFacingError("--llm-rate-limit takes CALLS/WINDOW_S, e.g. 500/60") from None
     report: dict[str, Any] = {"layout": start.spec(), "profile": latency.describe()}
     report["documents"] = [
-        {"name": s.name, "ocr": s.ocr, "chunks": len(s.chunk_keys)} for s in shapes
+        {
+            "name": s.name,
+            "ocr": s.ocr,
+            "chunks": len(s.chunk_keys),
+            "llm_requests": len(s.llm_requests),
+        }
+        for s in shapes
     ]
     if target is not None:
         report["plan"] = plan_capacity(

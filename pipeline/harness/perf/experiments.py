@@ -36,7 +36,14 @@ from typing import Any
 import redis
 
 from pipeline.errors import ConfigurationError
-from pipeline.harness.localstack import RedisServer, pool_children, start_redis, stop_process
+from pipeline.harness.localstack import (
+    RedisServer,
+    pool_children,
+    start_redis,
+    stop_process,
+    worker_environment,
+)
+from pipeline.ports.services import Services
 
 Progress = Callable[[str], None]
 HOPS = 6
@@ -178,11 +185,7 @@ class Stack:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DOCPIPE_")}
-        env.update({f"DOCPIPE_{k.upper()}": v for k, v in self.values.items()})
-        repo = str(Path(__file__).resolve().parents[3])
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH", "")]))
-        return env
+        return worker_environment(self.values)
 
     def settings(self) -> Any:
         from pipeline.settings import Settings
@@ -414,10 +417,14 @@ def run_pools(
 
 def _create_documents(stack: Stack, count: int) -> list[tuple[str, int]]:
     """Document rows at `ocr_queued`, as the intake leaves them (no file: no stage reads one)."""
+    with _services(stack) as services:
+        return _create_queued(services, count)
+
+
+def _create_queued(services: Any, count: int) -> list[tuple[str, int]]:
     from pipeline.app.stages import mark
     from pipeline.domain.models import SourceDocument, Stage, Status
 
-    services = _services(stack)
     project = services.store.ensure_project("experiment")
     created = []
     for _ in range(count):
@@ -436,7 +443,7 @@ def _create_documents(stack: Stack, count: int) -> list[tuple[str, int]]:
     return created
 
 
-def _services(stack: Stack) -> Any:
+def _services(stack: Stack) -> Services:
     from pipeline.bootstrap import build_services
 
     return build_services(stack.settings())
@@ -457,7 +464,7 @@ def run_overhead(
     timeout = 60 + 0.5 * chains
     with private_stack(keep) as stack:
         say(f"private redis-server at {stack.server.url(0)}")
-        from pipeline.adapters.sql_store import create_store
+        from pipeline.adapters.sql import create_store
 
         create_store(stack.values["database_url"]).close()
         documents = iter(_create_documents(stack, sequential + rounds * chains + 2 * concurrency))
@@ -506,8 +513,11 @@ def run_overhead(
 
 def _document_facts(stack: Stack) -> dict[str, Any]:
     """How the harness chains left the documents: statuses and history rows per document."""
-    services = _services(stack)
-    store = services.store
+    with _services(stack) as services:
+        return _facts_of(services.store)
+
+
+def _facts_of(store: Any) -> dict[str, Any]:
     documents = store.list_documents()
     by_status: dict[str, int] = {}
     history_rows = 0

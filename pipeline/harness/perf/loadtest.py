@@ -31,7 +31,13 @@ from typing import Any
 
 import redis
 
-from pipeline.adapters.latency import DOCUMENT_DB, GRAPH_WRITE, LLM_CALL, LatencyProfile
+from pipeline.adapters.latency import (
+    DOCUMENT_DB,
+    GRAPH_WRITE,
+    LLM_CALL,
+    LLM_FIXED_SHARE,
+    LatencyProfile,
+)
 from pipeline.adapters.latency import (
     scaled_settings as scaled_settings,  # also shared with the simulator
 )
@@ -39,45 +45,23 @@ from pipeline.adapters.latency import steady_rate as steady_rate
 from pipeline.domain.models import PROGRESS_ORDER, QUEUES, Status
 from pipeline.errors import ConfigurationError
 from pipeline.extras import HARNESS_MODULES, require_extra
-from pipeline.harness.localstack import RedisServer, WorkerGroup, start_redis, stop_process
+from pipeline.harness.layout import PLAN_LAYOUT, WorkerSpec, parse_layout
+from pipeline.harness.localstack import (
+    RedisServer,
+    WorkerGroup,
+    start_redis,
+    stop_process,
+    worker_environment,
+)
 from pipeline.library import SAMPLES
 from pipeline.settings import Settings
 
-REPO = Path(__file__).resolve().parents[3]
 #: Inside the package, so `docpipe load` works from an install (not only a checkout).
 DEFAULT_LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 DEFAULT_DOCUMENTS = SAMPLES
-PLAN_LAYOUT_SPEC = "ocr:prefork:2 text:threads:4 entity:gevent:100 graph:threads:4"
 #: Statuses in the order a document passes through them ("time in status" is per stage).
 _TIMELINE = PROGRESS_ORDER[PROGRESS_ORDER.index(Status.OCR_QUEUED) :]
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    queue: str
-    pool: str
-    concurrency: int
-
-
-def parse_layout(spec: str) -> list[WorkerSpec]:
-    """`queue:pool:concurrency` items separated by spaces or commas (the Makefile's form)."""
-    layout = []
-    for item in spec.replace(",", " ").split():
-        try:
-            queue, pool, concurrency = item.split(":")
-            worker = WorkerSpec(queue, pool, int(concurrency))
-        except ValueError:
-            raise ConfigurationError(f"worker layout item {item!r}: use queue:pool:N") from None
-        if queue not in QUEUES or pool not in ("prefork", "threads", "gevent", "solo"):
-            raise ConfigurationError(f"worker layout item {item!r}: unknown queue or pool")
-        if worker.concurrency < 1:
-            raise ConfigurationError(f"worker layout item {item!r}: concurrency below 1")
-        layout.append(worker)
-    missing = set(QUEUES) - {w.queue for w in layout}
-    if missing:
-        raise ConfigurationError(f"worker layout leaves queue(s) {sorted(missing)} unconsumed")
-    return layout
 
 
 @dataclass(frozen=True)
@@ -89,7 +73,7 @@ class LoadConfig:
     users: int = 24
     duration_s: float = 30.0
     baseline_s: float = 30.0
-    layout: Sequence[WorkerSpec] = field(default_factory=lambda: parse_layout(PLAN_LAYOUT_SPEC))
+    layout: Sequence[WorkerSpec] = field(default_factory=lambda: parse_layout(PLAN_LAYOUT))
     locustfile: Path = DEFAULT_LOCUSTFILE
     poll_s: float = 0.1
     keep_workdir: bool = False
@@ -105,32 +89,47 @@ def bottleneck_bound(
     chunks_per_document: float,
     rate_limit_calls: int,
     rate_limit_window_s: float,
+    llm_calls_per_document: float | None = None,
+    llm_tokens_per_document: float = 0.0,
+    rate_limit_tokens: int = 0,
     users: int | None = None,
     sequential_seconds_per_document: float | None = None,
 ) -> dict[str, Any]:
-    """The best documents per second the layout, rate limit and latencies allow.
+    """The best documents per second the layout, rate limits and latencies allow.
 
     Per queue: concurrency / mean simulated service time of one document on
     that queue (the OCR job runs outside the workers, which only start and
-    poll it, so the ocr queue has no profile-derived limit). The shared LLM
-    rate limit allows calls-per-second / chunks-per-document. A closed loop
+    poll it, so the ocr queue has no profile-derived limit). The entity time
+    of a document is its requests' fixed part plus every chunk's token part
+    (`pipeline.adapters.latency.pack_call_seconds`). The shared LLM limits
+    allow calls-per-second / LLM calls per document (one per chunk without
+    packing) and tokens-per-second / LLM tokens per document. A closed loop
     of `users` cannot exceed users / (the unloaded time of one document).
     Real CPU time is not in the bound: the fraction reached shows what it costs.
     """
+    calls = chunks_per_document if llm_calls_per_document is None else llm_calls_per_document
     concurrency: dict[str, int] = {}
     for worker in layout:
         concurrency[worker.queue] = concurrency.get(worker.queue, 0) + worker.concurrency
+    call_s = profile.mean(LLM_CALL)
+    entity_s = (
+        LLM_FIXED_SHARE * calls * call_s + (1 - LLM_FIXED_SHARE) * chunks_per_document * call_s
+    )
     service_s = {
         "ocr": 0.0,
         "text": profile.mean(DOCUMENT_DB),
-        "entity": chunks_per_document * profile.mean(LLM_CALL),
+        "entity": entity_s,
         "graph": profile.mean(GRAPH_WRITE),
     }
     limits: dict[str, float] = {}
     for queue, seconds in service_s.items():
         limits[f"queue {queue}"] = concurrency.get(queue, 0) / seconds if seconds > 0 else math.inf
-    if chunks_per_document > 0:
-        limits["llm rate limit"] = rate_limit_calls / rate_limit_window_s / chunks_per_document
+    if calls > 0:
+        limits["llm rate limit"] = rate_limit_calls / rate_limit_window_s / calls
+    if rate_limit_tokens > 0 and llm_tokens_per_document > 0:
+        limits["llm token limit"] = (
+            rate_limit_tokens / rate_limit_window_s / llm_tokens_per_document
+        )
     if users and sequential_seconds_per_document:
         limits["locust users"] = users / sequential_seconds_per_document
     limiting = min(limits, key=lambda name: limits[name])
@@ -144,6 +143,68 @@ def bottleneck_bound(
         "service_s_per_document": service_s,
         "concurrency": concurrency,
         "chunks_per_document": chunks_per_document,
+        "llm_calls_per_document": calls,
+        "llm_tokens_per_document": llm_tokens_per_document,
+    }
+
+
+# --- LLM usage and its cost ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LlmUsageTotals:
+    """What a run's documents spent on the LLM (the stage's per-document usage records)."""
+
+    documents: int = 0
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def per_document(self, prices: tuple[float, float] | None) -> dict[str, Any]:
+        n = self.documents or 1
+        cost = None
+        if prices is not None:
+            cost = (self.prompt_tokens * prices[0] + self.completion_tokens * prices[1]) / 1e6 / n
+        return {
+            "documents_with_usage": self.documents,
+            "llm_calls_per_document": self.calls / n,
+            "llm_tokens_per_document": (self.prompt_tokens + self.completion_tokens) / n,
+            "llm_prompt_tokens_per_document": self.prompt_tokens / n,
+            "llm_completion_tokens_per_document": self.completion_tokens / n,
+            "llm_cost_usd_per_document": cost,
+        }
+
+
+def read_llm_usage_totals(redis_url: str) -> LlmUsageTotals:
+    """Sum the entity stage's usage records (pipeline.app.stages.add_llm_usage) in Redis."""
+    from pipeline.adapters.redis_features import RedisCache
+    from pipeline.app.stages import LLM_USAGE, read_llm_usage
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        cache = RedisCache(client)
+        documents = calls = prompt = completion = 0
+        for raw_key in client.scan_iter(match=f"docpipe:cache:*:{LLM_USAGE}", count=500):
+            key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
+            usage = read_llm_usage(cache.get(key.removeprefix("docpipe:cache:")))
+            documents += 1
+            calls += usage.calls
+            prompt += usage.prompt_tokens
+            completion += usage.completion_tokens
+        return LlmUsageTotals(documents, calls, prompt, completion)
+    finally:
+        client.close()
+
+
+def llm_price(settings: Settings) -> dict[str, Any]:
+    """The list price the cost figures use: the configured OpenAI model's (a setting)."""
+    model = settings.openai_model
+    prices = settings.llm_prices_usd_per_mtok.get(model)
+    return {
+        "model": model,
+        "input_usd_per_mtok": prices[0] if prices else None,
+        "output_usd_per_mtok": prices[1] if prices else None,
+        "source": "DOCPIPE_LLM_PRICES_USD_PER_MTOK (default: OpenAI list prices, see settings)",
     }
 
 
@@ -254,14 +315,6 @@ class QueueDepthSampler:
         self._client.close()
 
 
-def _settings_env(values: Mapping[str, Any]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCPIPE_")}
-    for key, value in values.items():
-        text = json.dumps(value) if isinstance(value, dict) else str(value)
-        env[f"DOCPIPE_{key.upper()}"] = text
-    return env
-
-
 def _common_values(config: LoadConfig) -> dict[str, Any]:
     s, p = config.settings, config.profile
     values: dict[str, Any] = {
@@ -270,6 +323,8 @@ def _common_values(config: LoadConfig) -> dict[str, Any]:
         "time_scale": p.time_scale,
         "latency_seed": p.seed,
         "llm_rate_limit_calls": s.llm_rate_limit_calls,
+        "llm_rate_limit_tokens": s.llm_rate_limit_tokens,
+        "llm_pack_tokens": s.llm_pack_tokens,
         "ocr_max_polls": s.ocr_max_polls,
         "fault_injection": "false",
         "allow_cloud": "false",
@@ -296,19 +351,21 @@ def run_baseline(config: LoadConfig, workdir: Path, server: RedisServer, say: Pr
         eager=True,
     )
     settings = Settings(_env_file=None, **values)  # type: ignore[call-arg]
-    services = build_services(settings)
-    say(f"sequential baseline: the monolith for at least {config.baseline_s:g}s (whole rounds)")
-    results = run_sequential(
-        services,
-        config.files,
-        min_seconds=config.baseline_s,
-        max_documents=max(len(config.files), 5000),
-        on_done=lambda r: say(f"  sequential: {Path(r.file).name} {r.status} in {r.seconds:.2f}s"),
-    )
-    failed = [r for r in results if r.status is not Status.COMPLETED]
-    if failed:
-        say(f"  {len(failed)} sequential document(s) did not complete")
-    return database
+    with build_services(settings) as services:
+        say(f"sequential baseline: the monolith for at least {config.baseline_s:g}s (whole rounds)")
+        results = run_sequential(
+            services,
+            config.files,
+            min_seconds=config.baseline_s,
+            max_documents=max(len(config.files), 5000),
+            on_done=lambda r: say(
+                f"  sequential: {Path(r.file).name} {r.status} in {r.seconds:.2f}s"
+            ),
+        )
+        failed = [r for r in results if r.status is not Status.COMPLETED]
+        if failed:
+            say(f"  {len(failed)} sequential document(s) did not complete")
+        return database
 
 
 def run_celery(
@@ -326,10 +383,9 @@ def run_celery(
         redis_url=server.url(1),
         eager="false",
     )
-    env = _settings_env(values)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    env = worker_environment(values)
     # Create the schema once, before several processes race to do it.
-    from pipeline.adapters.sql_store import create_store
+    from pipeline.adapters.sql import create_store
 
     create_store(values["database_url"]).close()
 
@@ -345,6 +401,11 @@ def run_celery(
             say(f"celery: worker {spec.queue} ({spec.pool} x{spec.concurrency})")
         app = configure(Settings(_env_file=None, **values))  # type: ignore[call-arg]
         workers.wait_for_consumers(app, QUEUES, timeout_s=60)
+        say(
+            "celery: watch it from another terminal with "
+            f"DOCPIPE_BROKER_URL={values['broker_url']} DOCPIPE_REDIS_URL={values['redis_url']} "
+            f"DOCPIPE_DATABASE_URL={values['database_url']} docpipe monitor"
+        )
         say(f"celery: locust, {config.users} users for {config.duration_s:g}s")
         locust_env = dict(env)
         locust_env.update(
@@ -404,7 +465,7 @@ def _locust_stats(prefix: Path) -> dict[str, dict[str, Any]]:
 
 def run_load(config: LoadConfig, say: Progress = lambda message: None) -> dict[str, Any]:
     """Both runs, the comparison and the report files; returns the summary."""
-    from pipeline.adapters.sql_store import create_store
+    from pipeline.adapters.sql import create_store
 
     # locust (the load) and matplotlib (the chart) are the harness extra's.
     require_extra("harness", HARNESS_MODULES["load"], "docpipe load")
@@ -418,7 +479,9 @@ def run_load(config: LoadConfig, say: Progress = lambda message: None) -> dict[s
         with start_redis(workdir) as server:
             say(f"private redis-server at {server.url(0).removesuffix('/0')}")
             seq_db = run_baseline(config, workdir, server, say)
+            seq_usage = read_llm_usage_totals(server.url(2))
             celery_db, depth, facts = run_celery(config, workdir, server, say)
+            celery_usage = read_llm_usage_totals(server.url(1))
         seq_store = create_store(f"sqlite:///{seq_db}", create=False)
         celery_store = create_store(f"sqlite:///{celery_db}", create=False)
         seq_docs = timelines(seq_store)
@@ -426,7 +489,9 @@ def run_load(config: LoadConfig, say: Progress = lambda message: None) -> dict[s
         chunks = [seq_store.counts(d.document_uuid).chunks for d in seq_docs]
         seq_store.close()
         celery_store.close()
-        summary = summarize(config, seq_docs, celery_docs, depth, facts, chunks)
+        summary = summarize(
+            config, seq_docs, celery_docs, depth, facts, chunks, (seq_usage, celery_usage)
+        )
         summary["predicted"] = predicted(config)
         write_report(config.report_dir, summary, seq_docs, celery_docs, depth)
         return summary
@@ -441,7 +506,9 @@ def predicted(config: LoadConfig) -> dict[str, Any]:
     """The virtual-time simulator's figures for this run (pipeline/simulation), with errors."""
     from pipeline.harness.simulation.predict import document_shapes, predict_load
 
-    shapes = document_shapes(config.files, measure_cpu=True)
+    shapes = document_shapes(
+        config.files, measure_cpu=True, pack_tokens=config.settings.llm_pack_tokens
+    )
     return predict_load(
         shapes,
         config.profile,
@@ -459,7 +526,16 @@ def summarize(
     depth: Sequence[Mapping[str, float]],
     facts: Mapping[str, Any],
     chunks: Sequence[int],
+    usage: tuple[LlmUsageTotals, LlmUsageTotals] = (LlmUsageTotals(), LlmUsageTotals()),
 ) -> dict[str, Any]:
+    price = llm_price(config.settings)
+    prices = (
+        (price["input_usd_per_mtok"], price["output_usd_per_mtok"])
+        if price["input_usd_per_mtok"] is not None
+        else None
+    )
+    seq_llm = usage[0].per_document(prices)
+    celery_llm = usage[1].per_document(prices)
     seq_done = [d.completed_at for d in seq_docs if d.completed_at is not None]
     celery_done = [
         d.completed_at
@@ -480,6 +556,10 @@ def summarize(
         chunks_per_document=statistics.fmean(chunks) if chunks else 0.0,
         rate_limit_calls=settings.llm_rate_limit_calls,
         rate_limit_window_s=settings.llm_rate_limit_window_s * scale,
+        # The sequential run's: every document of it went through extraction once.
+        llm_calls_per_document=seq_llm["llm_calls_per_document"] if usage[0].documents else None,
+        llm_tokens_per_document=seq_llm["llm_tokens_per_document"],
+        rate_limit_tokens=settings.llm_rate_limit_tokens,
         users=config.users,
         sequential_seconds_per_document=statistics.fmean(seq_e2e) if seq_e2e else None,
     )
@@ -506,9 +586,21 @@ def summarize(
         "duration_s": config.duration_s,
         "baseline_s": config.baseline_s,
         "documents": [str(f) for f in config.files],
-        "sequential": run_summary(seq_rate, seq_done, len(seq_docs), seq_e2e),
-        "celery": run_summary(celery_rate, celery_done, len(celery_docs), celery_e2e),
+        "sequential": {**run_summary(seq_rate, seq_done, len(seq_docs), seq_e2e), **seq_llm},
+        "celery": {
+            **run_summary(celery_rate, celery_done, len(celery_docs), celery_e2e),
+            **celery_llm,
+        },
         "ratio": ratio,
+        # Of the Celery run (the sequential run's are under "sequential").
+        **{k: v for k, v in celery_llm.items() if k != "documents_with_usage"},
+        "llm_price": price,
+        "llm_pack_tokens": settings.llm_pack_tokens,
+        "llm_rate_limit": {
+            "calls": settings.llm_rate_limit_calls,
+            "tokens": settings.llm_rate_limit_tokens,
+            "window_s": settings.llm_rate_limit_window_s * scale,
+        },
         "bound": bound,
         "fraction_of_bound": celery_rate / bound["docs_per_s"] if bound["docs_per_s"] else 0.0,
         "ratio_bound": bound["docs_per_s"] / seq_rate if seq_rate > 0 else None,

@@ -64,6 +64,17 @@ def _check_files(environment: Any, **_: Any) -> None:
     _services()
 
 
+@events.quitting.add_listener  # type: ignore[untyped-decorator]
+def _close_services(environment: Any, **_: Any) -> None:
+    """Release the database pool and Redis connections of this locust process."""
+    services = _context.pop("services", None)
+    if services is not None:
+        from pipeline.bootstrap import use_services
+
+        use_services(None)
+        services.close()
+
+
 def _fire(request_type: str, started: float, exception: BaseException | None = None) -> None:
     events.request.fire(  # type: ignore[no-untyped-call]
         request_type=request_type,

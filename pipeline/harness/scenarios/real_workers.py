@@ -10,7 +10,6 @@ The processes themselves are pipeline.harness.localstack's.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,17 +21,11 @@ from sqlalchemy.engine import make_url
 from pipeline.domain.models import QUEUES
 from pipeline.errors import ConfigurationError
 from pipeline.harness import localstack as devstack
+from pipeline.harness.layout import WorkerSpec
 from pipeline.harness.scenarios.tcp_proxy import TcpProxy
 
 #: Queue each port's calls run on (a worker killed by a fault there must be prefork).
 PORT_QUEUES = {"ocr": "ocr", "parser": "ocr", "llm": "entity"}
-
-
-@dataclass
-class WorkerSpec:
-    queues: tuple[str, ...]
-    pool: str
-    concurrency: int
 
 
 def worker_layout(prefork_queues: set[str], omit: Sequence[str] = ()) -> list[WorkerSpec]:
@@ -116,24 +109,16 @@ class BrokerEnvironment:
     # --- configuration shared by this process and the workers -----------------------
     @property
     def env(self) -> dict[str, str]:
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(self.workdir),
-            "DOCPIPE_EAGER": "false",
-            "DOCPIPE_BROKER_URL": self.url(0),
-            "DOCPIPE_REDIS_URL": self.url(1),
-            "DOCPIPE_DATABASE_URL": self.worker_database_url,
-            "DOCPIPE_BLOB_URL": f"file://{self.workdir / 'blobs'}",
-            "DOCPIPE_FAULT_INJECTION": "true",
+        values: dict[str, Any] = {
+            "eager": False,
+            "broker_url": self.url(0),
+            "redis_url": self.url(1),
+            "database_url": self.worker_database_url,
+            "blob_url": f"file://{self.workdir / 'blobs'}",
+            "fault_injection": True,
         }
-        passed_on = ("DOCPIPE_UNDER_TEST", "DOCPIPE_ALLOW_CLOUD", "PYTHONPATH")
-        # The sim-cloud profile's fake AWS credentials (boto3 reads them from the env).
-        aws = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
-        for name in passed_on + aws:
-            if name in os.environ:
-                env[name] = os.environ[name]
-        env.update(self.settings_env)
-        return env
+        values |= devstack.settings_values(self.settings_env)
+        return devstack.worker_environment(values, home=self.workdir)
 
     def settings_values(self) -> dict[str, Any]:
         """This process's settings: the workers' environment, the database direct."""

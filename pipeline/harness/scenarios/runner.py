@@ -137,6 +137,7 @@ def base_settings(scenario: Scenario) -> dict[str, Any]:
         "retry_backoff_max_s": 2.0,
         # The shared LLM limit only matters to scenarios that set it themselves.
         "llm_rate_limit_calls": 100000,
+        "llm_rate_limit_tokens": 0,
         "fake_ocr_polls_until_done": scenario.adapters.ocr_polls_until_done,
     }
 
@@ -881,7 +882,7 @@ class SimRun(EagerRun):
     mode = "sim"
 
     def start(self, values: dict[str, Any]) -> Services:
-        from pipeline.harness.simulation.engine import SimConfig, Simulator, WorkerSpec
+        from pipeline.harness.simulation.engine import SimConfig, SimulatedWorker, Simulator
         from pipeline.harness.simulation.real import StageExecutor
 
         self._redis_name = f"scenario-{uuid.uuid4().hex}"
@@ -894,10 +895,10 @@ class SimRun(EagerRun):
         use_services(services)
         self._services = services
         layout = [
-            WorkerSpec("ocr", 1, name="ocr-0"),
-            WorkerSpec("text", 4, name="text-0"),
-            WorkerSpec("entity", 4, name="entity-0"),
-            WorkerSpec("graph", 4, name="graph-0"),
+            SimulatedWorker("ocr", 1, name="ocr-0"),
+            SimulatedWorker("text", 4, name="text-0"),
+            SimulatedWorker("entity", 4, name="entity-0"),
+            SimulatedWorker("graph", 4, name="graph-0"),
         ]
         config = SimConfig(layout, visibility_timeout_s=settings.visibility_timeout_s)
         self.simulator = Simulator(config, self.executor)
@@ -958,14 +959,14 @@ class BrokerRun(_Run):
     mode = "broker"
 
     def start(self, values: dict[str, Any]) -> Services:
-        from pipeline.harness.localstack import WorkersNotReady
+        from pipeline.harness.localstack import WorkersNotReady, settings_env
         from pipeline.harness.scenarios.real_workers import (
             PORT_QUEUES,
             BrokerEnvironment,
             worker_layout,
         )
 
-        env = {f"DOCPIPE_{k.upper()}": _env_value(v) for k, v in values.items()}
+        env = settings_env(values)
         restarts = any(d.kind == "restart_redis" for d in self.scenario.disruptions)
         self.environment = BrokerEnvironment(
             self.workdir,
@@ -1126,7 +1127,7 @@ class BrokerRun(_Run):
 
     def _queue_processor(self, services: Services) -> Callable[[int], None]:
         """A queue-processor cycle (what `docpipe queue-processor` runs) about once a second."""
-        from pipeline.app.operations import process_queue_batch
+        from pipeline.app.queue_processor import process_queue_batch
 
         names = {d.uuid: d.original_file_name for d in services.store.list_documents()}
         last = 0.0
@@ -1185,12 +1186,6 @@ class BrokerRun(_Run):
 
 class _Preflight(Exception):
     """Broker mode stopped before submitting (its outcome is already a check)."""
-
-
-def _env_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
 
 
 # --- parity -------------------------------------------------------------------------------

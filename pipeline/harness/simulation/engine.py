@@ -127,7 +127,7 @@ class CountdownFaults(Protocol):
 
 
 @dataclass(frozen=True)
-class WorkerSpec:
+class SimulatedWorker:
     queue: str
     concurrency: int
     prefetch_multiplier: int = 1
@@ -145,7 +145,7 @@ class Crash:
 
 @dataclass(frozen=True)
 class SimConfig:
-    workers: Sequence[WorkerSpec]
+    workers: Sequence[SimulatedWorker]
     visibility_timeout_s: float = 4800.0
     #: Broker and worker overhead added to every task (virtual seconds).
     hop_overhead_s: float = 0.0

@@ -12,7 +12,15 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from pipeline.adapters.latency import DOCUMENT_DB, GRAPH_WRITE, LLM_CALL, OCR_JOB, LatencyProfile
+from pipeline.adapters.latency import (
+    DOCUMENT_DB,
+    GRAPH_WRITE,
+    LLM_CALL,
+    OCR_JOB,
+    LatencyProfile,
+    pack_call_seconds,
+    pack_key,
+)
 from pipeline.domain.models import Stage
 from pipeline.harness.simulation.clock import VirtualClock, VirtualRateLimiter
 from pipeline.harness.simulation.engine import Message, Outcome, Send
@@ -24,6 +32,16 @@ TASKS_PER_DOCUMENT = 7
 
 
 @dataclass(frozen=True)
+class LlmRequest:
+    """One LLM request entity extraction makes: the chunks it carries and its tokens."""
+
+    #: Indices into the document's `chunk_keys`.
+    chunks: tuple[int, ...]
+    #: What the request reserves of the tokens-per-window limit.
+    tokens: int = 0
+
+
+@dataclass(frozen=True)
 class DocumentShape:
     name: str
     #: PDFs go through the asynchronous OCR job; other types are parsed at once.
@@ -32,6 +50,14 @@ class DocumentShape:
     chunk_keys: tuple[str, ...]
     #: Real CPU seconds one pass of the stage code takes (0 in the pure model).
     cpu_s: float = 0.0
+    #: Its LLM requests as the stage packs them; empty = one request per chunk.
+    requests: tuple[LlmRequest, ...] = ()
+
+    @property
+    def llm_requests(self) -> tuple[LlmRequest, ...]:
+        if self.requests:
+            return self.requests
+        return tuple(LlmRequest((index,)) for index in range(len(self.chunk_keys)))
 
 
 @dataclass(frozen=True)
@@ -41,6 +67,8 @@ class Policy:
     ocr_poll_interval_s: float = 5.0
     ocr_max_polls: int = 120
     llm_rate_limit_calls: int = 50
+    #: Tokens per window (0 = no token limit).
+    llm_rate_limit_tokens: int = 0
     llm_rate_limit_window_s: float = 60.0
     llm_rate_limit_max_wait_s: float = 120.0
     max_retries: int = 5
@@ -99,13 +127,15 @@ class ModelExecutor:
             self.clock,
             limit=policy.llm_rate_limit_calls,
             window_seconds=policy.llm_rate_limit_window_s,
+            token_limit=policy.llm_rate_limit_tokens,
         )
         self._job_end: dict[int, float] = {}
         #: Per document: the furthest stage started, and whether it has ended.
         self._furthest: dict[int, int] = {}
         self._ended: set[int] = set()
         self.llm_calls = 0
-        #: Chunks whose LLM answer is cached per document: a retry does not call again.
+        self.llm_tokens = 0
+        #: Requests whose LLM answers are cached per document: a retry does not call again.
         self._cached: dict[int, int] = {}
         self._extra = dict(policy.extra_s)
 
@@ -192,28 +222,35 @@ class ModelExecutor:
         return Outcome(extra, "ok", [stage_send(following, doc)])
 
     def _extract(self, message: Message, shape: DocumentShape, extra: float) -> Outcome:
-        """One step per LLM call, so the shared window only ever sees past calls."""
+        """One step per LLM request, so the shared window only ever sees past calls."""
+        requests = shape.llm_requests
         keys = shape.chunk_keys
         window = self.policy.llm_rate_limit_window_s
         done = Outcome(0.0, "ok", [stage_send(Stage.ENTITY_RESOLUTION, message.doc)])
 
+        def sample(key: str) -> float:
+            return self.profile.sample(LLM_CALL, key)
+
         def call(index: int, waited: float) -> Callable[[float], Outcome]:
             def step(now: float) -> Outcome:
-                if index == len(keys):
+                if index == len(requests):
                     return done
                 if index < self._cached.get(message.doc, 0):
                     return step_to(index + 1, waited)(now)
+                request = requests[index]
                 self.limiter.prune("llm", now - window)
-                slot = self.limiter.next_slot("llm", now)
+                slot = self.limiter.next_slot("llm", now, request.tokens)
                 if slot > now:
                     wait = slot - now
                     if waited + wait > self.policy.llm_rate_limit_max_wait_s:
                         return self._retry(message, 0.0, "rate limited", after=wait)
                     return Outcome(wait, "ok", resume=call(index, waited + wait))
-                self.limiter.record("llm", now)
+                self.limiter.record("llm", now, request.tokens)
                 self.llm_calls += 1
+                self.llm_tokens += request.tokens
                 self._cached[message.doc] = index + 1
-                seconds = self.profile.sample(LLM_CALL, keys[index])
+                chunk_keys = [keys[i] for i in request.chunks]
+                seconds = pack_call_seconds(sample, pack_key(chunk_keys), chunk_keys)
                 return Outcome(seconds, "ok", resume=call(index + 1, waited))
 
             return step

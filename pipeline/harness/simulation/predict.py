@@ -12,18 +12,17 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipeline.adapters.latency import LatencyProfile, scaled_settings, steady_rate
-from pipeline.harness.simulation.engine import SimConfig, SimResult, Simulator, WorkerSpec
-from pipeline.harness.simulation.model import DocumentShape, ModelExecutor, Policy
+from pipeline.domain.packing import plan_packs
+from pipeline.errors import ConfigurationError
+from pipeline.harness.layout import PLAN_LAYOUT, WorkerSpec, concurrency_per_queue, parse_layout
+from pipeline.harness.simulation.engine import SimConfig, SimResult, SimulatedWorker, Simulator
+from pipeline.harness.simulation.model import DocumentShape, LlmRequest, ModelExecutor, Policy
 from pipeline.settings import Settings
-
-if TYPE_CHECKING:
-    # A type only: pipeline.harness.perf.loadtest imports this module to predict its run.
-    from pipeline.harness.perf.loadtest import WorkerSpec as LoadWorkerSpec
 
 #: Broker round trip and worker bookkeeping per task, wall seconds (FEASIBILITY.md: ~4.7 ms/hop).
 HOP_OVERHEAD_S = 0.005
@@ -35,11 +34,15 @@ MAX_UTILISATION = 0.95
 TARGET_OFFER_HEADROOM = 0.05
 
 
-def document_shapes(files: Sequence[Path], *, measure_cpu: bool = False) -> list[DocumentShape]:
+def document_shapes(
+    files: Sequence[Path], *, measure_cpu: bool = False, pack_tokens: int | None = None
+) -> list[DocumentShape]:
     """Each file run once through the real stages (eager, no latency): its shape.
 
     With `measure_cpu` the wall time of that run (the stage code's own CPU
-    and database time) is kept on the shape; it varies from run to run.
+    and database time) is kept on the shape; it varies from run to run. Its
+    LLM requests are packed as the stage packs them, with `pack_tokens`
+    (default: the settings' `llm_pack_tokens`).
     """
     from pipeline.app.intake import claim_own, submit_file
     from pipeline.app.monolith import process_document
@@ -56,27 +59,35 @@ def document_shapes(files: Sequence[Path], *, measure_cpu: bool = False) -> list
         fault_injection=False,
         project_name="shapes",
     )
-    services = build_services(settings)
-    project = services.store.ensure_project("shapes")
-    shapes = []
-    for path in files:
-        submission = submit_file(services, path, project)
-        claim_own(services, submission.document_uuid, worker="shapes")
-        began = time.perf_counter()
-        process_document(services, submission.document_uuid)
-        cpu = time.perf_counter() - began
-        document = services.store.get_document(submission.document_uuid)
-        chunks = services.store.get_chunks(submission.document_uuid)
-        keys = tuple(hashlib.sha256(c.text.encode()).hexdigest() for c in chunks)
-        shapes.append(
-            DocumentShape(
-                name=path.name,
-                ocr=document.ocr_metadata.get("method") == "ocr",
-                chunk_keys=keys,
-                cpu_s=cpu if measure_cpu else 0.0,
+    budget = settings.llm_pack_tokens if pack_tokens is None else pack_tokens
+    with build_services(settings) as services:
+        project = services.store.ensure_project("shapes")
+        shapes = []
+        for path in files:
+            submission = submit_file(services, path, project)
+            claim_own(services, submission.document_uuid, worker="shapes")
+            began = time.perf_counter()
+            process_document(services, submission.document_uuid)
+            cpu = time.perf_counter() - began
+            document = services.store.get_document(submission.document_uuid)
+            chunks = services.store.get_chunks(submission.document_uuid)
+            keys = tuple(hashlib.sha256(c.text.encode()).hexdigest() for c in chunks)
+            texts = [c.text for c in chunks]
+            extractor = services.extractor
+            requests = tuple(
+                LlmRequest(tuple(pack), extractor.request_tokens([texts[i] for i in pack]))
+                for pack in plan_packs(texts, budget, extractor.request_tokens)
             )
-        )
-    return shapes
+            shapes.append(
+                DocumentShape(
+                    name=path.name,
+                    ocr=document.ocr_metadata.get("method") == "ocr",
+                    chunk_keys=keys,
+                    cpu_s=cpu if measure_cpu else 0.0,
+                    requests=requests,
+                )
+            )
+        return shapes
 
 
 def load_policy(settings: Settings, time_scale: float) -> Policy:
@@ -86,6 +97,7 @@ def load_policy(settings: Settings, time_scale: float) -> Policy:
         ocr_poll_interval_s=scaled["ocr_poll_interval_s"],
         ocr_max_polls=settings.ocr_max_polls,
         llm_rate_limit_calls=settings.llm_rate_limit_calls,
+        llm_rate_limit_tokens=settings.llm_rate_limit_tokens,
         llm_rate_limit_window_s=scaled["llm_rate_limit_window_s"],
         llm_rate_limit_max_wait_s=settings.llm_rate_limit_max_wait_s,
         max_retries=settings.max_retries,
@@ -96,10 +108,10 @@ def load_policy(settings: Settings, time_scale: float) -> Policy:
 
 
 def engine_layout(
-    layout: Sequence[LoadWorkerSpec], prefetch_multiplier: int = 1
-) -> list[WorkerSpec]:
+    layout: Sequence[WorkerSpec], prefetch_multiplier: int = 1
+) -> list[SimulatedWorker]:
     return [
-        WorkerSpec(w.queue, w.concurrency, prefetch_multiplier, name=f"{w.queue}-{i}")
+        SimulatedWorker(w.queue, w.concurrency, prefetch_multiplier, name=f"{w.queue}-{i}")
         for i, w in enumerate(layout)
     ]
 
@@ -132,7 +144,7 @@ def simulate_sequential(
     seed: int,
 ) -> SimResult:
     """The monolith: one document at a time, no broker hops (a closed loop of one user)."""
-    workers = [WorkerSpec(q, 1, name=f"{q}-seq") for q in QUEUE_ORDER]
+    workers = [SimulatedWorker(q, 1, name=f"{q}-seq") for q in QUEUE_ORDER]
     config = SimConfig(workers, users=1, trace=False)
     executor = ModelExecutor(shapes, profile, policy, seed=seed)
     return Simulator(config, executor).run(range(documents))
@@ -142,7 +154,7 @@ def simulate_layout(
     shapes: Sequence[DocumentShape],
     profile: LatencyProfile,
     policy: Policy,
-    workers: Sequence[WorkerSpec],
+    workers: Sequence[SimulatedWorker],
     documents: int,
     *,
     seed: int = 0,
@@ -168,7 +180,7 @@ def predict_load(
     shapes: Sequence[DocumentShape],
     profile: LatencyProfile,
     settings: Settings,
-    layout: Sequence[LoadWorkerSpec],
+    layout: Sequence[WorkerSpec],
     *,
     users: int = 24,
     poll_s: float = 0.1,
@@ -212,34 +224,40 @@ def predict_load(
 
 @dataclass(frozen=True)
 class Layout:
+    """Capacity planning's view of a worker layout: task slots (and the pool) per queue."""
+
     concurrency: dict[str, int]
+    pools: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, spec: str) -> Layout:
-        """`ocr=2,text=4,entity=100,graph=4`."""
-        concurrency: dict[str, int] = {}
-        for item in spec.replace(" ", ",").split(","):
-            if not item:
-                continue
-            queue, _, number = item.partition("=")
-            if queue not in QUEUE_ORDER or not number.isdigit() or int(number) < 1:
-                raise ValueError(f"layout item {item!r}: use queue=N with a queue of {QUEUE_ORDER}")
-            concurrency[queue] = int(number)
-        missing = [q for q in QUEUE_ORDER if q not in concurrency]
-        if missing:
-            raise ValueError(f"layout leaves queue(s) {missing} without workers")
-        return cls(concurrency)
+        """The one layout syntax (pipeline.harness.layout), one worker per queue."""
+        try:
+            workers = parse_layout(spec)
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from None
+        shared = [w.item for w in workers if len(w.queues) > 1]
+        if shared:
+            raise ValueError(f"capacity planning models one queue per worker; got {shared}")
+        return cls(concurrency_per_queue(workers), {w.queue: w.pool for w in workers})
 
     def spec(self) -> str:
-        return ",".join(f"{q}={self.concurrency[q]}" for q in QUEUE_ORDER)
+        return " ".join(f"{q}:{self.pool(q)}:{self.concurrency[q]}" for q in QUEUE_ORDER)
 
-    def workers(self) -> list[WorkerSpec]:
-        return [WorkerSpec(q, self.concurrency[q], name=f"{q}-0") for q in QUEUE_ORDER]
+    def pool(self, queue: str) -> str:
+        return self.pools.get(queue) or _PLAN_POOLS[queue]
+
+    def workers(self) -> list[SimulatedWorker]:
+        return [SimulatedWorker(q, self.concurrency[q], name=f"{q}-0") for q in QUEUE_ORDER]
+
+    def with_concurrency(self, queue: str, slots: int) -> Layout:
+        return Layout({**self.concurrency, queue: slots}, self.pools)
 
     def with_more(self, queue: str, extra: int) -> Layout:
-        concurrency = dict(self.concurrency)
-        concurrency[queue] += extra
-        return Layout(concurrency)
+        return self.with_concurrency(queue, self.concurrency[queue] + extra)
+
+
+_PLAN_POOLS = {w.queue: w.pool for w in parse_layout(PLAN_LAYOUT)}
 
 
 @dataclass(frozen=True)
@@ -302,6 +320,9 @@ def measure_capacity(
     used = {q: result.busy_s.get(q, 0.0) / (layout.concurrency[q] * span) for q in QUEUE_ORDER}
     allowed = policy.llm_rate_limit_calls / policy.llm_rate_limit_window_s * span
     used["llm rate limit"] = executor.llm_calls / allowed if allowed else 0.0
+    if policy.llm_rate_limit_tokens > 0:
+        tokens_allowed = policy.llm_rate_limit_tokens / policy.llm_rate_limit_window_s * span
+        used["llm token limit"] = executor.llm_tokens / tokens_allowed
     busiest = max(used, key=lambda name: used[name])
     dead = sum(1 for r in result.documents.values() if r.outcome != "completed")
     latency = [
@@ -315,7 +336,7 @@ def measure_capacity(
         offered_per_hour,
         middle_half_per_hour(result.completed_times()),
         dead,
-        busiest if busiest == "llm rate limit" else f"queue {busiest}",
+        busiest if busiest.startswith("llm ") else f"queue {busiest}",
         used,
         statistics.median(latency[:quarter]) if latency else math.inf,
         statistics.median(latency[-quarter:]) if latency else math.inf,
@@ -371,8 +392,8 @@ def plan_capacity(
             if grown is not None:
                 reached = _shrink(measure, capacity, *grown, target_per_hour)
             break
-        if capacity.bottleneck == "llm rate limit":
-            reason = "the shared LLM rate limit caps throughput; more workers cannot help"
+        if capacity.bottleneck.startswith("llm "):
+            reason = f"the shared {capacity.bottleneck} caps throughput; more workers cannot help"
             break
         queue = capacity.bottleneck.removeprefix("queue ")
         current = layout.concurrency[queue]
@@ -431,7 +452,7 @@ def _shrink(
     best = reached
     while low <= high:
         middle = (low + high) // 2
-        candidate = Layout({**reached.layout.concurrency, queue: middle})
+        candidate = reached.layout.with_concurrency(queue, middle)
         capacity = measure(candidate)
         if reaches_target(capacity, target_per_hour):
             best, high = capacity, middle - 1
@@ -456,7 +477,7 @@ def sweep(
     for queue in QUEUE_ORDER:
         points: list[tuple[int, float]] = []
         for n in sorted({max(1, round(base.concurrency[queue] * f)) for f in factors}):
-            layout = Layout({**base.concurrency, queue: n})
+            layout = base.with_concurrency(queue, n)
             capacity = measure_capacity(
                 shapes,
                 profile,

@@ -33,13 +33,13 @@ from typing import Any
 import redis
 
 from fakes.faults import ACTIVE_FAULTS_KEY, SharedFaultInjector, WorkerKilled
-from fakes.faulty_ports import consult
+from fakes.faulty_ports import consult, unfaulted
 from pipeline.app import stages
-from pipeline.app.intake import claim_own, storage_key
+from pipeline.app.intake import claim_own, submit_file
 from pipeline.app.policy import ProgressMeter, decide, metered, readable, retry_countdown
 from pipeline.app.stages import StageResult
 from pipeline.bootstrap import Services, build_services, redis_client
-from pipeline.domain.models import SourceDocument, Stage, Status, stable_uuid
+from pipeline.domain.models import Stage, Status, stable_uuid
 from pipeline.errors import LockUnavailable, StaleDelivery, TransientError
 from pipeline.harness.simulation.clock import VirtualClock, VirtualRateLimiter
 from pipeline.harness.simulation.effects import install as install_deferred_store
@@ -109,12 +109,21 @@ class StageExecutor:
             self.clock,
             limit=settings.llm_rate_limit_calls,
             window_seconds=settings.llm_rate_limit_window_s,
+            token_limit=settings.llm_rate_limit_tokens,
         )
         self.faults = faults
+        self.dispatcher = RecordingDispatcher()
         self.services: Services = build_services(
-            settings, faults=faults, clock=self.clock, rate_limiter=self.limiter
+            settings,
+            faults=faults,
+            clock=self.clock,
+            rate_limiter=self.limiter,
+            dispatcher=self.dispatcher,
         )
         self.deferred = install_deferred_store(self.services)
+        #: The store as the simulator itself reads it (is the document complete?): without
+        #: the scenario's faults, which are the pipeline's to meet.
+        self.observer = unfaulted(self.services).store
         self.rng = random.Random(seed)
         self.project = self.services.store.ensure_project(settings.project_name)
         self.uuids: dict[int, str] = {}
@@ -133,25 +142,37 @@ class StageExecutor:
         self.uuids[doc] = document_uuid
 
     def submit(self, doc: int, now: float) -> list[Send]:
-        """Queue the document for OCR (intake.dispatch without Celery); submits files first.
+        """Queue the document for OCR through intake, as `docpipe run` does; submits files first.
 
-        A document not adopted is submitted from `files` with a uuid derived
-        from the seed (reproducible rows), and claimed like `docpipe run` does.
+        A document not adopted is submitted from `files` (intake.submit_file)
+        with a uuid derived from the seed (reproducible rows) and claimed; then
+        stages.dispatch marks it queued and sends its first stage through the
+        Dispatcher port, which here hands the message to the broker model.
         """
         self.clock.set(now)
         try:
             if doc not in self.uuids:
-                self.uuids[doc] = self._submit_file(doc)
+                path = self.files[doc % len(self.files)]
+                document_uuid = stable_uuid("sim", self.seed, doc)
+                submit_file(self.services, path, self.project, document_uuid=document_uuid)
+                self.uuids[doc] = document_uuid
+                claim_own(self.services, document_uuid, worker="sim")
             document = self.services.store.get_document(self.uuids[doc])
             self.versions[doc] = document.processing_version
-            stages.mark(self.services, document, Stage.OCR, Status.OCR_QUEUED)
+            stages.dispatch(self.services, self.uuids[doc])
         except (TransientError, redis.RedisError, WorkerKilled) as exc:
             # `docpipe run` reports the error; the claimed queue row goes stale and the
             # queue processor dispatches the document again.
+            self.dispatcher.take()
             raise IntakeFailed(
                 f"{type(exc).__name__}: {exc}", self.settings.queue_stale_after_s
             ) from None
-        return [Send(task=START_OCR, queue=Stage.OCR.queue, doc=doc)]
+        return [self._send(doc, sent) for sent in self.dispatcher.take()]
+
+    def _send(self, doc: int, sent: SentStage) -> Send:
+        task = START_OCR if sent.stage is Stage.OCR else str(sent.stage)
+        # The version it carries: a stale twin (a `stale_version` fault) carries an old one.
+        return Send(task=task, queue=sent.stage.queue, doc=doc, version=sent.version)
 
     def _consult(self, port: str, operation: str, doc: int) -> str | None:
         """The process-level faults (a port of the scenario catalogue the scheduler owns)."""
@@ -179,26 +200,6 @@ class StageExecutor:
             name = key.decode() if isinstance(key, bytes) else str(key)
             if not name.startswith(keep):
                 client.delete(name)
-
-    def _submit_file(self, doc: int) -> str:
-        path = self.files[doc % len(self.files)]
-        document_uuid = stable_uuid("sim", self.seed, doc)
-        key = storage_key(document_uuid, path.name)
-        data = path.read_bytes()
-        self.services.blobs.put(key, data)
-        self.services.store.create_document(
-            SourceDocument(
-                uuid=document_uuid,
-                project_uuid=self.project,
-                original_file_name=path.name,
-                file_type=Path(path.name).suffix.lower().lstrip("."),
-                storage_key=key,
-                size_bytes=len(data),
-            )
-        )
-        self.services.store.enqueue(document_uuid)
-        claim_own(self.services, document_uuid, worker="sim")
-        return document_uuid
 
     def _stage(self, message: Message) -> Stage:
         return Stage.OCR if message.task in (START_OCR, POLL_OCR) else Stage(message.task)
@@ -250,7 +251,7 @@ class StageExecutor:
             kind = outcome.kind
             if stage is Stage.RELATIONSHIPS and kind == "ok" and not outcome.sends:
                 # The completing transition was one of the deferred writes.
-                status = self.services.store.statuses([uuid])[uuid]
+                status = self.observer.statuses([uuid])[uuid]
                 kind = "completed" if status is Status.COMPLETED else "ok"
             return Outcome(0.0, kind, outcome.sends, outcome.detail, outcome.on_finish)
 
@@ -347,7 +348,7 @@ class StageExecutor:
             self.attempts[-1] = replace(self.attempts[-1], result=_ended(outcome))
             return outcome
         if stage is Stage.RELATIONSHIPS and not sends:
-            status = services.store.statuses([uuid])[uuid]
+            status = self.observer.statuses([uuid])[uuid]
             kind: OutcomeKind = "completed" if status is Status.COMPLETED else "ok"
             return Outcome(duration, kind, on_finish=release)
         return Outcome(duration, "ok", sends, detail=result.detail, on_finish=release)
@@ -426,8 +427,8 @@ class StageExecutor:
         """Per document: status and row counts, for exactly-once checks and reports."""
         out: dict[str, Any] = {}
         for doc, uuid in sorted(self.uuids.items()):
-            counts = self.services.store.counts(uuid)
-            status = self.services.store.statuses([uuid])[uuid]
+            counts = self.observer.counts(uuid)
+            status = self.observer.statuses([uuid])[uuid]
             out[str(doc)] = {
                 "status": status.value,
                 "chunks": counts.chunks,
@@ -442,6 +443,31 @@ class StageExecutor:
 def _ended(outcome: Outcome) -> str:
     """An attempt's result for the retry-budget evidence, from the policy's outcome."""
     return "dead_letter" if outcome.kind == "dead_lettered" else "retry"
+
+
+@dataclass(frozen=True)
+class SentStage:
+    stage: Stage
+    document_uuid: str
+    version: int
+    task_id: str | None
+
+
+class RecordingDispatcher:
+    """The `Dispatcher` port in the simulator: sends are kept for the broker model."""
+
+    def __init__(self) -> None:
+        self._sent: list[SentStage] = []
+
+    def send_stage(
+        self, stage: Stage, document_uuid: str, version: int, *, task_id: str | None = None
+    ) -> None:
+        self._sent.append(SentStage(stage, document_uuid, version, task_id))
+
+    def take(self) -> list[SentStage]:
+        """The sends since the last call, oldest first."""
+        sent, self._sent = self._sent, []
+        return sent
 
 
 def _releaser(services: Services, name: str, token: str | None) -> Any:

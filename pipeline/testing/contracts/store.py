@@ -1,4 +1,4 @@
-"""One contract for `SqlDocumentStore`, run on SQLite (unit) and PostgreSQL (integration).
+"""The `DocumentStore` contract for `SqlDocumentStore`: SQLite (unit) and PostgreSQL (integration).
 
 Subclasses provide a `database_url` fixture naming an empty (or emptied)
 database; every test builds its stores through `make_store`, so a test can open
@@ -18,7 +18,8 @@ import pytest
 from sqlalchemy import Table, select, text
 from sqlalchemy.exc import IntegrityError
 
-from pipeline.adapters.schema import (
+from pipeline.adapters.sql import SqlDocumentStore, create_store
+from pipeline.adapters.sql.schema import (
     DERIVED_TABLES,
     create_schema,
     document_processing_history,
@@ -28,7 +29,6 @@ from pipeline.adapters.schema import (
     neo4j_entity_mentions,
     neo4j_relationships_staging,
 )
-from pipeline.adapters.sql_store import SqlDocumentStore, create_store
 from pipeline.domain.models import (
     CanonicalEntity,
     Category,
@@ -46,28 +46,9 @@ from pipeline.domain.models import (
     stable_uuid,
 )
 from pipeline.errors import StaleDelivery
+from pipeline.testing.clocks import ManualClock
 
 StoreFactory = Callable[[], SqlDocumentStore]
-
-
-class ManualClock:
-    """Virtual time: each reading moves on by a millisecond (distinct, ordered stamps)."""
-
-    def __init__(self, start: float) -> None:
-        self._now = start
-        self._lock = threading.Lock()
-
-    def now(self) -> float:
-        with self._lock:
-            self._now += 0.001
-            return self._now
-
-    def sleep(self, seconds: float) -> None:
-        self.advance(seconds)
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._now += seconds
 
 
 def new_document(store: SqlDocumentStore, name: str = "contract.pdf") -> SourceDocument:
@@ -169,7 +150,7 @@ class StoreContract:
 
     @pytest.fixture
     def clock(self) -> ManualClock:
-        return ManualClock(start=time.time())
+        return ManualClock(start=time.time(), tick=0.001)
 
     @pytest.fixture
     def make_store(self, database_url: str, clock: ManualClock) -> Iterator[StoreFactory]:

@@ -1,24 +1,19 @@
-"""Operator use cases over `Services`: the queue processor, migration, reset, dead letters.
+"""The queue processor (plan step 4, corrected): claims queue rows and sends their documents.
 
-No click here: `pipeline.cli.ops` wraps these for the CLI, tests call them
-directly. Every use case keeps the intake rule (rows first, committed, then
-the message) and leans on the processing version: a reset bumps it, so a
-stale in-flight task of the old version finds nothing to do.
+Keeps the intake rule (rows first, committed, then the message): a claimed
+row's document is dispatched through the Dispatcher port after its status is
+committed.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pipeline.app import stages
 from pipeline.domain.models import (
-    FAILURE_STATUSES,
-    QUEUES,
-    RESUMABLE_STATUSES,
     QueueStatus,
     SourceDocument,
     Stage,
@@ -31,14 +26,9 @@ from pipeline.ports.services import Services
 from pipeline.redaction import redact
 
 if TYPE_CHECKING:
-    from celery import Celery
+    pass
 
 log = logging.getLogger(__name__)
-
-_OPEN_QUEUE_STATUSES = frozenset({QueueStatus.PENDING, QueueStatus.PROCESSING})
-
-
-# --- the queue processor (plan step 4, corrected) ------------------------------------
 
 
 @dataclass
@@ -228,161 +218,3 @@ def run_queue_processor(
         if len(outcome.claimed) < batch:
             stop.wait(interval_s)
     return dispatched
-
-
-# --- migration (plan step 7, corrected) -------------------------------------------------
-
-
-def migrate(services: Services, *, dry_run: bool = False) -> list[str]:
-    """Re-queue documents the old pipeline left in a resumable status; idempotent.
-
-    `pending` documents just get an open queue row (if they have none);
-    `ocr_processing` and `ocr_failed` ones are presumed abandoned (run this
-    with the workers stopped): they go back to `pending` in a new processing
-    version, lose their derived rows and their open queue row, and get a
-    fresh one. Nothing is sent: the queue processor dispatches them. Returns
-    the uuids it changed (a second run returns none).
-    """
-    store = services.store
-    touched: list[str] = []
-    for document in store.list_documents(sorted(RESUMABLE_STATUSES)):
-        has_open_row = _has_open_row(services, document.uuid)
-        if document.status is Status.PENDING and has_open_row:
-            continue
-        touched.append(document.uuid)
-        if dry_run:
-            continue
-        if document.status is not Status.PENDING:
-            stages.back_to_pending(services, document.uuid, stage="migrate")
-        store.enqueue(document.uuid)
-    return touched
-
-
-def _has_open_row(services: Services, document_uuid: str) -> bool:
-    return any(
-        entry.status in _OPEN_QUEUE_STATUSES
-        for entry in services.store.queue_entries(document_uuid)
-    )
-
-
-# --- reset (the plan's rollback script) --------------------------------------------------
-
-
-def reset(
-    services: Services, document_uuids: Sequence[str] | None = None, *, failed: bool = False
-) -> list[str]:
-    """Put documents back to `pending` in a new processing version and queue them afresh.
-
-    Either the given documents (any status; an unknown uuid raises KeyError
-    before anything changes) or, with `failed=True`, every document in a
-    failure status (including `dead_lettered`). Derived rows, open queue rows
-    and dead letters of those documents are removed; each gets one fresh
-    pending queue row for the queue processor. Returns the uuids reset.
-    """
-    store = services.store
-    if (document_uuids is None) == (not failed):
-        raise ValueError("reset needs either document uuids or failed=True, not both")
-    if failed:
-        targets = [d.uuid for d in store.list_documents(sorted(FAILURE_STATUSES))]
-    else:
-        targets = list(dict.fromkeys(document_uuids or ()))
-        for document_uuid in targets:
-            store.get_document(document_uuid)  # KeyError before any change
-    for document_uuid in targets:
-        stages.back_to_pending(services, document_uuid, stage="reset")
-        store.enqueue(document_uuid)
-    return targets
-
-
-# --- dead letters ------------------------------------------------------------------------
-
-
-def dlq_list(services: Services) -> list[dict[str, object]]:
-    """Dead letters, newest first, each with the document's current status."""
-    letters = services.store.dead_letters()
-    listed: list[dict[str, object]] = []
-    for letter in letters:
-        row = dict(letter)
-        try:
-            document = services.store.get_document(str(letter["document_uuid"]))
-            row["file"] = document.original_file_name
-            row["status"] = str(document.status)
-        except KeyError:
-            row["file"] = None
-            row["status"] = None
-        listed.append(row)
-    return listed
-
-
-def dlq_replay(services: Services, document_uuids: Sequence[str] | None = None) -> list[str]:
-    """Send dead-lettered documents back into the stage that gave up on them.
-
-    For each document with a dead letter (all, or the given ones) that is
-    still `dead_lettered`: its status goes back to that stage's running
-    status in the *same* processing version (the stage's rows before it are
-    kept), the dead letter is removed, then the stage's task is sent. A
-    letter whose document has moved on (reset, reprocessed) is left in place
-    and not replayed; a letter of a deleted document is removed. Returns the
-    uuids replayed.
-    """
-    store = services.store
-    wanted = None if document_uuids is None else set(document_uuids)
-    newest: dict[str, dict[str, object]] = {}
-    for letter in store.dead_letters():  # newest first: keep the latest per document
-        document_uuid = str(letter["document_uuid"])
-        if wanted is None or document_uuid in wanted:
-            newest.setdefault(document_uuid, letter)
-    replayed: list[str] = []
-    for document_uuid, letter in newest.items():
-        try:
-            document = store.get_document(document_uuid)
-        except KeyError:
-            store.remove_dead_letters([document_uuid])
-            continue
-        if document.status is not Status.DEAD_LETTERED:
-            log.warning(
-                "dlq: %s is %s, not dead_lettered; not replayed", document_uuid, document.status
-            )
-            continue
-        stage = Stage(str(letter["stage"]))
-        # The dead letter's row makes way for the replay's (so a second one can be
-        # recorded); the replay row keeps what it said.
-        document = store.force_status(
-            document_uuid,
-            stage.running_status,
-            stage=f"{stage} (dlq replay)",
-            bump_version=False,
-            note=f"replays the dead letter of {letter['created_at']}: {letter['error']}",
-            supersedes=[Status.DEAD_LETTERED],
-        )
-        store.remove_dead_letters([document_uuid])
-        services.dispatcher.send_stage(stage, document_uuid, document.processing_version)
-        replayed.append(document_uuid)
-    return replayed
-
-
-def dlq_purge(services: Services, document_uuids: Sequence[str] | None = None) -> int:
-    """Delete dead letters (all, or the given documents'); documents keep their status."""
-    return services.store.remove_dead_letters(
-        None if document_uuids is None else list(document_uuids)
-    )
-
-
-# --- the broker ------------------------------------------------------------------------
-
-
-def purge_queues(app: Celery) -> dict[str, int]:
-    """Delete every waiting message of the docpipe queues; returns the count per queue.
-
-    Not `app.control.purge()`: that only purges the queues the app declares
-    (the default one), not all four. Messages a worker had already reserved
-    (unacked) are not waiting and are not purged; a reset bumps the documents'
-    processing version so those become no-ops when redelivered.
-    """
-    counts: dict[str, int] = {}
-    with app.connection_for_write() as connection:
-        # kombu's stubs type the channel as StdChannel, which lacks queue_purge.
-        channel: Any = connection.default_channel
-        for name in QUEUES:
-            counts[name] = int(channel.queue_purge(name) or 0)
-    return counts

@@ -35,7 +35,7 @@ from sqlalchemy import (
 from pipeline.domain.models import QueueStatus, Status
 
 #: Connection execution option read by the SQLite "begin" listener of
-#: `pipeline.adapters.sql_store`: emit `BEGIN IMMEDIATE` (take the write lock
+#: `pipeline.adapters.sql`: emit `BEGIN IMMEDIATE` (take the write lock
 #: up front) instead of a deferred `BEGIN`. Ignored on other databases.
 BEGIN_IMMEDIATE = "docpipe_begin_immediate"
 

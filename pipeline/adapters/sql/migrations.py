@@ -1,7 +1,7 @@
 """Schema migrations for `docpipe db upgrade`: numbered steps, recorded in `schema_version`.
 
 Deliberately small (no Alembic): step 1 is the baseline, `create_all` of
-`pipeline.adapters.schema` (idempotent: it creates only what is missing, so
+`pipeline.adapters.sql.schema` (idempotent: it creates only what is missing, so
 it also adopts a database that `create_store` created before versions were
 recorded). A later schema change appends a step that takes a Connection and
 alters what exists. Each applied step is one row of `schema_version`.
@@ -33,7 +33,7 @@ from sqlalchemy import (
 )
 
 # The same lock key as schema.create_schema: upgrades and store start-ups never interleave.
-from pipeline.adapters.schema import (
+from pipeline.adapters.sql.schema import (
     _SCHEMA_LOCK_KEY,
     BEGIN_IMMEDIATE,
     CONTENT_INDEX,

@@ -30,7 +30,7 @@ class RedisFeaturesContract:
         assert float(state["ocr_timestamp"]) > 0
         assert '"task_id": "t1"' in state["ocr_metadata"]
         ttl = client.ttl(STATE_KEY.format(uuid="doc-1"))
-        assert 7 * 24 * 3600 - 5 <= int(ttl) <= 7 * 24 * 3600  # type: ignore[arg-type]
+        assert 7 * 24 * 3600 - 5 <= int(ttl) <= 7 * 24 * 3600
 
     def test_cache_round_trips_and_expires(self, client: redis.Redis) -> None:
         cache = RedisCache(client)
@@ -103,3 +103,63 @@ class RedisFeaturesContract:
         second.acquire("llm")
         with pytest.raises(RateLimited):
             first.acquire("llm")
+
+    def test_token_limit_refuses_a_request_whose_tokens_do_not_fit(
+        self, client: redis.Redis
+    ) -> None:
+        limiter = RedisRateLimiter(client, limit=100, window_seconds=1.0, token_limit=1000)
+        limiter.acquire("llm", 600)
+        limiter.acquire("llm", 400)  # exactly the limit: fits
+        with pytest.raises(RateLimited, match="1000 tokens") as refused:
+            limiter.acquire("llm", 1)
+        # Requests are far under their limit: the tokens alone refused it, until the
+        # oldest request leaves the window.
+        assert refused.value.retry_after is not None
+        assert 0 < refused.value.retry_after <= 1.0
+        time.sleep(1.1)
+        limiter.acquire("llm", 900)
+
+    def test_token_limit_waits_only_until_enough_tokens_have_left(
+        self, client: redis.Redis
+    ) -> None:
+        limiter = RedisRateLimiter(client, limit=100, window_seconds=2.0, token_limit=1000)
+        limiter.acquire("llm", 700)
+        time.sleep(0.5)
+        limiter.acquire("llm", 300)
+        with pytest.raises(RateLimited) as small:
+            limiter.acquire("llm", 200)  # waits for the first request (700) to leave
+        with pytest.raises(RateLimited) as large:
+            limiter.acquire("llm", 900)  # needs both to leave: a longer wait
+        assert small.value.retry_after is not None and large.value.retry_after is not None
+        assert small.value.retry_after <= 1.6
+        assert large.value.retry_after >= small.value.retry_after + 0.4
+
+    def test_requests_and_tokens_are_both_shared_between_limiters(
+        self, client: redis.Redis
+    ) -> None:
+        first = RedisRateLimiter(client, limit=3, window_seconds=30, token_limit=500)
+        second = RedisRateLimiter(client, limit=3, window_seconds=30, token_limit=500)
+        first.acquire("llm", 300)
+        with pytest.raises(RateLimited):
+            second.acquire("llm", 300)  # the other worker's tokens count
+        second.acquire("llm", 100)
+        second.acquire("llm", 0)
+        with pytest.raises(RateLimited):
+            first.acquire("llm", 0)  # three requests: the request limit, not the tokens
+
+    def test_a_request_over_the_whole_token_limit_waits_for_an_empty_window(
+        self, client: redis.Redis
+    ) -> None:
+        limiter = RedisRateLimiter(client, limit=100, window_seconds=1.0, token_limit=1000)
+        limiter.acquire("llm", 5000)  # alone in the window: it goes (it could never fit)
+        with pytest.raises(RateLimited):
+            limiter.acquire("llm", 1)  # it reserved the whole limit
+        time.sleep(1.1)
+        limiter.acquire("llm", 1)
+
+    def test_without_a_token_limit_tokens_are_not_counted(self, client: redis.Redis) -> None:
+        limiter = RedisRateLimiter(client, limit=2, window_seconds=30)
+        limiter.acquire("llm", 10**9)
+        limiter.acquire("llm", 10**9)
+        with pytest.raises(RateLimited, match="2 calls per 30s"):
+            limiter.acquire("llm", 0)

@@ -1,0 +1,1 @@
+"""Benchmark inputs (workloads.py) and the saved pytest-benchmark baselines (baselines/)."""

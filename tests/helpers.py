@@ -1,0 +1,68 @@
+"""Helpers more than one test module uses (test modules never import each other)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from pipeline.app.intake import submit_and_dispatch
+from pipeline.app.report import build_report
+from pipeline.bootstrap import Services
+from pipeline.harness.scenarios.model import load_scenario
+from tests.conftest import REPO
+
+# --- the command line's error output ---------------------------------------------------------
+
+#: A one-line affidavit every stage can process.
+SHORT_AFFIDAVIT = (
+    "AFFIDAVIT OF JANE HOLLOWAY\n\nI, Jane R. Holloway, of Chicago, Illinois, swear.\n"
+)
+#: "A few lines at most": error, continuation lines, hint (and the wait line).
+MAX_ERROR_LINES = 5
+
+
+def assert_short_usage_error(result: subprocess.CompletedProcess[str], *expected: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert 1 <= len(lines) <= MAX_ERROR_LINES, result.stderr
+    for text in expected:
+        assert text in result.stderr, result.stderr
+
+
+def assert_json_error(result: subprocess.CompletedProcess[str], *expected: str) -> None:
+    assert result.returncode == 2, result.stderr
+    payload = json.loads(result.stdout)  # exactly one object, nothing else on stdout
+    assert set(payload) == {"error", "hint"}
+    for text in expected:
+        assert text in payload["error"], payload
+
+
+# --- running documents in process ---------------------------------------------------------------
+
+#: A chunk-sized settlement with people, organisations, places, money, a law and a case.
+GOOD_TEXT = (
+    "SETTLEMENT AGREEMENT\n\nThis Settlement Agreement is entered into on March 3, 2023 between "
+    "Jane R. Holloway and Meridian Capital Partners LLC of Chicago, Illinois. Meridian shall pay "
+    "$1,250,000.00 to Ms. Holloway within thirty days, as required under 15 U.S.C. § 78j(b).\n\n"
+    "Section 2. Release. Ms. Holloway releases all claims asserted in Case No. 2:23-cv-01234-ABC "
+    "before the United States District Court for the Northern District of Illinois.\n"
+)
+
+
+def run_files(services: Services, files: list[Path]) -> dict[str, dict[str, object]]:
+    """Submit and dispatch `files` (eager services run them through); report rows by file name."""
+    project_uuid = services.store.ensure_project("test-project")
+    submissions = [submit_and_dispatch(services, path, project_uuid) for path in files]
+    report = build_report(services, submissions, elapsed_s=1.0)
+    return {Path(row["file"]).name: row for row in report["documents"]}
+
+
+# --- the scenario library -------------------------------------------------------------------------
+
+SCENARIO_FILES = sorted((REPO / "scenarios").glob("*.yaml"))
+#: Run in eager mode by tests/unit/test_scenarios.py.
+EAGER_SCENARIO_FILES = [p for p in SCENARIO_FILES if "eager" in load_scenario(p).modes]
+#: Run in broker mode by tests/integration/test_scenarios_broker.py.
+BROKER_SCENARIO_FILES = [p for p in SCENARIO_FILES if "broker" in load_scenario(p).modes]
