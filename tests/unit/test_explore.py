@@ -156,3 +156,22 @@ def test_a_planted_defect_is_found_shrunk_and_replayed(
     monkeypatch.undo()
     fixed = run_scenario(load_scenario(path), path, "sim")
     assert fixed.passed, [c for c in fixed.checks if not c.passed]
+
+
+def test_a_simulated_kill_escaping_the_simulator_is_a_crash_finding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """WorkerKilled is a BaseException: escaping the simulator it must become a finding."""
+    from fakes.faults import WorkerKilled
+    from pipeline.harness.explore.explorer import Workspace
+    from pipeline.harness.explore.invariants import CRASH
+
+    def killed(self: Workspace, schedule: dict[str, Any]) -> Any:
+        raise WorkerKilled("injected kill_worker_after on locks.release")
+
+    monkeypatch.setattr(Workspace, "run", killed)
+    workspace = Workspace([SAMPLES])
+    found, fired = workspace.judge(generate_schedule(1, 0, workspace.documents, sim_catalogue()))
+    assert [v.invariant for v in found] == [CRASH]
+    assert "locks.release" in found[0].detail
+    assert not fired

@@ -187,7 +187,10 @@ class Workspace:
             report = self.run(schedule)
         except ScenarioError as exc:
             return [Violation("scenario error", str(exc))], fired, []
-        except Exception as exc:  # a crash of stage or harness code is a finding too
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # a crash of stage or harness code is a finding too
+            # (BaseException: a simulated kill, WorkerKilled, that escaped the simulator)
             where = traceback.extract_tb(exc.__traceback__)[-1]
             at = f"{Path(where.filename).name}:{where.lineno}"
             return [Violation(CRASH, f"{type(exc).__name__}: {exc} (at {at})")], fired, []
@@ -411,7 +414,9 @@ def _replays(path: Path, invariant: str, mode: str) -> tuple[bool, str]:
     try:
         scenario = load_scenario(path)
         report = run_scenario(scenario, path, mode)  # type: ignore[arg-type]
-    except Exception as exc:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:
         return invariant == CRASH, f"{type(exc).__name__}: {exc}"
     if report.skipped:
         return False, f"skipped: {report.skipped}"
