@@ -79,11 +79,15 @@ def pool_time_limit_note(settings: Settings, pool: str) -> str | None:
     if pool in TIME_LIMIT_POOLS:
         return None
     limits = ", ".join(f"{name} {s:g}s" for name, s in settings.outbound_timeouts().items())
+    if settings.broker_kind == "amqp":
+        redelivered = f"RabbitMQ's consumer_timeout ({settings.broker_consumer_timeout_s}s)"
+    else:
+        redelivered = f"the visibility timeout ({settings.visibility_timeout_s}s)"
     return (
         f"the {pool} pool does not enforce task time limits "
         f"(task_soft_time_limit_s {settings.task_soft_time_limit_s}s): hung calls end by their "
-        f"own timeouts ({limits}); a delivery that outlives the visibility timeout "
-        f"({settings.visibility_timeout_s}s) is fenced out, its writes discarded"
+        f"own timeouts ({limits}); a delivery that outlives {redelivered} is fenced out, "
+        "its writes discarded"
     )
 
 
@@ -113,6 +117,9 @@ class Settings(BaseSettings):
     #: Admin URL of a PostgreSQL server on which broker-mode scenarios that cut the
     #: database off create (and drop) a throw-away database. Unset: they are skipped.
     scenario_postgres_url: str | None = None
+    #: A RabbitMQ server (amqp:// URL of a user who may create vhosts) on which broker-mode
+    #: scenarios and tests on RabbitMQ create (and delete) a throw-away vhost.
+    scenario_rabbitmq_url: str = "amqp://guest:guest@127.0.0.1:5672/"
 
     # --- AWS: DOCPIPE_BLOB_URL=s3://bucket/prefix, DOCPIPE_OCR=textract -----------
     #: The bucket when the blob url names none (`s3://` or `s3:///prefix`).
@@ -216,6 +223,7 @@ class Settings(BaseSettings):
     retry_backoff_base_s: float = Field(default=2.0, ge=0)
     retry_backoff_max_s: float = Field(default=600.0, ge=0)
     #: Redis redelivers unacked tasks after this; must exceed time limit + largest countdown.
+    #: Redis brokers only: RabbitMQ redelivers on a lost connection, not after a timeout.
     visibility_timeout_s: int = Field(default=4800, ge=1)
     #: kombu's sweep for unacked messages past the visibility timeout: every interval
     #: seconds, scanning Redis every throttle-th time (kombu's defaults: a scan every ~100 s).
@@ -223,7 +231,17 @@ class Settings(BaseSettings):
     broker_restore_throttle: int = Field(default=10, ge=1)
     broker_max_connections: int = Field(default=200, ge=10)
     #: How many times a task may kill its worker before the document is dead-lettered.
+    #: On RabbitMQ quorum queues the broker enforces it too (`x-delivery-limit`).
     max_redeliveries: int = Field(default=3, ge=1)
+    # --- RabbitMQ brokers (DOCPIPE_BROKER_URL=amqp://...) -------------------------------
+    #: `quorum`: durable queues whose delivery limit stops a poison message at the broker,
+    #: with countdowns in RabbitMQ's delay queues (Celery's native delayed delivery).
+    #: `classic`: no delivery limit; a worker holds countdown messages unacked meanwhile.
+    broker_queue_type: Literal["quorum", "classic"] = "quorum"
+    #: The RabbitMQ server's `consumer_timeout` (rabbitmq.conf, in seconds here; RabbitMQ's
+    #: default is 30 min): it closes the channel of a delivery unacked for longer, and the
+    #: message is redelivered while the task still runs. Must exceed the task time limit.
+    broker_consumer_timeout_s: int = Field(default=1800, ge=1)
 
     # --- credentials (only ever read from settings, never printed) ------------
     openai_api_key: SecretStr | None = None
@@ -278,12 +296,23 @@ class Settings(BaseSettings):
                 "or turn local OCR off (ocr_local=false)"
             )
         needed = self.task_time_limit_s + self.retry_backoff_max_s
-        if self.visibility_timeout_s <= needed:
+        if self.broker_kind != "amqp" and self.visibility_timeout_s <= needed:
+            # Redis (and the in-process memory:// default, which stands in for it).
             raise ValueError(
                 f"visibility_timeout_s ({self.visibility_timeout_s}) must exceed "
                 f"task_time_limit_s + retry_backoff_max_s ({needed:g}), otherwise Redis "
                 "redelivers long or retried tasks while they still run"
             )
+        if self.broker_kind == "amqp":
+            unacked, what = self.longest_unacked_s()
+            if self.broker_consumer_timeout_s <= unacked:
+                raise ValueError(
+                    f"broker_consumer_timeout_s ({self.broker_consumer_timeout_s}) must exceed "
+                    f"{what} ({unacked:g}): RabbitMQ closes the channel of a delivery unacked "
+                    "for longer than its consumer_timeout and redelivers the task while it "
+                    "still runs; raise consumer_timeout on the server (rabbitmq.conf, in ms) "
+                    "and set broker_consumer_timeout_s to match, or lower task_time_limit_s"
+                )
         from pipeline.adapters.latency import SERVICES, parse_distribution
 
         for service, spec in self.latency_overrides.items():
@@ -291,6 +320,33 @@ class Settings(BaseSettings):
                 raise ValueError(f"latency_overrides: unknown service {service!r}; use {SERVICES}")
             parse_distribution(spec)
         return self
+
+    @property
+    def broker_kind(self) -> Literal["redis", "amqp", "memory", "other"]:
+        """Which broker `broker_url` names: the rules that apply differ (README, brokers)."""
+        scheme = self.broker_url.split("://", 1)[0].lower()
+        if scheme in ("redis", "rediss", "sentinel"):
+            return "redis"
+        if scheme in ("amqp", "amqps", "pyamqp"):
+            return "amqp"
+        if scheme == "memory":
+            return "memory"
+        return "other"
+
+    def longest_unacked_s(self) -> tuple[float, str]:
+        """How long one delivery may stay unacked on RabbitMQ (late acks), and what makes it up.
+
+        A task runs at most task_time_limit_s. On classic queues a worker also holds a
+        retry or an OCR poll, unacked, until its countdown passes; quorum queues park
+        countdowns in the broker's delay queues instead (Celery's native delayed delivery).
+        """
+        if self.broker_queue_type == "quorum":
+            return float(self.task_time_limit_s), "task_time_limit_s"
+        countdown = max(self.retry_backoff_max_s, self.ocr_poll_interval_s)
+        return (
+            self.task_time_limit_s + countdown,
+            "task_time_limit_s + the largest countdown (retry_backoff_max_s, ocr_poll_interval_s)",
+        )
 
     def outbound_timeouts(self) -> dict[str, float]:
         """The longest one outbound call may take, per setting (a boto3 attempt: connect + read)."""

@@ -1,5 +1,5 @@
 """A private stack on this machine: a throw-away redis-server, throw-away PostgreSQL
-databases and `docpipe worker` processes.
+databases, throw-away RabbitMQ vhosts and `docpipe worker` processes.
 
 Used by broker-mode scenarios, the load test and the integration tests. The
 redis-server listens on a free loopback port (never the user's Redis on 6379)
@@ -25,6 +25,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import redis
 from celery import Celery
@@ -308,6 +309,130 @@ def _queues_without_consumers(app: Celery, queues: Sequence[str]) -> list[str]:
     from pipeline.runtime.broker import queues_without_consumers
 
     return queues_without_consumers(app, queues, timeout=0.5)
+
+
+# --- RabbitMQ ---------------------------------------------------------------------------
+
+#: The local RabbitMQ this machine kind runs (guest may log in from loopback only).
+DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
+#: Its management API, when the rabbitmq_management plugin is enabled.
+DEFAULT_RABBITMQ_API = "http://127.0.0.1:15672"
+RABBITMQCTL_TIMEOUT_S = 30.0
+
+
+class RabbitVhosts:
+    """Creates uniquely named virtual hosts on a RabbitMQ server and deletes them again.
+
+    A vhost is RabbitMQ's namespace: its own queues, exchanges and permissions, so a
+    run never sees the user's queues and deleting it deletes everything the run
+    declared. Through the management API when it answers, else `rabbitmqctl` (which
+    needs the server's Erlang cookie: root or the rabbitmq user, on its machine).
+    """
+
+    def __init__(self, base_url: str = DEFAULT_RABBITMQ_URL, api_url: str = DEFAULT_RABBITMQ_API):
+        parsed = urlsplit(base_url)
+        self._base = parsed
+        self._user = unquote(parsed.username or "guest")
+        self._password = unquote(parsed.password or "guest")
+        self._api = api_url.rstrip("/")
+        self._created: list[str] = []
+        self.via = ""
+
+    def ping(self) -> None:
+        """Raise ConfigurationError when the server cannot be reached or vhosts not made."""
+        from pipeline.runtime.rabbitmq import RabbitUnavailable, connect
+
+        try:
+            connect(self.url("/"), timeout_s=3.0).release()
+        except RabbitUnavailable as exc:
+            raise ConfigurationError(
+                f"RabbitMQ is unreachable at {redact_url(self.url('/'))}: {exc}"
+            ) from None
+        if self._api_answers():
+            self.via = "management API"
+        elif shutil.which("rabbitmqctl") is not None:
+            self.via = "rabbitmqctl"
+        else:
+            raise ConfigurationError(
+                "cannot create a RabbitMQ vhost: the management API does not answer at "
+                f"{self._api} and rabbitmqctl is not on PATH"
+            )
+
+    def url(self, vhost: str) -> str:
+        """The broker URL of `vhost` (`/` is the default vhost)."""
+        path = "/" + quote(vhost, safe="")
+        return urlunsplit((self._base.scheme, self._base.netloc, path, "", ""))
+
+    def create(self) -> str:
+        """A new, empty vhost the user may use; returns its broker URL."""
+        if not self.via:
+            self.ping()
+        name = f"docpipe_test_{uuid.uuid4().hex[:16]}"
+        if self.via == "management API":
+            self._api_call("PUT", f"/api/vhosts/{name}", {})
+            permissions = {"configure": ".*", "write": ".*", "read": ".*"}
+            self._api_call("PUT", f"/api/permissions/{name}/{quote(self._user)}", permissions)
+        else:
+            self._rabbitmqctl("add_vhost", name)
+            self._created.append(name)
+            self._rabbitmqctl("set_permissions", "-p", name, self._user, ".*", ".*", ".*")
+            return self.url(name)
+        self._created.append(name)
+        return self.url(name)
+
+    def delete(self, broker_url: str) -> None:
+        name = unquote(urlsplit(broker_url).path.lstrip("/"))
+        if name not in self._created:
+            raise ValueError(f"{redact_url(broker_url)} was not created here")
+        if self.via == "management API":
+            self._api_call("DELETE", f"/api/vhosts/{name}", None)
+        else:
+            self._rabbitmqctl("delete_vhost", name)
+        self._created.remove(name)
+
+    def delete_all(self) -> None:
+        for name in list(self._created):
+            self.delete(self.url(name))
+
+    def _api_answers(self) -> bool:
+        try:
+            self._api_call("GET", "/api/overview", None, timeout_s=2.0)
+        except (OSError, ConfigurationError):
+            return False
+        return True
+
+    def _api_call(self, method: str, path: str, body: object, *, timeout_s: float = 10.0) -> None:
+        import base64
+        import json
+        import urllib.error
+        import urllib.request
+
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self._api + path, data=data, method=method)
+        token = base64.b64encode(f"{self._user}:{self._password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+        request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s):
+                return
+        except urllib.error.HTTPError as exc:
+            raise ConfigurationError(f"RabbitMQ API {method} {path}: HTTP {exc.code}") from None
+
+    def _rabbitmqctl(self, *args: str) -> None:
+        binary = shutil.which("rabbitmqctl") or "rabbitmqctl"
+        try:
+            done = subprocess.run(
+                [binary, "-q", *args],
+                capture_output=True,
+                text=True,
+                timeout=RABBITMQCTL_TIMEOUT_S,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ConfigurationError(f"rabbitmqctl {args[0]}: {exc}") from None
+        if done.returncode != 0:
+            reason = (done.stderr.strip() or done.stdout.strip()).splitlines()[:2]
+            raise ConfigurationError(f"rabbitmqctl {args[0]} failed: {' '.join(reason)}")
 
 
 class PostgresDatabases:

@@ -39,7 +39,13 @@ def broker_problems(settings: Settings, environ: Mapping[str, str] | None = None
     problems = celery_override_problems(settings, os.environ if environ is None else environ)
     if settings.broker_url.startswith("memory://"):
         problems.append(
-            "DOCPIPE_BROKER_URL is memory:// (the embedded default); set it to a redis:// URL"
+            "DOCPIPE_BROKER_URL is memory:// (the embedded default); set it to a redis:// "
+            "or amqp:// (RabbitMQ) URL"
+        )
+    elif settings.broker_kind == "other":
+        problems.append(
+            f"DOCPIPE_BROKER_URL {redact_url(settings.broker_url)} is neither Redis nor "
+            "RabbitMQ: docpipe supports and tests redis:// and amqp:// brokers only"
         )
     if settings.redis_url.startswith("fakeredis://"):
         problems.append(
@@ -148,9 +154,57 @@ def broker_server_problems(broker_url: str, *, timeout_s: float = 2.0) -> list[s
     ]
 
 
+def rabbitmq_server_problems(settings: Settings, *, timeout_s: float = 5.0) -> list[str]:
+    """RabbitMQ's consumer_timeout against the task time limit, and the dead-letter queue.
+
+    The server's value is read where it can be (the management API, or rabbitmqctl
+    on this machine, pipeline.runtime.rabbitmq); where it cannot, the setting
+    `broker_consumer_timeout_s` is trusted, with a warning that says so.
+    """
+    from pipeline.runtime import rabbitmq
+
+    if settings.broker_kind != "amqp":
+        return []
+    where = redact_url(settings.broker_url)
+    problems: list[str] = []
+    try:
+        rabbitmq.declare_queues(settings, timeout_s=timeout_s)
+    except rabbitmq.RabbitUnavailable as exc:
+        return [f"cannot use the RabbitMQ broker ({where}): {exc}"]
+    found = rabbitmq.server_consumer_timeout(settings.broker_url, timeout_s=timeout_s)
+    if found.seconds is None:
+        _warn(
+            f"cannot read consumer_timeout of the RabbitMQ broker ({where}): {found.source}; "
+            f"assuming broker_consumer_timeout_s ({settings.broker_consumer_timeout_s} s). "
+            "Make sure the server's consumer_timeout is at least that, or RabbitMQ "
+            "redelivers long tasks while they still run."
+        )
+        return problems
+    unacked, what = settings.longest_unacked_s()
+    if found.seconds <= unacked:
+        problems.append(
+            f"the RabbitMQ broker ({where}) has consumer_timeout {found.seconds:g} s "
+            f"(read from {found.source}), not more than {what} ({unacked:g} s): it would close "
+            "the channel of a long task and redeliver it while it still runs; raise "
+            "consumer_timeout in rabbitmq.conf (milliseconds) or lower task_time_limit_s"
+        )
+    elif found.seconds < settings.broker_consumer_timeout_s:
+        problems.append(
+            f"DOCPIPE_BROKER_CONSUMER_TIMEOUT_S ({settings.broker_consumer_timeout_s}) is more "
+            f"than the RabbitMQ broker's consumer_timeout ({found.seconds:g} s, from "
+            f"{found.source}); set it to the server's value"
+        )
+    return problems
+
+
 def broker_preflight(settings: Settings) -> list[str]:
     """Everything that stops a broker deployment, settings first, then the broker server."""
-    return broker_problems(settings) or broker_server_problems(settings.broker_url)
+    problems = broker_problems(settings)
+    if problems:
+        return problems
+    if settings.broker_kind == "amqp":
+        return rabbitmq_server_problems(settings)
+    return broker_server_problems(settings.broker_url)
 
 
 def require_broker_settings(settings: Settings) -> None:
@@ -228,5 +282,9 @@ def purge_queues(app: Celery) -> dict[str, int]:
         # kombu's stubs type the channel as StdChannel, which lacks queue_purge.
         channel: Any = connection.default_channel
         for name in QUEUES:
+            if connection.transport.driver_type == "amqp":
+                # RabbitMQ refuses to purge a queue nobody declared yet (NOT_FOUND, and
+                # the channel is closed): declare it first, with the app's arguments.
+                app.amqp.queues[name](channel).declare()
             counts[name] = int(channel.queue_purge(name) or 0)
     return counts

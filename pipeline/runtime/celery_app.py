@@ -2,12 +2,15 @@
 
 Configuration is the seed's, corrected: JSON only, late acks with reject on
 worker loss, prefetch 1, soft and hard limits, and a Redis visibility timeout
-longer than the hard limit plus the largest retry countdown (failure 15).
+longer than the hard limit plus the largest retry countdown (failure 15). On a
+RabbitMQ broker (amqp://) the task queues are declared here instead: quorum
+queues with a delivery limit on one topic exchange (`rabbitmq_config`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from celery import Celery
@@ -22,6 +25,7 @@ from celery.worker.control import inspect_command
 from pipeline.domain.models import STAGE_ORDER, Stage
 from pipeline.redaction import redact_log_output, redact_url
 from pipeline.runtime import redis_transport as broker_transport
+from pipeline.runtime.rabbitmq import TASK_EXCHANGE, task_queues
 from pipeline.settings import Settings, get_settings
 
 #: Task names, one per stage (plus the OCR poll); the stage order lives in models.
@@ -54,7 +58,7 @@ BROKER_RECONNECT = {
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
-    return {
+    config = {
         "broker_url": settings.broker_url,
         "result_backend": settings.result_backend,
         "task_ignore_result": settings.result_backend is None,
@@ -88,6 +92,40 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
     }
+    if settings.broker_kind == "amqp":
+        config.update(rabbitmq_config(settings))
+    return config
+
+
+def broker_countdown(settings: Settings, seconds: float) -> float:
+    """A countdown the broker can take: whole seconds, at least one, on quorum queues.
+
+    Celery's native delayed delivery routes a countdown by its whole seconds
+    (kombu's calculate_routing_key) and raises on 0 < countdown < 1, so a
+    sub-second retry would fail to publish; elsewhere the countdown is kept.
+    """
+    if settings.broker_kind != "amqp" or settings.broker_queue_type != "quorum" or seconds <= 0:
+        return seconds
+    return float(max(1, math.ceil(seconds)))
+
+
+def rabbitmq_config(settings: Settings) -> dict[str, Any]:
+    """What an amqp:// broker adds: declared queues, and none of Redis' transport options.
+
+    Celery (5.5+) sees the quorum queues (worker_detect_quorum_queues, on by default)
+    and then uses per-consumer QoS - quorum queues refuse global QoS - and parks
+    countdowns (retries, OCR polls) in its native delayed-delivery queues.
+    """
+    return {
+        "task_queues": task_queues(settings),
+        "task_default_exchange": TASK_EXCHANGE,
+        "task_default_exchange_type": "topic",
+        "worker_detect_quorum_queues": True,
+        "broker_native_delayed_delivery_queue_type": settings.broker_queue_type,
+        # Redis' options (visibility timeout, restore sweep, pool size) mean nothing here.
+        # Publisher confirms: a publish returns once RabbitMQ has taken the message.
+        "broker_transport_options": {"confirm_publish": True, **BROKER_RECONNECT},
+    }
 
 
 def configure(settings: Settings) -> Celery:
@@ -98,7 +136,24 @@ def configure(settings: Settings) -> Celery:
     """
     drop_broker_connections()
     app.conf.update(celery_config(settings))
+    forget_declared_queues()
     return app
+
+
+def forget_declared_queues() -> None:
+    """Drop Celery's cached queue declarations: the next use reads task_queues again.
+
+    Celery builds `app.amqp.queues` (and the router and default queue on it) once;
+    a process that configures the app again - another scenario with another
+    max_redeliveries - would otherwise declare the old RabbitMQ arguments, which
+    RabbitMQ refuses (PRECONDITION_FAILED, inequivalent arg).
+    """
+    amqp = app.__dict__.get("amqp")
+    if amqp is None:
+        return
+    for cached in ("queues", "default_queue", "router", "default_exchange"):
+        amqp.__dict__.pop(cached, None)
+    amqp._rtable = None
 
 
 def drop_broker_connections() -> None:

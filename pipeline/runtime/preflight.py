@@ -44,7 +44,9 @@ def check_services(
 ) -> None:
     """Every remote service these settings name (in-process ones need no check)."""
     check_database(settings.database_url, say, timeout_s=timeout_s)
-    if broker:
+    if broker and settings.broker_kind == "amqp":
+        check_rabbitmq(settings.broker_url, say, timeout_s)
+    elif broker:
         check_redis(settings.broker_url, "the broker", "DOCPIPE_BROKER_URL", say, timeout_s)
     check_redis(settings.redis_url, "state and cache", "DOCPIPE_REDIS_URL", say, timeout_s)
     if urlparse(settings.blob_url).scheme == "s3":
@@ -141,6 +143,36 @@ def check_redis(
         ) from None
     finally:
         client.close()
+
+
+# --- RabbitMQ ------------------------------------------------------------------------------
+
+
+def check_rabbitmq(url: str, say: Say, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """An AMQP connection (login and vhost included) within `timeout_s`."""
+    from pipeline.runtime.rabbitmq import RabbitUnavailable, connect
+
+    shown = redact_url(url)
+    try:
+        with waiting(f"RabbitMQ (the broker) at {shown}", say, timeout_s=timeout_s):
+            connect(url, timeout_s=timeout_s).release()
+    except RabbitUnavailable as exc:
+        reason = str(exc)
+        if "ACCESS_REFUSED" in reason or "AccessRefused" in reason:
+            hint = "check the user and password in DOCPIPE_BROKER_URL"
+        elif "vhost" in reason.lower():
+            hint = (
+                "the virtual host in DOCPIPE_BROKER_URL does not exist or the user may not use "
+                "it (rabbitmqctl add_vhost NAME; rabbitmqctl set_permissions -p NAME USER "
+                "'.*' '.*' '.*')"
+            )
+        else:
+            hint = (
+                "check that rabbitmq-server is running there and that DOCPIPE_BROKER_URL is right"
+            )
+        raise ServiceUnavailable(
+            f"cannot use RabbitMQ (the broker) at {shown}: {reason}", hint=hint
+        ) from None
 
 
 # --- S3 ------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from pipeline.app.stages import StageResult
 from pipeline.domain.models import Stage, Status
 from pipeline.errors import LockUnavailable, StaleDelivery, TransientError
 from pipeline.ports.services import Services, current_services
-from pipeline.runtime.celery_app import POLL_OCR_TASK, TASK_NAMES, app
+from pipeline.runtime.celery_app import POLL_OCR_TASK, TASK_NAMES, app, broker_countdown
 from pipeline.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ def _retry(
         return task.retry(
             kwargs=kwargs,
             exc=exc,
-            countdown=countdown,
+            countdown=broker_countdown(get_settings(), countdown),
             max_retries=max_retries,
             retry_policy=RETRY_PUBLISH_POLICY,
         )
@@ -301,7 +301,7 @@ def _dispatch(result: StageResult, document_uuid: str, version: int) -> None:
     if result.poll_job_id is not None:
         poll_ocr_task.apply_async(
             args=(document_uuid, version, result.poll_job_id, result.polls),
-            countdown=settings.ocr_poll_interval_s,
+            countdown=broker_countdown(settings, settings.ocr_poll_interval_s),
             retry_policy=RETRY_PUBLISH_POLICY,
         )
     elif result.next_stage is not None:

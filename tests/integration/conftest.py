@@ -1,4 +1,4 @@
-"""Throw-away PostgreSQL databases for integration tests.
+"""Throw-away PostgreSQL databases and RabbitMQ vhosts for integration tests.
 
 `postgres_url` gives each test module its own freshly created database
 (`docpipe_test_<hex>`), dropped when the module is done; a test that needs a
@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from pipeline.errors import ConfigurationError
-from pipeline.harness.localstack import PostgresDatabases
+from pipeline.harness.localstack import DEFAULT_RABBITMQ_URL, PostgresDatabases, RabbitVhosts
 
 ADMIN_URL_ENV = "DOCPIPE_TEST_POSTGRES_URL"
 SKIP_ENV = "DOCPIPE_SKIP_POSTGRES"
@@ -52,3 +52,37 @@ def postgres_url(postgres_databases: PostgresDatabases) -> Iterator[str]:
     url = postgres_databases.create()
     yield url
     postgres_databases.drop(url)
+
+
+# --- RabbitMQ: a throw-away vhost per test module ------------------------------------------
+
+RABBITMQ_URL_ENV = "DOCPIPE_SCENARIO_RABBITMQ_URL"
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_vhosts() -> Iterator[RabbitVhosts]:
+    """The local RabbitMQ (DOCPIPE_SCENARIO_RABBITMQ_URL overrides), or a skip if it is absent.
+
+    Absent means nothing answers on its AMQP port; a server that answers but on
+    which no vhost can be created fails the tests.
+    """
+    vhosts = RabbitVhosts(os.environ.get(RABBITMQ_URL_ENV) or DEFAULT_RABBITMQ_URL)
+    try:
+        vhosts.ping()
+    except ConfigurationError as exc:
+        if "unreachable" in str(exc):
+            pytest.skip(
+                f"{exc}. RabbitMQ is absent: install and start rabbitmq-server (.ci/run does) "
+                f"or point {RABBITMQ_URL_ENV} at one"
+            )
+        raise
+    yield vhosts
+    vhosts.delete_all()
+
+
+@pytest.fixture(scope="module")
+def rabbitmq_url(rabbitmq_vhosts: RabbitVhosts) -> Iterator[str]:
+    """The broker URL of a fresh vhost for this test module (deleted afterwards)."""
+    url = rabbitmq_vhosts.create()
+    yield url
+    rabbitmq_vhosts.delete(url)

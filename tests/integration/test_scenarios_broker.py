@@ -7,16 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.harness.localstack import PostgresDatabases
+from pipeline.harness.localstack import PostgresDatabases, RabbitVhosts
 from pipeline.harness.scenarios.model import load_scenario
 from pipeline.harness.scenarios.runner import RunReport, needs_postgres, run_scenario
 from pipeline.settings import get_settings
-from tests.helpers import BROKER_SCENARIO_FILES
+from tests.helpers import BROKER_SCENARIO_FILES, RABBITMQ_SCENARIO_FILES
 from tests.integration.conftest import postgres_admin_url
 
 pytestmark = pytest.mark.integration
 
 FILES = BROKER_SCENARIO_FILES
+RABBITMQ_FILES = RABBITMQ_SCENARIO_FILES
 
 
 def _explain(report: RunReport) -> str:
@@ -48,5 +49,15 @@ def test_scenario_passes_against_real_workers(
     if needs_postgres(scenario):
         request.getfixturevalue("scenario_postgres")
     report = run_scenario(scenario, path, "broker", workdir=tmp_path)
+    assert report.skipped is None, report.skipped
+    assert report.passed, _explain(report)
+
+
+@pytest.mark.parametrize("path", RABBITMQ_FILES, ids=[f"{p.stem}-rabbitmq" for p in RABBITMQ_FILES])
+def test_scenario_passes_against_real_workers_on_rabbitmq(
+    path: Path, tmp_path: Path, rabbitmq_vhosts: RabbitVhosts
+) -> None:
+    """`rabbitmq_vhosts` skips when RabbitMQ is absent; the run makes and deletes its vhost."""
+    report = run_scenario(load_scenario(path), path, "broker", workdir=tmp_path, broker="rabbitmq")
     assert report.skipped is None, report.skipped
     assert report.passed, _explain(report)

@@ -20,7 +20,7 @@ from pipeline.harness.scenarios.model import (
 )
 from pipeline.harness.scenarios.runner import RunReport, run_scenario
 from tests.conftest import REPO
-from tests.helpers import BROKER_SCENARIO_FILES
+from tests.helpers import BROKER_SCENARIO_FILES, RABBITMQ_SCENARIO_FILES
 
 SCENARIOS = REPO / "scenarios"
 FILES = sorted(SCENARIOS.glob("*.yaml"))
@@ -55,6 +55,7 @@ def test_simulator_only_scenario_passes_in_sim_mode(path: Path, tmp_path: Path) 
 def test_ci_runs_every_library_scenario_in_at_least_one_mode() -> None:
     """No scenario is left out silently: each runs here (eager) or in integration (broker)."""
     run_in_ci = set(EAGER_FILES) | set(BROKER_SCENARIO_FILES) | set(SIM_FILES)
+    run_in_ci |= set(RABBITMQ_SCENARIO_FILES)
     assert [path.name for path in FILES if path not in run_in_ci] == []
     # Broker runs that cut the database off get DOCPIPE_SCENARIO_POSTGRES_URL from the
     # integration fixture, and that test asserts no broker run was skipped.

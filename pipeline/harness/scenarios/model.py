@@ -519,6 +519,15 @@ class Disruption(_Strict):
         return self.down_s
 
 
+#: The brokers broker mode runs on (`docpipe scenario run --broker`).
+BrokerName = Literal["redis", "rabbitmq"]
+BROKERS: tuple[BrokerName, ...] = ("redis", "rabbitmq")
+
+
+def _every_broker() -> list[BrokerName]:
+    return list(BROKERS)
+
+
 class BrokerOptions(_Strict):
     """Broker mode only."""
 
@@ -529,6 +538,10 @@ class BrokerOptions(_Strict):
     #: Run queue-processor cycles while waiting: a document without progress for
     #: `queue_stale_after_s` gets its current stage sent again (a lost message).
     queue_processor: bool = False
+    #: The brokers this scenario runs on (`--broker`); any other is skipped with `only_because`.
+    brokers: list[BrokerName] = Field(default_factory=_every_broker, min_length=1)
+    #: Why the scenario is specific to `brokers` (shown as the skip reason on the others).
+    only_because: str | None = None
 
 
 class Scenario(_Strict):

@@ -1,7 +1,9 @@
 """Broker mode for scenarios: a private redis-server and real worker processes.
 
 Everything is started for one scenario run and stopped after it: a fresh
-redis-server on a free loopback port (broker in db 0, state in db 1), SQLite
+redis-server on a free loopback port (broker in db 0, state in db 1) - or, with
+`broker="rabbitmq"`, a throw-away vhost on the local RabbitMQ as the broker and
+the redis-server for state only -, SQLite
 and blobs in the run's directory, and `docpipe worker` subprocesses with the
 scenario's settings in their environment and `DOCPIPE_FAULT_INJECTION=true`,
 so the faults installed in Redis reach them (REFERENCE.md failure 14).
@@ -22,7 +24,15 @@ from pipeline.domain.models import QUEUES
 from pipeline.errors import ConfigurationError
 from pipeline.harness import localstack as devstack
 from pipeline.harness.layout import WorkerSpec
+from pipeline.harness.scenarios.model import BrokerName
 from pipeline.harness.scenarios.tcp_proxy import TcpProxy
+
+#: Task limits on RabbitMQ when a scenario sets none: below the local server's default
+#: consumer_timeout (30 min), which the settings check refuses otherwise.
+RABBITMQ_TIME_LIMITS = {
+    "DOCPIPE_TASK_SOFT_TIME_LIMIT_S": "1200",
+    "DOCPIPE_TASK_TIME_LIMIT_S": "1300",
+}
 
 #: Queue each port's calls run on (a worker killed by a fault there must be prefork).
 PORT_QUEUES = {"ocr": "ocr", "parser": "ocr", "llm": "entity"}
@@ -55,6 +65,12 @@ class BrokerEnvironment:
     database_proxy: TcpProxy | None = None
     _databases: devstack.PostgresDatabases | None = None
     _database_url: str | None = None
+    #: Where tasks go: the redis-server's db 0, or a throw-away vhost on the local RabbitMQ.
+    broker: BrokerName = "redis"
+    #: The RabbitMQ server (a URL with a user allowed to create vhosts) for `rabbitmq`.
+    rabbitmq_admin_url: str = devstack.DEFAULT_RABBITMQ_URL
+    _vhosts: devstack.RabbitVhosts | None = None
+    _rabbitmq_url: str | None = None
 
     # --- the database --------------------------------------------------------------
     def start_database(self) -> None:
@@ -95,6 +111,26 @@ class BrokerEnvironment:
         except ConfigurationError as exc:
             raise ConfigurationError(f"broker mode: {exc}") from exc
 
+    def start_rabbitmq(self) -> None:
+        """A throw-away vhost on the local RabbitMQ (`redis` broker: nothing to do)."""
+        if self.broker != "rabbitmq":
+            return
+        vhosts = devstack.RabbitVhosts(self.rabbitmq_admin_url)
+        try:
+            vhosts.ping()
+            self._rabbitmq_url = vhosts.create()
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"broker mode on RabbitMQ: {exc}") from exc
+        self._vhosts = vhosts
+
+    @property
+    def broker_url(self) -> str:
+        if self.broker == "rabbitmq":
+            if self._rabbitmq_url is None:
+                raise ConfigurationError("broker mode: the RabbitMQ vhost was not created")
+            return self._rabbitmq_url
+        return self.url(0)
+
     def url(self, db: int) -> str:
         return self._redis().url(db)
 
@@ -111,12 +147,14 @@ class BrokerEnvironment:
     def env(self) -> dict[str, str]:
         values: dict[str, Any] = {
             "eager": False,
-            "broker_url": self.url(0),
+            "broker_url": self.broker_url,
             "redis_url": self.url(1),
             "database_url": self.worker_database_url,
             "blob_url": f"file://{self.workdir / 'blobs'}",
             "fault_injection": True,
         }
+        if self.broker == "rabbitmq":
+            values |= devstack.settings_values(RABBITMQ_TIME_LIMITS)
         values |= devstack.settings_values(self.settings_env)
         return devstack.worker_environment(values, home=self.workdir)
 
@@ -139,6 +177,10 @@ class BrokerEnvironment:
         return self.workers
 
     def queue_lengths(self) -> dict[str, int]:
+        if self.broker == "rabbitmq":
+            from pipeline.runtime.rabbitmq import queue_lengths
+
+            return queue_lengths(self.broker_url, QUEUES)
         client = self.client(0)
         return {queue: int(client.llen(queue)) for queue in QUEUES}
 
@@ -153,3 +195,7 @@ class BrokerEnvironment:
         if self._databases is not None:
             self._databases.drop_all()
             self._databases = None
+        if self._vhosts is not None:
+            self._vhosts.delete_all()
+            self._vhosts = None
+            self._rabbitmq_url = None

@@ -52,6 +52,7 @@ from pipeline.harness.scenarios.integrity import integrity_problems
 from pipeline.harness.scenarios.model import (
     PROCESS_KILLING_KINDS,
     Bound,
+    BrokerName,
     Count,
     Mode,
     Scenario,
@@ -117,14 +118,32 @@ class RunReport:
     #: Broker mode with `broker.queue_processor`: file -> stage sent again for a document
     #: that made no progress for `queue_stale_after_s` (its message was lost).
     resumed: dict[str, str] = field(default_factory=dict)
+    #: Broker mode: which broker carried the tasks (`redis` or `rabbitmq`).
+    broker: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def label(self) -> str:
+        """The mode, and the broker when it is not Redis: `broker-rabbitmq`."""
+        if self.mode == "broker" and self.broker not in (None, "redis"):
+            return f"{self.mode}-{self.broker}"
+        return self.mode
 
-def replay_command(path: Path | None, mode: str, seed: int) -> str:
+
+def replay_command(path: Path | None, mode: str, seed: int, broker: str = "redis") -> str:
     target = shlex.quote(str(path)) if path is not None else "SCENARIO.yaml"
-    return f"docpipe scenario run {target} --mode {mode} --seed {seed}"
+    on = f" --broker {broker}" if mode == "broker" and broker != "redis" else ""
+    return f"docpipe scenario run {target} --mode {mode}{on} --seed {seed}"
+
+
+def broker_skip_reason(scenario: Scenario, broker: str) -> str | None:
+    """Why a broker-mode run on `broker` is skipped (the scenario is another broker's)."""
+    if broker in scenario.broker.brokers:
+        return None
+    because = scenario.broker.only_because or "declared by the scenario"
+    return f"{'/'.join(scenario.broker.brokers)}-specific: {because}"
 
 
 #: Settings every scenario run starts from (before the scenario's own overrides).
@@ -161,6 +180,7 @@ def run_scenario(
     seed: int | None = None,
     workdir: Path | None = None,
     in_memory: bool = False,
+    broker: BrokerName = "redis",
 ) -> RunReport:
     """Run one scenario in one mode; `in_memory` (sim mode): database and blobs in memory,
     nothing on disk (docpipe explore runs thousands; the kept run folder has no database)."""
@@ -173,7 +193,8 @@ def run_scenario(
         seed=seed,
         passed=False,
         elapsed_s=0.0,
-        replay=replay_command(path, mode, seed),
+        replay=replay_command(path, mode, seed, broker),
+        broker=broker if mode == "broker" else None,
     )
     skip = sim_skip_reason(scenario) if mode == "sim" else None
     simulated_only = [
@@ -188,6 +209,8 @@ def run_scenario(
         )
     elif mode != "sim" and mode not in scenario.modes:
         skip = f"declares modes: [{', '.join(scenario.modes)}]"
+    elif mode == "broker" and (off := broker_skip_reason(scenario, broker)):
+        skip = off
     elif scenario.adapters.profile == "sim-cloud" and (missing := sim_cloud_missing()):
         skip = missing  # moto and flask-cors are the harness extra's (pip install docpipe[harness])
     elif mode == "broker" and needs_postgres(scenario) and postgres_admin_url() is None:
@@ -204,6 +227,7 @@ def run_scenario(
             runner = {"eager": EagerRun, "broker": BrokerRun, "sim": SimRun}[mode]
             run = runner(scenario, path, seed, directory, report)
             run.in_memory = in_memory
+            run.broker = broker
             run.run()
         except ScenarioError as exc:
             report.error = str(exc)
@@ -251,6 +275,8 @@ class _Run:
     mode: str = ""
     #: Sim mode only: SQLite and blobs in memory (see run_scenario).
     in_memory: bool = False
+    #: Broker mode: the broker the tasks go through.
+    broker: BrokerName = "redis"
 
     def __init__(
         self, scenario: Scenario, path: Path | None, seed: int, workdir: Path, report: RunReport
@@ -275,13 +301,22 @@ class _Run:
     def extra_checks(self, services: Services) -> list[Check]:
         return []
 
+    def validated_values(self, values: dict[str, Any]) -> dict[str, Any]:
+        """The settings the run's checks refuse or accept (the broker's rules apply)."""
+        if self.mode != "broker" or self.broker != "rabbitmq":
+            return values
+        from pipeline.harness.scenarios.real_workers import RABBITMQ_TIME_LIMITS
+
+        limits = {k.removeprefix("DOCPIPE_").lower(): v for k, v in RABBITMQ_TIME_LIMITS.items()}
+        return limits | values | {"broker_url": "amqp://guest@127.0.0.1:5672/validation"}
+
     def run(self) -> None:
         scenario = self.scenario
         documents = materialize(scenario, self.path, self.seed, self.workdir / "inbox")
         values = base_settings(scenario) | scenario.overrides()
         rejected = scenario.expect.settings_rejected
         try:
-            Settings(_env_file=None, **values)  # type: ignore[call-arg]
+            Settings(_env_file=None, **self.validated_values(values))  # type: ignore[call-arg]
         except ValidationError as exc:
             problem = settings_problem(exc)
             if rejected is None:
@@ -833,6 +868,13 @@ def postgres_admin_url() -> str | None:
     return get_settings().scenario_postgres_url
 
 
+def rabbitmq_admin_url() -> str:
+    """Where broker runs on RabbitMQ create their throw-away vhost."""
+    from pipeline.settings import get_settings
+
+    return get_settings().scenario_rabbitmq_url
+
+
 def sim_cloud_missing() -> str | None:
     """Why the sim-cloud profile cannot run here (its extra is not installed), or None."""
     return missing_extra_reason("harness", HARNESS_MODULES["sim-cloud"], "the sim-cloud profile")
@@ -973,9 +1015,12 @@ class BrokerRun(_Run):
             env,
             persistent=restarts,
             postgres_admin_url=postgres_admin_url() if needs_postgres(self.scenario) else None,
+            broker=self.broker,
+            rabbitmq_admin_url=rabbitmq_admin_url(),
         )
         try:
             self.environment.start_database()
+            self.environment.start_rabbitmq()
         except ConfigurationError as exc:
             raise ScenarioError(f"{self.source}: broker mode: {exc}") from exc
         self.environment.start_redis()
@@ -1195,7 +1240,7 @@ def parity(eager: RunReport, broker: RunReport) -> list[str]:
     """Where two modes' outcomes differ (empty: they agree); labelled by each report's mode."""
     if eager.skipped or broker.skipped:
         return []
-    first, second = eager.mode, broker.mode
+    first, second = eager.label, broker.label
     differences = []
     keyed_e = {d.name: d for d in eager.documents}
     keyed_b = {d.name: d for d in broker.documents}
@@ -1229,20 +1274,25 @@ def run_many(
     seed: int | None = None,
     on_report: Callable[[RunReport], None] = lambda report: None,
     keep: Path | None = None,
+    brokers: Sequence[BrokerName] = ("redis",),
 ) -> list[RunReport]:
-    """Each scenario in each mode; with `keep`, every run's folder stays below it."""
+    """Each scenario in each mode (broker mode once per broker); `keep` keeps run folders."""
     reports = []
     for scenario, path in items:
         for mode in modes:
-            workdir = None if keep is None else kept_run_folder(keep, scenario.name, mode)
-            try:
-                report = run_scenario(scenario, path, mode, seed=seed, workdir=workdir)
-            except ConfigurationError as exc:
-                s = scenario.seed if seed is None else seed
-                report = RunReport(
-                    scenario.name, str(path), mode, s, False, 0.0, replay_command(path, mode, s)
-                )
-                report.error = str(exc)
-            on_report(report)
-            reports.append(report)
+            for broker in brokers if mode == "broker" else ("redis",):
+                label = f"{mode}-{broker}" if mode == "broker" and len(brokers) > 1 else mode
+                workdir = None if keep is None else kept_run_folder(keep, scenario.name, label)
+                try:
+                    report = run_scenario(
+                        scenario, path, mode, seed=seed, workdir=workdir, broker=broker
+                    )
+                except ConfigurationError as exc:
+                    s = scenario.seed if seed is None else seed
+                    replay = replay_command(path, mode, s, broker)
+                    report = RunReport(scenario.name, str(path), mode, s, False, 0.0, replay)
+                    report.broker = broker if mode == "broker" else None
+                    report.error = str(exc)
+                on_report(report)
+                reports.append(report)
     return reports
