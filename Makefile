@@ -9,7 +9,7 @@ CONSTRAINTS := constraints.txt
 DOCPIPE := $(BIN)/docpipe
 
 .DEFAULT_GOAL := help
-.PHONY: help venv lock demo test unit integration lint fmt scenarios load load-test soak bench bench-save bench-growth workers stop-workers flower clean
+.PHONY: help venv lock demo test unit integration lint fmt scenarios explore load load-test soak bench bench-save bench-growth workers stop-workers flower clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -80,6 +80,11 @@ fmt: $(STAMP)  ## format and auto-fix
 
 scenarios: $(STAMP)  ## run every scenario in scenarios/ (eager; MODE=both adds real workers) and print a summary table
 	$(DOCPIPE) scenario run scenarios/*.yaml --mode $(or $(MODE),eager)
+
+# Random fault schedules in sim mode (docpipe explore); findings shrunk to .docpipe/explore/.
+EXPLORE_BUDGET ?= 300
+explore: $(STAMP)  ## explore random fault schedules for EXPLORE_BUDGET seconds (EXPLORE_SEED=N, default 1)
+	$(DOCPIPE) explore --budget $(EXPLORE_BUDGET) --seed $(or $(EXPLORE_SEED),1) --out .docpipe/explore
 
 # The plan's worker layout, against DOCPIPE_BROKER_URL (see README "Broker mode").
 RUN := .docpipe/run

@@ -67,6 +67,10 @@ SUBCOMMANDS: Mapping[str, LazyCommand] = {
         "pipeline.harness.cli.experiment:experiment",
         "Small measurements on a private redis-server and worker (pipeline/harness/perf).",
     ),
+    "explore": LazyCommand(
+        "pipeline.harness.cli.explore:explore",
+        "Random fault schedules in sim mode; violations shrunk to replayable scenario files.",
+    ),
     "flower": LazyCommand(
         "pipeline.cli.flower:flower",
         "Start Flower (Celery monitoring) for the docpipe app on the DOCPIPE_BROKER_URL broker.",

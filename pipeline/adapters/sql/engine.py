@@ -15,6 +15,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.util import LRUCache
 
 from pipeline.adapters.sql.schema import (
     BEGIN_IMMEDIATE,
@@ -148,7 +149,16 @@ def _sqlite_engine(url: URL) -> Engine:
         engine = create_engine(url, connect_args=connect_args)
     event.listen(engine, "connect", _on_sqlite_connect)
     event.listen(engine, "begin", _on_sqlite_begin)
+    if in_memory:
+        # Throw-away databases (simulated runs, tests) build an engine each; sharing the
+        # compiled statements spares each one compiling every query again (same dialect,
+        # same statements: SQLAlchemy's cache key is the statement's structure).
+        return engine.execution_options(compiled_cache=_IN_MEMORY_COMPILED_CACHE)
     return engine
+
+
+#: Compiled statements shared by the in-memory SQLite engines of this process.
+_IN_MEMORY_COMPILED_CACHE: LRUCache[Any, Any] = LRUCache(2000)
 
 
 def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -189,11 +189,17 @@ def run_scenario(
     *,
     seed: int | None = None,
     workdir: Path | None = None,
+    in_memory: bool = False,
     broker: BrokerName = "redis",
     shared_filesystem: bool | None = None,
 ) -> RunReport:
-    """One run; `shared_filesystem=False` deploys broker-mode workers as separate hosts
-    (None: what the scenario's `deployment` says)."""
+    """Run one scenario in one mode.
+
+    `shared_filesystem=False` deploys broker-mode workers as separate hosts (None:
+    what the scenario's `deployment` says); `in_memory` (sim mode) keeps the
+    database and blobs in memory, nothing on disk (docpipe explore runs thousands;
+    the kept run folder then has no database).
+    """
     seed = scenario.seed if seed is None else seed
     started = time.perf_counter()
     if shared_filesystem is None:
@@ -248,6 +254,7 @@ def run_scenario(
         try:
             runner = {"eager": EagerRun, "broker": BrokerRun, "sim": SimRun}[mode]
             run = runner(scenario, path, seed, directory, report)
+            run.in_memory = in_memory
             run.broker = broker
             run.run()
         except ScenarioError as exc:
@@ -294,6 +301,8 @@ class _Run:
     """What both modes share: submit, fault, wait, act, measure, judge."""
 
     mode: str = ""
+    #: Sim mode only: SQLite and blobs in memory (see run_scenario).
+    in_memory: bool = False
     #: Broker mode: the broker the tasks go through.
     broker: BrokerName = "redis"
 
@@ -809,6 +818,22 @@ def _invariants(
             "; ".join(broken) or "intact",
         )
     )
+    unexplained = [
+        f"{o.name} ({o.status})"
+        for o in outcomes
+        if Status(o.status).is_terminal
+        and o.status != Status.COMPLETED.value
+        and not (o.error or "").strip()
+    ]
+    checks.append(
+        Check(
+            "invariant",
+            "every failure has a reason",
+            not unexplained,
+            "every document that did not complete has an error message",
+            ", ".join(unexplained) or "all have one",
+        )
+    )
     uncovered = []
     for index, (fault, count) in enumerate(zip(scenario.faults, fired, strict=True)):
         bound = as_bound(fault.fired) if fault.fired is not None else Bound(min=1)
@@ -936,6 +961,8 @@ class SimRun(EagerRun):
         from pipeline.harness.simulation.real import StageExecutor
 
         self._redis_name = f"scenario-{uuid.uuid4().hex}"
+        if self.in_memory:
+            values = values | {"database_url": "sqlite://", "blob_url": "memory://"}
         settings = _in_process_settings(self.workdir, self._redis_name, values)
         self.executor = StageExecutor([], settings, seed=self.seed)
         services = self.executor.services
@@ -951,6 +978,7 @@ class SimRun(EagerRun):
         config = SimConfig(layout, visibility_timeout_s=settings.visibility_timeout_s)
         self.simulator = Simulator(config, self.executor)
         self._indices: dict[str, int] = {}
+        self._names: dict[str, str] = {}
         self._queued: list[int] = []
         return services
 
@@ -960,6 +988,9 @@ class SimRun(EagerRun):
         return index
 
     def dispatch(self, services: Services, document_uuid: str) -> None:
+        self._names.setdefault(
+            document_uuid, str(services.store.get_document(document_uuid).original_file_name)
+        )
         self._queued.append(self._index(document_uuid))
 
     def send_stage(self, stage: Stage, document_uuid: str, version: int) -> None:
@@ -968,6 +999,26 @@ class SimRun(EagerRun):
 
         task = START_OCR if stage is Stage.OCR else str(stage)
         self.simulator.publish(Send(task=task, queue=stage.queue, doc=self._index(document_uuid)))
+
+    def extra_checks(self, services: Services) -> list[Check]:
+        from pipeline.harness.simulation.budget import retry_budget_problems
+
+        problems = retry_budget_problems(self.executor.attempts, services.settings)
+        names = {index: self._names.get(uuid_, uuid_) for uuid_, index in self._indices.items()}
+        shown = [problem.describe(names) for problem in problems]
+        settings = services.settings
+        return [
+            Check(
+                "invariant",
+                "retry budget",
+                not problems,
+                f"a dead letter only after {settings.max_retries + 1} attempts in a row without "
+                f"progress or {settings.max_task_attempts} in all; never more",
+                "; ".join(shown[:3]) + (" ..." if len(shown) > 3 else "")
+                if shown
+                else f"{len(self.executor.attempts)} attempts within the budget",
+            )
+        ]
 
     def wait(self, services: Services, uuids: list[str]) -> None:
         queued, self._queued = self._queued, []

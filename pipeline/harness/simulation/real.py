@@ -26,7 +26,7 @@ import hashlib
 import itertools
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,25 @@ from pipeline.runtime.tasks import RETRYABLE
 from pipeline.settings import Settings
 
 _runs = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One delivery of one task as the executor saw it: the retry budget's evidence.
+
+    `progressed` is the stage's own report (pipeline.app.policy.record_progress),
+    measured apart from the policy's decision, so an invariant can judge the
+    decision against it (a dead letter needs max_retries + 1 attempts in a row
+    without progress, or the ceiling of attempts).
+    """
+
+    doc: int
+    task: str
+    task_id: str
+    retries: int
+    progressed: bool
+    #: "ok", "retry", "dead_letter", "failed", "killed", "locked" (lock held elsewhere).
+    result: str
 
 
 def sim_settings(**overrides: Any) -> Settings:
@@ -109,6 +128,8 @@ class StageExecutor:
         self.project = self.services.store.ensure_project(settings.project_name)
         self.uuids: dict[int, str] = {}
         self.versions: dict[int, int] = {}
+        #: Every delivery that ran stage code (or was refused the lock), in virtual-time order.
+        self.attempts: list[Attempt] = []
         #: Whether the delivery starting now found Redis restarted (a `redis.server` fault).
         self._restarted = False
 
@@ -271,16 +292,22 @@ class StageExecutor:
                 result = self._call(message, stage, uuid, version)
         except WorkerKilled as killed:
             # SIGKILL: no release, no status, no retry; the broker redelivers the message.
+            self._attempted(message, meter.progressed, "killed")
             return Outcome(self.clock.now() - start, "worker_lost", detail=str(killed))
         except redis.RedisError as exc:
             # As the task layer: Redis unreachable is retried; the lock is left to expire.
             duration = self.clock.now() - start
-            return self._retry(message, stage, exc, meter.progressed, duration)
+            outcome = self._retry(message, stage, exc, meter.progressed, duration)
+            self._attempted(message, meter.progressed, _ended(outcome))
+            return outcome
         except TransientError as exc:
             if token is not None:
                 services.locks.release(lock_name, token)
             duration = self.clock.now() - start
-            return self._retry(message, stage, exc, meter.progressed, duration)
+            outcome = self._retry(message, stage, exc, meter.progressed, duration)
+            ended = "locked" if isinstance(exc, LockUnavailable) else _ended(outcome)
+            self._attempted(message, meter.progressed, ended)
+            return outcome
         except Exception as exc:  # the task layer records any other failure on the row
             if token is not None:
                 services.locks.release(lock_name, token)
@@ -288,8 +315,10 @@ class StageExecutor:
             # Fenced like the task layer's: committed at the end, refused if overtaken.
             fence = stages.claimed_fence()
             stages.fail(services, uuid, version, stage, stage.failed_status, reason, fence=fence)
+            self._attempted(message, meter.progressed, "failed")
             return Outcome(self.clock.now() - start, "failed", detail=reason)
         duration = self.clock.now() - start
+        self._attempted(message, meter.progressed, "ok")
         release = _releaser(services, lock_name, token)
         if result.skipped:
             return Outcome(duration, "skipped", on_finish=release)
@@ -315,12 +344,26 @@ class StageExecutor:
             # retrying re-runs the idempotent stage, which publishes again.
             release()
             duration = self.clock.now() - start
-            return self._retry(message, stage, exc, False, duration, retryable=(Exception,))
+            outcome = self._retry(message, stage, exc, False, duration, retryable=(Exception,))
+            self.attempts[-1] = replace(self.attempts[-1], result=_ended(outcome))
+            return outcome
         if stage is Stage.RELATIONSHIPS and not sends:
             status = self.observer.statuses([uuid])[uuid]
             kind: OutcomeKind = "completed" if status is Status.COMPLETED else "ok"
             return Outcome(duration, kind, on_finish=release)
         return Outcome(duration, "ok", sends, detail=result.detail, on_finish=release)
+
+    def _attempted(self, message: Message, progressed: bool, result: str) -> None:
+        self.attempts.append(
+            Attempt(
+                doc=message.doc,
+                task=message.task,
+                task_id=message.id,
+                retries=message.retries,
+                progressed=progressed,
+                result=result,
+            )
+        )
 
     def _publish(self, stage: Stage, message: Message, version: int) -> list[Send]:
         """The next stage's message, through the dispatcher's faults (as FaultyDispatcher)."""
@@ -395,6 +438,11 @@ class StageExecutor:
             }
         digest = hashlib.sha256(repr(sorted(out.items())).encode()).hexdigest()[:16]
         return {"documents": out, "digest": digest}
+
+
+def _ended(outcome: Outcome) -> str:
+    """An attempt's result for the retry-budget evidence, from the policy's outcome."""
+    return "dead_letter" if outcome.kind == "dead_lettered" else "retry"
 
 
 @dataclass(frozen=True)

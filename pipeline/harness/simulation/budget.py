@@ -1,0 +1,98 @@
+"""The retry budget as an invariant: judged on what the stages reported, not on the policy.
+
+pipeline.app.policy decides; this module checks its decisions afterwards
+against the attempts the simulator saw (`real.Attempt`): which made durable
+progress is the stage code's own report. The budget (issue 11.2): a chain of
+attempts of one task (retries and redeliveries keep the task id) is
+dead-lettered only after `max_retries + 1` attempts in a row without
+progress, or at the ceiling of `max_task_attempts`; and it never runs more
+attempts than that. A redelivery (a killed worker's message, or one restored
+after the visibility timeout) is the same attempt delivered again, not a
+retry: `max_redeliveries` bounds those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from pipeline.harness.simulation.real import Attempt
+from pipeline.settings import Settings
+
+
+@dataclass(frozen=True)
+class BudgetProblem:
+    doc: int
+    task: str
+    what: str
+
+    def describe(self, names: Mapping[int, str]) -> str:
+        return f"{names.get(self.doc, f'document {self.doc}')} {self.task}: {self.what}"
+
+
+def retry_budget_problems(attempts: Sequence[Attempt], settings: Settings) -> list[BudgetProblem]:
+    chains: dict[str, list[Attempt]] = {}
+    for attempt in attempts:
+        chains.setdefault(attempt.task_id, []).append(attempt)
+    problems: list[BudgetProblem] = []
+    for chain in chains.values():
+        first = chain[0]
+        # Deliveries of one attempt (same retry number): the original and its redeliveries
+        # (a killed worker, a visibility-timeout restore); the policy counts attempts.
+        deliveries: dict[int, list[Attempt]] = {}
+        for attempt in chain:
+            deliveries.setdefault(attempt.retries, []).append(attempt)
+        for retries, same in deliveries.items():
+            if len(same) > settings.max_redeliveries + 1:
+                problems.append(
+                    BudgetProblem(
+                        first.doc,
+                        first.task,
+                        f"attempt {retries + 1} delivered {len(same)} times "
+                        f"(max_redeliveries {settings.max_redeliveries})",
+                    )
+                )
+        # One entry per attempt: the delivery whose outcome the policy judged (the last one
+        # not lost with its worker); its message carried the count of attempts without
+        # progress, so a killed delivery's progress is not that attempt's.
+        tries: list[tuple[bool, str]] = []
+        for same in deliveries.values():
+            judged = [a for a in same if a.result != "killed"]
+            if judged:
+                tries.append((judged[-1].progressed, judged[-1].result))
+        if not tries:
+            continue
+        if len(tries) > settings.max_task_attempts:
+            problems.append(
+                BudgetProblem(
+                    first.doc,
+                    first.task,
+                    f"{len(tries)} attempts (max_task_attempts {settings.max_task_attempts})",
+                )
+            )
+        longest = run = 0
+        for progressed, _ in tries:
+            run = 0 if progressed else run + 1
+            longest = max(longest, run)
+        if longest > settings.max_retries + 1:
+            problems.append(
+                BudgetProblem(
+                    first.doc,
+                    first.task,
+                    f"{longest} attempts in a row without progress "
+                    f"(max_retries {settings.max_retries} allows {settings.max_retries + 1})",
+                )
+            )
+        premature = run <= settings.max_retries and len(tries) < settings.max_task_attempts
+        if tries[-1][1] == "dead_letter" and premature:
+            problems.append(
+                BudgetProblem(
+                    first.doc,
+                    first.task,
+                    f"dead-lettered after {len(tries)} attempts, the last {run} without "
+                    f"progress (max_retries {settings.max_retries} allows "
+                    f"{settings.max_retries + 1} in a row, max_task_attempts "
+                    f"{settings.max_task_attempts} in all)",
+                )
+            )
+    return problems

@@ -1,0 +1,177 @@
+"""docpipe explore: schedules from the catalogue, the shrinker, and a short exploration.
+
+The exploration tests run a fixed number of schedules (`schedules=`), never a
+time budget: what they find depends on the seed and that count only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.app.policy import Decision
+from pipeline.harness.explore.catalogue import Catalogue, sim_catalogue
+from pipeline.harness.explore.explorer import explore
+from pipeline.harness.explore.generate import generate_schedule
+from pipeline.harness.explore.shrink import shrink, size
+from pipeline.harness.scenarios.model import (
+    FAULT_CATALOGUE,
+    fault_modes,
+    load_scenario,
+    parse_scenario,
+)
+from pipeline.harness.scenarios.runner import run_scenario
+from pipeline.harness.simulation import real
+from pipeline.library import SAMPLES
+
+DOCUMENTS = [p.name for p in sorted(SAMPLES.iterdir())]
+
+
+def service_faults() -> Catalogue:
+    """The external services' faults (ocr, parser, llm): the catalogue these tests explore.
+
+    The whole catalogue (every port, process faults) is `make explore`'s; here a
+    fixed, short exploration whose outcome depends on the seed and count only.
+    """
+    faults = tuple(o for o in sim_catalogue().faults if o.port in {"ocr", "parser", "llm"})
+    return Catalogue(faults=faults, disruptions=())
+
+
+def test_the_catalogue_is_the_schema_s_faults_that_sim_mode_injects() -> None:
+    catalogue = sim_catalogue()
+    pairs = {(option.port, option.kind) for option in catalogue.faults}
+    expected = {
+        (port, kind)
+        for port, operations in FAULT_CATALOGUE.items()
+        for supported in operations.values()
+        for kind in supported
+        if "sim" in fault_modes(port, None, kind)
+    }
+    assert pairs == expected
+    assert ("llm", "transient") in pairs and ("parser", "kill_worker") in pairs
+    for option in catalogue.faults:
+        for operation in option.operations:
+            assert "sim" in fault_modes(option.port, operation, option.kind)
+
+
+def test_a_schedule_is_a_function_of_seed_and_index_and_a_valid_scenario() -> None:
+    catalogue = sim_catalogue()
+    first = [generate_schedule(5, i, DOCUMENTS, catalogue) for i in range(30)]
+    again = [generate_schedule(5, i, DOCUMENTS, catalogue) for i in range(30)]
+    other_seed = [generate_schedule(6, i, DOCUMENTS, catalogue) for i in range(30)]
+    assert first == again
+    assert first != other_seed
+    for schedule in first:
+        parse_scenario(schedule, schedule["name"])  # raises on anything the schema refuses
+    kinds = {fault["kind"] for schedule in first for fault in schedule["faults"]}
+    assert len(kinds) >= 5  # swarm: different schedules enable different kinds
+
+
+def test_shrinking_keeps_only_what_the_failure_needs() -> None:
+    schedule: dict[str, Any] = {
+        "name": "s",
+        "description": "d",
+        "documents": [{"files": [name]} for name in DOCUMENTS[:3]],
+        "settings": {"max_retries": 2},
+        "faults": [
+            {"port": "llm", "kind": "transient", "probability": 0.3, "fired": {"min": 0}},
+            {
+                "port": "parser",
+                "kind": "timeout",
+                "every": 3,
+                "window": [4.0, 12.0],
+                "latency_s": 8.0,
+                "documents": [DOCUMENTS[1]],
+                "fired": {"min": 0},
+            },
+        ],
+    }
+
+    def fails(candidate: dict[str, Any]) -> bool:
+        # The failure needs a parser timeout of at least 1 s and document 1.
+        names = [spec["files"][0] for spec in candidate["documents"]]
+        return DOCUMENTS[1] in names and any(
+            f["port"] == "parser" and f["kind"] == "timeout" and f["latency_s"] >= 1
+            for f in candidate["faults"]
+        )
+
+    shrunk, runs = shrink(schedule, fails)
+    assert fails(shrunk) and runs > 0
+    assert size(shrunk) == (1, 1)
+    (fault,) = shrunk["faults"]
+    assert "window" not in fault and "documents" not in fault and "every" not in fault
+    assert fault["first"] == 1
+    assert 1 <= fault["latency_s"] < 2
+    assert "settings" not in shrunk
+
+
+def test_a_short_exploration_of_main_finds_nothing(tmp_path: Path) -> None:
+    result = explore(
+        seed=2026,
+        documents=[SAMPLES],
+        out=tmp_path,
+        schedules=16,
+        jobs=1,
+        catalogue=service_faults(),
+    )
+    assert result.schedules == 16
+    assert result.fired, "no fault fired: the schedules explored nothing"
+    assert [(f.invariant, f.detail) for f in result.findings] == []
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_planted_defect_is_found_shrunk_and_replayed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plant a progress-unaware budget: dead-letter on the first transient error."""
+
+    def dead_letter_at_once(stage: Any, exc: BaseException, **_: Any) -> Decision:
+        return Decision("dead_letter", f"{stage}: {exc} (planted: no retry)", stalled=1)
+
+    monkeypatch.setattr(real, "decide", dead_letter_at_once)
+    result = explore(
+        seed=2026,
+        documents=[SAMPLES],
+        out=tmp_path,
+        schedules=16,
+        jobs=1,
+        shrink_runs=60,
+        catalogue=service_faults(),
+    )
+    budget = [f for f in result.findings if f.invariant == "retry budget"]
+    assert budget, [f.invariant for f in result.findings]
+    finding = budget[0]
+    assert finding.replay_reproduced, finding.replay_detail
+    assert finding.shrunk_size is not None
+    documents, faults = finding.shrunk_size
+    assert documents == 1 and faults == 1
+    assert finding.scenario_file is not None
+    path = Path(finding.scenario_file)
+    assert path.parent == tmp_path and path.suffix == ".yaml"
+    # Anyone's replay: the file as `docpipe scenario run FILE --mode sim` runs it.
+    report = run_scenario(load_scenario(path), path, "sim")
+    assert [c.name for c in report.checks if not c.passed] == ["retry budget"]
+    monkeypatch.undo()
+    fixed = run_scenario(load_scenario(path), path, "sim")
+    assert fixed.passed, [c for c in fixed.checks if not c.passed]
+
+
+def test_a_simulated_kill_escaping_the_simulator_is_a_crash_finding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """WorkerKilled is a BaseException: escaping the simulator it must become a finding."""
+    from fakes.faults import WorkerKilled
+    from pipeline.harness.explore.explorer import Workspace
+    from pipeline.harness.explore.invariants import CRASH
+
+    def killed(self: Workspace, schedule: dict[str, Any]) -> Any:
+        raise WorkerKilled("injected kill_worker_after on locks.release")
+
+    monkeypatch.setattr(Workspace, "run", killed)
+    workspace = Workspace([SAMPLES])
+    found, fired = workspace.judge(generate_schedule(1, 0, workspace.documents, sim_catalogue()))
+    assert [v.invariant for v in found] == [CRASH]
+    assert "locks.release" in found[0].detail
+    assert not fired
