@@ -55,12 +55,16 @@ def redact(text: str) -> str:
 
 
 def _url_password(value: str) -> str | None:
+    """The password of a URL, unless it is the user name too (RabbitMQ's `guest:guest`):
+    that one is no secret, and blanking it as a bare word would blank the user name."""
     if "://" not in value:
         return None
     try:
-        return urlsplit(value).password
+        parts = urlsplit(value)
+        password = parts.password
     except ValueError:  # a malformed URL (bad port...): the regex in redact_url still applies
         return None
+    return None if password == parts.username else password
 
 
 def secret_values(values: Iterable[Any]) -> set[str]:

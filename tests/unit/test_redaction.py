@@ -218,3 +218,10 @@ def test_flower_refusal_of_a_default_password_stays_readable() -> None:
 
     assert result.exit_code == 2
     assert "the password is a well-known default" in result.output
+
+
+def test_a_password_equal_to_its_user_name_is_no_bare_secret() -> None:
+    """RabbitMQ's well-known `guest:guest`: hidden inside URLs, not blanked as a word."""
+    assert secret_values(["amqp://guest:guest@127.0.0.1:5672/"]) == set()
+    assert secret_values(["amqp://docpipe:S3cret-Vhost-77@rabbit:5672/"]) >= {"S3cret-Vhost-77"}
+    assert redact("amqp://guest:guest@rabbit:5672//") == "amqp://guest:***@rabbit:5672//"
