@@ -187,6 +187,11 @@ class FaultyBlobStore:
         self._faults = faults
         self._clock = clock
 
+    @property
+    def inner(self) -> BlobStore:
+        """The store behind the faults (what the settings asked for)."""
+        return self._inner
+
     def put(self, key: str, data: bytes) -> None:
         response = consult(self._faults, self._clock, "blobs", "put", _document_of_key(key))
         self._inner.put(key, data)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from fakes.faulty_ports import FaultyBlobStore
 from fakes.textract_sim import TextractSimulator, moto_server
 from pipeline.adapters.aws import build_client
 from pipeline.adapters.s3_blob import S3BlobStore
@@ -99,7 +100,9 @@ def test_the_samples_complete_through_s3_and_textract_in_worker_processes(
         expected[path.name] = reference.store.counts(uuid).chunks
 
     services = stack.services()
-    assert isinstance(services.blobs, S3BlobStore)
+    # The stack injects faults (workers follow them), so the S3 store sits behind them.
+    assert isinstance(services.blobs, FaultyBlobStore)
+    assert isinstance(services.blobs.inner, S3BlobStore)
     assert isinstance(services.ocr, TextractOcrEngine)
     sim.inject("get", "ThrottlingException")  # answered to whichever worker polls first
     project = services.store.ensure_project("sim-cloud")
