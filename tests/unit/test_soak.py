@@ -290,7 +290,10 @@ def test_the_sampler_reads_redis_the_database_and_the_processes(tmp_path: Path) 
     assert sample["rss_mb:me"] > 1
     assert sample["fds:me"] >= 3
     assert sample["db_connections"] >= 1
-    assert [(r["worker"], r["pid"], r["role"]) for r in processes] == [("me", os.getpid(), "main")]
+    rows = [(r["worker"], r["pid"], r["role"]) for r in processes]
+    # This test process may have children of its own (a session's redis-server under xdist).
+    assert rows[0] == ("me", os.getpid(), "main")
+    assert all(role == "child" for _, _, role in rows[1:])
 
 
 def test_generated_variants_are_distinct_documents_of_each_type(tmp_path: Path) -> None:
