@@ -18,6 +18,7 @@ from pipeline.console import (
     stdout,
 )
 from pipeline.harness.cli.options import (
+    documents_option,
     layout_option,
     profile_option,
     seed_option,
@@ -25,7 +26,6 @@ from pipeline.harness.cli.options import (
 )
 from pipeline.harness.layout import parse_layout
 from pipeline.harness.perf.loadtest import (
-    DEFAULT_DOCUMENTS,
     DEFAULT_LOCUSTFILE,
     LoadConfig,
 )
@@ -51,13 +51,7 @@ from pipeline.harness.perf.loadtest import (
 @time_scale_option()
 @seed_option
 @layout_option()
-@click.option(
-    "--documents",
-    type=click.Path(exists=True, path_type=Path),
-    default=DEFAULT_DOCUMENTS,
-    show_default=True,
-    help="File or folder of documents, submitted in turn by both runs.",
-)
+@documents_option("File or folder of documents, submitted in turn by both runs.")
 @click.option(
     "--report",
     "report_dir",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -34,3 +35,16 @@ def time_scale_option(default: float = 0.1, help: str | None = None) -> Callable
 
 def layout_option(help: str = "Worker layout: queue[+queue]:pool:N items.") -> Callable[[F], F]:
     return click.option("--layout", default=PLAN_LAYOUT, show_default=True, help=help)
+
+
+def documents_option(help: str) -> Callable[[F], F]:
+    """--documents, the sample documents by default (shipped in the package)."""
+    from pipeline.library import SAMPLES
+
+    return click.option(
+        "--documents",
+        type=click.Path(exists=True, path_type=Path),
+        default=SAMPLES,
+        show_default=True,
+        help=help,
+    )

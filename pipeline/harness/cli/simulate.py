@@ -16,12 +16,12 @@ from pipeline.console import EXIT_FAILED, EXIT_OK, configuration_errors, load_se
 from pipeline.errors import UserFacingError
 from pipeline.extras import HARNESS_MODULES, require_extra
 from pipeline.harness.cli.options import (
+    documents_option,
     layout_option,
     profile_option,
     seed_option,
     time_scale_option,
 )
-from pipeline.harness.perf.loadtest import DEFAULT_DOCUMENTS
 
 
 @click.command()
@@ -35,12 +35,8 @@ from pipeline.harness.perf.loadtest import DEFAULT_DOCUMENTS
 @profile_option
 @time_scale_option(1.0, "1: the old system's seconds; 0.1: what `docpipe load` runs.")
 @seed_option
-@click.option(
-    "--documents",
-    type=click.Path(exists=True, path_type=Path),
-    default=DEFAULT_DOCUMENTS,
-    show_default=True,
-    help="File or folder of documents whose shapes (type, chunks) the model cycles through.",
+@documents_option(
+    "File or folder of documents whose shapes (type, chunks) the model cycles through."
 )
 @click.option(
     "--docs",

@@ -13,13 +13,13 @@ from rich.table import Table
 
 from pipeline.console import EXIT_FAILED, EXIT_OK, load_settings, stderr, stdout
 from pipeline.harness.cli.options import (
+    documents_option,
     layout_option,
     profile_option,
     seed_option,
     time_scale_option,
 )
 from pipeline.harness.layout import parse_layout
-from pipeline.harness.perf.loadtest import DEFAULT_DOCUMENTS
 from pipeline.harness.perf.soak import SoakBounds, SoakConfig, json_ready
 
 _DEFAULT_BOUNDS = SoakBounds()
@@ -55,13 +55,7 @@ _DEFAULT_BOUNDS = SoakBounds()
 @time_scale_option()
 @seed_option
 @layout_option()
-@click.option(
-    "--documents",
-    type=click.Path(exists=True, path_type=Path),
-    default=DEFAULT_DOCUMENTS,
-    show_default=True,
-    help="File or folder of documents, submitted in turn with the generated variants.",
-)
+@documents_option("File or folder of documents, submitted in turn with the generated variants.")
 @click.option(
     "--variants",
     type=click.IntRange(min=0, max=1000),
