@@ -95,3 +95,26 @@ def test_validate_refuses_the_file_before_anything_is_written(tmp_path: Path) ->
         assert "documents[1].generate.name: must be a file name without '/'" in result.stderr
     assert not target.exists()
     assert not (tmp_path.parent / "escaped.txt").exists()
+
+
+def test_files_may_be_absolute_paths_or_patterns(tmp_path: Path) -> None:
+    """An absolute path under `files:` (what `docpipe explore` writes) is read as written;
+    pathlib's glob refused it with NotImplementedError."""
+    samples = REPO / "samples"
+    loaded = parse_scenario(
+        {
+            "name": "t",
+            "description": "d",
+            "documents": [
+                {"files": [str(samples / "affidavit_of_jane_holloway.txt")]},
+                {"files": [str(samples / "*.docx")]},
+            ],
+        },
+        "f.yaml",
+    )
+
+    documents = materialize(loaded, tmp_path / "scenario.yaml", seed=1, inbox=tmp_path / "inbox")
+
+    names = [d.name for d in documents]
+    assert names[0] == "affidavit_of_jane_holloway.txt"
+    assert names[1:] == sorted(p.name for p in samples.glob("*.docx"))

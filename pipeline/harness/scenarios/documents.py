@@ -210,7 +210,7 @@ def materialize(
     for index, spec in enumerate(scenario.documents):
         if spec.files is not None:
             for pattern_index, pattern in enumerate(spec.files):
-                found = sorted(p for p in base.glob(pattern) if p.is_file())
+                found = sorted(p for p in _glob(base, pattern) if p.is_file())
                 if not found:
                     raise ScenarioError(
                         f"{source}: documents[{index}].files[{pattern_index}]: {pattern!r} "
@@ -238,3 +238,11 @@ def materialize(
             f"them); duplicated: {', '.join(duplicates)}"
         )
     return documents
+
+
+def _glob(base: Path, pattern: str) -> list[Path]:
+    """`pattern` relative to `base`, or an absolute path / pattern as written."""
+    path = Path(pattern)
+    if path.is_absolute():
+        return list(Path(path.anchor).glob(str(path.relative_to(path.anchor))))
+    return list(base.glob(pattern))
