@@ -87,6 +87,11 @@ class Send:
     version: int | None = None
 
 
+class DiedFinishing(Exception):
+    """Raised by an `Outcome.on_finish` whose worker was killed while finishing: the
+    delivery ends as `worker_lost` (no ack, nothing sent, the message requeued)."""
+
+
 @dataclass
 class Outcome:
     duration: float
@@ -396,6 +401,12 @@ class Simulator:
             return  # the worker died under it: no ack, nothing sent, its lock stays
         worker.running -= 1
         message = delivery.message
+        if outcome.kind != "worker_lost" and outcome.on_finish is not None:
+            try:
+                outcome.on_finish()
+            except DiedFinishing as died:
+                # Killed after its work, before the ack (releasing its lock): as a kill.
+                outcome = Outcome(0.0, "worker_lost", detail=str(died))
         if outcome.kind == "worker_lost":
             # The pool replaces its process; the message is rejected and requeued (no ack,
             # nothing sent, the dead task's lock stays until its TTL or its redelivery).
@@ -404,8 +415,6 @@ class Simulator:
             self._log("worker_lost", message.id, delivery.tag, worker.name)
             self._start_ready(worker)
             return
-        if outcome.on_finish is not None:
-            outcome.on_finish()
         acked = self.unacked.pop(delivery.tag, None) is not None
         self._log("finish", message.id, delivery.tag, worker.name, outcome.kind, acked)
         for send in outcome.sends:

@@ -43,7 +43,14 @@ from pipeline.domain.models import Stage, Status, stable_uuid
 from pipeline.errors import LockUnavailable, StaleDelivery, TransientError
 from pipeline.harness.simulation.clock import VirtualClock, VirtualRateLimiter
 from pipeline.harness.simulation.effects import install as install_deferred_store
-from pipeline.harness.simulation.engine import IntakeFailed, Message, Outcome, OutcomeKind, Send
+from pipeline.harness.simulation.engine import (
+    DiedFinishing,
+    IntakeFailed,
+    Message,
+    Outcome,
+    OutcomeKind,
+    Send,
+)
 from pipeline.harness.simulation.model import POLL_OCR, START_OCR
 from pipeline.ports import FaultInjector
 from pipeline.runtime.tasks import RETRYABLE
@@ -476,6 +483,9 @@ def _releaser(services: Services, name: str, token: str | None) -> Any:
             return
         # As the task layer: Redis being down is not the task's failure (the lock expires).
         with contextlib.suppress(redis.RedisError):
-            services.locks.release(name, token)
+            try:
+                services.locks.release(name, token)
+            except WorkerKilled as killed:
+                raise DiedFinishing(str(killed)) from None
 
     return release
