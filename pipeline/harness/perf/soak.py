@@ -58,6 +58,7 @@ from pipeline.extras import HARNESS_MODULES, require_extra
 from pipeline.harness.layout import PLAN_LAYOUT, WorkerSpec, parse_layout
 from pipeline.harness.localstack import PostgresDatabases, pool_children, start_redis
 from pipeline.harness.perf.loadtest import stack_values, worker_layout
+from pipeline.runtime.monitor import UNACKED_INDEX_KEY, UNACKED_KEY
 from pipeline.settings import Settings
 
 Progress = Callable[[str], None]
@@ -79,8 +80,8 @@ KOMBU_BOOKKEEPING = (
     "_kombu.binding",
     "_kombu.binding_permanent",
     "_kombu.binding_deadlines",
-    "unacked",
-    "unacked_index",
+    UNACKED_KEY,
+    UNACKED_INDEX_KEY,
 )
 QUEUE_FAMILY = "queue"
 ALLOWED_WITHOUT_TTL = frozenset((QUEUE_FAMILY, *KOMBU_BOOKKEEPING))
