@@ -176,7 +176,7 @@ def _document_of_key(key: str) -> str | None:
 
 
 def _document_of_lock(name: str) -> str | None:
-    """Lock names are `<document uuid>:<stage>`."""
+    """Lock names start with the document uuid (`<uuid>:<stage>:v<version>[:<step>]`)."""
     head, _, _ = name.partition(":")
     return head or None
 

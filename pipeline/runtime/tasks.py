@@ -41,6 +41,19 @@ RETRYABLE: tuple[type[BaseException], ...] = (
 )
 
 
+def stage_lock_name(document_uuid: str, version: int, stage: Stage, step: str = "") -> str:
+    """The lock of one step of work: a document's processing version, stage and step.
+
+    A delivery that finds it held drops itself as a duplicate (`run_stage`),
+    so the name must not be shared by work that is not a duplicate: a new
+    processing version, or the next step of the same stage (each OCR poll is a
+    step of its own). The holder may have finished with its release lost (Redis
+    down: the lock lives out its TTL); its successor must not wait on it.
+    """
+    name = f"{document_uuid}:{stage}:v{version}"
+    return f"{name}:{step}" if step else name
+
+
 def run_stage(
     task: Task[Any, Any],
     stage: Stage,
@@ -48,15 +61,18 @@ def run_stage(
     version: int,
     call: Callable[[Services], StageResult],
     stalled: int = 0,
+    *,
+    step: str = "",
 ) -> str:
     """Run one stage under its lock and apply the retry / failure policy (pipeline.app.policy).
 
     `stalled` (attempts in a row without progress) came with the message; the
-    stage reports its durable progress to the attempt's meter.
+    stage reports its durable progress to the attempt's meter. `step` names
+    the step within the stage when it has several (an OCR poll).
     """
     services = _services_or_retry(task)
     settings = services.settings
-    lock_name = f"{document_uuid}:{stage}"
+    lock_name = stage_lock_name(document_uuid, version, stage, step)
     token: str | None = None
     meter = ProgressMeter()
 
@@ -119,7 +135,8 @@ def run_stage(
     except (TransientError, SoftTimeLimitExceeded) as exc:
         decided = decision(exc)
         if decided.action == "dead_letter" and isinstance(exc, LockUnavailable):
-            # Another live task runs this very stage; its own message guarantees progress.
+            # Another task holds this very step (`stage_lock_name`): running, its own message
+            # guarantees progress; or done, with its release lost, and it chained what follows.
             log.warning("%s %s: dropped a duplicate task: %s", stage, document_uuid, exc)
             return "skipped"
         _release(services, lock_name, token)
@@ -378,7 +395,14 @@ def poll_ocr_task(
         version,
         lambda s: stages.poll_ocr(s, document_uuid, version, job_id, polls),
         stalled,
+        step=poll_step(polls),
     )
+
+
+def poll_step(polls: int) -> str:
+    """An OCR poll's step (`stage_lock_name`): the start's lock, or the previous poll's, left
+    behind by a lost release, must not block the poll that continues it."""
+    return f"poll{polls}"
 
 
 def _stage_task(stage: Stage) -> Any:

@@ -100,11 +100,25 @@ def test_a_stage_that_never_gets_its_successor_out_is_dead_lettered_with_the_rea
     assert "Connection refused" in str(letter["error"])
 
 
+@pytest.mark.parametrize(
+    "sample", ["affidavit_of_jane_holloway.txt", "complaint_holloway_v_meridian.pdf"]
+)
 def test_a_lock_that_cannot_be_released_does_not_stop_the_chain(
-    make_services: Callable[..., Services], monkeypatch: pytest.MonkeyPatch
+    make_services: Callable[..., Services], monkeypatch: pytest.MonkeyPatch, sample: str
 ) -> None:
-    """Redis going away between the stage's commit and its lock release (seen in a restart)."""
-    services = make_services(eager=False, broker_url="memory://")
+    """Redis going away between the stage's commit and its lock release (seen in a restart).
+
+    The PDF's OCR start chains a poll of the same stage: the start's lock, left
+    behind until its TTL, must not make the poll retry out its budget and be
+    dropped as a duplicate (found by docpipe explore).
+    """
+    services = make_services(
+        eager=False,
+        broker_url="memory://",
+        retry_backoff_base_s=0.05,
+        retry_backoff_max_s=0.1,
+        ocr_poll_interval_s=0.05,
+    )
     release = services.locks.release
     failed: list[str] = []
 
@@ -116,9 +130,9 @@ def test_a_lock_that_cannot_be_released_does_not_stop_the_chain(
 
     monkeypatch.setattr(services.locks, "release", redis_gone_once)
 
-    status = _run_one(services, SAMPLES / "affidavit_of_jane_holloway.txt", monkeypatch)
+    status = _run_one(services, SAMPLES / sample, monkeypatch)
 
-    assert failed and failed[0].endswith(":ocr")
+    assert failed and failed[0].split(":")[1] == Stage.OCR
     assert status is Status.COMPLETED
 
 

@@ -14,6 +14,7 @@ from pipeline.app import stages
 from pipeline.app.intake import collect_files, dispatch, submit_all
 from pipeline.bootstrap import Services
 from pipeline.domain.models import EntityType, Stage, Status
+from pipeline.runtime.tasks import stage_lock_name
 from tests.conftest import SAMPLES
 from tests.helpers import GOOD_TEXT, run_files
 
@@ -282,7 +283,8 @@ def test_a_stage_whose_lock_is_held_elsewhere_never_runs_unlocked(
     path.write_text(GOOD_TEXT)
     (submission,) = submit_all(services, [path], "p")
     uuid = submission.document_uuid
-    held = services.locks.acquire(f"{uuid}:{Stage.OCR}", ttl_seconds=60, owner="another-worker")
+    lock = stage_lock_name(uuid, services.store.get_document(uuid).processing_version, Stage.OCR)
+    held = services.locks.acquire(lock, ttl_seconds=60, owner="another-worker")
     assert held is not None
 
     dispatch(services, uuid)
@@ -290,6 +292,6 @@ def test_a_stage_whose_lock_is_held_elsewhere_never_runs_unlocked(
     document = services.store.get_document(uuid)
     assert document.status is Status.OCR_QUEUED  # retried, then dropped: OCR never ran
     assert document.raw_text is None
-    services.locks.release(f"{uuid}:{Stage.OCR}", held)
+    services.locks.release(lock, held)
     dispatch(services, uuid)
     assert services.store.get_document(uuid).status is Status.COMPLETED

@@ -53,7 +53,7 @@ from pipeline.harness.simulation.engine import (
 )
 from pipeline.harness.simulation.model import POLL_OCR, START_OCR
 from pipeline.ports import FaultInjector
-from pipeline.runtime.tasks import RETRYABLE
+from pipeline.runtime.tasks import RETRYABLE, poll_step, stage_lock_name
 from pipeline.settings import Settings
 
 _runs = itertools.count(1)
@@ -287,7 +287,8 @@ class StageExecutor:
             gave_up = f"gave up after {message.retries} retries"
             self._dead_letter(message, stage, f"worker lost too many times ({gave_up})")
             return Outcome(0.0, "dead_lettered", detail="redelivered too often")
-        lock_name = f"{uuid}:{stage}"
+        step = poll_step(int(message.args[1])) if message.task == POLL_OCR else ""
+        lock_name = stage_lock_name(uuid, version, stage, step)
         token: str | None = None
         meter = ProgressMeter()
         try:
@@ -414,7 +415,7 @@ class StageExecutor:
         )
         if decision.action == "dead_letter":
             if isinstance(exc, LockUnavailable):
-                # Another live task runs this very stage; its own message guarantees progress.
+                # Another task holds this very step: it carries the document on (as the task layer).
                 return Outcome(duration, "skipped", detail=str(exc))
             self._dead_letter(message, stage, decision.error)
             return Outcome(duration, "dead_lettered", detail=str(exc))
