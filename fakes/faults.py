@@ -83,6 +83,33 @@ class FaultRule:
         return f"{self.kind} on {target}"
 
 
+#: What a fault is - the fields that seed its draws. Not when it may fire (`first`, `every`,
+#: `window`, `documents`), nor its latency and Retry-After: narrowing those keeps the rule's
+#: draws, so a shrinker that simplifies a rule does not re-roll it.
+_IDENTITY_FIELDS = ("port", "operation", "kind", "probability", "latency_max_s", "message", "extra")
+
+
+def rule_identities(rules: Sequence[FaultRule]) -> tuple[str, ...]:
+    """A stable identity per rule, seeding its probability and latency draws.
+
+    A hash of what the rule is, and which of the rules alike it is (the k-th
+    with that hash), never its position in the list: removing another rule
+    leaves a rule's draws as they were, so a shrunk schedule fails on the same
+    calls as the one it came from. Identical rules stay independent; removing
+    one of them leaves the same set of draws.
+    """
+    seen: dict[str, int] = {}
+    identities = []
+    for rule in rules:
+        content = json.dumps(
+            {name: getattr(rule, name) for name in _IDENTITY_FIELDS}, sort_keys=True
+        )
+        digest = hashlib.sha256(content.encode()).hexdigest()[:16]
+        identities.append(f"{digest}.{seen.get(digest, 0)}")
+        seen[digest] = seen.get(digest, 0) + 1
+    return tuple(identities)
+
+
 class RedisFaultInjector:
     """Implements the FaultInjector port; `arm()` resets counters and starts the clock.
 
@@ -105,6 +132,8 @@ class RedisFaultInjector:
         self._client = client
         self._clock: Clock = clock if clock is not None else SystemClock()
         self.rules = tuple(rules)
+        #: Seeds each rule's draws (its counters stay per position, as `fired()` reports them).
+        self._identities = rule_identities(self.rules)
         self._ns = namespace
         self._seed = seed
         #: In the simulator a `kill_worker` fault raises WorkerKilled instead of SIGKILL.
@@ -158,10 +187,11 @@ class RedisFaultInjector:
             if rule.documents and document_uuid not in rule.documents:
                 continue
             call = int(self._client.incr(f"{self._ns}:rule:{index}:calls"))
-            if not self._fires(index, rule, call):
+            identity = self._identities[index]
+            if not self._fires(identity, rule, call):
                 continue
             self._client.incr(f"{self._ns}:rule:{index}:fired")
-            effect = self._apply(self._sampled(index, rule, call), effect)
+            effect = self._apply(self._sampled(identity, rule, call), effect)
         return effect
 
     def kill_worker(self, reason: str) -> None:
@@ -191,7 +221,7 @@ class RedisFaultInjector:
         value = self._client.get(key)
         return int(value) if value is not None else 0
 
-    def _fires(self, index: int, rule: FaultRule, call: int) -> bool:
+    def _fires(self, identity: str, rule: FaultRule, call: int) -> bool:
         if rule.window is not None:
             armed = self._client.get(f"{self._ns}:armed_at")
             elapsed = self._clock.now() - float(armed) if armed is not None else 0.0
@@ -202,16 +232,16 @@ class RedisFaultInjector:
         if rule.every is not None and call % rule.every != 0:
             return False
         if rule.probability is not None:
-            digest = hashlib.sha256(f"{self._seed}:{index}:{call}".encode()).digest()
+            digest = hashlib.sha256(f"{self._seed}:{identity}:{call}".encode()).digest()
             if int.from_bytes(digest[:8], "big") / 2**64 >= rule.probability:
                 return False
         return True
 
-    def _sampled(self, index: int, rule: FaultRule, call: int) -> FaultRule:
+    def _sampled(self, identity: str, rule: FaultRule, call: int) -> FaultRule:
         """A latency rule with a range gets its seeded draw for this call."""
         if rule.latency_max_s is None or rule.latency_max_s <= rule.latency_s:
             return rule
-        digest = hashlib.sha256(f"{self._seed}:latency:{index}:{call}".encode()).digest()
+        digest = hashlib.sha256(f"{self._seed}:latency:{identity}:{call}".encode()).digest()
         fraction = int.from_bytes(digest[:8], "big") / 2**64
         drawn = rule.latency_s + fraction * (rule.latency_max_s - rule.latency_s)
         return replace(rule, latency_s=drawn, latency_max_s=None)

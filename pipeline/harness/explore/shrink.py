@@ -97,8 +97,8 @@ def _removals(schedule: Schedule) -> Iterator[Callable[[Schedule], Schedule | No
     for index in reversed(range(len(schedule["documents"]))):
         yield without_document(index)
     for key in ("faults", "disruptions"):
-        # Last first: a probabilistic fault's draws are seeded with its index, so removing
-        # a later fault leaves the earlier ones firing on the very same calls.
+        # A probabilistic fault's draws are seeded by what it is, not by its place in the
+        # list (fakes.faults.rule_identities): removing one leaves the others' draws alone.
         for index in reversed(range(len(schedule.get(key, [])))):
             yield without(key, index)
 
