@@ -219,10 +219,10 @@ def _services_or_retry(task: Task[Any, Any]) -> Services:
         retries = task.request.retries
         log.warning("cannot build the worker's services (%s); retry %d", exc, retries + 1)
         countdown = retry_countdown(settings, retries)
-        raise _retry(task, countdown, exc, max_retries=settings.max_retries) from exc
+        raise retry_task(task, countdown, exc, max_retries=settings.max_retries) from exc
 
 
-def _retry(
+def retry_task(
     task: Task[Any, Any],
     countdown: float,
     exc: Exception,
@@ -234,7 +234,9 @@ def _retry(
 
     `stalled` (attempts without progress) replaces the message's count; None keeps it.
     Celery rejects (drops) the message when the retry cannot be published: the
-    broker is down. It is requeued instead; late acks keep it until then.
+    broker is down. It is requeued instead; late acks keep it until then. The
+    simulator runs this very function with a simulated task (its `dispatcher.send_retry`
+    fault is a publish that fails).
     """
     kwargs = dict(task.request.kwargs or {})
     if stalled is not None:
@@ -273,7 +275,7 @@ def _retry_or_dead_letter(
         )
         # Celery's own cap is the ceiling; the policy has already applied the budget.
         max_retries = services.settings.max_task_attempts
-        return _retry(
+        return retry_task(
             task, decision.countdown, exc, max_retries=max_retries, stalled=decision.stalled
         )
     try:
@@ -292,7 +294,7 @@ def _retry_recording(task: Task[Any, Any], settings: Any, exc: Exception) -> Ret
     """
     log.warning("could not record the failure (%s); trying again later", exc)
     countdown = retry_countdown(settings, task.request.retries)
-    return _retry(task, countdown, exc, max_retries=settings.max_task_attempts)
+    return retry_task(task, countdown, exc, max_retries=settings.max_task_attempts)
 
 
 def _release(services: Services, lock_name: str, token: str | None) -> None:

@@ -83,7 +83,10 @@ FAULT_CATALOGUE: dict[str, dict[str, tuple[str, ...]]] = {
     "state": {"record": _INFRA_KINDS},
     "rate_limiter": {"acquire": _INFRA_KINDS},
     "dispatcher": {
-        "send_stage": ("transient", "latency", "duplicate", "stale_version", "kill_worker")
+        "send_stage": ("transient", "latency", "duplicate", "stale_version", "kill_worker"),
+        # Publishing a task's retry (Celery's Task.retry, not through the Dispatcher port):
+        # the broker down past the publish policy.
+        "send_retry": ("transient",),
     },
     "intake": {"submit": ("duplicate",)},
     "worker": {
@@ -106,6 +109,8 @@ SIM_ONLY_FAULTS: frozenset[tuple[str, str, str]] = frozenset(
         ("worker", "ack", "kill_worker"),
         ("worker", "countdown", "kill_worker"),
         ("redis", "server", "restart"),
+        # Real workers publish retries inside Celery, where no wrapper reaches yet.
+        ("dispatcher", "send_retry", "transient"),
     }
 )
 #: Kinds that end the process they fire in: eager mode (the runner's own process) refuses

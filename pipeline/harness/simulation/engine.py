@@ -34,8 +34,10 @@ from pipeline.domain.models import QUEUES
 
 #: `worker_lost`: the process running the task died (a `kill_worker` fault); with late
 #: acks and reject-on-worker-lost the message goes back to its queue at once.
+#: `requeued`: the task rejected its message with requeue (Celery's Reject(requeue=True),
+#: a retry that could not be published): back to its queue at once, as a lost one.
 OutcomeKind = Literal[
-    "ok", "retry", "failed", "skipped", "dead_lettered", "completed", "worker_lost"
+    "ok", "retry", "failed", "skipped", "dead_lettered", "completed", "worker_lost", "requeued"
 ]
 
 
@@ -407,12 +409,13 @@ class Simulator:
             except DiedFinishing as died:
                 # Killed after its work, before the ack (releasing its lock): as a kill.
                 outcome = Outcome(0.0, "worker_lost", detail=str(died))
-        if outcome.kind == "worker_lost":
-            # The pool replaces its process; the message is rejected and requeued (no ack,
-            # nothing sent, the dead task's lock stays until its TTL or its redelivery).
+        if outcome.kind in ("worker_lost", "requeued"):
+            # The pool replaces its process (or the task rejected its message); the message
+            # is requeued (no ack, nothing sent; a dead task's lock stays until its TTL or
+            # its redelivery).
             if self.unacked.pop(delivery.tag, None) is not None:
                 self.queues[message.queue].appendleft(message)
-            self._log("worker_lost", message.id, delivery.tag, worker.name)
+            self._log(outcome.kind, message.id, delivery.tag, worker.name)
             self._start_ready(worker)
             return
         acked = self.unacked.pop(delivery.tag, None) is not None

@@ -25,12 +25,14 @@ import contextlib
 import hashlib
 import itertools
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, NoReturn, cast
 
 import redis
+from celery.exceptions import Reject, Retry
 
 from fakes.faults import ACTIVE_FAULTS_KEY, SharedFaultInjector, WorkerKilled
 from fakes.faulty_ports import consult, unfaulted
@@ -53,7 +55,7 @@ from pipeline.harness.simulation.engine import (
 )
 from pipeline.harness.simulation.model import POLL_OCR, START_OCR
 from pipeline.ports import FaultInjector
-from pipeline.runtime.tasks import RETRYABLE, poll_step, stage_lock_name
+from pipeline.runtime.tasks import RETRYABLE, poll_step, retry_task, stage_lock_name
 from pipeline.settings import Settings
 
 _runs = itertools.count(1)
@@ -231,9 +233,9 @@ class StageExecutor:
                 # the task layer (`_retry_recording`), the task runs again later.
                 countdown = retry_countdown(self.settings, message.retries, rng=self.rng)
                 detail = f"could not record the outcome ({exc}); retry in {countdown:.3f}s"
-                send = message.retry(countdown, stalled=message.stalled)
-                outcome = Outcome(self.clock.now() - start, "retry", [send], detail=detail)
-            if outcome.kind != "worker_lost":
+                duration = self.clock.now() - start
+                outcome = self._publish_retry(message, countdown, None, exc, duration, detail)
+            if outcome.kind not in ("worker_lost", "requeued"):
                 try:
                     self._consult("worker", "ack", message.doc)
                 except WorkerKilled as killed:
@@ -419,9 +421,39 @@ class StageExecutor:
                 return Outcome(duration, "skipped", detail=str(exc))
             self._dead_letter(message, stage, decision.error)
             return Outcome(duration, "dead_lettered", detail=str(exc))
-        send = message.retry(decision.countdown, stalled=decision.stalled)
         detail = f"{exc}; retry in {decision.countdown:.3f}s ({decision.stalled} without progress)"
-        return Outcome(duration, "retry", [send], detail=detail)
+        countdown, stalled = decision.countdown, decision.stalled
+        return self._publish_retry(message, countdown, stalled, exc, duration, detail)
+
+    def _publish_retry(
+        self,
+        message: Message,
+        countdown: float,
+        stalled: int | None,
+        exc: Exception,
+        duration: float,
+        detail: str,
+    ) -> Outcome:
+        """The retry as the task layer publishes it (`retry_task`, run here with a simulated
+        task): sent; requeued when it could not be published; dropped if the task layer let
+        Celery's rejection through."""
+        task = SimulatedTask(
+            message, lambda: self._consult("dispatcher", "send_retry", message.doc)
+        )
+        max_retries = self.settings.max_task_attempts
+        try:
+            retry_task(cast(Any, task), countdown, exc, max_retries=max_retries, stalled=stalled)
+        except Retry:
+            if task.sent is None:  # pragma: no cover - SimulatedTask raises Retry once sent
+                raise
+            return Outcome(duration, "retry", [task.sent], detail=detail)
+        except Reject as rejected:
+            unsent = f"{detail}; the retry could not be published ({rejected})"
+            if getattr(rejected, "requeue", False):
+                return Outcome(duration, "requeued", detail=f"{unsent}: requeued")
+            # Rejected without requeue: the broker drops the message, nothing carries it on.
+            return Outcome(duration, "skipped", detail=f"{unsent}: rejected, dropped")
+        raise RuntimeError("the task layer neither retried nor rejected")  # pragma: no cover
 
     def _dead_letter(self, message: Message, stage: Stage, text: str) -> None:
         """Record the dead letter and the terminal status; `text` says why and after what."""
@@ -446,6 +478,38 @@ class StageExecutor:
             }
         digest = hashlib.sha256(repr(sorted(out.items())).encode()).hexdigest()[:16]
         return {"documents": out, "digest": digest}
+
+
+class SimulatedTask:
+    """What the task layer's retry (`retry_task`) uses of a bound Celery task, in the simulator.
+
+    `retry` publishes as Celery's `Task.retry` does: the same task id with one
+    more retry and the given kwargs, then raises Retry; a publish that fails
+    (`publish` raises: a `dispatcher.send_retry` fault, the broker down past
+    the publish policy) raises Reject(requeue=False), as Celery does. Celery's
+    own retry cap is not modelled: the policy's ceiling (`max_task_attempts`)
+    stops a chain first.
+    """
+
+    def __init__(self, message: Message, publish: Callable[[], object]) -> None:
+        self.request = SimpleNamespace(
+            id=message.id, retries=message.retries, kwargs={"stalled": message.stalled}
+        )
+        self.name = message.task
+        self._message = message
+        self._publish = publish
+        #: The retry message, once published.
+        self.sent: Send | None = None
+
+    def retry(
+        self, *, kwargs: dict[str, Any], exc: Exception, countdown: float, **_: Any
+    ) -> NoReturn:
+        try:
+            self._publish()
+        except (TransientError, redis.RedisError) as failed:
+            raise Reject(failed, requeue=False) from None
+        self.sent = self._message.retry(countdown, stalled=int(kwargs.get("stalled", 0)))
+        raise Retry(exc=exc)
 
 
 def _ended(outcome: Outcome) -> str:
