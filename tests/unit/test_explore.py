@@ -175,3 +175,28 @@ def test_a_simulated_kill_escaping_the_simulator_is_a_crash_finding(
     assert [v.invariant for v in found] == [CRASH]
     assert "locks.release" in found[0].detail
     assert not fired
+
+
+def test_the_simulator_publishes_retries_through_the_task_layer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 14's power case (2): a task layer that lets Celery drop a retry it could not
+    publish (Reject without requeue) loses the document, and the simulator shows it."""
+    from celery.exceptions import Reject
+
+    from pipeline.library import SCENARIOS
+
+    path = SCENARIOS / "sim_retry_not_published_is_requeued.yaml"
+    assert run_scenario(load_scenario(path), path, "sim").passed
+
+    def drops_unpublished_retries(task: Any, countdown: float, exc: Exception, **_: Any) -> Any:
+        try:
+            task.retry(kwargs=dict(task.request.kwargs), exc=exc, countdown=countdown)
+        except Reject:
+            raise  # as Celery raises it: requeue=False, the message is dropped
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    monkeypatch.setattr(real, "retry_task", drops_unpublished_retries)
+    report = run_scenario(load_scenario(path), path, "sim")
+    failed = {c.name for c in report.checks if not c.passed}
+    assert "no lost document" in failed

@@ -272,3 +272,50 @@ def test_wrappers_only_when_faults_are_on_and_the_runner_sees_through_them(
     finally:
         plain.close()
         faulted.close()
+
+
+def _fires_on(armed: RedisFaultInjector, rule_index: int, calls: int, port: str) -> list[int]:
+    """The calls (1-based) on which rule `rule_index` fired, over `calls` calls of `port`."""
+    fired: list[int] = []
+    for call in range(1, calls + 1):
+        before = armed.fired()[rule_index]
+        try:
+            armed.before(port, "extract", None)
+        except TransientError:
+            pass
+        if armed.fired()[rule_index] > before:
+            fired.append(call)
+    return fired
+
+
+def test_a_rule_s_draws_do_not_depend_on_the_rules_before_it() -> None:
+    """Shrinking removes faults: the others must fire on the very same calls as before."""
+    kept = FaultRule(port="llm", kind="transient", probability=0.3)
+    other = FaultRule(port="parser", kind="transient", probability=0.5)
+    alone = _fires_on(injector(kept), 0, 200, "llm")
+    after_another = _fires_on(injector(other, kept), 1, 200, "llm")
+
+    assert alone == after_another
+    assert 30 < len(alone) < 90  # drawn, not all or nothing
+
+
+def test_narrowing_when_a_rule_may_fire_keeps_its_draws() -> None:
+    wide = FaultRule(port="llm", kind="transient", probability=0.3)
+    narrow = FaultRule(port="llm", kind="transient", probability=0.3, every=2)
+    on_wide = _fires_on(injector(wide), 0, 200, "llm")
+    on_narrow = _fires_on(injector(narrow), 0, 200, "llm")
+
+    assert on_narrow == [call for call in on_wide if call % 2 == 0]
+
+
+def test_identical_rules_draw_independently_and_the_seed_changes_the_draws() -> None:
+    rule = FaultRule(port="llm", kind="transient", probability=0.3)
+    first = _fires_on(injector(rule, rule), 0, 200, "llm")
+    second = _fires_on(injector(rule, rule), 1, 200, "llm")
+    again = _fires_on(injector(rule, rule), 0, 200, "llm")
+    reseeded = RedisFaultInjector(fakeredis.FakeRedis(), [rule, rule], simulated=True, seed=7)
+    reseeded.arm()
+
+    assert first == again  # deterministic
+    assert first != second
+    assert _fires_on(reseeded, 0, 200, "llm") != first
