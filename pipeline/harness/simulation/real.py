@@ -234,7 +234,10 @@ class StageExecutor:
                 countdown = retry_countdown(self.settings, message.retries, rng=self.rng)
                 detail = f"could not record the outcome ({exc}); retry in {countdown:.3f}s"
                 duration = self.clock.now() - start
-                outcome = self._publish_retry(message, countdown, None, exc, duration, detail)
+                try:
+                    outcome = self._publish_retry(message, countdown, None, exc, duration, detail)
+                except WorkerKilled as killed:  # killed while publishing that retry
+                    outcome = Outcome(duration, "worker_lost", detail=str(killed))
             if outcome.kind not in ("worker_lost", "requeued"):
                 try:
                     self._consult("worker", "ack", message.doc)
@@ -311,16 +314,14 @@ class StageExecutor:
             self._attempted(message, meter.progressed, _ended(outcome))
             return outcome
         except TransientError as exc:
-            if token is not None:
-                services.locks.release(lock_name, token)
+            _release_now(services, lock_name, token)
             duration = self.clock.now() - start
             outcome = self._retry(message, stage, exc, meter.progressed, duration)
             ended = "locked" if isinstance(exc, LockUnavailable) else _ended(outcome)
             self._attempted(message, meter.progressed, ended)
             return outcome
         except Exception as exc:  # the task layer records any other failure on the row
-            if token is not None:
-                services.locks.release(lock_name, token)
+            _release_now(services, lock_name, token)
             reason = readable(stage, exc)
             # Fenced like the task layer's: committed at the end, refused if overtaken.
             fence = stages.claimed_fence()
@@ -540,6 +541,15 @@ class RecordingDispatcher:
         """The sends since the last call, oldest first."""
         sent, self._sent = self._sent, []
         return sent
+
+
+def _release_now(services: Services, name: str, token: str | None) -> None:
+    """Release before a retry or failure, as the task layer's `_release`: Redis being down
+    is not the task's failure (the lock expires); a kill still kills."""
+    if token is None:
+        return
+    with contextlib.suppress(redis.RedisError):
+        services.locks.release(name, token)
 
 
 def _releaser(services: Services, name: str, token: str | None) -> Any:
