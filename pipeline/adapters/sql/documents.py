@@ -160,54 +160,65 @@ class SqlDocumentRecords(SqlBase):
 
         The UPDATE only matches the document in this processing version with a
         current status it may move from (`allowed_predecessors`), so two
-        workers racing (or a late redelivery) cannot move it backwards. A
+        workers racing (or a late redelivery) cannot move it backwards; with a
+        `fence`, only while the delivery still holds the document (else
+        StaleDelivery, found by reading the row only when nothing matched). A
         terminal status closes the document's open queue row in the same
         commit: a crash or outage right after it cannot leave the row open.
         """
         status = Status(status)
-        docs = source_documents.c
-        values: dict[str, Any] = {
-            "status": status.value,
-            "error_message": error_message if status.is_failure else None,
-            "updated_at": self._now(),
+        error = error_message if status.is_failure else None
+        params: dict[str, Any] = {
+            "p_uuid": document_uuid,
+            "p_version": processing_version,
+            "p_allowed": [s.value for s in allowed_predecessors(status)],
+            "p_status": status.value,
+            "p_error": error,
+            "p_now": self._now(),
+            "p_task": celery_task_id,
         }
-        if celery_task_id is not None:
-            values["celery_task_id"] = celery_task_id
-        allowed = [s.value for s in allowed_predecessors(status)]
+        # A fence of this very document goes into the UPDATE's own WHERE: the check and
+        # the write are one statement (on PostgreSQL the UPDATE re-checks a row another
+        # transaction changed meanwhile). Any other fence is checked first, as before.
+        one_step = fence is not None and fence.document_uuid == document_uuid
         with self._write() as conn:
-            self._check_fence(conn, fence)
-            changed = conn.execute(
-                update(source_documents)
-                .where(
-                    docs.uuid == document_uuid,
-                    docs.processing_version == processing_version,
-                    docs.status.in_(allowed),
+            hot = self._hot(conn)
+            if fence is not None and one_step:
+                params.update(
+                    p_fence_status=fence.status.value,
+                    p_fence_version=fence.processing_version,
+                    p_fence_token=fence.token,
                 )
-                .values(**values)
-            ).rowcount
-            if changed != 1:
+                result = conn.execute(hot.advance_fenced, params)
+            else:
+                self._check_fence(conn, fence)
+                result = conn.execute(hot.advance, params)
+            if conn.dialect.update_returning:
+                row = result.first()
+                changed = row is not None
+                task_id = None if row is None else row[0]
+            else:
+                changed = result.rowcount == 1
+                task_id = None
+            if not changed:
+                if one_step:
+                    # Stale (StaleDelivery), or the status may not move from where it is.
+                    self._check_fence(conn, fence)
                 return False
-            task_id = (
-                celery_task_id
-                or conn.execute(
+            if not conn.dialect.update_returning:
+                docs = source_documents.c
+                task_id = conn.execute(
                     select(docs.celery_task_id).where(docs.uuid == document_uuid)
                 ).scalar_one()
-            )
             self._record_history(
-                conn,
-                document_uuid,
-                processing_version,
-                stage,
-                status,
-                values["error_message"],
-                task_id,
+                conn, document_uuid, processing_version, stage, status, error, task_id
             )
             if status.is_terminal:
                 self._close_queue_entry(
                     conn,
                     document_uuid,
                     QueueStatus.FAILED if status.is_failure else QueueStatus.COMPLETED,
-                    values["error_message"],
+                    error,
                 )
             return True
 
@@ -227,21 +238,19 @@ class SqlDocumentRecords(SqlBase):
         between. Moving to a later `status` records the transition in history,
         as `advance_status` does. Any earlier delivery's token stops matching.
         """
-        docs = source_documents.c
-        values: dict[str, Any] = {"fence_token": uuidlib.uuid4().hex, "updated_at": self._now()}
+        params: dict[str, Any] = {
+            "p_uuid": document_uuid,
+            "p_version": processing_version,
+            "p_found": Status(found_status).value,
+            "p_token": uuidlib.uuid4().hex,
+            "p_now": self._now(),
+        }
         moves = progress_rank(status) > progress_rank(found_status)
         if moves:
-            values.update(status=Status(status).value, error_message=None)
+            params["p_status"] = Status(status).value
         with self._write() as conn:
-            changed = conn.execute(
-                update(source_documents)
-                .where(
-                    docs.uuid == document_uuid,
-                    docs.processing_version == processing_version,
-                    docs.status == Status(found_status).value,
-                )
-                .values(**values)
-            ).rowcount
+            hot = self._hot(conn)
+            changed = conn.execute(hot.claim_moving if moves else hot.claim, params).rowcount
             if changed != 1:
                 return None
             document = self._load_document(conn, document_uuid)
@@ -271,12 +280,9 @@ class SqlDocumentRecords(SqlBase):
         the UPDATE changes; the claimed document is the read one with the new
         values, not read again.
         """
-        docs = source_documents.c
-        query = select(source_documents).where(docs.uuid == document_uuid)
         with self._write() as conn:
-            if conn.dialect.name == "postgresql":
-                query = query.with_for_update()
-            row = conn.execute(query).one_or_none()
+            hot = self._hot(conn)
+            row = conn.execute(hot.document_locked, {"p_uuid": document_uuid}).one_or_none()
             if row is None:
                 raise KeyError(f"no document {document_uuid}")
             found = _document(row)
@@ -285,26 +291,24 @@ class SqlDocumentRecords(SqlBase):
                 return None
             status = Status(wanted)
             now = self._now()
-            values: dict[str, Any] = {"fence_token": uuidlib.uuid4().hex, "updated_at": now}
+            params: dict[str, Any] = {
+                "p_uuid": document_uuid,
+                "p_version": found.processing_version,
+                "p_found": found.status.value,
+                "p_token": uuidlib.uuid4().hex,
+                "p_now": now,
+            }
             moves = progress_rank(status) > progress_rank(found.status)
             if moves:
-                values.update(status=status.value, error_message=None)
-            changed = conn.execute(
-                update(source_documents)
-                .where(
-                    docs.uuid == document_uuid,
-                    docs.processing_version == found.processing_version,
-                    docs.status == found.status.value,
-                )
-                .values(**values)
-            ).rowcount
+                params["p_status"] = status.value
+            changed = conn.execute(hot.claim_moving if moves else hot.claim, params).rowcount
             if changed != 1:  # the row lock makes this unreachable; never claim blind
                 raise RuntimeError(f"document {document_uuid} changed under its row lock")
             claimed = replace(
                 found,
                 status=status if moves else found.status,
                 error_message=None if moves else found.error_message,
-                fence_token=values["fence_token"],
+                fence_token=params["p_token"],
                 updated_at=now.timestamp(),
             )
             if moves:
