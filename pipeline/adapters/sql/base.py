@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,20 +23,17 @@ from sqlalchemy import (
     Row,
     Select,
     Table,
-    Update,
-    bindparam,
     delete,
-    func,
     select,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from pipeline.adapters.sql.hot import CLOSE_QUEUE, CLOSE_QUEUE_WITH_ERROR, HISTORY, HotSql
 from pipeline.adapters.sql.schema import (
     BEGIN_IMMEDIATE,
     OPEN_QUEUE_STATUSES,
-    document_processing_history,
     document_processing_queue,
     source_documents,
 )
@@ -55,42 +51,7 @@ from pipeline.ports import Clock
 _OPEN = [status.value for status in OPEN_QUEUE_STATUSES]
 
 
-@dataclass(frozen=True)
-class HotStatements:
-    """The statements every stage delivery runs, built once per dialect with bound parameters.
-
-    A statement built per call costs SQLAlchemy its construction and its cache key
-    (~0.1-0.2 ms of CPU each, more than SQLite's own work); a statement object
-    built once keeps its cache key, and its compiled form stays in the engine's
-    cache. Parameters are named `p_*`: a SET clause refuses bound names equal to
-    column names.
-    """
-
-    #: The whole document row (`p_uuid`).
-    document: Select[Any]
-    #: The same, row-locked until commit on PostgreSQL (SQLite: the write lock is held).
-    document_locked: Select[Any]
-    #: Status, version and fencing token of `p_uuid`, row-locked on PostgreSQL.
-    fence: Select[Any]
-    #: A new fencing token (`p_token`, `p_now`) if `p_uuid` is still at `p_version`, `p_found`.
-    claim: Update
-    #: `claim` that also moves the status to `p_status` (clearing the error).
-    claim_moving: Update
-    #: Forward-only status change of `p_uuid` at `p_version` from one of `p_allowed`:
-    #: `p_status`, `p_error`, `p_now`, and the task id `p_task` unless None. Returns the
-    #: document's task id (None when the dialect has no UPDATE ... RETURNING).
-    advance: Update
-    #: `advance` only while the delivery's fence holds (`p_fence_status`, `p_fence_version`,
-    #: `p_fence_token`): the fence check and the write are one statement.
-    advance_fenced: Update
-    #: Insert-if-absent of one history row (its columns by name).
-    history: Insert
-    #: Close the document's open queue row: `p_doc`, `p_status`, `p_now` (and `p_error`).
-    close_queue: Update
-    close_queue_with_error: Update
-
-
-_HOT: dict[str, HotStatements] = {}
+_HOT: dict[str, HotSql] = {}
 
 
 class SqlBase:
@@ -144,12 +105,14 @@ class SqlBase:
         raise ConfigurationError(f"unsupported database dialect {conn.dialect.name!r}")
 
     @staticmethod
-    def _hot(conn: Connection) -> HotStatements:
-        """This dialect's hot statements (built on first use, then shared by every store)."""
+    def _hot(conn: Connection) -> HotSql:
+        """This dialect's per-delivery statements (pipeline.adapters.sql.hot), shared."""
         name = conn.dialect.name
         found = _HOT.get(name)
         if found is None:
-            found = _HOT[name] = _build_hot(conn)
+            if name not in ("sqlite", "postgresql"):
+                raise ConfigurationError(f"unsupported database dialect {name!r}")
+            found = _HOT[name] = HotSql(name, returning=conn.dialect.update_returning)
         return found
 
     @staticmethod
@@ -166,10 +129,10 @@ class SqlBase:
 
     @classmethod
     def _load_document(cls, conn: Connection, document_uuid: str) -> SourceDocument:
-        row = conn.execute(cls._hot(conn).document, {"p_uuid": document_uuid}).one_or_none()
-        if row is None:
+        document = cls._hot(conn).fetch_document(conn, document_uuid)
+        if document is None:
             raise KeyError(f"no document {document_uuid}")
-        return _document(row)
+        return document
 
     @classmethod
     def _check_fence(
@@ -185,10 +148,10 @@ class SqlBase:
             return
         if document_uuid is not None and document_uuid != fence.document_uuid:
             raise ValueError(f"fence of {fence.document_uuid} passed for {document_uuid}")
-        row = conn.execute(cls._hot(conn).fence, {"p_uuid": fence.document_uuid}).one_or_none()
+        row = cls._hot(conn).fetch_fence(conn, fence.document_uuid)
         if row is None:
             raise StaleDelivery(f"document {fence.document_uuid} no longer exists")
-        found = (Status(row.status), row.processing_version, row.fence_token)
+        found = (Status(row[0]), row[1], row[2])
         if found != (fence.status, fence.processing_version, fence.token):
             raise StaleDelivery(
                 f"document {fence.document_uuid} moved on since this delivery claimed it "
@@ -217,17 +180,19 @@ class SqlBase:
         celery_task_id: str | None,
     ) -> None:
         """Insert-if-absent on (document, version, status)."""
-        conn.execute(
-            self._hot(conn).history,
+        hot = self._hot(conn)
+        hot.execute(
+            conn,
+            HISTORY,
             {
                 "uuid": stable_uuid("history", document_uuid, processing_version, status.value),
                 "document_uuid": document_uuid,
                 "processing_version": processing_version,
                 "stage": stage,
                 "status": status.value,
-                "error_message": error_message,
-                "celery_task_id": celery_task_id,
-                "created_at": self._now(),
+                "error": error_message,
+                "task": celery_task_id,
+                "now": hot.stamp(self._now()),
             },
         )
 
@@ -252,14 +217,14 @@ class SqlBase:
     ) -> None:
         hot = self._hot(conn)
         values: dict[str, Any] = {
-            "p_doc": document_uuid,
-            "p_status": QueueStatus(status).value,
-            "p_now": self._now(),
+            "document_uuid": document_uuid,
+            "status": QueueStatus(status).value,
+            "now": hot.stamp(self._now()),
         }
         if error is None:
-            conn.execute(hot.close_queue, values)
+            hot.execute(conn, CLOSE_QUEUE, values)
         else:
-            conn.execute(hot.close_queue_with_error, {**values, "p_error": error})
+            hot.execute(conn, CLOSE_QUEUE_WITH_ERROR, {**values, "error": error})
 
     @staticmethod
     def _open_queue_uuid(conn: Connection, document_uuid: str) -> str | None:
@@ -268,65 +233,6 @@ class SqlBase:
             select(queue.uuid).where(queue.document_uuid == document_uuid, queue.status.in_(_OPEN))
         ).scalar_one_or_none()
         return None if found is None else str(found)
-
-
-def _build_hot(conn: Connection) -> HotStatements:
-    docs, queue = source_documents.c, document_processing_queue.c
-    postgres = conn.dialect.name == "postgresql"
-    document = select(source_documents).where(docs.uuid == bindparam("p_uuid"))
-    fence = select(docs.status, docs.processing_version, docs.fence_token).where(
-        docs.uuid == bindparam("p_uuid")
-    )
-    claim = update(source_documents).where(
-        docs.uuid == bindparam("p_uuid"),
-        docs.processing_version == bindparam("p_version"),
-        docs.status == bindparam("p_found"),
-    )
-    claim_values: dict[str, Any] = {
-        "fence_token": bindparam("p_token"),
-        "updated_at": bindparam("p_now"),
-    }
-    advance = (
-        update(source_documents)
-        .where(
-            docs.uuid == bindparam("p_uuid"),
-            docs.processing_version == bindparam("p_version"),
-            docs.status.in_(bindparam("p_allowed", expanding=True)),
-        )
-        .values(
-            status=bindparam("p_status"),
-            error_message=bindparam("p_error"),
-            updated_at=bindparam("p_now"),
-            # The task id only when one is given, as a dict of values would.
-            celery_task_id=func.coalesce(
-                bindparam("p_task", type_=docs.celery_task_id.type), docs.celery_task_id
-            ),
-        )
-    )
-    if conn.dialect.update_returning:
-        advance = advance.returning(docs.celery_task_id)
-    advance_fenced = advance.where(
-        docs.status == bindparam("p_fence_status"),
-        docs.processing_version == bindparam("p_fence_version"),
-        docs.fence_token == bindparam("p_fence_token"),
-    )
-    close_queue = (
-        update(document_processing_queue)
-        .where(queue.document_uuid == bindparam("p_doc"), queue.status.in_(_OPEN))
-        .values(status=bindparam("p_status"), updated_at=bindparam("p_now"))
-    )
-    return HotStatements(
-        document=document,
-        document_locked=document.with_for_update() if postgres else document,
-        fence=fence.with_for_update() if postgres else fence,
-        claim=claim.values(**claim_values),
-        claim_moving=claim.values(**claim_values, status=bindparam("p_status"), error_message=None),
-        advance=advance,
-        advance_fenced=advance_fenced,
-        history=SqlBase._insert_ignore(conn, document_processing_history),
-        close_queue=close_queue,
-        close_queue_with_error=close_queue.values(last_error=bindparam("p_error")),
-    )
 
 
 def relationship_uuid(relationship: Relationship) -> str:

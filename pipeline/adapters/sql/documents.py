@@ -20,6 +20,7 @@ from pipeline.adapters.sql.base import (
     _document,
     _strip_nul,
 )
+from pipeline.adapters.sql.hot import CLAIM, CLAIM_MOVING
 from pipeline.adapters.sql.schema import (
     document_processing_history,
     projects,
@@ -168,14 +169,13 @@ class SqlDocumentRecords(SqlBase):
         """
         status = Status(status)
         error = error_message if status.is_failure else None
+        allowed = [s.value for s in allowed_predecessors(status)]
         params: dict[str, Any] = {
-            "p_uuid": document_uuid,
-            "p_version": processing_version,
-            "p_allowed": [s.value for s in allowed_predecessors(status)],
-            "p_status": status.value,
-            "p_error": error,
-            "p_now": self._now(),
-            "p_task": celery_task_id,
+            "uuid": document_uuid,
+            "version": processing_version,
+            "status": status.value,
+            "error": error,
+            "task": celery_task_id,
         }
         # A fence of this very document goes into the UPDATE's own WHERE: the check and
         # the write are one statement (on PostgreSQL the UPDATE re-checks a row another
@@ -183,29 +183,22 @@ class SqlDocumentRecords(SqlBase):
         one_step = fence is not None and fence.document_uuid == document_uuid
         with self._write() as conn:
             hot = self._hot(conn)
+            params["now"] = hot.stamp(self._now())
             if fence is not None and one_step:
                 params.update(
-                    p_fence_status=fence.status.value,
-                    p_fence_version=fence.processing_version,
-                    p_fence_token=fence.token,
+                    fence_status=fence.status.value,
+                    fence_version=fence.processing_version,
+                    fence_token=fence.token,
                 )
-                result = conn.execute(hot.advance_fenced, params)
             else:
                 self._check_fence(conn, fence)
-                result = conn.execute(hot.advance, params)
-            if conn.dialect.update_returning:
-                row = result.first()
-                changed = row is not None
-                task_id = None if row is None else row[0]
-            else:
-                changed = result.rowcount == 1
-                task_id = None
+            changed, task_id = hot.advance(conn, params, allowed, fenced=one_step)
             if not changed:
                 if one_step:
                     # Stale (StaleDelivery), or the status may not move from where it is.
                     self._check_fence(conn, fence)
                 return False
-            if not conn.dialect.update_returning:
+            if not hot.returning:
                 docs = source_documents.c
                 task_id = conn.execute(
                     select(docs.celery_task_id).where(docs.uuid == document_uuid)
@@ -239,18 +232,18 @@ class SqlDocumentRecords(SqlBase):
         as `advance_status` does. Any earlier delivery's token stops matching.
         """
         params: dict[str, Any] = {
-            "p_uuid": document_uuid,
-            "p_version": processing_version,
-            "p_found": Status(found_status).value,
-            "p_token": uuidlib.uuid4().hex,
-            "p_now": self._now(),
+            "uuid": document_uuid,
+            "version": processing_version,
+            "found": Status(found_status).value,
+            "token": uuidlib.uuid4().hex,
         }
         moves = progress_rank(status) > progress_rank(found_status)
         if moves:
-            params["p_status"] = Status(status).value
+            params["status"] = Status(status).value
         with self._write() as conn:
             hot = self._hot(conn)
-            changed = conn.execute(hot.claim_moving if moves else hot.claim, params).rowcount
+            params["now"] = hot.stamp(self._now())
+            changed = hot.execute(conn, CLAIM_MOVING if moves else CLAIM, params).rowcount
             if changed != 1:
                 return None
             document = self._load_document(conn, document_uuid)
@@ -282,33 +275,32 @@ class SqlDocumentRecords(SqlBase):
         """
         with self._write() as conn:
             hot = self._hot(conn)
-            row = conn.execute(hot.document_locked, {"p_uuid": document_uuid}).one_or_none()
-            if row is None:
+            found = hot.fetch_document(conn, document_uuid, lock=True)
+            if found is None:
                 raise KeyError(f"no document {document_uuid}")
-            found = _document(row)
             wanted = judge(found)
             if wanted is None:
                 return None
             status = Status(wanted)
             now = self._now()
             params: dict[str, Any] = {
-                "p_uuid": document_uuid,
-                "p_version": found.processing_version,
-                "p_found": found.status.value,
-                "p_token": uuidlib.uuid4().hex,
-                "p_now": now,
+                "uuid": document_uuid,
+                "version": found.processing_version,
+                "found": found.status.value,
+                "token": uuidlib.uuid4().hex,
+                "now": hot.stamp(now),
             }
             moves = progress_rank(status) > progress_rank(found.status)
             if moves:
-                params["p_status"] = status.value
-            changed = conn.execute(hot.claim_moving if moves else hot.claim, params).rowcount
+                params["status"] = status.value
+            changed = hot.execute(conn, CLAIM_MOVING if moves else CLAIM, params).rowcount
             if changed != 1:  # the row lock makes this unreachable; never claim blind
                 raise RuntimeError(f"document {document_uuid} changed under its row lock")
             claimed = replace(
                 found,
                 status=status if moves else found.status,
                 error_message=None if moves else found.error_message,
-                fence_token=params["p_token"],
+                fence_token=params["token"],
                 updated_at=now.timestamp(),
             )
             if moves:
