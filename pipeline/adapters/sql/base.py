@@ -10,10 +10,12 @@ failures surface as `TransientError` (pipeline.errors).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -53,6 +55,34 @@ _OPEN = [status.value for status in OPEN_QUEUE_STATUSES]
 
 _HOT: dict[str, HotSql] = {}
 
+#: How long a write transaction waits for SQLite's write lock, in this process (the
+#: writer lock below) and from another process (the connection's busy timeout).
+SQLITE_BUSY_TIMEOUT_SECONDS = 30
+
+#: One writer lock per SQLite database file, shared by every store of this process on it.
+_SQLITE_WRITERS: dict[str, threading.RLock] = {}
+_SQLITE_WRITERS_GUARD = threading.Lock()
+
+
+def _sqlite_writer(engine: Engine) -> threading.RLock | None:
+    """The process's writer lock for a SQLite engine's database; None on PostgreSQL.
+
+    SQLite lets one connection write at a time. A thread that finds the write
+    lock taken sleeps in SQLite's busy handler (1, 2, 5, 10 ms ...) and tries
+    again, so threads of one worker queued on it waited milliseconds for a lock
+    held for a fraction of one, and paid CPU for each try. Queued on this lock
+    instead, the next writer starts as soon as the last one commits; other
+    processes still meet the busy timeout.
+    """
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database or ""
+    if database in ("", ":memory:") or engine.url.query.get("mode") == "memory":
+        return threading.RLock()  # this engine's own database
+    key = str(Path(database).expanduser().resolve())
+    with _SQLITE_WRITERS_GUARD:
+        return _SQLITE_WRITERS.setdefault(key, threading.RLock())
+
 
 class SqlBase:
     """A SQLAlchemy engine (SQLite or PostgreSQL) and the helpers every role uses.
@@ -64,6 +94,7 @@ class SqlBase:
     def __init__(self, engine: Engine, *, clock: Clock | None = None) -> None:
         self._engine = engine
         self._clock = clock
+        self._writer = _sqlite_writer(engine)
 
     @property
     def engine(self) -> Engine:
@@ -76,11 +107,24 @@ class SqlBase:
     # --- helpers ------------------------------------------------------------------
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        """A write transaction; on SQLite it takes the write lock at BEGIN."""
-        with _translate_errors(), self._engine.connect() as conn:
-            conn.execution_options(**{BEGIN_IMMEDIATE: True})
-            with conn.begin():
-                yield conn
+        """A write transaction; on SQLite it takes the write lock at BEGIN.
+
+        On SQLite, threads of this process take turns on the writer lock first
+        (`_sqlite_writer`).
+        """
+        writer = self._writer
+        if writer is not None and not writer.acquire(timeout=SQLITE_BUSY_TIMEOUT_SECONDS):
+            raise TransientError(
+                f"database unavailable: no turn to write within {SQLITE_BUSY_TIMEOUT_SECONDS} s"
+            )
+        try:
+            with _translate_errors(), self._engine.connect() as conn:
+                conn.execution_options(**{BEGIN_IMMEDIATE: True})
+                with conn.begin():
+                    yield conn
+        finally:
+            if writer is not None:
+                writer.release()
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:

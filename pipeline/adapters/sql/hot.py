@@ -124,28 +124,9 @@ class HotSql:
             return moment
         return moment.astimezone(UTC).replace(tzinfo=None).strftime(_SQLITE_DATETIME)
 
-    def execute(
-        self, conn: Connection, template: str, params: Mapping[str, Any]
-    ) -> Any:  # a DBAPI cursor
-        """Run one statement on the transaction's DBAPI connection; errors as SQLAlchemy's."""
-        statement = self.sql(template)
-        proxied = conn.connection
-        cursor = proxied.cursor()
-        try:
-            cursor.execute(statement, params)
-        except conn.dialect.loaded_dbapi.Error as exc:
-            lost = conn.dialect.is_disconnect(exc, proxied.dbapi_connection, cursor)
-            if lost:
-                conn.invalidate(exc)
-            raise DBAPIError.instance(
-                statement,
-                dict(params),
-                exc,
-                conn.dialect.loaded_dbapi.Error,
-                connection_invalidated=lost,
-                dialect=conn.dialect,
-            ) from exc
-        return cursor
+    def execute(self, conn: Connection, template: str, params: Mapping[str, Any]) -> Any:
+        """Run one template on the transaction's DBAPI cursor (`execute_raw`)."""
+        return execute_raw(conn, self.sql(template), params)
 
     def fetch_document(
         self, conn: Connection, document_uuid: str, *, lock: bool = False
@@ -220,6 +201,31 @@ class HotSql:
             created_at=_epoch(created_at),
             updated_at=_epoch(updated_at),
         )
+
+
+def execute_raw(conn: Connection, statement: str, params: Mapping[str, Any]) -> Any:
+    """Run one statement on the connection's DBAPI cursor and return the cursor.
+
+    Errors come out as `Connection.execute` raises them: wrapped in SQLAlchemy's
+    DBAPIError, the connection invalidated when the database went away.
+    """
+    proxied = conn.connection
+    cursor = proxied.cursor()
+    try:
+        cursor.execute(statement, params)
+    except conn.dialect.loaded_dbapi.Error as exc:
+        lost = conn.dialect.is_disconnect(exc, proxied.dbapi_connection, cursor)
+        if lost:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(
+            statement,
+            dict(params),
+            exc,
+            conn.dialect.loaded_dbapi.Error,
+            connection_invalidated=lost,
+            dialect=conn.dialect,
+        ) from exc
+    return cursor
 
 
 def _epoch(value: datetime | str | None) -> float | None:
