@@ -291,3 +291,11 @@ def test_parity_pairs_sim_with_broker_when_eager_did_not_run() -> None:
     assert list(parities) == ["killed (sim vs broker)"]
     differences = parities["killed (sim vs broker)"]
     assert differences and all("only in sim" in line for line in differences)
+
+
+def test_sim_mode_skips_a_scenario_for_rabbitmq_only(tmp_path: Path) -> None:
+    """The simulator models Celery on Redis: a RabbitMQ-only case is skipped, not failed."""
+    path = REPO / "scenarios" / "consumer_timeout_shorter_than_time_limit.yaml"
+    report = run_scenario(load_scenario(path), path, "sim", workdir=tmp_path)
+    assert report.passed and report.skipped is not None
+    assert "not for Redis" in report.skipped

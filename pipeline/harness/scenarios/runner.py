@@ -934,6 +934,9 @@ def sim_skip_reason(scenario: Scenario) -> str | None:
             f"declares modes: [{', '.join(scenario.modes)}] (sim runs eager scenarios and "
             "broker ones without disruptions or missing consumers)"
         )
+    if "eager" not in scenario.modes and "redis" not in scenario.broker.brokers:
+        only = scenario.broker.only_because or f"brokers: [{', '.join(scenario.broker.brokers)}]"
+        return f"the simulator models Celery on Redis; this scenario is not for Redis ({only})"
     kinds = sorted(
         f"{f.kind} on {f.port}"
         for f in scenario.faults
