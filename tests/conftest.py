@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -82,22 +83,83 @@ def start_fake_ocr_job(data: bytes, scans: object | None) -> tuple[EmbeddedOcrEn
 
 
 def docpipe(
-    cwd: Path, *args: str, env: dict[str, str] | None = None
+    cwd: Path, *args: str, env: dict[str, str] | None = None, real_process: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m pipeline ARGS` in `cwd`, in a clean environment plus `env`, as a user runs it."""
+    """`docpipe ARGS` in `cwd`, in a clean environment plus `env`, as a user runs it.
+
+    In this process by default (click's CliRunner: the command, its exit code and its
+    stdout and stderr apart, without ~1 s of interpreter start per call): the working
+    folder and the whole environment are the subprocess's for the call, the settings are
+    read afresh, the services the command started are closed afterwards, and an
+    exception the command did not turn into an exit code fails the test (a subprocess
+    would have printed its traceback). `real_process=True` runs `python -m pipeline` as a
+    subprocess, for what only a process shows: its imports, logging set-up, signal
+    handlers, PYTHONPATH, what a fresh interpreter remembers (redaction's known secrets).
+    """
     base = {
         "PATH": "/usr/bin:/bin",
         "PYTHONPATH": str(REPO),
         "HOME": str(cwd),
         "DOCPIPE_UNDER_TEST": "1",
     }
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        cwd=cwd,
-        env={**base, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=300,
+    environment = {**base, **(env or {})}
+    if real_process:
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline", *args],
+            cwd=cwd,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    return _docpipe_in_process(cwd, list(args), environment)
+
+
+def _docpipe_in_process(
+    cwd: Path, args: list[str], environment: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    from click.testing import CliRunner
+
+    from pipeline import bootstrap, redaction
+    from pipeline.cli import main
+    from pipeline.ports import services as current
+    from pipeline.runtime import celery_app
+    from pipeline.settings import get_settings
+
+    # Exactly the subprocess's environment: every other variable unset for the call.
+    isolated: dict[str, str | None] = {k: None for k in os.environ if k not in environment}
+    isolated.update(environment)
+    previous = Path.cwd()
+    # What a fresh interpreter starts without: the root logger's handlers (the command's
+    # logging.basicConfig then writes to its stderr, as in a process of its own, at the
+    # level -v asks for), the secrets earlier commands made redaction remember, and the
+    # in-process fakeredis servers (the embedded default's Redis state dies with a process).
+    root = logging.getLogger()
+    handlers, level, known = root.handlers[:], root.level, redaction._known
+    fake_servers = dict(bootstrap._fake_redis_servers)
+    root.handlers, redaction._known = [], ()
+    bootstrap._fake_redis_servers.clear()
+    get_settings.cache_clear()
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(main, args, env=isolated, prog_name="docpipe")
+    finally:
+        os.chdir(previous)
+        root.handlers = handlers
+        root.setLevel(level)
+        redaction._known = known
+        bootstrap._fake_redis_servers.clear()
+        bootstrap._fake_redis_servers.update(fake_servers)
+        get_settings.cache_clear()
+        started = current._current
+        current.use_services(None)
+        if started is not None:
+            started.close()
+        celery_app.drop_broker_connections()
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(
+        ["docpipe", *args], result.exit_code, result.stdout, result.stderr
     )
 
 
