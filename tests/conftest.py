@@ -48,18 +48,26 @@ SHARED_FIXTURE_MODULES = frozenset(
 )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Each module above runs whole in one process under `make test`.
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each module above runs whole in one process under `make test`; integration tests first.
 
     `make test` spreads the tests over processes (pytest-xdist, `--dist loadgroup`): such a
     module's fixtures then start once, in the one process that runs all of its tests one
     after the other, instead of once in every process that gets one of them. Every other
     test goes to whichever process is free. Without -n this changes nothing.
+
+    Under xdist the integration tests (worker processes, redis-servers: 20-70 s each) are
+    handed out before the unit tests, so no process is left running a long one alone at
+    the end while the others are done. Only their place in the queue changes: within each
+    kind the order is still pytest-randomly's shuffle of the seed (this hook runs after it,
+    a stable sort), and without -n the whole order is the seed's.
     """
     for item in items:
         module = item.nodeid.split("::", 1)[0]
         if module in SHARED_FIXTURE_MODULES:
             item.add_marker(pytest.mark.xdist_group(module))
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: item.get_closest_marker("integration") is None)
 
 
 def start_fake_ocr_job(data: bytes, scans: object | None) -> tuple[EmbeddedOcrEngine, str]:
