@@ -9,9 +9,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    Connection,
     delete,
     func,
     select,
+    text,
     update,
 )
 
@@ -53,12 +55,26 @@ class SqlDocumentRecords(SqlBase):
                 conn.execute(select(projects.c.uuid).where(projects.c.name == name)).scalar_one()
             )
 
-    def create_document(self, document: SourceDocument) -> None:
+    def create_document(
+        self, document: SourceDocument, *, unless_content_known: bool = False
+    ) -> str:
+        """Insert the document; returns the uuid of the document that holds its content.
+
+        With `unless_content_known`, a project that already has a document with the
+        same content_sha256 gets no second one: that document's uuid is returned.
+        The look-up and the insert are one transaction, serialized per content
+        (SQLite's write lock is taken at BEGIN; PostgreSQL takes an advisory lock on
+        project and hash), so two runs of the same new file make one document.
+        """
         with self._write() as conn:
             if self._exists(conn, source_documents, document.uuid):
                 raise ValueError(f"document {document.uuid} already exists")
             if not self._exists(conn, projects, document.project_uuid):
                 raise KeyError(f"no project {document.project_uuid}")
+            if unless_content_known and document.content_sha256 is not None:
+                holder = self._content_holder(conn, document.project_uuid, document.content_sha256)
+                if holder is not None:
+                    return holder
             conn.execute(
                 source_documents.insert().values(
                     uuid=document.uuid,
@@ -78,6 +94,25 @@ class SqlDocumentRecords(SqlBase):
                     **self._stamps(),
                 )
             )
+        return document.uuid
+
+    @staticmethod
+    def _content_holder(conn: Connection, project_uuid: str, content_sha256: str) -> str | None:
+        if conn.dialect.name == "postgresql":
+            # Held until commit: a concurrent insert of the same content waits, then sees ours.
+            conn.execute(
+                text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                {"key": f"docpipe:content:{project_uuid}:{content_sha256}"},
+            )
+        docs = source_documents.c
+        query = (
+            select(docs.uuid)
+            .where(docs.project_uuid == project_uuid, docs.content_sha256 == content_sha256)
+            .order_by(docs.created_at, docs.uuid)
+            .limit(1)
+        )
+        holder: str | None = conn.execute(query).scalar_one_or_none()
+        return holder
 
     def get_document(self, document_uuid: str) -> SourceDocument:
         with self._read() as conn:
