@@ -103,6 +103,7 @@ def docpipe(
     would have printed its traceback). `real_process=True` runs `python -m pipeline` as a
     subprocess, for what only a process shows: its imports, logging set-up, signal
     handlers, PYTHONPATH, what a fresh interpreter remembers (redaction's known secrets).
+    One in-process call at a time: it sets this process's working folder and environment.
     """
     base = {
         "PATH": "/usr/bin:/bin",
