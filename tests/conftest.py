@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -47,18 +48,26 @@ SHARED_FIXTURE_MODULES = frozenset(
 )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Each module above runs whole in one process under `make test`.
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each module above runs whole in one process under `make test`; integration tests first.
 
     `make test` spreads the tests over processes (pytest-xdist, `--dist loadgroup`): such a
     module's fixtures then start once, in the one process that runs all of its tests one
     after the other, instead of once in every process that gets one of them. Every other
     test goes to whichever process is free. Without -n this changes nothing.
+
+    Under xdist the integration tests (worker processes, redis-servers: 20-70 s each) are
+    handed out before the unit tests, so no process is left running a long one alone at
+    the end while the others are done. Only their place in the queue changes: within each
+    kind the order is still pytest-randomly's shuffle of the seed (this hook runs after it,
+    a stable sort), and without -n the whole order is the seed's.
     """
     for item in items:
         module = item.nodeid.split("::", 1)[0]
         if module in SHARED_FIXTURE_MODULES:
             item.add_marker(pytest.mark.xdist_group(module))
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: item.get_closest_marker("integration") is None)
 
 
 def start_fake_ocr_job(data: bytes, scans: object | None) -> tuple[EmbeddedOcrEngine, str]:
@@ -82,22 +91,84 @@ def start_fake_ocr_job(data: bytes, scans: object | None) -> tuple[EmbeddedOcrEn
 
 
 def docpipe(
-    cwd: Path, *args: str, env: dict[str, str] | None = None
+    cwd: Path, *args: str, env: dict[str, str] | None = None, real_process: bool = False
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m pipeline ARGS` in `cwd`, in a clean environment plus `env`, as a user runs it."""
+    """`docpipe ARGS` in `cwd`, in a clean environment plus `env`, as a user runs it.
+
+    In this process by default (click's CliRunner: the command, its exit code and its
+    stdout and stderr apart, without ~1 s of interpreter start per call): the working
+    folder and the whole environment are the subprocess's for the call, the settings are
+    read afresh, the services the command started are closed afterwards, and an
+    exception the command did not turn into an exit code fails the test (a subprocess
+    would have printed its traceback). `real_process=True` runs `python -m pipeline` as a
+    subprocess, for what only a process shows: its imports, logging set-up, signal
+    handlers, PYTHONPATH, what a fresh interpreter remembers (redaction's known secrets).
+    One in-process call at a time: it sets this process's working folder and environment.
+    """
     base = {
         "PATH": "/usr/bin:/bin",
         "PYTHONPATH": str(REPO),
         "HOME": str(cwd),
         "DOCPIPE_UNDER_TEST": "1",
     }
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        cwd=cwd,
-        env={**base, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=300,
+    environment = {**base, **(env or {})}
+    if real_process:
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline", *args],
+            cwd=cwd,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    return _docpipe_in_process(cwd, list(args), environment)
+
+
+def _docpipe_in_process(
+    cwd: Path, args: list[str], environment: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    from click.testing import CliRunner
+
+    from pipeline import bootstrap, redaction
+    from pipeline.cli import main
+    from pipeline.ports import services as current
+    from pipeline.runtime import celery_app
+    from pipeline.settings import get_settings
+
+    # Exactly the subprocess's environment: every other variable unset for the call.
+    isolated: dict[str, str | None] = {k: None for k in os.environ if k not in environment}
+    isolated.update(environment)
+    previous = Path.cwd()
+    # What a fresh interpreter starts without: the root logger's handlers (the command's
+    # logging.basicConfig then writes to its stderr, as in a process of its own, at the
+    # level -v asks for), the secrets earlier commands made redaction remember, and the
+    # in-process fakeredis servers (the embedded default's Redis state dies with a process).
+    root = logging.getLogger()
+    handlers, level, known = root.handlers[:], root.level, redaction._known
+    fake_servers = dict(bootstrap._fake_redis_servers)
+    root.handlers, redaction._known = [], ()
+    bootstrap._fake_redis_servers.clear()
+    get_settings.cache_clear()
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(main, args, env=isolated, prog_name="docpipe")
+    finally:
+        os.chdir(previous)
+        root.handlers = handlers
+        root.setLevel(level)
+        redaction._known = known
+        bootstrap._fake_redis_servers.clear()
+        bootstrap._fake_redis_servers.update(fake_servers)
+        get_settings.cache_clear()
+        started = current._current
+        current.use_services(None)
+        if started is not None:
+            started.close()
+        celery_app.drop_broker_connections()
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return subprocess.CompletedProcess(
+        ["docpipe", *args], result.exit_code, result.stdout, result.stderr
     )
 
 

@@ -41,6 +41,7 @@ def test_a_short_soak_runs_end_to_end_and_writes_its_report(tmp_path: Path) -> N
         "--report",
         str(report),
         "--json",
+        real_process=True,  # its worker processes and signal handling, as a user runs it
     )
 
     assert result.returncode in (0, 1), result.stderr[-3000:]

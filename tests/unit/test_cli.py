@@ -1,4 +1,8 @@
-"""`docpipe run` as a user runs it: a subprocess in a fresh working directory."""
+"""`docpipe run` as a user runs it, in a fresh working directory.
+
+The exit codes, the JSON on stdout and what goes to stderr are checked in a real
+`python -m pipeline` process (`real_process=True`); the rest runs in this process.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ def test_run_json_prints_exactly_one_object_and_exit_1_when_a_document_fails(
     (inbox / "nested" / "good.txt").write_text(GOOD)
     (inbox / "broken.pdf").write_bytes(b"%PDF-1.7\n1 0 obj <<")
 
-    result = docpipe(tmp_path, "run", "inbox", "--json")
+    result = docpipe(tmp_path, "run", "inbox", "--json", real_process=True)
 
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
@@ -58,13 +62,13 @@ def test_run_with_database_url_uses_that_database(tmp_path: Path) -> None:
 
 
 def test_usage_and_configuration_errors_exit_2_without_traceback(tmp_path: Path) -> None:
-    missing = docpipe(tmp_path, "run", "does-not-exist.pdf")
+    missing = docpipe(tmp_path, "run", "does-not-exist.pdf", real_process=True)
     assert missing.returncode == 2
     assert "no such file or directory" in missing.stderr
     bad_url = docpipe(tmp_path, "run", ".", "--database-url", "mysql+nothing://u:secret@h/d")
     assert bad_url.returncode == 2
     assert "secret" not in bad_url.stderr + bad_url.stdout
-    no_args = docpipe(tmp_path, "run")
+    no_args = docpipe(tmp_path, "run", real_process=True)
     assert no_args.returncode == 2
     for result in (missing, bad_url, no_args):
         assert "Traceback" not in result.stderr
@@ -73,7 +77,7 @@ def test_usage_and_configuration_errors_exit_2_without_traceback(tmp_path: Path)
 def test_progress_bar_goes_to_stderr_for_longer_runs(tmp_path: Path) -> None:
     for i in range(5):
         (tmp_path / f"doc{i}.txt").write_text(GOOD)
-    result = docpipe(tmp_path, "run", ".", "--json")
+    result = docpipe(tmp_path, "run", ".", "--json", real_process=True)
     assert result.returncode == 0, result.stderr
     json.loads(result.stdout)
 

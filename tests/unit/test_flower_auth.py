@@ -258,6 +258,7 @@ def test_p_at_ssw0rd_is_refused_by_the_command_in_a_real_process(tmp_path: Path)
         tmp_path,
         "flower",
         env={"DOCPIPE_BROKER_URL": BROKER, "DOCPIPE_FLOWER_BASIC_AUTH": "ops:P@ssw0rd"},
+        real_process=True,
     )
     assert proc.returncode == 2
     assert "DOCPIPE_FLOWER_BASIC_AUTH: the password is too easy to guess" in proc.stderr

@@ -280,7 +280,9 @@ def test_docpipe_run_without_the_extra_says_how_to_enable_it(tmp_path: Any) -> N
     inbox.mkdir()
     (inbox / "scanned.pdf").write_bytes(two_scanned_pages())
 
-    result = docpipe(tmp_path, "run", "inbox", "--json", env={"PYTHONPATH": f"{hide}:{REPO}"})
+    result = docpipe(
+        tmp_path, "run", "inbox", "--json", env={"PYTHONPATH": f"{hide}:{REPO}"}, real_process=True
+    )
 
     assert result.returncode == 1, result.stderr
     (row,) = json.loads(result.stdout)["documents"]
