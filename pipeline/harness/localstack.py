@@ -3,9 +3,8 @@ databases, throw-away RabbitMQ vhosts and `docpipe worker` processes.
 
 Used by broker-mode scenarios, the load test and the integration tests. The
 redis-server listens on a free loopback port (never the user's Redis on 6379)
-with no persistence (unless asked for) and `noeviction`; workers are the Celery worker
-`docpipe worker` runs (`python -m celery -A pipeline.runtime.celery_app worker`, started
-directly) in subprocesses that share one environment and log to files in the work folder.
+with no persistence (unless asked for) and `noeviction`; workers are `python -m pipeline worker`
+subprocesses that share one environment and log to files in the work folder.
 PostgreSQL databases (`docpipe_test_<hex>`) are created on a server the
 caller names with an admin URL and dropped again; no other database is touched.
 Every wait is bounded in time; stopping is SIGTERM, a bounded wait, then SIGKILL.
@@ -19,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Collection, Mapping, Sequence
@@ -268,19 +268,16 @@ class WorkerGroup:
         `cwd` and `env` replace the group's work folder and environment for this one
         worker (a worker deployed as a host of its own).
         """
-        from pipeline.cli.worker import worker_argv
-
-        names = queues.split(",") if isinstance(queues, str) else list(queues)
-        # The Celery worker `docpipe worker` execs, started directly: one interpreter start
-        # (~0.5 s of CPU) less per worker. It refuses the same settings (the app's
-        # celeryd_init receiver); what the wrapper adds besides is DOCPIPE_EAGER=false.
-        argv = worker_argv(names, pool, concurrency, f"{name}-{os.getpid()}@%h", self.loglevel)
+        queue_list = queues if isinstance(queues, str) else ",".join(queues)
+        argv = [sys.executable, "-m", "pipeline", "worker", "--queues", queue_list]
+        argv += ["--pool", pool, "--concurrency", str(concurrency)]
+        argv += ["--hostname", f"{name}-{os.getpid()}@%h", "--loglevel", self.loglevel]
         path = self.workdir / f"worker-{log or name}.log"
         with path.open("ab") as output:
             process = subprocess.Popen(
                 argv,
                 cwd=cwd or self.workdir,
-                env={**(self.env if env is None else env), "DOCPIPE_EAGER": "false"},
+                env=dict(self.env if env is None else env),
                 stdout=output,
                 stderr=subprocess.STDOUT,
             )
