@@ -8,6 +8,7 @@ mode, fake OCR and a rule-based extractor. No Redis, cloud or credentials.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from functools import lru_cache
 from typing import Any, Literal
@@ -425,3 +426,34 @@ def load_settings(**overrides: Any) -> Settings:
 def get_settings() -> Settings:
     """Settings from the environment, read once per process (not at import time)."""
     return load_settings()
+
+
+def settings_over_environment(values: dict[str, Any]) -> Settings:
+    """`Settings(_env_file=None, **values)`, for callers that build thousands of them.
+
+    Reading the `DOCPIPE_` variables through pydantic-settings' sources is most of
+    the cost of building Settings (~30 ms; the simulator builds two per explored
+    schedule). The variables are read once per distinct `DOCPIPE_` environment
+    and validated again under `values`, which take precedence as keyword
+    arguments do: the same object, validators included.
+    """
+    environment = _environment_values(_docpipe_environ())
+    if environment is None:
+        # The environment alone is invalid: let the full build say what (or `values` fix it).
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings.model_validate(environment | values)
+
+
+def _docpipe_environ() -> tuple[tuple[str, str], ...]:
+    # pydantic-settings matches names case-insensitively.
+    return tuple(sorted((k, v) for k, v in os.environ.items() if k.upper().startswith("DOCPIPE_")))
+
+
+@lru_cache(maxsize=8)
+def _environment_values(_environ: tuple[tuple[str, str], ...]) -> dict[str, Any] | None:
+    """The fields the environment sets, as parsed values (the key: the variables read)."""
+    try:
+        read = Settings(_env_file=None)  # type: ignore[call-arg]
+    except ValidationError:
+        return None
+    return {name: getattr(read, name) for name in read.model_fields_set}
