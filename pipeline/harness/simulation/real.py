@@ -37,8 +37,9 @@ from fakes.faulty_ports import consult, unfaulted
 from pipeline.app import stages
 from pipeline.app.intake import claim_own, submit_file
 from pipeline.app.policy import ProgressMeter, decide, metered, readable, retry_countdown
+from pipeline.app.queue_processor import give_up
 from pipeline.app.stages import StageResult
-from pipeline.bootstrap import Services, build_services, redis_client
+from pipeline.bootstrap import Services, build_services
 from pipeline.domain.models import Stage, Status, stable_uuid
 from pipeline.errors import LockUnavailable, StaleDelivery, TransientError
 from pipeline.harness.simulation.clock import VirtualClock, VirtualRateLimiter
@@ -51,10 +52,11 @@ from pipeline.harness.simulation.engine import (
     OutcomeKind,
     Send,
 )
+from pipeline.harness.simulation.faultboard import FaultBoard
 from pipeline.harness.simulation.model import POLL_OCR, START_OCR
 from pipeline.ports import FaultInjector
 from pipeline.runtime.tasks import RETRYABLE
-from pipeline.settings import Settings
+from pipeline.settings import Settings, settings_over_environment
 
 _runs = itertools.count(1)
 
@@ -89,7 +91,7 @@ def sim_settings(**overrides: Any) -> Settings:
         "project_name": "sim",
     }
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return settings_over_environment(values)
 
 
 class StageExecutor:
@@ -107,10 +109,13 @@ class StageExecutor:
         self.files = list(files)
         self.seed = seed
         self.clock = clock or VirtualClock()
+        #: Where the fault rules and counters live (one process: a dict, not Redis); whoever
+        #: installs faults for this run installs them here (pipeline.harness.simulation.faultboard).
+        self.fault_board = FaultBoard()
         if faults is None and settings.fault_injection:
             # What workers follow, but a kill_worker fault raises instead of killing us.
             faults = SharedFaultInjector(
-                redis_client(settings.redis_url), simulated=True, clock=self.clock
+                self.fault_board.as_redis(), simulated=True, clock=self.clock
             )
         self.limiter = VirtualRateLimiter(
             self.clock,
@@ -199,7 +204,8 @@ class StageExecutor:
     def _restart_redis(self) -> None:
         """Redis lost what it held in memory: locks, state hash, caches, delivery counts.
 
-        The fault injector's own keys are the experiment's, not the deployment's: kept.
+        The fault injector's own keys are the experiment's, not the deployment's: kept
+        (they live on the fault board; an injector given by the caller may keep them here).
         """
         client = self.services.redis
         keep = (ACTIVE_FAULTS_KEY, "docpipe:faults:")
