@@ -140,6 +140,8 @@ class StageExecutor:
         self.project = self.services.store.ensure_project(settings.project_name)
         self.uuids: dict[int, str] = {}
         self.versions: dict[int, int] = {}
+        #: Failed dispatches per document (the queue processor gives up after a few).
+        self.intake_failures: dict[int, int] = {}
         #: Every delivery that ran stage code (or was refused the lock), in virtual-time order.
         self.attempts: list[Attempt] = []
         #: Whether the delivery starting now found Redis restarted (a `redis.server` fault).
@@ -174,11 +176,18 @@ class StageExecutor:
             stages.dispatch(self.services, self.uuids[doc])
         except (TransientError, redis.RedisError, WorkerKilled) as exc:
             # `docpipe run` reports the error; the claimed queue row goes stale and the
-            # queue processor dispatches the document again.
+            # queue processor dispatches the document again - queue_max_attempts times in
+            # all, then it fails the document (a fault that fails every dispatch in lockstep
+            # resubmitted it forever, and the schedule never ended).
             self.dispatcher.take()
-            raise IntakeFailed(
-                f"{type(exc).__name__}: {exc}", self.settings.queue_stale_after_s
-            ) from None
+            reason = f"{type(exc).__name__}: {exc}"
+            failures = self.intake_failures[doc] = self.intake_failures.get(doc, 0) + 1
+            if failures < self.settings.queue_max_attempts:
+                raise IntakeFailed(reason, self.settings.queue_stale_after_s) from None
+            if doc in self.uuids:
+                with contextlib.suppress(WorkerKilled):  # the queue processor died: row exhausted
+                    give_up(self.services, self.uuids[doc], f"could not dispatch: {reason}")
+            return []
         return [self._send(doc, sent) for sent in self.dispatcher.take()]
 
     def _send(self, doc: int, sent: SentStage) -> Send:
