@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.errors import ConfigurationError
@@ -441,7 +441,22 @@ def settings_over_environment(values: dict[str, Any]) -> Settings:
     if environment is None:
         # The environment alone is invalid: let the full build say what (or `values` fix it).
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
-    return Settings.model_validate(environment | values)
+    # BaseModel's own __init__: validation and validators without BaseSettings.__init__,
+    # which would read the sources again (model_validate calls it too).
+    settings = Settings.__new__(Settings)
+    BaseModel.__init__(settings, **_deep_update(environment, values))
+    return settings
+
+
+def _deep_update(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`update` over `base`, mappings merged key by key, as pydantic-settings joins sources."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_update(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _docpipe_environ() -> tuple[tuple[str, str], ...]:
