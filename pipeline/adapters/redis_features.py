@@ -17,6 +17,10 @@ from pipeline.errors import RateLimited
 from pipeline.ports import CountedAcquisition
 
 STATE_KEY = "doc:state:{uuid}"
+#: Where each feature keeps its keys (the soak test groups keys into families by them).
+CACHE_PREFIX = "docpipe:cache:"
+LOCK_PREFIX = "docpipe:lock:"
+RATE_LIMIT_PREFIX = "docpipe:ratelimit:"
 
 _RELEASE_IF_OWNER = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -135,7 +139,7 @@ class RedisStateTracker:
 class RedisCache:
     """Plain string cache; callers put the processing version in the key."""
 
-    def __init__(self, client: redis.Redis, *, prefix: str = "docpipe:cache:") -> None:
+    def __init__(self, client: redis.Redis, *, prefix: str = CACHE_PREFIX) -> None:
         self._client = client
         self._prefix = prefix
 
@@ -158,7 +162,7 @@ class RedisLockManager:
     writes (`stages.begin`).
     """
 
-    def __init__(self, client: redis.Redis, *, prefix: str = "docpipe:lock:") -> None:
+    def __init__(self, client: redis.Redis, *, prefix: str = LOCK_PREFIX) -> None:
         self._client = client
         self._prefix = prefix
         self._acquire = client.register_script(_ACQUIRE)
@@ -216,7 +220,7 @@ class RedisRateLimiter:
         limit: int,
         window_seconds: float,
         token_limit: int = 0,
-        prefix: str = "docpipe:ratelimit:",
+        prefix: str = RATE_LIMIT_PREFIX,
     ) -> None:
         self._client = client
         self._limit = limit

@@ -166,14 +166,21 @@ def content_sha256(path: Path) -> str:
 
 
 def submit_file(
-    services: Services, path: Path, project_uuid: str, *, document_uuid: str | None = None
+    services: Services,
+    path: Path,
+    project_uuid: str,
+    *,
+    document_uuid: str | None = None,
+    unless_known: bool = False,
 ) -> Submission:
     """Store the file and create its rows; files over a limit are recorded, not uploaded.
 
     Over a limit: the size, or for a PDF its page count (read from the page tree
     here, before the upload); the OCR stage then fails the document with the reason.
     `document_uuid` is a fresh uuid4 unless given (the simulator derives it from
-    its seed, so a replayed run has the same rows).
+    its seed, so a replayed run has the same rows). With `unless_known`, a file
+    whose bytes the project got meanwhile (another run of the same file) creates
+    nothing: the submission names that document, `already_processed`.
     """
     size = path.stat().st_size
     document_uuid = document_uuid or str(uuid.uuid4())
@@ -186,7 +193,7 @@ def submit_file(
             intake_metadata[INTAKE_PDF_PAGES] = pages
         else:
             services.blobs.put(key, data)
-    services.store.create_document(
+    holder = services.store.create_document(
         SourceDocument(
             uuid=document_uuid,
             project_uuid=project_uuid,
@@ -196,8 +203,13 @@ def submit_file(
             size_bytes=size,
             ocr_metadata=intake_metadata,
             content_sha256=content_sha256(path),
-        )
+        ),
+        unless_content_known=unless_known,
     )
+    if holder != document_uuid:
+        if INTAKE_PDF_PAGES not in intake_metadata and size <= services.settings.max_file_bytes:
+            services.blobs.delete(key)  # our upload; the holder has its own
+        return Submission(file=str(path), document_uuid=holder, already_processed=True)
     services.store.enqueue(document_uuid)
     return Submission(file=str(path), document_uuid=document_uuid)
 
@@ -220,9 +232,13 @@ def submit_all(services: Services, paths: Sequence[Path], project_name: str) -> 
     return [submit_file(services, path, project_uuid) for path in paths]
 
 
-def submit_and_dispatch(services: Services, path: Path, project_uuid: str) -> Submission:
+def submit_and_dispatch(
+    services: Services, path: Path, project_uuid: str, *, unless_known: bool = False
+) -> Submission:
     """The direct path (`docpipe run`): store, claim its own queue row, send."""
-    submission = submit_file(services, path, project_uuid)
+    submission = submit_file(services, path, project_uuid, unless_known=unless_known)
+    if submission.already_processed:
+        return submission
     claim_own(services, submission.document_uuid, worker="docpipe-run")
     dispatch(services, submission.document_uuid)
     return submission
@@ -241,7 +257,8 @@ def submit_unless_known(
     """
     known = services.store.find_by_content(project_uuid, content_sha256(path))
     if known is None:
-        return submit_and_dispatch(services, path, project_uuid)
+        # Atomic with the insert: a concurrent run of the same file may have won.
+        return submit_and_dispatch(services, path, project_uuid, unless_known=True)
     if not reprocess:
         return Submission(file=str(path), document_uuid=known.uuid, already_processed=True)
     reprocess_document(services, known.uuid)

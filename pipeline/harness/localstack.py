@@ -317,6 +317,15 @@ class WorkerGroup:
                 )
         return idle
 
+    def log_tails(self, lines: int = 25) -> str:
+        """The last `lines` lines of each worker's log: what a failed run's message shows."""
+        parts = []
+        for path in dict.fromkeys(self.logs.values()):
+            text = path.read_text(errors="replace") if path.exists() else ""
+            tail = "\n".join(text.splitlines()[-lines:])
+            parts.append(f"--- {path.name} (last {lines} lines)\n{tail}")
+        return "\n".join(parts)
+
     def stop(self) -> None:
         """SIGTERM to all, then each gets `stop_timeout_s` before SIGKILL."""
         for process in self.processes:

@@ -47,7 +47,16 @@ class DocumentRecords(Protocol):
         """Return the uuid of the project with this name, creating it if needed."""
         ...
 
-    def create_document(self, document: SourceDocument) -> None: ...
+    def create_document(
+        self, document: SourceDocument, *, unless_content_known: bool = False
+    ) -> str:
+        """Insert it; the uuid returned is of the document holding its content.
+
+        `unless_content_known`: when the project already has a document with the
+        same content_sha256 (created by a concurrent run, say), none is inserted
+        and that document's uuid is returned; look-up and insert are atomic.
+        """
+        ...
 
     def get_document(self, document_uuid: str) -> SourceDocument:
         """Raises KeyError when there is no such document."""

@@ -22,6 +22,7 @@ from pipeline.harness.localstack import (
     settings_values,
     worker_environment,
 )
+from pipeline.runtime.monitor import UNACKED_KEY
 from pipeline.settings import Settings
 
 
@@ -83,6 +84,17 @@ class BrokerStack:
 
     def wait_until_consumed(self, app: Celery, queues: tuple[str, ...] = QUEUES) -> None:
         self.group.wait_for_consumers(app, queues, timeout_s=30)
+
+    def diagnosis(self) -> str:
+        """Waiting and unacked messages per queue, then each worker's log tail.
+
+        What a broker test prints when documents did not finish: whether the
+        messages sat in Redis, were held by a worker, or were never sent.
+        """
+        client = self.redis.client(self.broker_db)
+        waiting = {queue: client.llen(queue) for queue in QUEUES}
+        unacked = client.hlen(UNACKED_KEY)
+        return f"waiting {waiting}, unacked {unacked}\n{self.group.log_tails()}"
 
     def stop(self) -> None:
         self.group.stop()

@@ -130,7 +130,9 @@ def _send(services: Services, uuid: str) -> None:
     dispatch(services, uuid)
 
 
-def test_ocr_polling_does_not_hold_the_only_ocr_slot(services: Services, tmp_path: Path) -> None:
+def test_ocr_polling_does_not_hold_the_only_ocr_slot(
+    stack: BrokerStack, services: Services, tmp_path: Path
+) -> None:
     """Three PDFs whose jobs each need several polls overlap on one prefork OCR process."""
     pdf = next(SAMPLES.glob("*.pdf"))
     uuids = []
@@ -141,7 +143,7 @@ def test_ocr_polling_does_not_hold_the_only_ocr_slot(services: Services, tmp_pat
     for uuid in uuids:
         _send(services, uuid)
     statuses = wait_for_terminal(services, uuids, timeout_s=60)
-    assert set(statuses.values()) == {Status.COMPLETED}
+    assert set(statuses.values()) == {Status.COMPLETED}, (statuses, stack.diagnosis())
     jobs = [services.store.ocr_jobs(uuid)[0] for uuid in uuids]  # type: ignore[attr-defined]
     started = sorted(job["created_at"] for job in jobs)
     finished = sorted(job["updated_at"] for job in jobs)
@@ -170,7 +172,8 @@ def test_kill_9_of_a_worker_mid_task_loses_no_document(
     os.kill(child, signal.SIGKILL)
 
     statuses = wait_for_terminal(services, [uuid], timeout_s=60)
-    assert statuses[uuid] is Status.COMPLETED, services.store.get_document(uuid).error_message
+    document = services.store.get_document(uuid)
+    assert statuses[uuid] is Status.COMPLETED, (document.error_message, stack.diagnosis())
     assert injector.calls() == [2]  # delivered again after the kill
     assert ocr_worker.poll() is None  # the worker survived and replaced its pool process
     assert services.store.counts(uuid).chunks >= 1
@@ -192,6 +195,7 @@ def test_a_document_that_always_kills_its_worker_is_dead_lettered(
     _send(services, healthy)
 
     statuses = wait_for_terminal(services, [poison, healthy], timeout_s=90)
+    assert all(status.is_terminal for status in statuses.values()), stack.diagnosis()
 
     assert statuses[healthy] is Status.COMPLETED
     assert statuses[poison] is Status.DEAD_LETTERED

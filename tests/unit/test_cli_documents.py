@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 
 from pipeline.adapters.sql import SqlDocumentStore, create_store
 from pipeline.app.document_ids import SHORT_LENGTH, resolve_document_uuid
-from pipeline.app.intake import submit_and_dispatch
+from pipeline.app.intake import Submission, submit_and_dispatch, submit_unless_known
 from pipeline.bootstrap import Services
 from pipeline.cli import main
 from pipeline.domain.models import SourceDocument, Status
@@ -201,3 +202,39 @@ def test_status_shows_the_redis_state_hash_with_its_timestamps(
     assert result.exit_code == 0, result.output
     assert f"redis state ({settings.redis_url}), last status completed:" in result.output
     assert re.search(r"\d\d:\d\d:\d\d\.\d{3}Z  relationship_staging\s+completed", result.output)
+
+
+def test_two_runs_of_one_new_file_at_once_make_one_document(
+    services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both runs look the file up before either has created it; one document results."""
+    path = tmp_path / "memo.txt"
+    path.write_text(GOOD)
+    project = services.store.ensure_project("race")
+    both_looked = threading.Barrier(2)
+    look_up = services.store.find_by_content
+
+    def look_up_together(project_uuid: str, digest: str) -> SourceDocument | None:
+        found = look_up(project_uuid, digest)
+        both_looked.wait(timeout=10)  # neither has created it yet
+        return found
+
+    monkeypatch.setattr(services.store, "find_by_content", look_up_together)
+    results: list[Submission] = []
+    runs = [
+        threading.Thread(
+            target=lambda: results.append(submit_unless_known(services, path, project))
+        )
+        for _ in range(2)
+    ]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(timeout=60)
+
+    submissions = sorted(results, key=lambda s: s.already_processed)
+    assert [s.already_processed for s in submissions] == [False, True]
+    assert len({s.document_uuid for s in submissions}) == 1
+    (document,) = services.store.list_documents()
+    assert services.store.get_document(document.uuid).status is Status.COMPLETED
+    assert [p.name for p in (tmp_path / "blobs").rglob("*") if p.is_file()] == ["original.txt"]

@@ -11,6 +11,7 @@ from pipeline.harness.perf.experiments import (
     Batch,
     best_of,
     overhead_summary,
+    paired_ratios,
     parse_proc_stat,
     pools_verdict,
 )
@@ -62,6 +63,20 @@ def test_overhead_summary_reports_per_hop_figures_and_their_difference() -> None
     assert summary["harness"]["worker_cpu_ms_per_document"] == 36.0
     assert summary["difference"]["ms_per_hop_p50"] == 7.0
     assert summary["difference"]["redis_commands_per_hop"] == 20.0
+    assert summary["ratio"]["worker_cpu_ms_per_hop"] == 3.0
+    assert summary["ratio"]["ms_per_hop_p50"] == 3.33
+
+
+def test_paired_ratios_are_the_median_of_back_to_back_rounds() -> None:
+    # Round 2 ran on a busier machine: both sides slower, their ratio about the same.
+    plain = [Batch("plain", 10, 6, 0.6, 0.12, 0.0, 0), Batch("plain", 10, 6, 1.8, 0.3, 0.0, 0)]
+    harness = [Batch("h", 10, 6, 0.9, 0.18, 0.0, 0), Batch("h", 10, 6, 3.6, 0.6, 0.0, 0)]
+    harness.append(Batch("h", 10, 6, 9.0, 9.0, 0.0, 0))  # no plain round to pair it with
+    paired = paired_ratios(plain, harness)
+    assert paired["rounds"] == 2
+    assert paired["worker_cpu_per_hop"] == 1.75  # median of 1.5 and 2.0
+    assert paired["loaded_ms_per_hop"] == 1.75
+    assert paired_ratios([], []) == {}
 
 
 def test_pools_verdict_names_the_pool_that_is_both_faster_and_cheaper() -> None:

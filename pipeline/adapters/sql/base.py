@@ -10,10 +10,12 @@ failures surface as `TransientError` (pipeline.errors).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -30,10 +32,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from pipeline.adapters.sql.hot import CLOSE_QUEUE, CLOSE_QUEUE_WITH_ERROR, HISTORY, HotSql
 from pipeline.adapters.sql.schema import (
     BEGIN_IMMEDIATE,
     OPEN_QUEUE_STATUSES,
-    document_processing_history,
     document_processing_queue,
     source_documents,
 )
@@ -51,6 +53,37 @@ from pipeline.ports import Clock
 _OPEN = [status.value for status in OPEN_QUEUE_STATUSES]
 
 
+_HOT: dict[str, HotSql] = {}
+
+#: How long a write transaction waits for SQLite's write lock, in this process (the
+#: writer lock below) and from another process (the connection's busy timeout).
+SQLITE_BUSY_TIMEOUT_SECONDS = 30
+
+#: One writer lock per SQLite database file, shared by every store of this process on it.
+_SQLITE_WRITERS: dict[str, threading.RLock] = {}
+_SQLITE_WRITERS_GUARD = threading.Lock()
+
+
+def _sqlite_writer(engine: Engine) -> threading.RLock | None:
+    """The process's writer lock for a SQLite engine's database; None on PostgreSQL.
+
+    SQLite lets one connection write at a time. A thread that finds the write
+    lock taken sleeps in SQLite's busy handler (1, 2, 5, 10 ms ...) and tries
+    again, so threads of one worker queued on it waited milliseconds for a lock
+    held for a fraction of one, and paid CPU for each try. Queued on this lock
+    instead, the next writer starts as soon as the last one commits; other
+    processes still meet the busy timeout.
+    """
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database or ""
+    if database in ("", ":memory:") or engine.url.query.get("mode") == "memory":
+        return threading.RLock()  # this engine's own database
+    key = str(Path(database).expanduser().resolve())
+    with _SQLITE_WRITERS_GUARD:
+        return _SQLITE_WRITERS.setdefault(key, threading.RLock())
+
+
 class SqlBase:
     """A SQLAlchemy engine (SQLite or PostgreSQL) and the helpers every role uses.
 
@@ -61,6 +94,7 @@ class SqlBase:
     def __init__(self, engine: Engine, *, clock: Clock | None = None) -> None:
         self._engine = engine
         self._clock = clock
+        self._writer = _sqlite_writer(engine)
 
     @property
     def engine(self) -> Engine:
@@ -73,11 +107,24 @@ class SqlBase:
     # --- helpers ------------------------------------------------------------------
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        """A write transaction; on SQLite it takes the write lock at BEGIN."""
-        with _translate_errors(), self._engine.connect() as conn:
-            conn.execution_options(**{BEGIN_IMMEDIATE: True})
-            with conn.begin():
-                yield conn
+        """A write transaction; on SQLite it takes the write lock at BEGIN.
+
+        On SQLite, threads of this process take turns on the writer lock first
+        (`_sqlite_writer`).
+        """
+        writer = self._writer
+        if writer is not None and not writer.acquire(timeout=SQLITE_BUSY_TIMEOUT_SECONDS):
+            raise TransientError(
+                f"database unavailable: no turn to write within {SQLITE_BUSY_TIMEOUT_SECONDS} s"
+            )
+        try:
+            with _translate_errors(), self._engine.connect() as conn:
+                conn.execution_options(**{BEGIN_IMMEDIATE: True})
+                with conn.begin():
+                    yield conn
+        finally:
+            if writer is not None:
+                writer.release()
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -102,6 +149,17 @@ class SqlBase:
         raise ConfigurationError(f"unsupported database dialect {conn.dialect.name!r}")
 
     @staticmethod
+    def _hot(conn: Connection) -> HotSql:
+        """This dialect's per-delivery statements (pipeline.adapters.sql.hot), shared."""
+        name = conn.dialect.name
+        found = _HOT.get(name)
+        if found is None:
+            if name not in ("sqlite", "postgresql"):
+                raise ConfigurationError(f"unsupported database dialect {name!r}")
+            found = _HOT[name] = HotSql(name, returning=conn.dialect.update_returning)
+        return found
+
+    @staticmethod
     def _lock_skip_locked(conn: Connection, query: Select[Any]) -> Select[Any]:
         """Row locks where the database has them; SQLite already holds the write lock."""
         if conn.dialect.name == "postgresql":
@@ -113,18 +171,16 @@ class SqlBase:
         query = select(table.c.uuid).where(table.c.uuid == row_uuid)
         return conn.execute(query).first() is not None
 
-    @staticmethod
-    def _load_document(conn: Connection, document_uuid: str) -> SourceDocument:
-        row = conn.execute(
-            select(source_documents).where(source_documents.c.uuid == document_uuid)
-        ).one_or_none()
-        if row is None:
+    @classmethod
+    def _load_document(cls, conn: Connection, document_uuid: str) -> SourceDocument:
+        document = cls._hot(conn).fetch_document(conn, document_uuid)
+        if document is None:
             raise KeyError(f"no document {document_uuid}")
-        return _document(row)
+        return document
 
-    @staticmethod
+    @classmethod
     def _check_fence(
-        conn: Connection, fence: Fence | None, document_uuid: str | None = None
+        cls, conn: Connection, fence: Fence | None, document_uuid: str | None = None
     ) -> None:
         """In the caller's transaction: the document is still where the delivery claimed it.
 
@@ -136,16 +192,10 @@ class SqlBase:
             return
         if document_uuid is not None and document_uuid != fence.document_uuid:
             raise ValueError(f"fence of {fence.document_uuid} passed for {document_uuid}")
-        docs = source_documents.c
-        query = select(docs.status, docs.processing_version, docs.fence_token).where(
-            docs.uuid == fence.document_uuid
-        )
-        if conn.dialect.name == "postgresql":
-            query = query.with_for_update()
-        row = conn.execute(query).one_or_none()
+        row = cls._hot(conn).fetch_fence(conn, fence.document_uuid)
         if row is None:
             raise StaleDelivery(f"document {fence.document_uuid} no longer exists")
-        found = (Status(row.status), row.processing_version, row.fence_token)
+        found = (Status(row[0]), row[1], row[2])
         if found != (fence.status, fence.processing_version, fence.token):
             raise StaleDelivery(
                 f"document {fence.document_uuid} moved on since this delivery claimed it "
@@ -174,17 +224,20 @@ class SqlBase:
         celery_task_id: str | None,
     ) -> None:
         """Insert-if-absent on (document, version, status)."""
-        conn.execute(
-            self._insert_ignore(conn, document_processing_history).values(
-                uuid=stable_uuid("history", document_uuid, processing_version, status.value),
-                document_uuid=document_uuid,
-                processing_version=processing_version,
-                stage=stage,
-                status=status.value,
-                error_message=error_message,
-                celery_task_id=celery_task_id,
-                created_at=self._now(),
-            )
+        hot = self._hot(conn)
+        hot.execute(
+            conn,
+            HISTORY,
+            {
+                "uuid": stable_uuid("history", document_uuid, processing_version, status.value),
+                "document_uuid": document_uuid,
+                "processing_version": processing_version,
+                "stage": stage,
+                "status": status.value,
+                "error": error_message,
+                "task": celery_task_id,
+                "now": hot.stamp(self._now()),
+            },
         )
 
     def _replace_fenced(
@@ -206,15 +259,16 @@ class SqlBase:
     def _close_queue_entry(
         self, conn: Connection, document_uuid: str, status: QueueStatus, error: str | None
     ) -> None:
-        queue = document_processing_queue.c
-        values: dict[str, Any] = {"status": QueueStatus(status).value, "updated_at": self._now()}
-        if error is not None:
-            values["last_error"] = error
-        conn.execute(
-            update(document_processing_queue)
-            .where(queue.document_uuid == document_uuid, queue.status.in_(_OPEN))
-            .values(**values)
-        )
+        hot = self._hot(conn)
+        values: dict[str, Any] = {
+            "document_uuid": document_uuid,
+            "status": QueueStatus(status).value,
+            "now": hot.stamp(self._now()),
+        }
+        if error is None:
+            hot.execute(conn, CLOSE_QUEUE, values)
+        else:
+            hot.execute(conn, CLOSE_QUEUE_WITH_ERROR, {**values, "error": error})
 
     @staticmethod
     def _open_queue_uuid(conn: Connection, document_uuid: str) -> str | None:

@@ -9,9 +9,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    Connection,
     delete,
     func,
     select,
+    text,
     update,
 )
 
@@ -20,6 +22,7 @@ from pipeline.adapters.sql.base import (
     _document,
     _strip_nul,
 )
+from pipeline.adapters.sql.hot import CLAIM, CLAIM_MOVING
 from pipeline.adapters.sql.schema import (
     document_processing_history,
     projects,
@@ -53,12 +56,26 @@ class SqlDocumentRecords(SqlBase):
                 conn.execute(select(projects.c.uuid).where(projects.c.name == name)).scalar_one()
             )
 
-    def create_document(self, document: SourceDocument) -> None:
+    def create_document(
+        self, document: SourceDocument, *, unless_content_known: bool = False
+    ) -> str:
+        """Insert the document; returns the uuid of the document that holds its content.
+
+        With `unless_content_known`, a project that already has a document with the
+        same content_sha256 gets no second one: that document's uuid is returned.
+        The look-up and the insert are one transaction, serialized per content
+        (SQLite's write lock is taken at BEGIN; PostgreSQL takes an advisory lock on
+        project and hash), so two runs of the same new file make one document.
+        """
         with self._write() as conn:
             if self._exists(conn, source_documents, document.uuid):
                 raise ValueError(f"document {document.uuid} already exists")
             if not self._exists(conn, projects, document.project_uuid):
                 raise KeyError(f"no project {document.project_uuid}")
+            if unless_content_known and document.content_sha256 is not None:
+                holder = self._content_holder(conn, document.project_uuid, document.content_sha256)
+                if holder is not None:
+                    return holder
             conn.execute(
                 source_documents.insert().values(
                     uuid=document.uuid,
@@ -78,6 +95,25 @@ class SqlDocumentRecords(SqlBase):
                     **self._stamps(),
                 )
             )
+        return document.uuid
+
+    @staticmethod
+    def _content_holder(conn: Connection, project_uuid: str, content_sha256: str) -> str | None:
+        if conn.dialect.name == "postgresql":
+            # Held until commit: a concurrent insert of the same content waits, then sees ours.
+            conn.execute(
+                text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                {"key": f"docpipe:content:{project_uuid}:{content_sha256}"},
+            )
+        docs = source_documents.c
+        query = (
+            select(docs.uuid)
+            .where(docs.project_uuid == project_uuid, docs.content_sha256 == content_sha256)
+            .order_by(docs.created_at, docs.uuid)
+            .limit(1)
+        )
+        holder: str | None = conn.execute(query).scalar_one_or_none()
+        return holder
 
     def get_document(self, document_uuid: str) -> SourceDocument:
         with self._read() as conn:
@@ -160,54 +196,57 @@ class SqlDocumentRecords(SqlBase):
 
         The UPDATE only matches the document in this processing version with a
         current status it may move from (`allowed_predecessors`), so two
-        workers racing (or a late redelivery) cannot move it backwards. A
+        workers racing (or a late redelivery) cannot move it backwards; with a
+        `fence`, only while the delivery still holds the document (else
+        StaleDelivery, found by reading the row only when nothing matched). A
         terminal status closes the document's open queue row in the same
         commit: a crash or outage right after it cannot leave the row open.
         """
         status = Status(status)
-        docs = source_documents.c
-        values: dict[str, Any] = {
-            "status": status.value,
-            "error_message": error_message if status.is_failure else None,
-            "updated_at": self._now(),
-        }
-        if celery_task_id is not None:
-            values["celery_task_id"] = celery_task_id
+        error = error_message if status.is_failure else None
         allowed = [s.value for s in allowed_predecessors(status)]
+        params: dict[str, Any] = {
+            "uuid": document_uuid,
+            "version": processing_version,
+            "status": status.value,
+            "error": error,
+            "task": celery_task_id,
+        }
+        # A fence of this very document goes into the UPDATE's own WHERE: the check and
+        # the write are one statement (on PostgreSQL the UPDATE re-checks a row another
+        # transaction changed meanwhile). Any other fence is checked first, as before.
+        one_step = fence is not None and fence.document_uuid == document_uuid
         with self._write() as conn:
-            self._check_fence(conn, fence)
-            changed = conn.execute(
-                update(source_documents)
-                .where(
-                    docs.uuid == document_uuid,
-                    docs.processing_version == processing_version,
-                    docs.status.in_(allowed),
+            hot = self._hot(conn)
+            params["now"] = hot.stamp(self._now())
+            if fence is not None and one_step:
+                params.update(
+                    fence_status=fence.status.value,
+                    fence_version=fence.processing_version,
+                    fence_token=fence.token,
                 )
-                .values(**values)
-            ).rowcount
-            if changed != 1:
+            else:
+                self._check_fence(conn, fence)
+            changed, task_id = hot.advance(conn, params, allowed, fenced=one_step)
+            if not changed:
+                if one_step:
+                    # Stale (StaleDelivery), or the status may not move from where it is.
+                    self._check_fence(conn, fence)
                 return False
-            task_id = (
-                celery_task_id
-                or conn.execute(
+            if not hot.returning:
+                docs = source_documents.c
+                task_id = conn.execute(
                     select(docs.celery_task_id).where(docs.uuid == document_uuid)
                 ).scalar_one()
-            )
             self._record_history(
-                conn,
-                document_uuid,
-                processing_version,
-                stage,
-                status,
-                values["error_message"],
-                task_id,
+                conn, document_uuid, processing_version, stage, status, error, task_id
             )
             if status.is_terminal:
                 self._close_queue_entry(
                     conn,
                     document_uuid,
                     QueueStatus.FAILED if status.is_failure else QueueStatus.COMPLETED,
-                    values["error_message"],
+                    error,
                 )
             return True
 
@@ -227,21 +266,19 @@ class SqlDocumentRecords(SqlBase):
         between. Moving to a later `status` records the transition in history,
         as `advance_status` does. Any earlier delivery's token stops matching.
         """
-        docs = source_documents.c
-        values: dict[str, Any] = {"fence_token": uuidlib.uuid4().hex, "updated_at": self._now()}
+        params: dict[str, Any] = {
+            "uuid": document_uuid,
+            "version": processing_version,
+            "found": Status(found_status).value,
+            "token": uuidlib.uuid4().hex,
+        }
         moves = progress_rank(status) > progress_rank(found_status)
         if moves:
-            values.update(status=Status(status).value, error_message=None)
+            params["status"] = Status(status).value
         with self._write() as conn:
-            changed = conn.execute(
-                update(source_documents)
-                .where(
-                    docs.uuid == document_uuid,
-                    docs.processing_version == processing_version,
-                    docs.status == Status(found_status).value,
-                )
-                .values(**values)
-            ).rowcount
+            hot = self._hot(conn)
+            params["now"] = hot.stamp(self._now())
+            changed = hot.execute(conn, CLAIM_MOVING if moves else CLAIM, params).rowcount
             if changed != 1:
                 return None
             document = self._load_document(conn, document_uuid)
@@ -271,40 +308,34 @@ class SqlDocumentRecords(SqlBase):
         the UPDATE changes; the claimed document is the read one with the new
         values, not read again.
         """
-        docs = source_documents.c
-        query = select(source_documents).where(docs.uuid == document_uuid)
         with self._write() as conn:
-            if conn.dialect.name == "postgresql":
-                query = query.with_for_update()
-            row = conn.execute(query).one_or_none()
-            if row is None:
+            hot = self._hot(conn)
+            found = hot.fetch_document(conn, document_uuid, lock=True)
+            if found is None:
                 raise KeyError(f"no document {document_uuid}")
-            found = _document(row)
             wanted = judge(found)
             if wanted is None:
                 return None
             status = Status(wanted)
             now = self._now()
-            values: dict[str, Any] = {"fence_token": uuidlib.uuid4().hex, "updated_at": now}
+            params: dict[str, Any] = {
+                "uuid": document_uuid,
+                "version": found.processing_version,
+                "found": found.status.value,
+                "token": uuidlib.uuid4().hex,
+                "now": hot.stamp(now),
+            }
             moves = progress_rank(status) > progress_rank(found.status)
             if moves:
-                values.update(status=status.value, error_message=None)
-            changed = conn.execute(
-                update(source_documents)
-                .where(
-                    docs.uuid == document_uuid,
-                    docs.processing_version == found.processing_version,
-                    docs.status == found.status.value,
-                )
-                .values(**values)
-            ).rowcount
+                params["status"] = status.value
+            changed = hot.execute(conn, CLAIM_MOVING if moves else CLAIM, params).rowcount
             if changed != 1:  # the row lock makes this unreachable; never claim blind
                 raise RuntimeError(f"document {document_uuid} changed under its row lock")
             claimed = replace(
                 found,
                 status=status if moves else found.status,
                 error_message=None if moves else found.error_message,
-                fence_token=values["fence_token"],
+                fence_token=params["token"],
                 updated_at=now.timestamp(),
             )
             if moves:

@@ -17,6 +17,8 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.util import LRUCache
 
+from pipeline.adapters.sql.base import SQLITE_BUSY_TIMEOUT_SECONDS
+from pipeline.adapters.sql.hot import execute_raw
 from pipeline.adapters.sql.schema import (
     BEGIN_IMMEDIATE,
     create_schema,
@@ -26,9 +28,6 @@ from pipeline.adapters.sql.store import SqlDocumentStore
 from pipeline.errors import ConfigurationError, TransientError
 from pipeline.ports import Clock
 from pipeline.settings import redact_url
-
-#: How long a SQLite connection waits for another process's write lock.
-SQLITE_BUSY_TIMEOUT_SECONDS = 30
 
 
 # --- engine construction ------------------------------------------------------------
@@ -214,4 +213,6 @@ def _on_sqlite_begin(conn: Connection) -> None:
     BEGIN IMMEDIATE writers simply queue for the lock.
     """
     immediate = conn.get_execution_options().get(BEGIN_IMMEDIATE, False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    # On the DBAPI cursor: every transaction begins here, and SQLAlchemy's statement
+    # execution would cost more than SQLite's BEGIN itself.
+    execute_raw(conn, "BEGIN IMMEDIATE" if immediate else "BEGIN", {})

@@ -74,7 +74,13 @@ def pools(
     help="Chains run one at a time for the unloaded latency.",
 )
 @click.option("-c", "--concurrency", type=click.IntRange(1, 200), default=4, show_default=True)
-@click.option("--rounds", type=click.IntRange(1, 20), default=2, show_default=True)
+@click.option(
+    "--rounds",
+    type=click.IntRange(1, 20),
+    default=3,
+    show_default=True,
+    help="Loaded rounds, plain and harness alternating.",
+)
 @click.option("--keep", is_flag=True, help="Keep the work folder (worker logs, database).")
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object on stdout.")
 def overhead(
@@ -94,11 +100,17 @@ def overhead(
     )
     if result is None:
         return
-    rows = [{"chain": name, **result[name]} for name in ("plain", "harness", "difference")]
+    rows = [{"chain": name, **result[name]} for name in ("plain", "harness", "difference", "ratio")]
     print_table(
         f"overhead: six-hop no-op chains on one worker ({result['worker']})",
         rows,
         ["chain", *result["plain"]],
+    )
+    paired = result["paired_ratio"]
+    stdout.print(
+        f"harness / plain, median of {paired['rounds']} back-to-back rounds: "
+        f"worker CPU per hop {paired['worker_cpu_per_hop']:.2f}x, "
+        f"loaded wall per hop {paired['loaded_ms_per_hop']:.2f}x"
     )
 
 

@@ -6,7 +6,9 @@
 - `overhead`: a six-hop chain of plain Celery tasks that only send the next
   hop, against the same chain through docpipe's task layer with stages that
   do only their bookkeeping, on one thread-pool worker: ms per hop and per
-  document, unloaded and with many chains in flight (issue 5, item 8).
+  document, unloaded and with many chains in flight (issue 5, item 8), and
+  their ratio (issue 15: at most 1.5x), also as the median of back-to-back
+  pairs of batches, the figure that holds up on a loaded machine.
 
 Each run starts a private redis-server on a free loopback port (never the
 user's Redis) and its own worker processes, and removes them afterwards.
@@ -129,6 +131,30 @@ def overhead_summary(
         "plain": a,
         "harness": b,
         "difference": {key: round(b[key] - a[key], 3) for key in a},
+        "ratio": {key: round(b[key] / a[key], 2) for key in a if a[key] > 0},
+    }
+
+
+def paired_ratios(plain: Sequence[Batch], harness: Sequence[Batch]) -> dict[str, float]:
+    """Median over rounds of harness / plain, each round's two batches run back to back.
+
+    On a shared machine the load moves between rounds; a ratio of two batches
+    run seconds apart moves less than either batch, and the median of a few
+    such pairs less again. Worker CPU per hop is the steadier figure under load
+    (a busy machine stretches wall time far more than CPU time).
+    """
+    pairs = list(zip(plain, harness, strict=False))
+    if not pairs:
+        return {}
+
+    def median_of(per_task: Callable[[Batch], float]) -> float:
+        values = [per_task(h) / per_task(p) for p, h in pairs if per_task(p) > 0]
+        return round(statistics.median(values), 2) if values else float("nan")
+
+    return {
+        "rounds": len(pairs),
+        "worker_cpu_per_hop": median_of(lambda b: b.worker_cpu_s / max(b.tasks, 1)),
+        "loaded_ms_per_hop": median_of(lambda b: b.elapsed_s / max(b.tasks, 1)),
     }
 
 
@@ -454,11 +480,15 @@ def run_overhead(
     chains: int = 200,
     sequential: int = 30,
     concurrency: int = 4,
-    rounds: int = 2,
+    rounds: int = 3,
     say: Progress = lambda message: None,
     keep: bool = False,
 ) -> dict[str, Any]:
-    """Plain six-hop chains vs the same chains through docpipe's task layer, one threads worker."""
+    """Plain six-hop chains vs the same chains through docpipe's task layer, one threads worker.
+
+    Plain and harness batches alternate round by round (and the unloaded
+    chains one by one); `paired_ratio` is the median of the rounds' ratios.
+    """
     from pipeline.harness.perf.experiment_tasks import EXPERIMENT_QUEUE, harness_hop, plain_hop
 
     timeout = 60 + 0.5 * chains
@@ -476,27 +506,37 @@ def run_overhead(
             document_uuid, version = next(documents)
             harness_hop.apply_async(args=(0, document_uuid, version, key), queue=EXPERIMENT_QUEUE)
 
+        sends = {"plain": send_plain, "harness": send_harness}
         node = f"overhead-{os.getpid()}"
         with running_worker(stack, "threads", concurrency, node) as worker:
             driver = Driver(stack, worker, node)
             try:
                 driver.wait_ready()
-                runs: dict[str, Any] = {}
-                for label, send in (("plain", send_plain), ("harness", send_harness)):
+                for send in sends.values():
                     driver.batch("warm-up", 2 * concurrency, HOPS, send, timeout)
-                    latencies = driver.latency(send, sequential, timeout_s=30)
-                    say(f"{label}: unloaded chain p50 {1000 * statistics.median(latencies):.1f} ms")
-                    batches = []
-                    for index in range(rounds):
+                # Plain and harness alternate, chain by chain and round by round, so that
+                # both see the same machine (other load comes and goes).
+                latencies: dict[str, list[float]] = {label: [] for label in sends}
+                for _ in range(sequential):
+                    for label, send in sends.items():
+                        latencies[label] += driver.latency(send, 1, timeout_s=30)
+                for label in sends:
+                    p50 = 1000 * statistics.median(latencies[label])
+                    say(f"{label}: unloaded chain p50 {p50:.1f} ms")
+                batches: dict[str, list[Batch]] = {label: [] for label in sends}
+                for index in range(rounds):
+                    for label, send in sends.items():
                         batch = driver.batch(label, chains, HOPS, send, timeout)
                         say(f"{label} round {index + 1}: {batch.row()}")
-                        batches.append(batch)
-                    runs[label] = (latencies, best_of(batches), batches)
+                        batches[label].append(batch)
             finally:
                 driver.close()
         statuses = _document_facts(stack)
     summary = overhead_summary(
-        runs["plain"][0], runs["harness"][0], runs["plain"][1], runs["harness"][1]
+        latencies["plain"],
+        latencies["harness"],
+        best_of(batches["plain"]),
+        best_of(batches["harness"]),
     )
     return {
         "experiment": "overhead",
@@ -505,7 +545,8 @@ def run_overhead(
         "sequential_chains": sequential,
         "worker": f"threads x{concurrency}",
         **summary,
-        "rounds": {label: [asdict(b) for b in runs[label][2]] for label in runs},
+        "paired_ratio": paired_ratios(batches["plain"], batches["harness"]),
+        "rounds": {label: [asdict(b) for b in batches[label]] for label in batches},
         "documents": statuses,
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
     }

@@ -178,16 +178,16 @@ class LlmUsageTotals:
 
 def read_llm_usage_totals(redis_url: str) -> LlmUsageTotals:
     """Sum the entity stage's usage records (pipeline.app.stages.add_llm_usage) in Redis."""
-    from pipeline.adapters.redis_features import RedisCache
+    from pipeline.adapters.redis_features import CACHE_PREFIX, RedisCache
     from pipeline.app.stages import LLM_USAGE, read_llm_usage
 
     client = redis.Redis.from_url(redis_url, socket_timeout=5)
     try:
         cache = RedisCache(client)
         documents = calls = prompt = completion = 0
-        for raw_key in client.scan_iter(match=f"docpipe:cache:*:{LLM_USAGE}", count=500):
+        for raw_key in client.scan_iter(match=f"{CACHE_PREFIX}*:{LLM_USAGE}", count=500):
             key = raw_key.decode() if isinstance(raw_key, bytes) else str(raw_key)
-            usage = read_llm_usage(cache.get(key.removeprefix("docpipe:cache:")))
+            usage = read_llm_usage(cache.get(key.removeprefix(CACHE_PREFIX)))
             documents += 1
             calls += usage.calls
             prompt += usage.prompt_tokens

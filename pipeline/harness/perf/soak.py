@@ -51,7 +51,14 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
 
+from pipeline.adapters.embedded_ocr import JOB_KEY as OCR_JOB_KEY
 from pipeline.adapters.latency import LatencyProfile
+from pipeline.adapters.redis_features import (
+    CACHE_PREFIX,
+    LOCK_PREFIX,
+    RATE_LIMIT_PREFIX,
+    STATE_KEY,
+)
 from pipeline.domain.models import QUEUES, TERMINAL_STATUSES, Stage, Status
 from pipeline.errors import ConfigurationError
 from pipeline.extras import HARNESS_MODULES, require_extra
@@ -59,6 +66,7 @@ from pipeline.harness.layout import PLAN_LAYOUT, WorkerSpec, parse_layout
 from pipeline.harness.localstack import PostgresDatabases, pool_children, start_redis
 from pipeline.harness.perf.loadtest import stack_values, worker_layout
 from pipeline.runtime.monitor import UNACKED_INDEX_KEY, UNACKED_KEY
+from pipeline.runtime.tasks import DELIVERIES_KEY
 from pipeline.settings import Settings
 
 Progress = Callable[[str], None]
@@ -85,17 +93,32 @@ KOMBU_BOOKKEEPING = (
 )
 QUEUE_FAMILY = "queue"
 ALLOWED_WITHOUT_TTL = frozenset((QUEUE_FAMILY, *KOMBU_BOOKKEEPING))
-#: Families by key prefix, longest first; anything else is `<first two segments>:*`.
-FAMILY_PREFIXES = (
-    ("docpipe:fake_ocr:job:", "docpipe:fake_ocr:job"),
-    ("docpipe:deliveries:", "docpipe:deliveries"),
-    ("docpipe:ratelimit:", "docpipe:ratelimit"),
-    ("docpipe:cache:", "docpipe:cache"),
-    ("docpipe:lock:", "docpipe:lock"),
-    ("doc:state:", "doc:state"),
-    ("_kombu.binding.", "_kombu.binding"),
-    ("_kombu.binding_permanent.", "_kombu.binding_permanent"),
-    ("celery-task-meta-", "celery-task-meta"),
+
+
+def _family_prefix(template: str) -> str:
+    """`docpipe:deliveries:{task_id}:{retries}` -> `docpipe:deliveries:`."""
+    return template.split("{", 1)[0]
+
+
+#: Families by key prefix, longest first; anything else is `<first two segments>:*`. The
+#: prefixes are the adapters' own, so a renamed key moves its family with it.
+FAMILY_PREFIXES = tuple(
+    (prefix, prefix.rstrip(":.-") or prefix)
+    for prefix in sorted(
+        (
+            _family_prefix(OCR_JOB_KEY),
+            _family_prefix(DELIVERIES_KEY),
+            RATE_LIMIT_PREFIX,
+            CACHE_PREFIX,
+            LOCK_PREFIX,
+            _family_prefix(STATE_KEY),
+            "_kombu.binding.",
+            "_kombu.binding_permanent.",
+            "celery-task-meta-",
+        ),
+        key=len,
+        reverse=True,
+    )
 )
 #: Keys of each family whose MEMORY USAGE is read per sample (their mean is bytes per key).
 #: SCAN visits keys in hash-table order, so a small sample is mostly the same keys
@@ -388,12 +411,12 @@ def configured_ttls(settings: Settings) -> dict[str, float | None]:
     from pipeline.runtime.tasks import DELIVERIES_TTL_S
 
     ttls: dict[str, float | None] = {
-        "docpipe:deliveries": float(DELIVERIES_TTL_S),
-        "doc:state": float(settings.state_ttl_s),
-        "docpipe:cache": float(settings.cache_ttl_s),
-        "docpipe:lock": float(settings.lock_ttl_s),
-        "docpipe:ratelimit": settings.llm_rate_limit_window_s,
-        "docpipe:fake_ocr:job": float(JOB_TTL_SECONDS),
+        key_family(DELIVERIES_KEY): float(DELIVERIES_TTL_S),
+        key_family(STATE_KEY): float(settings.state_ttl_s),
+        key_family(CACHE_PREFIX): float(settings.cache_ttl_s),
+        key_family(LOCK_PREFIX): float(settings.lock_ttl_s),
+        key_family(RATE_LIMIT_PREFIX): settings.llm_rate_limit_window_s,
+        key_family(OCR_JOB_KEY): float(JOB_TTL_SECONDS),
     }
     ttls.update(dict.fromkeys(ALLOWED_WITHOUT_TTL))
     return ttls

@@ -1,9 +1,10 @@
 """The `EntityExtractor` contract: one chunk in, the LLM's JSON answer out.
 
-Written against the port as it is (one call per chunk); what it checks is what
-the entity stage relies on: a JSON object the domain parser accepts, entities
-that are in the chunk, and throttling reported as a transient error with the
-service's wait.
+What it checks is what the entity stage relies on: a JSON object the domain
+parser accepts, entities that are in the chunk, throttling reported as a
+transient error with the service's wait, and for a packed request
+(`extract_many`) one answer per chunk, in the order sent, each about its own
+chunk only, with the tokens the request used.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ from pipeline.ports import EntityExtractor
 CHUNK = (
     "AFFIDAVIT OF JANE HOLLOWAY\n\nI, Jane R. Holloway, of Chicago, Illinois, swear that on "
     "March 3, 2023 Meridian Capital Partners LLC paid $45,000.\n"
+)
+#: A second chunk with other entities: a packed answer must not mix the two up.
+OTHER_CHUNK = (
+    "LEASE AGREEMENT\n\nOn May 12, 2021 Mr. Robert Chen signed for Acme Holdings Inc. "
+    "in Denver, Colorado, agreeing to pay $12,500 per month.\n"
 )
 ITEM_KEYS = {"entity", "label", "start", "end", "confidence"}
 
@@ -81,3 +87,36 @@ class EntityExtractorContract:
 
         assert throttled.value.retry_after == pytest.approx(7.0)
         assert parse_llm_entities(llm.extractor.extract(CHUNK), CHUNK)  # then it answers
+
+    def test_a_packed_request_answers_each_chunk_in_order(self, llm: ExtractorSetup) -> None:
+        texts = [CHUNK, OTHER_CHUNK]
+
+        answer = llm.extractor.extract_many(texts)
+
+        assert len(answer.payloads) == len(texts)
+        packed = [parse_llm_entities(p, t) for p, t in zip(answer.payloads, texts, strict=True)]
+        alone = [parse_llm_entities(llm.extractor.extract(text), text) for text in texts]
+        assert [{e.value for e in found} for found in packed] == [
+            {e.value for e in found} for found in alone
+        ]
+        assert any("Holloway" in e.value for e in packed[0])
+        assert any("Chen" in e.value for e in packed[1])
+        assert not any("Chen" in e.value for e in packed[0])  # keyed by chunk, not mixed
+
+    def test_a_packed_request_reports_its_tokens(self, llm: ExtractorSetup) -> None:
+        one = llm.extractor.extract_many([CHUNK])
+        two = llm.extractor.extract_many([CHUNK, OTHER_CHUNK])
+
+        assert 0 < one.prompt_tokens < two.prompt_tokens
+        assert 0 < one.completion_tokens < two.completion_tokens
+        budget = llm.extractor.request_tokens
+        assert 0 < budget([CHUNK]) < budget([CHUNK, OTHER_CHUNK])
+
+    def test_a_throttled_packed_request_is_transient(self, llm: ExtractorSetup) -> None:
+        llm.throttle_next(3.0)
+
+        with pytest.raises(TransientError) as throttled:
+            llm.extractor.extract_many([CHUNK, OTHER_CHUNK])
+
+        assert throttled.value.retry_after == pytest.approx(3.0)
+        assert len(llm.extractor.extract_many([CHUNK, OTHER_CHUNK]).payloads) == 2

@@ -268,6 +268,53 @@ class StoreContract:
         assert found_elsewhere is not None and found_elsewhere.uuid == elsewhere.uuid
         assert store.find_by_content(project, "cd" * 32) is None
 
+    def test_a_known_content_is_not_created_again(self, store: SqlDocumentStore) -> None:
+        digest = "ef" * 32
+        project = store.ensure_project("contract-tests")
+        other_project = store.ensure_project("contract-tests-other")
+
+        def document(n: int, project_uuid: str) -> SourceDocument:
+            uuid = stable_uuid("known", n, time.monotonic_ns())
+            return SourceDocument(
+                uuid, project_uuid, f"{n}.txt", "txt", f"k{n}", 1, content_sha256=digest
+            )
+
+        first = document(1, project)
+        assert store.create_document(first, unless_content_known=True) == first.uuid
+        again = document(2, project)
+        assert store.create_document(again, unless_content_known=True) == first.uuid
+        with pytest.raises(KeyError):
+            store.get_document(again.uuid)  # nothing inserted
+        elsewhere = document(3, other_project)
+        assert store.create_document(elsewhere, unless_content_known=True) == elsewhere.uuid
+        plain = document(4, project)  # without the flag the same bytes may be a document again
+        assert store.create_document(plain) == plain.uuid
+
+    def test_concurrent_creates_of_one_content_make_one_document(
+        self, make_store: StoreFactory
+    ) -> None:
+        stores = [make_store(), make_store()]
+        project = stores[0].ensure_project("contract-tests")
+        digest = "0a" * 32
+        barrier = threading.Barrier(8)
+
+        def create(n: int) -> str:
+            document = SourceDocument(
+                stable_uuid("race", n, time.monotonic_ns()), project, "same.pdf", "pdf",
+                f"k{n}", 1, content_sha256=digest,
+            )  # fmt: skip
+            barrier.wait()
+            return stores[n % 2].create_document(document, unless_content_known=True)
+
+        with ThreadPoolExecutor(8) as pool:
+            holders = set(pool.map(create, range(8)))
+        assert len(holders) == 1
+        (holder,) = holders
+        found = stores[0].find_by_content(project, digest)
+        assert found is not None and found.uuid == holder
+        same = [d for d in stores[0].list_documents() if d.content_sha256 == digest]
+        assert [d.uuid for d in same] == [holder]
+
     def test_match_uuid_prefix_finds_documents_by_the_start_of_their_uuid(
         self, store: SqlDocumentStore
     ) -> None:
