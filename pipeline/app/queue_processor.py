@@ -136,7 +136,7 @@ def _handle_claimed(services: Services, entry: QueueEntry, result: QueueBatch) -
         log.warning("queue: %s %s (attempt %d)", document_uuid, reason, entry.attempts)
         result.errors[document_uuid] = reason
         if entry.attempts >= services.settings.queue_max_attempts:
-            _give_up(services, document_uuid, reason)
+            give_up(services, document_uuid, reason)
         return
     result.dispatched.append(document_uuid)
 
@@ -161,7 +161,8 @@ def _dispatch(services: Services, document: SourceDocument) -> None:
         services.store.set_task_id(document.uuid, task_id)
 
 
-def _give_up(services: Services, document_uuid: str, reason: str) -> None:
+def give_up(services: Services, document_uuid: str, reason: str) -> None:
+    """The last allowed dispatch failed: the document fails (`ocr_failed`) with the reason."""
     try:
         document = services.store.get_document(document_uuid)
         stages.fail(

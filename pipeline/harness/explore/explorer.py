@@ -232,6 +232,11 @@ def _results(
         for index in indices:
             yield _run_index(index)
         return
+    # The fault-free references the first schedules need, made before the fork: once,
+    # not once per worker (each is a run of every document; they are deterministic).
+    for index in range(min(limit if limit is not None else WARM_REFERENCES, WARM_REFERENCES)):
+        schedule = generate_schedule(seed, index, workspace.documents, catalogue)
+        workspace.reference(schedule.get("settings") or {})
     context = multiprocessing.get_context("fork")
     with context.Pool(
         jobs, initializer=_init_worker, initargs=(workspace, seed, catalogue)
@@ -239,6 +244,10 @@ def _results(
         # Ordered: findings are judged in index order whatever process ran them.
         yield from pool.imap(_run_index, indices, chunksize=1)
         # Leaving the block terminates the workers still running schedules past the budget.
+
+
+#: Schedules whose reference runs are made before forking the workers.
+WARM_REFERENCES = 8
 
 
 def _count() -> Iterator[int]:

@@ -62,7 +62,7 @@ from pipeline.harness.scenarios.model import (
     matches,
 )
 from pipeline.runtime import celery_app
-from pipeline.settings import Settings, redact_url
+from pipeline.settings import Settings, redact_url, settings_over_environment
 
 log = logging.getLogger(__name__)
 
@@ -329,6 +329,10 @@ class _Run:
     def extra_checks(self, services: Services) -> list[Check]:
         return []
 
+    def fault_state(self, services: Services) -> redis.Redis:
+        """Where the fault rules and counters go: Redis, which worker processes read."""
+        return services.redis
+
     def shared_services(self, stack: ExitStack, values: dict[str, Any]) -> dict[str, Any]:
         """Settings of services this mode starts for the run (in `stack`) besides the profile's."""
         return {}
@@ -348,7 +352,7 @@ class _Run:
         values = base_settings(scenario) | scenario.overrides()
         rejected = scenario.expect.settings_rejected
         try:
-            Settings(_env_file=None, **self.validated_values(values))  # type: ignore[call-arg]
+            settings_over_environment(self.validated_values(values))
         except ValidationError as exc:
             problem = settings_problem(exc)
             if rejected is None:
@@ -398,10 +402,11 @@ class _Run:
         # Installed before intake (faults on the blob store and the document rows hit the
         # submissions too), with `documents` filters matching nothing until the uuids exist.
         declared, rules = self._rules({}, pending=True)
+        board = self.fault_state(services)
         injector = RedisFaultInjector(
-            services.redis, rules, namespace=namespace, seed=self.seed, clock=services.clock
+            board, rules, namespace=namespace, seed=self.seed, clock=services.clock
         )
-        install_faults(services.redis, injector)
+        install_faults(board, injector)
         try:
             by_name: dict[str, str] = {}
             for document in documents:
@@ -409,10 +414,10 @@ class _Run:
             names = {uuid_: name for name, uuid_ in by_name.items()}
             declared, rules = self._rules(by_name)
             injector = RedisFaultInjector(
-                services.redis, rules, namespace=namespace, seed=self.seed, clock=services.clock
+                board, rules, namespace=namespace, seed=self.seed, clock=services.clock
             )
             # Same namespace, not re-armed: the counters of the intake's calls carry on.
-            services.redis.set(ACTIVE_FAULTS_KEY, injector.to_json())
+            board.set(ACTIVE_FAULTS_KEY, injector.to_json())
             for name, path in [(d.name, d.path) for d in documents]:
                 if injector.before("intake", "submit", by_name[name]).response == "duplicate":
                     # The same file submitted again while the first is in flight (two
@@ -431,7 +436,7 @@ class _Run:
             fired, calls = injector.fired(), injector.calls()
             self.report.calls = injector.operation_calls()
         finally:
-            clear_faults(services.redis)
+            clear_faults(board)
         self.report.faults = [
             {"fault": rules[i].describe(), "calls": calls[i], "fired": fired[i]}
             for i in range(declared)
@@ -865,7 +870,7 @@ def _in_process_settings(workdir: Path, redis_name: str, values: dict[str, Any])
         "redis_url": f"fakeredis://{redis_name}",
         "broker_url": "memory://",
     }
-    return Settings(_env_file=None, **(local | values | {"eager": True}))  # type: ignore[call-arg]
+    return settings_over_environment(local | values | {"eager": True})
 
 
 class EagerRun(_Run):
@@ -984,6 +989,10 @@ class SimRun(EagerRun):
         self._names: dict[str, str] = {}
         self._queued: list[int] = []
         return services
+
+    def fault_state(self, services: Services) -> redis.Redis:
+        """The executor's fault board: the simulator is one process (simulation/faultboard.py)."""
+        return self.executor.fault_board.as_redis()
 
     def _index(self, document_uuid: str) -> int:
         index = self._indices.setdefault(document_uuid, len(self._indices))

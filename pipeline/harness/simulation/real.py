@@ -39,8 +39,9 @@ from fakes.faulty_ports import consult, unfaulted
 from pipeline.app import stages
 from pipeline.app.intake import claim_own, submit_file
 from pipeline.app.policy import ProgressMeter, decide, metered, readable, retry_countdown
+from pipeline.app.queue_processor import give_up
 from pipeline.app.stages import StageResult
-from pipeline.bootstrap import Services, build_services, redis_client
+from pipeline.bootstrap import Services, build_services
 from pipeline.domain.models import Stage, Status, stable_uuid
 from pipeline.errors import LockUnavailable, StaleDelivery, TransientError
 from pipeline.harness.simulation.clock import VirtualClock, VirtualRateLimiter
@@ -53,10 +54,11 @@ from pipeline.harness.simulation.engine import (
     OutcomeKind,
     Send,
 )
+from pipeline.harness.simulation.faultboard import FaultBoard
 from pipeline.harness.simulation.model import POLL_OCR, START_OCR
 from pipeline.ports import FaultInjector
 from pipeline.runtime.tasks import RETRYABLE, poll_step, retry_task, stage_lock_name
-from pipeline.settings import Settings
+from pipeline.settings import Settings, settings_over_environment
 
 _runs = itertools.count(1)
 
@@ -91,7 +93,7 @@ def sim_settings(**overrides: Any) -> Settings:
         "project_name": "sim",
     }
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return settings_over_environment(values)
 
 
 class StageExecutor:
@@ -109,10 +111,13 @@ class StageExecutor:
         self.files = list(files)
         self.seed = seed
         self.clock = clock or VirtualClock()
+        #: Where the fault rules and counters live (one process: a dict, not Redis); whoever
+        #: installs faults for this run installs them here (pipeline.harness.simulation.faultboard).
+        self.fault_board = FaultBoard()
         if faults is None and settings.fault_injection:
             # What workers follow, but a kill_worker fault raises instead of killing us.
             faults = SharedFaultInjector(
-                redis_client(settings.redis_url), simulated=True, clock=self.clock
+                self.fault_board.as_redis(), simulated=True, clock=self.clock
             )
         self.limiter = VirtualRateLimiter(
             self.clock,
@@ -137,6 +142,8 @@ class StageExecutor:
         self.project = self.services.store.ensure_project(settings.project_name)
         self.uuids: dict[int, str] = {}
         self.versions: dict[int, int] = {}
+        #: Failed dispatches per document (the queue processor gives up after a few).
+        self.intake_failures: dict[int, int] = {}
         #: Every delivery that ran stage code (or was refused the lock), in virtual-time order.
         self.attempts: list[Attempt] = []
         #: Whether the delivery starting now found Redis restarted (a `redis.server` fault).
@@ -171,11 +178,18 @@ class StageExecutor:
             stages.dispatch(self.services, self.uuids[doc])
         except (TransientError, redis.RedisError, WorkerKilled) as exc:
             # `docpipe run` reports the error; the claimed queue row goes stale and the
-            # queue processor dispatches the document again.
+            # queue processor dispatches the document again - queue_max_attempts times in
+            # all, then it fails the document (a fault that fails every dispatch in lockstep
+            # resubmitted it forever, and the schedule never ended).
             self.dispatcher.take()
-            raise IntakeFailed(
-                f"{type(exc).__name__}: {exc}", self.settings.queue_stale_after_s
-            ) from None
+            reason = f"{type(exc).__name__}: {exc}"
+            failures = self.intake_failures[doc] = self.intake_failures.get(doc, 0) + 1
+            if failures < self.settings.queue_max_attempts:
+                raise IntakeFailed(reason, self.settings.queue_stale_after_s) from None
+            if doc in self.uuids:
+                with contextlib.suppress(WorkerKilled):  # the queue processor died: row exhausted
+                    give_up(self.services, self.uuids[doc], f"could not dispatch: {reason}")
+            return []
         return [self._send(doc, sent) for sent in self.dispatcher.take()]
 
     def _send(self, doc: int, sent: SentStage) -> Send:
@@ -201,7 +215,8 @@ class StageExecutor:
     def _restart_redis(self) -> None:
         """Redis lost what it held in memory: locks, state hash, caches, delivery counts.
 
-        The fault injector's own keys are the experiment's, not the deployment's: kept.
+        The fault injector's own keys are the experiment's, not the deployment's: kept
+        (they live on the fault board; an injector given by the caller may keep them here).
         """
         client = self.services.redis
         keep = (ACTIVE_FAULTS_KEY, "docpipe:faults:")
