@@ -299,3 +299,16 @@ def test_sim_mode_skips_a_scenario_for_rabbitmq_only(tmp_path: Path) -> None:
     report = run_scenario(load_scenario(path), path, "sim", workdir=tmp_path)
     assert report.passed and report.skipped is not None
     assert "not for Redis" in report.skipped
+
+
+def test_a_sim_run_that_never_ends_fails_with_a_reason_instead_of_hanging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past SIM_MAX_EVENTS a run is a failure (explore reports it), not a hang."""
+    from pipeline.harness.scenarios import runner
+
+    monkeypatch.setattr(runner, "SIM_MAX_EVENTS", 10)  # the library's largest run takes ~1,000
+    path = REPO / "scenarios" / "mixed_batch_random_transient_faults.yaml"
+    report = run_scenario(load_scenario(path), path, "sim", workdir=tmp_path)
+    assert not report.passed
+    assert report.error is not None and "never ended" in report.error

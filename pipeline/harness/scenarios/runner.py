@@ -68,6 +68,9 @@ log = logging.getLogger(__name__)
 
 #: Submissions of one file the runner makes before it gives up (intake under faults).
 INTAKE_ATTEMPTS = 8
+#: Events a sim-mode run may take; past it the run is a failure, not a hang. The
+#: library's runs and explore's schedules take a few thousand at most.
+SIM_MAX_EVENTS = 100_000
 
 
 @dataclass
@@ -983,7 +986,9 @@ class SimRun(EagerRun):
             SimulatedWorker("entity", 4, name="entity-0"),
             SimulatedWorker("graph", 4, name="graph-0"),
         ]
-        config = SimConfig(layout, visibility_timeout_s=settings.visibility_timeout_s)
+        config = SimConfig(
+            layout, visibility_timeout_s=settings.visibility_timeout_s, max_events=SIM_MAX_EVENTS
+        )
         self.simulator = Simulator(config, self.executor)
         self._indices: dict[str, int] = {}
         self._names: dict[str, str] = {}
@@ -1033,8 +1038,13 @@ class SimRun(EagerRun):
         ]
 
     def wait(self, services: Services, uuids: list[str]) -> None:
+        from pipeline.harness.simulation.engine import SimulationDidNotEnd
+
         queued, self._queued = self._queued, []
-        result = self.simulator.run(queued)
+        try:
+            result = self.simulator.run(queued)
+        except SimulationDidNotEnd as exc:
+            raise ScenarioError(f"the simulated run never ended: {exc}") from None
         self.report.sim = {
             "virtual_seconds": round(result.end_time, 3),
             "events": result.events,

@@ -133,6 +133,10 @@ class CountdownFaults(Protocol):
     def dies_holding(self, message: Message, now: float) -> bool: ...
 
 
+class SimulationDidNotEnd(RuntimeError):
+    """The run passed SimConfig.max_events: messages that keep causing each other (a livelock)."""
+
+
 @dataclass(frozen=True)
 class SimulatedWorker:
     queue: str
@@ -310,7 +314,10 @@ class Simulator:
             self.now = at
             events += 1
             if events > self.config.max_events:
-                raise RuntimeError("simulation exceeded max_events")
+                raise SimulationDidNotEnd(
+                    f"{self.config.max_events:,} events by virtual time {at:,.0f} s "
+                    f"(next: {kind}) and still running"
+                )
             if getattr(self, f"_on_{kind}")(payload) is not False:
                 self.last_activity = at
             self._dispatch()
