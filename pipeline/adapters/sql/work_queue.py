@@ -5,8 +5,10 @@ from __future__ import annotations
 import uuid as uuidlib
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import (
+    Connection,
     and_,
     or_,
     select,
@@ -20,9 +22,12 @@ from pipeline.adapters.sql.base import (
 )
 from pipeline.adapters.sql.schema import (
     document_processing_queue,
+    source_documents,
 )
 from pipeline.domain.models import (
     QueueStatus,
+    Stage,
+    Status,
 )
 from pipeline.errors import TransientError
 from pipeline.ports import QueueEntry
@@ -59,6 +64,46 @@ class SqlWorkQueue(SqlBase):
             if existing is None:  # the winner closed its row in between: a rare race
                 raise TransientError(f"enqueue of {document_uuid} raced; retry")
             return existing
+
+    def _fail_never_dispatched(
+        self, conn: Connection, document_uuid: str, max_attempts: int, row: Any
+    ) -> None:
+        """A document still `pending` when its queue row runs out of attempts fails, with why.
+
+        No dispatch ever committed (`ocr_queued` is its first write), so no message
+        carries it: left `pending` beside a failed queue row it would be lost, without
+        a reason. Later statuses are left alone; a message may still be on its way.
+        """
+        docs = source_documents.c
+        found = conn.execute(
+            select(docs.status, docs.processing_version, docs.celery_task_id).where(
+                docs.uuid == document_uuid
+            )
+        ).first()
+        if found is None or Status(found.status) is not Status.PENDING:
+            return
+        failed = Stage.OCR.failed_status
+        last = row.last_error or "no error was recorded"
+        error = f"{Stage.OCR}: never dispatched in {max_attempts} attempts (last: {last})"
+        changed = conn.execute(
+            update(source_documents)
+            .where(
+                docs.uuid == document_uuid,
+                docs.status == Status.PENDING.value,
+                docs.processing_version == found.processing_version,
+            )
+            .values(status=failed.value, error_message=error, updated_at=self._now())
+        ).rowcount
+        if changed:
+            self._record_history(
+                conn,
+                document_uuid,
+                found.processing_version,
+                str(Stage.OCR),
+                failed,
+                error,
+                found.celery_task_id,
+            )
 
     def claim(
         self,
@@ -107,17 +152,19 @@ class SqlWorkQueue(SqlBase):
                 if not rows:
                     break
                 seen.extend(row.uuid for row in rows)
-                exhausted = [row.uuid for row in rows if row.attempts >= max_attempts]
+                exhausted = [row for row in rows if row.attempts >= max_attempts]
                 if exhausted:
                     conn.execute(
                         update(document_processing_queue)
-                        .where(queue.uuid.in_(exhausted))
+                        .where(queue.uuid.in_([row.uuid for row in exhausted]))
                         .values(
                             status=QueueStatus.FAILED.value,
                             last_error=f"max attempts ({max_attempts}) exceeded",
                             updated_at=now,
                         )
                     )
+                    for row in exhausted:
+                        self._fail_never_dispatched(conn, row.document_uuid, max_attempts, row)
                 fresh = [row for row in rows if row.attempts < max_attempts]
                 if not fresh:
                     continue

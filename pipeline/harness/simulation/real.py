@@ -189,8 +189,19 @@ class StageExecutor:
             if doc in self.uuids:
                 with contextlib.suppress(WorkerKilled):  # the queue processor died: row exhausted
                     give_up(self.services, self.uuids[doc], f"could not dispatch: {reason}")
+                if not self._settled(doc):
+                    # give_up could not record it either: a later cycle's claim fails the
+                    # exhausted row and its never-dispatched document (work_queue.claim).
+                    raise IntakeFailed(reason, self.settings.queue_stale_after_s) from None
             return []
         return [self._send(doc, sent) for sent in self.dispatcher.take()]
+
+    def _settled(self, doc: int) -> bool:
+        """Whether the document reached a status no queue processor needs to act on."""
+        try:
+            return self.services.store.get_document(self.uuids[doc]).status.is_terminal
+        except (TransientError, redis.RedisError, WorkerKilled):
+            return False
 
     def _send(self, doc: int, sent: SentStage) -> Send:
         task = START_OCR if sent.stage is Stage.OCR else str(sent.stage)

@@ -764,6 +764,26 @@ class StoreContract:
             "max attempts (3) exceeded",
         )
 
+    def test_an_exhausted_row_fails_its_never_dispatched_document_with_the_reason(
+        self, store: SqlDocumentStore, clock: ManualClock
+    ) -> None:
+        """`pending` beside a failed row would be lost; a dispatched document is left alone."""
+        never, queued = new_document(store, "never.pdf"), new_document(store, "queued.pdf")
+        store.advance_status(queued.uuid, Status.OCR_QUEUED, stage="ocr", processing_version=1)
+        for doc in (never, queued):
+            store.enqueue(doc.uuid)
+        for _ in range(3):
+            store.claim("w", limit=2, stale_after=60, max_attempts=3)
+            clock.advance(61)
+        assert store.claim("w", limit=2, stale_after=60, max_attempts=3) == []
+
+        failed = store.get_document(never.uuid)
+        assert failed.status is Status.OCR_FAILED
+        assert failed.error_message is not None and "never dispatched" in failed.error_message
+        assert [h.status for h in store.history(never.uuid)] == [Status.OCR_FAILED]
+        assert store.get_document(queued.uuid).status is Status.OCR_QUEUED  # a message may come
+        assert {e.status for e in store.queue_entries()} == {QueueStatus.FAILED}
+
     def test_finish_queue_entry_closes_the_open_row(self, store: SqlDocumentStore) -> None:
         doc = new_document(store)
         store.enqueue(doc.uuid)
