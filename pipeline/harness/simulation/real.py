@@ -378,8 +378,9 @@ class StageExecutor:
             raise
         except Exception as exc:
             # As the task layer: the stage committed but its successor was not published;
-            # retrying re-runs the idempotent stage, which publishes again.
-            release()
+            # retrying re-runs the idempotent stage, which publishes again. Released now,
+            # not as the outcome's finish: a kill here is a kill of the running task.
+            _release_now(services, lock_name, token)
             duration = self.clock.now() - start
             outcome = self._retry(message, stage, exc, False, duration, retryable=(Exception,))
             self.attempts[-1] = replace(self.attempts[-1], result=_ended(outcome))
