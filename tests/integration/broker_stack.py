@@ -11,12 +11,14 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from celery import Celery
 
 from pipeline.bootstrap import Services, start
 from pipeline.domain.models import QUEUES
 from pipeline.harness.localstack import (
+    CODE_ROOT,
     RedisServer,
     WorkerGroup,
     settings_values,
@@ -100,17 +102,28 @@ class BrokerStack:
         self.group.stop()
 
 
-def run_json(
-    env: dict[str, str], cwd: Path, *args: str, timeout: float = 300
-) -> tuple[int, dict[str, object]]:
-    """`docpipe run ARGS --json` as a subprocess: its exit code and its one JSON object."""
+def docpipe_json(
+    env: dict[str, str], cwd: Path, *args: str, timeout: float = 120
+) -> tuple[int, dict[str, Any]]:
+    """`docpipe ARGS` as a subprocess: its exit code and its one JSON object.
+
+    On this checkout's code alone: a stack's PYTHONPATH may carry what only its
+    workers should load (a `sitecustomize` that skews their clock).
+    """
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", *args, "--json"],
+        [sys.executable, "-m", "pipeline", *args],
         cwd=cwd,
-        env=env,
+        env={**env, "PYTHONPATH": str(CODE_ROOT)},
         capture_output=True,
         text=True,
         timeout=timeout,
     )
     assert "Traceback" not in result.stderr, result.stderr
     return result.returncode, json.loads(result.stdout)
+
+
+def run_json(
+    env: dict[str, str], cwd: Path, *args: str, timeout: float = 300
+) -> tuple[int, dict[str, Any]]:
+    """`docpipe run ARGS --json` as a subprocess: its exit code and its one JSON object."""
+    return docpipe_json(env, cwd, "run", *args, "--json", timeout=timeout)

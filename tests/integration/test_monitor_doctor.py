@@ -10,14 +10,11 @@ correctly configured stack must come out clean (exit 0).
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -28,7 +25,7 @@ from pipeline.harness.localstack import free_port, start_redis, stop_process
 from pipeline.runtime.celery_app import configure
 from pipeline.runtime.doctor import probe_flower
 from tests.conftest import REPO, SAMPLES
-from tests.integration.broker_stack import BrokerStack
+from tests.integration.broker_stack import BrokerStack, docpipe_json
 
 pytestmark = pytest.mark.integration
 
@@ -41,20 +38,6 @@ SHORT_VISIBILITY = {
     "DOCPIPE_OCR_LOCAL_JOB_TIMEOUT_S": "30",
 }
 DOCUMENTS = ("affidavit_of_jane_holloway.txt", "counsel_correspondence.eml")
-
-
-def docpipe_json(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, dict[str, Any]]:
-    """`docpipe ARGS` with this machine's real clock (only the stack's worker is skewed)."""
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        cwd=cwd,
-        env={**env, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert "Traceback" not in result.stderr, result.stderr
-    return result.returncode, json.loads(result.stdout)
 
 
 #: The worker's clock runs this far ahead: a `sitecustomize` on its PYTHONPATH shifts

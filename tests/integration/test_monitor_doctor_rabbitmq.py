@@ -8,13 +8,8 @@ monitor must show (ready at the broker, no consumer) and the doctor must name.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,28 +19,14 @@ from pipeline.app.intake import claim_own, dispatch, submit_file
 from pipeline.harness.localstack import RabbitVhosts, RedisServer
 from pipeline.runtime import rabbitmq
 from pipeline.runtime.celery_app import configure
-from tests.conftest import REPO, SAMPLES
-from tests.integration.broker_stack import BrokerStack
+from tests.conftest import SAMPLES
+from tests.integration.broker_stack import BrokerStack, docpipe_json
 
 pytestmark = pytest.mark.integration
 
 #: Below the local server's consumer_timeout (RabbitMQ's default, 30 min): refused otherwise.
 LIMITS = {"DOCPIPE_TASK_SOFT_TIME_LIMIT_S": "1200", "DOCPIPE_TASK_TIME_LIMIT_S": "1300"}
 CONSUMED = ("ocr", "text", "entity")
-
-
-def docpipe_json(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, dict[str, Any]]:
-    """`docpipe ARGS` as a subprocess: its exit code and its one JSON object."""
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        cwd=cwd,
-        env={**env, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert "Traceback" not in result.stderr, result.stderr
-    return result.returncode, json.loads(result.stdout)
 
 
 @pytest.fixture(scope="module")
