@@ -17,6 +17,7 @@ import pytest
 
 from pipeline.errors import ConfigurationError
 from pipeline.harness.localstack import DEFAULT_RABBITMQ_URL, PostgresDatabases, RabbitVhosts
+from pipeline.settings import get_settings
 
 ADMIN_URL_ENV = "DOCPIPE_TEST_POSTGRES_URL"
 SKIP_ENV = "DOCPIPE_SKIP_POSTGRES"
@@ -44,6 +45,17 @@ def postgres_databases() -> Iterator[PostgresDatabases]:
         pytest.fail(message, pytrace=False)
     yield databases
     databases.drop_all()
+
+
+@pytest.fixture
+def scenario_postgres(
+    postgres_databases: PostgresDatabases, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Scenarios that cut the database off get their throw-away database on the test server."""
+    monkeypatch.setenv("DOCPIPE_SCENARIO_POSTGRES_URL", postgres_admin_url())
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="module")

@@ -8,19 +8,15 @@ own `no_shared_filesystem.yaml` runs in test_scenarios_broker.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pipeline.harness.localstack import PostgresDatabases
 from pipeline.harness.scenarios.hosts import SeparateHosts, SharedStorageError
 from pipeline.harness.scenarios.model import load_scenario
 from pipeline.harness.scenarios.real_workers import BrokerEnvironment, worker_layout
 from pipeline.harness.scenarios.runner import run_scenario
-from pipeline.settings import get_settings
 from tests.conftest import REPO
-from tests.integration.conftest import postgres_admin_url
 
 pytestmark = pytest.mark.integration
 
@@ -30,16 +26,6 @@ HOST_CHECKS = {
     "separate hosts: stored files on S3",
     "separate hosts: nothing stored in a worker's folder",
 }
-
-
-@pytest.fixture
-def scenario_postgres(
-    postgres_databases: PostgresDatabases, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[None]:
-    monkeypatch.setenv("DOCPIPE_SCENARIO_POSTGRES_URL", postgres_admin_url())
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
 
 
 @pytest.mark.usefixtures("scenario_postgres")

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pipeline.harness.localstack import PostgresDatabases, RabbitVhosts
+from pipeline.harness.localstack import RabbitVhosts
 from pipeline.harness.scenarios.model import load_scenario
 from pipeline.harness.scenarios.runner import RunReport, needs_postgres, run_scenario
-from pipeline.settings import get_settings
 from tests.helpers import BROKER_SCENARIO_FILES, RABBITMQ_SCENARIO_FILES
-from tests.integration.conftest import postgres_admin_url
 
 pytestmark = pytest.mark.integration
 
@@ -28,17 +25,6 @@ def _explain(report: RunReport) -> str:
         for log in Path(report.workdir or ".").glob("worker-*.log")
     )
     return f"{report.error or ''}\n" + "\n".join(failed) + f"\nreplay: {report.replay}\n{logs}"
-
-
-@pytest.fixture
-def scenario_postgres(
-    postgres_databases: PostgresDatabases, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[None]:
-    """Scenarios that cut the database off get their throw-away database on the test server."""
-    monkeypatch.setenv("DOCPIPE_SCENARIO_POSTGRES_URL", postgres_admin_url())
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
 
 
 @pytest.mark.parametrize("path", FILES, ids=[f"{p.stem}-broker" for p in FILES])
