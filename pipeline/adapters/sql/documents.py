@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
+    Select,
     delete,
     func,
     select,
@@ -105,12 +106,8 @@ class SqlDocumentRecords(SqlBase):
                 text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
                 {"key": f"docpipe:content:{project_uuid}:{content_sha256}"},
             )
-        docs = source_documents.c
-        query = (
-            select(docs.uuid)
-            .where(docs.project_uuid == project_uuid, docs.content_sha256 == content_sha256)
-            .order_by(docs.created_at, docs.uuid)
-            .limit(1)
+        query = _earliest_with_content(project_uuid, content_sha256).with_only_columns(
+            source_documents.c.uuid
         )
         holder: str | None = conn.execute(query).scalar_one_or_none()
         return holder
@@ -136,15 +133,8 @@ class SqlDocumentRecords(SqlBase):
 
     def find_by_content(self, project_uuid: str, content_sha256: str) -> SourceDocument | None:
         """The project's earliest document with this content hash, or None."""
-        docs = source_documents.c
-        query = (
-            select(source_documents)
-            .where(docs.project_uuid == project_uuid, docs.content_sha256 == content_sha256)
-            .order_by(docs.created_at, docs.uuid)
-            .limit(1)
-        )
         with self._read() as conn:
-            row = conn.execute(query).first()
+            row = conn.execute(_earliest_with_content(project_uuid, content_sha256)).first()
         return None if row is None else _document(row)
 
     def match_uuid_prefix(self, prefix: str, *, limit: int = 10) -> list[str]:
@@ -501,3 +491,14 @@ class SqlDocumentRecords(SqlBase):
                 .order_by(jobs.created_at, jobs.uuid)
             ).all()
         return [dict(row._mapping) for row in rows]
+
+
+def _earliest_with_content(project_uuid: str, content_sha256: str) -> Select[Any]:
+    """The project's earliest document with these bytes: the one that holds the content."""
+    docs = source_documents.c
+    return (
+        select(source_documents)
+        .where(docs.project_uuid == project_uuid, docs.content_sha256 == content_sha256)
+        .order_by(docs.created_at, docs.uuid)
+        .limit(1)
+    )
