@@ -47,6 +47,19 @@ class Decision:
     stalled: int = 0
 
 
+def redelivered_too_often(retries: int) -> str:
+    """Why a delivery counted past `max_redeliveries` is dead-lettered.
+
+    Its earlier deliveries never finished: the worker process died under them
+    (out of memory, a crash in a native parser, SIGKILL), or the hard time
+    limit killed them. Either way Celery put the message back.
+    """
+    return (
+        f"worker lost too many times: killed, or past the hard time limit, on every "
+        f"delivery (gave up after {retries} retries)"
+    )
+
+
 def readable(stage: Stage, exc: BaseException) -> str:
     """The error message stored on the row: stage, kind and reason, secrets redacted."""
     if isinstance(exc, PermanentError | TransientError):

@@ -72,6 +72,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        # A task past its hard time limit goes back to the queue like one whose worker died:
+        # acked, its document would sit at *_processing with no reason and no retry left.
+        # The redelivery guard (max_redeliveries) then dead-letters one that always hangs.
+        "task_acks_on_timeout": False,
         "task_track_started": True,
         "task_send_sent_event": True,
         "worker_send_task_events": True,

@@ -18,7 +18,15 @@ from celery import Task
 from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 
 from pipeline.app import stages
-from pipeline.app.policy import Decision, ProgressMeter, decide, metered, readable, retry_countdown
+from pipeline.app.policy import (
+    Decision,
+    ProgressMeter,
+    decide,
+    metered,
+    readable,
+    redelivered_too_often,
+    retry_countdown,
+)
 from pipeline.app.stages import StageResult
 from pipeline.domain.models import Stage, Status
 from pipeline.errors import LockUnavailable, StaleDelivery, TransientError
@@ -34,7 +42,7 @@ DELIVERIES_KEY = "docpipe:deliveries:{task_id}:{retries}"
 DELIVERIES_TTL_S = 7 * 24 * 3600
 
 #: Failures worth another attempt (pipeline.app.policy decides whether one is left).
-RETRYABLE: tuple[type[BaseException], ...] = (
+RETRYABLE: tuple[type[Exception], ...] = (
     TransientError,
     SoftTimeLimitExceeded,
     redis.RedisError,
@@ -107,8 +115,7 @@ def run_stage(
                 limit=settings.max_redeliveries,
             )
             if counted.deliveries > settings.max_redeliveries:
-                gave_up = f"gave up after {task.request.retries} retries"
-                reason = f"worker lost too many times ({gave_up})"
+                reason = redelivered_too_often(task.request.retries)
                 _dead_letter(task, services, stage, document_uuid, version, reason)
                 return "dead_lettered"
             token = counted.token
@@ -196,6 +203,12 @@ def run_stage(
     return "ok"
 
 
+#: Every publish leaves the time limits to the worker that runs the task. Celery copies a
+#: task's limits, bound from the publisher's configuration, into the message, and the
+#: worker obeys the message over its own settings: an intake process configured with other
+#: limits than the OCR workers' would impose its own. An explicit None sends none.
+WORKER_TIME_LIMITS: dict[str, Any] = {"time_limit": None, "soft_time_limit": None}
+
 #: How long publishing a retry or the next stage waits for the broker (a restarting Redis): ~40 s.
 RETRY_PUBLISH_POLICY = {
     "max_retries": 40,
@@ -210,11 +223,13 @@ def _services_or_retry(task: Task[Any, Any]) -> Services:
 
     Nothing can be recorded without them, so the task retries with backoff;
     once retries are spent it fails, and the queue processor finds the
-    document without progress and sends its stage again.
+    document without progress and sends its stage again. A soft time limit
+    met here (a fresh pool child on a loaded host) retries too: raised out of
+    the task it would fail it, and Celery would ack the message.
     """
     try:
         return current_services()
-    except (TransientError, redis.RedisError) as exc:
+    except RETRYABLE as exc:
         settings = get_settings()
         retries = task.request.retries
         log.warning("cannot build the worker's services (%s); retry %d", exc, retries + 1)
@@ -248,6 +263,7 @@ def retry_task(
             countdown=broker_countdown(get_settings(), countdown),
             max_retries=max_retries,
             retry_policy=RETRY_PUBLISH_POLICY,
+            **WORKER_TIME_LIMITS,
         )
     except Reject as rejected:
         raise Reject(str(rejected), requeue=True) from exc
@@ -339,6 +355,7 @@ def _dispatch(result: StageResult, document_uuid: str, version: int) -> None:
             args=(document_uuid, version, result.poll_job_id, result.polls),
             countdown=broker_countdown(settings, settings.ocr_poll_interval_s),
             retry_policy=RETRY_PUBLISH_POLICY,
+            **WORKER_TIME_LIMITS,
         )
     elif result.next_stage is not None:
         # Through the port, as intake sends: what wraps it (scenario faults) sees every send.
@@ -354,7 +371,10 @@ def send_stage(
     Celery's default ~1 s of retries.
     """
     STAGE_TASKS[stage].apply_async(
-        args=(document_uuid, version), task_id=task_id, retry_policy=RETRY_PUBLISH_POLICY
+        args=(document_uuid, version),
+        task_id=task_id,
+        retry_policy=RETRY_PUBLISH_POLICY,
+        **WORKER_TIME_LIMITS,
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import redis
 from celery.contrib.testing.worker import start_worker
+from celery.exceptions import SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError
 
 from pipeline.app.intake import dispatch, submit_all
@@ -159,4 +160,34 @@ def test_a_worker_whose_database_is_down_at_its_first_task_retries_it(
     status = _run_one(services, SAMPLES / "affidavit_of_jane_holloway.txt", monkeypatch)
 
     assert len(refused) == 2
+    assert status is Status.COMPLETED
+
+
+def test_a_soft_time_limit_while_the_worker_builds_its_services_retries_the_task(
+    make_services: Callable[..., Services], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh pool child on a loaded host may pass its soft limit before any stage runs.
+
+    Raised out of the task, the limit would fail it and Celery would ack the
+    message: the document would stay queued with nothing left to move it.
+    """
+    import pipeline.runtime.tasks
+
+    services = make_services(
+        eager=False, broker_url="memory://", retry_backoff_base_s=0.05, retry_backoff_max_s=0.1
+    )
+    interrupted: list[int] = []
+
+    def soft_limit_once() -> Services:
+        if not interrupted:
+            interrupted.append(1)
+            raise SoftTimeLimitExceeded()
+        return services
+
+    monkeypatch.setattr(pipeline.runtime.tasks, "current_services", soft_limit_once)
+    monkeypatch.setattr(pipeline.runtime.tasks, "get_settings", lambda: services.settings)
+
+    status = _run_one(services, SAMPLES / "affidavit_of_jane_holloway.txt", monkeypatch)
+
+    assert interrupted == [1]
     assert status is Status.COMPLETED

@@ -8,15 +8,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from celery.contrib.testing.worker import start_worker
+from celery.exceptions import Retry
 from celery.signals import before_task_publish
 
 from pipeline.app.intake import dispatch, submit_all
+from pipeline.app.stages import StageResult
 from pipeline.bootstrap import Services
-from pipeline.domain.models import QUEUES, Status
+from pipeline.domain.models import QUEUES, Stage, Status
 from pipeline.runtime.celery_app import app
+from pipeline.runtime.tasks import _dispatch, retry_task, send_stage, start_ocr_task
 
 MAX_MESSAGE_BYTES = 2 * 1024
+DOCUMENT_UUID = "00000000-0000-4000-8000-000000000001"
 
 
 def test_every_message_of_a_5mb_document_run_is_under_2kb(
@@ -60,3 +65,47 @@ def test_every_message_of_a_5mb_document_run_is_under_2kb(
     assert {"pipeline.start_ocr", "pipeline.stage_relationships"} <= published
     largest = max(size for _, size in messages)
     assert largest < MAX_MESSAGE_BYTES, messages
+
+
+def test_messages_leave_time_limits_to_the_worker(
+    make_services: Callable[..., Services],
+) -> None:
+    """A publisher's task limits must not ride in its messages: the worker's own apply.
+
+    Celery copies a task's limits (bound from the publisher's configuration)
+    into each message, and the worker obeys the message over its own
+    settings: an intake process with other limits than the OCR workers', or
+    a test process that configured short ones earlier, would impose them.
+    """
+    make_services(
+        eager=False, broker_url="memory://", task_soft_time_limit_s=1000, task_time_limit_s=1100
+    )
+    headers_seen: list[dict[str, Any]] = []
+
+    def capture(headers: dict[str, Any], **_: Any) -> None:
+        headers_seen.append(headers)
+
+    before_task_publish.connect(capture, weak=False)
+    try:
+        send_stage(Stage.OCR, DOCUMENT_UUID, 1)
+        _dispatch(StageResult(poll_job_id="job-1", polls=1), DOCUMENT_UUID, 1)
+        # A retry copies the limits of the message it retries: one from an older publisher too.
+        start_ocr_task.push_request(
+            id="task-1",
+            retries=0,
+            args=[DOCUMENT_UUID, 1],
+            kwargs={},
+            timelimit=(1100, 1000),
+            called_directly=False,
+        )
+        try:
+            with pytest.raises(Retry):
+                retry_task(start_ocr_task, 0.1, RuntimeError("busy"), max_retries=3)
+        finally:
+            start_ocr_task.pop_request()
+    finally:
+        before_task_publish.disconnect(capture)
+
+    sent = ["pipeline.start_ocr", "pipeline.poll_ocr", "pipeline.start_ocr"]
+    assert [h["task"] for h in headers_seen] == sent
+    assert [tuple(h["timelimit"]) for h in headers_seen] == [(None, None)] * 3

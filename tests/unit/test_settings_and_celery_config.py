@@ -36,6 +36,8 @@ def test_celery_config_is_json_only_acks_late_prefetch_one_with_limits() -> None
     assert config["accept_content"] == ["json"]
     assert config["task_acks_late"] is True
     assert config["task_reject_on_worker_lost"] is True
+    # Past the hard limit the message goes back (the redelivery guard bounds it), not acked.
+    assert config["task_acks_on_timeout"] is False
     assert config["worker_prefetch_multiplier"] == 1
     assert config["task_soft_time_limit"] < config["task_time_limit"]
 

@@ -38,7 +38,14 @@ from fakes.faults import ACTIVE_FAULTS_KEY, SharedFaultInjector, WorkerKilled
 from fakes.faulty_ports import consult, unfaulted
 from pipeline.app import stages
 from pipeline.app.intake import claim_own, submit_file
-from pipeline.app.policy import ProgressMeter, decide, metered, readable, retry_countdown
+from pipeline.app.policy import (
+    ProgressMeter,
+    decide,
+    metered,
+    readable,
+    redelivered_too_often,
+    retry_countdown,
+)
 from pipeline.app.queue_processor import give_up
 from pipeline.app.stages import StageResult
 from pipeline.bootstrap import Services, build_services
@@ -315,8 +322,7 @@ class StageExecutor:
             # A pool without time limits: the task hangs past the visibility timeout.
             self.clock.sleep(self.settings.visibility_timeout_s + 1.0)
         if delivery > self.settings.max_redeliveries:
-            gave_up = f"gave up after {message.retries} retries"
-            self._dead_letter(message, stage, f"worker lost too many times ({gave_up})")
+            self._dead_letter(message, stage, redelivered_too_often(message.retries))
             return Outcome(0.0, "dead_lettered", detail="redelivered too often")
         step = poll_step(int(message.args[1])) if message.task == POLL_OCR else ""
         lock_name = stage_lock_name(uuid, version, stage, step)
