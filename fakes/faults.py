@@ -39,6 +39,10 @@ FaultKind = Literal[
     # (its side effect done, nothing acknowledged or chained).
     "kill_worker",
     "kill_worker_after",
+    # The call blocks like native code stuck in C, deaf to the soft time limit: in a
+    # prefork worker only the hard time limit ends it (broker mode); it raises after
+    # latency_s if nothing does.
+    "hang",
     # Database: the connection drops mid-transaction (rolled back, the caller sees an
     # error); the commit went through but the caller sees an error (outcome unknown).
     "connection_lost",
@@ -217,6 +221,22 @@ class RedisFaultInjector:
         return dict(sorted(counts.items()))
 
     # --- internals -----------------------------------------------------------------------
+    def _hang(self, seconds: float) -> None:
+        """Sleep deaf to the pool's time limits, as a call stuck in C code is.
+
+        Python runs signal handlers between bytecodes, so a native call that does
+        not return runs neither billiard's soft-limit handler (SIGUSR1, which
+        raises SoftTimeLimitExceeded) nor the one for the hard limit's SIGTERM:
+        the SIGKILL that follows 0.1 s later ends the process. Both signals are
+        held back here; a sleep would otherwise return early on either.
+        """
+        time_limit_signals = {signal.SIGUSR1, signal.SIGTERM}
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, time_limit_signals)
+        try:
+            self._clock.sleep(seconds)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
     def _count(self, key: str) -> int:
         value = self._client.get(key)
         return int(value) if value is not None else 0
@@ -260,6 +280,9 @@ class RedisFaultInjector:
             raise TransientError(reason)
         if rule.kind == "kill_worker":
             self.kill_worker(reason)
+        if rule.kind == "hang":
+            self._hang(rule.latency_s)
+            raise TransientError(reason)
         if rule.kind == "latency":
             return FaultEffect(
                 latency_s=effect.latency_s + rule.latency_s, response=effect.response

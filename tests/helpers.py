@@ -83,5 +83,6 @@ RABBITMQ_SCENARIO_FILES = [
         "duplicate_delivery_exactly_once",
         "llm_outage_window",
         "consumer_timeout_shorter_than_time_limit",
+        "hang_past_the_hard_time_limit_dead_lettered",
     )
 ]

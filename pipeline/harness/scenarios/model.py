@@ -68,7 +68,7 @@ _STORE_KINDS = (
 #: the simulated deployment; `intake.submit` is the scenario runner's submission.
 FAULT_CATALOGUE: dict[str, dict[str, tuple[str, ...]]] = {
     "ocr": {"start": _SERVICE_KINDS, "poll": _SERVICE_KINDS},
-    "parser": {"extract": _SERVICE_KINDS},
+    "parser": {"extract": (*_SERVICE_KINDS, "hang")},
     "llm": {"extract": _SERVICE_KINDS},
     "blobs": {"put": _INFRA_KINDS, "get": _INFRA_KINDS},
     "store": {
@@ -113,6 +113,9 @@ SIM_ONLY_FAULTS: frozenset[tuple[str, str, str]] = frozenset(
         ("dispatcher", "send_retry", "transient"),
     }
 )
+#: Kinds only real worker processes suffer: a call deaf to the soft time limit is ended by
+#: the prefork pool's hard limit, which neither eager mode nor the simulator has.
+BROKER_ONLY_KINDS = frozenset({"hang"})
 #: Kinds that end the process they fire in: eager mode (the runner's own process) refuses
 #: them; the simulator raises WorkerKilled, broker workers are SIGKILLed.
 PROCESS_KILLING_KINDS = frozenset({"kill_worker", "kill_worker_after"})
@@ -125,6 +128,8 @@ def fault_modes(port: str, operation: str | None, kind: str) -> tuple[Mode, ...]
     names = [o for o in names if kind in operations.get(o, ())]
     if not names:
         return ()
+    if kind in BROKER_ONLY_KINDS:
+        return ("broker",)
     modes: list[Mode] = ["sim"]
     if all((port, o, kind) not in SIM_ONLY_FAULTS for o in names):
         modes.append("broker")
@@ -380,8 +385,8 @@ class Fault(_Strict):
             )
         if self.window is not None and not 0 <= self.window[0] < self.window[1]:
             raise ValueError("window must be [start_s, end_s] with 0 <= start_s < end_s")
-        if self.kind == "latency" and self.latency_s <= 0:
-            raise ValueError("a latency fault needs latency_s > 0")
+        if self.kind in ("latency", "hang") and self.latency_s <= 0:
+            raise ValueError(f"a {self.kind} fault needs latency_s > 0")
         return self
 
 
