@@ -107,6 +107,8 @@ class WorkerFacts:
     prefetch_count: int | None
     acks_late: bool | None
     reject_on_worker_lost: bool | None
+    #: Whether a task past its hard time limit is acknowledged (Celery's default) or requeued.
+    acks_on_timeout: bool | None
     visibility_timeout_s: float | None
     task_time_limit_s: float | None
     #: The longest-running task it has right now (its own clock), None when idle.
@@ -476,6 +478,19 @@ def check_acks_and_prefetch(facts: Facts) -> list[Finding]:
                     subject=worker.name,
                 )
             )
+        if worker.acks_late and worker.pool in TIME_LIMIT_POOLS and worker.acks_on_timeout:
+            findings.append(
+                Finding(
+                    "timeout-acked",
+                    WARNING,
+                    f"{worker.name} acknowledges a task killed at its hard time limit "
+                    "(task_acks_on_timeout): its document stays at *_processing with no reason, "
+                    "and nothing delivers it again",
+                    "set task_acks_on_timeout=False (docpipe's configuration does): the message "
+                    "goes back, and the redelivery guard dead-letters one that always hangs",
+                    subject=worker.name,
+                )
+            )
         if worker.prefetch_multiplier is not None and worker.prefetch_multiplier != 1:
             findings.append(
                 Finding(
@@ -695,6 +710,7 @@ def worker_facts(
                 prefetch_count=_optional_int(stats.get("prefetch_count")),
                 acks_late=_optional_bool(conf.get("task_acks_late")),
                 reject_on_worker_lost=_optional_bool(conf.get("task_reject_on_worker_lost")),
+                acks_on_timeout=_acks_on_timeout(conf),
                 visibility_timeout_s=_optional_float(options.get("visibility_timeout")),
                 task_time_limit_s=_optional_float(conf.get("task_time_limit")),
                 longest_active_s=max(now - t for t in started) if started else None,
@@ -713,6 +729,14 @@ def _optional_float(value: object) -> float | None:
         return float(value) if value is not None else None  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
+
+
+def _acks_on_timeout(conf: dict[str, Any]) -> bool | None:
+    """task_acks_on_timeout, or when unset the task_acks_on_failure_or_timeout it defaults to."""
+    value = conf.get("task_acks_on_timeout")
+    if value is None:
+        value = conf.get("task_acks_on_failure_or_timeout")
+    return _optional_bool(value)
 
 
 def _optional_bool(value: object) -> bool | None:

@@ -220,7 +220,9 @@ def inspect_workers(app: Celery, timeout_s: float = DEFAULT_INSPECT_TIMEOUT_S) -
         active=inspect.active() or {},
         reserved=inspect.reserved() or {},
         scheduled=inspect.scheduled() or {},
-        conf=inspect.conf() or {},
+        # With defaults: a setting the worker left at Celery's default (task_acks_late
+        # False, task_acks_on_timeout unset) is then reported, not missing.
+        conf=inspect.conf(with_defaults=True) or {},
         docpipe=_docpipe_settings(app, timeout_s, len(stats) or None),
     )
 

@@ -50,6 +50,7 @@ def _worker(queue: str, pool: str = "prefork", **changes: object) -> WorkerFacts
         prefetch_count=2,
         acks_late=True,
         reject_on_worker_lost=True,
+        acks_on_timeout=False,
         visibility_timeout_s=4800.0,
         task_time_limit_s=3900.0,
         longest_active_s=None,
@@ -172,6 +173,21 @@ def test_acks_and_prefetch_as_the_workers_run_them() -> None:
     ]
 
 
+def test_a_prefork_worker_that_acks_a_task_past_its_hard_limit() -> None:
+    """Only prefork kills at the hard limit; on threads the setting never applies."""
+    facts = dataclasses.replace(
+        _clean(),
+        workers=(
+            _worker("ocr", acks_on_timeout=True),
+            _worker("text", "threads", acks_on_timeout=True),
+            _worker("entity", acks_on_timeout=None),
+            _worker("graph"),
+        ),
+    )
+
+    assert [(f.id, f.subject) for f in diagnose(facts)] == [("timeout-acked", "ocr@host")]
+
+
 @pytest.mark.parametrize(
     ("version", "missing", "expected"),
     [
@@ -254,6 +270,8 @@ def test_worker_facts_read_what_the_worker_reports_and_its_heartbeat_clock() -> 
             "worker_prefetch_multiplier": 1,
             "task_acks_late": True,
             "task_reject_on_worker_lost": True,
+            "task_acks_on_timeout": None,
+            "task_acks_on_failure_or_timeout": True,
             "task_time_limit": 3900,
             "broker_transport_options": {"visibility_timeout": 4800},
         }},
@@ -268,6 +286,8 @@ def test_worker_facts_read_what_the_worker_reports_and_its_heartbeat_clock() -> 
     assert facts.queues == ("text",)
     assert (facts.prefetch_multiplier, facts.prefetch_count) == (1, 4)
     assert (facts.acks_late, facts.reject_on_worker_lost) == (True, True)
+    # task_acks_on_timeout unset (None, as conf(with_defaults=True) reports it): the default.
+    assert facts.acks_on_timeout is True
     assert (facts.visibility_timeout_s, facts.task_time_limit_s) == (4800.0, 3900.0)
     assert facts.longest_active_s == pytest.approx(30.0)
     assert facts.clock_offset_s == pytest.approx(1.25)

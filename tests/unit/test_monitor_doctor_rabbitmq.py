@@ -148,6 +148,7 @@ def _worker(queues: tuple[str, ...]) -> WorkerFacts:
         prefetch_count=1,
         acks_late=True,
         reject_on_worker_lost=True,
+        acks_on_timeout=False,
         visibility_timeout_s=None,  # not a RabbitMQ setting: workers do not report one
         task_time_limit_s=1300.0,
         longest_active_s=None,
