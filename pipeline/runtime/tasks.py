@@ -82,7 +82,7 @@ def run_stage(
     settings = services.settings
     lock_name = stage_lock_name(document_uuid, version, stage, step)
     token: str | None = None
-    #: The lock kept past a finished stage, released with the state's last write.
+    # The lock kept past a finished stage, released with the state's last write.
     held: str | None = None
     meter = ProgressMeter()
 
