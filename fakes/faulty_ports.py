@@ -357,10 +357,15 @@ class FaultyLockManager:
 
 
 class FaultyStateTracker:
-    def __init__(self, inner: StateTracker, faults: FaultInjector, clock: Clock) -> None:
+    """The state hash's faults; `locks` is the inner lock manager (`record_and_release`)."""
+
+    def __init__(
+        self, inner: StateTracker, faults: FaultInjector, clock: Clock, *, locks: LockManager
+    ) -> None:
         self._inner = inner
         self._faults = faults
         self._clock = clock
+        self._locks = locks
 
     def record(
         self, document_uuid: str, stage: str, status: str, metadata: dict[str, Any] | None = None
@@ -368,6 +373,38 @@ class FaultyStateTracker:
         response = _redis_call(self._faults, self._clock, "state", "record", document_uuid)
         self._inner.record(document_uuid, stage, status, metadata)
         _after(self._faults, response, "state", "record")
+
+    def record_and_release(
+        self, document_uuid: str, stage: str, status: str, *, lock_name: str, token: str
+    ) -> None:
+        """The faults of `locks.release` and then of `state.record`, each consulted once.
+
+        Each acts as when the two were separate calls, the release first: a
+        failed release leaves the lock to expire and the state is still written; a
+        failed state write raises after the lock was released; a fault acting
+        after the release (a kill) comes before the state write.
+        """
+        try:
+            released = _redis_call(
+                self._faults, self._clock, "locks", "release", _document_of_lock(lock_name)
+            )
+        except redis.RedisError:
+            self.record(document_uuid, stage, status)
+            return
+        if released is not None:
+            self._locks.release(lock_name, token)
+            _after(self._faults, released, "locks", "release")
+            self.record(document_uuid, stage, status)
+            return
+        try:
+            recorded = _redis_call(self._faults, self._clock, "state", "record", document_uuid)
+        except redis.RedisError:
+            self._locks.release(lock_name, token)
+            raise
+        self._inner.record_and_release(
+            document_uuid, stage, status, lock_name=lock_name, token=token
+        )
+        _after(self._faults, recorded, "state", "record")
 
     def get(self, document_uuid: str) -> dict[str, str]:
         return self._inner.get(document_uuid)

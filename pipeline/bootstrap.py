@@ -352,8 +352,8 @@ def _wrap_with_faults(services: Services, faults: FaultInjector) -> None:
     services.store = cast(DocumentStore, FaultyDocumentStore(services.store, faults, clock))
     services.graph = FaultyGraphSink(services.graph, faults, clock)
     services.cache = FaultyCache(services.cache, faults, clock)
+    services.state = FaultyStateTracker(services.state, faults, clock, locks=services.locks)
     services.locks = FaultyLockManager(services.locks, faults, clock)
-    services.state = FaultyStateTracker(services.state, faults, clock)
     services.dispatcher = FaultyDispatcher(services.dispatcher, faults, clock)
 
 

@@ -6,6 +6,7 @@ shared LLM rate limit. Broker and these features use separate databases.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -65,6 +66,18 @@ redis.call('expire', KEYS[1], ARGV[1])
 return 1
 """
 
+# A stage delivery's end: `_RECORD_STATE` on KEYS[1] (ARGV[1] the TTL, field, value pairs
+# from ARGV[3]) and `_RELEASE_IF_OWNER` on the lock KEYS[2] with the token ARGV[2], in one
+# round trip. Returns 1 if the lock was released.
+_RECORD_STATE_RELEASING = """
+redis.call('hset', KEYS[1], unpack(ARGV, 3))
+redis.call('expire', KEYS[1], ARGV[1])
+if redis.call('get', KEYS[2]) == ARGV[2] then
+    return redis.call('del', KEYS[2])
+end
+return 0
+"""
+
 # Sliding window of requests and tokens in one round trip. One sorted set per limit name:
 # score = the request's time, member = "<unique id>:<tokens reserved>". Drop what left the
 # window, then find how long until one more request (ARGV[3] per window) and ARGV[5] more
@@ -110,26 +123,42 @@ return tostring(math.max(wait, 0.001))
 
 
 class RedisStateTracker:
-    """`doc:state:{uuid}` with `{stage}_status`, `{stage}_timestamp`, `{stage}_metadata`."""
+    """`doc:state:{uuid}` with `{stage}_status`, `{stage}_timestamp`, `{stage}_metadata`.
 
-    def __init__(self, client: redis.Redis, *, ttl_seconds: int) -> None:
+    `lock_prefix` is the `RedisLockManager`'s, for `record_and_release`.
+    """
+
+    def __init__(
+        self, client: redis.Redis, *, ttl_seconds: int, lock_prefix: str = LOCK_PREFIX
+    ) -> None:
         self._client = client
         self._ttl = ttl_seconds
+        self._lock_prefix = lock_prefix
         self._record = client.register_script(_RECORD_STATE)
+        self._record_releasing = client.register_script(_RECORD_STATE_RELEASING)
+        self._release = client.register_script(_RELEASE_IF_OWNER)
 
     def record(
         self, document_uuid: str, stage: str, status: str, metadata: dict[str, object] | None = None
     ) -> None:
         key = STATE_KEY.format(uuid=document_uuid)
-        fields: dict[Any, Any] = {
-            f"{stage}_status": status,
-            f"{stage}_timestamp": f"{time.time():.3f}",
-            "last_status": status,
-        }
-        if metadata:
-            fields[f"{stage}_metadata"] = json.dumps(metadata, sort_keys=True, default=str)
-        pairs = [item for field in fields.items() for item in field]
-        self._record(keys=[key], args=[self._ttl, *pairs])
+        self._record(keys=[key], args=[self._ttl, *_state_pairs(stage, status, metadata)])
+
+    def record_and_release(
+        self, document_uuid: str, stage: str, status: str, *, lock_name: str, token: str
+    ) -> None:
+        lock_key = self._lock_prefix + lock_name
+        try:
+            self._record_releasing(
+                keys=[STATE_KEY.format(uuid=document_uuid), lock_key],
+                args=[self._ttl, token, *_state_pairs(stage, status, None)],
+            )
+        except redis.RedisError:
+            # Neither was written. The release alone, as the caller made it before the
+            # two were one script; Redis still down leaves the lock to expire.
+            with contextlib.suppress(redis.RedisError):
+                self._release(keys=[lock_key], args=[token])
+            raise
 
     def get(self, document_uuid: str) -> dict[str, str]:
         raw: dict[Any, Any] = self._client.hgetall(STATE_KEY.format(uuid=document_uuid))
@@ -254,6 +283,18 @@ class RedisRateLimiter:
                 f"reached for {name}",
                 retry_after=retry_after,
             )
+
+
+def _state_pairs(stage: str, status: str, metadata: dict[str, object] | None) -> list[Any]:
+    """A state write's field, value pairs, flat (the scripts' ARGV)."""
+    fields: dict[str, Any] = {
+        f"{stage}_status": status,
+        f"{stage}_timestamp": f"{time.time():.3f}",
+        "last_status": status,
+    }
+    if metadata:
+        fields[f"{stage}_metadata"] = json.dumps(metadata, sort_keys=True, default=str)
+    return [item for field in fields.items() for item in field]
 
 
 def _text(value: object) -> str:

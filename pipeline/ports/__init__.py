@@ -163,6 +163,18 @@ class StateTracker(Protocol):
         self, document_uuid: str, stage: str, status: str, metadata: dict[str, object] | None = None
     ) -> None: ...
 
+    def record_and_release(
+        self, document_uuid: str, stage: str, status: str, *, lock_name: str, token: str
+    ) -> None:
+        """`record`, and `LockManager.release(lock_name, token)` in the same round trip.
+
+        A stage delivery's last two Redis writes (issue 15). Raises only when the
+        state was not recorded, after releasing the lock as `LockManager.release`
+        would on its own (Redis being down leaves it to expire); a release that
+        fails while the state is recorded is not an error, as the lock expires.
+        """
+        ...
+
     def get(self, document_uuid: str) -> dict[str, str]: ...
 
 

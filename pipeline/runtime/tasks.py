@@ -82,6 +82,8 @@ def run_stage(
     settings = services.settings
     lock_name = stage_lock_name(document_uuid, version, stage, step)
     token: str | None = None
+    # The lock kept past a finished stage, released with the state's last write.
+    held: str | None = None
     meter = ProgressMeter()
 
     def decision(exc: BaseException) -> Decision:
@@ -124,6 +126,8 @@ def run_stage(
         stages.forget_claim()
         with metered() as meter:
             result = call(services)
+        if not result.skipped and result.poll_job_id is None:
+            held, token = token, None
     except StaleDelivery as exc:
         # A later delivery took the document over while this one ran (a redelivery after
         # the visibility timeout, a later stage): nothing of this one was written, and the
@@ -178,8 +182,12 @@ def run_stage(
     if result.skipped:
         return "skipped"
     try:
-        if result.poll_job_id is None:
-            services.state.record(document_uuid, str(stage), "completed")
+        if held is not None:
+            # The state's last write and the lock's release are one round trip (issue 15);
+            # a failed write raises here after the lock was released, as the two calls did.
+            services.state.record_and_release(
+                document_uuid, str(stage), "completed", lock_name=lock_name, token=held
+            )
         _dispatch(result, document_uuid, version)
     except Exception as exc:
         # The stage committed but its successor could not be published (broker or Redis

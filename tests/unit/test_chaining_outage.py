@@ -111,7 +111,9 @@ def test_a_lock_that_cannot_be_released_does_not_stop_the_chain(
 
     The PDF's OCR start chains a poll of the same stage: the start's lock, left
     behind until its TTL, must not make the poll retry out its budget and be
-    dropped as a duplicate (found by docpipe explore).
+    dropped as a duplicate (found by docpipe explore). A stage that finishes
+    releases its lock with the state's last write, one script: Redis gone there
+    fails both, and the task retries its chaining under the lock it still holds.
     """
     services = make_services(
         eager=False,
@@ -121,15 +123,26 @@ def test_a_lock_that_cannot_be_released_does_not_stop_the_chain(
         ocr_poll_interval_s=0.05,
     )
     release = services.locks.release
+    record_and_release = services.state.record_and_release
     failed: list[str] = []
 
-    def redis_gone_once(name: str, token: str) -> None:
+    def redis_gone_once(lock_name: str) -> None:
         if not failed:
-            failed.append(name)
+            failed.append(lock_name)
             raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379.")
+
+    def release_unless_gone(name: str, token: str) -> None:
+        redis_gone_once(name)
         release(name, token)
 
-    monkeypatch.setattr(services.locks, "release", redis_gone_once)
+    def record_and_release_unless_gone(
+        document_uuid: str, stage: str, status: str, *, lock_name: str, token: str
+    ) -> None:
+        redis_gone_once(lock_name)
+        record_and_release(document_uuid, stage, status, lock_name=lock_name, token=token)
+
+    monkeypatch.setattr(services.locks, "release", release_unless_gone)
+    monkeypatch.setattr(services.state, "record_and_release", record_and_release_unless_gone)
 
     status = _run_one(services, SAMPLES / sample, monkeypatch)
 

@@ -19,10 +19,12 @@ from fakes.faulty_ports import (
     FaultyBlobStore,
     FaultyDispatcher,
     FaultyDocumentStore,
+    FaultyStateTracker,
     unfaulted,
 )
 from pipeline.adapters.clock import SystemClock
 from pipeline.adapters.memory_blob import InMemoryBlobStore
+from pipeline.adapters.redis_features import RedisLockManager, RedisStateTracker
 from pipeline.adapters.sql import SqlDocumentStore, create_store
 from pipeline.bootstrap import build_services
 from pipeline.domain.models import SourceDocument, Stage
@@ -318,3 +320,51 @@ def test_identical_rules_draw_independently_and_the_seed_changes_the_draws() -> 
     assert first == again  # deterministic
     assert first != second
     assert _fires_on(reseeded, 0, 200, "llm") != first
+
+
+LOCK = "d:chunking:v1"
+
+
+@pytest.mark.parametrize(
+    ("rules", "raises", "recorded", "released"),
+    [
+        ((), None, True, True),
+        ((FaultRule(port="locks", operation="release", kind="transient"),), None, True, False),
+        ((FaultRule(port="state", kind="transient"),), redis.ConnectionError, False, True),
+        (
+            (
+                FaultRule(port="locks", operation="release", kind="transient"),
+                FaultRule(port="state", kind="transient"),
+            ),
+            redis.ConnectionError,
+            False,
+            False,
+        ),
+        ((FaultRule(port="locks", kind="kill_worker_after"),), WorkerKilled, False, True),
+        ((FaultRule(port="state", kind="kill_worker_after"),), WorkerKilled, True, True),
+    ],
+)
+def test_the_last_state_write_with_its_release_fails_as_the_two_calls_did(
+    rules: tuple[FaultRule, ...],
+    raises: type[BaseException] | None,
+    recorded: bool,
+    released: bool,
+) -> None:
+    """A release fault leaves the lock to expire; a state fault raises after the release."""
+    client = fakeredis.FakeRedis()
+    locks = RedisLockManager(client)
+    faults = injector(*rules)
+    state = FaultyStateTracker(
+        RedisStateTracker(client, ttl_seconds=60), faults, SystemClock(), locks=locks
+    )
+    token = locks.acquire(LOCK, 30, owner="task-1")
+    assert token is not None
+    with pytest.raises(raises) if raises else contextlib.nullcontext():
+        state.record_and_release("d", "chunking", "completed", lock_name=LOCK, token=token)
+    assert (state.get("d").get("chunking_status") == "completed") is recorded
+    assert (locks.acquire(LOCK, 30, owner="task-2") is not None) is released
+    # Each port is consulted once, as by the two calls it replaces; a kill after the
+    # release comes before the state write, which is then never tried.
+    killed_releasing = rules and rules[0].port == "locks" and rules[0].kind == "kill_worker_after"
+    consulted = {"locks.release": 1, "state.record": 0 if killed_releasing else 1}
+    assert faults.operation_calls() == {op: n for op, n in consulted.items() if n}

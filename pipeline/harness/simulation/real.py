@@ -378,6 +378,9 @@ class StageExecutor:
                     )
                 )
             elif result.next_stage is not None:
+                # Not the task layer's `record_and_release`: the lock is held until the
+                # stage's end in virtual time (the outcome's on_finish), while a failed
+                # state write must be decided now (a retry). Its faults act as the same.
                 services.state.record(uuid, str(stage), "completed")
                 sends.extend(self._publish(result.next_stage, message, version))
         except WorkerKilled:

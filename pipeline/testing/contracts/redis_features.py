@@ -36,6 +36,25 @@ class RedisFeaturesContract:
         ttl = client.ttl(STATE_KEY.format(uuid="doc-1"))
         assert 7 * 24 * 3600 - 5 <= int(ttl) <= 7 * 24 * 3600
 
+    def test_the_last_state_write_releases_only_its_own_lock(self, client: redis.Redis) -> None:
+        tracker = RedisStateTracker(client, ttl_seconds=3600)
+        locks = RedisLockManager(client)
+        token = locks.acquire("doc-1:chunking:v1", ttl_seconds=30, owner="task-1")
+        assert token is not None
+        # A token that no longer holds the lock (a delivery taken over) releases nothing.
+        tracker.record_and_release(
+            "doc-1", "chunking", "completed", lock_name="doc-1:chunking:v1", token="task-1#old"
+        )
+        assert tracker.get("doc-1")["chunking_status"] == "completed"
+        assert locks.acquire("doc-1:chunking:v1", ttl_seconds=30, owner="task-2") is None
+        tracker.record_and_release(
+            "doc-1", "chunking", "completed", lock_name="doc-1:chunking:v1", token=token
+        )
+        state = tracker.get("doc-1")
+        assert state["last_status"] == "completed" and float(state["chunking_timestamp"]) > 0
+        assert 3600 - 5 <= int(client.ttl(STATE_KEY.format(uuid="doc-1"))) <= 3600
+        assert locks.acquire("doc-1:chunking:v1", ttl_seconds=30, owner="task-2") is not None
+
     def test_cache_round_trips_and_expires(self, client: redis.Redis) -> None:
         cache = RedisCache(client)
         assert cache.get("v1:doc:ocr") is None
