@@ -465,6 +465,8 @@ def test_dead_letters_are_listed_replayed_once_the_fault_is_gone_and_purged(
 def test_purge_queues_empties_every_docpipe_queue() -> None:
     app = Celery("purge-test", broker="memory://")
     app.conf.task_always_eager = False
+    # kombu's memory transport is one broker per process: another test may have left messages.
+    purge_queues(app)
     for queue in ("ocr", "ocr", "graph", "entity"):
         app.send_task("pipeline.start_ocr", args=("doc", 1), queue=queue)
     assert purge_queues(app) == {"ocr": 2, "text": 0, "entity": 1, "graph": 1}
