@@ -305,7 +305,7 @@ class WorkerGroup:
         """
         needed = set(queues if required is None else required)
         deadline = time.monotonic() + timeout_s
-        while needed & set(idle := _queues_without_consumers(app, queues)):
+        while needed & set(idle := _queues_without_consumers(app, queues, len(self.processes))):
             if time.monotonic() > deadline:
                 raise WorkersNotReady(
                     f"workers did not come up within {timeout_s:g} s; see logs in {self.workdir}"
@@ -342,10 +342,11 @@ class WorkerGroup:
         self.stop()
 
 
-def _queues_without_consumers(app: Celery, queues: Sequence[str]) -> list[str]:
+def _queues_without_consumers(app: Celery, queues: Sequence[str], workers: int) -> list[str]:
     from pipeline.runtime.broker import queues_without_consumers
 
-    return queues_without_consumers(app, queues, timeout=0.5)
+    # Done as soon as each of our workers answered; until then 0.5 s between questions.
+    return queues_without_consumers(app, queues, timeout=0.5, workers=workers)
 
 
 # --- RabbitMQ ---------------------------------------------------------------------------

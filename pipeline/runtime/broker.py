@@ -230,10 +230,14 @@ def _warn(message: str) -> None:
 
 
 def queues_without_consumers(
-    app: Celery, queues: Sequence[str] = QUEUES, timeout: float = 1.5
+    app: Celery, queues: Sequence[str] = QUEUES, timeout: float = 1.5, workers: int | None = None
 ) -> list[str]:
-    """Queues no running worker consumes (a task sent there would wait forever)."""
-    replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    """Queues no running worker consumes (a task sent there would wait forever).
+
+    `workers`: how many workers there are, when the caller knows (it started them): the
+    answer is complete once that many replied, without waiting out `timeout`.
+    """
+    replies = app.control.inspect(timeout=timeout, limit=workers).active_queues() or {}
     consumed = {queue["name"] for worker in replies.values() for queue in worker}
     return [queue for queue in queues if queue not in consumed]
 

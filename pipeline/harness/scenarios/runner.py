@@ -1303,12 +1303,18 @@ class BrokerRun(_Run):
     def _wait_until_idle(self, timeout_s: float) -> None:
         """Until no worker runs a task (Celery's `inspect active`), at most `timeout_s`."""
         deadline = time.monotonic() + timeout_s
+        started = self.environment.workers
+        workers = len(started.processes) if started is not None else None
         busy: list[str] = []
         while time.monotonic() < deadline:
             try:
                 # A connection of its own: a pooled one may predate a Redis restart.
                 with celery_app.app.connection_for_write() as connection:
-                    inspect = celery_app.app.control.inspect(timeout=1.0, connection=connection)
+                    # Complete once each worker we started answered (a scenario restarts
+                    # none): no full second of waiting for replies that cannot come.
+                    inspect = celery_app.app.control.inspect(
+                        timeout=1.0, connection=connection, limit=workers
+                    )
                     active = inspect.active() or {}
             except (OSError, redis.RedisError, kombu.exceptions.OperationalError) as exc:
                 log.info("inspect active: %s; asking again", exc)
