@@ -394,10 +394,13 @@ class StageExecutor:
             # not as the outcome's finish: a kill here is a kill of the running task.
             _release_now(services, lock_name, token)
             duration = self.clock.now() - start
-            done = self.attempts.pop()  # judged again: chaining failed
-            with self._unrecorded(message, done.progressed):
+            try:
                 outcome = self._retry(message, stage, exc, False, duration, retryable=(Exception,))
-            self.attempts.append(replace(done, result=_ended(outcome)))
+            except (TransientError, redis.RedisError):
+                # Its verdict could not be recorded either (see `_unrecorded`).
+                self.attempts[-1] = replace(self.attempts[-1], result="unrecorded")
+                raise
+            self.attempts[-1] = replace(self.attempts[-1], result=_ended(outcome))
             return outcome
         if stage is Stage.RELATIONSHIPS and not sends:
             status = self.observer.statuses([uuid])[uuid]
