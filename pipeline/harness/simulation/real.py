@@ -395,7 +395,9 @@ class StageExecutor:
             _release_now(services, lock_name, token)
             duration = self.clock.now() - start
             try:
-                outcome = self._retry(message, stage, exc, False, duration, retryable=(Exception,))
+                outcome = self._retry(
+                    message, stage, exc, meter.progressed, duration, retryable=(Exception,)
+                )
             except (TransientError, redis.RedisError):
                 # Its verdict could not be recorded either (see `_unrecorded`).
                 self.attempts[-1] = replace(self.attempts[-1], result="unrecorded")
