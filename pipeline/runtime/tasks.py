@@ -194,13 +194,14 @@ def run_stage(
         # down past the publish retries). Acking now would strand the document at this
         # stage; retrying re-runs the idempotent stage, which then publishes again.
         log.warning("%s %s: could not chain the next step: %s", stage, document_uuid, exc)
-        # Any failure to chain is worth a retry: the stage's own work is already committed.
+        # Any failure to chain is worth a retry: the stage's own work is already committed,
+        # and what it kept is progress (a re-run that only reads it back makes none).
         chained = decide(
             stage,
             exc,
             attempt=task.request.retries,
             stalled=stalled,
-            progressed=False,
+            progressed=meter.progressed,
             settings=settings,
             retryable=(Exception,),
         )

@@ -204,3 +204,34 @@ def test_a_soft_time_limit_while_the_worker_builds_its_services_retries_the_task
 
     assert interrupted == [1]
     assert status is Status.COMPLETED
+
+
+def test_a_chaining_failure_after_the_stage_kept_work_restarts_the_retry_count(
+    make_services: Callable[..., Services], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """max_retries 0: an attempt without progress is the last. Entity extraction keeps its
+    answers, then cannot publish its successor: that attempt progressed, so it is retried
+    (it was judged without progress and dead-lettered; docpipe explore, schedule 599)."""
+    services = make_services(
+        eager=False,
+        broker_url="memory://",
+        retry_backoff_base_s=0.05,
+        retry_backoff_max_s=0.1,
+        max_retries=0,
+    )
+    task = STAGE_TASKS[Stage.ENTITY_RESOLUTION]
+    publish = task.apply_async
+    refused: list[Any] = []
+
+    def broker_down_once(*args: Any, **kwargs: Any) -> Any:
+        if not refused:
+            refused.append(kwargs.get("args"))
+            raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        return publish(*args, **kwargs)
+
+    monkeypatch.setattr(task, "apply_async", broker_down_once)
+
+    status = _run_one(services, SAMPLES / "affidavit_of_jane_holloway.txt", monkeypatch)
+
+    assert len(refused) == 1
+    assert status is Status.COMPLETED, services.store.dead_letters()

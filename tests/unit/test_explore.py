@@ -15,6 +15,7 @@ from pipeline.app.policy import Decision
 from pipeline.harness.explore.catalogue import Catalogue, sim_catalogue
 from pipeline.harness.explore.explorer import explore
 from pipeline.harness.explore.generate import generate_schedule
+from pipeline.harness.explore.invariants import INFEASIBLE, violations
 from pipeline.harness.explore.shrink import shrink, size
 from pipeline.harness.scenarios.model import (
     FAULT_CATALOGUE,
@@ -200,3 +201,25 @@ def test_the_simulator_publishes_retries_through_the_task_layer(
     report = run_scenario(load_scenario(path), path, "sim")
     failed = {c.name for c in report.checks if not c.passed}
     assert "no lost document" in failed
+
+
+def test_a_schedule_whose_faults_keep_every_document_out_of_the_intake_is_no_finding() -> None:
+    """A store call that kills the process every time: no intake attempt gets the document in.
+    The run judged nothing; explore counts the schedule apart (seed 1, schedule 18 of the
+    10-minute run reported it as a 'scenario error', a store kill at p=0.58)."""
+    schedule = {
+        "name": "intake_never_succeeds",
+        "description": "d",
+        "seed": 1,
+        "modes": ["broker"],
+        "documents": [{"files": [str(SAMPLES / "counsel_correspondence.eml")]}],
+        "faults": [{"port": "store", "kind": "kill_worker", "probability": 1.0}],
+    }
+    scenario = parse_scenario(schedule, "intake_never_succeeds")
+
+    report = run_scenario(scenario, None, "sim", in_memory=True)
+
+    assert report.intake_failed and "the intake of counsel_correspondence.eml failed" in (
+        report.error or ""
+    )
+    assert [v.invariant for v in violations(report, {})] == [INFEASIBLE]

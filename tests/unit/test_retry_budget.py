@@ -11,20 +11,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+import fakeredis
 import pytest
 
 from fakes.faults import FaultRule, RedisFaultInjector, SharedFaultInjector, install_faults
 from pipeline.app.intake import claim_own, submit_file
 from pipeline.app.monolith import process_document
 from pipeline.bootstrap import Services, redis_client
-from pipeline.domain.models import Status
+from pipeline.domain.models import QUEUES, Status
 from pipeline.errors import TransientError
 from pipeline.harness.scenarios.documents import legal_pages
 from pipeline.harness.scenarios.model import Scenario
 from pipeline.harness.scenarios.runner import RunReport, run_scenario
+from pipeline.harness.simulation.budget import retry_budget_problems
+from pipeline.harness.simulation.engine import SimConfig, SimulatedWorker, Simulator
+from pipeline.harness.simulation.real import Attempt, StageExecutor, sim_settings
 from pipeline.testing.clocks import EPOCH_2023, ManualClock, VirtualClock
 
 MakeServices = Callable[..., Services]
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
 #: About 40 chunks: a long document in miniature (and no shared LLM rate limit in the way).
 SMALL_CHUNKS = {
@@ -180,3 +186,62 @@ def test_workers_follow_installed_faults_on_their_own_clock(make_services: MakeS
         worker.before("llm", "extract", None)
 
     assert clock.now() == 17.0  # the window counts on the clock, and the timeout waits on it
+
+
+# --- the retry-budget oracle (pipeline/harness/simulation/budget.py) on attempt logs ----------
+
+
+def _attempts(*tries: tuple[int, bool, str]) -> list[Attempt]:
+    """One task's attempts: (retries, progressed, result) each."""
+    return [
+        Attempt(0, "start_ocr", "t1", retries, progressed, result)
+        for retries, progressed, result in tries
+    ]
+
+
+def _budget(*tries: tuple[int, bool, str], max_retries: int = 0) -> list[str]:
+    settings = sim_settings(max_retries=max_retries)
+    return [p.what for p in retry_budget_problems(_attempts(*tries), settings)]
+
+
+def test_the_run_after_a_verdict_that_could_not_be_recorded_is_the_same_attempt() -> None:
+    # Dead letter decided at once (max_retries 0), the database refused to record it: the
+    # task layer's retry (`_retry_recording`) keeps the count and re-runs the stage, which
+    # fails again and records the verdict (explore, seed 1, schedule 380).
+    assert _budget((0, False, "unrecorded"), (1, False, "dead_letter")) == []
+
+
+def test_a_success_ends_the_run_and_a_duplicate_of_its_task_after_it_is_no_retry() -> None:
+    # A redelivered attempt published its retry too: two messages of one task id; one
+    # succeeded, the other (and its retry) found the document carried on.
+    tries = ((0, False, "unrecorded"), (1, False, "ok"), (2, False, "ok"))
+    assert _budget(*tries) == []
+
+
+def test_a_policy_retry_past_the_budget_is_still_found_across_an_unrecorded_verdict() -> None:
+    tries = ((0, False, "unrecorded"), (1, False, "retry"), (2, False, "dead_letter"))
+    assert _budget(*tries) == ["2 attempts in a row without progress (max_retries 0 allows 1)"]
+    assert _budget(
+        (0, False, "retry"), (1, False, "retry"), (2, False, "dead_letter"), max_retries=1
+    ) == ["3 attempts in a row without progress (max_retries 1 allows 2)"]
+
+
+def test_the_simulator_logs_an_attempt_whose_dead_letter_could_not_be_recorded() -> None:
+    """The evidence: an attempt whose verdict the database refused is in the log, and its
+    re-run reaches the verdict again; the budget holds (max_retries 0: one attempt)."""
+    faults = [
+        FaultRule(port="llm", operation="extract", kind="transient", first=2),
+        FaultRule(port="store", operation="dead_letters", kind="connection_lost", first=1),
+    ]
+    injector = RedisFaultInjector(fakeredis.FakeRedis(), faults, simulated=True)
+    injector.arm()
+    settings = sim_settings(max_retries=0, llm_pack_tokens=0)
+    executor = StageExecutor([SAMPLES / "counsel_correspondence.eml"], settings, faults=injector)
+    layout = [SimulatedWorker(queue, 1, name=f"{queue}-0") for queue in QUEUES]
+
+    Simulator(SimConfig(layout), executor).run([0])
+
+    extraction = [(a.retries, a.result) for a in executor.attempts if a.task == "entity_extraction"]
+    assert extraction == [(0, "unrecorded"), (1, "dead_letter")]
+    assert executor.rows_digest()["documents"]["0"]["status"] == "dead_lettered"
+    assert retry_budget_problems(executor.attempts, settings) == []

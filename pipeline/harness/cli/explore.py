@@ -46,6 +46,11 @@ def _print_result(result: ExploreResult) -> None:
         f"seed {result.seed}; {len(result.fired)} of {len(result.catalogue)} (port, kind) "
         "pairs fired"
     )
+    if result.infeasible:
+        stdout.print(
+            f"{len(result.infeasible)} schedule(s) ran nothing: their faults kept a document "
+            "out of every intake attempt"
+        )
     if not result.findings:
         stdout.print("[green]no invariant violated[/]")
         return

@@ -32,6 +32,8 @@ from pipeline.harness.explore.generate import generate_schedule
 from pipeline.harness.explore.invariants import (
     CRASH,
     EXACTLY_ONCE,
+    INFEASIBLE,
+    SCENARIO_ERROR,
     Violation,
     reference_rows,
     violations,
@@ -99,6 +101,8 @@ class ExploreResult:
     fired: Counter[str]
     findings: list[Finding]
     catalogue: list[str]
+    #: Schedules whose faults kept a document out of every intake attempt: nothing to judge.
+    infeasible: list[int] = field(default_factory=list)
 
     def ports_fired(self) -> list[str]:
         return sorted(self.fired)
@@ -111,6 +115,7 @@ class ExploreResult:
             "ports_fired": self.ports_fired(),
             "fired_counts": dict(sorted(self.fired.items())),
             "catalogue": self.catalogue,
+            "infeasible_schedules": self.infeasible,
             "violations": [finding.as_json() for finding in self.findings],
         }
 
@@ -186,7 +191,7 @@ class Workspace:
         try:
             report = self.run(schedule)
         except ScenarioError as exc:
-            return [Violation("scenario error", str(exc))], fired, []
+            return [Violation(SCENARIO_ERROR, str(exc))], fired, []
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # a crash of stage or harness code is a finding too
@@ -280,6 +285,7 @@ def explore(
     started = time.monotonic()
     fired: Counter[str] = Counter()
     findings: dict[str, Finding] = {}
+    infeasible: list[int] = []
     schedules_run = 0
     generator = _results(workspace, seed, catalogue, jobs, schedules)
     try:
@@ -287,6 +293,9 @@ def explore(
             schedules_run += 1
             fired.update(dict(result.fired))
             for violation in result.violations:
+                if violation.invariant == INFEASIBLE:
+                    infeasible.append(result.index)
+                    continue
                 if violation.invariant in findings:
                     findings[violation.invariant].also_in.append(result.index)
                     continue
@@ -312,6 +321,7 @@ def explore(
         fired=fired,
         findings=list(findings.values()),
         catalogue=catalogue.pairs(),
+        infeasible=infeasible,
     )
 
 
@@ -429,6 +439,8 @@ def _replays(path: Path, invariant: str, mode: str) -> tuple[bool, str]:
         return invariant == CRASH, f"{type(exc).__name__}: {exc}"
     if report.skipped:
         return False, f"skipped: {report.skipped}"
+    if invariant == SCENARIO_ERROR:  # the runner's error, not a check
+        return report.error is not None, report.error or "passed"
     failed = [c for c in report.checks if not c.passed]
     if invariant == EXACTLY_ONCE:
         hit = [c for c in failed if c.kind == "expectation"]

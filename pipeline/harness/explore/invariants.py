@@ -20,6 +20,10 @@ from pipeline.harness.scenarios.runner import RunReport
 NOT_EXPLORED = frozenset({"fault coverage"})
 EXACTLY_ONCE = "exactly-once effects"
 CRASH = "run crashed"
+SCENARIO_ERROR = "scenario error"
+#: Not an invariant: a schedule whose faults kept its documents out of the intake on every
+#: attempt ran nothing to judge (counted apart, never a finding).
+INFEASIBLE = "infeasible"
 
 #: The row counts compared with the fault-free run.
 ROWS = ("chunks", "mentions", "entities", "relationships")
@@ -42,8 +46,10 @@ def reference_rows(report: RunReport) -> dict[str, dict[str, int]]:
 
 def violations(report: RunReport, reference: dict[str, dict[str, int]]) -> list[Violation]:
     found: list[Violation] = []
+    if report.intake_failed:
+        return [Violation(INFEASIBLE, report.error or "")]
     if report.error:
-        found.append(Violation("scenario error", report.error))
+        found.append(Violation(SCENARIO_ERROR, report.error))
     for check in report.checks:
         if check.kind == "invariant" and not check.passed and check.name not in NOT_EXPLORED:
             found.append(Violation(check.name, check.measured))

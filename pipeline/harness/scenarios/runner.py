@@ -125,6 +125,9 @@ class RunReport:
     broker: str | None = None
     #: Broker mode: False when the workers ran as separate hosts (no shared filesystem).
     shared_filesystem: bool = True
+    #: The faults failed every intake attempt of a document (`error` says which): the
+    #: documents never got in, so the run judged nothing (`IntakeGaveUp`).
+    intake_failed: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,6 +138,15 @@ class RunReport:
         if self.mode == "broker" and self.broker not in (None, "redis"):
             return f"{self.mode}-{self.broker}"
         return self.mode
+
+
+class IntakeGaveUp(ScenarioError):
+    """The faults failed every intake attempt of a document: nothing was submitted to judge.
+
+    Faults on the store or blobs meet the runner's submissions too (an intake during
+    an outage); a load heavy enough, e.g. a store call killing the process more often
+    than not, keeps a document out for all `INTAKE_ATTEMPTS` re-runs.
+    """
 
 
 def replay_command(
@@ -262,6 +274,7 @@ def run_scenario(
             run.run()
         except ScenarioError as exc:
             report.error = str(exc)
+            report.intake_failed = isinstance(exc, IntakeGaveUp)
         report.passed = report.error is None and all(c.passed for c in report.checks)
     if workdir is not None:
         report.workdir = str(directory)
@@ -466,7 +479,7 @@ class _Run:
             except (TransientError, redis.RedisError, WorkerKilled) as exc:
                 problem = exc
                 faulted.clock.sleep(min(2.0**attempt, 30.0))
-        raise ScenarioError(
+        raise IntakeGaveUp(
             f"{self.source}: the intake of {path.name} failed {INTAKE_ATTEMPTS} times: {problem}"
         )
 

@@ -8,7 +8,14 @@ dead-lettered only after `max_retries + 1` attempts in a row without
 progress, or at the ceiling of `max_task_attempts`; and it never runs more
 attempts than that. A redelivery (a killed worker's message, or one restored
 after the visibility timeout) is the same attempt delivered again, not a
-retry: `max_redeliveries` bounds those.
+retry: `max_redeliveries` bounds those. So is the run that follows a verdict
+the database refused to record (result "unrecorded": the task layer's
+`_retry_recording`): the retry keeps the message's count, re-runs the
+idempotent stage and reaches the verdict again (or finds the document carried
+on by a duplicate); `max_task_attempts` bounds those. An attempt that
+succeeded ends a run without progress: a later attempt of the same task id is
+a duplicate message (a redelivered attempt that published its retry too), not
+a retry of a failure.
 """
 
 from __future__ import annotations
@@ -71,8 +78,10 @@ def retry_budget_problems(attempts: Sequence[Attempt], settings: Settings) -> li
                 )
             )
         longest = run = 0
-        for progressed, _ in tries:
-            run = 0 if progressed else run + 1
+        for progressed, result in tries:
+            if result == "unrecorded":
+                continue  # the same attempt again: the next run judges it
+            run = 0 if progressed or result == "ok" else run + 1
             longest = max(longest, run)
         if longest > settings.max_retries + 1:
             problems.append(

@@ -25,7 +25,7 @@ import contextlib
 import hashlib
 import itertools
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -85,7 +85,8 @@ class Attempt:
     task_id: str
     retries: int
     progressed: bool
-    #: "ok", "retry", "dead_letter", "failed", "killed", "locked" (lock held elsewhere).
+    #: "ok", "retry", "dead_letter", "failed", "killed", "locked" (lock held elsewhere),
+    #: "unrecorded" (its dead letter or failure could not be recorded: run again to record it).
     result: str
 
 
@@ -342,13 +343,15 @@ class StageExecutor:
         except redis.RedisError as exc:
             # As the task layer: Redis unreachable is retried; the lock is left to expire.
             duration = self.clock.now() - start
-            outcome = self._retry(message, stage, exc, meter.progressed, duration)
+            with self._unrecorded(message, meter.progressed):
+                outcome = self._retry(message, stage, exc, meter.progressed, duration)
             self._attempted(message, meter.progressed, _ended(outcome))
             return outcome
         except TransientError as exc:
             _release_now(services, lock_name, token)
             duration = self.clock.now() - start
-            outcome = self._retry(message, stage, exc, meter.progressed, duration)
+            with self._unrecorded(message, meter.progressed):
+                outcome = self._retry(message, stage, exc, meter.progressed, duration)
             ended = "locked" if isinstance(exc, LockUnavailable) else _ended(outcome)
             self._attempted(message, meter.progressed, ended)
             return outcome
@@ -357,7 +360,10 @@ class StageExecutor:
             reason = readable(stage, exc)
             # Fenced like the task layer's: committed at the end, refused if overtaken.
             fence = stages.claimed_fence()
-            stages.fail(services, uuid, version, stage, stage.failed_status, reason, fence=fence)
+            with self._unrecorded(message, meter.progressed):
+                stages.fail(
+                    services, uuid, version, stage, stage.failed_status, reason, fence=fence
+                )
             self._attempted(message, meter.progressed, "failed")
             return Outcome(self.clock.now() - start, "failed", detail=reason)
         duration = self.clock.now() - start
@@ -391,7 +397,14 @@ class StageExecutor:
             # not as the outcome's finish: a kill here is a kill of the running task.
             _release_now(services, lock_name, token)
             duration = self.clock.now() - start
-            outcome = self._retry(message, stage, exc, False, duration, retryable=(Exception,))
+            try:
+                outcome = self._retry(
+                    message, stage, exc, meter.progressed, duration, retryable=(Exception,)
+                )
+            except (TransientError, redis.RedisError):
+                # Its verdict could not be recorded either (see `_unrecorded`).
+                self.attempts[-1] = replace(self.attempts[-1], result="unrecorded")
+                raise
             self.attempts[-1] = replace(self.attempts[-1], result=_ended(outcome))
             return outcome
         if stage is Stage.RELATIONSHIPS and not sends:
@@ -399,6 +412,17 @@ class StageExecutor:
             kind: OutcomeKind = "completed" if status is Status.COMPLETED else "ok"
             return Outcome(duration, kind, on_finish=release)
         return Outcome(duration, "ok", sends, detail=result.detail, on_finish=release)
+
+    @contextlib.contextmanager
+    def _unrecorded(self, message: Message, progressed: bool) -> Iterator[None]:
+        """Log the attempt as "unrecorded" when its verdict cannot be recorded (the database
+        or Redis down): the task layer's `_retry_recording` runs the task again, keeping
+        its count of attempts without progress, to reach and record the verdict then."""
+        try:
+            yield
+        except (TransientError, redis.RedisError):
+            self._attempted(message, progressed, "unrecorded")
+            raise
 
     def _attempted(self, message: Message, progressed: bool, result: str) -> None:
         self.attempts.append(
