@@ -115,7 +115,12 @@ def test_the_samples_complete_through_s3_and_textract_in_worker_processes(
 
     for name, uuid in uuids.items():
         document = services.store.get_document(uuid)
-        assert statuses[uuid] is Status.COMPLETED, (name, document.error_message)
+        assert statuses[uuid] is Status.COMPLETED, (
+            name,
+            document.error_message,
+            {n: statuses[u] for n, u in uuids.items()},
+            stack.diagnosis(),
+        )
         assert services.store.counts(uuid).chunks == expected[name], name
     pdfs = [name for name in uuids if name.endswith(".pdf")]
     jobs = [job for job in sim.jobs.values() if job.key.startswith("sim-cloud/")]
