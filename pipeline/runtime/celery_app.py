@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 from celery import Celery
+from celery.app.defaults import DEFAULTS
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
@@ -141,9 +142,20 @@ def configure(settings: Settings) -> Celery:
     the previous broker after the URL changed.
     """
     drop_broker_connections()
-    app.conf.update(celery_config(settings))
+    config = celery_config(settings)
+    # What an earlier configuration set and this one does not goes back to Celery's
+    # default: RabbitMQ's declared queues and topic exchange, kept for a Redis
+    # broker, routed every message to an exchange no Redis worker binds (dropped).
+    left_over = {key: DEFAULTS.get(key) for key in _CONFIGURED - config.keys()}
+    app.conf.update({**left_over, **config})
+    _CONFIGURED.clear()
+    _CONFIGURED.update(config)
     forget_declared_queues()
     return app
+
+
+#: The Celery settings the last `configure` applied.
+_CONFIGURED: set[str] = set()
 
 
 def forget_declared_queues() -> None:

@@ -116,10 +116,8 @@ def test_the_samples_complete_through_s3_and_textract_in_worker_processes(
     for name, uuid in uuids.items():
         document = services.store.get_document(uuid)
         assert statuses[uuid] is Status.COMPLETED, (
-            name,
-            document.error_message,
-            {n: statuses[u] for n, u in uuids.items()},
-            stack.diagnosis(),
+            f"{name}: {document.error_message}\n"
+            f"{ {n: str(statuses[u]) for n, u in uuids.items()} }\n{stack.diagnosis()}"
         )
         assert services.store.counts(uuid).chunks == expected[name], name
     pdfs = [name for name in uuids if name.endswith(".pdf")]

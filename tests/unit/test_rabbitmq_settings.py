@@ -11,7 +11,7 @@ from pipeline.harness.cli.scenario import broker_matrix
 from pipeline.harness.scenarios.model import load_scenario
 from pipeline.harness.scenarios.runner import Check, RunReport, broker_skip_reason
 from pipeline.runtime.broker import broker_problems
-from pipeline.runtime.celery_app import broker_countdown, celery_config
+from pipeline.runtime.celery_app import app, broker_countdown, celery_config, configure
 from pipeline.runtime.rabbitmq import UNDELIVERABLE_EXCHANGE, task_queue_arguments
 from pipeline.settings import Settings, pool_time_limit_note
 from tests.conftest import REPO
@@ -70,6 +70,27 @@ def test_classic_amqp_queues_and_redis_keep_their_own_configuration() -> None:
     redis_config = celery_config(settings(broker_url="redis://127.0.0.1:6379/0"))
     assert "task_queues" not in redis_config
     assert redis_config["broker_transport_options"]["visibility_timeout"] == 4800
+
+
+def test_a_process_configured_for_rabbitmq_then_redis_routes_as_redis_workers_do() -> None:
+    """RabbitMQ's declared queues and topic exchange must not outlive their configuration.
+
+    A process that ran a RabbitMQ scenario and then configured the app for Redis
+    (the test processes, the scenario runner) published to the `docpipe` topic
+    exchange, which Redis workers never bind: their queues use Celery's default
+    direct exchanges, and the messages were dropped.
+    """
+    # Port 1: nothing listens there; nothing is sent, and no real Redis is touched.
+    redis = settings(broker_url="redis://127.0.0.1:1/0", redis_url="redis://127.0.0.1:1/1")
+    configure(redis)
+    fresh = {key: app.conf[key] for key in celery_config(settings(broker_url=AMQP, **FITS))}
+
+    configure(settings(broker_url=AMQP, **FITS))
+    configure(redis)
+
+    assert {key: app.conf[key] for key in fresh} == fresh
+    assert app.conf.task_queues is None
+    assert app.amqp.queues["ocr"].exchange.name == "ocr"
 
 
 def test_countdowns_are_whole_seconds_on_quorum_queues_only() -> None:
