@@ -30,6 +30,21 @@ from pipeline.runtime.tasks import STAGE_TASKS
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
 
+def _broker_refuses(monkeypatch: pytest.MonkeyPatch, task: Any, *, times: int) -> list[Any]:
+    """`task`'s first `times` publishes fail as with the broker down; their args are returned."""
+    publish = task.apply_async
+    refused: list[Any] = []
+
+    def refusing(*args: Any, **kwargs: Any) -> Any:
+        if len(refused) < times:
+            refused.append(kwargs.get("args"))
+            raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        return publish(*args, **kwargs)
+
+    monkeypatch.setattr(task, "apply_async", refusing)
+    return refused
+
+
 def _run_one(
     services: Services, path: Path, monkeypatch: pytest.MonkeyPatch, timeout_s: float = 60
 ) -> Status:
@@ -57,17 +72,7 @@ def test_a_next_stage_that_cannot_be_published_is_published_again(
     services = make_services(
         eager=False, broker_url="memory://", retry_backoff_base_s=0.05, retry_backoff_max_s=0.1
     )
-    task = STAGE_TASKS[failing]
-    publish = task.apply_async
-    refused: list[Any] = []
-
-    def broker_down_twice(*args: Any, **kwargs: Any) -> Any:
-        if len(refused) < 2:
-            refused.append(kwargs.get("args"))
-            raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
-        return publish(*args, **kwargs)
-
-    monkeypatch.setattr(task, "apply_async", broker_down_twice)
+    refused = _broker_refuses(monkeypatch, STAGE_TASKS[failing], times=2)
 
     status = _run_one(services, SAMPLES / "affidavit_of_jane_holloway.txt", monkeypatch)
 
@@ -219,17 +224,7 @@ def test_a_chaining_failure_after_the_stage_kept_work_restarts_the_retry_count(
         retry_backoff_max_s=0.1,
         max_retries=0,
     )
-    task = STAGE_TASKS[Stage.ENTITY_RESOLUTION]
-    publish = task.apply_async
-    refused: list[Any] = []
-
-    def broker_down_once(*args: Any, **kwargs: Any) -> Any:
-        if not refused:
-            refused.append(kwargs.get("args"))
-            raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
-        return publish(*args, **kwargs)
-
-    monkeypatch.setattr(task, "apply_async", broker_down_once)
+    refused = _broker_refuses(monkeypatch, STAGE_TASKS[Stage.ENTITY_RESOLUTION], times=1)
 
     status = _run_one(services, SAMPLES / "affidavit_of_jane_holloway.txt", monkeypatch)
 
