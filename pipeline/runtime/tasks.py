@@ -118,8 +118,26 @@ def run_stage(
             )
             if counted.deliveries > settings.max_redeliveries:
                 reason = redelivered_too_often(task.request.retries)
-                _dead_letter(task, services, stage, document_uuid, version, reason)
-                return "dead_lettered"
+                try:
+                    recorded = _dead_letter(task, services, stage, document_uuid, version, reason)
+                except (TransientError, redis.RedisError) as unrecorded:
+                    if counted.deliveries > settings.max_redeliveries + 1:
+                        # A surplus copy (docpipe explore, issue 14): `max_redeliveries + 1`
+                        # deliveries of this very attempt came first, and the first past the
+                        # limit retries this verdict. Retried here too, each copy would publish
+                        # the next retry with a fresh count of deliveries, and with the copies
+                        # that visibility-timeout restores make, more messages than it acks.
+                        log.error(
+                            "%s %s: delivery %d of one attempt; its dead letter was not "
+                            "recorded (%s) and is left to the first delivery past the limit",
+                            stage,
+                            document_uuid,
+                            counted.deliveries,
+                            unrecorded,
+                        )
+                        return "unrecorded"
+                    raise  # the first past the limit: the policy's handling below retries it
+                return "dead_lettered" if recorded else "skipped"
             token = counted.token
         if token is None:
             raise LockUnavailable(f"another worker holds the {stage} lock")
@@ -348,12 +366,32 @@ def _dead_letter(
     document_uuid: str,
     version: int,
     message: str,
-) -> None:
-    """Record the dead letter and the document's terminal status; `message` says why."""
-    retries = task.request.retries
+) -> bool:
+    """Record the dead letter and the document's terminal status; `message` says why.
+
+    False, with nothing written, when the document already ended or was reset to a
+    new version: the verdict is a duplicate delivery's (a copy restored after the
+    visibility timeout), and a dead letter beside a finished document would be false.
+    """
+    try:
+        document = services.store.get_document(document_uuid)
+    except KeyError:
+        return False
+    if document.processing_version != version or document.status.is_terminal:
+        log.warning(
+            "%s %s: already %s; the duplicate's verdict is dropped: %s",
+            stage,
+            document_uuid,
+            document.status,
+            message,
+        )
+        return False
     log.warning("%s %s dead-lettered: %s", stage, document_uuid, message)
-    services.store.add_dead_letter(document_uuid, task.name, str(stage), message, retries)
-    stages.fail(services, document_uuid, version, stage, Status.DEAD_LETTERED, message)
+    services.store.add_dead_letter(
+        document_uuid, task.name, str(stage), message, task.request.retries
+    )
+    stages.mark(services, document, stage, Status.DEAD_LETTERED, error=message)
+    return True
 
 
 def _dispatch(result: StageResult, document_uuid: str, version: int) -> None:

@@ -323,7 +323,19 @@ class StageExecutor:
             # A pool without time limits: the task hangs past the visibility timeout.
             self.clock.sleep(self.settings.visibility_timeout_s + 1.0)
         if delivery > self.settings.max_redeliveries:
-            self._dead_letter(message, stage, redelivered_too_often(message.retries))
+            try:
+                recorded = self._dead_letter(message, stage, redelivered_too_often(message.retries))
+            except (TransientError, redis.RedisError) as exc:
+                if delivery > self.settings.max_redeliveries + 1:
+                    # As the task layer: a surplus copy leaves the verdict to the first
+                    # delivery past the limit, which retries it (`run`).
+                    detail = (
+                        f"redelivered too often; dead letter not recorded ({exc}): a surplus copy"
+                    )
+                    return Outcome(self.clock.now() - start, "skipped", detail=detail)
+                raise
+            if not recorded:
+                return Outcome(0.0, "skipped", detail=DUPLICATE_VERDICT)
             return Outcome(0.0, "dead_lettered", detail="redelivered too often")
         step = poll_step(int(message.args[1])) if message.task == POLL_OCR else ""
         lock_name = stage_lock_name(uuid, version, stage, step)
@@ -480,7 +492,8 @@ class StageExecutor:
             if isinstance(exc, LockUnavailable):
                 # Another task holds this very step: it carries the document on (as the task layer).
                 return Outcome(duration, "skipped", detail=str(exc))
-            self._dead_letter(message, stage, decision.error)
+            if not self._dead_letter(message, stage, decision.error):
+                return Outcome(duration, "skipped", detail=DUPLICATE_VERDICT)
             return Outcome(duration, "dead_lettered", detail=str(exc))
         detail = f"{exc}; retry in {decision.countdown:.3f}s ({decision.stalled} without progress)"
         countdown, stalled = decision.countdown, decision.stalled
@@ -516,13 +529,23 @@ class StageExecutor:
             return Outcome(duration, "skipped", detail=f"{unsent}: rejected, dropped")
         raise RuntimeError("the task layer neither retried nor rejected")  # pragma: no cover
 
-    def _dead_letter(self, message: Message, stage: Stage, text: str) -> None:
-        """Record the dead letter and the terminal status; `text` says why and after what."""
+    def _dead_letter(self, message: Message, stage: Stage, text: str) -> bool:
+        """Record the dead letter and the terminal status; `text` says why and after what.
+
+        As the task layer's: False, nothing written, when the document already ended or
+        has a new version (the verdict of a duplicate delivery).
+        """
         uuid = self.uuids[message.doc]
+        try:
+            document = self.services.store.get_document(uuid)
+        except KeyError:
+            return False
+        version = self.versions[message.doc]
+        if document.processing_version != version or document.status.is_terminal:
+            return False
         self.services.store.add_dead_letter(uuid, message.task, str(stage), text, message.retries)
-        stages.fail(
-            self.services, uuid, self.versions[message.doc], stage, Status.DEAD_LETTERED, text
-        )
+        stages.mark(self.services, document, stage, Status.DEAD_LETTERED, error=text)
+        return True
 
     def rows_digest(self) -> dict[str, Any]:
         """Per document: status and row counts, for exactly-once checks and reports."""
@@ -573,8 +596,15 @@ class SimulatedTask:
         raise Retry(exc=exc)
 
 
+#: The detail of a dead-letter verdict that found the document already ended: as a
+#: skipped stage, the attempt had nothing left to do.
+DUPLICATE_VERDICT = "dead letter not recorded: the document had already ended"
+
+
 def _ended(outcome: Outcome) -> str:
     """An attempt's result for the retry-budget evidence, from the policy's outcome."""
+    if outcome.kind == "skipped" and outcome.detail == DUPLICATE_VERDICT:
+        return "ok"
     return "dead_letter" if outcome.kind == "dead_lettered" else "retry"
 
 
