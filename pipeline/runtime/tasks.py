@@ -10,7 +10,8 @@ attempts in a row without progress (`stalled`, a small int).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import redis
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 #: redelivery of one task (the visibility timeout is 80 minutes).
 DELIVERIES_KEY = "docpipe:deliveries:{task_id}:{retries}"
 DELIVERIES_TTL_S = 7 * 24 * 3600
+#: Set once a delivery of `{task id}:{retries}` has published its retry (same TTL).
+RETRIED_KEY = "docpipe:retried:{task_id}:{retries}"
 
 #: Failures worth another attempt (pipeline.app.policy decides whether one is left).
 RETRYABLE: tuple[type[Exception], ...] = (
@@ -121,22 +124,23 @@ def run_stage(
                 try:
                     recorded = _dead_letter(task, services, stage, document_uuid, version, reason)
                 except (TransientError, redis.RedisError) as unrecorded:
-                    if counted.deliveries > settings.max_redeliveries + 1:
-                        # A surplus copy (docpipe explore, issue 14): `max_redeliveries + 1`
-                        # deliveries of this very attempt came first, and the first past the
-                        # limit retries this verdict. Retried here too, each copy would publish
-                        # the next retry with a fresh count of deliveries, and with the copies
-                        # that visibility-timeout restores make, more messages than it acks.
+                    if _retry_published(task, services):
+                        # A surplus copy (docpipe explore, issue 14): another delivery of this
+                        # very attempt published its retry, which carries the document on.
+                        # Retried here too, each copy would publish the next retry with a
+                        # fresh count of deliveries, and with the copies that visibility-
+                        # timeout restores make, more messages than the workers ack. Without
+                        # that mark (the others were killed) this verdict is retried.
                         log.error(
                             "%s %s: delivery %d of one attempt; its dead letter was not "
-                            "recorded (%s) and is left to the first delivery past the limit",
+                            "recorded (%s) and is left to the retry already published",
                             stage,
                             document_uuid,
                             counted.deliveries,
                             unrecorded,
                         )
                         return "unrecorded"
-                    raise  # the first past the limit: the policy's handling below retries it
+                    raise  # no retry of this attempt is out: the policy's handling retries it
                 return "dead_lettered" if recorded else "skipped"
             token = counted.token
         if token is None:
@@ -192,7 +196,7 @@ def run_stage(
             log.warning("%s %s: stale delivery, failure discarded: %s", stage, document_uuid, stale)
             return "stale"
         except (TransientError, redis.RedisError) as unrecorded:
-            raise _retry_recording(task, settings, unrecorded) from exc
+            raise _retry_recording(task, services, unrecorded) from exc
         return "failed"
     finally:
         if token is not None:
@@ -318,17 +322,18 @@ def _retry_or_dead_letter(
         )
         # Celery's own cap is the ceiling; the policy has already applied the budget.
         max_retries = services.settings.max_task_attempts
-        return retry_task(
-            task, decision.countdown, exc, max_retries=max_retries, stalled=decision.stalled
-        )
+        with _marking_retried(task, services):
+            return retry_task(
+                task, decision.countdown, exc, max_retries=max_retries, stalled=decision.stalled
+            )
     try:
         _dead_letter(task, services, stage, document_uuid, version, decision.error)
     except (TransientError, redis.RedisError) as unrecorded:
-        raise _retry_recording(task, services.settings, unrecorded) from exc
+        raise _retry_recording(task, services, unrecorded) from exc
     return None
 
 
-def _retry_recording(task: Task[Any, Any], settings: Any, exc: Exception) -> Retry:
+def _retry_recording(task: Task[Any, Any], services: Services, exc: Exception) -> Retry:
     """The terminal status could not be recorded (the database or Redis is down).
 
     Acking now would leave the document in a working status that nothing moves on
@@ -336,8 +341,32 @@ def _retry_recording(task: Task[Any, Any], settings: Any, exc: Exception) -> Ret
     later; the policy then reaches the same verdict and records it.
     """
     log.warning("could not record the failure (%s); trying again later", exc)
+    settings = services.settings
     countdown = retry_countdown(settings, task.request.retries)
-    return retry_task(task, countdown, exc, max_retries=settings.max_task_attempts)
+    with _marking_retried(task, services):
+        return retry_task(task, countdown, exc, max_retries=settings.max_task_attempts)
+
+
+@contextmanager
+def _marking_retried(task: Task[Any, Any], services: Services) -> Iterator[None]:
+    """Note in Redis that this attempt's retry is published (`task.retry` raised Retry):
+    a surplus delivery of the attempt then ends instead of publishing another (`run_stage`)."""
+    try:
+        yield
+    except Retry:
+        key = RETRIED_KEY.format(task_id=task.request.id, retries=task.request.retries)
+        with suppress(redis.RedisError):
+            services.redis.set(key, 1, ex=DELIVERIES_TTL_S)
+        raise
+
+
+def _retry_published(task: Task[Any, Any], services: Services) -> bool:
+    """Whether a delivery of this attempt has published its retry; False if Redis cannot say."""
+    key = RETRIED_KEY.format(task_id=task.request.id, retries=task.request.retries)
+    try:
+        return bool(services.redis.exists(key))
+    except redis.RedisError:
+        return False
 
 
 def _release(services: Services, lock_name: str, token: str | None) -> None:
@@ -377,7 +406,7 @@ def _dead_letter(
         document = services.store.get_document(document_uuid)
     except KeyError:
         return False
-    if document.processing_version != version or document.status.is_terminal:
+    if document.processing_version != version or stages.carried_past(document, stage):
         log.warning(
             "%s %s: already %s; the duplicate's verdict is dropped: %s",
             stage,

@@ -64,7 +64,14 @@ from pipeline.harness.simulation.engine import (
 from pipeline.harness.simulation.faultboard import FaultBoard
 from pipeline.harness.simulation.model import POLL_OCR, START_OCR
 from pipeline.ports import FaultInjector
-from pipeline.runtime.tasks import RETRYABLE, poll_step, retry_task, stage_lock_name
+from pipeline.runtime.tasks import (
+    DELIVERIES_TTL_S,
+    RETRIED_KEY,
+    RETRYABLE,
+    poll_step,
+    retry_task,
+    stage_lock_name,
+)
 from pipeline.settings import Settings, settings_over_environment
 
 _runs = itertools.count(1)
@@ -326,9 +333,9 @@ class StageExecutor:
             try:
                 recorded = self._dead_letter(message, stage, redelivered_too_often(message.retries))
             except (TransientError, redis.RedisError) as exc:
-                if delivery > self.settings.max_redeliveries + 1:
-                    # As the task layer: a surplus copy leaves the verdict to the first
-                    # delivery past the limit, which retries it (`run`).
+                if self.services.redis.exists(_retried_key(message)):
+                    # As the task layer: a surplus copy leaves the document to the retry
+                    # another delivery of this attempt published.
                     detail = (
                         f"redelivered too often; dead letter not recorded ({exc}): a surplus copy"
                     )
@@ -520,6 +527,9 @@ class StageExecutor:
         except Retry:
             if task.sent is None:  # pragma: no cover - SimulatedTask raises Retry once sent
                 raise
+            # As the task layer (`_marking_retried`): this attempt's retry is out.
+            with contextlib.suppress(redis.RedisError):
+                self.services.redis.set(_retried_key(message), 1, ex=DELIVERIES_TTL_S)
             return Outcome(duration, "retry", [task.sent], detail=detail)
         except Reject as rejected:
             unsent = f"{detail}; the retry could not be published ({rejected})"
@@ -541,7 +551,7 @@ class StageExecutor:
         except KeyError:
             return False
         version = self.versions[message.doc]
-        if document.processing_version != version or document.status.is_terminal:
+        if document.processing_version != version or stages.carried_past(document, stage):
             return False
         self.services.store.add_dead_letter(uuid, message.task, str(stage), text, message.retries)
         stages.mark(self.services, document, stage, Status.DEAD_LETTERED, error=text)
@@ -599,6 +609,10 @@ class SimulatedTask:
 #: The detail of a dead-letter verdict that found the document already ended: as a
 #: skipped stage, the attempt had nothing left to do.
 DUPLICATE_VERDICT = "dead letter not recorded: the document had already ended"
+
+
+def _retried_key(message: Message) -> str:
+    return RETRIED_KEY.format(task_id=message.id, retries=message.retries)
 
 
 def _ended(outcome: Outcome) -> str:
