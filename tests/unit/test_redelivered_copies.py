@@ -7,9 +7,9 @@ refused that dead letter, every such copy retried it, publishing the next retry
 with a fresh count; with the copies that restores keep making, a document's task
 outnumbered what the workers could ack and the run never ended (docpipe explore
 --seed 1, schedule 28: 22,879 messages of one task queued after 100,000 events,
-the document long dead-lettered). Now the first delivery past the limit retries
-the verdict, later ones end, and a verdict for a document that already ended
-writes nothing.
+the document long dead-lettered). Now a copy past the limit whose dead letter
+is refused ends when another delivery of its attempt published the retry, and a
+verdict for a document that already ended writes nothing.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pipeline.app.stages import StageResult
 from pipeline.bootstrap import Services
 from pipeline.domain.models import Stage, Status
 from pipeline.errors import TransientError
-from pipeline.runtime.tasks import DELIVERIES_KEY, run_stage
+from pipeline.runtime.tasks import DELIVERIES_KEY, RETRIED_KEY, run_stage
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 TASK_ID = "task-of-one-attempt"
@@ -58,6 +58,11 @@ def _delivered_before(services: Services, task: DeliveredTask, deliveries: int) 
     services.redis.set(key, deliveries)
 
 
+def _retry_published(services: Services, task: DeliveredTask) -> None:
+    """Another delivery of this attempt published its retry (`_marking_retried`)."""
+    services.redis.set(RETRIED_KEY.format(task_id=TASK_ID, retries=task.request.retries), 1)
+
+
 def _stage_not_reached(_: Services) -> StageResult:
     raise AssertionError("a delivery past the redelivery limit must not run the stage")
 
@@ -75,7 +80,8 @@ def test_a_surplus_copy_whose_dead_letter_is_refused_ends_without_a_retry(
     services = make_services(max_redeliveries=3)
     document_uuid, version = _document(services)
     task = DeliveredTask()
-    _delivered_before(services, task, 4)  # the first past the limit came before this one
+    _delivered_before(services, task, 4)
+    _retry_published(services, task)
     _refuse_dead_letters(services, monkeypatch)
 
     ended = run_stage(
@@ -90,14 +96,16 @@ def test_a_surplus_copy_whose_dead_letter_is_refused_ends_without_a_retry(
     assert task.retried == []
 
 
-def test_the_first_delivery_past_the_limit_retries_a_refused_dead_letter(
-    make_services: Callable[..., Services], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("before", [3, 4])
+def test_a_delivery_past_the_limit_retries_a_refused_dead_letter_when_no_retry_is_out(
+    make_services: Callable[..., Services], monkeypatch: pytest.MonkeyPatch, before: int
 ) -> None:
-    """A poison task (its worker killed on every delivery): the verdict is still retried."""
+    """A poison task (its worker killed on every delivery, even the first past the limit):
+    nothing else carries the document on, so the verdict is retried."""
     services = make_services(max_redeliveries=3)
     document_uuid, version = _document(services)
     task = DeliveredTask()
-    _delivered_before(services, task, 3)
+    _delivered_before(services, task, before)
     _refuse_dead_letters(services, monkeypatch)
 
     with pytest.raises(Retry):
