@@ -81,6 +81,13 @@ _CEILING: dict[Stage, Status] = {
 _delivery = threading.local()
 
 
+def carried_past(document: SourceDocument, stage: Stage) -> bool:
+    """Whether the document ended, or a later stage owns it: a verdict of `stage` is stale."""
+    return document.status.is_terminal or progress_rank(document.status) > progress_rank(
+        _CEILING[stage]
+    )
+
+
 def forget_claim() -> None:
     """Forget the last delivery's claim; the task layer calls it before each stage."""
     _delivery.fence = None

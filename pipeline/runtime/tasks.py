@@ -10,7 +10,8 @@ attempts in a row without progress (`stalled`, a small int).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import redis
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 #: redelivery of one task (the visibility timeout is 80 minutes).
 DELIVERIES_KEY = "docpipe:deliveries:{task_id}:{retries}"
 DELIVERIES_TTL_S = 7 * 24 * 3600
+#: Set once a delivery of `{task id}:{retries}` has published its retry (same TTL).
+RETRIED_KEY = "docpipe:retried:{task_id}:{retries}"
 
 #: Failures worth another attempt (pipeline.app.policy decides whether one is left).
 RETRYABLE: tuple[type[Exception], ...] = (
@@ -118,8 +121,27 @@ def run_stage(
             )
             if counted.deliveries > settings.max_redeliveries:
                 reason = redelivered_too_often(task.request.retries)
-                _dead_letter(task, services, stage, document_uuid, version, reason)
-                return "dead_lettered"
+                try:
+                    recorded = _dead_letter(task, services, stage, document_uuid, version, reason)
+                except (TransientError, redis.RedisError) as unrecorded:
+                    if _retry_published(task, services):
+                        # A surplus copy (docpipe explore, issue 14): another delivery of this
+                        # very attempt published its retry, which carries the document on.
+                        # Retried here too, each copy would publish the next retry with a
+                        # fresh count of deliveries, and with the copies that visibility-
+                        # timeout restores make, more messages than the workers ack. Without
+                        # that mark (the others were killed) this verdict is retried.
+                        log.error(
+                            "%s %s: delivery %d of one attempt; its dead letter was not "
+                            "recorded (%s) and is left to the retry already published",
+                            stage,
+                            document_uuid,
+                            counted.deliveries,
+                            unrecorded,
+                        )
+                        return "unrecorded"
+                    raise  # no retry of this attempt is out: the policy's handling retries it
+                return "dead_lettered" if recorded else "skipped"
             token = counted.token
         if token is None:
             raise LockUnavailable(f"another worker holds the {stage} lock")
@@ -174,7 +196,7 @@ def run_stage(
             log.warning("%s %s: stale delivery, failure discarded: %s", stage, document_uuid, stale)
             return "stale"
         except (TransientError, redis.RedisError) as unrecorded:
-            raise _retry_recording(task, settings, unrecorded) from exc
+            raise _retry_recording(task, services, unrecorded) from exc
         return "failed"
     finally:
         if token is not None:
@@ -300,17 +322,18 @@ def _retry_or_dead_letter(
         )
         # Celery's own cap is the ceiling; the policy has already applied the budget.
         max_retries = services.settings.max_task_attempts
-        return retry_task(
-            task, decision.countdown, exc, max_retries=max_retries, stalled=decision.stalled
-        )
+        with _marking_retried(task, services):
+            return retry_task(
+                task, decision.countdown, exc, max_retries=max_retries, stalled=decision.stalled
+            )
     try:
         _dead_letter(task, services, stage, document_uuid, version, decision.error)
     except (TransientError, redis.RedisError) as unrecorded:
-        raise _retry_recording(task, services.settings, unrecorded) from exc
+        raise _retry_recording(task, services, unrecorded) from exc
     return None
 
 
-def _retry_recording(task: Task[Any, Any], settings: Any, exc: Exception) -> Retry:
+def _retry_recording(task: Task[Any, Any], services: Services, exc: Exception) -> Retry:
     """The terminal status could not be recorded (the database or Redis is down).
 
     Acking now would leave the document in a working status that nothing moves on
@@ -318,8 +341,32 @@ def _retry_recording(task: Task[Any, Any], settings: Any, exc: Exception) -> Ret
     later; the policy then reaches the same verdict and records it.
     """
     log.warning("could not record the failure (%s); trying again later", exc)
+    settings = services.settings
     countdown = retry_countdown(settings, task.request.retries)
-    return retry_task(task, countdown, exc, max_retries=settings.max_task_attempts)
+    with _marking_retried(task, services):
+        return retry_task(task, countdown, exc, max_retries=settings.max_task_attempts)
+
+
+@contextmanager
+def _marking_retried(task: Task[Any, Any], services: Services) -> Iterator[None]:
+    """Note in Redis that this attempt's retry is published (`task.retry` raised Retry):
+    a surplus delivery of the attempt then ends instead of publishing another (`run_stage`)."""
+    try:
+        yield
+    except Retry:
+        key = RETRIED_KEY.format(task_id=task.request.id, retries=task.request.retries)
+        with suppress(redis.RedisError):
+            services.redis.set(key, 1, ex=DELIVERIES_TTL_S)
+        raise
+
+
+def _retry_published(task: Task[Any, Any], services: Services) -> bool:
+    """Whether a delivery of this attempt has published its retry; False if Redis cannot say."""
+    key = RETRIED_KEY.format(task_id=task.request.id, retries=task.request.retries)
+    try:
+        return bool(services.redis.exists(key))
+    except redis.RedisError:
+        return False
 
 
 def _release(services: Services, lock_name: str, token: str | None) -> None:
@@ -348,12 +395,32 @@ def _dead_letter(
     document_uuid: str,
     version: int,
     message: str,
-) -> None:
-    """Record the dead letter and the document's terminal status; `message` says why."""
-    retries = task.request.retries
+) -> bool:
+    """Record the dead letter and the document's terminal status; `message` says why.
+
+    False, with nothing written, when the document already ended or was reset to a
+    new version: the verdict is a duplicate delivery's (a copy restored after the
+    visibility timeout), and a dead letter beside a finished document would be false.
+    """
+    try:
+        document = services.store.get_document(document_uuid)
+    except KeyError:
+        return False
+    if document.processing_version != version or stages.carried_past(document, stage):
+        log.warning(
+            "%s %s: already %s; the duplicate's verdict is dropped: %s",
+            stage,
+            document_uuid,
+            document.status,
+            message,
+        )
+        return False
     log.warning("%s %s dead-lettered: %s", stage, document_uuid, message)
-    services.store.add_dead_letter(document_uuid, task.name, str(stage), message, retries)
-    stages.fail(services, document_uuid, version, stage, Status.DEAD_LETTERED, message)
+    services.store.add_dead_letter(
+        document_uuid, task.name, str(stage), message, task.request.retries
+    )
+    stages.mark(services, document, stage, Status.DEAD_LETTERED, error=message)
+    return True
 
 
 def _dispatch(result: StageResult, document_uuid: str, version: int) -> None:

@@ -64,7 +64,14 @@ from pipeline.harness.simulation.engine import (
 from pipeline.harness.simulation.faultboard import FaultBoard
 from pipeline.harness.simulation.model import POLL_OCR, START_OCR
 from pipeline.ports import FaultInjector
-from pipeline.runtime.tasks import RETRYABLE, poll_step, retry_task, stage_lock_name
+from pipeline.runtime.tasks import (
+    DELIVERIES_TTL_S,
+    RETRIED_KEY,
+    RETRYABLE,
+    poll_step,
+    retry_task,
+    stage_lock_name,
+)
 from pipeline.settings import Settings, settings_over_environment
 
 _runs = itertools.count(1)
@@ -323,7 +330,19 @@ class StageExecutor:
             # A pool without time limits: the task hangs past the visibility timeout.
             self.clock.sleep(self.settings.visibility_timeout_s + 1.0)
         if delivery > self.settings.max_redeliveries:
-            self._dead_letter(message, stage, redelivered_too_often(message.retries))
+            try:
+                recorded = self._dead_letter(message, stage, redelivered_too_often(message.retries))
+            except (TransientError, redis.RedisError) as exc:
+                if self.services.redis.exists(_retried_key(message)):
+                    # As the task layer: a surplus copy leaves the document to the retry
+                    # another delivery of this attempt published.
+                    detail = (
+                        f"redelivered too often; dead letter not recorded ({exc}): a surplus copy"
+                    )
+                    return Outcome(self.clock.now() - start, "skipped", detail=detail)
+                raise
+            if not recorded:
+                return Outcome(0.0, "skipped", detail=DUPLICATE_VERDICT)
             return Outcome(0.0, "dead_lettered", detail="redelivered too often")
         step = poll_step(int(message.args[1])) if message.task == POLL_OCR else ""
         lock_name = stage_lock_name(uuid, version, stage, step)
@@ -480,7 +499,8 @@ class StageExecutor:
             if isinstance(exc, LockUnavailable):
                 # Another task holds this very step: it carries the document on (as the task layer).
                 return Outcome(duration, "skipped", detail=str(exc))
-            self._dead_letter(message, stage, decision.error)
+            if not self._dead_letter(message, stage, decision.error):
+                return Outcome(duration, "skipped", detail=DUPLICATE_VERDICT)
             return Outcome(duration, "dead_lettered", detail=str(exc))
         detail = f"{exc}; retry in {decision.countdown:.3f}s ({decision.stalled} without progress)"
         countdown, stalled = decision.countdown, decision.stalled
@@ -507,6 +527,9 @@ class StageExecutor:
         except Retry:
             if task.sent is None:  # pragma: no cover - SimulatedTask raises Retry once sent
                 raise
+            # As the task layer (`_marking_retried`): this attempt's retry is out.
+            with contextlib.suppress(redis.RedisError):
+                self.services.redis.set(_retried_key(message), 1, ex=DELIVERIES_TTL_S)
             return Outcome(duration, "retry", [task.sent], detail=detail)
         except Reject as rejected:
             unsent = f"{detail}; the retry could not be published ({rejected})"
@@ -516,13 +539,23 @@ class StageExecutor:
             return Outcome(duration, "skipped", detail=f"{unsent}: rejected, dropped")
         raise RuntimeError("the task layer neither retried nor rejected")  # pragma: no cover
 
-    def _dead_letter(self, message: Message, stage: Stage, text: str) -> None:
-        """Record the dead letter and the terminal status; `text` says why and after what."""
+    def _dead_letter(self, message: Message, stage: Stage, text: str) -> bool:
+        """Record the dead letter and the terminal status; `text` says why and after what.
+
+        As the task layer's: False, nothing written, when the document already ended or
+        has a new version (the verdict of a duplicate delivery).
+        """
         uuid = self.uuids[message.doc]
+        try:
+            document = self.services.store.get_document(uuid)
+        except KeyError:
+            return False
+        version = self.versions[message.doc]
+        if document.processing_version != version or stages.carried_past(document, stage):
+            return False
         self.services.store.add_dead_letter(uuid, message.task, str(stage), text, message.retries)
-        stages.fail(
-            self.services, uuid, self.versions[message.doc], stage, Status.DEAD_LETTERED, text
-        )
+        stages.mark(self.services, document, stage, Status.DEAD_LETTERED, error=text)
+        return True
 
     def rows_digest(self) -> dict[str, Any]:
         """Per document: status and row counts, for exactly-once checks and reports."""
@@ -573,8 +606,19 @@ class SimulatedTask:
         raise Retry(exc=exc)
 
 
+#: The detail of a dead-letter verdict that found the document already ended: as a
+#: skipped stage, the attempt had nothing left to do.
+DUPLICATE_VERDICT = "dead letter not recorded: the document had already ended"
+
+
+def _retried_key(message: Message) -> str:
+    return RETRIED_KEY.format(task_id=message.id, retries=message.retries)
+
+
 def _ended(outcome: Outcome) -> str:
     """An attempt's result for the retry-budget evidence, from the policy's outcome."""
+    if outcome.kind == "skipped" and outcome.detail == DUPLICATE_VERDICT:
+        return "ok"
     return "dead_letter" if outcome.kind == "dead_lettered" else "retry"
 
 
