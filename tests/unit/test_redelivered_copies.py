@@ -67,6 +67,17 @@ def _stage_not_reached(_: Services) -> StageResult:
     raise AssertionError("a delivery past the redelivery limit must not run the stage")
 
 
+def _deliver_past_the_limit(task: DeliveredTask, document_uuid: str, version: int) -> str:
+    """The document-node stage's task layer for one more delivery of `task`."""
+    return run_stage(
+        task,  # type: ignore[arg-type]
+        Stage.DOCUMENT_NODE,
+        document_uuid,
+        version,
+        _stage_not_reached,
+    )
+
+
 def _refuse_dead_letters(services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
     def refused(*_: object, **__: object) -> None:
         raise TransientError("database: connection refused")
@@ -84,13 +95,7 @@ def test_a_surplus_copy_whose_dead_letter_is_refused_ends_without_a_retry(
     _retry_published(services, task)
     _refuse_dead_letters(services, monkeypatch)
 
-    ended = run_stage(
-        task,  # type: ignore[arg-type]
-        Stage.DOCUMENT_NODE,
-        document_uuid,
-        version,
-        _stage_not_reached,
-    )
+    ended = _deliver_past_the_limit(task, document_uuid, version)
 
     assert ended == "unrecorded"
     assert task.retried == []
@@ -109,13 +114,7 @@ def test_a_delivery_past_the_limit_retries_a_refused_dead_letter_when_no_retry_i
     _refuse_dead_letters(services, monkeypatch)
 
     with pytest.raises(Retry):
-        run_stage(
-            task,  # type: ignore[arg-type]
-            Stage.DOCUMENT_NODE,
-            document_uuid,
-            version,
-            _stage_not_reached,
-        )
+        _deliver_past_the_limit(task, document_uuid, version)
 
     assert len(task.retried) == 1
 
@@ -129,13 +128,7 @@ def test_a_copy_past_the_limit_leaves_a_finished_document_without_a_dead_letter(
     task = DeliveredTask()
     _delivered_before(services, task, 5)
 
-    ended = run_stage(
-        task,  # type: ignore[arg-type]
-        Stage.DOCUMENT_NODE,
-        document_uuid,
-        version,
-        _stage_not_reached,
-    )
+    ended = _deliver_past_the_limit(task, document_uuid, version)
 
     assert ended == "skipped"
     assert services.store.dead_letters() == []
