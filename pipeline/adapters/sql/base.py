@@ -32,7 +32,13 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from pipeline.adapters.sql.hot import CLOSE_QUEUE, CLOSE_QUEUE_WITH_ERROR, HISTORY, HotSql
+from pipeline.adapters.sql.hot import (
+    CLOSE_QUEUE,
+    CLOSE_QUEUE_WITH_ERROR,
+    HISTORY,
+    HotSql,
+    document_from_columns,
+)
 from pipeline.adapters.sql.schema import (
     BEGIN_IMMEDIATE,
     OPEN_QUEUE_STATUSES,
@@ -287,25 +293,7 @@ def relationship_uuid(relationship: Relationship) -> str:
 
 
 def _document(row: Row[Any]) -> SourceDocument:
-    return SourceDocument(
-        uuid=row.uuid,
-        project_uuid=row.project_uuid,
-        original_file_name=row.original_file_name,
-        file_type=row.file_type,
-        storage_key=row.storage_key,
-        size_bytes=row.size_bytes,
-        status=Status(row.status),
-        processing_version=row.processing_version,
-        celery_task_id=row.celery_task_id,
-        error_message=row.error_message,
-        attempts=row.attempts,
-        raw_text=row.raw_text,
-        ocr_metadata=dict(row.ocr_metadata or {}),
-        fence_token=row.fence_token,
-        content_sha256=row.content_sha256,
-        created_at=row.created_at.timestamp() if row.created_at is not None else None,
-        updated_at=row.updated_at.timestamp() if row.updated_at is not None else None,
-    )
+    return document_from_columns(dict(row._mapping))
 
 
 def _stale_note(row: Row[Any]) -> str | None:

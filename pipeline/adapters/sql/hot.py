@@ -161,46 +161,7 @@ class HotSql:
 
     def document_of(self, row: Sequence[Any]) -> SourceDocument:
         """A `DOCUMENT_COLUMNS` row as the domain's document."""
-        (
-            uuid,
-            project_uuid,
-            original_file_name,
-            file_type,
-            storage_key,
-            size_bytes,
-            status,
-            processing_version,
-            celery_task_id,
-            error_message,
-            attempts,
-            raw_text,
-            ocr_metadata,
-            fence_token,
-            content_sha256,
-            created_at,
-            updated_at,
-        ) = row
-        if isinstance(ocr_metadata, str):
-            ocr_metadata = json.loads(ocr_metadata)
-        return SourceDocument(
-            uuid=uuid,
-            project_uuid=project_uuid,
-            original_file_name=original_file_name,
-            file_type=file_type,
-            storage_key=storage_key,
-            size_bytes=size_bytes,
-            status=Status(status),
-            processing_version=processing_version,
-            celery_task_id=celery_task_id,
-            error_message=error_message,
-            attempts=attempts,
-            raw_text=raw_text,
-            ocr_metadata=dict(ocr_metadata or {}),
-            fence_token=fence_token,
-            content_sha256=content_sha256,
-            created_at=_epoch(created_at),
-            updated_at=_epoch(updated_at),
-        )
+        return document_from_columns(dict(zip(DOCUMENT_COLUMNS, row, strict=True)))
 
 
 def execute_raw(conn: Connection, statement: str, params: Mapping[str, Any]) -> Any:
@@ -226,6 +187,37 @@ def execute_raw(conn: Connection, statement: str, params: Mapping[str, Any]) -> 
             dialect=conn.dialect,
         ) from exc
     return cursor
+
+
+def document_from_columns(values: Mapping[str, Any]) -> SourceDocument:
+    """A source_documents row, by column name, as the domain's document.
+
+    The one mapping for both ways a row comes back: SQLAlchemy's (JSON decoded,
+    timestamps as datetimes) and the DBAPI cursor's (SQLite's JSON and naive UTC
+    timestamps as text).
+    """
+    ocr_metadata = values["ocr_metadata"]
+    if isinstance(ocr_metadata, str):
+        ocr_metadata = json.loads(ocr_metadata)
+    return SourceDocument(
+        uuid=values["uuid"],
+        project_uuid=values["project_uuid"],
+        original_file_name=values["original_file_name"],
+        file_type=values["file_type"],
+        storage_key=values["storage_key"],
+        size_bytes=values["size_bytes"],
+        status=Status(values["status"]),
+        processing_version=values["processing_version"],
+        celery_task_id=values["celery_task_id"],
+        error_message=values["error_message"],
+        attempts=values["attempts"],
+        raw_text=values["raw_text"],
+        ocr_metadata=dict(ocr_metadata or {}),
+        fence_token=values["fence_token"],
+        content_sha256=values["content_sha256"],
+        created_at=_epoch(values["created_at"]),
+        updated_at=_epoch(values["updated_at"]),
+    )
 
 
 def _epoch(value: datetime | str | None) -> float | None:
