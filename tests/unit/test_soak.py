@@ -203,6 +203,7 @@ def test_the_ttls_are_those_of_the_code_and_the_settings() -> None:
     settings = embedded_settings(Path("/nonexistent"), state_ttl_s=3600)
     ttls = configured_ttls(settings)
     assert ttls["docpipe:deliveries"] == 7 * 86_400
+    assert ttls["docpipe:retried"] == 7 * 86_400
     assert ttls["doc:state"] == 3600
     assert ttls["docpipe:cache"] == settings.cache_ttl_s
     assert all(ttls[name] is None for name in KOMBU_BOOKKEEPING)
@@ -215,6 +216,7 @@ def test_the_ttls_are_those_of_the_code_and_the_settings() -> None:
     ("key", "family"),
     [
         (b"docpipe:deliveries:1f0c-task:0", "docpipe:deliveries"),
+        (b"docpipe:retried:1f0c-task:0", "docpipe:retried"),
         (b"doc:state:9b2e", "doc:state"),
         (b"docpipe:fake_ocr:job:abc", "docpipe:fake_ocr:job"),
         (b"docpipe:lock:doc-1:ocr", "docpipe:lock"),
