@@ -124,7 +124,7 @@ def run_stage(
                 try:
                     recorded = _dead_letter(task, services, stage, document_uuid, version, reason)
                 except (TransientError, redis.RedisError) as unrecorded:
-                    if _retry_published(task, services):
+                    if retry_published(services.redis, task.request.id, task.request.retries):
                         # A surplus copy (docpipe explore, issue 14): another delivery of this
                         # very attempt published its retry, which carries the document on.
                         # Retried here too, each copy would publish the next retry with a
@@ -354,17 +354,22 @@ def _marking_retried(task: Task[Any, Any], services: Services) -> Iterator[None]
     try:
         yield
     except Retry:
-        key = RETRIED_KEY.format(task_id=task.request.id, retries=task.request.retries)
-        with suppress(redis.RedisError):
-            services.redis.set(key, 1, ex=DELIVERIES_TTL_S)
+        mark_retry_published(services.redis, task.request.id, task.request.retries)
         raise
 
 
-def _retry_published(task: Task[Any, Any], services: Services) -> bool:
+def mark_retry_published(client: redis.Redis, task_id: str | None, retries: int) -> None:
+    """`RETRIED_KEY` for this attempt; Redis unreachable leaves it unmarked (copies retry)."""
+    key = RETRIED_KEY.format(task_id=task_id, retries=retries)
+    with suppress(redis.RedisError):
+        client.set(key, 1, ex=DELIVERIES_TTL_S)
+
+
+def retry_published(client: redis.Redis, task_id: str | None, retries: int) -> bool:
     """Whether a delivery of this attempt has published its retry; False if Redis cannot say."""
-    key = RETRIED_KEY.format(task_id=task.request.id, retries=task.request.retries)
+    key = RETRIED_KEY.format(task_id=task_id, retries=retries)
     try:
-        return bool(services.redis.exists(key))
+        return bool(client.exists(key))
     except redis.RedisError:
         return False
 

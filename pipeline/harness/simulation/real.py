@@ -65,10 +65,10 @@ from pipeline.harness.simulation.faultboard import FaultBoard
 from pipeline.harness.simulation.model import POLL_OCR, START_OCR
 from pipeline.ports import FaultInjector
 from pipeline.runtime.tasks import (
-    DELIVERIES_TTL_S,
-    RETRIED_KEY,
     RETRYABLE,
+    mark_retry_published,
     poll_step,
+    retry_published,
     retry_task,
     stage_lock_name,
 )
@@ -333,7 +333,7 @@ class StageExecutor:
             try:
                 recorded = self._dead_letter(message, stage, redelivered_too_often(message.retries))
             except (TransientError, redis.RedisError) as exc:
-                if self.services.redis.exists(_retried_key(message)):
+                if retry_published(self.services.redis, message.id, message.retries):
                     # As the task layer: a surplus copy leaves the document to the retry
                     # another delivery of this attempt published.
                     detail = (
@@ -528,8 +528,7 @@ class StageExecutor:
             if task.sent is None:  # pragma: no cover - SimulatedTask raises Retry once sent
                 raise
             # As the task layer (`_marking_retried`): this attempt's retry is out.
-            with contextlib.suppress(redis.RedisError):
-                self.services.redis.set(_retried_key(message), 1, ex=DELIVERIES_TTL_S)
+            mark_retry_published(self.services.redis, message.id, message.retries)
             return Outcome(duration, "retry", [task.sent], detail=detail)
         except Reject as rejected:
             unsent = f"{detail}; the retry could not be published ({rejected})"
@@ -609,10 +608,6 @@ class SimulatedTask:
 #: The detail of a dead-letter verdict that found the document already ended: as a
 #: skipped stage, the attempt had nothing left to do.
 DUPLICATE_VERDICT = "dead letter not recorded: the document had already ended"
-
-
-def _retried_key(message: Message) -> str:
-    return RETRIED_KEY.format(task_id=message.id, retries=message.retries)
 
 
 def _ended(outcome: Outcome) -> str:
