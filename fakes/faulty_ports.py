@@ -95,6 +95,7 @@ STORE_ROLES: dict[str, str] = {
     "queue_entries": "queue",
     # dead letters
     "add_dead_letter": "dead_letters",
+    "dead_letter": "dead_letters",
     "dead_letters": "dead_letters",
     "remove_dead_letters": "dead_letters",
 }
@@ -125,6 +126,7 @@ STORE_WRITES = frozenset(
         "keep_claim",
         "finish_queue_entry",
         "add_dead_letter",
+        "dead_letter",
         "remove_dead_letters",
     }
 )

@@ -93,13 +93,19 @@ def _run_with_retries(
                 continue
             log.warning("sequential %s: %s", document_uuid, decision.error)
             if decision.action == "dead_letter":
-                services.store.add_dead_letter(
-                    document_uuid, "monolith", str(stage), decision.error, tries
+                stages.dead_letter(
+                    services,
+                    document_uuid,
+                    version,
+                    stage,
+                    decision.error,
+                    task_name="monolith",
+                    retries=tries,
                 )
-                status = Status.DEAD_LETTERED
             else:
-                status = stage.failed_status
-            stages.fail(services, document_uuid, version, stage, status, decision.error)
+                stages.fail(
+                    services, document_uuid, version, stage, stage.failed_status, decision.error
+                )
             raise _StageGaveUp(decision.error) from exc
 
 

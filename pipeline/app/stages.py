@@ -562,6 +562,54 @@ def fail(
     mark(services, document, stage, status, error=reason, fence=fence)
 
 
+def dead_letter(
+    services: Services,
+    document_uuid: str,
+    version: int,
+    stage: Stage,
+    reason: str,
+    *,
+    task_name: str,
+    retries: int,
+    fence: Fence | None = None,
+) -> bool:
+    """Dead-letter the document (terminal status and dead letter in one commit); `reason` says why.
+
+    False, with nothing written, when the document already ended or was reset to a
+    new version, or a later stage owns it: the verdict is a duplicate delivery's (a
+    copy restored after the visibility timeout), and a dead letter beside a
+    document carried on would be false. With the deciding delivery's `fence`, an
+    overtaken delivery's verdict is refused too (StaleDelivery).
+    """
+    try:
+        document = services.store.get_document(document_uuid)
+    except KeyError:
+        return False
+    if document.processing_version != version or carried_past(document, stage):
+        log.warning(
+            "%s %s: already %s; the duplicate's verdict is dropped: %s",
+            stage,
+            document_uuid,
+            document.status,
+            reason,
+        )
+        return False
+    moved = services.store.dead_letter(
+        document_uuid,
+        stage=str(stage),
+        processing_version=version,
+        task_name=task_name,
+        error=reason,
+        retries=retries,
+        fence=fence,
+    )
+    if moved:
+        log.warning("%s %s dead-lettered: %s", stage, document_uuid, reason)
+        status = str(Status.DEAD_LETTERED)
+        services.state.record(document_uuid, str(stage), status, {"error": reason})
+    return moved
+
+
 STAGE_FUNCTIONS = {
     Stage.DOCUMENT_NODE: create_document_node,
     Stage.CHUNKING: chunk_document,

@@ -271,7 +271,28 @@ class DeadLetters(Protocol):
 
     def add_dead_letter(
         self, document_uuid: str, task_name: str, stage: str, error: str, retries: int
-    ) -> None: ...
+    ) -> None:
+        """The dead letter row alone (one per document and stage; again, it is updated)."""
+        ...
+
+    def dead_letter(
+        self,
+        document_uuid: str,
+        *,
+        stage: str,
+        processing_version: int,
+        task_name: str,
+        error: str,
+        retries: int,
+        fence: Fence | None = None,
+    ) -> bool:
+        """Move the document to `dead_lettered` and add its dead letter, in one transaction.
+
+        As `advance_status` to `dead_lettered` (False, and nothing written, when
+        the document may not move: ended, or another processing version; with a
+        stale `fence`, StaleDelivery), plus `add_dead_letter` when it moved.
+        """
+        ...
 
     def dead_letters(self) -> list[dict[str, object]]: ...
 

@@ -29,7 +29,7 @@ from pipeline.app.policy import (
     retry_countdown,
 )
 from pipeline.app.stages import StageResult
-from pipeline.domain.models import Stage, Status
+from pipeline.domain.models import Fence, Stage
 from pipeline.errors import LockUnavailable, StaleDelivery, TransientError
 from pipeline.ports.services import Services, current_services
 from pipeline.runtime.celery_app import POLL_OCR_TASK, TASK_NAMES, app, broker_countdown
@@ -100,6 +100,8 @@ def run_stage(
             retryable=RETRYABLE,
         )
 
+    # A fence left by this thread's previous task must not fence this one's verdicts.
+    stages.forget_claim()
     try:
         # Each delivery holds the lock under its own token; a redelivery of the same task id
         # (worker killed, or a visibility-timeout restore while this one still runs) takes
@@ -145,7 +147,6 @@ def run_stage(
             token = counted.token
         if token is None:
             raise LockUnavailable(f"another worker holds the {stage} lock")
-        stages.forget_claim()
         with metered() as meter:
             result = call(services)
         if not result.skipped and result.poll_job_id is None:
@@ -162,7 +163,7 @@ def run_stage(
         retry = _retry_or_dead_letter(
             task, services, stage, document_uuid, version, exc, decision(exc)
         )
-        if retry is None:
+        if not isinstance(retry, Retry):
             raise
         raise retry from exc
     except (TransientError, SoftTimeLimitExceeded) as exc:
@@ -175,8 +176,8 @@ def run_stage(
         _release(services, lock_name, token)
         token = None
         retry = _retry_or_dead_letter(task, services, stage, document_uuid, version, exc, decided)
-        if retry is None:
-            return "dead_lettered"
+        if not isinstance(retry, Retry):
+            return retry
         raise retry from exc
     except Exception as exc:
         reason = readable(stage, exc)
@@ -228,8 +229,8 @@ def run_stage(
             retryable=(Exception,),
         )
         retry = _retry_or_dead_letter(task, services, stage, document_uuid, version, exc, chained)
-        if retry is None:
-            return "dead_lettered"
+        if not isinstance(retry, Retry):
+            return retry
         raise retry from exc
     return "ok"
 
@@ -308,8 +309,9 @@ def _retry_or_dead_letter(
     version: int,
     exc: Exception,
     decision: Decision,
-) -> Retry | None:
-    """The Retry to raise for a "retry" decision; None once the document is dead-lettered."""
+) -> Retry | str:
+    """The Retry to raise for a "retry" decision; else the outcome of the dead letter:
+    "dead_lettered", or "skipped" when it was a duplicate's or an overtaken delivery's."""
     if decision.action == "retry":
         log.info(
             "%s %s: %s; retry %d in %.1fs (%d without progress)",
@@ -326,11 +328,16 @@ def _retry_or_dead_letter(
             return retry_task(
                 task, decision.countdown, exc, max_retries=max_retries, stalled=decision.stalled
             )
+    # Fenced: a delivery overtaken by another (which carries the document on) dead-letters
+    # nothing. None before this delivery claimed the document (`stages.begin`).
+    fence = stages.claimed_fence()
     try:
-        _dead_letter(task, services, stage, document_uuid, version, decision.error)
+        recorded = _dead_letter(
+            task, services, stage, document_uuid, version, decision.error, fence=fence
+        )
     except (TransientError, redis.RedisError) as unrecorded:
         raise _retry_recording(task, services, unrecorded) from exc
-    return None
+    return "dead_lettered" if recorded else "skipped"
 
 
 def _retry_recording(task: Task[Any, Any], services: Services, exc: Exception) -> Retry:
@@ -400,32 +407,28 @@ def _dead_letter(
     document_uuid: str,
     version: int,
     message: str,
+    *,
+    fence: Fence | None = None,
 ) -> bool:
     """Record the dead letter and the document's terminal status; `message` says why.
 
-    False, with nothing written, when the document already ended or was reset to a
-    new version: the verdict is a duplicate delivery's (a copy restored after the
-    visibility timeout), and a dead letter beside a finished document would be false.
+    False, with nothing written, for a duplicate's verdict (`stages.dead_letter`)
+    or one of a delivery overtaken by another (its `fence` is stale).
     """
     try:
-        document = services.store.get_document(document_uuid)
-    except KeyError:
-        return False
-    if document.processing_version != version or stages.carried_past(document, stage):
-        log.warning(
-            "%s %s: already %s; the duplicate's verdict is dropped: %s",
-            stage,
+        return stages.dead_letter(
+            services,
             document_uuid,
-            document.status,
+            version,
+            stage,
             message,
+            task_name=task.name,
+            retries=task.request.retries,
+            fence=fence,
         )
+    except StaleDelivery as stale:
+        log.warning("%s %s: stale delivery, dead letter discarded: %s", stage, document_uuid, stale)
         return False
-    log.warning("%s %s dead-lettered: %s", stage, document_uuid, message)
-    services.store.add_dead_letter(
-        document_uuid, task.name, str(stage), message, task.request.retries
-    )
-    stages.mark(services, document, stage, Status.DEAD_LETTERED, error=message)
-    return True
 
 
 def _dispatch(result: StageResult, document_uuid: str, version: int) -> None:

@@ -82,7 +82,7 @@ def _refuse_dead_letters(services: Services, monkeypatch: pytest.MonkeyPatch) ->
     def refused(*_: object, **__: object) -> None:
         raise TransientError("database: connection refused")
 
-    monkeypatch.setattr(services.store, "add_dead_letter", refused)
+    monkeypatch.setattr(services.store, "dead_letter", refused)
 
 
 def test_a_surplus_copy_whose_dead_letter_is_refused_ends_without_a_retry(

@@ -6,6 +6,7 @@ import uuid as uuidlib
 from collections.abc import Sequence
 
 from sqlalchemy import (
+    Connection,
     delete,
     select,
 )
@@ -27,30 +28,42 @@ class SqlDeadLetters(SqlBase):
     ) -> None:
         """One dead letter per document and stage: recording it again (a retry after the
         commit's outcome was lost) updates that row instead of adding a second one."""
+        with self._write() as conn:
+            self._upsert_dead_letter(conn, document_uuid, task_name, stage, error, retries)
+
+    def _upsert_dead_letter(
+        self,
+        conn: Connection,
+        document_uuid: str,
+        task_name: str,
+        stage: str,
+        error: str,
+        retries: int,
+    ) -> None:
+        """`add_dead_letter` inside the caller's write transaction."""
         table = dead_letter_tasks.c
         values = {"task_name": task_name, "error": error, "retries": retries}
-        with self._write() as conn:
-            existing = conn.execute(
-                select(table.uuid)
-                .where(table.document_uuid == document_uuid, table.stage == stage)
-                .limit(1)
-            ).scalar()
-            if existing is not None:
-                conn.execute(
-                    dead_letter_tasks.update()
-                    .where(table.uuid == existing)
-                    .values(**values, created_at=self._now())
-                )
-                return
+        existing = conn.execute(
+            select(table.uuid)
+            .where(table.document_uuid == document_uuid, table.stage == stage)
+            .limit(1)
+        ).scalar()
+        if existing is not None:
             conn.execute(
-                dead_letter_tasks.insert().values(
-                    uuid=str(uuidlib.uuid4()),
-                    document_uuid=document_uuid,
-                    stage=stage,
-                    created_at=self._now(),
-                    **values,
-                )
+                dead_letter_tasks.update()
+                .where(table.uuid == existing)
+                .values(**values, created_at=self._now())
             )
+            return
+        conn.execute(
+            dead_letter_tasks.insert().values(
+                uuid=str(uuidlib.uuid4()),
+                document_uuid=document_uuid,
+                stage=stage,
+                created_at=self._now(),
+                **values,
+            )
+        )
 
     def dead_letters(self) -> list[dict[str, object]]:
         """Newest first; `created_at` as an ISO 8601 string."""

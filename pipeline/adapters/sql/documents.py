@@ -192,7 +192,31 @@ class SqlDocumentRecords(SqlBase):
         terminal status closes the document's open queue row in the same
         commit: a crash or outage right after it cannot leave the row open.
         """
-        status = Status(status)
+        with self._write() as conn:
+            return self._advance_status(
+                conn,
+                document_uuid,
+                Status(status),
+                stage=stage,
+                processing_version=processing_version,
+                error_message=error_message,
+                celery_task_id=celery_task_id,
+                fence=fence,
+            )
+
+    def _advance_status(
+        self,
+        conn: Connection,
+        document_uuid: str,
+        status: Status,
+        *,
+        stage: str,
+        processing_version: int,
+        error_message: str | None,
+        celery_task_id: str | None,
+        fence: Fence | None,
+    ) -> bool:
+        """`advance_status` inside the caller's write transaction."""
         error = error_message if status.is_failure else None
         allowed = [s.value for s in allowed_predecessors(status)]
         params: dict[str, Any] = {
@@ -206,39 +230,36 @@ class SqlDocumentRecords(SqlBase):
         # the write are one statement (on PostgreSQL the UPDATE re-checks a row another
         # transaction changed meanwhile). Any other fence is checked first, as before.
         one_step = fence is not None and fence.document_uuid == document_uuid
-        with self._write() as conn:
-            hot = self._hot(conn)
-            params["now"] = hot.stamp(self._now())
-            if fence is not None and one_step:
-                params.update(
-                    fence_status=fence.status.value,
-                    fence_version=fence.processing_version,
-                    fence_token=fence.token,
-                )
-            else:
-                self._check_fence(conn, fence)
-            changed, task_id = hot.advance(conn, params, allowed, fenced=one_step)
-            if not changed:
-                if one_step:
-                    # Stale (StaleDelivery), or the status may not move from where it is.
-                    self._check_fence(conn, fence)
-                return False
-            if not hot.returning:
-                docs = source_documents.c
-                task_id = conn.execute(
-                    select(docs.celery_task_id).where(docs.uuid == document_uuid)
-                ).scalar_one()
-            self._record_history(
-                conn, document_uuid, processing_version, stage, status, error, task_id
+        hot = self._hot(conn)
+        params["now"] = hot.stamp(self._now())
+        if fence is not None and one_step:
+            params.update(
+                fence_status=fence.status.value,
+                fence_version=fence.processing_version,
+                fence_token=fence.token,
             )
-            if status.is_terminal:
-                self._close_queue_entry(
-                    conn,
-                    document_uuid,
-                    QueueStatus.FAILED if status.is_failure else QueueStatus.COMPLETED,
-                    error,
-                )
-            return True
+        else:
+            self._check_fence(conn, fence)
+        changed, task_id = hot.advance(conn, params, allowed, fenced=one_step)
+        if not changed:
+            if one_step:
+                # Stale (StaleDelivery), or the status may not move from where it is.
+                self._check_fence(conn, fence)
+            return False
+        if not hot.returning:
+            docs = source_documents.c
+            task_id = conn.execute(
+                select(docs.celery_task_id).where(docs.uuid == document_uuid)
+            ).scalar_one()
+        self._record_history(conn, document_uuid, processing_version, stage, status, error, task_id)
+        if status.is_terminal:
+            self._close_queue_entry(
+                conn,
+                document_uuid,
+                QueueStatus.FAILED if status.is_failure else QueueStatus.COMPLETED,
+                error,
+            )
+        return True
 
     def claim_delivery(
         self,

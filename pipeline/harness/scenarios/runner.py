@@ -855,6 +855,28 @@ def _invariants(
             ", ".join(unexplained) or "all have one",
         )
     )
+    lettered: dict[str, list[str]] = {}
+    for letter in store.dead_letters():
+        lettered.setdefault(str(letter["document_uuid"]), []).append(str(letter["stage"]))
+    mismatched = [
+        f"{o.name} ({o.status}): "
+        + (
+            f"dead letter at {', '.join(lettered[o.document_uuid])}"
+            if o.document_uuid in lettered
+            else "no dead letter"
+        )
+        for o in outcomes
+        if (o.status == Status.DEAD_LETTERED.value) != (o.document_uuid in lettered)
+    ]
+    checks.append(
+        Check(
+            "invariant",
+            "dead letters match",
+            not mismatched,
+            "a dead letter for each dead-lettered document, none beside any other",
+            "; ".join(mismatched) or "all match",
+        )
+    )
     uncovered = []
     for index, (fault, count) in enumerate(zip(scenario.faults, fired, strict=True)):
         bound = as_bound(fault.fired) if fault.fired is not None else Bound(min=1)

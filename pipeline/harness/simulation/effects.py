@@ -9,8 +9,8 @@ calls passing `fence=`, and `check_fence`) while it runs and replays them,
 in order, when the scheduler reaches its end; the store's fence then
 decides, as it does between real processes.
 
-Claims (`read_and_claim`, `claim_delivery`), reads and unfenced writes (OCR job rows, dead
-letters, terminal failures) go through at once. Redis effects (cache, state
+Claims (`read_and_claim`, `claim_delivery`), reads and unfenced writes (OCR job rows, the
+redelivery guard's dead letters) go through at once. Redis effects (cache, state
 hash, locks) and the in-memory graph sink are not deferred.
 """
 
@@ -21,6 +21,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from pipeline.ports import DocumentStore
+
+#: Fenced writes that answer whether the document moved.
+DEFERRED_TRANSITIONS = frozenset({"advance_status", "dead_letter"})
 
 
 class DeferredStore:
@@ -61,9 +64,9 @@ class DeferredStore:
             if self._pending is None or kwargs.get("fence") is None:
                 return attribute(*args, **kwargs)
             self._pending.append(lambda: attribute(*args, **kwargs))
-            # advance_status answers whether the row changed; the fence decides at the end,
-            # so a deferred transition is taken as made (it only gates the state hash).
-            return True if name == "advance_status" else None
+            # A transition answers whether the row changed; the fence decides at the end,
+            # so a deferred one is taken as made (it only gates the state hash).
+            return True if name in DEFERRED_TRANSITIONS else None
 
         return call
 

@@ -49,7 +49,7 @@ from pipeline.app.policy import (
 from pipeline.app.queue_processor import give_up
 from pipeline.app.stages import StageResult
 from pipeline.bootstrap import Services, build_services
-from pipeline.domain.models import Stage, Status, stable_uuid
+from pipeline.domain.models import Fence, Stage, Status, stable_uuid
 from pipeline.errors import LockUnavailable, StaleDelivery, TransientError
 from pipeline.harness.simulation.clock import VirtualClock, VirtualRateLimiter
 from pipeline.harness.simulation.effects import install as install_deferred_store
@@ -346,13 +346,13 @@ class StageExecutor:
             return Outcome(0.0, "dead_lettered", detail="redelivered too often")
         step = poll_step(int(message.args[1])) if message.task == POLL_OCR else ""
         lock_name = stage_lock_name(uuid, version, stage, step)
+        stages.forget_claim()
         token: str | None = None
         meter = ProgressMeter()
         try:
             token = services.locks.acquire(lock_name, self.settings.lock_ttl_s, owner=message.id)
             if token is None:
                 raise LockUnavailable(f"another worker holds the {stage} lock")
-            stages.forget_claim()
             with metered() as meter:
                 result = self._call(message, stage, uuid, version)
         except WorkerKilled as killed:
@@ -499,7 +499,8 @@ class StageExecutor:
             if isinstance(exc, LockUnavailable):
                 # Another task holds this very step: it carries the document on (as the task layer).
                 return Outcome(duration, "skipped", detail=str(exc))
-            if not self._dead_letter(message, stage, decision.error):
+            fence = stages.claimed_fence()
+            if not self._dead_letter(message, stage, decision.error, fence=fence):
                 return Outcome(duration, "skipped", detail=DUPLICATE_VERDICT)
             return Outcome(duration, "dead_lettered", detail=str(exc))
         detail = f"{exc}; retry in {decision.countdown:.3f}s ({decision.stalled} without progress)"
@@ -538,23 +539,25 @@ class StageExecutor:
             return Outcome(duration, "skipped", detail=f"{unsent}: rejected, dropped")
         raise RuntimeError("the task layer neither retried nor rejected")  # pragma: no cover
 
-    def _dead_letter(self, message: Message, stage: Stage, text: str) -> bool:
-        """Record the dead letter and the terminal status; `text` says why and after what.
-
-        As the task layer's: False, nothing written, when the document already ended or
-        has a new version (the verdict of a duplicate delivery).
-        """
+    def _dead_letter(
+        self, message: Message, stage: Stage, text: str, *, fence: Fence | None = None
+    ) -> bool:
+        """The task layer's dead letter (`stages.dead_letter`): False, nothing written, for a
+        duplicate's verdict or an overtaken delivery's (StaleDelivery, as `tasks._dead_letter`)."""
         uuid = self.uuids[message.doc]
         try:
-            document = self.services.store.get_document(uuid)
-        except KeyError:
+            return stages.dead_letter(
+                self.services,
+                uuid,
+                self.versions[message.doc],
+                stage,
+                text,
+                task_name=message.task,
+                retries=message.retries,
+                fence=fence,
+            )
+        except StaleDelivery:
             return False
-        version = self.versions[message.doc]
-        if document.processing_version != version or stages.carried_past(document, stage):
-            return False
-        self.services.store.add_dead_letter(uuid, message.task, str(stage), text, message.retries)
-        stages.mark(self.services, document, stage, Status.DEAD_LETTERED, error=text)
-        return True
 
     def rows_digest(self) -> dict[str, Any]:
         """Per document: status and row counts, for exactly-once checks and reports."""

@@ -854,6 +854,61 @@ class StoreContract:
         assert store.remove_dead_letters() == 2
         assert store.dead_letters() == []
 
+    def test_dead_letter_moves_the_document_and_adds_its_letter_once(
+        self, store: SqlDocumentStore
+    ) -> None:
+        doc = new_document(store)
+        store.advance_status(doc.uuid, Status.OCR_QUEUED, stage="ocr", processing_version=1)
+        letter = {"task_name": "t", "error": "gave up", "retries": 3}
+
+        assert store.dead_letter(doc.uuid, stage="ocr", processing_version=1, **letter)
+        # Again (a retry after the commit's outcome was lost): terminal, nothing more written.
+        assert not store.dead_letter(doc.uuid, stage="ocr", processing_version=1, **letter)
+
+        moved = store.get_document(doc.uuid)
+        assert (moved.status, moved.error_message) == (Status.DEAD_LETTERED, "gave up")
+        assert [(d["document_uuid"], d["stage"]) for d in store.dead_letters()] == [
+            (doc.uuid, "ocr")
+        ]
+        assert [h.status for h in store.history(doc.uuid)][-1] is Status.DEAD_LETTERED
+
+    def test_dead_letter_writes_nothing_for_a_document_that_may_not_move(
+        self, store: SqlDocumentStore
+    ) -> None:
+        done = new_document(store)
+        store.force_status(done.uuid, Status.COMPLETED, stage="test", bump_version=False)
+        other_version = new_document(store)
+        letter = {"task_name": "t", "error": "late verdict", "retries": 1}
+
+        assert not store.dead_letter(done.uuid, stage="ocr", processing_version=1, **letter)
+        assert not store.dead_letter(
+            other_version.uuid, stage="ocr", processing_version=2, **letter
+        )
+
+        assert store.dead_letters() == []
+        assert store.get_document(done.uuid).status is Status.COMPLETED
+        assert store.get_document(other_version.uuid).status is Status.PENDING
+
+    def test_dead_letter_with_a_stale_fence_is_refused(self, store: SqlDocumentStore) -> None:
+        doc = new_document(store)
+        store.advance_status(doc.uuid, Status.OCR_COMPLETE, stage="ocr", processing_version=1)
+        overtaken = self._claim(store, doc, Status.OCR_COMPLETE)
+        self._claim(store, doc, Status.ENTITY_EXTRACTION)  # a redelivery claims it again
+
+        with pytest.raises(StaleDelivery):
+            store.dead_letter(
+                doc.uuid,
+                stage="entity_extraction",
+                processing_version=1,
+                task_name="t",
+                error="overtaken",
+                retries=0,
+                fence=overtaken,
+            )
+
+        assert store.dead_letters() == []
+        assert store.get_document(doc.uuid).status is Status.ENTITY_EXTRACTION
+
     # --- fenced stage writes ------------------------------------------------------
     def _claim(self, store: SqlDocumentStore, doc: SourceDocument, found: Status) -> Fence:
         claimed = store.claim_delivery(
