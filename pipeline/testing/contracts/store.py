@@ -859,11 +859,20 @@ class StoreContract:
     ) -> None:
         doc = new_document(store)
         store.advance_status(doc.uuid, Status.OCR_QUEUED, stage="ocr", processing_version=1)
-        letter = {"task_name": "t", "error": "gave up", "retries": 3}
 
-        assert store.dead_letter(doc.uuid, stage="ocr", processing_version=1, **letter)
+        def letter() -> bool:
+            return store.dead_letter(
+                doc.uuid,
+                stage="ocr",
+                processing_version=1,
+                task_name="t",
+                error="gave up",
+                retries=3,
+            )
+
+        assert letter()
         # Again (a retry after the commit's outcome was lost): terminal, nothing more written.
-        assert not store.dead_letter(doc.uuid, stage="ocr", processing_version=1, **letter)
+        assert not letter()
 
         moved = store.get_document(doc.uuid)
         assert (moved.status, moved.error_message) == (Status.DEAD_LETTERED, "gave up")
@@ -878,12 +887,19 @@ class StoreContract:
         done = new_document(store)
         store.force_status(done.uuid, Status.COMPLETED, stage="test", bump_version=False)
         other_version = new_document(store)
-        letter = {"task_name": "t", "error": "late verdict", "retries": 1}
 
-        assert not store.dead_letter(done.uuid, stage="ocr", processing_version=1, **letter)
-        assert not store.dead_letter(
-            other_version.uuid, stage="ocr", processing_version=2, **letter
-        )
+        def letter(document_uuid: str, version: int) -> bool:
+            return store.dead_letter(
+                document_uuid,
+                stage="ocr",
+                processing_version=version,
+                task_name="t",
+                error="late verdict",
+                retries=1,
+            )
+
+        assert not letter(done.uuid, 1)
+        assert not letter(other_version.uuid, 2)
 
         assert store.dead_letters() == []
         assert store.get_document(done.uuid).status is Status.COMPLETED
