@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from pipeline.app.policy import record_progress
 from pipeline.domain.categorize import categorize
@@ -150,7 +150,8 @@ def mark(
     """Record a transition in the database (with history) and the Redis state hash.
 
     With a `fence` (a stage delivery's own transition) it commits only while
-    that delivery still holds the document (else StaleDelivery).
+    that delivery still holds the document (else StaleDelivery); the delivery's
+    claimed fence then follows the document to `status` (`claimed_fence`).
     """
     changed = services.store.advance_status(
         document.uuid,
@@ -161,6 +162,11 @@ def mark(
         celery_task_id=celery_task_id,
         fence=fence,
     )
+    claimed = claimed_fence()
+    if changed and fence is not None and claimed is not None and claimed.token == fence.token:
+        # The delivery still holds the document where it moved it: a verdict it records
+        # after its own transition (a chaining failure's dead letter) is its own, not stale.
+        _delivery.fence = replace(claimed, status=Status(status))
     if changed:
         state_meta = dict(metadata or {})
         if error:

@@ -25,7 +25,7 @@ from pipeline.app import stages
 from pipeline.app.intake import submit_all
 from pipeline.app.stages import StageResult
 from pipeline.bootstrap import Services
-from pipeline.domain.models import Stage, Status
+from pipeline.domain.models import Fence, Stage, Status
 from pipeline.errors import TransientError
 from pipeline.runtime.tasks import DELIVERIES_KEY, run_stage
 
@@ -133,3 +133,35 @@ def test_the_previous_task_s_claim_does_not_fence_the_next_verdict(
 
     assert services.store.get_document(second[0]).status is Status.DEAD_LETTERED
     assert [letter["document_uuid"] for letter in services.store.dead_letters()] == [second[0]]
+
+
+def test_a_verdict_after_the_delivery_s_own_transition_is_recorded(
+    make_services: Callable[..., Services], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The OCR poll moved the document to `ocr_complete` and could not chain the next stage,
+    with no retry left: the dead letter is this delivery's own, not a stale one. Fenced with
+    the fence of the claim (status `ocr_processing`) it was refused, and the document sat at
+    `ocr_complete` with nothing to carry it on (docpipe explore --seed 3, schedule 36)."""
+    services = make_services(max_retries=0)
+    (document,) = _documents(services, "affidavit_of_jane_holloway.txt")
+
+    def completes_ocr(s: Services) -> StageResult:
+        claimed = stages.begin(s, Stage.OCR, *document)
+        assert claimed is not None
+        stages.mark(s, claimed, Stage.OCR, Status.OCR_COMPLETE, fence=Fence.of(claimed))
+        return StageResult(next_stage=Stage.DOCUMENT_NODE)
+
+    def broker_down(*_: object, **__: object) -> None:
+        raise TransientError("broker unreachable")
+
+    monkeypatch.setattr(services.dispatcher, "send_stage", broker_down)
+    outcome = run_stage(
+        DeliveredTask("poll"),  # type: ignore[arg-type]
+        Stage.OCR,
+        *document,
+        completes_ocr,
+    )
+
+    assert outcome == "dead_lettered"
+    assert services.store.get_document(document[0]).status is Status.DEAD_LETTERED
+    assert [letter["stage"] for letter in services.store.dead_letters()] == ["ocr"]
