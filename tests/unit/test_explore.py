@@ -223,3 +223,22 @@ def test_a_schedule_whose_faults_keep_every_document_out_of_the_intake_is_no_fin
         report.error or ""
     )
     assert [v.invariant for v in violations(report, {})] == [INFEASIBLE]
+
+
+def test_only_runs_the_schedules_it_names_as_they_ran_among_the_others(tmp_path: Path) -> None:
+    from collections import Counter
+
+    from pipeline.harness.explore.explorer import Workspace
+
+    catalogue = service_faults()
+    result = explore(
+        seed=2026, documents=[SAMPLES], out=tmp_path, only=[5, 3], jobs=1, catalogue=catalogue
+    )
+    assert result.schedules == 2
+    workspace = Workspace([SAMPLES])
+    expected: Counter[str] = Counter()
+    for index in (3, 5):
+        expected += workspace.judge(generate_schedule(2026, index, workspace.documents, catalogue))[
+            1
+        ]
+    assert result.fired == expected and expected

@@ -5,7 +5,8 @@ alone (generate.schedule_rng) and its sim run is deterministic, so what a run
 finds is a function of the seed and of how many schedules it ran. `--schedules
 N` runs exactly schedules 0..N-1 (exact reproducibility); `--budget SECONDS`
 is a cap on exploration time: it runs schedules 0, 1, 2... until the time is
-up, and reports how many it ran (`schedules`), which `--schedules` repeats.
+up, and reports how many it ran (`schedules`), which `--schedules` repeats;
+`--only I` runs schedule I alone (as it ran among the others: a finding's index).
 Schedules run on `jobs` processes but are judged in index order, and only the
 first schedule that violates an invariant is shrunk (the others are counted),
 so the findings do not depend on which process finished first. Shrinking
@@ -228,18 +229,30 @@ def _run_index(index: int) -> ScheduleResult:
 
 
 def _results(
-    workspace: Workspace, seed: int, catalogue: Catalogue, jobs: int, limit: int | None
+    workspace: Workspace,
+    seed: int,
+    catalogue: Catalogue,
+    jobs: int,
+    limit: int | None,
+    only: Sequence[int] | None = None,
 ) -> Generator[ScheduleResult, None, None]:
-    """Schedule results in index order, forever (or `limit`); the caller stops consuming."""
-    indices: Iterator[int] = iter(range(limit)) if limit is not None else _count()
-    if jobs <= 1:
+    """Schedule results in index order, forever (or `limit`, or just `only`); the caller
+    stops consuming."""
+    indices: Iterator[int]
+    if only is not None:
+        indices = iter(sorted(set(only)))
+        limit = len(set(only))
+    else:
+        indices = iter(range(limit)) if limit is not None else _count()
+    if jobs <= 1 or limit == 1:
         _init_worker(workspace, seed, catalogue)
         for index in indices:
             yield _run_index(index)
         return
     # The fault-free references the first schedules need, made before the fork: once,
     # not once per worker (each is a run of every document; they are deterministic).
-    for index in range(min(limit if limit is not None else WARM_REFERENCES, WARM_REFERENCES)):
+    warm = sorted(set(only)) if only is not None else range(limit or WARM_REFERENCES)
+    for index in list(warm)[:WARM_REFERENCES]:
         schedule = generate_schedule(seed, index, workspace.documents, catalogue)
         workspace.reference(schedule.get("settings") or {})
     context = multiprocessing.get_context("fork")
@@ -274,6 +287,7 @@ def explore(
     out: Path,
     budget_s: float | None = 60.0,
     schedules: int | None = None,
+    only: Sequence[int] | None = None,
     jobs: int = 1,
     shrink_runs: int = 200,
     replay_broker: bool = False,
@@ -287,7 +301,7 @@ def explore(
     findings: dict[str, Finding] = {}
     infeasible: list[int] = []
     schedules_run = 0
-    generator = _results(workspace, seed, catalogue, jobs, schedules)
+    generator = _results(workspace, seed, catalogue, jobs, schedules, only)
     try:
         for result in generator:
             schedules_run += 1
@@ -306,7 +320,8 @@ def explore(
             elapsed = time.monotonic() - started
             if progress is not None:
                 progress(schedules_run, fired, len(findings), elapsed)
-            if schedules is None and budget_s is not None and elapsed >= budget_s:
+            bounded = schedules is not None or only is not None
+            if not bounded and budget_s is not None and elapsed >= budget_s:
                 break
     finally:
         generator.close()
