@@ -344,6 +344,18 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
+def shrink_finding(
+    workspace: Workspace, schedule: Schedule, violation: Violation, max_runs: int
+) -> tuple[Schedule, int]:
+    """The smallest schedule found that still violates the invariant, and the runs it took."""
+
+    def still_fails(candidate: Schedule) -> bool:
+        found, _ = workspace.judge(candidate)
+        return any(v.invariant == violation.invariant for v in found)
+
+    return shrink(schedule, still_fails, max_runs=max_runs)
+
+
 def _shrink_and_write(
     workspace: Workspace,
     finding: Finding,
@@ -354,12 +366,9 @@ def _shrink_and_write(
     replay_broker: bool,
 ) -> None:
     invariant = finding.invariant
-
-    def still_fails(candidate: Schedule) -> bool:
-        found, _ = workspace.judge(candidate)
-        return any(v.invariant == invariant for v in found)
-
-    shrunk, runs = shrink(schedule, still_fails, max_runs=shrink_runs)
+    shrunk, runs = shrink_finding(
+        workspace, schedule, Violation(invariant, finding.detail), shrink_runs
+    )
     finding.shrink_runs = runs
     finding.shrunk_size = size(shrunk)
     found, _, per_fault = workspace.judge_faults(shrunk)
