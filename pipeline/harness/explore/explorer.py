@@ -36,12 +36,14 @@ from pipeline.harness.explore.invariants import (
     INFEASIBLE,
     SCENARIO_ERROR,
     Violation,
+    fails_the_same_way,
     reference_rows,
     violations,
 )
 from pipeline.harness.explore.shrink import Schedule, shrink, size
 from pipeline.harness.scenarios.model import ScenarioError, load_scenario, parse_scenario
 from pipeline.harness.scenarios.runner import RunReport, run_scenario
+from pipeline.settings import settings_over_environment
 
 
 @dataclass(frozen=True)
@@ -197,9 +199,7 @@ class Workspace:
             raise
         except BaseException as exc:  # a crash of stage or harness code is a finding too
             # (BaseException: a simulated kill, WorkerKilled, that escaped the simulator)
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            at = f"{Path(where.filename).name}:{where.lineno}"
-            return [Violation(CRASH, f"{type(exc).__name__}: {exc} (at {at})")], fired, []
+            return [_crash(exc)], fired, []
         per_fault = [int(row["fired"]) for row in report.faults]
         for fault, count in zip(schedule.get("faults", []), per_fault, strict=False):
             if count:
@@ -208,6 +208,12 @@ class Workspace:
             fired[f"process.{disruption['kind']}"] += 1
         reference = self.reference(schedule.get("settings") or {})
         return violations(report, reference), fired, per_fault
+
+
+def _crash(exc: BaseException) -> Violation:
+    where = traceback.extract_tb(exc.__traceback__)[-1]
+    at = f"{Path(where.filename).name}:{where.lineno}"
+    return Violation(CRASH, f"{type(exc).__name__}: {exc} (at {at})")
 
 
 # --- running schedules, possibly on several processes ---------------------------------
@@ -351,9 +357,20 @@ def shrink_finding(
 
     def still_fails(candidate: Schedule) -> bool:
         found, _ = workspace.judge(candidate)
-        return any(v.invariant == violation.invariant for v in found)
+        # The same way: a candidate whose settings the runner refused is a "scenario error"
+        # too, but not the run that never ended (schedule 84 of seed 1).
+        return fails_the_same_way(found, violation)
 
-    return shrink(schedule, still_fails, max_runs=max_runs)
+    return shrink(schedule, still_fails, max_runs=max_runs, valid=settings_valid)
+
+
+def settings_valid(schedule: Schedule) -> bool:
+    """Whether the schedule's settings hold together (the runner refuses them otherwise)."""
+    try:
+        settings_over_environment(dict(schedule.get("settings") or {}))
+    except ValueError:  # pydantic's ValidationError is one
+        return False
+    return True
 
 
 def _shrink_and_write(
@@ -383,7 +400,8 @@ def _shrink_and_write(
     path.write_text(document, encoding="utf-8")
     finding.scenario_file = str(path)
     finding.replay_command = f"docpipe scenario run {path} --mode sim"
-    finding.replay_reproduced, finding.replay_detail = _replays(path, invariant, "sim")
+    violation = Violation(invariant, detail)
+    finding.replay_reproduced, finding.replay_detail = _replays(path, violation, "sim")
     if not finding.replay_reproduced:
         # Kept for inspection, under a name that says it did not replay.
         unconfirmed = path.with_name(f"{name}.unconfirmed.yaml")
@@ -393,7 +411,7 @@ def _shrink_and_write(
     elif replay_broker:
         scenario = load_scenario(path)
         if "broker" in scenario.modes:
-            finding.broker_agrees, finding.broker_detail = _replays(path, invariant, "broker")
+            finding.broker_agrees, finding.broker_detail = _replays(path, violation, "broker")
         else:
             finding.broker_detail = "the file does not declare broker mode"
 
@@ -452,19 +470,26 @@ def _scenario_file(
     return yaml.safe_dump(ordered, sort_keys=False, width=100)
 
 
-def _replays(path: Path, invariant: str, mode: str) -> tuple[bool, str]:
-    """Run the written file as anyone would; True when it fails on the same invariant."""
+def _replays(path: Path, violation: Violation, mode: str) -> tuple[bool, str]:
+    """Run the written file as anyone would; True when it fails the same way."""
+    invariant = violation.invariant
     try:
         scenario = load_scenario(path)
         report = run_scenario(scenario, path, mode)  # type: ignore[arg-type]
     except (KeyboardInterrupt, SystemExit):
         raise
+    except ScenarioError as exc:
+        refused = Violation(SCENARIO_ERROR, str(exc))
+        return fails_the_same_way([refused], violation), str(exc)
     except BaseException as exc:
-        return invariant == CRASH, f"{type(exc).__name__}: {exc}"
+        return fails_the_same_way([_crash(exc)], violation), f"{type(exc).__name__}: {exc}"
     if report.skipped:
         return False, f"skipped: {report.skipped}"
     if invariant == SCENARIO_ERROR:  # the runner's error, not a check
-        return report.error is not None, report.error or "passed"
+        error = Violation(SCENARIO_ERROR, report.error or "")
+        return report.error is not None and fails_the_same_way([error], violation), (
+            report.error or "passed"
+        )
     failed = [c for c in report.checks if not c.passed]
     if invariant == EXACTLY_ONCE:
         hit = [c for c in failed if c.kind == "expectation"]
