@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import fakeredis
+import pytest
 
 from fakes.faults import FaultRule, RedisFaultInjector
 from pipeline.adapters.latency import LatencyProfile, build_profile
@@ -20,6 +21,7 @@ from pipeline.harness.simulation.engine import (
     SimConfig,
     SimResult,
     SimulatedWorker,
+    SimulationDidNotEnd,
     Simulator,
 )
 from pipeline.harness.simulation.model import DocumentShape, ModelExecutor, Policy
@@ -163,6 +165,15 @@ def test_a_killed_process_is_replaced_in_virtual_time_so_a_kill_window_closes() 
     assert starts == [round(PROCESS_REPLACEMENT_S * n, 6) for n in range(len(starts))]
     assert starts[-1] >= 1.0 > starts[-2]
     assert result.counts["worker_lost"] == len(starts) - 1
+
+
+def test_a_run_that_never_ends_says_what_was_in_flight() -> None:
+    # A retry loop under a fault that never stops (one message) reads apart from a
+    # livelock (messages multiplying).
+    config = SimConfig(layout(text=1), max_events=50)
+    with pytest.raises(SimulationDidNotEnd) as ended:
+        Simulator(config, KillsUntil(until=1e9)).run([0])
+    assert "1 unacknowledged" in str(ended.value) and "0 of 1 document(s) ended" in str(ended.value)
 
 
 def test_every_slot_of_a_worker_waits_for_its_own_replacement() -> None:

@@ -326,9 +326,15 @@ class Simulator:
             self.now = at
             events += 1
             if events > self.config.max_events:
+                # What was in flight tells a livelock (messages multiplying) from a retry
+                # loop that a fault which never stops keeps going.
+                queued = sum(len(messages) for messages in self.queues.values())
+                ended = sum(1 for record in self.documents.values() if record.ended_at is not None)
                 raise SimulationDidNotEnd(
                     f"{self.config.max_events:,} events by virtual time {at:,.0f} s "
-                    f"(next: {kind}) and still running"
+                    f"(next: {kind}) and still running: {queued:,} message(s) queued, "
+                    f"{len(self.unacked):,} unacknowledged, {ended} of "
+                    f"{len(self.documents)} document(s) ended by an acknowledged task"
                 )
             if getattr(self, f"_on_{kind}")(payload) is not False:
                 self.last_activity = at
