@@ -11,10 +11,13 @@ from __future__ import annotations
 import codecs
 import email
 import email.policy
+import hashlib
 import io
 import re
+import threading
 import zipfile
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from email.header import decode_header, make_header
@@ -111,6 +114,50 @@ class ExtractionLimits:
 
 
 DEFAULT_LIMITS = ExtractionLimits()
+
+
+class _ExtractedMemo:
+    """The text of the documents parsed last, by content digest and limits.
+
+    Parsing is a pure function of the bytes and the limits, and the same bytes are
+    parsed again: by each retry or redelivery of a stage, and thousands of times by
+    the simulator (`docpipe explore` runs the sample files in every schedule). Bounded
+    by characters kept, so a worker holds at most a few megabytes; failures are not
+    kept (they are raised again by parsing again).
+    """
+
+    def __init__(self, max_chars: int = 4_000_000) -> None:
+        self._max_chars = max_chars
+        self._entries: OrderedDict[tuple[Any, ...], tuple[Any, int]] = OrderedDict()
+        self._chars = 0
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(kind: str, data: bytes, limits: ExtractionLimits) -> tuple[Any, ...]:
+        return (kind, hashlib.sha256(data).digest(), len(data), limits)
+
+    def get(self, key: tuple[Any, ...]) -> Any | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+            return entry[0]
+
+    def put(self, key: tuple[Any, ...], value: Any, chars: int) -> None:
+        if chars > self._max_chars:
+            return
+        with self._lock:
+            if key in self._entries:
+                return
+            self._entries[key] = (value, chars)
+            self._chars += chars
+            while self._chars > self._max_chars:
+                _, (_, dropped) = self._entries.popitem(last=False)
+                self._chars -= dropped
+
+
+_extracted = _ExtractedMemo()
 
 
 class _CharBudget:
@@ -583,6 +630,16 @@ def extract_pdf_pages(data: bytes, limits: ExtractionLimits = DEFAULT_LIMITS) ->
 
     Pages are counted before any is read, and the text while it is read.
     """
+    key = _extracted.key("pdf_pages", data, limits)
+    known: tuple[str, ...] | None = _extracted.get(key)
+    if known is not None:
+        return list(known)
+    pages = _read_pdf_pages(data, limits)
+    _extracted.put(key, tuple(pages), sum(len(page) for page in pages))
+    return pages
+
+
+def _read_pdf_pages(data: bytes, limits: ExtractionLimits) -> list[str]:
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError, PyPdfError
 
@@ -651,6 +708,16 @@ def extract_text(
     file_type: FileType, data: bytes, limits: ExtractionLimits = DEFAULT_LIMITS
 ) -> ExtractedText:
     """Text of a document of a known type, with page count and method, within `limits`."""
+    key = _extracted.key(f"text:{file_type.value}", data, limits)
+    known: ExtractedText | None = _extracted.get(key)
+    if known is not None:
+        return known  # frozen
+    extracted = _extract_text(file_type, data, limits)
+    _extracted.put(key, extracted, len(extracted.text))
+    return extracted
+
+
+def _extract_text(file_type: FileType, data: bytes, limits: ExtractionLimits) -> ExtractedText:
     if file_type is FileType.PDF:
         pages = extract_pdf_pages(data, limits)
         result = ExtractedText(join_pages(pages), len(pages), "pdf_text_layer")

@@ -223,3 +223,95 @@ def test_a_schedule_whose_faults_keep_every_document_out_of_the_intake_is_no_fin
         report.error or ""
     )
     assert [v.invariant for v in violations(report, {})] == [INFEASIBLE]
+
+
+def test_only_runs_the_schedules_it_names_as_they_ran_among_the_others(tmp_path: Path) -> None:
+    from collections import Counter
+
+    from pipeline.harness.explore.explorer import Workspace
+
+    catalogue = service_faults()
+    result = explore(
+        seed=2026, documents=[SAMPLES], out=tmp_path, only=[5, 3], jobs=1, catalogue=catalogue
+    )
+    assert result.schedules == 2
+    workspace = Workspace([SAMPLES])
+    expected: Counter[str] = Counter()
+    for index in (3, 5):
+        expected += workspace.judge(generate_schedule(2026, index, workspace.documents, catalogue))[
+            1
+        ]
+    assert result.fired == expected and expected
+
+
+NEVER_ENDED = (
+    "the simulated run never ended: 100,000 events by virtual time 5 s (next: finish) "
+    "and still running"
+)
+
+
+def test_a_shrunk_schedule_fails_the_same_way_with_valid_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """docpipe explore --seed 1, schedule 84: the shrinker took a candidate that failed on
+    its settings ("task_soft_time_limit_s must be below task_time_limit_s") for the
+    "scenario error" of a run that never ended, and wrote a file that ran nothing."""
+    from collections import Counter
+
+    from pipeline.harness.explore.explorer import Workspace, shrink_finding
+    from pipeline.harness.explore.generate import SHORT_VISIBILITY
+    from pipeline.harness.explore.invariants import SCENARIO_ERROR, Violation
+    from pipeline.settings import settings_over_environment
+
+    def judge(self: Workspace, schedule: dict[str, Any]) -> Any:
+        # As the runner: invalid settings are a scenario error before anything runs; the
+        # stand-in defect needs the short visibility timeout and the latency fault.
+        settings = schedule.get("settings") or {}
+        try:
+            settings_over_environment(settings)
+        except ValueError as exc:
+            return [Violation(SCENARIO_ERROR, f"x.yaml: settings: {exc}")], Counter()
+        if settings.get("visibility_timeout_s") == 5 and schedule["faults"]:
+            return [Violation(SCENARIO_ERROR, NEVER_ENDED)], Counter()
+        return [], Counter()
+
+    monkeypatch.setattr(Workspace, "judge", judge)
+    schedule: dict[str, Any] = {
+        "name": "s",
+        "description": "d",
+        "documents": [{"files": [name]} for name in DOCUMENTS[:2]],
+        "settings": {"max_retries": 1, **SHORT_VISIBILITY},
+        "faults": [
+            {"port": "store", "kind": "latency", "every": 2, "latency_s": 3.0, "fired": {"min": 0}}
+        ],
+    }
+    workspace = Workspace([SAMPLES])
+    shrunk, runs = shrink_finding(workspace, schedule, Violation(SCENARIO_ERROR, NEVER_ENDED), 200)
+    assert runs > 0
+    settings = shrunk["settings"]
+    settings_over_environment(settings)  # valid: soft below hard, the visibility past both
+    assert settings["visibility_timeout_s"] == 5 and "max_retries" not in settings
+    found, _ = workspace.judge(shrunk)
+    assert found == [Violation(SCENARIO_ERROR, NEVER_ENDED)]
+
+
+def test_a_violation_is_the_same_failure_only_with_the_same_kind() -> None:
+    from pipeline.harness.explore.invariants import (
+        CRASH,
+        SCENARIO_ERROR,
+        Violation,
+        fails_the_same_way,
+    )
+
+    never_ended = Violation(SCENARIO_ERROR, NEVER_ENDED)
+    later = NEVER_ENDED.replace("5 s", "6,668 s").replace("finish", "resubmit")
+    refused = "/w/explore-1-84.yaml: settings: settings: task_soft_time_limit_s must be below"
+    assert fails_the_same_way([Violation(SCENARIO_ERROR, later)], never_ended)
+    assert not fails_the_same_way([Violation(SCENARIO_ERROR, refused)], never_ended)
+    assert not fails_the_same_way([Violation("nothing lost", NEVER_ENDED)], never_ended)
+    crash = Violation(CRASH, "KeyError: 'x' (at engine.py:412)")
+    assert fails_the_same_way([Violation(CRASH, "KeyError: 'y' (at engine.py:412)")], crash)
+    assert not fails_the_same_way([Violation(CRASH, "KeyError: 'x' (at real.py:9)")], crash)
+    # The other invariants measure the run: a smaller schedule measures other documents.
+    lost = Violation("nothing lost", "a.pdf: queued")
+    assert fails_the_same_way([Violation("nothing lost", "b.txt: pending")], lost)

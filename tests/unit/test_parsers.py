@@ -11,6 +11,7 @@ import pytest
 from pypdf import PdfWriter
 
 from pipeline.adapters.parsers import (
+    DEFAULT_LIMITS,
     ExtractedText,
     decode_text,
     detect_file_type,
@@ -400,3 +401,42 @@ def test_extract_text_rejects_whitespace_only_text() -> None:
 def test_extract_text_rejects_empty_docx() -> None:
     with pytest.raises(EmptyDocument):
         extract_text(FileType.DOCX, docx_bytes([]))
+
+
+def test_the_same_bytes_are_parsed_once_and_read_back_equal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pipeline.adapters import parsers
+
+    monkeypatch.setattr(parsers, "_extracted", parsers._ExtractedMemo())
+    parsed: list[bytes] = []
+    real = parsers.decode_text_bounded
+
+    def counting(data: bytes, limits: parsers.ExtractionLimits) -> str:
+        parsed.append(data)
+        return real(data, limits)
+
+    monkeypatch.setattr(parsers, "decode_text_bounded", counting)
+    first = extract_text(FileType.TXT, b"Jane Holloway signed.", DEFAULT_LIMITS)
+    again = extract_text(FileType.TXT, b"Jane Holloway signed.", DEFAULT_LIMITS)
+    other = extract_text(FileType.TXT, b"Jane Holloway signed!", DEFAULT_LIMITS)
+    tighter = parsers.ExtractionLimits(max_extracted_chars=100)
+    extract_text(FileType.TXT, b"Jane Holloway signed.", tighter)
+    assert first == again and other.text.endswith("!")
+    # Another content or other limits are parsed again.
+    assert len(parsed) == 3
+
+
+def test_remembered_text_is_bounded_and_failures_are_not_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pipeline.adapters import parsers
+
+    memo = parsers._ExtractedMemo(max_chars=50)
+    monkeypatch.setattr(parsers, "_extracted", memo)
+    for n in range(5):
+        extract_text(FileType.TXT, f"document number {n} of five".encode(), DEFAULT_LIMITS)
+    assert 0 < len(memo._entries) < 5 and memo._chars <= 50
+    with pytest.raises(EmptyDocument):
+        extract_text(FileType.TXT, b"   ", DEFAULT_LIMITS)
+    assert all(value.text.strip() for value, _ in memo._entries.values())

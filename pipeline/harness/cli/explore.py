@@ -96,6 +96,14 @@ def _print_result(result: ExploreResult) -> None:
     type=click.IntRange(min=1),
     help="Run exactly schedules 0..N-1 (exactly reproducible; the budget is ignored).",
 )
+@click.option(
+    "--only",
+    "only",
+    multiple=True,
+    type=click.IntRange(min=0),
+    help="Run only schedule N (repeatable): a finding's schedule, alone, as it ran among "
+    "the others (the budget and --schedules are ignored).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="The exploration's seed.")
 @click.option(
     "--documents",
@@ -135,6 +143,7 @@ def _print_result(result: ExploreResult) -> None:
 def explore(
     budget: float,
     schedules: int | None,
+    only: tuple[int, ...],
     seed: int,
     documents: tuple[Path, ...],
     out: Path,
@@ -161,6 +170,7 @@ def explore(
             out=out,
             budget_s=budget,
             schedules=schedules,
+            only=list(only) or None,
             jobs=jobs,
             shrink_runs=shrink_runs,
             replay_broker=replay_broker,

@@ -5,7 +5,8 @@ alone (generate.schedule_rng) and its sim run is deterministic, so what a run
 finds is a function of the seed and of how many schedules it ran. `--schedules
 N` runs exactly schedules 0..N-1 (exact reproducibility); `--budget SECONDS`
 is a cap on exploration time: it runs schedules 0, 1, 2... until the time is
-up, and reports how many it ran (`schedules`), which `--schedules` repeats.
+up, and reports how many it ran (`schedules`), which `--schedules` repeats;
+`--only I` runs schedule I alone (as it ran among the others: a finding's index).
 Schedules run on `jobs` processes but are judged in index order, and only the
 first schedule that violates an invariant is shrunk (the others are counted),
 so the findings do not depend on which process finished first. Shrinking
@@ -35,12 +36,14 @@ from pipeline.harness.explore.invariants import (
     INFEASIBLE,
     SCENARIO_ERROR,
     Violation,
+    fails_the_same_way,
     reference_rows,
     violations,
 )
 from pipeline.harness.explore.shrink import Schedule, shrink, size
 from pipeline.harness.scenarios.model import ScenarioError, load_scenario, parse_scenario
 from pipeline.harness.scenarios.runner import RunReport, run_scenario
+from pipeline.settings import settings_over_environment
 
 
 @dataclass(frozen=True)
@@ -196,9 +199,7 @@ class Workspace:
             raise
         except BaseException as exc:  # a crash of stage or harness code is a finding too
             # (BaseException: a simulated kill, WorkerKilled, that escaped the simulator)
-            where = traceback.extract_tb(exc.__traceback__)[-1]
-            at = f"{Path(where.filename).name}:{where.lineno}"
-            return [Violation(CRASH, f"{type(exc).__name__}: {exc} (at {at})")], fired, []
+            return [_crash(exc)], fired, []
         per_fault = [int(row["fired"]) for row in report.faults]
         for fault, count in zip(schedule.get("faults", []), per_fault, strict=False):
             if count:
@@ -207,6 +208,12 @@ class Workspace:
             fired[f"process.{disruption['kind']}"] += 1
         reference = self.reference(schedule.get("settings") or {})
         return violations(report, reference), fired, per_fault
+
+
+def _crash(exc: BaseException) -> Violation:
+    where = traceback.extract_tb(exc.__traceback__)[-1]
+    at = f"{Path(where.filename).name}:{where.lineno}"
+    return Violation(CRASH, f"{type(exc).__name__}: {exc} (at {at})")
 
 
 # --- running schedules, possibly on several processes ---------------------------------
@@ -228,18 +235,30 @@ def _run_index(index: int) -> ScheduleResult:
 
 
 def _results(
-    workspace: Workspace, seed: int, catalogue: Catalogue, jobs: int, limit: int | None
+    workspace: Workspace,
+    seed: int,
+    catalogue: Catalogue,
+    jobs: int,
+    limit: int | None,
+    only: Sequence[int] | None = None,
 ) -> Generator[ScheduleResult, None, None]:
-    """Schedule results in index order, forever (or `limit`); the caller stops consuming."""
-    indices: Iterator[int] = iter(range(limit)) if limit is not None else _count()
-    if jobs <= 1:
+    """Schedule results in index order, forever (or `limit`, or just `only`); the caller
+    stops consuming."""
+    indices: Iterator[int]
+    if only is not None:
+        indices = iter(sorted(set(only)))
+        limit = len(set(only))
+    else:
+        indices = iter(range(limit)) if limit is not None else _count()
+    if jobs <= 1 or limit == 1:
         _init_worker(workspace, seed, catalogue)
         for index in indices:
             yield _run_index(index)
         return
     # The fault-free references the first schedules need, made before the fork: once,
     # not once per worker (each is a run of every document; they are deterministic).
-    for index in range(min(limit if limit is not None else WARM_REFERENCES, WARM_REFERENCES)):
+    warm = sorted(set(only)) if only is not None else range(limit or WARM_REFERENCES)
+    for index in list(warm)[:WARM_REFERENCES]:
         schedule = generate_schedule(seed, index, workspace.documents, catalogue)
         workspace.reference(schedule.get("settings") or {})
     context = multiprocessing.get_context("fork")
@@ -274,6 +293,7 @@ def explore(
     out: Path,
     budget_s: float | None = 60.0,
     schedules: int | None = None,
+    only: Sequence[int] | None = None,
     jobs: int = 1,
     shrink_runs: int = 200,
     replay_broker: bool = False,
@@ -287,7 +307,7 @@ def explore(
     findings: dict[str, Finding] = {}
     infeasible: list[int] = []
     schedules_run = 0
-    generator = _results(workspace, seed, catalogue, jobs, schedules)
+    generator = _results(workspace, seed, catalogue, jobs, schedules, only)
     try:
         for result in generator:
             schedules_run += 1
@@ -306,7 +326,8 @@ def explore(
             elapsed = time.monotonic() - started
             if progress is not None:
                 progress(schedules_run, fired, len(findings), elapsed)
-            if schedules is None and budget_s is not None and elapsed >= budget_s:
+            bounded = schedules is not None or only is not None
+            if not bounded and budget_s is not None and elapsed >= budget_s:
                 break
     finally:
         generator.close()
@@ -329,6 +350,29 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
+def shrink_finding(
+    workspace: Workspace, schedule: Schedule, violation: Violation, max_runs: int
+) -> tuple[Schedule, int]:
+    """The smallest schedule found that still violates the invariant, and the runs it took."""
+
+    def still_fails(candidate: Schedule) -> bool:
+        found, _ = workspace.judge(candidate)
+        # The same way: a candidate whose settings the runner refused is a "scenario error"
+        # too, but not the run that never ended (schedule 84 of seed 1).
+        return fails_the_same_way(found, violation)
+
+    return shrink(schedule, still_fails, max_runs=max_runs, valid=settings_valid)
+
+
+def settings_valid(schedule: Schedule) -> bool:
+    """Whether the schedule's settings hold together (the runner refuses them otherwise)."""
+    try:
+        settings_over_environment(dict(schedule.get("settings") or {}))
+    except ValueError:  # pydantic's ValidationError is one
+        return False
+    return True
+
+
 def _shrink_and_write(
     workspace: Workspace,
     finding: Finding,
@@ -339,12 +383,9 @@ def _shrink_and_write(
     replay_broker: bool,
 ) -> None:
     invariant = finding.invariant
-
-    def still_fails(candidate: Schedule) -> bool:
-        found, _ = workspace.judge(candidate)
-        return any(v.invariant == invariant for v in found)
-
-    shrunk, runs = shrink(schedule, still_fails, max_runs=shrink_runs)
+    shrunk, runs = shrink_finding(
+        workspace, schedule, Violation(invariant, finding.detail), shrink_runs
+    )
     finding.shrink_runs = runs
     finding.shrunk_size = size(shrunk)
     found, _, per_fault = workspace.judge_faults(shrunk)
@@ -359,7 +400,8 @@ def _shrink_and_write(
     path.write_text(document, encoding="utf-8")
     finding.scenario_file = str(path)
     finding.replay_command = f"docpipe scenario run {path} --mode sim"
-    finding.replay_reproduced, finding.replay_detail = _replays(path, invariant, "sim")
+    violation = Violation(invariant, detail)
+    finding.replay_reproduced, finding.replay_detail = _replays(path, violation, "sim")
     if not finding.replay_reproduced:
         # Kept for inspection, under a name that says it did not replay.
         unconfirmed = path.with_name(f"{name}.unconfirmed.yaml")
@@ -369,7 +411,7 @@ def _shrink_and_write(
     elif replay_broker:
         scenario = load_scenario(path)
         if "broker" in scenario.modes:
-            finding.broker_agrees, finding.broker_detail = _replays(path, invariant, "broker")
+            finding.broker_agrees, finding.broker_detail = _replays(path, violation, "broker")
         else:
             finding.broker_detail = "the file does not declare broker mode"
 
@@ -428,19 +470,26 @@ def _scenario_file(
     return yaml.safe_dump(ordered, sort_keys=False, width=100)
 
 
-def _replays(path: Path, invariant: str, mode: str) -> tuple[bool, str]:
-    """Run the written file as anyone would; True when it fails on the same invariant."""
+def _replays(path: Path, violation: Violation, mode: str) -> tuple[bool, str]:
+    """Run the written file as anyone would; True when it fails the same way."""
+    invariant = violation.invariant
     try:
         scenario = load_scenario(path)
         report = run_scenario(scenario, path, mode)  # type: ignore[arg-type]
     except (KeyboardInterrupt, SystemExit):
         raise
+    except ScenarioError as exc:
+        refused = Violation(SCENARIO_ERROR, str(exc))
+        return fails_the_same_way([refused], violation), str(exc)
     except BaseException as exc:
-        return invariant == CRASH, f"{type(exc).__name__}: {exc}"
+        return fails_the_same_way([_crash(exc)], violation), f"{type(exc).__name__}: {exc}"
     if report.skipped:
         return False, f"skipped: {report.skipped}"
     if invariant == SCENARIO_ERROR:  # the runner's error, not a check
-        return report.error is not None, report.error or "passed"
+        error = Violation(SCENARIO_ERROR, report.error or "")
+        return report.error is not None and fails_the_same_way([error], violation), (
+            report.error or "passed"
+        )
     failed = [c for c in report.checks if not c.passed]
     if invariant == EXACTLY_ONCE:
         hit = [c for c in failed if c.kind == "expectation"]

@@ -11,6 +11,7 @@ reference as per-document expectations.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from pipeline.harness.scenarios.runner import RunReport
@@ -33,6 +34,31 @@ ROWS = ("chunks", "mentions", "entities", "relationships")
 class Violation:
     invariant: str
     detail: str
+
+
+def failure_kind(violation: Violation) -> str:
+    """What makes two violations of one invariant the same failure, for the shrinker.
+
+    A scenario error is one of many (invalid settings, a run that never ended...):
+    its kind is the message's first clause, after the file name the runner puts
+    first. A crash is its exception type where it was raised. The other
+    invariants' details measure the run (which documents, how many), which a
+    smaller schedule changes: the invariant is the kind.
+    """
+    if violation.invariant == SCENARIO_ERROR:
+        message = re.sub(r"^\S+\.ya?ml: ", "", violation.detail)
+        return message.split(":", 1)[0]
+    if violation.invariant == CRASH:
+        kind = violation.detail.split(":", 1)[0]
+        where = re.search(r"\(at ([^()]+)\)$", violation.detail)
+        return f"{kind} at {where.group(1)}" if where else kind
+    return ""
+
+
+def fails_the_same_way(found: list[Violation], violation: Violation) -> bool:
+    """Whether a candidate's violations include `violation`'s: same invariant, same kind."""
+    kind = failure_kind(violation)
+    return any(v.invariant == violation.invariant and failure_kind(v) == kind for v in found)
 
 
 def reference_rows(report: RunReport) -> dict[str, dict[str, int]]:

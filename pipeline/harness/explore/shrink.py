@@ -144,13 +144,19 @@ def size(schedule: Schedule) -> tuple[int, int]:
 
 
 def shrink(
-    schedule: Schedule, still_fails: Callable[[Schedule], bool], *, max_runs: int = 200
+    schedule: Schedule,
+    still_fails: Callable[[Schedule], bool],
+    *,
+    max_runs: int = 200,
+    valid: Callable[[Schedule], bool] = lambda _: True,
 ) -> tuple[Schedule, int]:
     """The smallest schedule found that still fails, and how many candidate runs it took.
 
     Passes over removals (documents, faults, disruptions), settings, and
     per-item simplifications, each keeping every step that still fails, repeated
-    until a whole round keeps nothing (or `max_runs` candidates ran).
+    until a whole round keeps nothing (or `max_runs` candidates ran). A candidate
+    that is not `valid` (settings that contradict each other once one is dropped:
+    a soft time limit left above the hard one) is neither run nor kept.
     """
     current = copy.deepcopy(schedule)
     runs = 0
@@ -158,6 +164,8 @@ def shrink(
     def attempt(candidate: Schedule | None) -> bool:
         nonlocal current, runs
         if candidate is None or candidate == current or runs >= max_runs:
+            return False
+        if not valid(candidate):
             return False
         runs += 1
         if still_fails(candidate):

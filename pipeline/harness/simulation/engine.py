@@ -33,7 +33,8 @@ from typing import Any, Literal, Protocol
 from pipeline.domain.models import QUEUES
 
 #: `worker_lost`: the process running the task died (a `kill_worker` fault); with late
-#: acks and reject-on-worker-lost the message goes back to its queue at once.
+#: acks and reject-on-worker-lost the message goes back to its queue at once, and the
+#: slot runs nothing until the pool has replaced the process.
 #: `requeued`: the task rejected its message with requeue (Celery's Reject(requeue=True),
 #: a retry that could not be published): back to its queue at once, as a lost one.
 OutcomeKind = Literal[
@@ -154,6 +155,11 @@ class Crash:
     restart_after: float | None = None
 
 
+#: A prefork pool forks a new child and runs its `worker_process_init` (docpipe builds its
+#: services there) after one was killed: a fraction of a second.
+PROCESS_REPLACEMENT_S = 0.2
+
+
 @dataclass(frozen=True)
 class SimConfig:
     workers: Sequence[SimulatedWorker]
@@ -167,6 +173,10 @@ class SimConfig:
     crashes: Sequence[Crash] = ()
     #: Stop the run at this virtual time (None: when every document is done).
     until: float | None = None
+    #: How long the pool takes to replace a process that died running a task (a `kill_worker`
+    #: fault): its slot runs nothing meanwhile. Never zero: a kill that cost no virtual time let
+    #: a task that kills every delivery loop at one instant, where no fault window ever closes.
+    process_replacement_s: float = PROCESS_REPLACEMENT_S
     max_events: int = 20_000_000
     trace: bool = True
 
@@ -195,6 +205,8 @@ class _Worker:
     running: int = 0
     buffer: deque[_Delivery] = field(default_factory=deque)
     held: int = 0
+    #: Slots whose process died and is being replaced (`SimConfig.process_replacement_s`).
+    replacing: int = 0
 
 
 @dataclass
@@ -314,9 +326,15 @@ class Simulator:
             self.now = at
             events += 1
             if events > self.config.max_events:
+                # What was in flight tells a livelock (messages multiplying) from a retry
+                # loop that a fault which never stops keeps going.
+                queued = sum(len(messages) for messages in self.queues.values())
+                ended = sum(1 for record in self.documents.values() if record.ended_at is not None)
                 raise SimulationDidNotEnd(
                     f"{self.config.max_events:,} events by virtual time {at:,.0f} s "
-                    f"(next: {kind}) and still running"
+                    f"(next: {kind}) and still running: {queued:,} message(s) queued, "
+                    f"{len(self.unacked):,} unacknowledged, {ended} of "
+                    f"{len(self.documents)} document(s) ended by an acknowledged task"
                 )
             if getattr(self, f"_on_{kind}")(payload) is not False:
                 self.last_activity = at
@@ -376,6 +394,7 @@ class Simulator:
             worker.buffer.clear()
             worker.running = 0
             worker.held = 0
+            worker.replacing = 0
             self._log("crash", worker.name, lost)
             if crash.restart_after is not None:
                 self._push(self.now + crash.restart_after, "restart", worker.name)
@@ -403,6 +422,13 @@ class Simulator:
         worker.buffer.append(delivery)
         self._start_ready(worker)
 
+    def _on_replaced(self, payload: tuple[_Worker, int]) -> bool:
+        worker, generation = payload
+        if generation == worker.generation:  # else the whole worker died meanwhile
+            worker.replacing -= 1
+            self._start_ready(worker)
+        return False  # not activity: a run's end is its last task's
+
     def _on_finish(self, payload: tuple[_Delivery, Outcome]) -> None:
         delivery, outcome = payload
         worker = delivery.worker
@@ -423,6 +449,13 @@ class Simulator:
             if self.unacked.pop(delivery.tag, None) is not None:
                 self.queues[message.queue].appendleft(message)
             self._log(outcome.kind, message.id, delivery.tag, worker.name)
+            if outcome.kind == "worker_lost":
+                worker.replacing += 1
+                self._push(
+                    self.now + self.config.process_replacement_s,
+                    "replaced",
+                    (worker, worker.generation),
+                )
             self._start_ready(worker)
             return
         acked = self.unacked.pop(delivery.tag, None) is not None
@@ -486,7 +519,11 @@ class Simulator:
         self._start_ready(worker)
 
     def _start_ready(self, worker: _Worker) -> None:
-        while worker.alive and worker.buffer and worker.running < worker.concurrency:
+        while (
+            worker.alive
+            and worker.buffer
+            and worker.running + worker.replacing < worker.concurrency
+        ):
             delivery = worker.buffer.popleft()
             worker.running += 1
             message = delivery.message
