@@ -10,10 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from pipeline.app.policy import Decision
 from pipeline.harness.explore.catalogue import Catalogue, sim_catalogue
-from pipeline.harness.explore.explorer import explore
+from pipeline.harness.explore.explorer import Workspace, explore
 from pipeline.harness.explore.generate import generate_schedule
 from pipeline.harness.explore.invariants import INFEASIBLE, violations
 from pipeline.harness.explore.shrink import shrink, size
@@ -315,3 +316,41 @@ def test_a_violation_is_the_same_failure_only_with_the_same_kind() -> None:
     # The other invariants measure the run: a smaller schedule measures other documents.
     lost = Violation("nothing lost", "a.pdf: queued")
     assert fails_the_same_way([Violation("nothing lost", "b.txt: pending")], lost)
+
+
+def test_a_run_that_faults_keep_going_forever_is_infeasible_not_a_finding() -> None:
+    """Schedule 137 of seed 1, shrunk: every 2nd `documents` store call drops its connection,
+    without a window. The queue processor's cycle makes two, so it never records the failed
+    dispatch and retries every 900 s forever: nothing can finish, nothing is wrong (the
+    document waits, `pending`, with its queue row). With the fault cut off, it completes."""
+    schedule = {
+        "name": "lockstep_fault",
+        "description": "d",
+        "seed": 56408,
+        "documents": [{"files": ["affidavit_of_jane_holloway.txt"]}],
+        "faults": [
+            {"port": "store", "operation": "documents", "kind": "connection_lost", "every": 2}
+        ],
+    }
+
+    found, _ = Workspace([SAMPLES / "affidavit_of_jane_holloway.txt"]).judge(schedule)
+
+    assert [v.invariant for v in found] == [INFEASIBLE]
+    assert "the faults never let up" in found[0].detail
+
+
+def test_a_livelock_stays_a_finding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The livelock of copies whose dead letter was refused (its fix planted away): messages
+    multiply, so the never-ending run is a finding, not infeasible."""
+    monkeypatch.setattr(real, "retry_published", lambda *_: False)
+    path = Path(__file__).resolve().parents[2] / "scenarios"
+    scenario = yaml.safe_load(
+        (path / "sim_copies_of_a_hung_task_end_when_their_dead_letter_is_refused.yaml").read_text()
+    )
+    scenario.pop("expect")
+    scenario["documents"] = [{"files": ["affidavit_of_jane_holloway.txt"]}]
+
+    found, _ = Workspace([SAMPLES / "affidavit_of_jane_holloway.txt"]).judge(scenario)
+
+    assert [v.invariant for v in found] == ["scenario error"]
+    assert "the simulated run never ended" in found[0].detail

@@ -143,6 +143,10 @@ class RunReport:
         return self.mode
 
 
+#: How a simulated run that passed its event cap is reported (RunReport.error).
+NEVER_ENDED = "the simulated run never ended"
+
+
 class IntakeGaveUp(ScenarioError):
     """The faults failed every intake attempt of a document: nothing was submitted to judge.
 
@@ -1082,7 +1086,14 @@ class SimRun(EagerRun):
         try:
             result = self.simulator.run(queued)
         except SimulationDidNotEnd as exc:
-            raise ScenarioError(f"the simulated run never ended: {exc}") from None
+            self.report.sim = {
+                "never_ended": {
+                    "virtual_seconds": round(exc.at, 3),
+                    "in_flight": exc.in_flight,
+                    "documents": exc.documents,
+                }
+            }
+            raise ScenarioError(f"{NEVER_ENDED}: {exc}") from None
         self.report.sim = {
             "virtual_seconds": round(result.end_time, 3),
             "events": result.events,

@@ -135,7 +135,19 @@ class CountdownFaults(Protocol):
 
 
 class SimulationDidNotEnd(RuntimeError):
-    """The run passed SimConfig.max_events: messages that keep causing each other (a livelock)."""
+    """The run passed SimConfig.max_events: messages that keep causing each other (a livelock).
+
+    `at` is the virtual time reached, `in_flight` the messages queued or unacknowledged then,
+    `documents` how many the run carried.
+    """
+
+    def __init__(
+        self, message: str, *, at: float = 0.0, in_flight: int = 0, documents: int = 0
+    ) -> None:
+        super().__init__(message)
+        self.at = at
+        self.in_flight = in_flight
+        self.documents = documents
 
 
 @dataclass(frozen=True)
@@ -334,7 +346,10 @@ class Simulator:
                     f"{self.config.max_events:,} events by virtual time {at:,.0f} s "
                     f"(next: {kind}) and still running: {queued:,} message(s) queued, "
                     f"{len(self.unacked):,} unacknowledged, {ended} of "
-                    f"{len(self.documents)} document(s) ended by an acknowledged task"
+                    f"{len(self.documents)} document(s) ended by an acknowledged task",
+                    at=at,
+                    in_flight=queued + len(self.unacked),
+                    documents=len(self.documents),
                 )
             if getattr(self, f"_on_{kind}")(payload) is not False:
                 self.last_activity = at
