@@ -22,6 +22,9 @@ from pipeline.ports import FaultInjector
 from pipeline.settings import Settings
 
 if TYPE_CHECKING:
+    from xdist.remote import Producer
+    from xdist.scheduler import Scheduling
+
     from pipeline.adapters.embedded_ocr import EmbeddedOcrEngine
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,24 +51,30 @@ SHARED_FIXTURE_MODULES = frozenset(
 )
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Each module above runs whole in one process under `make test`; integration tests first.
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Producer) -> Scheduling | None:
+    """`--dist loadgroup` (`make test`): each module above runs whole in one process.
 
-    `make test` spreads the tests over processes (pytest-xdist, `--dist loadgroup`): such a
-    module's fixtures then start once, in the one process that runs all of its tests one
-    after the other, instead of once in every process that gets one of them. Every other
-    test goes to whichever process is free. Without -n this changes nothing.
-
-    Under xdist the integration tests (worker processes, redis-servers: 20-70 s each) are
-    handed out before the unit tests, so no process is left running a long one alone at
-    the end while the others are done. Only their place in the queue changes: within each
-    kind the order is still pytest-randomly's shuffle of the seed (this hook runs after it,
-    a stable sort), and without -n the whole order is the seed's.
+    Its module-scoped fixtures then start once, in the one process that runs all of its
+    tests one after the other, instead of once in every process that gets one of them.
+    Every other test goes to whichever process is free. Other --dist modes are xdist's own;
+    without -n there is no scheduler.
     """
-    for item in items:
-        module = item.nodeid.split("::", 1)[0]
-        if module in SHARED_FIXTURE_MODULES:
-            item.add_marker(pytest.mark.xdist_group(module))
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from tests.xdist_scheduling import ModuleGroupScheduling
+
+    return ModuleGroupScheduling(config, log, modules=SHARED_FIXTURE_MODULES)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist the integration tests are handed out first.
+
+    They (worker processes, redis-servers: 20-70 s each) go out before the unit tests, so
+    no process is left running a long one alone at the end while the others are done.
+    Only their place in the queue changes: within each kind the order is still
+    pytest-randomly's shuffle of the seed (this hook runs after it, a stable sort), and
+    without -n the whole order is the seed's.
+    """
     if hasattr(config, "workerinput"):
         items.sort(key=lambda item: item.get_closest_marker("integration") is None)
 
