@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 from pipeline.app.policy import record_progress
 from pipeline.domain.categorize import categorize
@@ -94,9 +94,11 @@ def forget_claim() -> None:
 
 
 def claimed_fence() -> Fence | None:
-    """The fence `begin` claimed for the stage that last ran here, if it got that far."""
+    """The claim `begin` made for the stage that last ran here, if it got that far, at any
+    status (`Fence.claim_only`): what fences the delivery's verdict, a failure or a dead
+    letter, which may come after its own transitions."""
     fence: Fence | None = getattr(_delivery, "fence", None)
-    return fence
+    return None if fence is None else fence.claim_only()
 
 
 def begin(
@@ -150,8 +152,7 @@ def mark(
     """Record a transition in the database (with history) and the Redis state hash.
 
     With a `fence` (a stage delivery's own transition) it commits only while
-    that delivery still holds the document (else StaleDelivery); the delivery's
-    claimed fence then follows the document to `status` (`claimed_fence`).
+    that delivery still holds the document (else StaleDelivery).
     """
     changed = services.store.advance_status(
         document.uuid,
@@ -162,11 +163,6 @@ def mark(
         celery_task_id=celery_task_id,
         fence=fence,
     )
-    claimed = claimed_fence()
-    if changed and fence is not None and claimed is not None and claimed.token == fence.token:
-        # The delivery still holds the document where it moved it: a verdict it records
-        # after its own transition (a chaining failure's dead letter) is its own, not stale.
-        _delivery.fence = replace(claimed, status=Status(status))
     if changed:
         state_meta = dict(metadata or {})
         if error:

@@ -7,7 +7,7 @@ simulator can share it.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -219,8 +219,19 @@ class Fence:
 
     document_uuid: str
     processing_version: int
-    status: Status
+    #: None: the claim only (`claim_only`), whatever status the delivery's own writes set.
+    status: Status | None
     token: str
+
+    def claim_only(self) -> Fence:
+        """The same claim at any status: for the delivery's verdict (failure, dead letter).
+
+        Its own writes move the status, some without it knowing (a commit whose
+        outcome was lost), but only another delivery's claim changes the token: a
+        verdict refused for a status this delivery set would leave the document
+        where it stopped, with nothing to carry it on.
+        """
+        return replace(self, status=None)
 
     @classmethod
     def of(cls, document: SourceDocument) -> Fence:

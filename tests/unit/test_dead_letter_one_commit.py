@@ -50,8 +50,14 @@ def _documents(services: Services, *names: str) -> list[tuple[str, int]]:
     return [(d.uuid, d.processing_version) for d in found]
 
 
+def _run_stage_of(
+    stage: Stage, task: DeliveredTask, document: tuple[str, int], call: Callable[[Services], Any]
+) -> str:
+    return run_stage(task, stage, *document, call)  # type: ignore[arg-type]
+
+
 def _run(task: DeliveredTask, document: tuple[str, int], call: Callable[[Services], Any]) -> str:
-    return run_stage(task, Stage.DOCUMENT_NODE, *document, call)  # type: ignore[arg-type]
+    return _run_stage_of(Stage.DOCUMENT_NODE, task, document, call)
 
 
 def test_a_refused_status_write_leaves_no_dead_letter_behind(
@@ -139,8 +145,8 @@ def test_a_verdict_after_the_delivery_s_own_transition_is_recorded(
     make_services: Callable[..., Services], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The OCR poll moved the document to `ocr_complete` and could not chain the next stage,
-    with no retry left: the dead letter is this delivery's own, not a stale one. Fenced with
-    the fence of the claim (status `ocr_processing`) it was refused, and the document sat at
+    with no retry left: the dead letter is this delivery's own, not a stale one. Fenced at
+    the status it claimed (`ocr_processing`) it was refused, and the document sat at
     `ocr_complete` with nothing to carry it on (docpipe explore --seed 3, schedule 36)."""
     services = make_services(max_retries=0)
     (document,) = _documents(services, "affidavit_of_jane_holloway.txt")
@@ -155,12 +161,37 @@ def test_a_verdict_after_the_delivery_s_own_transition_is_recorded(
         raise TransientError("broker unreachable")
 
     monkeypatch.setattr(services.dispatcher, "send_stage", broker_down)
-    outcome = run_stage(
-        DeliveredTask("poll"),  # type: ignore[arg-type]
-        Stage.OCR,
-        *document,
-        completes_ocr,
-    )
+    outcome = _run_stage_of(Stage.OCR, DeliveredTask("poll"), document, completes_ocr)
+
+    assert outcome == "dead_lettered"
+    assert services.store.get_document(document[0]).status is Status.DEAD_LETTERED
+    assert [letter["stage"] for letter in services.store.dead_letters()] == ["ocr"]
+
+
+def test_a_verdict_after_a_transition_whose_commit_was_not_heard_of_is_recorded(
+    make_services: Callable[..., Services],
+) -> None:
+    """The stage's own transition committed, but the caller saw the connection drop (commit
+    outcome unknown), and no retry was left. Fenced at the status it claimed, the dead
+    letter was refused and the document sat at `ocr_complete` (docpipe explore --seed 0,
+    schedule 26: `store.commit_unknown` at p=0.38). Only another delivery's claim makes
+    the verdict stale."""
+    services = make_services(max_retries=0)
+    (document,) = _documents(services, "affidavit_of_jane_holloway.txt")
+
+    def completes_unheard(s: Services) -> StageResult:
+        claimed = stages.begin(s, Stage.OCR, *document)
+        assert claimed is not None
+        s.store.advance_status(
+            document[0],
+            Status.OCR_COMPLETE,
+            stage=str(Stage.OCR),
+            processing_version=document[1],
+            fence=Fence.of(claimed),
+        )
+        raise TransientError("database: server closed the connection (commit outcome unknown)")
+
+    outcome = _run_stage_of(Stage.OCR, DeliveredTask("unheard"), document, completes_unheard)
 
     assert outcome == "dead_lettered"
     assert services.store.get_document(document[0]).status is Status.DEAD_LETTERED

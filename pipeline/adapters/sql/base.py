@@ -202,10 +202,11 @@ class SqlBase:
         if row is None:
             raise StaleDelivery(f"document {fence.document_uuid} no longer exists")
         found = (Status(row[0]), row[1], row[2])
-        if found != (fence.status, fence.processing_version, fence.token):
+        claimed_status = found[0] if fence.status is None else fence.status
+        if found != (claimed_status, fence.processing_version, fence.token):
             raise StaleDelivery(
                 f"document {fence.document_uuid} moved on since this delivery claimed it "
-                f"(claimed: {fence.status} v{fence.processing_version}; now: {found[0]} "
+                f"(claimed: {claimed_status} v{fence.processing_version}; now: {found[0]} "
                 f"v{found[1]}{'' if found[2] == fence.token else ', claimed by a later delivery'})"
             )
 

@@ -228,13 +228,17 @@ class SqlDocumentRecords(SqlBase):
         }
         # A fence of this very document goes into the UPDATE's own WHERE: the check and
         # the write are one statement (on PostgreSQL the UPDATE re-checks a row another
-        # transaction changed meanwhile). Any other fence is checked first, as before.
-        one_step = fence is not None and fence.document_uuid == document_uuid
+        # transaction changed meanwhile). A claim-only fence (any status) and any other
+        # fence are checked first, the row locked (`_check_fence`).
+        fenced_status = None
+        if fence is not None and fence.document_uuid == document_uuid:
+            fenced_status = fence.status
+        one_step = fenced_status is not None
         hot = self._hot(conn)
         params["now"] = hot.stamp(self._now())
-        if fence is not None and one_step:
+        if fence is not None and fenced_status is not None:
             params.update(
-                fence_status=fence.status.value,
+                fence_status=fenced_status.value,
                 fence_version=fence.processing_version,
                 fence_token=fence.token,
             )

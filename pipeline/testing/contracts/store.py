@@ -925,6 +925,29 @@ class StoreContract:
         assert store.dead_letters() == []
         assert store.get_document(doc.uuid).status is Status.ENTITY_EXTRACTION
 
+    def test_a_claim_only_fence_holds_at_any_status_until_another_claim(
+        self, store: SqlDocumentStore
+    ) -> None:
+        doc = new_document(store)
+        store.advance_status(doc.uuid, Status.OCR_COMPLETE, stage="ocr", processing_version=1)
+        claim = self._claim(store, doc, Status.OCR_COMPLETE)
+        # The delivery's own transition moves the status, not the claim.
+        store.advance_status(
+            doc.uuid,
+            Status.ENTITY_RESOLUTION,
+            stage="entity_extraction",
+            processing_version=1,
+            fence=claim,
+        )
+        with pytest.raises(StaleDelivery):
+            store.check_fence(claim)
+        store.check_fence(claim.claim_only())
+
+        self._claim(store, doc, Status.ENTITY_RESOLUTION)  # another delivery claims it
+
+        with pytest.raises(StaleDelivery, match="claimed by a later delivery"):
+            store.check_fence(claim.claim_only())
+
     # --- fenced stage writes ------------------------------------------------------
     def _claim(self, store: SqlDocumentStore, doc: SourceDocument, found: Status) -> Fence:
         claimed = store.claim_delivery(
