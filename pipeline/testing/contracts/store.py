@@ -51,6 +51,26 @@ from pipeline.testing.clocks import ManualClock
 StoreFactory = Callable[[], SqlDocumentStore]
 
 
+def _dead_letter(
+    store: SqlDocumentStore,
+    document_uuid: str,
+    version: int,
+    error: str,
+    *,
+    stage: str = "ocr",
+    fence: Fence | None = None,
+) -> bool:
+    return store.dead_letter(
+        document_uuid,
+        stage=stage,
+        processing_version=version,
+        task_name="t",
+        error=error,
+        retries=1,
+        fence=fence,
+    )
+
+
 def new_document(store: SqlDocumentStore, name: str = "contract.pdf") -> SourceDocument:
     project_uuid = store.ensure_project("contract-tests")
     document_uuid = stable_uuid("contract-test", name, time.monotonic_ns())
@@ -860,19 +880,9 @@ class StoreContract:
         doc = new_document(store)
         store.advance_status(doc.uuid, Status.OCR_QUEUED, stage="ocr", processing_version=1)
 
-        def letter() -> bool:
-            return store.dead_letter(
-                doc.uuid,
-                stage="ocr",
-                processing_version=1,
-                task_name="t",
-                error="gave up",
-                retries=3,
-            )
-
-        assert letter()
+        assert _dead_letter(store, doc.uuid, 1, "gave up")
         # Again (a retry after the commit's outcome was lost): terminal, nothing more written.
-        assert not letter()
+        assert not _dead_letter(store, doc.uuid, 1, "gave up")
 
         moved = store.get_document(doc.uuid)
         assert (moved.status, moved.error_message) == (Status.DEAD_LETTERED, "gave up")
@@ -888,18 +898,8 @@ class StoreContract:
         store.force_status(done.uuid, Status.COMPLETED, stage="test", bump_version=False)
         other_version = new_document(store)
 
-        def letter(document_uuid: str, version: int) -> bool:
-            return store.dead_letter(
-                document_uuid,
-                stage="ocr",
-                processing_version=version,
-                task_name="t",
-                error="late verdict",
-                retries=1,
-            )
-
-        assert not letter(done.uuid, 1)
-        assert not letter(other_version.uuid, 2)
+        assert not _dead_letter(store, done.uuid, 1, "late verdict")
+        assert not _dead_letter(store, other_version.uuid, 2, "late verdict")
 
         assert store.dead_letters() == []
         assert store.get_document(done.uuid).status is Status.COMPLETED
@@ -912,14 +912,8 @@ class StoreContract:
         self._claim(store, doc, Status.ENTITY_EXTRACTION)  # a redelivery claims it again
 
         with pytest.raises(StaleDelivery):
-            store.dead_letter(
-                doc.uuid,
-                stage="entity_extraction",
-                processing_version=1,
-                task_name="t",
-                error="overtaken",
-                retries=0,
-                fence=overtaken,
+            _dead_letter(
+                store, doc.uuid, 1, "overtaken", stage="entity_extraction", fence=overtaken
             )
 
         assert store.dead_letters() == []
