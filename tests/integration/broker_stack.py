@@ -24,6 +24,7 @@ from pipeline.harness.localstack import (
     settings_values,
     worker_environment,
 )
+from pipeline.harness.scenarios.runner import WORKERS_READY_TIMEOUT_S
 from pipeline.runtime.monitor import UNACKED_KEY
 from pipeline.settings import Settings
 
@@ -85,7 +86,7 @@ class BrokerStack:
         )
 
     def wait_until_consumed(self, app: Celery, queues: tuple[str, ...] = QUEUES) -> None:
-        self.group.wait_for_consumers(app, queues, timeout_s=30)
+        self.group.wait_for_consumers(app, queues, timeout_s=WORKERS_READY_TIMEOUT_S)
 
     def diagnosis(self) -> str:
         """Waiting and unacked messages per queue, then each worker's log tail.

@@ -143,6 +143,11 @@ class RunReport:
         return self.mode
 
 
+#: How long broker mode waits for its workers to consume every queue. Ends as soon as they
+#: do; a worker start costs ~1.7 s of CPU, and a layout of eight on a busy 2-core host
+#: took over 30 s.
+WORKERS_READY_TIMEOUT_S = 90.0
+
 #: How a simulated run that passed its event cap is reported (RunReport.error).
 NEVER_ENDED = "the simulated run never ended"
 
@@ -1158,10 +1163,13 @@ class BrokerRun(_Run):
         # One answer in which every served queue has a consumer; what is still idle then
         # is a queue nobody consumes (a slow reply would make every queue look idle).
         try:
-            idle = workers.wait_for_consumers(app, QUEUES, timeout_s=30, required=served)
+            idle = workers.wait_for_consumers(
+                app, QUEUES, timeout_s=WORKERS_READY_TIMEOUT_S, required=served
+            )
         except WorkersNotReady as exc:
             raise ScenarioError(
-                f"{self.source}: broker mode: the workers did not come up within 30 s "
+                f"{self.source}: broker mode: the workers did not come up within "
+                f"{WORKERS_READY_TIMEOUT_S:g} s "
                 f"(worker logs in {self.workdir})"
             ) from exc
         self._host_checks = self._separate_host_processes()
