@@ -264,3 +264,14 @@ def test_deliveries_after_the_dead_letter_are_no_verdict_on_their_attempt() -> N
         "dead-lettered after 3 attempts, the last 1 without progress "
         "(max_retries 1 allows 2 in a row, max_task_attempts 200 in all)"
     ]
+
+
+def test_a_premature_dead_letter_is_found_though_a_copys_later_attempt_ran_before_it() -> None:
+    # Attempt 2's verdict was refused (unrecorded) and its retry ran as attempt 3 before a
+    # redelivered copy of attempt 2 recorded the dead letter (schedule 2826's shape): 2
+    # attempts without progress with max_retries 2, premature wherever it stands in the log.
+    tries = ((0, False, "retry"), (1, False, "unrecorded"), (2, False, "unrecorded"))
+    assert _budget(*tries, (1, False, "dead_letter"), max_retries=2) == [
+        "dead-lettered after 2 attempts, the last 2 without progress "
+        "(max_retries 2 allows 3 in a row, max_task_attempts 200 in all)"
+    ]

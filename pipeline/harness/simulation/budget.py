@@ -88,11 +88,16 @@ def retry_budget_problems(attempts: Sequence[Attempt], settings: Settings) -> li
                 )
             )
         longest = run = 0
-        for progressed, result in tries:
+        # Attempts up to the dead letter, and the run without progress it ended: judged where
+        # it stands, since a copy's later attempts may have run before it (schedule 2826).
+        dead_letter: tuple[int, int] | None = None
+        for count, (progressed, result) in enumerate(tries, 1):
             if result == "unrecorded":
                 continue  # the same attempt again: the next run judges it
             run = 0 if progressed or result == "ok" else run + 1
             longest = max(longest, run)
+            if result == "dead_letter":
+                dead_letter = (count, run)
         if longest > settings.max_retries + 1:
             problems.append(
                 BudgetProblem(
@@ -102,13 +107,15 @@ def retry_budget_problems(attempts: Sequence[Attempt], settings: Settings) -> li
                     f"(max_retries {settings.max_retries} allows {settings.max_retries + 1})",
                 )
             )
-        premature = run <= settings.max_retries and len(tries) < settings.max_task_attempts
-        if tries[-1][1] == "dead_letter" and premature:
+        if dead_letter is None:
+            continue
+        count, run = dead_letter
+        if run <= settings.max_retries and count < settings.max_task_attempts:
             problems.append(
                 BudgetProblem(
                     first.doc,
                     first.task,
-                    f"dead-lettered after {len(tries)} attempts, the last {run} without "
+                    f"dead-lettered after {count} attempts, the last {run} without "
                     f"progress (max_retries {settings.max_retries} allows "
                     f"{settings.max_retries + 1} in a row, max_task_attempts "
                     f"{settings.max_task_attempts} in all)",
