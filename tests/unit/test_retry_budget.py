@@ -245,3 +245,33 @@ def test_the_simulator_logs_an_attempt_whose_dead_letter_could_not_be_recorded()
     assert extraction == [(0, "unrecorded"), (1, "dead_letter")]
     assert executor.rows_digest()["documents"]["0"]["status"] == "dead_lettered"
     assert retry_budget_problems(executor.attempts, settings) == []
+
+
+def test_deliveries_after_the_dead_letter_are_no_verdict_on_their_attempt() -> None:
+    # explore, seed 1, schedule 807 (max_retries 5): attempt 1 hung past the visibility
+    # timeout and was restored, and its copy hung too; the first delivery's retries ran
+    # without progress and the sixth was dead-lettered. The copy's own restore and the
+    # retry the copy published started after that: they found the document ended ("ok",
+    # skipped). Read as the verdicts on attempts 1 and 2, they made the dead letter look
+    # premature ("dead-lettered after 6 attempts, the last 4 without progress").
+    stalled = [(0, False, "retry"), (0, False, "retry")]
+    stalled += [(retries, False, "retry") for retries in range(1, 5)]
+    after = [(0, False, "ok"), (1, False, "ok")]
+    assert _budget(*stalled, (5, False, "dead_letter"), *after, max_retries=5) == []
+    # Before the dead letter they still judge it: a copy that succeeded ends the run.
+    early = [(0, False, "retry"), (1, False, "retry"), (1, False, "ok"), (2, False, "dead_letter")]
+    assert _budget(*early, max_retries=1) == [
+        "dead-lettered after 3 attempts, the last 1 without progress "
+        "(max_retries 1 allows 2 in a row, max_task_attempts 200 in all)"
+    ]
+
+
+def test_a_premature_dead_letter_is_found_though_a_copys_later_attempt_ran_before_it() -> None:
+    # Attempt 2's verdict was refused (unrecorded) and its retry ran as attempt 3 before a
+    # redelivered copy of attempt 2 recorded the dead letter (schedule 2826's shape): 2
+    # attempts without progress with max_retries 2, premature wherever it stands in the log.
+    tries = ((0, False, "retry"), (1, False, "unrecorded"), (2, False, "unrecorded"))
+    assert _budget(*tries, (1, False, "dead_letter"), max_retries=2) == [
+        "dead-lettered after 2 attempts, the last 2 without progress "
+        "(max_retries 2 allows 3 in a row, max_task_attempts 200 in all)"
+    ]

@@ -15,7 +15,10 @@ idempotent stage and reaches the verdict again (or finds the document carried
 on by a duplicate); `max_task_attempts` bounds those. An attempt that
 succeeded ends a run without progress: a later attempt of the same task id is
 a duplicate message (a redelivered attempt that published its retry too), not
-a retry of a failure.
+a retry of a failure. A delivery that starts after the chain's dead letter
+(a copy a visibility-timeout restore made of an attempt still hanging, and
+the retry that copy publishes) finds the document ended: it is no verdict on
+its attempt, whose deliveries before the dead letter judge it.
 """
 
 from __future__ import annotations
@@ -60,29 +63,41 @@ def retry_budget_problems(attempts: Sequence[Attempt], settings: Settings) -> li
                     )
                 )
         # One entry per attempt: the delivery whose outcome the policy judged (the last one
-        # not lost with its worker); its message carried the count of attempts without
-        # progress, so a killed delivery's progress is not that attempt's.
-        tries: list[tuple[bool, str]] = []
-        for same in deliveries.values():
-            judged = [a for a in same if a.result != "killed"]
-            if judged:
-                tries.append((judged[-1].progressed, judged[-1].result))
+        # not lost with its worker, up to the dead letter); its message carried the count of
+        # attempts without progress, so a killed delivery's progress is not that attempt's.
+        # Deliveries after the dead letter (the log is in order of start) found the document
+        # ended: a hung delivery's restored copy and its retry, whose "ok" (skipped) would
+        # otherwise stand for an attempt that ran without progress before the dead letter
+        # (explore, seed 1, schedule 807).
+        ended = next((i for i, a in enumerate(chain) if a.result == "dead_letter"), len(chain))
+        judged_by_retries: dict[int, list[Attempt]] = {}
+        for attempt in chain[: ended + 1]:
+            if attempt.result != "killed":
+                judged_by_retries.setdefault(attempt.retries, []).append(attempt)
+        tries = [(same[-1].progressed, same[-1].result) for same in judged_by_retries.values()]
         if not tries:
             continue
-        if len(tries) > settings.max_task_attempts:
+        # The ceiling counts every attempt run, after the dead letter too.
+        attempted = len({a.retries for a in chain if a.result != "killed"})
+        if attempted > settings.max_task_attempts:
             problems.append(
                 BudgetProblem(
                     first.doc,
                     first.task,
-                    f"{len(tries)} attempts (max_task_attempts {settings.max_task_attempts})",
+                    f"{attempted} attempts (max_task_attempts {settings.max_task_attempts})",
                 )
             )
         longest = run = 0
-        for progressed, result in tries:
+        # Attempts up to the dead letter, and the run without progress it ended: judged where
+        # it stands, since a copy's later attempts may have run before it (schedule 2826).
+        dead_letter: tuple[int, int] | None = None
+        for count, (progressed, result) in enumerate(tries, 1):
             if result == "unrecorded":
                 continue  # the same attempt again: the next run judges it
             run = 0 if progressed or result == "ok" else run + 1
             longest = max(longest, run)
+            if result == "dead_letter":
+                dead_letter = (count, run)
         if longest > settings.max_retries + 1:
             problems.append(
                 BudgetProblem(
@@ -92,13 +107,15 @@ def retry_budget_problems(attempts: Sequence[Attempt], settings: Settings) -> li
                     f"(max_retries {settings.max_retries} allows {settings.max_retries + 1})",
                 )
             )
-        premature = run <= settings.max_retries and len(tries) < settings.max_task_attempts
-        if tries[-1][1] == "dead_letter" and premature:
+        if dead_letter is None:
+            continue
+        count, run = dead_letter
+        if run <= settings.max_retries and count < settings.max_task_attempts:
             problems.append(
                 BudgetProblem(
                     first.doc,
                     first.task,
-                    f"dead-lettered after {len(tries)} attempts, the last {run} without "
+                    f"dead-lettered after {count} attempts, the last {run} without "
                     f"progress (max_retries {settings.max_retries} allows "
                     f"{settings.max_retries + 1} in a row, max_task_attempts "
                     f"{settings.max_task_attempts} in all)",
