@@ -12,6 +12,7 @@ from pipeline.harness.perf.experiments import (
     best_of,
     overhead_summary,
     paired_ratios,
+    parse_context_switches,
     parse_proc_stat,
     pools_verdict,
 )
@@ -24,6 +25,23 @@ def test_proc_stat_sums_user_system_and_reaped_children_time() -> None:
     fields = ["S", "1"] + ["0"] * 9 + [str(3 * TICKS), str(TICKS), "0", str(TICKS), "20"]
     text = "42 (celery ) worker) " + " ".join(fields)
     assert parse_proc_stat(text) == pytest.approx(5.0)
+
+
+def test_proc_status_context_switches_are_voluntary_plus_involuntary() -> None:
+    text = "Name:\tcelery\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n"
+    assert parse_context_switches(text) == 127
+    assert parse_context_switches("Name:\tgone\n") == 0
+
+
+def test_overhead_summary_splits_worker_cpu_into_consumer_and_pool() -> None:
+    plain = Batch("plain", 10, 6, 0.6, 0.12, 0.0, 600, consumer_cpu_s=0.06, context_switches=1200)
+    harness = Batch("h", 10, 6, 1.2, 0.24, 0.0, 1800, consumer_cpu_s=0.09, context_switches=3000)
+    summary = overhead_summary([0.012], [0.024], plain, harness)
+    assert summary["plain"]["consumer_cpu_ms_per_hop"] == 1.0
+    assert summary["plain"]["pool_cpu_ms_per_hop"] == 1.0
+    assert summary["harness"]["pool_cpu_ms_per_hop"] == 2.5
+    assert summary["harness"]["context_switches_per_hop"] == 50.0
+    assert summary["difference"]["pool_cpu_ms_per_hop"] == 1.5
 
 
 def test_batch_row_gives_rates_and_costs_per_task() -> None:

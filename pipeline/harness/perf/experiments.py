@@ -64,6 +64,16 @@ def parse_proc_stat(text: str) -> float:
     return sum(int(value) for value in fields[11:15]) / _TICKS
 
 
+def parse_context_switches(text: str) -> int:
+    """Voluntary plus involuntary context switches from the text of /proc/<pid>/status."""
+    total = 0
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"):
+            total += int(value)
+    return total
+
+
 @dataclass(frozen=True)
 class Batch:
     """One measured batch: `units` tasks or chains of `hops` tasks each."""
@@ -75,6 +85,10 @@ class Batch:
     worker_cpu_s: float
     redis_cpu_s: float
     redis_commands: int
+    #: Of worker_cpu_s, the worker's main thread's: its consumer (receive, ack, events).
+    consumer_cpu_s: float = 0.0
+    #: The worker's threads' context switches: each wait on the GIL, a lock or a socket.
+    context_switches: int = 0
 
     @property
     def tasks(self) -> int:
@@ -93,6 +107,8 @@ class Batch:
             "worker_cpu_ms_per_task": round(1000 * self.worker_cpu_s / tasks, 3),
             "redis_cpu_ms_per_task": round(1000 * self.redis_cpu_s / tasks, 3),
             "redis_commands_per_task": round(self.redis_commands / tasks, 1),
+            "consumer_cpu_ms_per_task": round(1000 * self.consumer_cpu_s / tasks, 3),
+            "context_switches_per_task": round(self.context_switches / tasks, 1),
         }
 
 
@@ -124,6 +140,12 @@ def overhead_summary(
             "worker_cpu_ms_per_document": round(row["worker_cpu_ms_per_task"] * hops, 3),
             "redis_cpu_ms_per_hop": row["redis_cpu_ms_per_task"],
             "redis_commands_per_hop": row["redis_commands_per_task"],
+            # Worker CPU split: the consumer thread's, and the rest (the pool's threads).
+            "consumer_cpu_ms_per_hop": row["consumer_cpu_ms_per_task"],
+            "pool_cpu_ms_per_hop": round(
+                row["worker_cpu_ms_per_task"] - row["consumer_cpu_ms_per_task"], 3
+            ),
+            "context_switches_per_hop": row["context_switches_per_task"],
         }
 
     a, b = side(plain_latency_s, plain), side(harness_latency_s, harness)
@@ -199,6 +221,31 @@ def process_cpu_seconds(pid: int) -> float:
         except (OSError, ValueError):
             continue
     return total
+
+
+def thread_figures(pid: int) -> tuple[float, int]:
+    """CPU seconds of a process's main thread, and its threads' context switches (0 if gone).
+
+    A threads worker's main thread runs its consumer; the pool's threads run the tasks.
+    """
+    consumer = 0.0
+    switches = 0
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0, 0
+    for thread in threads:
+        try:
+            if int(thread) == pid:
+                stat = Path(f"/proc/{pid}/task/{thread}/stat").read_text()
+                fields = stat[stat.rindex(")") + 2 :].split()
+                consumer = (int(fields[11]) + int(fields[12])) / _TICKS
+            switches += parse_context_switches(
+                Path(f"/proc/{pid}/task/{thread}/status").read_text()
+            )
+        except (OSError, ValueError):
+            continue
+    return consumer, switches
 
 
 @dataclass
@@ -352,11 +399,13 @@ class Driver:
         for _ in range(units):
             publish(key)
         cpu0, redis0 = process_cpu_seconds(self.worker.pid), self._redis_cpu()
+        consumer0, switches0 = thread_figures(self.worker.pid)
         commands0 = self._commands()
         started = time.perf_counter()
         self._consume(True)
         self._wait_for(key, units, timeout_s)
         elapsed = time.perf_counter() - started
+        consumer1, switches1 = thread_figures(self.worker.pid)
         return Batch(
             label=label,
             units=units,
@@ -366,6 +415,8 @@ class Driver:
             redis_cpu_s=self._redis_cpu() - redis0,
             # Our own INFO/LLEN polls are a handful per batch; not subtracted.
             redis_commands=self._commands() - commands0,
+            consumer_cpu_s=consumer1 - consumer0,
+            context_switches=switches1 - switches0,
         )
 
     def latency(self, send: Callable[[str], None], count: int, timeout_s: float) -> list[float]:
