@@ -258,9 +258,14 @@ def test_deliveries_after_the_dead_letter_are_no_verdict_on_their_attempt() -> N
     stalled += [(retries, False, "retry") for retries in range(1, 5)]
     after = [(0, False, "ok"), (1, False, "ok")]
     assert _budget(*stalled, (5, False, "dead_letter"), *after, max_retries=5) == []
-    # Before the dead letter they still judge it: a copy that succeeded ends the run.
-    early = [(0, False, "retry"), (1, False, "retry"), (1, False, "ok"), (2, False, "dead_letter")]
-    assert _budget(*early, max_retries=1) == [
+    # Before the dead letter the attempt that published the retry judges its attempt, not a
+    # copy that succeeded meanwhile: the retry's message carries the failed delivery's count
+    # (schedule 778: 2 attempts in a row without progress along that path, max_retries 1).
+    early = [(0, False, "retry"), (0, False, "ok"), (1, False, "dead_letter")]
+    assert _budget(*early, max_retries=1) == []
+    # Without a retry published from that attempt, the copy's success ends the run.
+    copied = [(0, False, "retry"), (1, False, "ok"), (2, False, "dead_letter")]
+    assert _budget(*copied, max_retries=1) == [
         "dead-lettered after 3 attempts, the last 1 without progress "
         "(max_retries 1 allows 2 in a row, max_task_attempts 200 in all)"
     ]
