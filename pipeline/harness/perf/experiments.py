@@ -57,11 +57,12 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 # --- pure helpers ---------------------------------------------------------------------------
 
 
-def parse_proc_stat(text: str) -> float:
-    """CPU seconds (utime + stime + reaped children's) from the text of /proc/<pid>/stat."""
+def parse_proc_stat(text: str, *, reaped_children: bool = True) -> float:
+    """CPU seconds (utime + stime, and reaped children's unless told not) from the text
+    of /proc/<pid>/stat (or of one thread's, /proc/<pid>/task/<tid>/stat)."""
     fields = text[text.rindex(")") + 2 :].split()
     # Fields 14-17 of proc(5) (utime, stime, cutime, cstime); `fields` starts at field 3.
-    return sum(int(value) for value in fields[11:15]) / _TICKS
+    return sum(int(value) for value in fields[11 : 15 if reaped_children else 13]) / _TICKS
 
 
 def parse_context_switches(text: str) -> int:
@@ -238,8 +239,7 @@ def thread_figures(pid: int) -> tuple[float, int]:
         try:
             if int(thread) == pid:
                 stat = Path(f"/proc/{pid}/task/{thread}/stat").read_text()
-                fields = stat[stat.rindex(")") + 2 :].split()
-                consumer = (int(fields[11]) + int(fields[12])) / _TICKS
+                consumer = parse_proc_stat(stat, reaped_children=False)
             switches += parse_context_switches(
                 Path(f"/proc/{pid}/task/{thread}/status").read_text()
             )
