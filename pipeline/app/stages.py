@@ -39,7 +39,13 @@ from pipeline.domain.models import (
 )
 from pipeline.domain.packing import plan_packs
 from pipeline.domain.resolution import resolve_mentions
-from pipeline.errors import DocumentTooLarge, EmptyDocument, MalformedResponse, PermanentError
+from pipeline.errors import (
+    DocumentTooLarge,
+    EmptyDocument,
+    MalformedResponse,
+    PermanentError,
+    StaleDelivery,
+)
 from pipeline.ports import LlmAnswer, OcrRequest
 from pipeline.ports.services import Services
 
@@ -581,7 +587,7 @@ def dead_letter(
     new version, or a later stage owns it: the verdict is a duplicate delivery's (a
     copy restored after the visibility timeout), and a dead letter beside a
     document carried on would be false. With the deciding delivery's `fence`, an
-    overtaken delivery's verdict is refused too (StaleDelivery).
+    overtaken delivery's verdict writes nothing too (False).
     """
     try:
         document = services.store.get_document(document_uuid)
@@ -596,15 +602,19 @@ def dead_letter(
             reason,
         )
         return False
-    moved = services.store.dead_letter(
-        document_uuid,
-        stage=str(stage),
-        processing_version=version,
-        task_name=task_name,
-        error=reason,
-        retries=retries,
-        fence=fence,
-    )
+    try:
+        moved = services.store.dead_letter(
+            document_uuid,
+            stage=str(stage),
+            processing_version=version,
+            task_name=task_name,
+            error=reason,
+            retries=retries,
+            fence=fence,
+        )
+    except StaleDelivery as stale:
+        log.warning("%s %s: stale delivery, dead letter discarded: %s", stage, document_uuid, stale)
+        return False
     if moved:
         log.warning("%s %s dead-lettered: %s", stage, document_uuid, reason)
         status = str(Status.DEAD_LETTERED)

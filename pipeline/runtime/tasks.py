@@ -412,23 +412,19 @@ def _dead_letter(
 ) -> bool:
     """Record the dead letter and the document's terminal status; `message` says why.
 
-    False, with nothing written, for a duplicate's verdict (`stages.dead_letter`)
-    or one of a delivery overtaken by another (its `fence` is stale).
+    False, with nothing written, for a duplicate's verdict or one of a delivery
+    overtaken by another (its `fence` is stale): `stages.dead_letter`.
     """
-    try:
-        return stages.dead_letter(
-            services,
-            document_uuid,
-            version,
-            stage,
-            message,
-            task_name=task.name,
-            retries=task.request.retries,
-            fence=fence,
-        )
-    except StaleDelivery as stale:
-        log.warning("%s %s: stale delivery, dead letter discarded: %s", stage, document_uuid, stale)
-        return False
+    return stages.dead_letter(
+        services,
+        document_uuid,
+        version,
+        stage,
+        message,
+        task_name=task.name,
+        retries=task.request.retries,
+        fence=fence,
+    )
 
 
 def _dispatch(result: StageResult, document_uuid: str, version: int) -> None:

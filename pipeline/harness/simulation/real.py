@@ -543,21 +543,17 @@ class StageExecutor:
         self, message: Message, stage: Stage, text: str, *, fence: Fence | None = None
     ) -> bool:
         """The task layer's dead letter (`stages.dead_letter`): False, nothing written, for a
-        duplicate's verdict or an overtaken delivery's (StaleDelivery, as `tasks._dead_letter`)."""
-        uuid = self.uuids[message.doc]
-        try:
-            return stages.dead_letter(
-                self.services,
-                uuid,
-                self.versions[message.doc],
-                stage,
-                text,
-                task_name=message.task,
-                retries=message.retries,
-                fence=fence,
-            )
-        except StaleDelivery:
-            return False
+        duplicate's verdict or an overtaken delivery's."""
+        return stages.dead_letter(
+            self.services,
+            self.uuids[message.doc],
+            self.versions[message.doc],
+            stage,
+            text,
+            task_name=message.task,
+            retries=message.retries,
+            fence=fence,
+        )
 
     def rows_digest(self) -> dict[str, Any]:
         """Per document: status and row counts, for exactly-once checks and reports."""
