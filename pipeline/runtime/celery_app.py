@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery
@@ -203,8 +204,12 @@ def _redact_worker_logs(logger: logging.Logger, **_: Any) -> None:
     redact_log_output(logger)
 
 
+#: A worker option `docpipe worker` passes when it has just run the check in this process.
+CHECKED_BEFORE_START = "docpipe_checked_before_start"
+
+
 @celeryd_init.connect
-def _check_worker_configuration(**_: Any) -> None:
+def _check_worker_configuration(options: Mapping[str, Any] | None = None, **_: Any) -> None:
     """A worker never runs eagerly, and refuses settings that cannot be shared (failure 2).
 
     Plain `celery -A pipeline.runtime.celery_app worker` refuses exactly as `docpipe
@@ -217,7 +222,8 @@ def _check_worker_configuration(**_: Any) -> None:
     from pipeline.runtime.broker import refuse_unless_workers_can_run
 
     try:
-        refuse_unless_workers_can_run(load_settings(eager=False))
+        if not (options or {}).get(CHECKED_BEFORE_START):
+            refuse_unless_workers_can_run(load_settings(eager=False))
     except UserFacingError as problem:
         report_problem(problem, as_json=False)
         raise SystemExit(EXIT_USAGE) from None

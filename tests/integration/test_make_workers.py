@@ -6,6 +6,7 @@ path, four times); run through make, as a user does.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -65,6 +66,11 @@ def test_make_workers_waits_until_the_worker_answers_and_stop_workers_ends_it(
             assert "worker text is up (text@" in started.stdout
             pid = int((run / "text.pid").read_text())
             assert Path(f"/proc/{pid}").exists()
+            # Celery's worker log format (when and which process), not the command line's.
+            log = (run / "text.log").read_text()
+            assert re.search(
+                r"^\[\d{4}-\d\d-\d\d [\d:,]+: INFO/MainProcess\] .* ready\.$", log, re.M
+            ), log
         finally:
             stopped = make(tmp_path, redis, f"RUN={run}", "stop-workers")
         assert stopped.returncode == 0, stopped.stderr
