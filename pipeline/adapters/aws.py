@@ -8,6 +8,7 @@ reads, logs or prints them.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from pipeline.errors import PermanentError, TransientError
@@ -90,8 +91,13 @@ def build_client(
     connect_timeout_s: float = 10.0,
     read_timeout_s: float = 60.0,
 ) -> Any:
-    """A boto3 client with bounded retries and timeouts (standard retry mode)."""
-    import boto3
+    """A boto3 client with bounded retries and timeouts (standard retry mode).
+
+    Each client gets a session of its own (sessions are not thread-safe); they share
+    one loader of botocore's service models, which a fresh session would read from
+    disk again: ~0.1 s of CPU per client instead of ~0.01 s.
+    """
+    import botocore.session
     from botocore.config import Config
 
     config = Config(
@@ -100,4 +106,21 @@ def build_client(
         connect_timeout=connect_timeout_s,
         read_timeout=read_timeout_s,
     )
-    return boto3.session.Session().client(service, endpoint_url=endpoint_url, config=config)
+    session = botocore.session.get_session()
+    session.register_component("data_loader", _model_loader())
+    return session.create_client(service, endpoint_url=endpoint_url, config=config)
+
+
+_loader: Any = None
+_loader_lock = threading.Lock()
+
+
+def _model_loader() -> Any:
+    """The process's one botocore data loader (it caches each model file it reads)."""
+    global _loader
+    with _loader_lock:
+        if _loader is None:
+            import botocore.loaders
+
+            _loader = botocore.loaders.create_loader()
+        return _loader
