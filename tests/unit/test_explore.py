@@ -18,6 +18,7 @@ from pipeline.harness.explore.explorer import Workspace, explore
 from pipeline.harness.explore.generate import generate_schedule
 from pipeline.harness.explore.invariants import INFEASIBLE, violations
 from pipeline.harness.explore.shrink import shrink, size
+from pipeline.harness.scenarios import runner
 from pipeline.harness.scenarios.model import (
     FAULT_CATALOGUE,
     fault_modes,
@@ -318,11 +319,19 @@ def test_a_violation_is_the_same_failure_only_with_the_same_kind() -> None:
     assert fails_the_same_way([Violation("nothing lost", "b.txt: pending")], lost)
 
 
-def test_a_run_that_faults_keep_going_forever_is_infeasible_not_a_finding() -> None:
+#: Events a never-ending run gets here: the judgement is the same as at the runner's
+#: cap (these one-document runs, when they end, end well within it), at a tenth of the CPU.
+NEVER_ENDING_AFTER_EVENTS = 2_000
+
+
+def test_a_run_that_faults_keep_going_forever_is_infeasible_not_a_finding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Schedule 137 of seed 1, shrunk: every 2nd `documents` store call drops its connection,
     without a window. The queue processor's cycle makes two, so it never records the failed
     dispatch and retries every 900 s forever: nothing can finish, nothing is wrong (the
     document waits, `pending`, with its queue row). With the fault cut off, it completes."""
+    monkeypatch.setattr(runner, "SIM_MAX_EVENTS", NEVER_ENDING_AFTER_EVENTS)
     schedule = {
         "name": "lockstep_fault",
         "description": "d",
@@ -343,6 +352,7 @@ def test_a_livelock_stays_a_finding(monkeypatch: pytest.MonkeyPatch) -> None:
     """The livelock of copies whose dead letter was refused (its fix planted away): messages
     multiply, so the never-ending run is a finding, not infeasible."""
     monkeypatch.setattr(real, "retry_published", lambda *_: False)
+    monkeypatch.setattr(runner, "SIM_MAX_EVENTS", NEVER_ENDING_AFTER_EVENTS)
     path = Path(__file__).resolve().parents[2] / "scenarios"
     scenario = yaml.safe_load(
         (path / "sim_copies_of_a_hung_task_end_when_their_dead_letter_is_refused.yaml").read_text()
