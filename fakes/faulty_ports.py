@@ -44,6 +44,7 @@ from pipeline.ports import (
     GraphSink,
     LockManager,
     RateLimiter,
+    StartedRecord,
     StateTracker,
 )
 from pipeline.ports.services import Services
@@ -407,6 +408,53 @@ class FaultyStateTracker:
             document_uuid, stage, status, lock_name=lock_name, token=token
         )
         _after(self._faults, recorded, "state", "record")
+
+    def acquire_counted_and_record_started(
+        self,
+        document_uuid: str,
+        stage: str,
+        *,
+        lock_name: str,
+        ttl_seconds: int,
+        owner: str,
+        counter: str,
+        counter_ttl_s: int,
+        limit: int,
+        replacing: Sequence[str],
+    ) -> CountedAcquisition:
+        """The faults of `locks.acquire`, then of `state.record` if "started" was written.
+
+        As when the two were separate calls: a failed acquisition writes nothing; a
+        failed state write raises with the lock taken and the delivery counted (left
+        to expire, as the task layer leaves a lock when Redis fails), the hash as it was.
+        """
+        acquiring = _redis_call(
+            self._faults, self._clock, "locks", "acquire", _document_of_lock(lock_name)
+        )
+        counted = self._inner.acquire_counted_and_record_started(
+            document_uuid,
+            stage,
+            lock_name=lock_name,
+            ttl_seconds=ttl_seconds,
+            owner=owner,
+            counter=counter,
+            counter_ttl_s=counter_ttl_s,
+            limit=limit,
+            replacing=replacing,
+        )
+        _after(self._faults, acquiring, "locks", "acquire")
+        if counted.started is None:
+            return counted
+        try:
+            recorded = _redis_call(self._faults, self._clock, "state", "record", document_uuid)
+        except redis.RedisError:
+            self._inner.unrecord_started(counted.started)
+            raise
+        _after(self._faults, recorded, "state", "record")
+        return counted
+
+    def unrecord_started(self, started: StartedRecord) -> None:
+        self._inner.unrecord_started(started)
 
     def get(self, document_uuid: str) -> dict[str, str]:
         return self._inner.get(document_uuid)

@@ -24,6 +24,7 @@ from pipeline.domain.entities import build_mentions, parse_llm_entities
 from pipeline.domain.graph import stage_relationships
 from pipeline.domain.models import (
     INTAKE_PDF_PAGES,
+    PROGRESS_ORDER,
     Chunk,
     DocumentNode,
     Fence,
@@ -46,7 +47,7 @@ from pipeline.errors import (
     PermanentError,
     StaleDelivery,
 )
-from pipeline.ports import LlmAnswer, OcrRequest
+from pipeline.ports import LlmAnswer, OcrRequest, StartedRecord
 from pipeline.ports.services import Services
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,32 @@ def carried_past(document: SourceDocument, stage: Stage) -> bool:
 def forget_claim() -> None:
     """Forget the last delivery's claim; the task layer calls it before each stage."""
     _delivery.fence = None
+    _delivery.started = None
+
+
+def started_with_lock(started: StartedRecord | None) -> None:
+    """The "started" the task layer's lock acquisition wrote for this delivery's stage
+    (`StateTracker.acquire_counted_and_record_started`): `begin` keeps it if it claims
+    the document, and undoes it if not, instead of writing its own."""
+    _delivery.started = started
+
+
+def state_before_claim(stage: Stage) -> tuple[str, ...]:
+    """The state hash's `{stage}_status` values that say a delivery of `stage` will claim
+    the document (an absent one too): "started" (a delivery before it) and the statuses
+    before the stage runs (OCR's queued). What the lock acquisition's "started" replaces;
+    a guess the claim checks (`begin`), not a rule: a finished value only costs a write."""
+    running = progress_rank(stage.running_status)
+    return ("started", *(str(s) for s in PROGRESS_ORDER if progress_rank(s) < running))
+
+
+def _take_started(document_uuid: str, stage: Stage) -> StartedRecord | None:
+    """The acquisition's "started" for this stage of this document, taken once."""
+    started: StartedRecord | None = getattr(_delivery, "started", None)
+    _delivery.started = None
+    if started is None or (started.document_uuid, started.stage) != (document_uuid, str(stage)):
+        return None
+    return started
 
 
 def claimed_fence() -> Fence | None:
@@ -129,6 +156,8 @@ def begin(
             return stage.running_status
         return document.status
 
+    started = _take_started(document_uuid, stage)
+    claimed: SourceDocument | None = None
     try:
         # The read, this judgement and the claim are one transaction: nothing can move
         # the document in between.
@@ -136,11 +165,17 @@ def begin(
     except KeyError:
         log.warning("%s: document %s no longer exists; dropping the task", stage, document_uuid)
         return None
+    finally:
+        if claimed is None and started is not None:
+            # Written with the lock, before this claim: a delivery that claims nothing
+            # leaves the state hash as it found it.
+            services.state.unrecord_started(started)
     if claimed is None:
         return None
     _delivery.fence = Fence.of(claimed)
-    # One write: "started" replaces every field a write of the claimed status would set.
-    services.state.record(document_uuid, str(stage), "started")
+    if started is None:
+        # One write: "started" replaces every field a write of the claimed status would set.
+        services.state.record(document_uuid, str(stage), "started")
     return claimed
 
 

@@ -106,21 +106,26 @@ def run_stage(
         # Each delivery holds the lock under its own token; a redelivery of the same task id
         # (worker killed, or a visibility-timeout restore while this one still runs) takes
         # it over at once, and its claim in `stages.begin` fences the older delivery out.
-        # A broker delivery is counted first (one round trip with the lock): a poison task
+        # A broker delivery is counted first, in one round trip with the lock and the state
+        # hash's "started" (kept or undone by the claim, `stages.begin`): a poison task
         # that kills its worker every time cannot loop forever.
         counted_as = _delivery_counter(task)
         if counted_as is None:
             token = services.locks.acquire(lock_name, settings.lock_ttl_s, owner=task.request.id)
         else:
             task_id, counter = counted_as
-            counted = services.locks.acquire_counted(
-                lock_name,
-                settings.lock_ttl_s,
-                task_id,
+            counted = services.state.acquire_counted_and_record_started(
+                document_uuid,
+                str(stage),
+                lock_name=lock_name,
+                ttl_seconds=settings.lock_ttl_s,
+                owner=task_id,
                 counter=counter,
                 counter_ttl_s=DELIVERIES_TTL_S,
                 limit=settings.max_redeliveries,
+                replacing=stages.state_before_claim(stage),
             )
+            stages.started_with_lock(counted.started)
             if counted.deliveries > settings.max_redeliveries:
                 reason = redelivered_too_often(task.request.retries)
                 try:
