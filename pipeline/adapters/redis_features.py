@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 
+from pipeline.adapters.tokens import fresh_token
 from pipeline.errors import RateLimited
 from pipeline.ports import CountedAcquisition, StartedRecord
 
@@ -227,7 +228,7 @@ class RedisStateTracker:
         replacing: Sequence[str],
     ) -> CountedAcquisition:
         prefix = f"{owner}#"
-        token = prefix + uuid.uuid4().hex
+        token = prefix + fresh_token()
         status_field, timestamp_field = f"{stage}_status", f"{stage}_timestamp"
         timestamp = _timestamp()
         reply = self._acquire_counted_started(
@@ -313,7 +314,7 @@ class RedisLockManager:
         self._release = client.register_script(_RELEASE_IF_OWNER)
 
     def acquire(self, name: str, ttl_seconds: int, owner: str | None = None) -> str | None:
-        delivery = uuid.uuid4().hex
+        delivery = fresh_token()
         if owner is None:
             # No owner: nobody else may take it over (the prefix is the token itself).
             token = prefix = delivery
@@ -334,7 +335,7 @@ class RedisLockManager:
         limit: int,
     ) -> CountedAcquisition:
         prefix = f"{owner}#"
-        token = prefix + uuid.uuid4().hex
+        token = prefix + fresh_token()
         deliveries, acquired = self._acquire_counted(
             keys=[counter, self._prefix + name],
             args=[token, ttl_seconds, prefix, counter_ttl_s, limit],
