@@ -378,7 +378,14 @@ class FaultyStateTracker:
         _after(self._faults, response, "state", "record")
 
     def record_and_release(
-        self, document_uuid: str, stage: str, status: str, *, lock_name: str, token: str
+        self,
+        document_uuid: str,
+        stage: str,
+        status: str,
+        *,
+        lock_name: str,
+        token: str,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         """The faults of `locks.release` and then of `state.record`, each consulted once.
 
@@ -392,12 +399,12 @@ class FaultyStateTracker:
                 self._faults, self._clock, "locks", "release", _document_of_lock(lock_name)
             )
         except redis.RedisError:
-            self.record(document_uuid, stage, status)
+            self.record(document_uuid, stage, status, metadata)
             return
         if released is not None:
             self._locks.release(lock_name, token)
             _after(self._faults, released, "locks", "release")
-            self.record(document_uuid, stage, status)
+            self.record(document_uuid, stage, status, metadata)
             return
         try:
             recorded = _redis_call(self._faults, self._clock, "state", "record", document_uuid)
@@ -405,7 +412,7 @@ class FaultyStateTracker:
             self._locks.release(lock_name, token)
             raise
         self._inner.record_and_release(
-            document_uuid, stage, status, lock_name=lock_name, token=token
+            document_uuid, stage, status, lock_name=lock_name, token=token, metadata=metadata
         )
         _after(self._faults, recorded, "state", "record")
 

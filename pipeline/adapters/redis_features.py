@@ -199,13 +199,20 @@ class RedisStateTracker:
         self._record(keys=[key], args=[self._ttl, *_state_pairs(stage, status, metadata)])
 
     def record_and_release(
-        self, document_uuid: str, stage: str, status: str, *, lock_name: str, token: str
+        self,
+        document_uuid: str,
+        stage: str,
+        status: str,
+        *,
+        lock_name: str,
+        token: str,
+        metadata: dict[str, object] | None = None,
     ) -> None:
         lock_key = self._lock_prefix + lock_name
         try:
             self._record_releasing(
                 keys=[STATE_KEY.format(uuid=document_uuid), lock_key],
-                args=[self._ttl, token, *_state_pairs(stage, status, None)],
+                args=[self._ttl, token, *_state_pairs(stage, status, metadata)],
             )
         except redis.RedisError:
             # Neither was written. The release alone, as the caller made it before the

@@ -14,6 +14,8 @@ import json
 import logging
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 from pipeline.app.policy import record_progress
@@ -99,6 +101,7 @@ def forget_claim() -> None:
     """Forget the last delivery's claim; the task layer calls it before each stage."""
     _delivery.fence = None
     _delivery.started = None
+    _delivery.deferred = None
 
 
 def started_with_lock(started: StartedRecord | None) -> None:
@@ -208,8 +211,53 @@ def mark(
         state_meta = dict(metadata or {})
         if error:
             state_meta["error"] = error
-        services.state.record(document.uuid, str(stage), str(status), state_meta or None)
+        deferred: dict[tuple[str, str], DeferredState] | None = getattr(_delivery, "deferred", None)
+        if deferred is None:
+            services.state.record(document.uuid, str(stage), str(status), state_meta or None)
+        else:
+            key = (document.uuid, str(stage))
+            earlier = deferred.get(key)
+            kept = state_meta or (earlier.metadata if earlier is not None else None)
+            deferred[key] = DeferredState(str(status), kept or None)
     return changed
+
+
+@dataclass(frozen=True)
+class DeferredState:
+    """A transition's state-hash write held back (`deferring_state_writes`): the status,
+    and the metadata of the last transition that had some (the hash keeps it likewise)."""
+
+    status: str
+    metadata: dict[str, object] | None
+
+
+@contextmanager
+def deferring_state_writes(services: Services) -> Iterator[None]:
+    """Hold back the state-hash writes of the stage's own transitions (`mark`) while it runs.
+
+    A finished stage's last state write (its status "completed") goes with its lock's
+    release, and replaces what those writes set but their metadata: the task layer
+    makes them one round trip (`take_deferred_states`; issue 15). A stage that raises
+    has them written on its way out, as `mark` would have; if Redis cannot take them
+    then, the stage's own failure decides what follows (the hash only informs).
+    """
+    _delivery.deferred = {}
+    try:
+        yield
+    except BaseException:
+        for (document_uuid, stage), held in take_deferred_states().items():
+            try:
+                services.state.record(document_uuid, stage, held.status, held.metadata)
+            except Exception as exc:
+                log.warning("%s %s: state hash not written (%s)", stage, document_uuid, exc)
+        raise
+
+
+def take_deferred_states() -> dict[tuple[str, str], DeferredState]:
+    """The state writes `deferring_state_writes` held back, by (document, stage); ends it."""
+    deferred: dict[tuple[str, str], DeferredState] | None = getattr(_delivery, "deferred", None)
+    _delivery.deferred = None
+    return deferred or {}
 
 
 def cache_key(document: SourceDocument, *parts: str) -> str:

@@ -164,7 +164,14 @@ class StateTracker(Protocol):
     ) -> None: ...
 
     def record_and_release(
-        self, document_uuid: str, stage: str, status: str, *, lock_name: str, token: str
+        self,
+        document_uuid: str,
+        stage: str,
+        status: str,
+        *,
+        lock_name: str,
+        token: str,
+        metadata: dict[str, object] | None = None,
     ) -> None:
         """`record`, and `LockManager.release(lock_name, token)` in the same round trip.
 

@@ -152,7 +152,7 @@ def run_stage(
             token = counted.token
         if token is None:
             raise LockUnavailable(f"another worker holds the {stage} lock")
-        with metered() as meter:
+        with metered() as meter, stages.deferring_state_writes(services):
             result = call(services)
         if not result.skipped and result.poll_job_id is None:
             held, token = token, None
@@ -207,15 +207,26 @@ def run_stage(
     finally:
         if token is not None:
             _release(services, lock_name, token)
-    if result.skipped:
-        return "skipped"
+    # The state writes of the stage's own transitions, held back while it ran.
+    deferred = stages.take_deferred_states()
     try:
         if held is not None:
-            # The state's last write and the lock's release are one round trip (issue 15);
+            # The state's last write and the lock's release are one round trip (issue 15),
+            # with the metadata of the stage's last transition (its status is replaced);
             # a failed write raises here after the lock was released, as the two calls did.
+            finished = deferred.pop((document_uuid, str(stage)), None)
             services.state.record_and_release(
-                document_uuid, str(stage), "completed", lock_name=lock_name, token=held
+                document_uuid,
+                str(stage),
+                "completed",
+                lock_name=lock_name,
+                token=held,
+                metadata=None if finished is None else finished.metadata,
             )
+        for (other_uuid, other_stage), state in deferred.items():
+            services.state.record(other_uuid, other_stage, state.status, state.metadata)
+        if result.skipped:
+            return "skipped"
         _dispatch(result, document_uuid, version)
     except Exception as exc:
         # The stage committed but its successor could not be published (broker or Redis

@@ -49,10 +49,16 @@ class RedisFeaturesContract:
         assert tracker.get("doc-1")["chunking_status"] == "completed"
         assert locks.acquire("doc-1:chunking:v1", ttl_seconds=30, owner="task-2") is None
         tracker.record_and_release(
-            "doc-1", "chunking", "completed", lock_name="doc-1:chunking:v1", token=token
+            "doc-1",
+            "chunking",
+            "completed",
+            lock_name="doc-1:chunking:v1",
+            token=token,
+            metadata={"chunks": 3},
         )
         state = tracker.get("doc-1")
         assert state["last_status"] == "completed" and float(state["chunking_timestamp"]) > 0
+        assert state["chunking_metadata"] == '{"chunks": 3}'
         assert 3600 - 5 <= int(client.ttl(STATE_KEY.format(uuid="doc-1"))) <= 3600
         assert locks.acquire("doc-1:chunking:v1", ttl_seconds=30, owner="task-2") is not None
 

@@ -1,9 +1,11 @@
-"""A stage delivery's "started" goes with its lock, in one Redis round trip (issue 15).
+"""A stage delivery's state-hash writes ride on its lock's round trips (issue 15).
 
 The task layer counts the delivery, takes the lock and writes "started" to the
 state hash in one script; `stages.begin` keeps that write when its claim takes
 the document, undoes it when the claim refuses (a duplicate), and writes
 "started" itself when the hash showed the stage past it (a reprocessed version).
+The stage's own transitions' writes are held back and made with the last write
+and the lock's release; a stage that raises has them written as it fails.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+from celery.exceptions import Retry
+
 from pipeline.app import stages
 from pipeline.app.intake import submit_all
 from pipeline.app.stages import StageResult
 from pipeline.bootstrap import Services
 from pipeline.domain.models import Fence, Stage, Status
+from pipeline.errors import TransientError
 from pipeline.runtime.tasks import run_stage
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
@@ -33,6 +39,9 @@ class DeliveredTask:
 
     def __init__(self, task_id: str) -> None:
         self.request = SimpleNamespace(id=task_id, retries=0, is_eager=False, kwargs={})
+
+    def retry(self, **options: Any) -> Retry:
+        raise Retry(exc=options.get("exc"))
 
 
 class RoundTrips:
@@ -144,3 +153,48 @@ def test_a_stage_the_hash_shows_finished_still_records_its_start(
     assert _deliver(services, "task-1", document, seen) == "ok"
 
     assert seen["state"]["document_node_status"] == "started"
+
+
+def test_a_finishing_transition_is_written_with_the_lock_release(
+    make_services: Callable[..., Services],
+) -> None:
+    services = make_services()
+    document = _document(services)
+    trips = RoundTrips(services)
+
+    def finishing(s: Services) -> StageResult:
+        claimed = stages.begin(s, STAGE, *document)
+        assert claimed is not None
+        fence = Fence.of(claimed)
+        stages.mark(s, claimed, STAGE, PAST_THE_STAGE, metadata={"nodes": 1}, fence=fence)
+        return StageResult()
+
+    assert run_stage(DeliveredTask("task-1"), STAGE, *document, finishing) == "ok"  # type: ignore[arg-type]
+
+    # The acquisition with "started", then the transition's write with the release.
+    assert trips.commands == ["EVALSHA", "EVALSHA"]
+    state = services.state.get(document[0])
+    assert state["document_node_status"] == "completed" and state["last_status"] == "completed"
+    assert state["document_node_metadata"] == '{"nodes": 1}'
+
+
+def test_a_stage_that_raises_after_a_transition_has_its_state_written(
+    make_services: Callable[..., Services],
+) -> None:
+    services = make_services()
+    document = _document(services)
+
+    def raising(s: Services) -> StageResult:
+        claimed = stages.begin(s, STAGE, *document)
+        assert claimed is not None
+        stages.mark(
+            s, claimed, STAGE, PAST_THE_STAGE, metadata={"nodes": 1}, fence=Fence.of(claimed)
+        )
+        raise TransientError("the graph timed out after the transition")
+
+    with pytest.raises(Retry):
+        run_stage(DeliveredTask("task-1"), STAGE, *document, raising)  # type: ignore[arg-type]
+
+    state = services.state.get(document[0])
+    assert state["document_node_status"] == str(PAST_THE_STAGE)
+    assert state["document_node_metadata"] == '{"nodes": 1}'
