@@ -44,6 +44,7 @@ from pipeline.ports import (
     GraphSink,
     LockManager,
     RateLimiter,
+    StartedRecord,
     StateTracker,
 )
 from pipeline.ports.services import Services
@@ -377,7 +378,14 @@ class FaultyStateTracker:
         _after(self._faults, response, "state", "record")
 
     def record_and_release(
-        self, document_uuid: str, stage: str, status: str, *, lock_name: str, token: str
+        self,
+        document_uuid: str,
+        stage: str,
+        status: str,
+        *,
+        lock_name: str,
+        token: str,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         """The faults of `locks.release` and then of `state.record`, each consulted once.
 
@@ -391,12 +399,12 @@ class FaultyStateTracker:
                 self._faults, self._clock, "locks", "release", _document_of_lock(lock_name)
             )
         except redis.RedisError:
-            self.record(document_uuid, stage, status)
+            self.record(document_uuid, stage, status, metadata)
             return
         if released is not None:
             self._locks.release(lock_name, token)
             _after(self._faults, released, "locks", "release")
-            self.record(document_uuid, stage, status)
+            self.record(document_uuid, stage, status, metadata)
             return
         try:
             recorded = _redis_call(self._faults, self._clock, "state", "record", document_uuid)
@@ -404,9 +412,56 @@ class FaultyStateTracker:
             self._locks.release(lock_name, token)
             raise
         self._inner.record_and_release(
-            document_uuid, stage, status, lock_name=lock_name, token=token
+            document_uuid, stage, status, lock_name=lock_name, token=token, metadata=metadata
         )
         _after(self._faults, recorded, "state", "record")
+
+    def acquire_counted_and_record_started(
+        self,
+        document_uuid: str,
+        stage: str,
+        *,
+        lock_name: str,
+        ttl_seconds: int,
+        owner: str,
+        counter: str,
+        counter_ttl_s: int,
+        limit: int,
+        replacing: Sequence[str],
+    ) -> CountedAcquisition:
+        """The faults of `locks.acquire`, then of `state.record` if "started" was written.
+
+        As when the two were separate calls: a failed acquisition writes nothing; a
+        failed state write raises with the lock taken and the delivery counted (left
+        to expire, as the task layer leaves a lock when Redis fails), the hash as it was.
+        """
+        acquiring = _redis_call(
+            self._faults, self._clock, "locks", "acquire", _document_of_lock(lock_name)
+        )
+        counted = self._inner.acquire_counted_and_record_started(
+            document_uuid,
+            stage,
+            lock_name=lock_name,
+            ttl_seconds=ttl_seconds,
+            owner=owner,
+            counter=counter,
+            counter_ttl_s=counter_ttl_s,
+            limit=limit,
+            replacing=replacing,
+        )
+        _after(self._faults, acquiring, "locks", "acquire")
+        if counted.started is None:
+            return counted
+        try:
+            recorded = _redis_call(self._faults, self._clock, "state", "record", document_uuid)
+        except redis.RedisError:
+            self._inner.unrecord_started(counted.started)
+            raise
+        _after(self._faults, recorded, "state", "record")
+        return counted
+
+    def unrecord_started(self, started: StartedRecord) -> None:
+        self._inner.unrecord_started(started)
 
     def get(self, document_uuid: str) -> dict[str, str]:
         return self._inner.get(document_uuid)

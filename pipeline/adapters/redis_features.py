@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import redis
 
+from pipeline.adapters.tokens import fresh_token
 from pipeline.errors import RateLimited
-from pipeline.ports import CountedAcquisition
+from pipeline.ports import CountedAcquisition, StartedRecord
+
+log = logging.getLogger(__name__)
 
 STATE_KEY = "doc:state:{uuid}"
 #: Where each feature keeps its keys (the soak test groups keys into families by them).
@@ -44,18 +49,65 @@ return 0
 # The redelivery guard and the lock in one round trip: count this delivery (KEYS[1], kept
 # ARGV[4] seconds); over ARGV[5] deliveries return without trying the lock (KEYS[2]), else
 # `_ACQUIRE` on it with ARGV[1..3] as there. Returns {deliveries, 1 if the lock was taken}.
-_ACQUIRE_COUNTED = """
+_COUNT_AND_LOCK = """
 local deliveries = redis.call('incr', KEYS[1])
 redis.call('expire', KEYS[1], ARGV[4])
 if deliveries > tonumber(ARGV[5]) then
     return {deliveries, 0}
 end
 local current = redis.call('get', KEYS[2])
-if current == false or string.sub(current, 1, string.len(ARGV[3])) == ARGV[3] then
-    redis.call('set', KEYS[2], ARGV[1], 'EX', ARGV[2])
+if current ~= false and string.sub(current, 1, string.len(ARGV[3])) ~= ARGV[3] then
+    return {deliveries, 0}
+end
+redis.call('set', KEYS[2], ARGV[1], 'EX', ARGV[2])
+"""
+_ACQUIRE_COUNTED = _COUNT_AND_LOCK + "return {deliveries, 1}\n"
+
+# `_ACQUIRE_COUNTED`, then, with the lock taken, "started" in the state hash KEYS[3] (TTL
+# ARGV[6]; ARGV[7], ARGV[8] the stage's status and timestamp fields, ARGV[9] the time) if
+# the stage's status there is absent or one of ARGV[10...] (else the stage went past it: a
+# duplicate, whose claim refuses). Returns {deliveries, 1, 1, then the status, timestamp
+# and last_status it replaced} when it wrote, {deliveries, 1 if the lock was taken} when not.
+_ACQUIRE_COUNTED_STARTED = (
+    _COUNT_AND_LOCK
+    + """
+local replaced = redis.call('hmget', KEYS[3], ARGV[7], ARGV[8], 'last_status')
+local replaceable = replaced[1] == false
+for i = 10, #ARGV do
+    replaceable = replaceable or replaced[1] == ARGV[i]
+end
+if not replaceable then
     return {deliveries, 1}
 end
-return {deliveries, 0}
+redis.call('hset', KEYS[3], ARGV[7], 'started', ARGV[8], ARGV[9], 'last_status', 'started')
+redis.call('expire', KEYS[3], ARGV[6])
+return {deliveries, 1, 1, replaced[1], replaced[2], replaced[3]}
+"""
+)
+
+# Undo `_ACQUIRE_COUNTED_STARTED`'s write to the state hash KEYS[1] while the stage's status
+# (field ARGV[1]) is still "started" with its timestamp (ARGV[2]) the one written (ARGV[3]):
+# then each of the fields ARGV[1], ARGV[2], 'last_status' gets back its old value, ARGV[5],
+# ARGV[7], ARGV[9], or goes if ARGV[4], ARGV[6], ARGV[8] is '0' (it was absent);
+# 'last_status' only while it still reads "started". Returns 1 if it undid the write.
+_UNRECORD_STARTED = """
+if redis.call('hget', KEYS[1], ARGV[1]) ~= 'started'
+    or redis.call('hget', KEYS[1], ARGV[2]) ~= ARGV[3] then
+    return 0
+end
+local function restore(field, present, value)
+    if present == '1' then
+        redis.call('hset', KEYS[1], field, value)
+    else
+        redis.call('hdel', KEYS[1], field)
+    end
+end
+restore(ARGV[1], ARGV[4], ARGV[5])
+restore(ARGV[2], ARGV[6], ARGV[7])
+if redis.call('hget', KEYS[1], 'last_status') == 'started' then
+    restore('last_status', ARGV[8], ARGV[9])
+end
+return 1
 """
 
 # A state hash write and its TTL, atomic and in one round trip: ARGV[1] the TTL, then
@@ -137,6 +189,8 @@ class RedisStateTracker:
         self._record = client.register_script(_RECORD_STATE)
         self._record_releasing = client.register_script(_RECORD_STATE_RELEASING)
         self._release = client.register_script(_RELEASE_IF_OWNER)
+        self._acquire_counted_started = client.register_script(_ACQUIRE_COUNTED_STARTED)
+        self._unrecord_started = client.register_script(_UNRECORD_STARTED)
 
     def record(
         self, document_uuid: str, stage: str, status: str, metadata: dict[str, object] | None = None
@@ -145,13 +199,20 @@ class RedisStateTracker:
         self._record(keys=[key], args=[self._ttl, *_state_pairs(stage, status, metadata)])
 
     def record_and_release(
-        self, document_uuid: str, stage: str, status: str, *, lock_name: str, token: str
+        self,
+        document_uuid: str,
+        stage: str,
+        status: str,
+        *,
+        lock_name: str,
+        token: str,
+        metadata: dict[str, object] | None = None,
     ) -> None:
         lock_key = self._lock_prefix + lock_name
         try:
             self._record_releasing(
                 keys=[STATE_KEY.format(uuid=document_uuid), lock_key],
-                args=[self._ttl, token, *_state_pairs(stage, status, None)],
+                args=[self._ttl, token, *_state_pairs(stage, status, metadata)],
             )
         except redis.RedisError:
             # Neither was written. The release alone, as the caller made it before the
@@ -159,6 +220,67 @@ class RedisStateTracker:
             with contextlib.suppress(redis.RedisError):
                 self._release(keys=[lock_key], args=[token])
             raise
+
+    def acquire_counted_and_record_started(
+        self,
+        document_uuid: str,
+        stage: str,
+        *,
+        lock_name: str,
+        ttl_seconds: int,
+        owner: str,
+        counter: str,
+        counter_ttl_s: int,
+        limit: int,
+        replacing: Sequence[str],
+    ) -> CountedAcquisition:
+        prefix = f"{owner}#"
+        token = prefix + fresh_token()
+        status_field, timestamp_field = f"{stage}_status", f"{stage}_timestamp"
+        timestamp = _timestamp()
+        reply = self._acquire_counted_started(
+            keys=[counter, self._lock_prefix + lock_name, STATE_KEY.format(uuid=document_uuid)],
+            args=[
+                token,
+                ttl_seconds,
+                prefix,
+                counter_ttl_s,
+                limit,
+                self._ttl,
+                status_field,
+                timestamp_field,
+                timestamp,
+                *replacing,
+            ],
+        )
+        deliveries, acquired = int(reply[0]), int(reply[1]) == 1
+        started: StartedRecord | None = None
+        if len(reply) > 2:
+            fields = (status_field, timestamp_field, "last_status")
+            replaced = tuple(
+                (field, None if value is None else _text(value))
+                for field, value in zip(fields, reply[3:6], strict=True)
+            )
+            started = StartedRecord(document_uuid, stage, timestamp, replaced)
+        return CountedAcquisition(deliveries, token if acquired else None, started)
+
+    def unrecord_started(self, started: StartedRecord) -> None:
+        args: list[Any] = [
+            f"{started.stage}_status",
+            f"{started.stage}_timestamp",
+            started.timestamp,
+        ]
+        for _, value in started.replaced:
+            args.extend(("0", "") if value is None else ("1", value))
+        try:
+            self._unrecord_started(keys=[STATE_KEY.format(uuid=started.document_uuid)], args=args)
+        except redis.RedisError as exc:
+            log.warning(
+                "could not undo the started of %s %s in the state hash (%s)",
+                started.stage,
+                started.document_uuid,
+                exc,
+            )
 
     def get(self, document_uuid: str) -> dict[str, str]:
         raw: dict[Any, Any] = self._client.hgetall(STATE_KEY.format(uuid=document_uuid))
@@ -199,7 +321,7 @@ class RedisLockManager:
         self._release = client.register_script(_RELEASE_IF_OWNER)
 
     def acquire(self, name: str, ttl_seconds: int, owner: str | None = None) -> str | None:
-        delivery = uuid.uuid4().hex
+        delivery = fresh_token()
         if owner is None:
             # No owner: nobody else may take it over (the prefix is the token itself).
             token = prefix = delivery
@@ -220,7 +342,7 @@ class RedisLockManager:
         limit: int,
     ) -> CountedAcquisition:
         prefix = f"{owner}#"
-        token = prefix + uuid.uuid4().hex
+        token = prefix + fresh_token()
         deliveries, acquired = self._acquire_counted(
             keys=[counter, self._prefix + name],
             args=[token, ttl_seconds, prefix, counter_ttl_s, limit],
@@ -289,12 +411,17 @@ def _state_pairs(stage: str, status: str, metadata: dict[str, object] | None) ->
     """A state write's field, value pairs, flat (the scripts' ARGV)."""
     fields: dict[str, Any] = {
         f"{stage}_status": status,
-        f"{stage}_timestamp": f"{time.time():.3f}",
+        f"{stage}_timestamp": _timestamp(),
         "last_status": status,
     }
     if metadata:
         fields[f"{stage}_metadata"] = json.dumps(metadata, sort_keys=True, default=str)
     return [item for field in fields.items() for item in field]
+
+
+def _timestamp() -> str:
+    """A state write's `{stage}_timestamp`: epoch seconds to the millisecond."""
+    return f"{time.time():.3f}"
 
 
 def _text(value: object) -> str:

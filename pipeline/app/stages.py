@@ -14,6 +14,8 @@ import json
 import logging
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 from pipeline.app.policy import record_progress
@@ -24,6 +26,7 @@ from pipeline.domain.entities import build_mentions, parse_llm_entities
 from pipeline.domain.graph import stage_relationships
 from pipeline.domain.models import (
     INTAKE_PDF_PAGES,
+    PROGRESS_ORDER,
     Chunk,
     DocumentNode,
     Fence,
@@ -46,7 +49,7 @@ from pipeline.errors import (
     PermanentError,
     StaleDelivery,
 )
-from pipeline.ports import LlmAnswer, OcrRequest
+from pipeline.ports import LlmAnswer, OcrRequest, StartedRecord
 from pipeline.ports.services import Services
 
 log = logging.getLogger(__name__)
@@ -97,6 +100,33 @@ def carried_past(document: SourceDocument, stage: Stage) -> bool:
 def forget_claim() -> None:
     """Forget the last delivery's claim; the task layer calls it before each stage."""
     _delivery.fence = None
+    _delivery.started = None
+    _delivery.deferred = None
+
+
+def started_with_lock(started: StartedRecord | None) -> None:
+    """The "started" the task layer's lock acquisition wrote for this delivery's stage
+    (`StateTracker.acquire_counted_and_record_started`): `begin` keeps it if it claims
+    the document, and undoes it if not, instead of writing its own."""
+    _delivery.started = started
+
+
+def state_before_claim(stage: Stage) -> tuple[str, ...]:
+    """The state hash's `{stage}_status` values that say a delivery of `stage` will claim
+    the document (an absent one too): "started" (a delivery before it) and the statuses
+    before the stage runs (OCR's queued). What the lock acquisition's "started" replaces;
+    a guess the claim checks (`begin`), not a rule: a finished value only costs a write."""
+    running = progress_rank(stage.running_status)
+    return ("started", *(str(s) for s in PROGRESS_ORDER if progress_rank(s) < running))
+
+
+def _take_started(document_uuid: str, stage: Stage) -> StartedRecord | None:
+    """The acquisition's "started" for this stage of this document, taken once."""
+    started: StartedRecord | None = getattr(_delivery, "started", None)
+    _delivery.started = None
+    if started is None or (started.document_uuid, started.stage) != (document_uuid, str(stage)):
+        return None
+    return started
 
 
 def claimed_fence() -> Fence | None:
@@ -129,6 +159,8 @@ def begin(
             return stage.running_status
         return document.status
 
+    started = _take_started(document_uuid, stage)
+    claimed: SourceDocument | None = None
     try:
         # The read, this judgement and the claim are one transaction: nothing can move
         # the document in between.
@@ -136,11 +168,17 @@ def begin(
     except KeyError:
         log.warning("%s: document %s no longer exists; dropping the task", stage, document_uuid)
         return None
+    finally:
+        if claimed is None and started is not None:
+            # Written with the lock, before this claim: a delivery that claims nothing
+            # leaves the state hash as it found it.
+            services.state.unrecord_started(started)
     if claimed is None:
         return None
     _delivery.fence = Fence.of(claimed)
-    # One write: "started" replaces every field a write of the claimed status would set.
-    services.state.record(document_uuid, str(stage), "started")
+    if started is None:
+        # One write: "started" replaces every field a write of the claimed status would set.
+        services.state.record(document_uuid, str(stage), "started")
     return claimed
 
 
@@ -173,8 +211,53 @@ def mark(
         state_meta = dict(metadata or {})
         if error:
             state_meta["error"] = error
-        services.state.record(document.uuid, str(stage), str(status), state_meta or None)
+        deferred: dict[tuple[str, str], DeferredState] | None = getattr(_delivery, "deferred", None)
+        if deferred is None:
+            services.state.record(document.uuid, str(stage), str(status), state_meta or None)
+        else:
+            key = (document.uuid, str(stage))
+            earlier = deferred.get(key)
+            kept = state_meta or (earlier.metadata if earlier is not None else None)
+            deferred[key] = DeferredState(str(status), kept or None)
     return changed
+
+
+@dataclass(frozen=True)
+class DeferredState:
+    """A transition's state-hash write held back (`deferring_state_writes`): the status,
+    and the metadata of the last transition that had some (the hash keeps it likewise)."""
+
+    status: str
+    metadata: dict[str, object] | None
+
+
+@contextmanager
+def deferring_state_writes(services: Services) -> Iterator[None]:
+    """Hold back the state-hash writes of the stage's own transitions (`mark`) while it runs.
+
+    A finished stage's last state write (its status "completed") goes with its lock's
+    release, and replaces what those writes set but their metadata: the task layer
+    makes them one round trip (`take_deferred_states`; issue 15). A stage that raises
+    has them written on its way out, as `mark` would have; if Redis cannot take them
+    then, the stage's own failure decides what follows (the hash only informs).
+    """
+    _delivery.deferred = {}
+    try:
+        yield
+    except BaseException:
+        for (document_uuid, stage), held in take_deferred_states().items():
+            try:
+                services.state.record(document_uuid, stage, held.status, held.metadata)
+            except Exception as exc:
+                log.warning("%s %s: state hash not written (%s)", stage, document_uuid, exc)
+        raise
+
+
+def take_deferred_states() -> dict[tuple[str, str], DeferredState]:
+    """The state writes `deferring_state_writes` held back, by (document, stage); ends it."""
+    deferred: dict[tuple[str, str], DeferredState] | None = getattr(_delivery, "deferred", None)
+    _delivery.deferred = None
+    return deferred or {}
 
 
 def cache_key(document: SourceDocument, *parts: str) -> str:

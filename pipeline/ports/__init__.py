@@ -164,7 +164,14 @@ class StateTracker(Protocol):
     ) -> None: ...
 
     def record_and_release(
-        self, document_uuid: str, stage: str, status: str, *, lock_name: str, token: str
+        self,
+        document_uuid: str,
+        stage: str,
+        status: str,
+        *,
+        lock_name: str,
+        token: str,
+        metadata: dict[str, object] | None = None,
     ) -> None:
         """`record`, and `LockManager.release(lock_name, token)` in the same round trip.
 
@@ -172,6 +179,39 @@ class StateTracker(Protocol):
         state was not recorded, after releasing the lock as `LockManager.release`
         would on its own (Redis being down leaves it to expire); a release that
         fails while the state is recorded is not an error, as the lock expires.
+        """
+        ...
+
+    def acquire_counted_and_record_started(
+        self,
+        document_uuid: str,
+        stage: str,
+        *,
+        lock_name: str,
+        ttl_seconds: int,
+        owner: str,
+        counter: str,
+        counter_ttl_s: int,
+        limit: int,
+        replacing: Sequence[str],
+    ) -> CountedAcquisition:
+        """`LockManager.acquire_counted`, then `record(document_uuid, stage, "started")`, in one
+        atomic round trip: what a stage delivery does first (issue 15).
+
+        "started" is written only when the lock was taken and the hash does not
+        show the stage past it: its `{stage}_status` is absent or one of `replacing`.
+        So the usual duplicate - a redelivery of a finished stage - changes nothing.
+        The acquisition's `started` says what was written and what it replaced;
+        the claim that follows decides: kept if it claims the document, undone
+        (`unrecord_started`) if not.
+        """
+        ...
+
+    def unrecord_started(self, started: StartedRecord) -> None:
+        """Undo the "started" an acquisition wrote, unless the stage's fields were written since.
+
+        `last_status` goes back only while it still reads "started". Never raises:
+        Redis down leaves the "started" (the hash only informs; the claim decides).
         """
         ...
 
@@ -187,15 +227,32 @@ class Cache(Protocol):
 
 
 @dataclass(frozen=True)
+class StartedRecord:
+    """The "started" write of a lock acquisition (`acquire_counted_and_record_started`).
+
+    `replaced` holds the values it overwrote (`{stage}_status`, `{stage}_timestamp`,
+    `last_status`), None for a field that was absent: what `unrecord_started` restores.
+    """
+
+    document_uuid: str
+    stage: str
+    #: The `{stage}_timestamp` written: tells this write from a later one.
+    timestamp: str
+    replaced: tuple[tuple[str, str | None], ...]
+
+
+@dataclass(frozen=True)
 class CountedAcquisition:
     """What `LockManager.acquire_counted` found: the delivery count, and the lock's token.
 
     `token` is None when the count went over the limit (the lock was not tried)
-    or when another owner holds the lock.
+    or when another owner holds the lock. `started` is the state hash's "started"
+    write made with it (`StateTracker.acquire_counted_and_record_started`), if any.
     """
 
     deliveries: int
     token: str | None
+    started: StartedRecord | None = None
 
 
 class LockManager(Protocol):

@@ -106,21 +106,26 @@ def run_stage(
         # Each delivery holds the lock under its own token; a redelivery of the same task id
         # (worker killed, or a visibility-timeout restore while this one still runs) takes
         # it over at once, and its claim in `stages.begin` fences the older delivery out.
-        # A broker delivery is counted first (one round trip with the lock): a poison task
+        # A broker delivery is counted first, in one round trip with the lock and the state
+        # hash's "started" (kept or undone by the claim, `stages.begin`): a poison task
         # that kills its worker every time cannot loop forever.
         counted_as = _delivery_counter(task)
         if counted_as is None:
             token = services.locks.acquire(lock_name, settings.lock_ttl_s, owner=task.request.id)
         else:
             task_id, counter = counted_as
-            counted = services.locks.acquire_counted(
-                lock_name,
-                settings.lock_ttl_s,
-                task_id,
+            counted = services.state.acquire_counted_and_record_started(
+                document_uuid,
+                str(stage),
+                lock_name=lock_name,
+                ttl_seconds=settings.lock_ttl_s,
+                owner=task_id,
                 counter=counter,
                 counter_ttl_s=DELIVERIES_TTL_S,
                 limit=settings.max_redeliveries,
+                replacing=stages.state_before_claim(stage),
             )
+            stages.started_with_lock(counted.started)
             if counted.deliveries > settings.max_redeliveries:
                 reason = redelivered_too_often(task.request.retries)
                 try:
@@ -147,7 +152,7 @@ def run_stage(
             token = counted.token
         if token is None:
             raise LockUnavailable(f"another worker holds the {stage} lock")
-        with metered() as meter:
+        with metered() as meter, stages.deferring_state_writes(services):
             result = call(services)
         if not result.skipped and result.poll_job_id is None:
             held, token = token, None
@@ -202,15 +207,26 @@ def run_stage(
     finally:
         if token is not None:
             _release(services, lock_name, token)
-    if result.skipped:
-        return "skipped"
+    # The state writes of the stage's own transitions, held back while it ran.
+    deferred = stages.take_deferred_states()
     try:
         if held is not None:
-            # The state's last write and the lock's release are one round trip (issue 15);
+            # The state's last write and the lock's release are one round trip (issue 15),
+            # with the metadata of the stage's last transition (its status is replaced);
             # a failed write raises here after the lock was released, as the two calls did.
+            finished = deferred.pop((document_uuid, str(stage)), None)
             services.state.record_and_release(
-                document_uuid, str(stage), "completed", lock_name=lock_name, token=held
+                document_uuid,
+                str(stage),
+                "completed",
+                lock_name=lock_name,
+                token=held,
+                metadata=None if finished is None else finished.metadata,
             )
+        for (other_uuid, other_stage), state in deferred.items():
+            services.state.record(other_uuid, other_stage, state.status, state.metadata)
+        if result.skipped:
+            return "skipped"
         _dispatch(result, document_uuid, version)
     except Exception as exc:
         # The stage committed but its successor could not be published (broker or Redis

@@ -141,10 +141,18 @@ def test_a_lock_that_cannot_be_released_does_not_stop_the_chain(
         release(name, token)
 
     def record_and_release_unless_gone(
-        document_uuid: str, stage: str, status: str, *, lock_name: str, token: str
+        document_uuid: str,
+        stage: str,
+        status: str,
+        *,
+        lock_name: str,
+        token: str,
+        metadata: dict[str, object] | None = None,
     ) -> None:
         redis_gone_once(lock_name)
-        record_and_release(document_uuid, stage, status, lock_name=lock_name, token=token)
+        record_and_release(
+            document_uuid, stage, status, lock_name=lock_name, token=token, metadata=metadata
+        )
 
     monkeypatch.setattr(services.locks, "release", release_unless_gone)
     monkeypatch.setattr(services.state, "record_and_release", record_and_release_unless_gone)

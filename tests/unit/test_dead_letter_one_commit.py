@@ -133,7 +133,7 @@ def test_the_previous_task_s_claim_does_not_fence_the_next_verdict(
 
     # The next task on this thread cannot even take its lock; with no retry left it is
     # dead-lettered, whatever the previous task claimed.
-    monkeypatch.setattr(services.locks, "acquire_counted", redis_down)
+    monkeypatch.setattr(services.state, "acquire_counted_and_record_started", redis_down)
     with pytest.raises(redis.ConnectionError):
         _run(DeliveredTask("second"), second, lambda s: stages.SKIPPED)
 

@@ -368,3 +368,50 @@ def test_the_last_state_write_with_its_release_fails_as_the_two_calls_did(
     killed_releasing = rules and rules[0].port == "locks" and rules[0].kind == "kill_worker_after"
     consulted = {"locks.release": 1, "state.record": 0 if killed_releasing else 1}
     assert faults.operation_calls() == {op: n for op, n in consulted.items() if n}
+
+
+@pytest.mark.parametrize(
+    ("rules", "raises", "started", "locked"),
+    [
+        ((), None, True, True),
+        (
+            (FaultRule(port="locks", operation="acquire", kind="transient"),),
+            redis.RedisError,
+            False,
+            False,
+        ),
+        ((FaultRule(port="state", kind="transient"),), redis.RedisError, False, True),
+        ((FaultRule(port="state", kind="kill_worker_after"),), WorkerKilled, True, True),
+    ],
+)
+def test_the_first_state_write_with_its_lock_fails_as_the_two_calls_did(
+    rules: tuple[FaultRule, ...],
+    raises: type[BaseException] | None,
+    started: bool,
+    locked: bool,
+) -> None:
+    """A lock fault writes nothing; a state fault raises with the lock taken, the hash unwritten."""
+    client = fakeredis.FakeRedis()
+    locks = RedisLockManager(client)
+    faults = injector(*rules)
+    state = FaultyStateTracker(
+        RedisStateTracker(client, ttl_seconds=60), faults, SystemClock(), locks=locks
+    )
+    with pytest.raises(raises) if raises else contextlib.nullcontext():
+        state.acquire_counted_and_record_started(
+            "d",
+            "chunking",
+            lock_name=LOCK,
+            ttl_seconds=30,
+            owner="task-1",
+            counter="docpipe:deliveries:task-1:0",
+            counter_ttl_s=60,
+            limit=3,
+            replacing=("started",),
+        )
+    assert (state.get("d").get("chunking_status") == "started") is started
+    assert (locks.acquire(LOCK, 30, owner="task-2") is None) is locked
+    # Each port is consulted once, as by the two calls it replaces (the state's only
+    # once the lock was taken and "started" written).
+    consulted = {"locks.acquire": 1, "state.record": 1 if locked else 0}
+    assert faults.operation_calls() == {op: n for op, n in consulted.items() if n}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid as uuidlib
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -30,6 +29,7 @@ from pipeline.adapters.sql.schema import (
     source_documents,
     textract_jobs,
 )
+from pipeline.adapters.tokens import fresh_token
 from pipeline.domain.models import (
     Fence,
     HistoryEntry,
@@ -285,7 +285,7 @@ class SqlDocumentRecords(SqlBase):
             "uuid": document_uuid,
             "version": processing_version,
             "found": Status(found_status).value,
-            "token": uuidlib.uuid4().hex,
+            "token": fresh_token(),
         }
         moves = progress_rank(status) > progress_rank(found_status)
         if moves:
@@ -337,7 +337,7 @@ class SqlDocumentRecords(SqlBase):
                 "uuid": document_uuid,
                 "version": found.processing_version,
                 "found": found.status.value,
-                "token": uuidlib.uuid4().hex,
+                "token": fresh_token(),
                 "now": hot.stamp(now),
             }
             moves = progress_rank(status) > progress_rank(found.status)

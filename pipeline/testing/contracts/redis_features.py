@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 import redis
@@ -48,12 +49,112 @@ class RedisFeaturesContract:
         assert tracker.get("doc-1")["chunking_status"] == "completed"
         assert locks.acquire("doc-1:chunking:v1", ttl_seconds=30, owner="task-2") is None
         tracker.record_and_release(
-            "doc-1", "chunking", "completed", lock_name="doc-1:chunking:v1", token=token
+            "doc-1",
+            "chunking",
+            "completed",
+            lock_name="doc-1:chunking:v1",
+            token=token,
+            metadata={"chunks": 3},
         )
         state = tracker.get("doc-1")
         assert state["last_status"] == "completed" and float(state["chunking_timestamp"]) > 0
+        assert state["chunking_metadata"] == '{"chunks": 3}'
         assert 3600 - 5 <= int(client.ttl(STATE_KEY.format(uuid="doc-1"))) <= 3600
         assert locks.acquire("doc-1:chunking:v1", ttl_seconds=30, owner="task-2") is not None
+
+    def test_a_counted_acquisition_records_started_with_its_lock(self, client: redis.Redis) -> None:
+        tracker = RedisStateTracker(client, ttl_seconds=3600)
+        locks = RedisLockManager(client)
+        tracker.record("doc-1", "ocr", "ocr_queued", {"task_id": "t1"})
+        before = tracker.get("doc-1")
+        counted = tracker.acquire_counted_and_record_started(
+            "doc-1",
+            "ocr",
+            **_acquisition("doc-1:ocr:v1", "task-1", replacing=("started", "ocr_queued")),
+        )
+        assert counted.deliveries == 1 and counted.token is not None
+        assert int(client.get("docpipe:deliveries:task-1:0") or 0) == 1
+        assert locks.acquire("doc-1:ocr:v1", ttl_seconds=30, owner="task-2") is None
+        state = tracker.get("doc-1")
+        assert state["ocr_status"] == "started" and state["last_status"] == "started"
+        assert state["ocr_metadata"] == before["ocr_metadata"]
+        assert counted.started is not None and counted.started.timestamp == state["ocr_timestamp"]
+        assert 3600 - 5 <= int(client.ttl(STATE_KEY.format(uuid="doc-1"))) <= 3600
+        # The claim refused: the hash is as it was.
+        tracker.unrecord_started(counted.started)
+        assert tracker.get("doc-1") == before
+
+    def test_a_counted_acquisition_leaves_a_stage_past_it_and_undoes_into_absence(
+        self, client: redis.Redis
+    ) -> None:
+        tracker = RedisStateTracker(client, ttl_seconds=3600)
+        tracker.record("doc-1", "chunking", "completed")
+        tracker.record("doc-1", "entity_extraction", "started")
+        before = tracker.get("doc-1")
+        # A redelivery of the finished stage: its lock is free, its status not replaced.
+        duplicate = tracker.acquire_counted_and_record_started(
+            "doc-1",
+            "chunking",
+            **_acquisition("doc-1:chunking:v1", "task-1", replacing=("started",)),
+        )
+        assert duplicate.token is not None and duplicate.started is None
+        assert tracker.get("doc-1") == before
+        # A stage the hash has never seen: written, and undone field by field.
+        fresh = tracker.acquire_counted_and_record_started(
+            "doc-1",
+            "relationship_staging",
+            **_acquisition("doc-1:relationship_staging:v1", "task-2", replacing=("started",)),
+        )
+        assert fresh.started is not None
+        assert tracker.get("doc-1")["relationship_staging_status"] == "started"
+        tracker.unrecord_started(fresh.started)
+        assert tracker.get("doc-1") == before
+
+    def test_no_started_without_the_lock(self, client: redis.Redis) -> None:
+        tracker = RedisStateTracker(client, ttl_seconds=3600)
+        locks = RedisLockManager(client)
+        held = locks.acquire("doc-1:ocr:v1", ttl_seconds=30, owner="task-1")
+        assert held is not None
+        refused = tracker.acquire_counted_and_record_started(
+            "doc-1", "ocr", **_acquisition("doc-1:ocr:v1", "task-2", replacing=("started",))
+        )
+        assert refused == CountedAcquisition(deliveries=1, token=None)
+        over = tracker.acquire_counted_and_record_started(
+            "doc-1",
+            "ocr",
+            **_acquisition("doc-1:ocr:v1", "task-1", replacing=("started",), limit=0),
+        )
+        assert over == CountedAcquisition(deliveries=1, token=None)
+        assert tracker.get("doc-1") == {}
+
+    def test_started_is_not_undone_once_the_stage_was_written_since(
+        self, client: redis.Redis
+    ) -> None:
+        tracker = RedisStateTracker(client, ttl_seconds=3600)
+        first = tracker.acquire_counted_and_record_started(
+            "doc-1",
+            "chunking",
+            **_acquisition("doc-1:chunking:v1", "task-1", replacing=("started",)),
+        )
+        assert first.started is not None and first.token is not None
+        # A redelivery of the same task took the lock over and finished the stage.
+        tracker.record_and_release(
+            "doc-1", "chunking", "completed", lock_name="doc-1:chunking:v1", token=first.token
+        )
+        tracker.unrecord_started(first.started)
+        state = tracker.get("doc-1")
+        assert state["chunking_status"] == "completed" and state["last_status"] == "completed"
+        # Another stage started meanwhile: `last_status` is its own, kept.
+        second = tracker.acquire_counted_and_record_started(
+            "doc-2",
+            "chunking",
+            **_acquisition("doc-2:chunking:v1", "task-3", replacing=("started",)),
+        )
+        assert second.started is not None
+        tracker.record("doc-2", "entity_extraction", "completed")
+        tracker.unrecord_started(second.started)
+        assert tracker.get("doc-2")["last_status"] == "completed"
+        assert "chunking_status" not in tracker.get("doc-2")
 
     def test_cache_round_trips_and_expires(self, client: redis.Redis) -> None:
         cache = RedisCache(client)
@@ -239,3 +340,18 @@ class RedisFeaturesContract:
         limiter.acquire("llm", 10**9)
         with pytest.raises(RateLimited, match="2 calls per 30s"):
             limiter.acquire("llm", 0)
+
+
+def _acquisition(
+    lock_name: str, owner: str, *, replacing: tuple[str, ...], limit: int = 3
+) -> dict[str, Any]:
+    """`acquire_counted_and_record_started`'s keywords: a delivery of the task `owner`."""
+    return {
+        "lock_name": lock_name,
+        "ttl_seconds": 30,
+        "owner": owner,
+        "counter": f"docpipe:deliveries:{owner}:0",
+        "counter_ttl_s": WEEK,
+        "limit": limit,
+        "replacing": replacing,
+    }
