@@ -333,25 +333,6 @@ class FaultyLockManager:
         _after(self._faults, response, "locks", "acquire")
         return token
 
-    def acquire_counted(
-        self,
-        name: str,
-        ttl_seconds: int,
-        owner: str,
-        *,
-        counter: str,
-        counter_ttl_s: int,
-        limit: int,
-    ) -> CountedAcquisition:
-        # The task layer's lock acquisition (with its delivery count): the faults of `acquire`.
-        document = _document_of_lock(name)
-        response = _redis_call(self._faults, self._clock, "locks", "acquire", document)
-        counted = self._inner.acquire_counted(
-            name, ttl_seconds, owner, counter=counter, counter_ttl_s=counter_ttl_s, limit=limit
-        )
-        _after(self._faults, response, "locks", "acquire")
-        return counted
-
     def release(self, name: str, token: str) -> None:
         document = _document_of_lock(name)
         response = _redis_call(self._faults, self._clock, "locks", "release", document)

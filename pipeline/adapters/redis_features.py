@@ -46,9 +46,10 @@ end
 return 0
 """
 
-# The redelivery guard and the lock in one round trip: count this delivery (KEYS[1], kept
-# ARGV[4] seconds); over ARGV[5] deliveries return without trying the lock (KEYS[2]), else
-# `_ACQUIRE` on it with ARGV[1..3] as there. Returns {deliveries, 1 if the lock was taken}.
+# The redelivery guard and the lock, the start of `_ACQUIRE_COUNTED_STARTED`: count this
+# delivery (KEYS[1], kept ARGV[4] seconds); over ARGV[5] deliveries return {deliveries, 0}
+# without trying the lock (KEYS[2]), else `_ACQUIRE` on it with ARGV[1..3] as there, and
+# {deliveries, 0} when another owner holds it; the script goes on with the lock taken.
 _COUNT_AND_LOCK = """
 local deliveries = redis.call('incr', KEYS[1])
 redis.call('expire', KEYS[1], ARGV[4])
@@ -61,9 +62,8 @@ if current ~= false and string.sub(current, 1, string.len(ARGV[3])) ~= ARGV[3] t
 end
 redis.call('set', KEYS[2], ARGV[1], 'EX', ARGV[2])
 """
-_ACQUIRE_COUNTED = _COUNT_AND_LOCK + "return {deliveries, 1}\n"
 
-# `_ACQUIRE_COUNTED`, then, with the lock taken, "started" in the state hash KEYS[3] (TTL
+# `_COUNT_AND_LOCK`, then, with the lock taken, "started" in the state hash KEYS[3] (TTL
 # ARGV[6]; ARGV[7], ARGV[8] the stage's status and timestamp fields, ARGV[9] the time) if
 # the stage's status there is absent or one of ARGV[10...] (else the stage went past it: a
 # duplicate, whose claim refuses). Returns {deliveries, 1, 1, then the status, timestamp
@@ -317,7 +317,6 @@ class RedisLockManager:
         self._client = client
         self._prefix = prefix
         self._acquire = client.register_script(_ACQUIRE)
-        self._acquire_counted = client.register_script(_ACQUIRE_COUNTED)
         self._release = client.register_script(_RELEASE_IF_OWNER)
 
     def acquire(self, name: str, ttl_seconds: int, owner: str | None = None) -> str | None:
@@ -330,24 +329,6 @@ class RedisLockManager:
             token = prefix + delivery
         acquired = self._acquire(keys=[self._prefix + name], args=[token, ttl_seconds, prefix])
         return token if acquired == 1 else None
-
-    def acquire_counted(
-        self,
-        name: str,
-        ttl_seconds: int,
-        owner: str,
-        *,
-        counter: str,
-        counter_ttl_s: int,
-        limit: int,
-    ) -> CountedAcquisition:
-        prefix = f"{owner}#"
-        token = prefix + fresh_token()
-        deliveries, acquired = self._acquire_counted(
-            keys=[counter, self._prefix + name],
-            args=[token, ttl_seconds, prefix, counter_ttl_s, limit],
-        )
-        return CountedAcquisition(int(deliveries), token if int(acquired) == 1 else None)
 
     def release(self, name: str, token: str) -> None:
         self._release(keys=[self._prefix + name], args=[token])

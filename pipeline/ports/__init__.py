@@ -195,8 +195,12 @@ class StateTracker(Protocol):
         limit: int,
         replacing: Sequence[str],
     ) -> CountedAcquisition:
-        """`LockManager.acquire_counted`, then `record(document_uuid, stage, "started")`, in one
-        atomic round trip: what a stage delivery does first (issue 15).
+        """Count one more delivery under the key `counter`; unless over `limit`, `acquire` the
+        lock `lock_name` for `owner`; with the lock, `record(document_uuid, stage, "started")`.
+
+        One atomic round trip for what a stage delivery does first (the redelivery guard,
+        its lock, its state; issue 15); the count expires `counter_ttl_s` after its last
+        delivery. Over the limit the lock is not tried.
 
         "started" is written only when the lock was taken and the hash does not
         show the stage past it: its `{stage}_status` is absent or one of `replacing`.
@@ -243,7 +247,8 @@ class StartedRecord:
 
 @dataclass(frozen=True)
 class CountedAcquisition:
-    """What `LockManager.acquire_counted` found: the delivery count, and the lock's token.
+    """What `StateTracker.acquire_counted_and_record_started` found: the delivery count,
+    and the lock's token.
 
     `token` is None when the count went over the limit (the lock was not tried)
     or when another owner holds the lock. `started` is the state hash's "started"
@@ -263,24 +268,6 @@ class LockManager(Protocol):
 
         Another acquisition by the same `owner` (a redelivery of the same task id)
         takes the lock over with a new token; the older token can no longer release it.
-        """
-        ...
-
-    def acquire_counted(
-        self,
-        name: str,
-        ttl_seconds: int,
-        owner: str,
-        *,
-        counter: str,
-        counter_ttl_s: int,
-        limit: int,
-    ) -> CountedAcquisition:
-        """Count one more delivery under the key `counter`, then `acquire` unless over `limit`.
-
-        One atomic round trip for what a task does first (the redelivery guard, then
-        its lock); the count expires `counter_ttl_s` after its last delivery. Over
-        the limit the lock is not tried.
         """
         ...
 

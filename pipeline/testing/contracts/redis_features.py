@@ -192,25 +192,25 @@ class RedisFeaturesContract:
     def test_a_counted_acquisition_counts_each_delivery_and_stops_at_the_limit(
         self, client: redis.Redis
     ) -> None:
+        tracker = RedisStateTracker(client, ttl_seconds=3600)
         locks = RedisLockManager(client)
         counter = "docpipe:deliveries:task-1:0"
-        first = locks.acquire_counted(
-            "doc:ocr", 30, "task-1", counter=counter, counter_ttl_s=WEEK, limit=2
-        )
+
+        def deliver() -> CountedAcquisition:
+            return tracker.acquire_counted_and_record_started(
+                "doc", "ocr", **_acquisition("doc:ocr", "task-1", replacing=("started",), limit=2)
+            )
+
+        first = deliver()
         assert first.deliveries == 1 and first.token is not None
         assert 0 < int(client.ttl(counter)) <= WEEK
         # A redelivery of the same task id: counted, and it takes the lock over.
-        second = locks.acquire_counted(
-            "doc:ocr", 30, "task-1", counter=counter, counter_ttl_s=WEEK, limit=2
-        )
+        second = deliver()
         assert second.deliveries == 2 and second.token not in (None, first.token)
         locks.release("doc:ocr", str(first.token))  # the older delivery cannot release it
         assert locks.acquire("doc:ocr", ttl_seconds=30, owner="task-2") is None
         # Over the limit: counted, and the lock is not tried (the holder keeps it).
-        third = locks.acquire_counted(
-            "doc:ocr", 30, "task-1", counter=counter, counter_ttl_s=WEEK, limit=2
-        )
-        assert third == CountedAcquisition(deliveries=3, token=None)
+        assert deliver() == CountedAcquisition(deliveries=3, token=None)
         assert locks.acquire("doc:ocr", ttl_seconds=30, owner="task-2") is None
         locks.release("doc:ocr", str(second.token))
         assert locks.acquire("doc:ocr", ttl_seconds=30, owner="task-2") is not None
@@ -218,26 +218,17 @@ class RedisFeaturesContract:
     def test_a_counted_acquisition_never_takes_another_owners_lock(
         self, client: redis.Redis
     ) -> None:
+        tracker = RedisStateTracker(client, ttl_seconds=3600)
         locks = RedisLockManager(client)
         held = locks.acquire("doc:chunking", ttl_seconds=30, owner="task-1")
         assert held is not None
-        refused = locks.acquire_counted(
-            "doc:chunking",
-            30,
-            "task-2",
-            counter="docpipe:deliveries:task-2:0",
-            counter_ttl_s=WEEK,
-            limit=3,
+        refused = tracker.acquire_counted_and_record_started(
+            "doc", "chunking", **_acquisition("doc:chunking", "task-2", replacing=("started",))
         )
         assert refused == CountedAcquisition(deliveries=1, token=None)
         locks.release("doc:chunking", held)
-        taken = locks.acquire_counted(
-            "doc:chunking",
-            30,
-            "task-2",
-            counter="docpipe:deliveries:task-2:0",
-            counter_ttl_s=WEEK,
-            limit=3,
+        taken = tracker.acquire_counted_and_record_started(
+            "doc", "chunking", **_acquisition("doc:chunking", "task-2", replacing=("started",))
         )
         assert taken.deliveries == 2 and taken.token is not None
         assert locks.acquire("doc:chunking", ttl_seconds=30, owner="task-1") is None
