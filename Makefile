@@ -70,7 +70,12 @@ endef
 # output is shown, and fails `make test`, once they are done. The load check runs alone,
 # after both: it measures throughput on this machine.
 LINT_LOG := $(VENV)/lint.log
+# The project's own modules compiled once, up front: with PYTHONDONTWRITEBYTECODE set (as
+# in many containers) each of the hundreds of Python processes the tests start (workers, the CLI)
+# would compile what it imports of them again (~0.05 s of CPU each).
+COMPILE_OWN := $(BIN)/python -m compileall -q pipeline fakes tests >/dev/null
 test: $(STAMP)  ## lint next to the unit and integration tests (in parallel), then the short load check (CI runs this)
+	@$(COMPILE_OWN)
 	@rm -f $(LINT_LOG).rc; \
 	  { $(MAKE) --no-print-directory lint > $(LINT_LOG) 2>&1; echo $$? > $(LINT_LOG).tmp; mv $(LINT_LOG).tmp $(LINT_LOG).rc; } & \
 	  echo "lint: running next to the tests (output: $(LINT_LOG))"
