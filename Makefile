@@ -170,7 +170,8 @@ BENCH_FAIL     ?= min:25%
 BENCH_PYTEST   := $(BIN)/pytest -q $(BENCH_TESTS) -p no:randomly --benchmark-enable --benchmark-only \
   --benchmark-storage=file://$(BENCH_STORAGE) --benchmark-timer=time.process_time \
   --benchmark-min-time=0.0005 --benchmark-disable-gc \
-  --benchmark-sort=name --benchmark-columns=min,median,mean,rounds
+  --benchmark-sort=name --benchmark-columns=min,median,mean,rounds \
+  -W "default::pytest_benchmark.logger.PytestBenchmarkWarning"
 BENCH_MACHINE   = $(shell $(BIN)/python -c "from pytest_benchmark.utils import get_machine_id as m; print(m())")
 
 bench: $(STAMP)  ## benchmarks vs the saved baseline (fails on BENCH_FAIL), then the growth check

@@ -91,7 +91,7 @@ def build_client(
     connect_timeout_s: float = 10.0,
     read_timeout_s: float = 60.0,
 ) -> Any:
-    """A boto3 client with bounded retries and timeouts (standard retry mode).
+    """An AWS client (botocore's, which boto3 returns too) with bounded retries and timeouts.
 
     Each client gets a session of its own (sessions are not thread-safe); they share
     one loader of botocore's service models, which a fresh session would read from
