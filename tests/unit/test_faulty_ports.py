@@ -325,6 +325,19 @@ def test_identical_rules_draw_independently_and_the_seed_changes_the_draws() -> 
 LOCK = "d:chunking:v1"
 
 
+def _faulty_state_tracker(
+    rules: tuple[FaultRule, ...],
+) -> tuple[RedisLockManager, RedisFaultInjector, FaultyStateTracker]:
+    """A state tracker on fakeredis behind `rules`, and the lock manager it shares Redis with."""
+    client = fakeredis.FakeRedis()
+    locks = RedisLockManager(client)
+    faults = injector(*rules)
+    state = FaultyStateTracker(
+        RedisStateTracker(client, ttl_seconds=60), faults, SystemClock(), locks=locks
+    )
+    return locks, faults, state
+
+
 @pytest.mark.parametrize(
     ("rules", "raises", "recorded", "released"),
     [
@@ -351,12 +364,7 @@ def test_the_last_state_write_with_its_release_fails_as_the_two_calls_did(
     released: bool,
 ) -> None:
     """A release fault leaves the lock to expire; a state fault raises after the release."""
-    client = fakeredis.FakeRedis()
-    locks = RedisLockManager(client)
-    faults = injector(*rules)
-    state = FaultyStateTracker(
-        RedisStateTracker(client, ttl_seconds=60), faults, SystemClock(), locks=locks
-    )
+    locks, faults, state = _faulty_state_tracker(rules)
     token = locks.acquire(LOCK, 30, owner="task-1")
     assert token is not None
     with pytest.raises(raises) if raises else contextlib.nullcontext():
@@ -391,12 +399,7 @@ def test_the_first_state_write_with_its_lock_fails_as_the_two_calls_did(
     locked: bool,
 ) -> None:
     """A lock fault writes nothing; a state fault raises with the lock taken, the hash unwritten."""
-    client = fakeredis.FakeRedis()
-    locks = RedisLockManager(client)
-    faults = injector(*rules)
-    state = FaultyStateTracker(
-        RedisStateTracker(client, ttl_seconds=60), faults, SystemClock(), locks=locks
-    )
+    locks, faults, state = _faulty_state_tracker(rules)
     with pytest.raises(raises) if raises else contextlib.nullcontext():
         state.acquire_counted_and_record_started(
             "d",
