@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from pipeline.app.intake import submit_and_dispatch
 from pipeline.app.report import build_report
@@ -86,3 +92,37 @@ RABBITMQ_SCENARIO_FILES = [
         "hang_past_the_hard_time_limit_dead_lettered",
     )
 ]
+
+
+#: How often the memory worker's poll and timer look up while it runs (seconds).
+MEMORY_WORKER_TICK_S = 0.05
+
+
+@contextmanager
+def memory_worker(app: Any, monkeypatch: pytest.MonkeyPatch, **options: Any) -> Iterator[Any]:
+    """Celery's in-thread test worker (`start_worker`) on the memory transport, stopping at once.
+
+    Celery's synchronous loop waits out its 2 s `drain_events` poll, and its timer thread
+    its interval, before the worker thread ends: ~4.9 s per test. Here the poll gives up
+    as soon as the worker is told to stop, and the timer looks up every tick.
+    """
+    from celery.contrib.testing.worker import start_worker
+    from celery.worker import state
+    from kombu.transport import memory
+
+    drain = memory.Transport.drain_events
+
+    def drain_until_stopped(self: Any, connection: Any, timeout: float | None = None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                return drain(self, connection, timeout=MEMORY_WORKER_TICK_S)
+            except TimeoutError:
+                if state.should_terminate is not None or state.should_stop is not None:
+                    raise
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+
+    monkeypatch.setattr(memory.Transport, "drain_events", drain_until_stopped)
+    with start_worker(app, timer_precision=MEMORY_WORKER_TICK_S, **options) as worker:
+        yield worker

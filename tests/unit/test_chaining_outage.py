@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 import redis
-from celery.contrib.testing.worker import start_worker
 from celery.exceptions import SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError
 
@@ -26,6 +25,7 @@ from pipeline.domain.models import QUEUES, Stage, Status
 from pipeline.errors import TransientError
 from pipeline.runtime.celery_app import app
 from pipeline.runtime.tasks import STAGE_TASKS
+from tests.helpers import memory_worker
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 
@@ -51,8 +51,13 @@ def _run_one(
     # The memory transport polls once a second by default: a second per hop.
     options = {**app.conf.broker_transport_options, "polling_interval": 0.02}
     monkeypatch.setitem(app.conf, "broker_transport_options", options)
-    with start_worker(
-        app, pool="threads", concurrency=2, perform_ping_check=False, queues=list(QUEUES)
+    with memory_worker(
+        app,
+        monkeypatch,
+        pool="threads",
+        concurrency=2,
+        perform_ping_check=False,
+        queues=list(QUEUES),
     ):
         (submission,) = submit_all(services, [path], "p")
         dispatch(services, submission.document_uuid)

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from celery.contrib.testing.worker import start_worker
 from celery.exceptions import Retry
 from celery.signals import before_task_publish
 
@@ -20,13 +19,14 @@ from pipeline.domain.models import QUEUES, Stage, Status
 from pipeline.runtime.broker import purge_queues
 from pipeline.runtime.celery_app import app
 from pipeline.runtime.tasks import _dispatch, retry_task, send_stage, start_ocr_task
+from tests.helpers import memory_worker
 
 MAX_MESSAGE_BYTES = 2 * 1024
 DOCUMENT_UUID = "00000000-0000-4000-8000-000000000001"
 
 
 def test_every_message_of_a_5mb_document_run_is_under_2kb(
-    make_services: Callable[..., Services], tmp_path: Path
+    make_services: Callable[..., Services], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     services = make_services(eager=False, broker_url="memory://", ocr_poll_interval_s=0)
     paragraph = (
@@ -47,8 +47,13 @@ def test_every_message_of_a_5mb_document_run_is_under_2kb(
 
     before_task_publish.connect(capture, weak=False)
     try:
-        with start_worker(
-            app, pool="threads", concurrency=2, perform_ping_check=False, queues=list(QUEUES)
+        with memory_worker(
+            app,
+            monkeypatch,
+            pool="threads",
+            concurrency=2,
+            perform_ping_check=False,
+            queues=list(QUEUES),
         ):
             (submission,) = submit_all(services, [path], "p")
             dispatch(services, submission.document_uuid)
