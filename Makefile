@@ -83,7 +83,7 @@ test: $(STAMP)  ## lint next to the unit and integration tests (in parallel), th
 	$(call pytest_in_random_order,$(PARALLEL) tests -m 'not load')
 	@while [ ! -f $(LINT_LOG).rc ]; do sleep 1; done; cat $(LINT_LOG); \
 	  if [ "$$(cat $(LINT_LOG).rc)" != 0 ]; then echo "lint failed"; exit 1; fi
-	$(call pytest_in_random_order,tests -m load)
+	$(call pytest_in_random_order,tests/load -m load)
 
 unit: $(STAMP)  ## unit tests only (no services needed)
 	$(call pytest_in_random_order,$(PARALLEL) tests/unit)
