@@ -15,6 +15,7 @@ import pytest
 from pipeline.app.intake import submit_and_dispatch
 from pipeline.app.report import build_report
 from pipeline.bootstrap import Services
+from pipeline.domain.models import QUEUES
 from pipeline.harness.scenarios.model import load_scenario
 from tests.conftest import REPO
 
@@ -124,5 +125,13 @@ def memory_worker(app: Any, monkeypatch: pytest.MonkeyPatch, **options: Any) -> 
                     raise
 
     monkeypatch.setattr(memory.Transport, "drain_events", drain_until_stopped)
+    # Every pipeline queue on two threads, as the tests that use it run the whole chain.
+    options = {
+        "pool": "threads",
+        "concurrency": 2,
+        "perform_ping_check": False,
+        "queues": list(QUEUES),
+        **options,
+    }
     with start_worker(app, timer_precision=MEMORY_WORKER_TICK_S, **options) as worker:
         yield worker

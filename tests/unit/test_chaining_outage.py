@@ -21,7 +21,7 @@ from kombu.exceptions import OperationalError
 
 from pipeline.app.intake import dispatch, submit_all
 from pipeline.bootstrap import Services
-from pipeline.domain.models import QUEUES, Stage, Status
+from pipeline.domain.models import Stage, Status
 from pipeline.errors import TransientError
 from pipeline.runtime.celery_app import app
 from pipeline.runtime.tasks import STAGE_TASKS
@@ -51,14 +51,7 @@ def _run_one(
     # The memory transport polls once a second by default: a second per hop.
     options = {**app.conf.broker_transport_options, "polling_interval": 0.02}
     monkeypatch.setitem(app.conf, "broker_transport_options", options)
-    with memory_worker(
-        app,
-        monkeypatch,
-        pool="threads",
-        concurrency=2,
-        perform_ping_check=False,
-        queues=list(QUEUES),
-    ):
+    with memory_worker(app, monkeypatch):
         (submission,) = submit_all(services, [path], "p")
         dispatch(services, submission.document_uuid)
         deadline = time.monotonic() + timeout_s

@@ -15,7 +15,7 @@ from celery.signals import before_task_publish
 from pipeline.app.intake import dispatch, submit_all
 from pipeline.app.stages import StageResult
 from pipeline.bootstrap import Services
-from pipeline.domain.models import QUEUES, Stage, Status
+from pipeline.domain.models import Stage, Status
 from pipeline.runtime.broker import purge_queues
 from pipeline.runtime.celery_app import app
 from pipeline.runtime.tasks import _dispatch, retry_task, send_stage, start_ocr_task
@@ -47,14 +47,7 @@ def test_every_message_of_a_5mb_document_run_is_under_2kb(
 
     before_task_publish.connect(capture, weak=False)
     try:
-        with memory_worker(
-            app,
-            monkeypatch,
-            pool="threads",
-            concurrency=2,
-            perform_ping_check=False,
-            queues=list(QUEUES),
-        ):
+        with memory_worker(app, monkeypatch):
             (submission,) = submit_all(services, [path], "p")
             dispatch(services, submission.document_uuid)
             deadline = time.monotonic() + 120
