@@ -105,7 +105,8 @@ def memory_worker(app: Any, monkeypatch: pytest.MonkeyPatch, **options: Any) -> 
 
     Celery's synchronous loop waits out its 2 s `drain_events` poll, and its timer thread
     its interval, before the worker thread ends: ~4.9 s per test. Here the poll gives up
-    as soon as the worker is told to stop, and the timer looks up every tick.
+    as soon as the worker is told to stop, and the timer looks up every tick. The memory
+    transport, which polls once a second by default (a second per hop), polls every tick.
     """
     from celery.contrib.testing.worker import start_worker
     from celery.worker import state

@@ -48,9 +48,6 @@ def _broker_refuses(monkeypatch: pytest.MonkeyPatch, task: Any, *, times: int) -
 def _run_one(
     services: Services, path: Path, monkeypatch: pytest.MonkeyPatch, timeout_s: float = 60
 ) -> Status:
-    # The memory transport polls once a second by default: a second per hop.
-    options = {**app.conf.broker_transport_options, "polling_interval": 0.02}
-    monkeypatch.setitem(app.conf, "broker_transport_options", options)
     with memory_worker(app, monkeypatch):
         (submission,) = submit_all(services, [path], "p")
         dispatch(services, submission.document_uuid)
