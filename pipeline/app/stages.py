@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import cache
 
 from pipeline.app.policy import record_progress
 from pipeline.domain.categorize import categorize
@@ -111,6 +112,7 @@ def started_with_lock(started: StartedRecord | None) -> None:
     _delivery.started = started
 
 
+@cache  # a few values per stage, asked on every broker delivery
 def state_before_claim(stage: Stage) -> tuple[str, ...]:
     """The state hash's `{stage}_status` values that say a delivery of `stage` will claim
     the document (an absent one too): "started" (a delivery before it) and the statuses
