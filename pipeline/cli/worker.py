@@ -8,13 +8,16 @@ defaults. `docpipe wait-workers` is how `make workers` knows its workers are up.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import click
 from rich.markup import escape
@@ -101,7 +104,7 @@ def worker(
         # gevent patches sockets and threads before anything imports them: a fresh
         # interpreter, started by Celery's own command line.
         os.execve(sys.executable, worker_argv(names, chosen_pool, size, node, loglevel), os.environ)
-    sys.exit(_run_worker(names, chosen_pool, size, node, loglevel))
+    exit_without_teardown(_run_worker(names, chosen_pool, size, node, loglevel))
 
 
 def _run_worker(
@@ -117,6 +120,7 @@ def _run_worker(
     """
     from celery.utils.nodenames import default_nodename, host_format
 
+    from pipeline.ports.services import close_current_services
     from pipeline.runtime.celery_app import CHECKED_BEFORE_START, app
 
     # The command line's own stderr handler (`main`'s basicConfig) would keep Celery from adding
@@ -134,7 +138,29 @@ def _run_worker(
         **{CHECKED_BEFORE_START: True},
     )
     worker.start()
+    # The pool is stopped: this process's own services (a threads or solo pool's; prefork's
+    # children hold theirs) hang up on the database and Redis instead of being dropped.
+    close_current_services()
     return int(worker.exitcode or 0)
+
+
+def exit_without_teardown(code: int) -> NoReturn:
+    """End the process with `code` as `sys.exit` would, minus the interpreter's teardown.
+
+    Python's own exit clears every imported module and collects what they held: 0.13 s
+    of CPU for a threads worker, 0.2 s for a prefork worker and its child, against 0.4
+    to 0.6 s to start one; `make test` starts ~150 workers. What an exit owes others
+    still happens, in Python's order: non-daemon threads are joined, the atexit handlers
+    run (logging's flush among them), stdout and stderr are flushed.
+    """
+    main = threading.main_thread()
+    for thread in threading.enumerate():
+        if thread is not main and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,15 @@ def use_services(services: Services | None) -> None:
         _current = services
 
 
+def close_current_services() -> None:
+    """Close the process's services, if it built or was given any, and forget them."""
+    global _current
+    with _current_lock:
+        services, _current = _current, None
+    if services is not None:
+        services.close()
+
+
 def current_services() -> Services:
     """The process's services, built by the installed factory on first use (workers)."""
     global _current

@@ -9,7 +9,7 @@ from pipeline.app.dead_letters import dlq_replay
 from pipeline.app.intake import claim_own, dispatch, submit_all
 from pipeline.bootstrap import discard_fake_redis_server, redis_client, start, use_services
 from pipeline.domain.models import Stage, Status
-from pipeline.ports.services import current_services
+from pipeline.ports.services import close_current_services, current_services
 from pipeline.runtime import celery_app
 from tests.conftest import embedded_settings
 
@@ -88,6 +88,19 @@ def test_close_releases_the_sql_pool_the_graph_and_redis(tmp_path: Path) -> None
 
     assert engine.pool.checkedin() == 0
     assert graph.closed == 1
+
+
+def test_close_current_services_closes_and_forgets_what_the_process_installed(
+    tmp_path: Path,
+) -> None:
+    services = dataclasses.replace(start(embedded_settings(tmp_path)), graph=ClosingGraph())  # type: ignore[arg-type]
+    use_services(services)
+
+    close_current_services()
+    close_current_services()  # nothing installed any more: nothing closed twice
+
+    assert services.graph.closed == 1  # type: ignore[attr-defined]
+    use_services(None)
 
 
 def test_a_discarded_fake_redis_server_forgets_its_data(tmp_path: Path) -> None:
