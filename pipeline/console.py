@@ -9,8 +9,11 @@ keeps `docpipe --help` fast.
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -29,6 +32,26 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # Pipes and CI logs get a wide table instead of rich's 80-column default.
 stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
 stderr = Console(stderr=True, highlight=False)
+
+
+def exit_without_teardown(code: int) -> NoReturn:
+    """End the process with `code` as `sys.exit` would, minus the interpreter's teardown.
+
+    Python's own exit clears every imported module and collects what they held: 0.13 s
+    of CPU for an idle threads worker, 0.2 s for a prefork worker and its child (0.4 to
+    0.6 s to start one; `make test` starts ~150), 0.35 s after `docpipe run samples/`.
+    What an exit owes others still happens, in Python's order: non-daemon threads are
+    joined, the atexit handlers run (logging's flush among them), stdout and stderr are
+    flushed. Only for a process's last step: nothing after it runs.
+    """
+    main = threading.main_thread()
+    for thread in threading.enumerate():
+        if thread is not main and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def usage_error(message: str, hint: str | None = None) -> NoReturn:

@@ -16,7 +16,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -24,7 +24,7 @@ import click
 from pipeline.console import EXIT_FAILED as EXIT_FAILED
 from pipeline.console import EXIT_OK as EXIT_OK
 from pipeline.console import EXIT_USAGE as EXIT_USAGE
-from pipeline.console import DocpipeGroup
+from pipeline.console import DocpipeGroup, exit_without_teardown
 from pipeline.console import load_settings as load_settings
 from pipeline.console import report_problem as report_problem
 
@@ -186,5 +186,14 @@ def main(verbose: int) -> None:
     redact_log_output()  # -v output shows vendor exceptions as they are: redact them too
 
 
-def entrypoint(argv: Sequence[str] | None = None) -> None:
-    main.main(args=list(argv) if argv is not None else None, prog_name="docpipe")
+def entrypoint(argv: Sequence[str] | None = None) -> NoReturn:
+    """`docpipe` and `python -m pipeline`: the command, then the exit without teardown."""
+    try:
+        # Click's standalone mode ends every command with SystemExit.
+        main.main(args=list(argv) if argv is not None else None, prog_name="docpipe")
+    except SystemExit as done:
+        code = done.code
+        if code is not None and not isinstance(code, int):
+            print(code, file=sys.stderr)  # what the interpreter does with sys.exit("message")
+            code = 1
+        exit_without_teardown(code or 0)

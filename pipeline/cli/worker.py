@@ -8,21 +8,24 @@ defaults. `docpipe wait-workers` is how `make workers` knows its workers are up.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import socket
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 import click
 from rich.markup import escape
 
-from pipeline.console import EXIT_FAILED, load_settings, stderr, usage_error
+from pipeline.console import (
+    EXIT_FAILED,
+    exit_without_teardown,
+    load_settings,
+    stderr,
+    usage_error,
+)
 from pipeline.domain.models import QUEUES
 from pipeline.settings import pool_time_limit_note, redact_url, single_host_note
 
@@ -142,25 +145,6 @@ def _run_worker(
     # children hold theirs) hang up on the database and Redis instead of being dropped.
     close_current_services()
     return int(worker.exitcode or 0)
-
-
-def exit_without_teardown(code: int) -> NoReturn:
-    """End the process with `code` as `sys.exit` would, minus the interpreter's teardown.
-
-    Python's own exit clears every imported module and collects what they held: 0.13 s
-    of CPU for a threads worker, 0.2 s for a prefork worker and its child, against 0.4
-    to 0.6 s to start one; `make test` starts ~150 workers. What an exit owes others
-    still happens, in Python's order: non-daemon threads are joined, the atexit handlers
-    run (logging's flush among them), stdout and stderr are flushed.
-    """
-    main = threading.main_thread()
-    for thread in threading.enumerate():
-        if thread is not main and not thread.daemon:
-            thread.join()
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""`docpipe worker` ends without the interpreter's teardown, yet does what an exit owes."""
+"""`docpipe` commands and workers end without the teardown, yet do what an exit owes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ EXITING = textwrap.dedent(
     """
     import atexit, sys, threading, time
     from pathlib import Path
-    from pipeline.cli.worker import exit_without_teardown
+    from pipeline.console import exit_without_teardown
 
     out = Path(sys.argv[1])
 
