@@ -314,6 +314,13 @@ class FaultyCache:
         _after(self._faults, response, "cache", "get")
         return value
 
+    def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        """One call of the `get` operation: one round trip, as a fault would meet it."""
+        response = _redis_call(self._faults, self._clock, "cache", "get", None)
+        values = self._inner.get_many(keys)
+        _after(self._faults, response, "cache", "get")
+        return values
+
     def set(self, key: str, value: str, ttl_seconds: int) -> None:
         response = _redis_call(self._faults, self._clock, "cache", "set", None)
         self._inner.set(key, value, ttl_seconds)

@@ -287,6 +287,10 @@ class RedisStateTracker:
         return {_text(k): _text(v) for k, v in raw.items()}
 
 
+#: Keys per MGET: bounds one reply (cached LLM answers are a few KB each).
+MGET_KEYS = 500
+
+
 class RedisCache:
     """Plain string cache; callers put the processing version in the key."""
 
@@ -297,6 +301,16 @@ class RedisCache:
     def get(self, key: str) -> str | None:
         value = self._client.get(self._prefix + key)
         return None if value is None else _text(value)
+
+    def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        """One MGET per `MGET_KEYS` keys: a retry of a 630-chunk extraction read its cached
+        answers with 630 GETs, a round trip each. (A Redis Cluster would refuse keys of
+        several slots in one MGET; docpipe's Redis is one server.)"""
+        values: list[str | None] = []
+        for start in range(0, len(keys), MGET_KEYS):
+            batch = [self._prefix + key for key in keys[start : start + MGET_KEYS]]
+            values.extend(None if v is None else _text(v) for v in self._client.mget(batch))
+        return values
 
     def set(self, key: str, value: str, ttl_seconds: int) -> None:
         self._client.set(self._prefix + key, value, ex=ttl_seconds)

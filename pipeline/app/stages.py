@@ -457,11 +457,11 @@ def extract_entities(services: Services, document_uuid: str, version: int) -> St
         cache_key(document, "llm", extractor.model, hashlib.sha256(c.text.encode()).hexdigest())
         for c in chunks
     ]
-    payloads: dict[int, str] = {}
-    for position, key in enumerate(keys):
-        cached = services.cache.get(key)
-        if cached is not None:
-            payloads[position] = cached
+    payloads = {
+        position: cached
+        for position, cached in enumerate(services.cache.get_many(keys))
+        if cached is not None
+    }
     misses = [position for position in range(len(chunks)) if position not in payloads]
     packs = plan_packs(
         [chunks[position].text for position in misses],

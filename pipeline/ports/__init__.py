@@ -227,6 +227,10 @@ class Cache(Protocol):
 
     def get(self, key: str) -> str | None: ...
 
+    def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        """The values of `keys`, in their order (None for a miss), in one round trip."""
+        ...
+
     def set(self, key: str, value: str, ttl_seconds: int) -> None: ...
 
 

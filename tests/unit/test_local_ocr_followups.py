@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,9 @@ class DictCache:
 
     def get(self, key: str) -> str | None:
         return self.values.get(key)
+
+    def get_many(self, keys: Sequence[str]) -> list[str | None]:
+        return [self.values.get(key) for key in keys]
 
     def set(self, key: str, value: str, ttl_seconds: int) -> None:
         self.values[key] = value

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import redis
 
+from pipeline.adapters import redis_features
 from pipeline.adapters.redis_features import (
     STATE_KEY,
     RedisCache,
@@ -164,6 +165,24 @@ class RedisFeaturesContract:
         assert cache.get("v2:doc:ocr") is None  # another processing version never hits
         time.sleep(1.2)
         assert cache.get("v1:doc:ocr") is None
+
+    def test_get_many_reads_values_and_misses_in_order_past_one_mget(
+        self, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(redis_features, "MGET_KEYS", 2)
+        cache = RedisCache(client)
+        cache.set("v1:a", "A", ttl_seconds=60)
+        cache.set("v1:c", "C ü", ttl_seconds=60)
+        cache.set("v1:e", "E", ttl_seconds=60)
+
+        assert cache.get_many(["v1:a", "v1:b", "v1:c", "v1:d", "v1:e"]) == [
+            "A",
+            None,
+            "C ü",
+            None,
+            "E",
+        ]
+        assert cache.get_many([]) == []
 
     def test_lock_is_exclusive_and_released_only_by_its_owner(self, client: redis.Redis) -> None:
         locks = RedisLockManager(client)
