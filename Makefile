@@ -54,11 +54,11 @@ RANDOM_ORDER := -p randomly --randomly-seed=$(SEED)
 # test depends on timing). More processes than the 2 cores: the integration tests mostly
 # wait on their redis-servers and worker processes. A module whose module-scoped fixtures
 # start worker processes goes whole to one process (tests/conftest.py: they start once).
-# Four: six measured 240 against 255 s for one seed and 292 against 288 s for another, for
-# 30-80 s more CPU (each process collects the suite; this machine's two vCPUs do about one
-# core's work when both are busy). TEST_PROCESSES=0: all in this one process, in exactly
-# the seed's order.
-TEST_PROCESSES ?= 4
+# Five: for one seed, alone, 4 took 213.5 s (319 s of CPU), 5 took 204.2 s (345 s), 6 took
+# 206.5 s (368 s): each process collects the suite (~6 s of CPU), and this machine's two
+# vCPUs do about one core's work when both are busy. TEST_PROCESSES=0: all in this one
+# process, in exactly the seed's order.
+TEST_PROCESSES ?= 5
 PARALLEL := -n $(TEST_PROCESSES) --dist loadgroup
 define pytest_in_random_order
 	@echo "test order: random, --randomly-seed=$(SEED) (repeat it: make $@ SEED=$(SEED))"

@@ -17,6 +17,7 @@ import pytest
 
 from pipeline.errors import ConfigurationError
 from pipeline.harness.localstack import DEFAULT_RABBITMQ_URL, PostgresDatabases, RabbitVhosts
+from pipeline.harness.scenarios.real_workers import background_stops
 from pipeline.settings import get_settings
 
 ADMIN_URL_ENV = "DOCPIPE_TEST_POSTGRES_URL"
@@ -26,6 +27,14 @@ DEFAULT_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 
 def postgres_admin_url() -> str:
     return os.environ.get(ADMIN_URL_ENV) or DEFAULT_ADMIN_URL
+
+
+@pytest.fixture(scope="session", autouse=True)
+def broker_stacks_stopped() -> Iterator[None]:
+    """Scenario runs here stop their stacks in the background (`stop_in_background`): the
+    session ends once every one stopped, and fails if one could not."""
+    yield
+    background_stops.wait()
 
 
 @pytest.fixture(scope="session")

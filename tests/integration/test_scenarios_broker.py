@@ -35,7 +35,8 @@ def test_scenario_passes_against_real_workers(
     # Workers as separate hosts share no SQLite file: they need PostgreSQL too.
     if needs_postgres(scenario) or not scenario.deployment.shared_filesystem:
         request.getfixturevalue("scenario_postgres")
-    report = run_scenario(scenario, path, "broker", workdir=tmp_path)
+    # The next test starts while this stack stops (tests/integration/conftest.py waits).
+    report = run_scenario(scenario, path, "broker", workdir=tmp_path, stop_in_background=True)
     assert report.skipped is None, report.skipped
     assert report.passed, _explain(report)
 
@@ -45,6 +46,13 @@ def test_scenario_passes_against_real_workers_on_rabbitmq(
     path: Path, tmp_path: Path, rabbitmq_vhosts: RabbitVhosts
 ) -> None:
     """`rabbitmq_vhosts` skips when RabbitMQ is absent; the run makes and deletes its vhost."""
-    report = run_scenario(load_scenario(path), path, "broker", workdir=tmp_path, broker="rabbitmq")
+    report = run_scenario(
+        load_scenario(path),
+        path,
+        "broker",
+        workdir=tmp_path,
+        broker="rabbitmq",
+        stop_in_background=True,
+    )
     assert report.skipped is None, report.skipped
     assert report.passed, _explain(report)

@@ -12,8 +12,9 @@ The processes themselves are pipeline.harness.localstack's.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +212,49 @@ class BrokerEnvironment:
             self._rabbitmq_url = None
         if self.hosts is not None:
             self.hosts.remove()
+
+
+@dataclass
+class BackgroundStops:
+    """Broker-mode environments stopping in threads while their caller goes on.
+
+    A stop is mostly waiting: a prefork pool's threads notice the shutdown within
+    ~2 s (billiard's supervisor and timeout threads sleep 0.8 s and 1 s between
+    looks), then the redis-server, the throw-away database and vhost go. A caller
+    that owns the run folders (`run_scenario(..., stop_in_background=True)`, e.g.
+    a test suite) starts its next run meanwhile and calls `wait()` before it ends.
+    """
+
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _failures: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self, name: str, stop: Callable[[], None]) -> None:
+        def run() -> None:
+            try:
+                stop()
+            except Exception as exc:  # reported by wait(), never lost
+                with self._lock:
+                    self._failures.append(f"{name}: {type(exc).__name__}: {exc}")
+
+        thread = threading.Thread(target=run, name=f"stop-{name}", daemon=True)
+        with self._lock:
+            self._threads.append(thread)
+        thread.start()
+
+    def wait(self, timeout_s: float = 120.0) -> None:
+        """Until every stop ended; ConfigurationError naming those that failed or hung."""
+        with self._lock:
+            threads, self._threads = self._threads, []
+        for thread in threads:
+            thread.join(timeout=timeout_s)
+        hung = [t.name.removeprefix("stop-") for t in threads if t.is_alive()]
+        with self._lock:
+            failures, self._failures = self._failures, []
+        failures += [f"{name}: still stopping after {timeout_s:g} s" for name in hung]
+        if failures:
+            raise ConfigurationError("broker-mode stops failed: " + "; ".join(failures))
+
+
+#: The process's background stops (`run_scenario(..., stop_in_background=True)`).
+background_stops = BackgroundStops()

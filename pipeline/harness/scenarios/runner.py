@@ -219,14 +219,20 @@ def run_scenario(
     in_memory: bool = False,
     broker: BrokerName = "redis",
     shared_filesystem: bool | None = None,
+    stop_in_background: bool = False,
 ) -> RunReport:
     """Run one scenario in one mode.
 
     `shared_filesystem=False` deploys broker-mode workers as separate hosts (None:
     what the scenario's `deployment` says); `in_memory` (sim mode) keeps the
     database and blobs in memory, nothing on disk (docpipe explore runs thousands;
-    the kept run folder then has no database).
+    the kept run folder then has no database). `stop_in_background` (broker mode,
+    with a `workdir` the caller keeps): the run returns once judged and its
+    workers, Redis and throw-away database stop in a thread; the caller calls
+    `real_workers.background_stops.wait()` before it ends.
     """
+    if stop_in_background and workdir is None:
+        raise ValueError("stop_in_background needs a workdir that outlives the run")
     seed = scenario.seed if seed is None else seed
     started = time.perf_counter()
     if shared_filesystem is None:
@@ -283,6 +289,7 @@ def run_scenario(
             run = runner(scenario, path, seed, directory, report)
             run.in_memory = in_memory
             run.broker = broker
+            run.stop_in_background = stop_in_background
             run.run()
         except ScenarioError as exc:
             report.error = str(exc)
@@ -333,6 +340,8 @@ class _Run:
     in_memory: bool = False
     #: Broker mode: the broker the tasks go through.
     broker: BrokerName = "redis"
+    #: Broker mode: the environment stops in a thread (`run_scenario`).
+    stop_in_background: bool = False
 
     def __init__(
         self, scenario: Scenario, path: Path | None, seed: int, workdir: Path, report: RunReport
@@ -1448,7 +1457,13 @@ class BrokerRun(_Run):
         if services is not None:
             services.close()
         environment = getattr(self, "environment", None)
-        if environment is not None:
+        if environment is None:
+            return
+        if self.stop_in_background:
+            from pipeline.harness.scenarios.real_workers import background_stops
+
+            background_stops.start(self.scenario.name, environment.stop)
+        else:
             environment.stop()
 
 
