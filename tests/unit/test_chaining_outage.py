@@ -135,19 +135,9 @@ def test_a_lock_that_cannot_be_released_does_not_stop_the_chain(
         redis_gone_once(name)
         release(name, token)
 
-    def record_and_release_unless_gone(
-        document_uuid: str,
-        stage: str,
-        status: str,
-        *,
-        lock_name: str,
-        token: str,
-        metadata: dict[str, object] | None = None,
-    ) -> None:
+    def record_and_release_unless_gone(*args: Any, lock_name: str, **kwargs: Any) -> None:
         redis_gone_once(lock_name)
-        record_and_release(
-            document_uuid, stage, status, lock_name=lock_name, token=token, metadata=metadata
-        )
+        record_and_release(*args, lock_name=lock_name, **kwargs)
 
     monkeypatch.setattr(services.locks, "release", release_unless_gone)
     monkeypatch.setattr(services.state, "record_and_release", record_and_release_unless_gone)
