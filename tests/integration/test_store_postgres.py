@@ -11,6 +11,8 @@ from sqlalchemy.pool import NullPool
 
 from pipeline.adapters.sql import SqlDocumentStore, create_database_engine, create_store
 from pipeline.adapters.sql.schema import create_schema, metadata
+from pipeline.domain.models import SourceDocument, Status
+from pipeline.errors import TransientError
 from pipeline.ports import QueueEntry
 from pipeline.testing.contracts.store import StoreContract, new_document
 
@@ -85,3 +87,30 @@ def test_claim_skips_rows_another_transaction_has_locked(
         assert entry.document_uuid == docs[0].uuid
     finally:
         other.dispose()
+
+
+def test_a_claim_whose_connection_the_server_dropped_is_transient(
+    store: SqlDocumentStore, postgres_url: str
+) -> None:
+    """The claim's own transaction (`_hot_write`): a connection lost mid-claim is a
+    TransientError (a retry), and the pool replaces it for the next claim."""
+    doc = new_document(store)
+    other = create_engine(postgres_url, poolclass=NullPool)
+
+    def drop_my_connection(found: SourceDocument) -> Status:
+        with other.begin() as conn:
+            conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            )
+        return Status.OCR_PROCESSING
+
+    try:
+        with pytest.raises(TransientError, match="database unavailable"):
+            store.read_and_claim(doc.uuid, stage="ocr", judge=drop_my_connection)
+    finally:
+        other.dispose()
+    claimed = store.read_and_claim(doc.uuid, stage="ocr", judge=lambda f: Status.OCR_PROCESSING)
+    assert claimed is not None and claimed.status is Status.OCR_PROCESSING

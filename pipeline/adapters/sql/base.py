@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,8 +36,11 @@ from pipeline.adapters.sql.hot import (
     CLOSE_QUEUE,
     CLOSE_QUEUE_WITH_ERROR,
     HISTORY,
+    DbapiTransaction,
+    HotConnection,
     HotSql,
     document_from_columns,
+    execute_raw,
 )
 from pipeline.adapters.sql.schema import (
     BEGIN_IMMEDIATE,
@@ -133,6 +136,39 @@ class SqlBase:
                 writer.release()
 
     @contextmanager
+    def _hot_write(self) -> Iterator[DbapiTransaction]:
+        """`_write` on the pool's DBAPI connection, for statements of `hot` only (the claim).
+
+        The same transaction as `_write` opens, without SQLAlchemy's Connection
+        around it (pipeline.adapters.sql.hot says why): the writer's turn on
+        SQLite, BEGIN IMMEDIATE there (PostgreSQL's driver begins by itself),
+        COMMIT at the end and ROLLBACK on any exception, errors translated alike.
+        """
+        writer = self._writer
+        if writer is not None and not writer.acquire(timeout=SQLITE_BUSY_TIMEOUT_SECONDS):
+            raise TransientError(
+                f"database unavailable: no turn to write within {SQLITE_BUSY_TIMEOUT_SECONDS} s"
+            )
+        try:
+            with _translate_errors():
+                connection = self._engine.raw_connection()
+                try:
+                    transaction = DbapiTransaction(connection, self._engine.dialect)
+                    if transaction.dialect.name == "sqlite":
+                        execute_raw(transaction, "BEGIN IMMEDIATE", {})
+                    yield transaction
+                    transaction.commit()
+                except BaseException:
+                    with suppress(Exception):  # the original error says more
+                        connection.rollback()
+                    raise
+                finally:
+                    connection.close()
+        finally:
+            if writer is not None:
+                writer.release()
+
+    @contextmanager
     def _read(self) -> Iterator[Connection]:
         with _translate_errors(), self._engine.connect() as conn, conn.begin():
             yield conn
@@ -155,7 +191,7 @@ class SqlBase:
         raise ConfigurationError(f"unsupported database dialect {conn.dialect.name!r}")
 
     @staticmethod
-    def _hot(conn: Connection) -> HotSql:
+    def _hot(conn: HotConnection) -> HotSql:
         """This dialect's per-delivery statements (pipeline.adapters.sql.hot), shared."""
         name = conn.dialect.name
         found = _HOT.get(name)
@@ -222,7 +258,7 @@ class SqlBase:
 
     def _record_history(
         self,
-        conn: Connection,
+        conn: HotConnection,
         document_uuid: str,
         processing_version: int,
         stage: str,

@@ -321,9 +321,10 @@ class SqlDocumentRecords(SqlBase):
         The row is locked from the read on (FOR UPDATE on PostgreSQL; SQLite
         holds the write lock from BEGIN IMMEDIATE), so what `judge` saw is what
         the UPDATE changes; the claimed document is the read one with the new
-        values, not read again.
+        values, not read again. Every delivery runs it: on the DBAPI connection
+        (`_hot_write`).
         """
-        with self._write() as conn:
+        with self._hot_write() as conn:
             hot = self._hot(conn)
             found = hot.fetch_document(conn, document_uuid, lock=True)
             if found is None:

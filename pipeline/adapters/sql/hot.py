@@ -7,7 +7,10 @@ SQLAlchemy's statement execution each costs ~0.1 ms of CPU, several times
 SQLite's own work (a whole claim on the raw cursor: ~0.06 ms); it was most of
 the task layer's CPU per hop (issue 15). So these few run here on the
 connection's DBAPI cursor, inside the same transaction, while everything else
-stays SQLAlchemy Core.
+stays SQLAlchemy Core. The claim, all of whose statements are here, also runs
+without SQLAlchemy's Connection (`DbapiTransaction`, `SqlBase._hot_write`):
+its checkout, begin, commit and checkin cost ~25 us of CPU per transaction
+alone, and in a busy threads worker each hop's claim paid it over again.
 
 What SQLAlchemy did for them is done here, for both dialects: parameters
 (`:name` in the text, `%(name)s` for psycopg), timestamps (naive UTC text in
@@ -22,10 +25,11 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import Connection
+from sqlalchemy import Dialect
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import PoolProxiedConnection
 
 from pipeline.adapters.sql.schema import OPEN_QUEUE_STATUSES
 from pipeline.domain.models import SourceDocument, Status
@@ -101,6 +105,39 @@ CLOSE_QUEUE_WITH_ERROR = (
 )
 
 
+class HotConnection(Protocol):
+    """What the statements here use of a transaction's connection: SQLAlchemy's
+    `Connection`, or a `DbapiTransaction`."""
+
+    @property
+    def connection(self) -> Any: ...
+
+    @property
+    def dialect(self) -> Dialect: ...
+
+    def invalidate(self, exception: BaseException | None = None) -> None: ...
+
+
+class DbapiTransaction:
+    """A write transaction on the pool's DBAPI connection (`SqlBase._hot_write`)."""
+
+    __slots__ = ("connection", "dialect")
+
+    def __init__(self, connection: PoolProxiedConnection, dialect: Dialect) -> None:
+        self.connection = connection
+        self.dialect = dialect
+
+    def invalidate(self, exception: BaseException | None = None) -> None:
+        self.connection.invalidate(exception)
+
+    def commit(self) -> None:
+        """COMMIT, its failure raised as `Connection.commit` raises it (`execute_raw`)."""
+        try:
+            self.connection.commit()
+        except self.dialect.loaded_dbapi.Error as exc:
+            raise _wrapped(self, "COMMIT", {}, exc, None) from exc
+
+
 class HotSql:
     """The hot statements for one dialect (`sqlite` or `postgresql`)."""
 
@@ -124,26 +161,26 @@ class HotSql:
             return moment
         return moment.astimezone(UTC).replace(tzinfo=None).strftime(_SQLITE_DATETIME)
 
-    def execute(self, conn: Connection, template: str, params: Mapping[str, Any]) -> Any:
+    def execute(self, conn: HotConnection, template: str, params: Mapping[str, Any]) -> Any:
         """Run one template on the transaction's DBAPI cursor (`execute_raw`)."""
         return execute_raw(conn, self.sql(template), params)
 
     def fetch_document(
-        self, conn: Connection, document_uuid: str, *, lock: bool = False
+        self, conn: HotConnection, document_uuid: str, *, lock: bool = False
     ) -> SourceDocument | None:
         """The document row, or None; `lock` holds it until commit on PostgreSQL."""
         template = DOCUMENT + " FOR UPDATE" if lock and self.postgres else DOCUMENT
         row = self.execute(conn, template, {"uuid": document_uuid}).fetchone()
         return None if row is None else self.document_of(row)
 
-    def fetch_fence(self, conn: Connection, document_uuid: str) -> tuple[str, int, str] | None:
+    def fetch_fence(self, conn: HotConnection, document_uuid: str) -> tuple[str, int, str] | None:
         """(status, processing version, fencing token), row-locked on PostgreSQL; None if gone."""
         template = FENCE + " FOR UPDATE" if self.postgres else FENCE
         row = self.execute(conn, template, {"uuid": document_uuid}).fetchone()
         return None if row is None else (row[0], row[1], row[2])
 
     def advance(
-        self, conn: Connection, params: dict[str, Any], allowed: Sequence[str], *, fenced: bool
+        self, conn: HotConnection, params: dict[str, Any], allowed: Sequence[str], *, fenced: bool
     ) -> tuple[bool, str | None]:
         """The forward-only status UPDATE: (changed, the document's task id if known)."""
         names = [f"allowed_{index}" for index in range(len(allowed))]
@@ -164,29 +201,36 @@ class HotSql:
         return document_from_columns(dict(zip(DOCUMENT_COLUMNS, row, strict=True)))
 
 
-def execute_raw(conn: Connection, statement: str, params: Mapping[str, Any]) -> Any:
+def execute_raw(conn: HotConnection, statement: str, params: Mapping[str, Any]) -> Any:
     """Run one statement on the connection's DBAPI cursor and return the cursor.
 
     Errors come out as `Connection.execute` raises them: wrapped in SQLAlchemy's
     DBAPIError, the connection invalidated when the database went away.
     """
-    proxied = conn.connection
-    cursor = proxied.cursor()
+    cursor = conn.connection.cursor()
     try:
         cursor.execute(statement, params)
     except conn.dialect.loaded_dbapi.Error as exc:
-        lost = conn.dialect.is_disconnect(exc, proxied.dbapi_connection, cursor)
-        if lost:
-            conn.invalidate(exc)
-        raise DBAPIError.instance(
-            statement,
-            dict(params),
-            exc,
-            conn.dialect.loaded_dbapi.Error,
-            connection_invalidated=lost,
-            dialect=conn.dialect,
-        ) from exc
+        raise _wrapped(conn, statement, params, exc, cursor) from exc
     return cursor
+
+
+def _wrapped(
+    conn: HotConnection, statement: str, params: Mapping[str, Any], exc: Any, cursor: Any
+) -> Exception:
+    """A DBAPI error as SQLAlchemy raises it; the connection invalidated if it was lost."""
+    lost = conn.dialect.is_disconnect(exc, conn.connection.dbapi_connection, cursor)
+    if lost:
+        conn.invalidate(exc)
+    wrapped: Exception = DBAPIError.instance(
+        statement,
+        dict(params),
+        exc,
+        conn.dialect.loaded_dbapi.Error,
+        connection_invalidated=lost,
+        dialect=conn.dialect,
+    )
+    return wrapped
 
 
 def document_from_columns(values: Mapping[str, Any]) -> SourceDocument:

@@ -12,7 +12,9 @@ waits on; nothing here runs unless an experiment sends it.
   redelivery counter, the per-document lock, the Redis state hash, the retry
   policy) with a stage that does only a stage's bookkeeping: `stages.begin`
   (document load, status transition with its history row, state write) and,
-  on the first and last stage, the finishing transition.
+  on the first and last stage, the finishing transition. Its next hop is
+  published where `run_stage` publishes a real stage's successor: the worker's
+  services get `HopDispatcher` as their `Dispatcher`, which sends `harness_hop`.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from celery import Task
 
 from pipeline.app import stages
 from pipeline.app.stages import SKIPPED, StageResult
+from pipeline.bootstrap import build_services
 from pipeline.domain.models import STAGE_ORDER, Stage, Status
-from pipeline.ports.services import Services
+from pipeline.ports.services import Services, set_services_factory
 from pipeline.runtime import tasks
 from pipeline.runtime.celery_app import app
 from pipeline.settings import get_settings
@@ -66,7 +69,7 @@ def plain_hop(hop: int, hops: int, done_key: str) -> None:
 
 
 def null_stage(services: Services, stage: Stage, document_uuid: str, version: int) -> StageResult:
-    """A stage's bookkeeping without its work (the next hop is sent by the caller)."""
+    """A stage's bookkeeping without its work; the next stage as a real stage names it."""
     document = stages.begin(services, stage, document_uuid, version)
     if document is None:
         return SKIPPED
@@ -74,7 +77,31 @@ def null_stage(services: Services, stage: Stage, document_uuid: str, version: in
         stages.mark(services, document, stage, Status.OCR_COMPLETE)
     elif stage is STAGE_ORDER[-1]:
         stages.mark(services, document, stage, Status.COMPLETED)
-    return StageResult()
+        return StageResult()
+    return StageResult(next_stage=STAGE_ORDER[STAGE_ORDER.index(stage) + 1])
+
+
+#: The chain's completion key, for `HopDispatcher` (set by the hop running on this thread).
+_hop = threading.local()
+
+
+class HopDispatcher:
+    """The `Dispatcher` port of the experiment worker: a stage's successor is the next
+    `harness_hop`, published as `tasks.send_stage` publishes a real stage's."""
+
+    def send_stage(
+        self, stage: Stage, document_uuid: str, version: int, *, task_id: str | None = None
+    ) -> None:
+        harness_hop.apply_async(
+            args=(STAGE_ORDER.index(stage), document_uuid, version, _hop.done_key),
+            queue=EXPERIMENT_QUEUE,
+            task_id=task_id,
+            retry_policy=tasks.RETRY_PUBLISH_POLICY,
+            **tasks.WORKER_TIME_LIMITS,
+        )
+
+
+set_services_factory(lambda: build_services(get_settings(), dispatcher=HopDispatcher()))
 
 
 @app.task(bind=True, name=HARNESS_HOP_TASK)
@@ -82,6 +109,7 @@ def harness_hop(
     self: Task[Any, Any], hop: int, document_uuid: str, version: int, done_key: str
 ) -> str:
     stage = STAGE_ORDER[hop]
+    _hop.done_key = done_key
     outcome = tasks.run_stage(
         self,
         stage,
@@ -89,12 +117,6 @@ def harness_hop(
         version,
         lambda services: null_stage(services, stage, document_uuid, version),
     )
-    if outcome == "ok":
-        # What `tasks._dispatch` does for a real stage: one apply_async of the next stage.
-        if hop + 1 < len(STAGE_ORDER):
-            harness_hop.apply_async(
-                args=(hop + 1, document_uuid, version, done_key), queue=EXPERIMENT_QUEUE
-            )
-        else:
-            _counter().rpush(done_key, time.time())
+    if outcome == "ok" and hop + 1 == len(STAGE_ORDER):
+        _counter().rpush(done_key, time.time())
     return outcome

@@ -1006,6 +1006,28 @@ class StoreContract:
         with pytest.raises(KeyError):
             store.read_and_claim("no-such-document", stage="ocr", judge=lambda f: Status.PENDING)
 
+    def test_a_claim_that_fails_after_its_update_writes_nothing(
+        self, store: SqlDocumentStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The claim runs on the DBAPI connection (`_hot_write`): its own ROLLBACK, its own
+        turn on the writer, its connection back to the pool, whatever goes wrong."""
+        doc = new_document(store)
+
+        def history_refused(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("history insert failed")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(store, "_record_history", history_refused)
+            with pytest.raises(RuntimeError, match="history insert failed"):
+                store.read_and_claim(doc.uuid, stage="ocr", judge=lambda f: Status.OCR_PROCESSING)
+        assert store.get_document(doc.uuid) == doc  # the UPDATE before it was rolled back
+        for _ in range(3):  # more claims than a leaked turn or connection would allow
+            claimed = store.read_and_claim(
+                doc.uuid, stage="ocr", judge=lambda f: Status.OCR_PROCESSING
+            )
+            assert claimed is not None and claimed.status is Status.OCR_PROCESSING
+        assert [h.status for h in store.history(doc.uuid)] == [Status.OCR_PROCESSING]
+
     def test_a_later_delivery_fences_the_earlier_one_out_of_every_write(
         self, store: SqlDocumentStore
     ) -> None:
