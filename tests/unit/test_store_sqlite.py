@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.adapters.sql import SqlDocumentStore, create_store
-from pipeline.domain.models import QueueStatus
+from pipeline.adapters.sql import base as sql_base
+from pipeline.adapters.sql.hot import HotSql
+from pipeline.domain.models import QueueStatus, Status
 from pipeline.testing.contracts.store import StoreContract, claim_until_empty, new_document
 
 
@@ -115,3 +117,16 @@ def test_in_memory_url_shares_one_database(tmp_path: Path) -> None:
         assert store.get_document(doc.uuid) == doc
     finally:
         store.close()
+
+
+def test_a_sqlite_without_update_returning_reads_the_task_id_for_the_history(
+    store: SqlDocumentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite before 3.35 has no UPDATE ... RETURNING: the transition reads the document's
+    task id with its own statement, in the same DBAPI transaction (`_hot_write`)."""
+    monkeypatch.setitem(sql_base._HOT, "sqlite", HotSql("sqlite", returning=False))
+    doc = new_document(store)
+    store.set_task_id(doc.uuid, "task-7")
+    assert store.advance_status(doc.uuid, Status.OCR_PROCESSING, stage="ocr", processing_version=1)
+    [entry] = store.history(doc.uuid)
+    assert (entry.status, entry.celery_task_id) == (Status.OCR_PROCESSING, "task-7")

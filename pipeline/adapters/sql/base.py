@@ -222,7 +222,7 @@ class SqlBase:
 
     @classmethod
     def _check_fence(
-        cls, conn: Connection, fence: Fence | None, document_uuid: str | None = None
+        cls, conn: HotConnection, fence: Fence | None, document_uuid: str | None = None
     ) -> None:
         """In the caller's transaction: the document is still where the delivery claimed it.
 
@@ -300,7 +300,7 @@ class SqlBase:
             conn.execute(table.insert(), rows)
 
     def _close_queue_entry(
-        self, conn: Connection, document_uuid: str, status: QueueStatus, error: str | None
+        self, conn: HotConnection, document_uuid: str, status: QueueStatus, error: str | None
     ) -> None:
         hot = self._hot(conn)
         values: dict[str, Any] = {

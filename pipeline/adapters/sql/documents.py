@@ -22,7 +22,7 @@ from pipeline.adapters.sql.base import (
     _document,
     _strip_nul,
 )
-from pipeline.adapters.sql.hot import CLAIM, CLAIM_MOVING
+from pipeline.adapters.sql.hot import CLAIM, CLAIM_MOVING, TASK_ID, HotConnection
 from pipeline.adapters.sql.schema import (
     document_processing_history,
     projects,
@@ -191,8 +191,9 @@ class SqlDocumentRecords(SqlBase):
         StaleDelivery, found by reading the row only when nothing matched). A
         terminal status closes the document's open queue row in the same
         commit: a crash or outage right after it cannot leave the row open.
+        Every stage delivery's own transitions: on the DBAPI connection (`_hot_write`).
         """
-        with self._write() as conn:
+        with self._hot_write() as conn:
             return self._advance_status(
                 conn,
                 document_uuid,
@@ -206,7 +207,7 @@ class SqlDocumentRecords(SqlBase):
 
     def _advance_status(
         self,
-        conn: Connection,
+        conn: HotConnection,
         document_uuid: str,
         status: Status,
         *,
@@ -251,10 +252,7 @@ class SqlDocumentRecords(SqlBase):
                 self._check_fence(conn, fence)
             return False
         if not hot.returning:
-            docs = source_documents.c
-            task_id = conn.execute(
-                select(docs.celery_task_id).where(docs.uuid == document_uuid)
-            ).scalar_one()
+            task_id = hot.execute(conn, TASK_ID, {"uuid": document_uuid}).fetchone()[0]
         self._record_history(conn, document_uuid, processing_version, stage, status, error, task_id)
         if status.is_terminal:
             self._close_queue_entry(

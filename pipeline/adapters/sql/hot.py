@@ -62,6 +62,8 @@ _PLACEHOLDER = re.compile(r":(\w+)")
 
 DOCUMENT = f"SELECT {_COLUMNS} FROM source_documents WHERE uuid = :uuid"
 FENCE = "SELECT status, processing_version, fence_token FROM source_documents WHERE uuid = :uuid"
+#: The document's task id, where UPDATE ... RETURNING is missing (SQLite before 3.35).
+TASK_ID = "SELECT celery_task_id FROM source_documents WHERE uuid = :uuid"
 CLAIM = (
     "UPDATE source_documents SET fence_token = :token, updated_at = :now"
     " WHERE uuid = :uuid AND processing_version = :version AND status = :found"
