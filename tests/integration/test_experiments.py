@@ -25,6 +25,8 @@ def test_overhead_experiment_completes_every_harness_chain() -> None:
     result = run_overhead(chains=5, sequential=2, concurrency=2, rounds=1)
     assert result["plain"]["ms_per_hop_p50"] > 0
     assert result["harness"]["ms_per_hop_p50"] > 0
+    assert result["paired_ratio"]["unloaded_pairs"] == 2
+    assert result["paired_ratio"]["unloaded_ms_per_hop"] > 0
     # Every document the harness chains touched reached `completed`, with its history.
     assert result["documents"]["by_status"].get("completed") == 2 + 5 + 2 * 2
     assert result["documents"]["history_rows_per_completed_document"] >= 6

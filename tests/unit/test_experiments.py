@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -11,6 +12,7 @@ from pipeline.harness.perf.experiments import (
     Batch,
     best_of,
     overhead_summary,
+    paired_chain_ratio,
     paired_ratios,
     parse_context_switches,
     parse_proc_stat,
@@ -120,3 +122,11 @@ def test_pools_verdict_names_the_pool_that_is_both_faster_and_cheaper() -> None:
 )
 def test_format_cell(value: object, text: str) -> None:
     assert format_cell(value) == text
+
+
+def test_the_unloaded_pair_ratio_is_the_median_of_back_to_back_chains() -> None:
+    # A slow moment doubles one pair; the ratio of medians would move, this does not.
+    plain = [1.0, 1.0, 2.0, 1.0, 1.0]
+    harness = [1.5, 1.4, 3.0, 1.6, 1.5]
+    assert paired_chain_ratio(plain, harness) == 1.5
+    assert math.isnan(paired_chain_ratio([], []))

@@ -181,6 +181,13 @@ def paired_ratios(plain: Sequence[Batch], harness: Sequence[Batch]) -> dict[str,
     }
 
 
+def paired_chain_ratio(plain: Sequence[float], harness: Sequence[float]) -> float:
+    """Median of harness / plain over the unloaded chains, each pair run back to back
+    (what drifts between pairs cancels within one); NaN without a pair."""
+    values = [h / p for p, h in zip(plain, harness, strict=False) if p > 0]
+    return round(statistics.median(values), 2) if values else float("nan")
+
+
 def pools_verdict(rows: Mapping[str, Mapping[str, Any]]) -> str:
     """Which pool the figures favour for I/O-bound queues, and why (one sentence)."""
     threads, gevent = rows.get("threads"), rows.get("gevent")
@@ -529,7 +536,7 @@ def _services(stack: Stack) -> Services:
 def run_overhead(
     *,
     chains: int = 200,
-    sequential: int = 30,
+    sequential: int = 150,
     concurrency: int = 4,
     rounds: int = 3,
     say: Progress = lambda message: None,
@@ -596,7 +603,11 @@ def run_overhead(
         "sequential_chains": sequential,
         "worker": f"threads x{concurrency}",
         **summary,
-        "paired_ratio": paired_ratios(batches["plain"], batches["harness"]),
+        "paired_ratio": {
+            **paired_ratios(batches["plain"], batches["harness"]),
+            "unloaded_pairs": min(len(latencies["plain"]), len(latencies["harness"])),
+            "unloaded_ms_per_hop": paired_chain_ratio(latencies["plain"], latencies["harness"]),
+        },
         "rounds": {label: [asdict(b) for b in batches[label]] for label in batches},
         "documents": statuses,
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
