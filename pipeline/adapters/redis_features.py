@@ -191,8 +191,9 @@ class HotScripts:
     `Script.__call__` (which loads the script and has the client's retries); a
     client whose connections are not redis-py's sockets (fakeredis) always does.
 
-    Connections come from the client's pool and are never given back, so
-    closing the client closes them; after a fork the child forgets the parent's.
+    Connections come from the client's pool and go back to it only broken (so
+    closing the client closes them all); after a fork the child forgets the
+    parent's, as the pool does.
     """
 
     def __init__(self, client: redis.Redis) -> None:
@@ -221,14 +222,19 @@ class HotScripts:
             self._idle.append(connection)  # an error reply, read whole: the connection is clean
             return script(keys=keys, args=args)
         except (redis.ConnectionError, redis.TimeoutError):
-            connection.disconnect()
+            self._discard(connection)
             return script(keys=keys, args=args)
         except BaseException:
             # A reply left half read (a time limit raised mid-read) must not reach the next call.
-            connection.disconnect()
+            self._discard(connection)
             raise
         self._idle.append(connection)
         return reply
+
+    def _discard(self, connection: Any) -> None:
+        """Close it and give it back to the pool, which connects it again when next used."""
+        connection.disconnect()
+        self._client.connection_pool.release(connection)
 
 
 def _pack_evalsha(sha: str, keys: Sequence[str], args: Sequence[Any]) -> bytes:

@@ -69,8 +69,12 @@ def test_hot_scripts_skip_redis_pys_command_path(
     real_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tracker = RedisStateTracker(real_client, ttl_seconds=3600)
-    _acquire(tracker, "warm")  # the script is loaded once, the ordinary way
-    real_client.delete("docpipe:lock:doc-1:chunking:v1")
+    real_client.script_flush()
+    warm = _acquire(tracker, "warm")  # each script is loaded once, the ordinary way
+    assert warm.token is not None
+    tracker.record_and_release(
+        "doc-1", "chunking", "completed", lock_name="doc-1:chunking:v1", token=warm.token
+    )
 
     def refused(*args: object, **kwargs: object) -> None:
         raise AssertionError("went through Script.__call__")
@@ -102,6 +106,9 @@ def test_hot_scripts_replace_a_connection_the_server_closed(real_client: redis.R
     assert killed >= 1
     assert _acquire(tracker, "task-1").deliveries == 2
     assert _acquire(tracker, "task-1").deliveries == 3
+    # The broken connection went back to the pool, not into a pile of its in-use ones.
+    pool = real_client.connection_pool
+    assert len(pool._in_use_connections) == len(tracker._hot._idle)
 
 
 def test_a_forked_child_does_not_share_the_parents_kept_connection(
