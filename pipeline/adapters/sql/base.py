@@ -137,7 +137,8 @@ class SqlBase:
 
     @contextmanager
     def _hot_write(self) -> Iterator[DbapiTransaction]:
-        """`_write` on the pool's DBAPI connection, for statements of `hot` only (the claim).
+        """`_write` on the pool's DBAPI connection, for `hot` statements only (a stage
+        delivery's claim and status transitions).
 
         The same transaction as `_write` opens, without SQLAlchemy's Connection
         around it (pipeline.adapters.sql.hot says why): the writer's turn on

@@ -7,10 +7,11 @@ SQLAlchemy's statement execution each costs ~0.1 ms of CPU, several times
 SQLite's own work (a whole claim on the raw cursor: ~0.06 ms); it was most of
 the task layer's CPU per hop (issue 15). So these few run here on the
 connection's DBAPI cursor, inside the same transaction, while everything else
-stays SQLAlchemy Core. The claim, all of whose statements are here, also runs
-without SQLAlchemy's Connection (`DbapiTransaction`, `SqlBase._hot_write`):
-its checkout, begin, commit and checkin cost ~25 us of CPU per transaction
-alone, and in a busy threads worker each hop's claim paid it over again.
+stays SQLAlchemy Core. The claim and a stage's status transitions, all of
+whose statements are here, also run without SQLAlchemy's Connection
+(`DbapiTransaction`, `SqlBase._hot_write`): its checkout, begin, commit and
+checkin cost ~25 us of CPU per transaction alone, more in a busy threads
+worker.
 
 What SQLAlchemy did for them is done here, for both dialects: parameters
 (`:name` in the text, `%(name)s` for psycopg), timestamps (naive UTC text in
