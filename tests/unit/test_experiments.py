@@ -130,3 +130,24 @@ def test_the_unloaded_pair_ratio_is_the_median_of_back_to_back_chains() -> None:
     harness = [1.5, 1.4, 3.0, 1.6, 1.5]
     assert paired_chain_ratio(plain, harness) == 1.5
     assert math.isnan(paired_chain_ratio([], []))
+
+
+def test_the_overhead_command_times_the_pool_it_is_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from pipeline.harness.cli.experiment import experiment
+    from pipeline.harness.perf import experiments
+
+    seen: dict[str, object] = {}
+
+    def fake_overhead(**options: object) -> dict[str, object]:
+        seen.update(options)
+        return {"pool": options["pool"]}
+
+    monkeypatch.setattr(experiments, "run_overhead", fake_overhead)
+    runner = CliRunner()
+    result = runner.invoke(experiment, ["overhead", "--pool", "prefork", "--json"])
+    assert result.exit_code == 0, result.output
+    assert seen["pool"] == "prefork" and '"pool": "prefork"' in result.output
+    refused = runner.invoke(experiment, ["overhead", "--pool", "gevent"])
+    assert refused.exit_code == 2 and "gevent" in refused.output

@@ -11,6 +11,10 @@ from rich.table import Table
 
 from pipeline.console import configuration_errors, stderr, stdout
 
+#: Pools `experiment overhead` can time. Not gevent: its worker fetches the next message
+#: only after a 2 s poll once its prefetch window is done (README, "Not done yet").
+OVERHEAD_POOLS = ("threads", "prefork", "solo")
+
 
 @click.group()
 def experiment() -> None:
@@ -82,10 +86,24 @@ def pools(
     show_default=True,
     help="Loaded rounds, plain and harness alternating.",
 )
+@click.option(
+    "--pool",
+    type=click.Choice(OVERHEAD_POOLS),
+    default="threads",
+    show_default=True,
+    help="The worker's pool: threads (the plan's text and graph queues), prefork (its OCR "
+    "queue) or solo.",
+)
 @click.option("--keep", is_flag=True, help="Keep the work folder (worker logs, database).")
 @click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON object on stdout.")
 def overhead(
-    chains: int, sequential: int, concurrency: int, rounds: int, keep: bool, as_json: bool
+    chains: int,
+    sequential: int,
+    concurrency: int,
+    rounds: int,
+    pool: str,
+    keep: bool,
+    as_json: bool,
 ) -> None:
     """A no-op six-task chain: plain Celery tasks vs docpipe's task layer (ms per hop)."""
     from pipeline.harness.perf.experiments import run_overhead
@@ -97,6 +115,7 @@ def overhead(
         sequential=sequential,
         concurrency=concurrency,
         rounds=rounds,
+        pool=pool,
         keep=keep,
     )
     if result is None:

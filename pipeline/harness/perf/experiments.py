@@ -539,10 +539,12 @@ def run_overhead(
     sequential: int = 150,
     concurrency: int = 4,
     rounds: int = 3,
+    pool: str = "threads",
     say: Progress = lambda message: None,
     keep: bool = False,
 ) -> dict[str, Any]:
-    """Plain six-hop chains vs the same chains through docpipe's task layer, one threads worker.
+    """Plain six-hop chains vs the same chains through docpipe's task layer, one worker
+    (`pool`: threads, as the plan's text and graph queues; prefork as its OCR queue; solo).
 
     Plain and harness batches alternate round by round (and the unloaded
     chains one by one); `paired_ratio` is the median of the rounds' ratios.
@@ -566,7 +568,7 @@ def run_overhead(
 
         sends = {"plain": send_plain, "harness": send_harness}
         node = f"overhead-{os.getpid()}"
-        with running_worker(stack, "threads", concurrency, node) as worker:
+        with running_worker(stack, pool, concurrency, node) as worker:
             driver = Driver(stack, worker, node)
             try:
                 driver.wait_ready()
@@ -601,7 +603,7 @@ def run_overhead(
         "hops": HOPS,
         "chains": chains,
         "sequential_chains": sequential,
-        "worker": f"threads x{concurrency}",
+        "worker": pool if pool == "solo" else f"{pool} x{concurrency}",
         **summary,
         "paired_ratio": {
             **paired_ratios(batches["plain"], batches["harness"]),
