@@ -115,25 +115,27 @@ class SqlBase:
 
     # --- helpers ------------------------------------------------------------------
     @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        """A write transaction; on SQLite it takes the write lock at BEGIN.
-
-        On SQLite, threads of this process take turns on the writer lock first
-        (`_sqlite_writer`).
-        """
+    def _writers_turn(self) -> Iterator[None]:
+        """On SQLite, this process's threads take turns on the writer lock (`_sqlite_writer`)."""
         writer = self._writer
         if writer is not None and not writer.acquire(timeout=SQLITE_BUSY_TIMEOUT_SECONDS):
             raise TransientError(
                 f"database unavailable: no turn to write within {SQLITE_BUSY_TIMEOUT_SECONDS} s"
             )
         try:
-            with _translate_errors(), self._engine.connect() as conn:
-                conn.execution_options(**{BEGIN_IMMEDIATE: True})
-                with conn.begin():
-                    yield conn
+            yield
         finally:
             if writer is not None:
                 writer.release()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction; on SQLite it takes the write lock at BEGIN, after this
+        process's turn (`_writers_turn`)."""
+        with self._writers_turn(), _translate_errors(), self._engine.connect() as conn:
+            conn.execution_options(**{BEGIN_IMMEDIATE: True})
+            with conn.begin():
+                yield conn
 
     @contextmanager
     def _hot_write(self) -> Iterator[DbapiTransaction]:
@@ -145,29 +147,20 @@ class SqlBase:
         SQLite, BEGIN IMMEDIATE there (PostgreSQL's driver begins by itself),
         COMMIT at the end and ROLLBACK on any exception, errors translated alike.
         """
-        writer = self._writer
-        if writer is not None and not writer.acquire(timeout=SQLITE_BUSY_TIMEOUT_SECONDS):
-            raise TransientError(
-                f"database unavailable: no turn to write within {SQLITE_BUSY_TIMEOUT_SECONDS} s"
-            )
-        try:
-            with _translate_errors():
-                connection = self._engine.raw_connection()
-                try:
-                    transaction = DbapiTransaction(connection, self._engine.dialect)
-                    if transaction.dialect.name == "sqlite":
-                        execute_raw(transaction, "BEGIN IMMEDIATE", {})
-                    yield transaction
-                    transaction.commit()
-                except BaseException:
-                    with suppress(Exception):  # the original error says more
-                        connection.rollback()
-                    raise
-                finally:
-                    connection.close()
-        finally:
-            if writer is not None:
-                writer.release()
+        with self._writers_turn(), _translate_errors():
+            connection = self._engine.raw_connection()
+            try:
+                transaction = DbapiTransaction(connection, self._engine.dialect)
+                if transaction.dialect.name == "sqlite":
+                    execute_raw(transaction, "BEGIN IMMEDIATE", {})
+                yield transaction
+                transaction.commit()
+            except BaseException:
+                with suppress(Exception):  # the original error says more
+                    connection.rollback()
+                raise
+            finally:
+                connection.close()
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
