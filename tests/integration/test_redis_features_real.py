@@ -11,18 +11,24 @@ from pipeline.adapters.redis_features import RedisRateLimiter, RedisStateTracker
 from pipeline.errors import RateLimited
 from pipeline.harness.localstack import RedisServer, free_port
 from pipeline.ports import CountedAcquisition
-from pipeline.testing.contracts.redis_features import RedisFeaturesContract
+from pipeline.testing.contracts.redis_features import RedisFeaturesContract, acquisition_keywords
 
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture
+def real_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis_server.client(db=1)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
 class TestRedisFeaturesOnRealRedis(RedisFeaturesContract):
     @pytest.fixture
-    def client(self, redis_server: RedisServer) -> Iterator[redis.Redis]:
-        client = redis_server.client(db=1)
-        client.flushdb()
-        yield client
-        client.flushdb()
+    def client(self, real_client: redis.Redis) -> redis.Redis:
+        return real_client
 
 
 def test_rate_limiter_fails_closed_when_redis_is_down() -> None:
@@ -46,23 +52,8 @@ def _acquire(tracker: RedisStateTracker, owner: str) -> CountedAcquisition:
     return tracker.acquire_counted_and_record_started(
         "doc-1",
         "chunking",
-        lock_name="doc-1:chunking:v1",
-        ttl_seconds=30,
-        owner=owner,
-        counter=f"deliveries:{owner}",
-        counter_ttl_s=60,
-        limit=3,
-        replacing=("started",),
+        **acquisition_keywords("doc-1:chunking:v1", owner, replacing=("started",)),
     )
-
-
-@pytest.fixture
-def real_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis_server.client(db=1)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
 
 
 def test_hot_scripts_skip_redis_pys_command_path(

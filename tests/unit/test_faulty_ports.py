@@ -39,6 +39,7 @@ from pipeline.harness.scenarios.model import (
 )
 from pipeline.harness.scenarios.runner import run_scenario
 from pipeline.ports.store import DeadLetters, DerivedRows, DocumentRecords, WorkQueue
+from pipeline.testing.contracts.redis_features import acquisition_keywords
 from tests.conftest import embedded_settings
 
 
@@ -402,15 +403,7 @@ def test_the_first_state_write_with_its_lock_fails_as_the_two_calls_did(
     locks, faults, state = _faulty_state_tracker(rules)
     with pytest.raises(raises) if raises else contextlib.nullcontext():
         state.acquire_counted_and_record_started(
-            "d",
-            "chunking",
-            lock_name=LOCK,
-            ttl_seconds=30,
-            owner="task-1",
-            counter="docpipe:deliveries:task-1:0",
-            counter_ttl_s=60,
-            limit=3,
-            replacing=("started",),
+            "d", "chunking", **acquisition_keywords(LOCK, "task-1", replacing=("started",))
         )
     assert (state.get("d").get("chunking_status") == "started") is started
     assert (locks.acquire(LOCK, 30, owner="task-2") is None) is locked

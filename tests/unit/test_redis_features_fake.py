@@ -7,7 +7,7 @@ import redis
 from pipeline.adapters import redis_features
 from pipeline.adapters.redis_features import RedisLockManager, RedisRateLimiter, RedisStateTracker
 from pipeline.errors import RateLimited
-from pipeline.testing.contracts.redis_features import RedisFeaturesContract
+from pipeline.testing.contracts.redis_features import RedisFeaturesContract, acquisition_keywords
 
 
 class TestRedisFeaturesOnFakeredis(RedisFeaturesContract):
@@ -57,15 +57,7 @@ def test_fakeredis_takes_the_ordinary_script_path(monkeypatch: pytest.MonkeyPatc
     client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
     tracker = RedisStateTracker(client, ttl_seconds=60)
     counted = tracker.acquire_counted_and_record_started(
-        "d",
-        "ocr",
-        lock_name="d:ocr:v1",
-        ttl_seconds=30,
-        owner="task-1",
-        counter="deliveries:task-1",
-        counter_ttl_s=60,
-        limit=3,
-        replacing=("started",),
+        "d", "ocr", **acquisition_keywords("d:ocr:v1", "task-1", replacing=("started",))
     )
     assert counted.deliveries == 1 and counted.token is not None
 

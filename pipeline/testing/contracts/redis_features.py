@@ -71,7 +71,7 @@ class RedisFeaturesContract:
         counted = tracker.acquire_counted_and_record_started(
             "doc-1",
             "ocr",
-            **_acquisition("doc-1:ocr:v1", "task-1", replacing=("started", "ocr_queued")),
+            **acquisition_keywords("doc-1:ocr:v1", "task-1", replacing=("started", "ocr_queued")),
         )
         assert counted.deliveries == 1 and counted.token is not None
         assert int(client.get("docpipe:deliveries:task-1:0") or 0) == 1
@@ -96,7 +96,7 @@ class RedisFeaturesContract:
         duplicate = tracker.acquire_counted_and_record_started(
             "doc-1",
             "chunking",
-            **_acquisition("doc-1:chunking:v1", "task-1", replacing=("started",)),
+            **acquisition_keywords("doc-1:chunking:v1", "task-1", replacing=("started",)),
         )
         assert duplicate.token is not None and duplicate.started is None
         assert tracker.get("doc-1") == before
@@ -104,7 +104,9 @@ class RedisFeaturesContract:
         fresh = tracker.acquire_counted_and_record_started(
             "doc-1",
             "relationship_staging",
-            **_acquisition("doc-1:relationship_staging:v1", "task-2", replacing=("started",)),
+            **acquisition_keywords(
+                "doc-1:relationship_staging:v1", "task-2", replacing=("started",)
+            ),
         )
         assert fresh.started is not None
         assert tracker.get("doc-1")["relationship_staging_status"] == "started"
@@ -117,13 +119,13 @@ class RedisFeaturesContract:
         held = locks.acquire("doc-1:ocr:v1", ttl_seconds=30, owner="task-1")
         assert held is not None
         refused = tracker.acquire_counted_and_record_started(
-            "doc-1", "ocr", **_acquisition("doc-1:ocr:v1", "task-2", replacing=("started",))
+            "doc-1", "ocr", **acquisition_keywords("doc-1:ocr:v1", "task-2", replacing=("started",))
         )
         assert refused == CountedAcquisition(deliveries=1, token=None)
         over = tracker.acquire_counted_and_record_started(
             "doc-1",
             "ocr",
-            **_acquisition("doc-1:ocr:v1", "task-1", replacing=("started",), limit=0),
+            **acquisition_keywords("doc-1:ocr:v1", "task-1", replacing=("started",), limit=0),
         )
         assert over == CountedAcquisition(deliveries=1, token=None)
         assert tracker.get("doc-1") == {}
@@ -135,7 +137,7 @@ class RedisFeaturesContract:
         first = tracker.acquire_counted_and_record_started(
             "doc-1",
             "chunking",
-            **_acquisition("doc-1:chunking:v1", "task-1", replacing=("started",)),
+            **acquisition_keywords("doc-1:chunking:v1", "task-1", replacing=("started",)),
         )
         assert first.started is not None and first.token is not None
         # A redelivery of the same task took the lock over and finished the stage.
@@ -149,7 +151,7 @@ class RedisFeaturesContract:
         second = tracker.acquire_counted_and_record_started(
             "doc-2",
             "chunking",
-            **_acquisition("doc-2:chunking:v1", "task-3", replacing=("started",)),
+            **acquisition_keywords("doc-2:chunking:v1", "task-3", replacing=("started",)),
         )
         assert second.started is not None
         tracker.record("doc-2", "entity_extraction", "completed")
@@ -217,7 +219,9 @@ class RedisFeaturesContract:
 
         def deliver() -> CountedAcquisition:
             return tracker.acquire_counted_and_record_started(
-                "doc", "ocr", **_acquisition("doc:ocr", "task-1", replacing=("started",), limit=2)
+                "doc",
+                "ocr",
+                **acquisition_keywords("doc:ocr", "task-1", replacing=("started",), limit=2),
             )
 
         first = deliver()
@@ -242,12 +246,16 @@ class RedisFeaturesContract:
         held = locks.acquire("doc:chunking", ttl_seconds=30, owner="task-1")
         assert held is not None
         refused = tracker.acquire_counted_and_record_started(
-            "doc", "chunking", **_acquisition("doc:chunking", "task-2", replacing=("started",))
+            "doc",
+            "chunking",
+            **acquisition_keywords("doc:chunking", "task-2", replacing=("started",)),
         )
         assert refused == CountedAcquisition(deliveries=1, token=None)
         locks.release("doc:chunking", held)
         taken = tracker.acquire_counted_and_record_started(
-            "doc", "chunking", **_acquisition("doc:chunking", "task-2", replacing=("started",))
+            "doc",
+            "chunking",
+            **acquisition_keywords("doc:chunking", "task-2", replacing=("started",)),
         )
         assert taken.deliveries == 2 and taken.token is not None
         assert locks.acquire("doc:chunking", ttl_seconds=30, owner="task-1") is None
@@ -352,7 +360,7 @@ class RedisFeaturesContract:
             limiter.acquire("llm", 0)
 
 
-def _acquisition(
+def acquisition_keywords(
     lock_name: str, owner: str, *, replacing: tuple[str, ...], limit: int = 3
 ) -> dict[str, Any]:
     """`acquire_counted_and_record_started`'s keywords: a delivery of the task `owner`."""
