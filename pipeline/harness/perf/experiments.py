@@ -171,8 +171,7 @@ def paired_ratios(plain: Sequence[Batch], harness: Sequence[Batch]) -> dict[str,
         return {}
 
     def median_of(per_task: Callable[[Batch], float]) -> float:
-        values = [per_task(h) / per_task(p) for p, h in pairs if per_task(p) > 0]
-        return round(statistics.median(values), 2) if values else float("nan")
+        return paired_chain_ratio([per_task(p) for p, _ in pairs], [per_task(h) for _, h in pairs])
 
     return {
         "rounds": len(pairs),
@@ -182,8 +181,8 @@ def paired_ratios(plain: Sequence[Batch], harness: Sequence[Batch]) -> dict[str,
 
 
 def paired_chain_ratio(plain: Sequence[float], harness: Sequence[float]) -> float:
-    """Median of harness / plain over the unloaded chains, each pair run back to back
-    (what drifts between pairs cancels within one); NaN without a pair."""
+    """Median of harness / plain over pairs run back to back (unloaded chains, or rounds):
+    what drifts between pairs cancels within one. NaN without a pair."""
     values = [h / p for p, h in zip(plain, harness, strict=False) if p > 0]
     return round(statistics.median(values), 2) if values else float("nan")
 
