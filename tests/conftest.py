@@ -67,16 +67,22 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Producer) -> Schedul
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under xdist the integration tests are handed out first.
+    """Under xdist the load check goes out first, then the integration tests.
 
-    They (worker processes, redis-servers: 20-70 s each) go out before the unit tests, so
-    no process is left running a long one alone at the end while the others are done.
-    Only their place in the queue changes: within each kind the order is still
-    pytest-randomly's shuffle of the seed (this hook runs after it, a stable sort), and
-    without -n the whole order is the seed's.
+    The load check (`make test` selects it: ~45 s, mostly waiting on its workers'
+    simulated latencies) then runs in one process next to everything else instead of
+    after it. The integration tests (worker processes, redis-servers: 20-70 s each) go
+    out before the unit tests, so no process is left running a long one alone at the end
+    while the others are done. Only their place in the queue changes: within each kind
+    the order is still pytest-randomly's shuffle of the seed (this hook runs after it, a
+    stable sort), and without -n the whole order is the seed's.
     """
     if hasattr(config, "workerinput"):
-        items.sort(key=lambda item: item.get_closest_marker("integration") is None)
+        items.sort(key=_handed_out_first)
+
+
+def _handed_out_first(item: pytest.Item) -> tuple[bool, bool]:
+    return item.get_closest_marker("load") is None, item.get_closest_marker("integration") is None
 
 
 def start_fake_ocr_job(data: bytes, scans: object | None) -> tuple[EmbeddedOcrEngine, str]:
