@@ -99,6 +99,7 @@ STORE_ROLES: dict[str, str] = {
     "dead_letter": "dead_letters",
     "dead_letters": "dead_letters",
     "remove_dead_letters": "dead_letters",
+    "replay_dead_letter": "dead_letters",
 }
 
 #: Store methods that write: only they can lose their connection mid-transaction or
@@ -129,6 +130,7 @@ STORE_WRITES = frozenset(
         "add_dead_letter",
         "dead_letter",
         "remove_dead_letters",
+        "replay_dead_letter",
     }
 )
 

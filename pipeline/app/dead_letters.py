@@ -4,16 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-from pipeline.domain.models import (
-    Stage,
-    Status,
-)
+from pipeline.domain.models import Stage
 from pipeline.ports.services import Services
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger(__name__)
 
@@ -38,46 +31,32 @@ def dlq_list(services: Services) -> list[dict[str, object]]:
 def dlq_replay(services: Services, document_uuids: Sequence[str] | None = None) -> list[str]:
     """Send dead-lettered documents back into the stage that gave up on them.
 
-    For each document with a dead letter (all, or the given ones) that is
-    still `dead_lettered`: its status goes back to that stage's running
-    status in the *same* processing version (the stage's rows before it are
-    kept), the dead letter is removed, then the stage's task is sent. A
-    letter whose document has moved on (reset, reprocessed) is left in place
-    and not replayed; a letter of a deleted document is removed. Returns the
-    uuids replayed.
+    For each document with a dead letter (all, or the given ones) that is still
+    `dead_lettered`, one transaction (`replay_dead_letter`) moves it back to that
+    stage's running status in the *same* processing version (the stage's rows
+    before it are kept), removes its dead letters and gives it an open queue row;
+    then the stage's task is sent. Should the send fail (or the command die before
+    it), the document waits at that status like any whose message was lost, and
+    `docpipe queue-processor` sends the stage again once it has shown no progress for
+    DOCPIPE_QUEUE_STALE_AFTER_S. A letter whose document has moved on (reset, reprocessed)
+    is left in place and not replayed; a letter of a deleted document is removed.
+    Returns the uuids replayed.
     """
     store = services.store
     wanted = None if document_uuids is None else set(document_uuids)
-    newest: dict[str, dict[str, object]] = {}
-    for letter in store.dead_letters():  # newest first: keep the latest per document
-        document_uuid = str(letter["document_uuid"])
-        if wanted is None or document_uuid in wanted:
-            newest.setdefault(document_uuid, letter)
+    candidates = dict.fromkeys(
+        str(letter["document_uuid"])
+        for letter in store.dead_letters()
+        if wanted is None or str(letter["document_uuid"]) in wanted
+    )
     replayed: list[str] = []
-    for document_uuid, letter in newest.items():
-        try:
-            document = store.get_document(document_uuid)
-        except KeyError:
-            store.remove_dead_letters([document_uuid])
+    for document_uuid in candidates:
+        replay = store.replay_dead_letter(document_uuid)
+        if replay is None:
+            log.warning("dlq: %s is not dead_lettered (or gone); not replayed", document_uuid)
             continue
-        if document.status is not Status.DEAD_LETTERED:
-            log.warning(
-                "dlq: %s is %s, not dead_lettered; not replayed", document_uuid, document.status
-            )
-            continue
-        stage = Stage(str(letter["stage"]))
-        # The dead letter's row makes way for the replay's (so a second one can be
-        # recorded); the replay row keeps what it said.
-        document = store.force_status(
-            document_uuid,
-            stage.running_status,
-            stage=f"{stage} (dlq replay)",
-            bump_version=False,
-            note=f"replays the dead letter of {letter['created_at']}: {letter['error']}",
-            supersedes=[Status.DEAD_LETTERED],
-        )
-        store.remove_dead_letters([document_uuid])
-        services.dispatcher.send_stage(stage, document_uuid, document.processing_version)
+        version = replay.document.processing_version
+        services.dispatcher.send_stage(Stage(replay.stage), document_uuid, version)
         replayed.append(document_uuid)
     return replayed
 

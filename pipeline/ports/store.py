@@ -266,6 +266,14 @@ class WorkQueue(Protocol):
     def queue_entries(self, document_uuid: str | None = None) -> list[QueueEntry]: ...
 
 
+@dataclass(frozen=True)
+class ReplayedLetter:
+    """A dead letter replayed: the document back at `stage`'s running status."""
+
+    document: SourceDocument
+    stage: str
+
+
 class DeadLetters(Protocol):
     """Tasks that gave up, kept for an operator to read, replay or remove."""
 
@@ -297,6 +305,18 @@ class DeadLetters(Protocol):
     def dead_letters(self) -> list[dict[str, object]]: ...
 
     def remove_dead_letters(self, document_uuids: Sequence[str] | None = None) -> int: ...
+
+    def replay_dead_letter(self, document_uuid: str) -> ReplayedLetter | None:
+        """A `dead_lettered` document back to the stage its newest dead letter names, in one
+        transaction: `force_status` to that stage's running status (same version, the
+        history row saying which letter it replays), its dead letters removed and an
+        open queue row (`enqueue`), so the queue processor resends the stage should its
+        message be lost.
+
+        None, with nothing written, when the document is not `dead_lettered` (it moved on)
+        or has no dead letter; a deleted document's letters are removed.
+        """
+        ...
 
 
 class DocumentStore(DocumentRecords, DerivedRows, WorkQueue, DeadLetters, Protocol):

@@ -450,7 +450,13 @@ def test_dead_letters_are_listed_replayed_once_the_fault_is_gone_and_purged(
     assert replay.error_message and "replays the dead letter of" in replay.error_message
     assert Status.DEAD_LETTERED not in [h.status for h in entries]
     assert entries[-1].status is Status.COMPLETED
-    assert queue_rows(services, first) == [QueueStatus.FAILED]
+    # Each replay had an open queue row (the queue processor watches it), closed by its
+    # outcome: the first run's, the replay dead-lettered again, the replay that completed.
+    assert queue_rows(services, first) == [
+        QueueStatus.FAILED,
+        QueueStatus.FAILED,
+        QueueStatus.COMPLETED,
+    ]
     assert [letter["document_uuid"] for letter in dead_letters.dlq_list(services)] == [second]
 
     # A letter whose document has moved on is not replayed.
@@ -460,6 +466,42 @@ def test_dead_letters_are_listed_replayed_once_the_fault_is_gone_and_purged(
     assert dead_letters.dlq_purge(services) == 1
     assert dead_letters.dlq_list(services) == []
     assert dead_letters.dlq_purge(services, []) == 0
+
+
+def test_a_replay_whose_message_is_lost_is_sent_again_by_the_queue_processor(
+    make_services: MakeServices, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipeline.runtime.tasks
+
+    base = make_services()
+    (document_uuid,) = submit(base, tmp_path, 1)
+    broken, _ = faulty(make_services, base, FaultRule(port="llm", kind="transient"))
+    queue_processor.process_queue_once(broken, "w", batch=10)
+    assert status(broken, document_uuid) is Status.DEAD_LETTERED
+    services = make_services(redis_url=base.settings.redis_url, queue_stale_after_s=STALE_WINDOW_S)
+
+    real = pipeline.runtime.tasks.send_stage
+
+    def broker_down(stage: Stage, uuid: str, version: int, **kwargs: Any) -> None:
+        raise OperationalError("Error 111 connecting to redis://broker:6379/0")
+
+    monkeypatch.setattr(pipeline.runtime.tasks, "send_stage", broker_down)
+    with pytest.raises(OperationalError):
+        dead_letters.dlq_replay(services, [document_uuid])
+    # Replayed in the database, its message lost: no letter left to replay, but a queue
+    # row the queue processor watches.
+    assert status(services, document_uuid) is Status.ENTITY_EXTRACTION
+    assert dead_letters.dlq_list(services) == []
+    assert queue_rows(services, document_uuid) == [QueueStatus.FAILED, QueueStatus.PENDING]
+
+    monkeypatch.setattr(pipeline.runtime.tasks, "send_stage", real)
+    # Within the stale window the replay counts as in flight; after it, it is sent again.
+    assert queue_processor.process_queue_batch(services, "w", batch=5).in_flight == [document_uuid]
+    time.sleep(STALE_WINDOW_S + 0.1)
+    resumed = queue_processor.process_queue_batch(services, "w", batch=5).resumed
+    assert resumed == {document_uuid: str(Stage.ENTITY_EXTRACTION)}
+    assert status(services, document_uuid) is Status.COMPLETED
+    assert queue_rows(services, document_uuid) == [QueueStatus.FAILED, QueueStatus.COMPLETED]
 
 
 def test_purge_queues_empties_every_docpipe_queue() -> None:

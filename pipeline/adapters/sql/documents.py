@@ -374,6 +374,29 @@ class SqlDocumentRecords(SqlBase):
         note: str | None = None,
         supersedes: Sequence[Status] = (),
     ) -> SourceDocument:
+        with self._write() as conn:
+            return self._force_status(
+                conn,
+                document_uuid,
+                status,
+                stage=stage,
+                bump_version=bump_version,
+                note=note,
+                supersedes=supersedes,
+            )
+
+    def _force_status(
+        self,
+        conn: Connection,
+        document_uuid: str,
+        status: Status,
+        *,
+        stage: str,
+        bump_version: bool,
+        note: str | None,
+        supersedes: Sequence[Status],
+    ) -> SourceDocument:
+        """`force_status` inside the caller's write transaction."""
         status = Status(status)
         docs = source_documents.c
         values: dict[str, Any] = {
@@ -385,33 +408,32 @@ class SqlDocumentRecords(SqlBase):
         }
         if bump_version:
             values["processing_version"] = docs.processing_version + 1
-        with self._write() as conn:
-            self._update_document(conn, document_uuid, values)
-            document = self._load_document(conn, document_uuid)
-            if not bump_version:
-                # Back to a status this version already had (a dead letter replayed): the
-                # override is an event of its own, so its history row moves to now under
-                # the stage given (one row per status and version, as everywhere); the
-                # rows it `supersedes` go, so that they can be recorded again.
-                hist = document_processing_history.c
-                gone = [status.value, *(Status(s).value for s in supersedes)]
-                conn.execute(
-                    delete(document_processing_history).where(
-                        hist.document_uuid == document_uuid,
-                        hist.processing_version == document.processing_version,
-                        hist.status.in_(gone),
-                    )
+        self._update_document(conn, document_uuid, values)
+        document = self._load_document(conn, document_uuid)
+        if not bump_version:
+            # Back to a status this version already had (a dead letter replayed): the
+            # override is an event of its own, so its history row moves to now under
+            # the stage given (one row per status and version, as everywhere); the
+            # rows it `supersedes` go, so that they can be recorded again.
+            hist = document_processing_history.c
+            gone = [status.value, *(Status(s).value for s in supersedes)]
+            conn.execute(
+                delete(document_processing_history).where(
+                    hist.document_uuid == document_uuid,
+                    hist.processing_version == document.processing_version,
+                    hist.status.in_(gone),
                 )
-            self._record_history(
-                conn,
-                document_uuid,
-                document.processing_version,
-                stage,
-                status,
-                note,
-                document.celery_task_id,
             )
-            return document
+        self._record_history(
+            conn,
+            document_uuid,
+            document.processing_version,
+            stage,
+            status,
+            note,
+            document.celery_task_id,
+        )
+        return document
 
     def record_attempt(self, document_uuid: str) -> None:
         with self._write() as conn:

@@ -7,11 +7,15 @@ engine's connection pool.
 
 from __future__ import annotations
 
+from sqlalchemy import delete, select
+
 from pipeline.adapters.sql.dead_letters import SqlDeadLetters
 from pipeline.adapters.sql.derived import SqlDerivedRows
 from pipeline.adapters.sql.documents import SqlDocumentRecords
+from pipeline.adapters.sql.schema import dead_letter_tasks
 from pipeline.adapters.sql.work_queue import SqlWorkQueue
-from pipeline.domain.models import Fence, Status
+from pipeline.domain.models import Fence, Stage, Status
+from pipeline.ports.store import ReplayedLetter
 
 
 class SqlDocumentStore(SqlDocumentRecords, SqlDerivedRows, SqlWorkQueue, SqlDeadLetters):
@@ -53,3 +57,46 @@ class SqlDocumentStore(SqlDocumentRecords, SqlDerivedRows, SqlWorkQueue, SqlDead
             if moved:
                 self._upsert_dead_letter(conn, document_uuid, task_name, stage, error, retries)
             return moved
+
+    def replay_dead_letter(self, document_uuid: str) -> ReplayedLetter | None:
+        """The status back to the stage, the dead letters gone and an open queue row, in one
+        transaction.
+
+        Two commits could leave a document at a working status beside the letter it
+        was replayed from (a replay then refuses it: the document is no longer
+        dead-lettered), or the letter gone with the document still dead-lettered.
+        """
+        letters = dead_letter_tasks.c
+        removal = delete(dead_letter_tasks).where(letters.document_uuid == document_uuid)
+        with self._write() as conn:
+            document = self._hot(conn).fetch_document(conn, document_uuid, lock=True)
+            if document is None:
+                conn.execute(removal)
+                return None
+            if document.status is not Status.DEAD_LETTERED:
+                return None
+            letter = conn.execute(
+                select(letters.stage, letters.error, letters.created_at)
+                .where(letters.document_uuid == document_uuid)
+                .order_by(letters.created_at.desc(), letters.uuid.desc())
+                .limit(1)
+            ).first()
+            if letter is None:
+                return None
+            stage = Stage(letter.stage)
+            # The dead letter's history row makes way for the replay's (so that a second
+            # one can be recorded); the replay's row keeps what the letter said.
+            replayed = self._force_status(
+                conn,
+                document_uuid,
+                stage.running_status,
+                stage=f"{stage} (dlq replay)",
+                bump_version=False,
+                note=f"replays the dead letter of {letter.created_at.isoformat()}: {letter.error}",
+                supersedes=[Status.DEAD_LETTERED],
+            )
+            conn.execute(removal)
+            # An open queue row: the queue processor watches the replay as any run in
+            # flight, and sends the stage again if its message never arrives.
+            self._enqueue(conn, document_uuid)
+            return ReplayedLetter(document=replayed, stage=str(stage))

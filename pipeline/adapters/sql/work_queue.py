@@ -45,25 +45,29 @@ class SqlWorkQueue(SqlBase):
         winner's commit on PostgreSQL) and then reads the winner's row.
         """
         with self._write() as conn:
-            existing = self._open_queue_uuid(conn, document_uuid)
-            if existing is not None:
-                return existing
-            new_uuid = str(uuidlib.uuid4())
-            inserted = conn.execute(
-                self._insert_ignore(conn, document_processing_queue).values(
-                    uuid=new_uuid,
-                    document_uuid=document_uuid,
-                    status=QueueStatus.PENDING.value,
-                    attempts=0,
-                    **self._stamps(),
-                )
-            ).rowcount
-            if inserted == 1:
-                return new_uuid
-            existing = self._open_queue_uuid(conn, document_uuid)
-            if existing is None:  # the winner closed its row in between: a rare race
-                raise TransientError(f"enqueue of {document_uuid} raced; retry")
+            return self._enqueue(conn, document_uuid)
+
+    def _enqueue(self, conn: Connection, document_uuid: str) -> str:
+        """`enqueue` inside the caller's write transaction."""
+        existing = self._open_queue_uuid(conn, document_uuid)
+        if existing is not None:
             return existing
+        new_uuid = str(uuidlib.uuid4())
+        inserted = conn.execute(
+            self._insert_ignore(conn, document_processing_queue).values(
+                uuid=new_uuid,
+                document_uuid=document_uuid,
+                status=QueueStatus.PENDING.value,
+                attempts=0,
+                **self._stamps(),
+            )
+        ).rowcount
+        if inserted == 1:
+            return new_uuid
+        existing = self._open_queue_uuid(conn, document_uuid)
+        if existing is None:  # the winner closed its row in between: a rare race
+            raise TransientError(f"enqueue of {document_uuid} raced; retry")
+        return existing
 
     def _fail_never_dispatched(
         self, conn: Connection, document_uuid: str, max_attempts: int, row: Any

@@ -891,6 +891,65 @@ class StoreContract:
         ]
         assert [h.status for h in store.history(doc.uuid)][-1] is Status.DEAD_LETTERED
 
+    def test_a_replay_moves_the_document_back_removes_its_letters_and_queues_it_at_once(
+        self, store: SqlDocumentStore
+    ) -> None:
+        doc = new_document(store)
+        store.advance_status(doc.uuid, Status.OCR_COMPLETE, stage="ocr", processing_version=1)
+        assert _dead_letter(store, doc.uuid, 1, "parser gave up", stage="document_node")
+
+        replay = store.replay_dead_letter(doc.uuid)
+
+        assert replay is not None and replay.stage == "document_node"
+        assert (replay.document.status, replay.document.processing_version) == (
+            Status.TEXT_PROCESSING,
+            1,
+        )
+        assert store.get_document(doc.uuid) == replay.document
+        assert store.dead_letters() == []
+        assert [e.status for e in store.queue_entries(doc.uuid)] == [QueueStatus.PENDING]
+        last = store.history(doc.uuid)[-1]
+        assert (last.stage, last.status) == ("document_node (dlq replay)", Status.TEXT_PROCESSING)
+        assert last.error_message and "parser gave up" in last.error_message
+        assert Status.DEAD_LETTERED not in [h.status for h in store.history(doc.uuid)]
+        # Replayed once: the document is no longer dead-lettered.
+        assert store.replay_dead_letter(doc.uuid) is None
+
+    def test_a_replay_that_fails_midway_writes_nothing(
+        self, store: SqlDocumentStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Status, letters and queue row commit together: a replay cut off before its
+        queue row leaves the document dead-lettered with its letter, to be replayed again."""
+        doc = new_document(store)
+        assert _dead_letter(store, doc.uuid, 1, "gave up")
+
+        def queue_refused(*args: object, **kwargs: object) -> str:
+            raise RuntimeError("queue insert failed")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(store, "_enqueue", queue_refused)
+            with pytest.raises(RuntimeError, match="queue insert failed"):
+                store.replay_dead_letter(doc.uuid)
+
+        assert store.get_document(doc.uuid).status is Status.DEAD_LETTERED
+        assert [d["document_uuid"] for d in store.dead_letters()] == [doc.uuid]
+        assert store.queue_entries(doc.uuid) == []
+        assert store.replay_dead_letter(doc.uuid) is not None
+
+    def test_a_replay_leaves_a_moved_on_document_alone_and_drops_a_deleted_ones_letters(
+        self, store: SqlDocumentStore
+    ) -> None:
+        moved_on = new_document(store)
+        store.add_dead_letter(moved_on.uuid, "t", "ocr", "old verdict", 1)
+        store.add_dead_letter("no-such-document", "t", "ocr", "orphan", 1)
+
+        assert store.replay_dead_letter(moved_on.uuid) is None
+        assert store.replay_dead_letter("no-such-document") is None
+
+        assert [d["document_uuid"] for d in store.dead_letters()] == [moved_on.uuid]
+        assert store.get_document(moved_on.uuid).status is Status.PENDING
+        assert store.queue_entries(moved_on.uuid) == []
+
     def test_dead_letter_writes_nothing_for_a_document_that_may_not_move(
         self, store: SqlDocumentStore
     ) -> None:
