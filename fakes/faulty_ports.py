@@ -94,6 +94,7 @@ STORE_ROLES: dict[str, str] = {
     "keep_claim": "queue",
     "finish_queue_entry": "queue",
     "queue_entries": "queue",
+    "requeue_new_version": "queue",
     # dead letters
     "add_dead_letter": "dead_letters",
     "dead_letter": "dead_letters",
@@ -127,6 +128,7 @@ STORE_WRITES = frozenset(
         "claim",
         "keep_claim",
         "finish_queue_entry",
+        "requeue_new_version",
         "add_dead_letter",
         "dead_letter",
         "remove_dead_letters",

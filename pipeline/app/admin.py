@@ -47,9 +47,10 @@ def migrate(services: Services, *, dry_run: bool = False) -> list[str]:
         touched.append(document.uuid)
         if dry_run:
             continue
-        if document.status is not Status.PENDING:
-            stages.back_to_pending(services, document.uuid, stage="migrate")
-        store.enqueue(document.uuid)
+        if document.status is Status.PENDING:
+            store.enqueue(document.uuid)
+        else:
+            stages.requeue_new_version(services, document.uuid, stage="migrate")
     return touched
 
 
@@ -81,6 +82,5 @@ def reset(
         for document_uuid in targets:
             store.get_document(document_uuid)  # KeyError before any change
     for document_uuid in targets:
-        stages.back_to_pending(services, document_uuid, stage="reset")
-        store.enqueue(document_uuid)
+        stages.requeue_new_version(services, document_uuid, stage="reset")
     return targets

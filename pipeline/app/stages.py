@@ -34,7 +34,6 @@ from pipeline.domain.models import (
     FileType,
     Mention,
     OcrJob,
-    QueueStatus,
     SourceDocument,
     Stage,
     Status,
@@ -716,17 +715,14 @@ STAGE_FUNCTIONS = {
 }
 
 
-def back_to_pending(services: Services, document_uuid: str, *, stage: str) -> None:
-    """New processing version, no derived rows, no open queue row, no dead letter.
+def requeue_new_version(services: Services, document_uuid: str, *, stage: str) -> None:
+    """`pending` in a new processing version with a fresh queue row: no derived rows, no
+    dead letter, the open queue row cancelled, all in one transaction.
 
-    What reset, migrate and `docpipe run --reprocess` do to a document before it
-    is queued again (`stage` names which of them, in its history).
+    What reset, migrate and `docpipe run --reprocess` do to a document (`stage` names
+    which of them, in its history); the queue processor dispatches it.
     """
-    store = services.store
-    store.force_status(document_uuid, Status.PENDING, stage=stage, bump_version=True)
-    store.clear_derived(document_uuid)
-    store.finish_queue_entry(document_uuid, QueueStatus.CANCELLED, f"cancelled by {stage}")
-    store.remove_dead_letters([document_uuid])
+    services.store.requeue_new_version(document_uuid, stage=stage)
 
 
 def dispatch(services: Services, document_uuid: str) -> str:

@@ -265,6 +265,16 @@ class WorkQueue(Protocol):
 
     def queue_entries(self, document_uuid: str | None = None) -> list[QueueEntry]: ...
 
+    def requeue_new_version(self, document_uuid: str, *, stage: str) -> SourceDocument:
+        """`pending` in a new processing version and queued afresh, in one transaction.
+
+        The version bump (`force_status`, history under `stage`), the derived rows
+        removed, the open queue row cancelled, the dead letters removed and one new
+        pending queue row: what reset, migrate and `run --reprocess` do. KeyError for
+        an unknown document.
+        """
+        ...
+
 
 @dataclass(frozen=True)
 class ReplayedLetter:

@@ -306,9 +306,14 @@ class SqlDerivedRows(SqlBase):
 
     def clear_derived(self, document_uuid: str) -> None:
         with self._write() as conn:
-            for table in DERIVED_TABLES:
-                key = table.c.uuid if table is neo4j_documents else table.c.document_uuid
-                conn.execute(delete(table).where(key == document_uuid))
+            self._clear_derived(conn, document_uuid)
+
+    @staticmethod
+    def _clear_derived(conn: Connection, document_uuid: str) -> None:
+        """`clear_derived` inside the caller's write transaction."""
+        for table in DERIVED_TABLES:
+            key = table.c.uuid if table is neo4j_documents else table.c.document_uuid
+            conn.execute(delete(table).where(key == document_uuid))
 
     def counts(self, document_uuid: str) -> DocumentCounts:
         def count(conn: Connection, table: Table) -> int:

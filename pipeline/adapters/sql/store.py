@@ -14,7 +14,7 @@ from pipeline.adapters.sql.derived import SqlDerivedRows
 from pipeline.adapters.sql.documents import SqlDocumentRecords
 from pipeline.adapters.sql.schema import dead_letter_tasks
 from pipeline.adapters.sql.work_queue import SqlWorkQueue
-from pipeline.domain.models import Fence, Stage, Status
+from pipeline.domain.models import Fence, QueueStatus, SourceDocument, Stage, Status
 from pipeline.ports.store import ReplayedLetter
 
 
@@ -100,3 +100,27 @@ class SqlDocumentStore(SqlDocumentRecords, SqlDerivedRows, SqlWorkQueue, SqlDead
             # flight, and sends the stage again if its message never arrives.
             self._enqueue(conn, document_uuid)
             return ReplayedLetter(document=replayed, stage=str(stage))
+
+    def requeue_new_version(self, document_uuid: str, *, stage: str) -> SourceDocument:
+        """Five writes in one transaction: cut off before its new queue row, a reset left
+        a `pending` document nobody would dispatch (until `migrate`); before the derived
+        rows went, the old version's rows beside the new version."""
+        with self._write() as conn:
+            document = self._force_status(
+                conn,
+                document_uuid,
+                Status.PENDING,
+                stage=stage,
+                bump_version=True,
+                note=None,
+                supersedes=(),
+            )
+            self._clear_derived(conn, document_uuid)
+            self._close_queue_entry(
+                conn, document_uuid, QueueStatus.CANCELLED, f"cancelled by {stage}"
+            )
+            conn.execute(
+                delete(dead_letter_tasks).where(dead_letter_tasks.c.document_uuid == document_uuid)
+            )
+            self._enqueue(conn, document_uuid)
+            return document

@@ -891,6 +891,53 @@ class StoreContract:
         ]
         assert [h.status for h in store.history(doc.uuid)][-1] is Status.DEAD_LETTERED
 
+    def _requeue_candidate(self, store: SqlDocumentStore) -> SourceDocument:
+        """A document with chunks, an open queue row and a dead letter (of an earlier run)."""
+        doc = new_document(store)
+        store.enqueue(doc.uuid)
+        store.replace_chunks(doc.uuid, chunks_for(doc.uuid, 2))
+        store.add_dead_letter(doc.uuid, "t", "chunking", "gave up", 1)
+        return doc
+
+    def test_requeue_new_version_resets_everything_and_queues_the_document_at_once(
+        self, store: SqlDocumentStore
+    ) -> None:
+        doc = self._requeue_candidate(store)
+
+        requeued = store.requeue_new_version(doc.uuid, stage="reset")
+
+        assert (requeued.status, requeued.processing_version) == (Status.PENDING, 2)
+        assert store.get_document(doc.uuid) == requeued
+        assert store.counts(doc.uuid) == DocumentCounts(0, 0, 0, 0)
+        assert [e.status for e in store.queue_entries(doc.uuid)] == [
+            QueueStatus.CANCELLED,
+            QueueStatus.PENDING,
+        ]
+        assert store.dead_letters() == []
+        last = store.history(doc.uuid)[-1]
+        assert (last.stage, last.status, last.processing_version) == ("reset", Status.PENDING, 2)
+        with pytest.raises(KeyError):
+            store.requeue_new_version("no-such-document", stage="reset")
+
+    def test_a_requeue_that_fails_midway_writes_nothing(
+        self, store: SqlDocumentStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        doc = self._requeue_candidate(store)
+        before = store.get_document(doc.uuid)
+
+        def queue_refused(*args: object, **kwargs: object) -> str:
+            raise RuntimeError("queue insert failed")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(store, "_enqueue", queue_refused)
+            with pytest.raises(RuntimeError, match="queue insert failed"):
+                store.requeue_new_version(doc.uuid, stage="reset")
+
+        assert store.get_document(doc.uuid) == before
+        assert store.counts(doc.uuid).chunks == 2
+        assert [e.status for e in store.queue_entries(doc.uuid)] == [QueueStatus.PENDING]
+        assert [d["document_uuid"] for d in store.dead_letters()] == [doc.uuid]
+
     def test_a_replay_moves_the_document_back_removes_its_letters_and_queues_it_at_once(
         self, store: SqlDocumentStore
     ) -> None:
