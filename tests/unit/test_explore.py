@@ -6,6 +6,8 @@ time budget: what they find depends on the seed and that count only.
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +125,36 @@ def test_a_short_exploration_of_main_finds_nothing(tmp_path: Path) -> None:
     assert result.fired, "no fault fired: the schedules explored nothing"
     assert [(f.invariant, f.detail) for f in result.findings] == []
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_the_budget_cuts_off_a_schedule_still_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: int
+) -> None:
+    """Schedule 1 never ends in time; the budget ends the exploration anyway, counting
+    only the schedules that finished (its pool process is terminated)."""
+    import pipeline.harness.explore.explorer as explorer
+
+    parent = os.getpid()
+
+    def schedule_1_hangs(seed: int, index: int, *args: Any) -> Any:
+        if index == 1 and os.getpid() != parent:  # in a pool process, as it runs
+            time.sleep(600)
+        return generate_schedule(seed, index, *args)
+
+    monkeypatch.setattr(explorer, "generate_schedule", schedule_1_hangs)
+    started = time.monotonic()
+    result = explore(
+        seed=2026,
+        documents=[SAMPLES],
+        out=tmp_path,
+        budget_s=2.0,
+        jobs=jobs,
+        catalogue=service_faults(),
+    )
+    assert time.monotonic() - started < 120  # not the 600 s of schedule 1
+    assert result.schedules == 1
+    assert result.findings == []
 
 
 def test_a_planted_defect_is_found_shrunk_and_replayed(

@@ -88,8 +88,9 @@ def _print_result(result: ExploreResult) -> None:
     type=click.FloatRange(min=0),
     default=60.0,
     show_default=True,
-    help="Seconds of exploration at most (shrinking comes after); the count of schedules "
-    "it reached is reported: --schedules repeats exactly those.",
+    help="Seconds of exploration at most (shrinking comes after): a schedule still running "
+    "then is cut off, uncounted; the count of schedules that finished is reported: "
+    "--schedules repeats exactly those.",
 )
 @click.option(
     "--schedules",
@@ -179,6 +180,8 @@ def explore(
     finally:
         if live is not None:
             live.stop()
+            if not stderr.is_terminal:
+                stderr.line()  # the last progress line ends (a terminal's Live ends it itself)
     if as_json:
         click.echo(json.dumps(result.as_json(), indent=2))
     else:

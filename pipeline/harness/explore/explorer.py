@@ -5,7 +5,8 @@ alone (generate.schedule_rng) and its sim run is deterministic, so what a run
 finds is a function of the seed and of how many schedules it ran. `--schedules
 N` runs exactly schedules 0..N-1 (exact reproducibility); `--budget SECONDS`
 is a cap on exploration time: it runs schedules 0, 1, 2... until the time is
-up, and reports how many it ran (`schedules`), which `--schedules` repeats;
+up (a schedule still running then is cut off and not counted), and reports how
+many it ran (`schedules`), which `--schedules` repeats;
 `--only I` runs schedule I alone (as it ran among the others: a finding's index).
 Schedules run on `jobs` processes but are judged in index order, and only the
 first schedule that violates an invariant is shrunk (the others are counted),
@@ -275,16 +276,22 @@ def _results(
     jobs: int,
     limit: int | None,
     only: Sequence[int] | None = None,
+    deadline: float | None = None,
 ) -> Generator[ScheduleResult, None, None]:
     """Schedule results in index order, forever (or `limit`, or just `only`); the caller
-    stops consuming."""
+    stops consuming.
+
+    With a `deadline` (time.monotonic()) the results end when it passes, even while a
+    schedule is still running: the schedules run in pool processes (one at least), so
+    the unfinished ones are cut off, uncounted, when the pool is left.
+    """
     indices: Iterator[int]
     if only is not None:
         indices = iter(sorted(set(only)))
         limit = len(set(only))
     else:
         indices = iter(range(limit)) if limit is not None else _count()
-    if jobs <= 1 or limit == 1:
+    if deadline is None and (jobs <= 1 or limit == 1):
         _init_worker(workspace, seed, catalogue)
         for index in indices:
             yield _run_index(index)
@@ -297,10 +304,18 @@ def _results(
         workspace.reference(schedule.get("settings") or {})
     context = multiprocessing.get_context("fork")
     with context.Pool(
-        jobs, initializer=_init_worker, initargs=(workspace, seed, catalogue)
+        max(jobs, 1), initializer=_init_worker, initargs=(workspace, seed, catalogue)
     ) as pool:
         # Ordered: findings are judged in index order whatever process ran them.
-        yield from pool.imap(_run_index, indices, chunksize=1)
+        results = pool.imap(_run_index, indices, chunksize=1)
+        while True:
+            timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                yield results.next(timeout)
+            except StopIteration:
+                return
+            except multiprocessing.TimeoutError:
+                return  # the budget is spent while a schedule still runs
         # Leaving the block terminates the workers still running schedules past the budget.
 
 
@@ -341,7 +356,9 @@ def explore(
     findings: dict[str, Finding] = {}
     infeasible: list[int] = []
     schedules_run = 0
-    generator = _results(workspace, seed, catalogue, jobs, schedules, only)
+    bounded = schedules is not None or only is not None
+    deadline = None if bounded or budget_s is None else started + budget_s
+    generator = _results(workspace, seed, catalogue, jobs, schedules, only, deadline)
     try:
         for result in generator:
             schedules_run += 1
@@ -360,8 +377,7 @@ def explore(
             elapsed = time.monotonic() - started
             if progress is not None:
                 progress(schedules_run, fired, len(findings), elapsed)
-            bounded = schedules is not None or only is not None
-            if not bounded and budget_s is not None and elapsed >= budget_s:
+            if deadline is not None and time.monotonic() >= deadline:
                 break
     finally:
         generator.close()
