@@ -67,35 +67,39 @@ redis.call('set', KEYS[2], ARGV[1], 'EX', ARGV[2])
 """
 
 # `_COUNT_AND_LOCK`, then, with the lock taken, "started" in the state hash KEYS[3] (TTL
-# ARGV[6]; ARGV[7], ARGV[8] the stage's status and timestamp fields, ARGV[9] the time) if
-# the stage's status there is absent or one of ARGV[10...] (else the stage went past it: a
-# duplicate, whose claim refuses). Returns {deliveries, 1, 1, then the status, timestamp
+# ARGV[6]; ARGV[7], ARGV[8], ARGV[10] the stage's status, timestamp and started-by fields,
+# ARGV[9] the time; started-by gets this delivery's lock token, ARGV[1]) if the stage's
+# status there is absent or one of ARGV[11...] (else the stage went past it: a duplicate,
+# whose claim refuses). Returns {deliveries, 1, 1, then the status, timestamp, started-by
 # and last_status it replaced} when it wrote, {deliveries, 1 if the lock was taken} when not.
 _ACQUIRE_COUNTED_STARTED = (
     _COUNT_AND_LOCK
     + """
-local replaced = redis.call('hmget', KEYS[3], ARGV[7], ARGV[8], 'last_status')
+local replaced = redis.call('hmget', KEYS[3], ARGV[7], ARGV[8], ARGV[10], 'last_status')
 local replaceable = replaced[1] == false
-for i = 10, #ARGV do
+for i = 11, #ARGV do
     replaceable = replaceable or replaced[1] == ARGV[i]
 end
 if not replaceable then
     return {deliveries, 1}
 end
-redis.call('hset', KEYS[3], ARGV[7], 'started', ARGV[8], ARGV[9], 'last_status', 'started')
+redis.call('hset', KEYS[3], ARGV[7], 'started', ARGV[8], ARGV[9], ARGV[10], ARGV[1],
+    'last_status', 'started')
 redis.call('expire', KEYS[3], ARGV[6])
-return {deliveries, 1, 1, replaced[1], replaced[2], replaced[3]}
+return {deliveries, 1, 1, replaced[1], replaced[2], replaced[3], replaced[4]}
 """
 )
 
 # Undo `_ACQUIRE_COUNTED_STARTED`'s write to the state hash KEYS[1] while the stage's status
-# (field ARGV[1]) is still "started" with its timestamp (ARGV[2]) the one written (ARGV[3]):
-# then each of the fields ARGV[1], ARGV[2], 'last_status' gets back its old value, ARGV[5],
-# ARGV[7], ARGV[9], or goes if ARGV[4], ARGV[6], ARGV[8] is '0' (it was absent);
-# 'last_status' only while it still reads "started". Returns 1 if it undid the write.
+# (field ARGV[1]) is still "started" and its started-by field (ARGV[3]) still holds the token
+# written (ARGV[4]): a later delivery's "started" has its own token, however close in time.
+# Then each of the fields ARGV[1], ARGV[2], ARGV[3], 'last_status' gets back its old value,
+# ARGV[6], ARGV[8], ARGV[10], ARGV[12], or goes if ARGV[5], ARGV[7], ARGV[9], ARGV[11] is '0'
+# (it was absent); 'last_status' only while it still reads "started". Returns 1 if it undid
+# the write.
 _UNRECORD_STARTED = """
 if redis.call('hget', KEYS[1], ARGV[1]) ~= 'started'
-    or redis.call('hget', KEYS[1], ARGV[2]) ~= ARGV[3] then
+    or redis.call('hget', KEYS[1], ARGV[3]) ~= ARGV[4] then
     return 0
 end
 local function restore(field, present, value)
@@ -105,10 +109,11 @@ local function restore(field, present, value)
         redis.call('hdel', KEYS[1], field)
     end
 end
-restore(ARGV[1], ARGV[4], ARGV[5])
-restore(ARGV[2], ARGV[6], ARGV[7])
+restore(ARGV[1], ARGV[5], ARGV[6])
+restore(ARGV[2], ARGV[7], ARGV[8])
+restore(ARGV[3], ARGV[9], ARGV[10])
 if redis.call('hget', KEYS[1], 'last_status') == 'started' then
-    restore('last_status', ARGV[8], ARGV[9])
+    restore('last_status', ARGV[11], ARGV[12])
 end
 return 1
 """
@@ -327,7 +332,7 @@ class RedisStateTracker:
         prefix = f"{owner}#"
         token = prefix + fresh_token()
         status_field, timestamp_field = f"{stage}_status", f"{stage}_timestamp"
-        timestamp = _timestamp()
+        started_by_field = f"{stage}_started_by"
         reply = self._hot.call(
             self._acquire_counted_started,
             [counter, self._lock_prefix + lock_name, STATE_KEY.format(uuid=document_uuid)],
@@ -340,26 +345,28 @@ class RedisStateTracker:
                 self._ttl,
                 status_field,
                 timestamp_field,
-                timestamp,
+                _timestamp(),
+                started_by_field,
                 *replacing,
             ],
         )
         deliveries, acquired = int(reply[0]), int(reply[1]) == 1
         started: StartedRecord | None = None
         if len(reply) > 2:
-            fields = (status_field, timestamp_field, "last_status")
+            fields = (status_field, timestamp_field, started_by_field, "last_status")
             replaced = tuple(
                 (field, None if value is None else _text(value))
-                for field, value in zip(fields, reply[3:6], strict=True)
+                for field, value in zip(fields, reply[3:7], strict=True)
             )
-            started = StartedRecord(document_uuid, stage, timestamp, replaced)
+            started = StartedRecord(document_uuid, stage, token, replaced)
         return CountedAcquisition(deliveries, token if acquired else None, started)
 
     def unrecord_started(self, started: StartedRecord) -> None:
         args: list[Any] = [
             f"{started.stage}_status",
             f"{started.stage}_timestamp",
-            started.timestamp,
+            f"{started.stage}_started_by",
+            started.token,
         ]
         for _, value in started.replaced:
             args.extend(("0", "") if value is None else ("1", value))

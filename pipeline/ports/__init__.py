@@ -196,7 +196,8 @@ class StateTracker(Protocol):
         replacing: Sequence[str],
     ) -> CountedAcquisition:
         """Count one more delivery under the key `counter`; unless over `limit`, `acquire` the
-        lock `lock_name` for `owner`; with the lock, `record(document_uuid, stage, "started")`.
+        lock `lock_name` for `owner`; with the lock, `record(document_uuid, stage, "started")`
+        and `{stage}_started_by`, the lock's token (which delivery wrote it).
 
         One atomic round trip for what a stage delivery does first (the redelivery guard,
         its lock, its state; issue 15); the count expires `counter_ttl_s` after its last
@@ -212,7 +213,8 @@ class StateTracker(Protocol):
         ...
 
     def unrecord_started(self, started: StartedRecord) -> None:
-        """Undo the "started" an acquisition wrote, unless the stage's fields were written since.
+        """Undo the "started" an acquisition wrote, unless the stage's status was written since
+        or another delivery's "started" replaced it (`{stage}_started_by` is not its token).
 
         `last_status` goes back only while it still reads "started". Never raises:
         Redis down leaves the "started" (the hash only informs; the claim decides).
@@ -239,13 +241,14 @@ class StartedRecord:
     """The "started" write of a lock acquisition (`acquire_counted_and_record_started`).
 
     `replaced` holds the values it overwrote (`{stage}_status`, `{stage}_timestamp`,
-    `last_status`), None for a field that was absent: what `unrecord_started` restores.
+    `{stage}_started_by`, `last_status`), None for a field that was absent: what
+    `unrecord_started` restores.
     """
 
     document_uuid: str
     stage: str
-    #: The `{stage}_timestamp` written: tells this write from a later one.
-    timestamp: str
+    #: The lock token written as `{stage}_started_by`: tells this write from any later one.
+    token: str
     replaced: tuple[tuple[str, str | None], ...]
 
 

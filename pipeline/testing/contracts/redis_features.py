@@ -79,7 +79,8 @@ class RedisFeaturesContract:
         state = tracker.get("doc-1")
         assert state["ocr_status"] == "started" and state["last_status"] == "started"
         assert state["ocr_metadata"] == before["ocr_metadata"]
-        assert counted.started is not None and counted.started.timestamp == state["ocr_timestamp"]
+        assert counted.started is not None and counted.started.token == counted.token
+        assert state["ocr_started_by"] == counted.token and float(state["ocr_timestamp"]) > 0
         assert 3600 - 5 <= int(client.ttl(STATE_KEY.format(uuid="doc-1"))) <= 3600
         # The claim refused: the hash is as it was.
         tracker.unrecord_started(counted.started)
@@ -158,6 +159,24 @@ class RedisFeaturesContract:
         tracker.unrecord_started(second.started)
         assert tracker.get("doc-2")["last_status"] == "completed"
         assert "chunking_status" not in tracker.get("doc-2")
+
+    def test_a_takeover_s_started_in_the_same_millisecond_is_not_undone(
+        self, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Two deliveries of one task (a visibility-timeout restore) write "started" at the
+        same timestamp; the first one's claim refused, its undo leaves the second's."""
+        monkeypatch.setattr(redis_features, "_timestamp", lambda: "1796650000.123")
+        tracker = RedisStateTracker(client, ttl_seconds=3600)
+        keywords = acquisition_keywords("doc-1:ocr:v1", "task-1", replacing=("started",))
+        first = tracker.acquire_counted_and_record_started("doc-1", "ocr", **keywords)
+        second = tracker.acquire_counted_and_record_started("doc-1", "ocr", **keywords)
+        assert first.started is not None and second.started is not None
+        assert second.token is not None and second.token != first.token
+        taken_over = tracker.get("doc-1")
+        assert taken_over["ocr_started_by"] == second.token
+
+        tracker.unrecord_started(first.started)
+        assert tracker.get("doc-1") == taken_over
 
     def test_cache_round_trips_and_expires(self, client: redis.Redis) -> None:
         cache = RedisCache(client)
