@@ -139,9 +139,11 @@ def claimed_fence() -> Fence | None:
 
 
 def begin(
-    services: Services, stage: Stage, document_uuid: str, version: int
+    services: Services, stage: Stage, document_uuid: str, version: int, *, text: bool = False
 ) -> SourceDocument | None:
     """Load the document and claim it for this delivery, or None for a duplicate delivery.
+
+    Its OCR text (`raw_text`) is read only with `text`: the stages that use it ask.
 
     The claim (read, judged and updated in one transaction) moves the
     document to the stage's status and gives it a fresh fencing token: every
@@ -165,7 +167,9 @@ def begin(
     try:
         # The read, this judgement and the claim are one transaction: nothing can move
         # the document in between.
-        claimed = services.store.read_and_claim(document_uuid, stage=str(stage), judge=claim_status)
+        claimed = services.store.read_and_claim(
+            document_uuid, stage=str(stage), judge=claim_status, with_text=text
+        )
     except KeyError:
         log.warning("%s: document %s no longer exists; dropping the task", stage, document_uuid)
         return None
@@ -269,7 +273,8 @@ def cache_key(document: SourceDocument, *parts: str) -> str:
 
 
 def start_ocr(services: Services, document_uuid: str, version: int, attempt: str) -> StageResult:
-    document = begin(services, Stage.OCR, document_uuid, version)
+    # The text of an earlier OCR of this version, reused when its cache entry says so.
+    document = begin(services, Stage.OCR, document_uuid, version, text=True)
     if document is None:
         return SKIPPED
     if document.size_bytes > services.settings.max_file_bytes:
@@ -382,7 +387,7 @@ def _finish_ocr(
 
 
 def create_document_node(services: Services, document_uuid: str, version: int) -> StageResult:
-    document = begin(services, Stage.DOCUMENT_NODE, document_uuid, version)
+    document = begin(services, Stage.DOCUMENT_NODE, document_uuid, version, text=True)
     if document is None:
         return SKIPPED
     if document.raw_text is None:

@@ -123,6 +123,7 @@ class DocumentRecords(Protocol):
         *,
         stage: str,
         judge: Callable[[SourceDocument], Status | None],
+        with_text: bool = True,
     ) -> SourceDocument | None:
         """Read the document and claim it for a stage delivery in one transaction.
 
@@ -130,7 +131,9 @@ class DocumentRecords(Protocol):
         the document) gives the status to claim it at, or None to leave it as
         it is (returns None). A claim is `claim_delivery`'s: a fresh fencing
         token, the status moved forward with its history row. KeyError when
-        there is no such document.
+        there is no such document. Without `with_text` the document's `raw_text`
+        is not read (None): the OCR text of a long document is megabytes, and
+        only the stages that use it need it.
         """
         ...
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -13,7 +14,7 @@ from fakes.faults import FaultRule, RedisFaultInjector
 from pipeline.app import stages
 from pipeline.app.intake import collect_files, dispatch, submit_all
 from pipeline.bootstrap import Services
-from pipeline.domain.models import EntityType, Stage, Status
+from pipeline.domain.models import EntityType, SourceDocument, Stage, Status
 from pipeline.runtime.tasks import stage_lock_name
 from tests.conftest import SAMPLES
 from tests.helpers import GOOD_TEXT, run_files
@@ -39,6 +40,28 @@ def test_sample_documents_all_complete_with_entities(services: Services) -> None
         for m in services.store.get_mentions(str(row["document_uuid"]))
     }
     assert {EntityType.PERSON, EntityType.ORG, EntityType.DATE, EntityType.MONEY} <= found_types
+
+
+def test_only_the_stages_that_use_the_ocr_text_read_it_with_their_claim(
+    services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long document's text is megabytes: the other stages' claims leave it unread."""
+    claims: list[tuple[str, bool]] = []
+    real = services.store.read_and_claim
+
+    def recording(document_uuid: str, **keywords: Any) -> SourceDocument | None:
+        claims.append((keywords["stage"], keywords.get("with_text", True)))
+        return real(document_uuid, **keywords)
+
+    monkeypatch.setattr(services.store, "read_and_claim", recording)
+    path = tmp_path / "affidavit.txt"
+    path.write_text(GOOD_TEXT)
+
+    (row,) = run_files(services, [path]).values()
+
+    assert row["status"] == "completed", row["error"]
+    assert [stage for stage, _ in claims] == [str(stage) for stage in Stage]
+    assert [stage for stage, with_text in claims if with_text] == ["ocr", "document_node"]
 
 
 def test_bad_inputs_fail_alone_with_readable_reasons(services: Services, tmp_path: Path) -> None:

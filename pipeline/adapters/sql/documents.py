@@ -313,6 +313,7 @@ class SqlDocumentRecords(SqlBase):
         *,
         stage: str,
         judge: Callable[[SourceDocument], Status | None],
+        with_text: bool = True,
     ) -> SourceDocument | None:
         """`claim_delivery` with the read in its transaction: one commit, no re-read.
 
@@ -324,7 +325,7 @@ class SqlDocumentRecords(SqlBase):
         """
         with self._hot_write() as conn:
             hot = self._hot(conn)
-            found = hot.fetch_document(conn, document_uuid, lock=True)
+            found = hot.fetch_document(conn, document_uuid, lock=True, text=with_text)
             if found is None:
                 raise KeyError(f"no document {document_uuid}")
             wanted = judge(found)

@@ -62,6 +62,9 @@ _SQLITE_DATETIME = "%Y-%m-%d %H:%M:%S.%f"
 _PLACEHOLDER = re.compile(r":(\w+)")
 
 DOCUMENT = f"SELECT {_COLUMNS} FROM source_documents WHERE uuid = :uuid"
+#: The row without its OCR text (NULL in its place): megabytes for a long document, read
+#: by one stage and not by the others' claims.
+DOCUMENT_WITHOUT_TEXT = DOCUMENT.replace("raw_text", "NULL", 1)
 FENCE = "SELECT status, processing_version, fence_token FROM source_documents WHERE uuid = :uuid"
 #: The document's task id, where UPDATE ... RETURNING is missing (SQLite before 3.35).
 TASK_ID = "SELECT celery_task_id FROM source_documents WHERE uuid = :uuid"
@@ -169,10 +172,13 @@ class HotSql:
         return execute_raw(conn, self.sql(template), params)
 
     def fetch_document(
-        self, conn: HotConnection, document_uuid: str, *, lock: bool = False
+        self, conn: HotConnection, document_uuid: str, *, lock: bool = False, text: bool = True
     ) -> SourceDocument | None:
-        """The document row, or None; `lock` holds it until commit on PostgreSQL."""
-        template = DOCUMENT + " FOR UPDATE" if lock and self.postgres else DOCUMENT
+        """The document row, or None; `lock` holds it until commit on PostgreSQL; without
+        `text` its `raw_text` is None, not read."""
+        template = DOCUMENT if text else DOCUMENT_WITHOUT_TEXT
+        if lock and self.postgres:
+            template += " FOR UPDATE"
         row = self.execute(conn, template, {"uuid": document_uuid}).fetchone()
         return None if row is None else self.document_of(row)
 

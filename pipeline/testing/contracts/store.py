@@ -1112,6 +1112,21 @@ class StoreContract:
         with pytest.raises(KeyError):
             store.read_and_claim("no-such-document", stage="ocr", judge=lambda f: Status.PENDING)
 
+    def test_a_claim_reads_the_ocr_text_only_when_asked(self, store: SqlDocumentStore) -> None:
+        doc = new_document(store)
+        store.save_raw_text(doc.uuid, "the OCR text", {"pages": 1})
+
+        without = store.read_and_claim(
+            doc.uuid, stage="ocr", judge=lambda f: Status.OCR_PROCESSING, with_text=False
+        )
+        assert without is not None
+        assert (without.raw_text, without.ocr_metadata) == (None, {"pages": 1})
+        assert without.status is Status.OCR_PROCESSING and without.fence_token is not None
+        assert store.get_document(doc.uuid).raw_text == "the OCR text"  # only not read
+
+        with_text = store.read_and_claim(doc.uuid, stage="ocr", judge=lambda f: f.status)
+        assert with_text is not None and with_text.raw_text == "the OCR text"
+
     def test_a_claim_that_fails_after_its_update_writes_nothing(
         self, store: SqlDocumentStore, monkeypatch: pytest.MonkeyPatch
     ) -> None:
