@@ -84,6 +84,12 @@ class SqlDeadLetters(SqlBase):
             for row in rows
         ]
 
+    @staticmethod
+    def _remove_letters_of(conn: Connection, document_uuid: str) -> None:
+        """The document's dead letters removed, inside the caller's write transaction."""
+        letters = dead_letter_tasks.c
+        conn.execute(delete(dead_letter_tasks).where(letters.document_uuid == document_uuid))
+
     def remove_dead_letters(self, document_uuids: Sequence[str] | None = None) -> int:
         """Remove all dead letters, or those of the given documents; returns how many."""
         statement = delete(dead_letter_tasks)

@@ -7,7 +7,7 @@ engine's connection pool.
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 
 from pipeline.adapters.sql.dead_letters import SqlDeadLetters
 from pipeline.adapters.sql.derived import SqlDerivedRows
@@ -67,11 +67,10 @@ class SqlDocumentStore(SqlDocumentRecords, SqlDerivedRows, SqlWorkQueue, SqlDead
         dead-lettered), or the letter gone with the document still dead-lettered.
         """
         letters = dead_letter_tasks.c
-        removal = delete(dead_letter_tasks).where(letters.document_uuid == document_uuid)
         with self._write() as conn:
             document = self._hot(conn).fetch_document(conn, document_uuid, lock=True)
             if document is None:
-                conn.execute(removal)
+                self._remove_letters_of(conn, document_uuid)
                 return None
             if document.status is not Status.DEAD_LETTERED:
                 return None
@@ -95,7 +94,7 @@ class SqlDocumentStore(SqlDocumentRecords, SqlDerivedRows, SqlWorkQueue, SqlDead
                 note=f"replays the dead letter of {letter.created_at.isoformat()}: {letter.error}",
                 supersedes=[Status.DEAD_LETTERED],
             )
-            conn.execute(removal)
+            self._remove_letters_of(conn, document_uuid)
             # An open queue row: the queue processor watches the replay as any run in
             # flight, and sends the stage again if its message never arrives.
             self._enqueue(conn, document_uuid)
@@ -119,8 +118,6 @@ class SqlDocumentStore(SqlDocumentRecords, SqlDerivedRows, SqlWorkQueue, SqlDead
             self._close_queue_entry(
                 conn, document_uuid, QueueStatus.CANCELLED, f"cancelled by {stage}"
             )
-            conn.execute(
-                delete(dead_letter_tasks).where(dead_letter_tasks.c.document_uuid == document_uuid)
-            )
+            self._remove_letters_of(conn, document_uuid)
             self._enqueue(conn, document_uuid)
             return document
