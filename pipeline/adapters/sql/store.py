@@ -68,7 +68,7 @@ class SqlDocumentStore(SqlDocumentRecords, SqlDerivedRows, SqlWorkQueue, SqlDead
         """
         letters = dead_letter_tasks.c
         with self._write() as conn:
-            document = self._hot(conn).fetch_document(conn, document_uuid, lock=True)
+            document = self._hot(conn).fetch_document(conn, document_uuid, lock=True, text=False)
             if document is None:
                 self._remove_letters_of(conn, document_uuid)
                 return None
