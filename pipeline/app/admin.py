@@ -11,7 +11,6 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from pipeline.app import stages
 from pipeline.domain.models import (
     FAILURE_STATUSES,
     RESUMABLE_STATUSES,
@@ -50,7 +49,7 @@ def migrate(services: Services, *, dry_run: bool = False) -> list[str]:
         if document.status is Status.PENDING:
             store.enqueue(document.uuid)
         else:
-            stages.requeue_new_version(services, document.uuid, stage="migrate")
+            store.requeue_new_version(document.uuid, stage="migrate")
     return touched
 
 
@@ -82,5 +81,5 @@ def reset(
         for document_uuid in targets:
             store.get_document(document_uuid)  # KeyError before any change
     for document_uuid in targets:
-        stages.requeue_new_version(services, document_uuid, stage="reset")
+        store.requeue_new_version(document_uuid, stage="reset")
     return targets

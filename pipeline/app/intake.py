@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.app.stages import dispatch as dispatch  # intake's public name for it, too
-from pipeline.app.stages import requeue_new_version
 from pipeline.domain.models import INTAKE_PDF_PAGES, SourceDocument
 from pipeline.errors import ConfigurationError
 from pipeline.ports.services import Services
@@ -272,4 +271,4 @@ def reprocess_document(services: Services, document_uuid: str) -> None:
 
     The caller (the run itself) claims that row and dispatches the document.
     """
-    requeue_new_version(services, document_uuid, stage="reprocess")
+    services.store.requeue_new_version(document_uuid, stage="reprocess")

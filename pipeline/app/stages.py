@@ -720,16 +720,6 @@ STAGE_FUNCTIONS = {
 }
 
 
-def requeue_new_version(services: Services, document_uuid: str, *, stage: str) -> None:
-    """`pending` in a new processing version with a fresh queue row: no derived rows, no
-    dead letter, the open queue row cancelled, all in one transaction.
-
-    What reset, migrate and `docpipe run --reprocess` do to a document (`stage` names
-    which of them, in its history); the queue processor dispatches it.
-    """
-    services.store.requeue_new_version(document_uuid, stage=stage)
-
-
 def dispatch(services: Services, document_uuid: str) -> str:
     """Mark the document queued (one commit with its task id), then send its first task.
 
