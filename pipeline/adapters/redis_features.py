@@ -331,8 +331,7 @@ class RedisStateTracker:
     ) -> CountedAcquisition:
         prefix = f"{owner}#"
         token = prefix + fresh_token()
-        status_field, timestamp_field = f"{stage}_status", f"{stage}_timestamp"
-        started_by_field = f"{stage}_started_by"
+        status_field, timestamp_field, started_by_field = _started_fields(stage)
         reply = self._hot.call(
             self._acquire_counted_started,
             [counter, self._lock_prefix + lock_name, STATE_KEY.format(uuid=document_uuid)],
@@ -362,12 +361,7 @@ class RedisStateTracker:
         return CountedAcquisition(deliveries, token if acquired else None, started)
 
     def unrecord_started(self, started: StartedRecord) -> None:
-        args: list[Any] = [
-            f"{started.stage}_status",
-            f"{started.stage}_timestamp",
-            f"{started.stage}_started_by",
-            started.token,
-        ]
+        args: list[Any] = [*_started_fields(started.stage), started.token]
         for _, value in started.replaced:
             args.extend(("0", "") if value is None else ("1", value))
         try:
@@ -510,6 +504,11 @@ def _state_pairs(stage: str, status: str, metadata: dict[str, object] | None) ->
     if metadata:
         fields[f"{stage}_metadata"] = json.dumps(metadata, sort_keys=True, default=str)
     return [item for field in fields.items() for item in field]
+
+
+def _started_fields(stage: str) -> tuple[str, str, str]:
+    """The state hash fields a "started" write sets for `stage`: status, timestamp, started-by."""
+    return f"{stage}_status", f"{stage}_timestamp", f"{stage}_started_by"
 
 
 def _timestamp() -> str:
