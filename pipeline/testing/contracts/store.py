@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -69,6 +70,22 @@ def _dead_letter(
         retries=1,
         fence=fence,
     )
+
+
+@contextmanager
+def failing(
+    monkeypatch: pytest.MonkeyPatch, store: SqlDocumentStore, method: str, message: str
+) -> Iterator[None]:
+    """Inside the block `store.<method>` raises RuntimeError(message), and the block must
+    raise it: a write cut off midway, to check that its transaction left nothing."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError(message)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(store, method, refuse)
+        with pytest.raises(RuntimeError, match=message):
+            yield
 
 
 def new_document(store: SqlDocumentStore, name: str = "contract.pdf") -> SourceDocument:
@@ -925,13 +942,8 @@ class StoreContract:
         doc = self._requeue_candidate(store)
         before = store.get_document(doc.uuid)
 
-        def queue_refused(*args: object, **kwargs: object) -> str:
-            raise RuntimeError("queue insert failed")
-
-        with monkeypatch.context() as patched:
-            patched.setattr(store, "_enqueue", queue_refused)
-            with pytest.raises(RuntimeError, match="queue insert failed"):
-                store.requeue_new_version(doc.uuid, stage="reset")
+        with failing(monkeypatch, store, "_enqueue", "queue insert failed"):
+            store.requeue_new_version(doc.uuid, stage="reset")
 
         assert store.get_document(doc.uuid) == before
         assert store.counts(doc.uuid).chunks == 2
@@ -970,13 +982,8 @@ class StoreContract:
         doc = new_document(store)
         assert _dead_letter(store, doc.uuid, 1, "gave up")
 
-        def queue_refused(*args: object, **kwargs: object) -> str:
-            raise RuntimeError("queue insert failed")
-
-        with monkeypatch.context() as patched:
-            patched.setattr(store, "_enqueue", queue_refused)
-            with pytest.raises(RuntimeError, match="queue insert failed"):
-                store.replay_dead_letter(doc.uuid)
+        with failing(monkeypatch, store, "_enqueue", "queue insert failed"):
+            store.replay_dead_letter(doc.uuid)
 
         assert store.get_document(doc.uuid).status is Status.DEAD_LETTERED
         assert [d["document_uuid"] for d in store.dead_letters()] == [doc.uuid]
@@ -1134,13 +1141,8 @@ class StoreContract:
         turn on the writer, its connection back to the pool, whatever goes wrong."""
         doc = new_document(store)
 
-        def history_refused(*args: object, **kwargs: object) -> None:
-            raise RuntimeError("history insert failed")
-
-        with monkeypatch.context() as patched:
-            patched.setattr(store, "_record_history", history_refused)
-            with pytest.raises(RuntimeError, match="history insert failed"):
-                store.read_and_claim(doc.uuid, stage="ocr", judge=lambda f: Status.OCR_PROCESSING)
+        with failing(monkeypatch, store, "_record_history", "history insert failed"):
+            store.read_and_claim(doc.uuid, stage="ocr", judge=lambda f: Status.OCR_PROCESSING)
         assert store.get_document(doc.uuid) == doc  # the UPDATE before it was rolled back
         for _ in range(3):  # more claims than a leaked turn or connection would allow
             claimed = store.read_and_claim(
