@@ -7,15 +7,20 @@ status except an operator's reset, replay or reprocess (`force_status`).
 
 from __future__ import annotations
 
+from functools import cache
+
 from pipeline.domain.models import PROGRESS_ORDER, TERMINAL_STATUSES, Status, progress_rank
 
 
-def allowed_predecessors(status: Status) -> list[Status]:
+@cache  # a handful of statuses, asked on every status transition
+def allowed_predecessors(status: Status) -> tuple[Status, ...]:
     """Current statuses a document may advance from to reach `status`."""
     if status.is_failure:
-        return [s for s in Status if s not in TERMINAL_STATUSES]
+        return tuple(s for s in Status if s not in TERMINAL_STATUSES)
     rank = progress_rank(status)
-    return [s for s in PROGRESS_ORDER if s not in TERMINAL_STATUSES and progress_rank(s) < rank]
+    return tuple(
+        s for s in PROGRESS_ORDER if s not in TERMINAL_STATUSES and progress_rank(s) < rank
+    )
 
 
 def may_advance(current: Status, target: Status) -> bool:

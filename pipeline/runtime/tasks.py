@@ -410,10 +410,11 @@ def _release(services: Services, lock_name: str, token: str | None) -> None:
 
 def _delivery_counter(task: Task[Any, Any]) -> tuple[str, str] | None:
     """The task id and the key counting its deliveries at this retry; None for an eager call."""
-    task_id: str | None = task.request.id
-    if task.request.is_eager or not task_id:
+    request = task.request  # a lookup through Celery's task stack each time
+    task_id: str | None = request.id
+    if request.is_eager or not task_id:
         return None
-    return task_id, DELIVERIES_KEY.format(task_id=task_id, retries=task.request.retries)
+    return task_id, DELIVERIES_KEY.format(task_id=task_id, retries=request.retries)
 
 
 def _dead_letter(

@@ -6,7 +6,9 @@ failed document (force_status), never a stage.
 
 from __future__ import annotations
 
-from pipeline.domain.models import PROGRESS_ORDER, Status
+import pytest
+
+from pipeline.domain.models import PROGRESS_ORDER, Status, progress_rank
 from pipeline.domain.status import allowed_predecessors, may_advance
 
 
@@ -27,3 +29,14 @@ def test_nothing_follows_a_terminal_status() -> None:
     assert Status.COMPLETED in terminal
     for target in Status:
         assert not set(terminal) & set(allowed_predecessors(target))
+
+
+def test_progress_rank_is_the_place_on_the_happy_path_and_terminal_ranks_last() -> None:
+    for index, status in enumerate(PROGRESS_ORDER[:-1]):
+        assert progress_rank(status) == index
+        assert progress_rank(str(status)) == index  # type: ignore[arg-type]  # a stored value
+    for status in Status:
+        if status.is_terminal:
+            assert progress_rank(status) == len(PROGRESS_ORDER)
+    with pytest.raises(ValueError, match="no place"):
+        progress_rank("archived")  # type: ignore[arg-type]

@@ -118,10 +118,7 @@ class SqlBase:
     def _writers_turn(self) -> Iterator[None]:
         """On SQLite, this process's threads take turns on the writer lock (`_sqlite_writer`)."""
         writer = self._writer
-        if writer is not None and not writer.acquire(timeout=SQLITE_BUSY_TIMEOUT_SECONDS):
-            raise TransientError(
-                f"database unavailable: no turn to write within {SQLITE_BUSY_TIMEOUT_SECONDS} s"
-            )
+        _take_turn(writer)
         try:
             yield
         finally:
@@ -137,30 +134,10 @@ class SqlBase:
             with conn.begin():
                 yield conn
 
-    @contextmanager
-    def _hot_write(self) -> Iterator[DbapiTransaction]:
+    def _hot_write(self) -> HotWrite:
         """`_write` on the pool's DBAPI connection, for `hot` statements only (a stage
-        delivery's claim and status transitions).
-
-        The same transaction as `_write` opens, without SQLAlchemy's Connection
-        around it (pipeline.adapters.sql.hot says why): the writer's turn on
-        SQLite, BEGIN IMMEDIATE there (PostgreSQL's driver begins by itself),
-        COMMIT at the end and ROLLBACK on any exception, errors translated alike.
-        """
-        with self._writers_turn(), _translate_errors():
-            connection = self._engine.raw_connection()
-            try:
-                transaction = DbapiTransaction(connection, self._engine.dialect)
-                if transaction.dialect.name == "sqlite":
-                    execute_raw(transaction, "BEGIN IMMEDIATE", {})
-                yield transaction
-                transaction.commit()
-            except BaseException:
-                with suppress(Exception):  # the original error says more
-                    connection.rollback()
-                raise
-            finally:
-                connection.close()
+        delivery's claim and status transitions): `HotWrite`."""
+        return HotWrite(self._engine, self._writer)
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -259,8 +236,11 @@ class SqlBase:
         status: Status,
         error_message: str | None,
         celery_task_id: str | None,
+        *,
+        stamped_now: Any = None,
     ) -> None:
-        """Insert-if-absent on (document, version, status)."""
+        """Insert-if-absent on (document, version, status); `stamped_now` is the
+        transaction's time as stored (`HotSql.stamp`), if it took one already."""
         hot = self._hot(conn)
         hot.execute(
             conn,
@@ -273,7 +253,7 @@ class SqlBase:
                 "status": status.value,
                 "error": error_message,
                 "task": celery_task_id,
-                "now": hot.stamp(self._now()),
+                "now": hot.stamp(self._now()) if stamped_now is None else stamped_now,
             },
         )
 
@@ -353,6 +333,85 @@ def _translate_errors() -> Iterator[None]:
     try:
         yield
     except DBAPIError as exc:
-        if isinstance(exc, OperationalError) or exc.connection_invalidated:
-            raise TransientError(f"database unavailable: {exc.orig}") from exc
+        transient = _transient(exc)
+        if transient is not None:
+            raise transient from exc
         raise
+
+
+def _transient(exc: BaseException) -> TransientError | None:
+    """The TransientError a database error is (`_translate_errors`), or None."""
+    if isinstance(exc, DBAPIError) and (
+        isinstance(exc, OperationalError) or exc.connection_invalidated
+    ):
+        return TransientError(f"database unavailable: {exc.orig}")
+    return None
+
+
+def _take_turn(writer: threading.RLock | None) -> None:
+    """This thread's turn on a SQLite writer lock (`_sqlite_writer`); None: no turns."""
+    if writer is not None and not writer.acquire(timeout=SQLITE_BUSY_TIMEOUT_SECONDS):
+        raise TransientError(
+            f"database unavailable: no turn to write within {SQLITE_BUSY_TIMEOUT_SECONDS} s"
+        )
+
+
+class HotWrite:
+    """`SqlBase._write`'s transaction on the pool's DBAPI connection, for `hot` statements.
+
+    The same transaction `_write` opens, without SQLAlchemy's Connection around
+    it (pipeline.adapters.sql.hot says why): the writer's turn on SQLite, BEGIN
+    IMMEDIATE there (PostgreSQL's driver begins by itself), COMMIT at the end and
+    ROLLBACK on any exception, errors translated alike (`_translate_errors`).
+    A class rather than three nested generator context managers: every stage
+    delivery opens one or two, and their machinery cost as much as the
+    transaction's own Python (issue 15).
+    """
+
+    __slots__ = ("_connection", "_engine", "_transaction", "_writer")
+
+    def __init__(self, engine: Engine, writer: threading.RLock | None) -> None:
+        self._engine = engine
+        self._writer = writer
+
+    def __enter__(self) -> DbapiTransaction:
+        _take_turn(self._writer)
+        connection = None
+        try:
+            connection = self._engine.raw_connection()
+            transaction = DbapiTransaction(connection, self._engine.dialect)
+            if transaction.dialect.name == "sqlite":
+                execute_raw(transaction, "BEGIN IMMEDIATE", {})
+        except BaseException as exc:
+            self._end(connection, exc)
+            raise  # not translated: `_end` raised it translated
+        self._connection, self._transaction = connection, transaction
+        return transaction
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        connection = self._connection
+        if exc is None:
+            try:
+                self._transaction.commit()
+            except BaseException as failed:
+                self._end(connection, failed)
+                raise
+        self._end(connection, exc)
+
+    def _end(self, connection: Any, exc: BaseException | None) -> None:
+        """Roll back after `exc` (None: committed), give the connection and the turn back,
+        and raise `exc` as a TransientError where it is one."""
+        try:
+            if connection is not None:
+                if exc is not None:
+                    with suppress(Exception):  # the original error says more
+                        connection.rollback()
+                connection.close()
+        finally:
+            if self._writer is not None:
+                self._writer.release()
+        transient = None if exc is None else _transient(exc)
+        if transient is not None:
+            raise transient from exc

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -253,7 +252,16 @@ class SqlDocumentRecords(SqlBase):
             return False
         if not hot.returning:
             task_id = hot.execute(conn, TASK_ID, {"uuid": document_uuid}).fetchone()[0]
-        self._record_history(conn, document_uuid, processing_version, stage, status, error, task_id)
+        self._record_history(
+            conn,
+            document_uuid,
+            processing_version,
+            stage,
+            status,
+            error,
+            task_id,
+            stamped_now=params["now"],
+        )
         if status.is_terminal:
             self._close_queue_entry(
                 conn,
@@ -325,9 +333,10 @@ class SqlDocumentRecords(SqlBase):
         """
         with self._hot_write() as conn:
             hot = self._hot(conn)
-            found = hot.fetch_document(conn, document_uuid, lock=True, text=with_text)
-            if found is None:
+            fields = hot.fetch_document_fields(conn, document_uuid, lock=True, text=with_text)
+            if fields is None:
                 raise KeyError(f"no document {document_uuid}")
+            found = SourceDocument(**fields)
             wanted = judge(found)
             if wanted is None:
                 return None
@@ -346,13 +355,10 @@ class SqlDocumentRecords(SqlBase):
             changed = hot.execute(conn, CLAIM_MOVING if moves else CLAIM, params).rowcount
             if changed != 1:  # the row lock makes this unreachable; never claim blind
                 raise RuntimeError(f"document {document_uuid} changed under its row lock")
-            claimed = replace(
-                found,
-                status=status if moves else found.status,
-                error_message=None if moves else found.error_message,
-                fence_token=params["token"],
-                updated_at=now.timestamp(),
-            )
+            if moves:
+                fields["status"], fields["error_message"] = status, None
+            fields["fence_token"], fields["updated_at"] = params["token"], now.timestamp()
+            claimed = SourceDocument(**fields)
             if moves:
                 self._record_history(
                     conn,
@@ -362,6 +368,7 @@ class SqlDocumentRecords(SqlBase):
                     status,
                     None,
                     found.celery_task_id,
+                    stamped_now=params["now"],
                 )
             return claimed
 

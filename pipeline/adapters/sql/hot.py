@@ -35,7 +35,7 @@ from sqlalchemy.pool import PoolProxiedConnection
 from pipeline.adapters.sql.schema import OPEN_QUEUE_STATUSES
 from pipeline.domain.models import SourceDocument, Status
 
-#: The columns of a document row, in the order `document_of` reads them.
+#: The columns of a document row, in the order `fetch_document_fields` reads them.
 DOCUMENT_COLUMNS = (
     "uuid",
     "project_uuid",
@@ -176,11 +176,20 @@ class HotSql:
     ) -> SourceDocument | None:
         """The document row, or None; `lock` holds it until commit on PostgreSQL; without
         `text` its `raw_text` is None, not read."""
+        fields = self.fetch_document_fields(conn, document_uuid, lock=lock, text=text)
+        return None if fields is None else SourceDocument(**fields)
+
+    def fetch_document_fields(
+        self, conn: HotConnection, document_uuid: str, *, lock: bool = False, text: bool = True
+    ) -> dict[str, Any] | None:
+        """`fetch_document` as the document's fields by name (`document_fields`)."""
         template = DOCUMENT if text else DOCUMENT_WITHOUT_TEXT
         if lock and self.postgres:
             template += " FOR UPDATE"
         row = self.execute(conn, template, {"uuid": document_uuid}).fetchone()
-        return None if row is None else self.document_of(row)
+        return (
+            None if row is None else document_fields(dict(zip(DOCUMENT_COLUMNS, row, strict=True)))
+        )
 
     def fetch_fence(self, conn: HotConnection, document_uuid: str) -> tuple[str, int, str] | None:
         """(status, processing version, fencing token), row-locked on PostgreSQL; None if gone."""
@@ -204,10 +213,6 @@ class HotSql:
             row = cursor.fetchone()
             return (False, None) if row is None else (True, row[0])
         return cursor.rowcount == 1, None
-
-    def document_of(self, row: Sequence[Any]) -> SourceDocument:
-        """A `DOCUMENT_COLUMNS` row as the domain's document."""
-        return document_from_columns(dict(zip(DOCUMENT_COLUMNS, row, strict=True)))
 
 
 def execute_raw(conn: HotConnection, statement: str, params: Mapping[str, Any]) -> Any:
@@ -249,28 +254,34 @@ def document_from_columns(values: Mapping[str, Any]) -> SourceDocument:
     timestamps as datetimes) and the DBAPI cursor's (SQLite's JSON and naive UTC
     timestamps as text).
     """
+    return SourceDocument(**document_fields(values))
+
+
+def document_fields(values: Mapping[str, Any]) -> dict[str, Any]:
+    """`document_from_columns` as the keyword arguments of `SourceDocument`: a claim
+    builds the claimed document from them with its own values in place."""
     ocr_metadata = values["ocr_metadata"]
     if isinstance(ocr_metadata, str):
         ocr_metadata = json.loads(ocr_metadata)
-    return SourceDocument(
-        uuid=values["uuid"],
-        project_uuid=values["project_uuid"],
-        original_file_name=values["original_file_name"],
-        file_type=values["file_type"],
-        storage_key=values["storage_key"],
-        size_bytes=values["size_bytes"],
-        status=Status(values["status"]),
-        processing_version=values["processing_version"],
-        celery_task_id=values["celery_task_id"],
-        error_message=values["error_message"],
-        attempts=values["attempts"],
-        raw_text=values["raw_text"],
-        ocr_metadata=dict(ocr_metadata or {}),
-        fence_token=values["fence_token"],
-        content_sha256=values["content_sha256"],
-        created_at=_epoch(values["created_at"]),
-        updated_at=_epoch(values["updated_at"]),
-    )
+    return {
+        "uuid": values["uuid"],
+        "project_uuid": values["project_uuid"],
+        "original_file_name": values["original_file_name"],
+        "file_type": values["file_type"],
+        "storage_key": values["storage_key"],
+        "size_bytes": values["size_bytes"],
+        "status": Status(values["status"]),
+        "processing_version": values["processing_version"],
+        "celery_task_id": values["celery_task_id"],
+        "error_message": values["error_message"],
+        "attempts": values["attempts"],
+        "raw_text": values["raw_text"],
+        "ocr_metadata": dict(ocr_metadata or {}),
+        "fence_token": values["fence_token"],
+        "content_sha256": values["content_sha256"],
+        "created_at": _epoch(values["created_at"]),
+        "updated_at": _epoch(values["updated_at"]),
+    }
 
 
 def _epoch(value: datetime | str | None) -> float | None:
