@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Table, select, text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from pipeline.adapters.sql import SqlDocumentStore, create_store
+from pipeline.adapters.sql.hot import DbapiTransaction
 from pipeline.adapters.sql.schema import (
     DERIVED_TABLES,
     create_schema,
@@ -46,7 +47,7 @@ from pipeline.domain.models import (
     Status,
     stable_uuid,
 )
-from pipeline.errors import StaleDelivery
+from pipeline.errors import StaleDelivery, TransientError
 from pipeline.testing.clocks import ManualClock
 
 StoreFactory = Callable[[], SqlDocumentStore]
@@ -1150,6 +1151,37 @@ class StoreContract:
             )
             assert claimed is not None and claimed.status is Status.OCR_PROCESSING
         assert [h.status for h in store.history(doc.uuid)] == [Status.OCR_PROCESSING]
+
+    @pytest.mark.parametrize("where", ["history insert", "commit"])
+    def test_a_claim_cut_off_by_the_database_is_transient_and_leaves_nothing_held(
+        self, store: SqlDocumentStore, monkeypatch: pytest.MonkeyPatch, where: str
+    ) -> None:
+        """A database error inside the claim's transaction or at its COMMIT (`HotWrite`):
+        a TransientError (worth a retry), nothing written, and neither the writer's turn
+        nor the connection kept, so another thread's claim goes through at once."""
+        doc = new_document(store)
+        lost = OperationalError("statement", {}, Exception("disk I/O error"))
+
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise lost
+
+        with monkeypatch.context() as patched:
+            if where == "commit":
+                patched.setattr(DbapiTransaction, "commit", refuse)
+            else:
+                patched.setattr(store, "_record_history", refuse)
+            with pytest.raises(TransientError, match="disk I/O error"):
+                store.read_and_claim(doc.uuid, stage="ocr", judge=lambda f: Status.OCR_PROCESSING)
+        assert store.get_document(doc.uuid) == doc
+        checked_out = getattr(store.engine.pool, "checkedout", None)
+        if checked_out is not None:
+            assert checked_out() == 0
+        # The writer's turn is a reentrant lock: only another thread would wait on a leaked one.
+        with ThreadPoolExecutor(max_workers=1) as other:
+            claimed = other.submit(
+                store.read_and_claim, doc.uuid, stage="ocr", judge=lambda f: Status.OCR_PROCESSING
+            ).result(timeout=10)
+        assert claimed is not None and claimed.status is Status.OCR_PROCESSING
 
     def test_a_later_delivery_fences_the_earlier_one_out_of_every_write(
         self, store: SqlDocumentStore
