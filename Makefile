@@ -149,7 +149,7 @@ flower: $(STAMP)  ## Flower on 127.0.0.1:5555; needs DOCPIPE_FLOWER_BASIC_AUTH=u
 load: $(STAMP)  ## sequential baseline vs Celery under locust (USERS, DURATION); writes report/
 	$(DOCPIPE) load --users $(or $(USERS),24) --duration $(or $(DURATION),30) --report report
 
-load-test: $(STAMP)  ## the short CI version: fails if Celery is under 3x the sequential run (~1 min)
+load-test: $(STAMP)  ## the short CI version: fails if Celery is under 3x the sequential run (~1.5 min)
 	$(BIN)/pytest -q tests/load -m load
 
 soak: $(STAMP)  ## steady stream on the worker layout for DURATION s (600); fails when memory or keys grow

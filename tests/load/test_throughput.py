@@ -2,7 +2,7 @@
 
 Marked `load` (deselected by default; `make load-test` or `pytest -m load tests/load`).
 Runs `docpipe load` as a subprocess - locust must never be imported here - with
-a short duration; takes about a minute on a 2-core machine.
+a short duration; takes about 1.5 minutes on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -27,11 +27,14 @@ MIN_RATIO = 3.0
 def test_celery_layout_reaches_three_times_the_sequential_throughput(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCPIPE_")}
     report = tmp_path / "report"
-    argv = [sys.executable, "-m", "pipeline", "load", "--duration", "20", "--baseline", "10"]
+    # 24 documents at once take ~12 s to fill the pipeline on a quiet 2-core machine and
+    # ~21 s next to the rest of `make test` on a slow day: a 20 s window once counted
+    # nothing. The rate is counted after the first completion (`steady_rate`).
+    argv = [sys.executable, "-m", "pipeline", "load", "--duration", "45", "--baseline", "10"]
     argv += ["--report", str(report), "--json", "--min-ratio", str(MIN_RATIO)]
 
     result = subprocess.run(
-        argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=170, check=False
+        argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240, check=False
     )
 
     assert result.stdout, result.stderr[-3000:]
