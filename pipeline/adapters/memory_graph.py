@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,7 +28,9 @@ class InMemoryGraphSink:
     document leaves nothing of its old version; a relationship kind or edge
     property outside the graph's allow-list is refused before anything is written.
     `write_seconds` (document uuid -> seconds) simulates the graph database's
-    write time, slept on `clock` before the write.
+    write time, slept on `clock` before the write. Writes from several threads (a
+    threads worker's graph tasks) take turns, as Neo4j's transactions on the same
+    nodes do: a prune walking the nodes while another write added some raised.
     """
 
     def __init__(
@@ -40,6 +43,7 @@ class InMemoryGraphSink:
         self._write_seconds = write_seconds
         self.nodes: dict[tuple[str, str], dict[str, Any]] = {}
         self.edges: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._writing = threading.Lock()
 
     def write(
         self,
@@ -61,6 +65,18 @@ class InMemoryGraphSink:
                 )
         if self._clock is not None and self._write_seconds is not None:
             self._clock.sleep(self._write_seconds(document.uuid))
+        with self._writing:
+            self._replace(document, chunks, mentions, entities, relationships)
+
+    def _replace(
+        self,
+        document: DocumentNode,
+        chunks: Sequence[Chunk],
+        mentions: Sequence[Mention],
+        entities: Sequence[CanonicalEntity],
+        relationships: Sequence[Relationship],
+    ) -> None:
+        """The document's nodes and edges in place of its old ones (under `_writing`)."""
         self._prune(document.uuid)
         self.nodes[("Project", document.project_uuid)] = {"uuid": document.project_uuid}
         self.nodes[("Document", document.uuid)] = {
