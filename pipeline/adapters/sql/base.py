@@ -363,9 +363,9 @@ class HotWrite:
     it (pipeline.adapters.sql.hot says why): the writer's turn on SQLite, BEGIN
     IMMEDIATE there (PostgreSQL's driver begins by itself), COMMIT at the end and
     ROLLBACK on any exception, errors translated alike (`_translate_errors`).
-    A class rather than three nested generator context managers: every stage
-    delivery opens one or two, and their machinery cost as much as the
-    transaction's own Python (issue 15).
+    A class rather than three nested generator context managers (~4 us of CPU
+    for the three here, on a path every stage delivery takes once or twice;
+    issue 15).
     """
 
     __slots__ = ("_connection", "_engine", "_transaction", "_writer")
@@ -384,7 +384,7 @@ class HotWrite:
                 execute_raw(transaction, "BEGIN IMMEDIATE", {})
         except BaseException as exc:
             self._end(connection, exc)
-            raise  # not translated: `_end` raised it translated
+            raise  # `_end` raised it already where it is a TransientError
         self._connection, self._transaction = connection, transaction
         return transaction
 
