@@ -66,49 +66,40 @@ class InMemoryGraphSink:
         if self._clock is not None and self._write_seconds is not None:
             self._clock.sleep(self._write_seconds(document.uuid))
         with self._writing:
-            self._replace(document, chunks, mentions, entities, relationships)
-
-    def _replace(
-        self,
-        document: DocumentNode,
-        chunks: Sequence[Chunk],
-        mentions: Sequence[Mention],
-        entities: Sequence[CanonicalEntity],
-        relationships: Sequence[Relationship],
-    ) -> None:
-        """The document's nodes and edges in place of its old ones (under `_writing`)."""
-        self._prune(document.uuid)
-        self.nodes[("Project", document.project_uuid)] = {"uuid": document.project_uuid}
-        self.nodes[("Document", document.uuid)] = {
-            "uuid": document.uuid,
-            "title": document.title,
-            "category": str(document.category),
-        }
-        for chunk in chunks:
-            self.nodes[(CHUNK, chunk.uuid)] = {
-                "uuid": chunk.uuid,
-                "index": chunk.chunk_index,
-                "document_uuid": chunk.document_uuid,
+            self._prune(document.uuid)
+            self.nodes[("Project", document.project_uuid)] = {"uuid": document.project_uuid}
+            self.nodes[("Document", document.uuid)] = {
+                "uuid": document.uuid,
+                "title": document.title,
+                "category": str(document.category),
             }
-        for mention in mentions:
-            self.nodes[(ENTITY_MENTION, mention.uuid)] = {
-                "uuid": mention.uuid,
-                "value": mention.value,
-                "type": str(mention.entity_type),
-                "document_uuid": mention.document_uuid,
-            }
-        for entity in entities:
-            self.nodes[(CANONICAL_ENTITY, entity.uuid)] = {
-                "uuid": entity.uuid,
-                "name": entity.canonical_name,
-                "type": str(entity.entity_type),
-                "document_uuid": entity.document_uuid,
-            }
-        for rel in relationships:
-            allowed = RELATIONSHIP_PROPERTIES[(rel.from_label, rel.relationship_type, rel.to_label)]
-            self.edges[(rel.from_id, rel.relationship_type, rel.to_id)] = {
-                name: rel.properties.get(name) for name in allowed
-            }
+            for chunk in chunks:
+                self.nodes[(CHUNK, chunk.uuid)] = {
+                    "uuid": chunk.uuid,
+                    "index": chunk.chunk_index,
+                    "document_uuid": chunk.document_uuid,
+                }
+            for mention in mentions:
+                self.nodes[(ENTITY_MENTION, mention.uuid)] = {
+                    "uuid": mention.uuid,
+                    "value": mention.value,
+                    "type": str(mention.entity_type),
+                    "document_uuid": mention.document_uuid,
+                }
+            for entity in entities:
+                self.nodes[(CANONICAL_ENTITY, entity.uuid)] = {
+                    "uuid": entity.uuid,
+                    "name": entity.canonical_name,
+                    "type": str(entity.entity_type),
+                    "document_uuid": entity.document_uuid,
+                }
+            for rel in relationships:
+                allowed = RELATIONSHIP_PROPERTIES[
+                    (rel.from_label, rel.relationship_type, rel.to_label)
+                ]
+                self.edges[(rel.from_id, rel.relationship_type, rel.to_id)] = {
+                    name: rel.properties.get(name) for name in allowed
+                }
 
     def _prune(self, document_uuid: str) -> None:
         """DETACH DELETE of the document's own nodes: the nodes and every edge they touch."""
