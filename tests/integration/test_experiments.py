@@ -27,6 +27,9 @@ def test_overhead_experiment_completes_every_harness_chain() -> None:
     assert result["harness"]["ms_per_hop_p50"] > 0
     assert result["paired_ratio"]["unloaded_pairs"] == 2
     assert result["paired_ratio"]["unloaded_ms_per_hop"] > 0
+    # Task events are on (the plan's Flower): task-sent at least, per hop, on both sides.
+    assert result["plain"]["event_publishes_per_hop"] >= 1
+    assert result["harness"]["event_publishes_per_hop"] >= 1
     # Every document the harness chains touched reached `completed`, with its history.
     assert result["documents"]["by_status"].get("completed") == 2 + 5 + 2 * 2
     assert result["documents"]["history_rows_per_completed_document"] >= 6

@@ -36,9 +36,15 @@ def test_proc_status_context_switches_are_voluntary_plus_involuntary() -> None:
 
 
 def test_overhead_summary_splits_worker_cpu_into_consumer_and_pool() -> None:
-    plain = Batch("plain", 10, 6, 0.6, 0.12, 0.0, 600, consumer_cpu_s=0.06, context_switches=1200)
-    harness = Batch("h", 10, 6, 1.2, 0.24, 0.0, 1800, consumer_cpu_s=0.09, context_switches=3000)
+    plain = Batch(
+        "plain", 10, 6, 0.6, 0.12, 0.0, 600, 0.06, context_switches=1200, redis_publishes=120
+    )
+    harness = Batch(
+        "h", 10, 6, 1.2, 0.24, 0.0, 1800, 0.09, context_switches=3000, redis_publishes=180
+    )
     summary = overhead_summary([0.012], [0.024], plain, harness)
+    assert summary["plain"]["event_publishes_per_hop"] == 2.0
+    assert summary["ratio"]["event_publishes_per_hop"] == 1.5
     assert summary["plain"]["consumer_cpu_ms_per_hop"] == 1.0
     assert summary["plain"]["pool_cpu_ms_per_hop"] == 1.0
     assert summary["harness"]["pool_cpu_ms_per_hop"] == 2.5

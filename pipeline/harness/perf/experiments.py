@@ -90,6 +90,9 @@ class Batch:
     consumer_cpu_s: float = 0.0
     #: The worker's threads' context switches: each wait on the GIL, a lock or a socket.
     context_switches: int = 0
+    #: Of redis_commands, the PUBLISHes: Celery's task events (task-sent from the publishing
+    #: task; received, started and succeeded flushed by the consumer in one or more).
+    redis_publishes: int = 0
 
     @property
     def tasks(self) -> int:
@@ -110,6 +113,7 @@ class Batch:
             "redis_commands_per_task": round(self.redis_commands / tasks, 1),
             "consumer_cpu_ms_per_task": round(1000 * self.consumer_cpu_s / tasks, 3),
             "context_switches_per_task": round(self.context_switches / tasks, 1),
+            "redis_publishes_per_task": round(self.redis_publishes / tasks, 2),
         }
 
 
@@ -147,6 +151,7 @@ def overhead_summary(
                 row["worker_cpu_ms_per_task"] - row["consumer_cpu_ms_per_task"], 3
             ),
             "context_switches_per_hop": row["context_switches_per_task"],
+            "event_publishes_per_hop": row["redis_publishes_per_task"],
         }
 
     a, b = side(plain_latency_s, plain), side(harness_latency_s, harness)
@@ -387,9 +392,11 @@ class Driver:
     def _redis_cpu(self) -> float:
         return process_cpu_seconds(self.stack.server.process.pid)
 
-    def _commands(self) -> int:
+    def _commands(self) -> tuple[int, int]:
+        """Redis commands so far, and of them PUBLISHes (`Batch.redis_publishes`)."""
         stats = self.client.info("commandstats")
-        return sum(int(v["calls"]) for v in stats.values())
+        publishes = int(stats.get("cmdstat_publish", {}).get("calls", 0))
+        return sum(int(v["calls"]) for v in stats.values()), publishes
 
     def batch(
         self,
@@ -406,12 +413,13 @@ class Driver:
             publish(key)
         cpu0, redis0 = process_cpu_seconds(self.worker.pid), self._redis_cpu()
         consumer0, switches0 = thread_figures(self.worker.pid)
-        commands0 = self._commands()
+        commands0, publishes0 = self._commands()
         started = time.perf_counter()
         self._consume(True)
         self._wait_for(key, units, timeout_s)
         elapsed = time.perf_counter() - started
         consumer1, switches1 = thread_figures(self.worker.pid)
+        commands1, publishes1 = self._commands()
         return Batch(
             label=label,
             units=units,
@@ -420,9 +428,10 @@ class Driver:
             worker_cpu_s=process_cpu_seconds(self.worker.pid) - cpu0,
             redis_cpu_s=self._redis_cpu() - redis0,
             # Our own INFO/LLEN polls are a handful per batch; not subtracted.
-            redis_commands=self._commands() - commands0,
+            redis_commands=commands1 - commands0,
             consumer_cpu_s=consumer1 - consumer0,
             context_switches=switches1 - switches0,
+            redis_publishes=publishes1 - publishes0,
         )
 
     def latency(self, send: Callable[[str], None], count: int, timeout_s: float) -> list[float]:
