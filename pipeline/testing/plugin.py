@@ -36,13 +36,6 @@ DEFAULT_PATTERNS = ("*/scenarios/*.yaml", "*/scenarios/*.yml")
 MODES = ("eager", "broker", "sim")
 POSTGRES_ENV = "DOCPIPE_SCENARIO_POSTGRES_URL"
 
-# The contract suites' asserts report their operands on failure wherever this plugin is
-# loaded: pytest rewrites the whole distribution of a plugin it autoloads, but only the
-# named module of one given with `-p` (this repository's pytest settings: there the rest
-# of docpipe, product code without test asserts, is not rewritten, ~3.5 s of CPU saved
-# in each test process).
-pytest.register_assert_rewrite("pipeline.testing.contracts")
-
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("docpipe", "docpipe scenarios and private stack")
