@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from pipeline.harness.scenarios import model
 from pipeline.harness.scenarios.model import (
     Scenario,
     ScenarioError,
@@ -130,11 +132,21 @@ def test_a_bad_scenario_names_file_key_path_and_expectation(
         assert fragment in message, message
 
 
-def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
+def test_the_fast_loader_reads_every_scenario_file_as_yaml_safe_load_does() -> None:
+    libyaml = getattr(yaml, "__with_libyaml__", False)  # PyYAML's wheels have it
+    assert model._FAST_SAFE_LOADER is (yaml.CSafeLoader if libyaml else yaml.SafeLoader)
+    for path in FILES:
+        text = path.read_text(encoding="utf-8")
+        assert yaml.load(text, Loader=model._FAST_SAFE_LOADER) == yaml.safe_load(text), path
+
+
+def test_invalid_yaml_names_the_file_and_quotes_the_line(tmp_path: Path) -> None:
     path = tmp_path / "broken.yaml"
-    path.write_text("name: [unclosed\n")
-    with pytest.raises(ScenarioError, match=r"broken\.yaml: not valid YAML"):
+    path.write_text("name: one\nmodes: [eager\ndocuments: []\n")
+    with pytest.raises(ScenarioError, match=r"broken\.yaml: not valid YAML") as raised:
         load_scenario(path)
+    # Where libyaml parses, the message is still the pure-Python parser's, which quotes it.
+    assert "line 3, column 10:\n    documents: []\n             ^" in str(raised.value)
 
 
 def _run(data: dict[str, Any], tmp_path: Path, seed: int | None = None) -> RunReport:
