@@ -326,7 +326,13 @@ def _docx_problem(data: bytes) -> str | None:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             names = set(archive.namelist())
-    except (zipfile.BadZipFile, ValueError, OSError):
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        if data.startswith(b"PK\x03\x04"):
+            # "not a ZIP file (it looks like a ZIP archive)" would read as a contradiction.
+            return (
+                "it starts as a ZIP archive but cannot be opened as one, damaged or cut "
+                f"short ({exc})"
+            )
         return f"it is not a ZIP-based Word file ({_looks_like(data)})"
     if "word/document.xml" not in names:
         return "it is a ZIP archive without word/document.xml (not a Word document)"

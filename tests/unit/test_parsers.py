@@ -124,6 +124,16 @@ def test_docx_that_is_not_a_zip_is_corrupt() -> None:
         detect_file_type("term_sheet.docx", b"This is plain text with a .docx name.\n")
 
 
+def test_a_docx_cut_short_is_reported_as_a_damaged_zip_not_as_another_type() -> None:
+    whole = docx_bytes(["Meridian Capital Partners LLC"])
+    with pytest.raises(CorruptDocument) as raised:
+        detect_file_type("term_sheet.docx", whole[: len(whole) // 2])
+    assert "starts as a ZIP archive but cannot be opened as one, damaged or cut short" in str(
+        raised.value
+    )
+    assert "looks like" not in str(raised.value)
+
+
 def test_zip_without_a_word_document_is_corrupt() -> None:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
