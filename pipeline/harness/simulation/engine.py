@@ -88,6 +88,9 @@ class Send:
     stalled: int = 0
     #: The processing version to carry (None: the document's current one).
     version: int | None = None
+    #: Called as the message enters its queue: what the publisher notes once it is out
+    #: (the task layer's mark of a published retry), not before.
+    on_published: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
 
 class DiedFinishing(Exception):
@@ -313,6 +316,8 @@ class Simulator:
         )
         self.queues[message.queue].append(message)
         self._log("publish", message.id, message.task, message.doc, message.retries, message.eta)
+        if send.on_published is not None:
+            send.on_published()
 
     # --- the run ----------------------------------------------------------------------
 
@@ -459,11 +464,13 @@ class Simulator:
                 outcome = Outcome(0.0, "worker_lost", detail=str(died))
         if outcome.kind in ("worker_lost", "requeued"):
             # The pool replaces its process (or the task rejected its message); the message
-            # is requeued (no ack, nothing sent; a dead task's lock stays until its TTL or
-            # its redelivery).
+            # is requeued (no ack; a dead task's lock stays until its TTL or its
+            # redelivery). What it published before it died is out (a retry).
             if self.unacked.pop(delivery.tag, None) is not None:
                 self.queues[message.queue].appendleft(message)
             self._log(outcome.kind, message.id, delivery.tag, worker.name)
+            for send in outcome.sends:
+                self.publish(send)
             if outcome.kind == "worker_lost":
                 worker.replacing += 1
                 self._push(

@@ -27,6 +27,7 @@ import itertools
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, NoReturn, cast
@@ -283,8 +284,13 @@ class StageExecutor:
                 try:
                     self._consult("worker", "ack", message.doc)
                 except WorkerKilled as killed:
-                    # Its side effects are done; the ack and the sends die with it.
-                    outcome = Outcome(outcome.duration, "worker_lost", detail=str(killed))
+                    # Its side effects are done; the ack dies with it, and so do the sends
+                    # of a stage, which its redelivery makes again. A retry stays out: Celery's
+                    # `task.retry` publishes before the ack (marked as it enters its queue).
+                    published = outcome.sends if outcome.kind == "retry" else []
+                    outcome = Outcome(
+                        outcome.duration, "worker_lost", published, detail=str(killed)
+                    )
             outcome.redis_restarted = self._restarted
         if not pending:
             return outcome
@@ -297,7 +303,7 @@ class StageExecutor:
                 self.deferred.apply(pending)
             except StaleDelivery as stale:
                 if outcome.kind == "worker_lost":
-                    return Outcome(0.0, "worker_lost", detail=outcome.detail)
+                    return Outcome(0.0, "worker_lost", outcome.sends, detail=outcome.detail)
                 return Outcome(
                     0.0, "skipped", detail=f"stale delivery: {stale}", on_finish=outcome.on_finish
                 )
@@ -528,9 +534,13 @@ class StageExecutor:
         except Retry:
             if task.sent is None:  # pragma: no cover - SimulatedTask raises Retry once sent
                 raise
-            # As the task layer (`_marking_retried`): this attempt's retry is out.
-            mark_retry_published(self.services.redis, message.id, message.retries)
-            return Outcome(duration, "retry", [task.sent], detail=detail)
+            # As the task layer (`_marking_retried`): this attempt's retry is marked out once
+            # it is, when the simulated broker takes it at the delivery's end, not now: a
+            # delivery that dies first has published nothing, and a copy that saw the mark
+            # would leave the document to a retry that never came (`docpipe explore`).
+            mark = partial(mark_retry_published, self.services.redis, message.id, message.retries)
+            sent = replace(task.sent, on_published=mark)
+            return Outcome(duration, "retry", [sent], detail=detail)
         except Reject as rejected:
             unsent = f"{detail}; the retry could not be published ({rejected})"
             if getattr(rejected, "requeue", False):
