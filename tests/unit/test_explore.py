@@ -382,6 +382,31 @@ def test_a_run_that_faults_keep_going_forever_is_infeasible_not_a_finding(
     assert "the faults never let up" in found[0].detail
 
 
+def test_a_retry_and_its_requeued_copy_killed_at_every_ack_are_infeasible_not_a_finding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Schedule 422 of seed 77, shrunk: every 2nd worker call kills it, so every delivery
+    dies at its ack; the first published a retry before it died. Two messages of one
+    document go round for ever, not more: the faults never let up, nothing multiplies."""
+    monkeypatch.setattr(runner, "SIM_MAX_EVENTS", NEVER_ENDING_AFTER_EVENTS)
+    schedule = {
+        "name": "killed_at_every_ack",
+        "description": "d",
+        "seed": 25998,
+        "modes": ["sim"],
+        "documents": [{"files": ["complaint_holloway_v_meridian.pdf"]}],
+        "faults": [
+            {"port": "worker", "kind": "kill_worker", "every": 2, "fired": {"min": 0}},
+            {"port": "ocr", "kind": "throttle", "first": 1, "fired": {"min": 0}},
+        ],
+    }
+
+    found, _ = Workspace([SAMPLES / "complaint_holloway_v_meridian.pdf"]).judge(schedule)
+
+    assert [v.invariant for v in found] == [INFEASIBLE]
+    assert "the faults never let up" in found[0].detail
+
+
 def test_a_livelock_stays_a_finding(monkeypatch: pytest.MonkeyPatch) -> None:
     """The livelock of copies whose dead letter was refused (its fix planted away): messages
     multiply, so the never-ending run is a finding, not infeasible."""

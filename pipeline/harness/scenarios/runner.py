@@ -1104,6 +1104,7 @@ class SimRun(EagerRun):
                 "never_ended": {
                     "virtual_seconds": round(exc.at, 3),
                     "in_flight": exc.in_flight,
+                    "in_flight_halfway": exc.in_flight_halfway,
                     "documents": exc.documents,
                 }
             }

@@ -141,15 +141,23 @@ class SimulationDidNotEnd(RuntimeError):
     """The run passed SimConfig.max_events: messages that keep causing each other (a livelock).
 
     `at` is the virtual time reached, `in_flight` the messages queued or unacknowledged then,
-    `documents` how many the run carried.
+    `in_flight_halfway` the most in the first half of the events (a livelock's grow past
+    it), `documents` how many the run carried.
     """
 
     def __init__(
-        self, message: str, *, at: float = 0.0, in_flight: int = 0, documents: int = 0
+        self,
+        message: str,
+        *,
+        at: float = 0.0,
+        in_flight: int = 0,
+        in_flight_halfway: int = 0,
+        documents: int = 0,
     ) -> None:
         super().__init__(message)
         self.at = at
         self.in_flight = in_flight
+        self.in_flight_halfway = in_flight_halfway
         self.documents = documents
 
 
@@ -336,15 +344,21 @@ class Simulator:
             self._push(crash.at, "crash", crash)
         events = 0
         until = self.config.until
+        halfway = self.config.max_events // 2
+        # The most in flight in the first half of the events (sampled: a missed peak only
+        # makes a bounded loop look like growth, never the other way round).
+        in_flight_halfway = 0
         while self._heap:
             at, _, kind, payload = heapq.heappop(self._heap)
             if until is not None and at > until:
                 break
             self.now = at
             events += 1
+            if events <= halfway and events % 16 == 0:
+                in_flight_halfway = max(in_flight_halfway, self._in_flight())
             if events > self.config.max_events:
-                # What was in flight tells a livelock (messages multiplying) from a retry
-                # loop that a fault which never stops keeps going.
+                # What was in flight, and whether it grew, tells a livelock (messages
+                # multiplying) from a retry loop that a fault which never stops keeps going.
                 queued = sum(len(messages) for messages in self.queues.values())
                 ended = sum(1 for record in self.documents.values() if record.ended_at is not None)
                 raise SimulationDidNotEnd(
@@ -353,7 +367,8 @@ class Simulator:
                     f"{len(self.unacked):,} unacknowledged, {ended} of "
                     f"{len(self.documents)} document(s) ended by an acknowledged task",
                     at=at,
-                    in_flight=queued + len(self.unacked),
+                    in_flight=self._in_flight(),
+                    in_flight_halfway=in_flight_halfway,
                     documents=len(self.documents),
                 )
             if getattr(self, f"_on_{kind}")(payload) is not False:
@@ -365,6 +380,10 @@ class Simulator:
         return SimResult(
             self.documents, self.trace, end, events, self.counts, self.executions, self.busy_s
         )
+
+    def _in_flight(self) -> int:
+        """Messages queued or delivered and not yet acknowledged."""
+        return sum(len(messages) for messages in self.queues.values()) + len(self.unacked)
 
     def _on_submit(self, doc: int) -> None:
         self.documents[doc] = DocumentRecord(submitted_at=self.now)
