@@ -141,7 +141,7 @@ class SimulationDidNotEnd(RuntimeError):
     """The run passed SimConfig.max_events: messages that keep causing each other (a livelock).
 
     `at` is the virtual time reached, `in_flight` the messages queued or unacknowledged then,
-    `in_flight_halfway` the most in the first half of the events (a livelock's grow past
+    `in_flight_halfway` the most in the first half of the events (a livelock grows past
     it), `documents` how many the run carried.
     """
 
