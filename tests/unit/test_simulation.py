@@ -93,22 +93,22 @@ def test_a_task_outliving_the_visibility_timeout_is_delivered_twice() -> None:
     node = task_id_of(result, "document_node")
     rows = [e[:2] + e[3:] for e in result.trace if e[2:3] == (node,) and e[1] != "publish"]
     assert rows == [
-        (0.0, "deliver", 2, "text-0", 1),
-        (0.0, "start", 2, "text-0"),
+        (0.0, "deliver", 2, "text-0"),
+        (0.0, "start", 2, "text-0", 1),
         # Still running at the visibility timeout: restored and delivered to the idle worker.
         (100.0, "restore", 2, "text-0"),
-        (100.0, "deliver", 3, "text-1", 2),
-        (100.0, "start", 3, "text-1"),
+        (100.0, "deliver", 3, "text-1"),
+        (100.0, "start", 3, "text-1", 2),
         # The first run's ack finds nothing: the message is no longer unacked under its tag.
         (151.0, "finish", 2, "text-0", "ok", False),
         # The second run outlives the timeout too: a third delivery, then the guard.
         (200.0, "restore", 3, "text-1"),
-        (200.0, "deliver", 8, "text-0", 3),
-        (200.0, "start", 8, "text-0"),
+        (200.0, "deliver", 8, "text-0"),
+        (200.0, "start", 8, "text-0", 3),
         (251.0, "finish", 3, "text-1", "ok", False),
         (300.0, "restore", 8, "text-0"),
-        (300.0, "deliver", 10, "text-1", 4),
-        (300.0, "start", 10, "text-1"),
+        (300.0, "deliver", 10, "text-1"),
+        (300.0, "start", 10, "text-1", 4),
         (300.0, "finish", 10, "text-1", "dead_lettered", True),
         (350.0, "finish", 8, "text-0", "skipped", False),
     ]
@@ -133,7 +133,7 @@ def test_a_worker_crash_redelivers_its_task_after_the_visibility_timeout() -> No
     assert events(result, "crash")[0][:3] == (10.0, "crash", "text-0")
     # Nothing comes back at the restart (15 s): only the visibility timeout restores it.
     assert [e[0] for e in events(result, "restore", node)] == [100.0]
-    assert [(e[0], e[5]) for e in events(result, "deliver", node)] == [(0.0, 1), (100.0, 2)]
+    assert [(e[0], e[5]) for e in events(result, "start", node)] == [(0.0, 1), (100.0, 2)]
     assert [(e[0], e[5]) for e in events(result, "finish", node)] == [(131.0, "ok")]
     assert result.documents[0].outcome == "completed"
 

@@ -542,10 +542,7 @@ class Simulator:
         self._tag += 1
         delivery = _Delivery(self._tag, message, worker, self.now, generation=worker.generation)
         self.unacked[delivery.tag] = delivery
-        # Counted per task id and retry, like the task layer's redelivery guard.
-        count = self.deliveries.get((message.id, message.retries), 0) + 1
-        self.deliveries[(message.id, message.retries)] = count
-        self._log("deliver", message.id, delivery.tag, worker.name, count)
+        self._log("deliver", message.id, delivery.tag, worker.name)
         self._push(self.now + self.config.visibility_timeout_s, "visibility", delivery.tag)
         if message.eta > self.now:
             # ETA messages are held outside the prefetch count until due.
@@ -570,10 +567,12 @@ class Simulator:
             message = delivery.message
             key = (message.doc, message.task)
             self.executions[key] = self.executions.get(key, 0) + 1
-            outcome = self.executor.run(
-                message, self.now, self.deliveries[(message.id, message.retries)]
-            )
-            self._log("start", message.id, delivery.tag, worker.name)
+            # Counted per task id and retry as the task starts, like the task layer's
+            # redelivery guard: a message a dead worker only held was never counted.
+            count = self.deliveries.get((message.id, message.retries), 0) + 1
+            self.deliveries[(message.id, message.retries)] = count
+            outcome = self.executor.run(message, self.now, count)
+            self._log("start", message.id, delivery.tag, worker.name, count)
             if outcome.redis_restarted:
                 self.restart_redis()
             self._schedule(delivery, outcome, self.config.hop_overhead_s)

@@ -284,12 +284,11 @@ class StageExecutor:
                 try:
                     self._consult("worker", "ack", message.doc)
                 except WorkerKilled as killed:
-                    # Its side effects are done; the ack dies with it, and so do the sends
-                    # of a stage, which its redelivery makes again. A retry stays out: Celery's
-                    # `task.retry` publishes before the ack (marked as it enters its queue).
-                    published = outcome.sends if outcome.kind == "retry" else []
+                    # Its side effects are done and its sends out (the task layer publishes
+                    # the next stage, and Celery's `task.retry` its retry, before the ack);
+                    # only the ack dies with it, so the message comes back as well.
                     outcome = Outcome(
-                        outcome.duration, "worker_lost", published, detail=str(killed)
+                        outcome.duration, "worker_lost", outcome.sends, detail=str(killed)
                     )
             outcome.redis_restarted = self._restarted
         if not pending:
