@@ -302,7 +302,8 @@ class StageExecutor:
                 self.deferred.apply(pending)
             except StaleDelivery as stale:
                 if outcome.kind == "worker_lost":
-                    return Outcome(0.0, "worker_lost", outcome.sends, detail=outcome.detail)
+                    # Overtaken: the task layer's stage raised StaleDelivery and sent nothing.
+                    return Outcome(0.0, "worker_lost", detail=outcome.detail)
                 return Outcome(
                     0.0, "skipped", detail=f"stale delivery: {stale}", on_finish=outcome.on_finish
                 )
