@@ -232,8 +232,9 @@ class Settings(BaseSettings):
     broker_restore_throttle: int = Field(default=10, ge=1)
     broker_max_connections: int = Field(default=200, ge=10)
     #: How many times a task may kill its worker before the document is dead-lettered.
-    #: On RabbitMQ quorum queues the broker enforces it too (`x-delivery-limit`).
-    max_redeliveries: int = Field(default=3, ge=1)
+    #: On RabbitMQ quorum queues the broker enforces it too (`x-delivery-limit`). At most
+    #: 1000: far below the count that marks an attempt finished (`ATTEMPT_FINISHED`).
+    max_redeliveries: int = Field(default=3, ge=1, le=1000)
     # --- RabbitMQ brokers (DOCPIPE_BROKER_URL=amqp://...) -------------------------------
     #: `quorum`: durable queues whose delivery limit stops a poison message at the broker,
     #: with countdowns in RabbitMQ's delay queues (Celery's native delayed delivery).

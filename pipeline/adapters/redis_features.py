@@ -126,17 +126,48 @@ redis.call('expire', KEYS[1], ARGV[1])
 return 1
 """
 
+#: Added to an attempt's count of deliveries once a delivery finished its stage: a count at
+#: or above it says so and still counts (modulo it); over any limit, it takes no lock.
+ATTEMPT_FINISHED = 1_000_000_000
+
+
+def _marking_finished(key: str) -> str:
+    """Lua: the attempt whose deliveries `key` counts marked finished, `ATTEMPT_FINISHED`
+    added once; a count that is gone (Redis restarted, or its TTL) stays gone."""
+    return f"""
+local counted = tonumber(redis.call('get', {key}) or '0')
+if counted > 0 and counted < {ATTEMPT_FINISHED} then
+    redis.call('incrby', {key}, {ATTEMPT_FINISHED})
+end
+"""
+
+
+_MARK_FINISHED = _marking_finished("KEYS[1]")
+
+# Take back `_MARK_FINISHED` on the count KEYS[1]: the stage's successor was not published.
+_UNMARK_FINISHED = f"""
+if tonumber(redis.call('get', KEYS[1]) or '0') >= {ATTEMPT_FINISHED} then
+    redis.call('decrby', KEYS[1], {ATTEMPT_FINISHED})
+end
+"""
+
 # A stage delivery's end: `_RECORD_STATE` on KEYS[1] (ARGV[1] the TTL, field, value pairs
 # from ARGV[3]) and `_RELEASE_IF_OWNER` on the lock KEYS[2] with the token ARGV[2], in one
-# round trip. Returns 1 if the lock was released.
-_RECORD_STATE_RELEASING = """
+# round trip; KEYS[3], if given, is the attempt's count of deliveries, marked finished
+# (`_MARK_FINISHED`). Returns 1 if the lock was released.
+_RECORD_STATE_RELEASING = (
+    """
 redis.call('hset', KEYS[1], unpack(ARGV, 3))
 redis.call('expire', KEYS[1], ARGV[1])
+if KEYS[3] then"""
+    + _marking_finished("KEYS[3]")
+    + """end
 if redis.call('get', KEYS[2]) == ARGV[2] then
     return redis.call('del', KEYS[2])
 end
 return 0
 """
+)
 
 # Sliding window of requests and tokens in one round trip. One sorted set per limit name:
 # score = the request's time, member = "<unique id>:<tokens reserved>". Drop what left the
@@ -285,6 +316,8 @@ class RedisStateTracker:
         self._release = client.register_script(_RELEASE_IF_OWNER)
         self._acquire_counted_started = client.register_script(_ACQUIRE_COUNTED_STARTED)
         self._unrecord_started = client.register_script(_UNRECORD_STARTED)
+        self._mark_finished = client.register_script(_MARK_FINISHED)
+        self._unmark_finished = client.register_script(_UNMARK_FINISHED)
 
     def record(
         self, document_uuid: str, stage: str, status: str, metadata: dict[str, object] | None = None
@@ -301,12 +334,16 @@ class RedisStateTracker:
         lock_name: str,
         token: str,
         metadata: dict[str, object] | None = None,
+        counter: str | None = None,
     ) -> None:
         lock_key = self._lock_prefix + lock_name
+        keys = [STATE_KEY.format(uuid=document_uuid), lock_key]
+        if counter is not None:
+            keys.append(counter)
         try:
             self._hot.call(
                 self._record_releasing,
-                [STATE_KEY.format(uuid=document_uuid), lock_key],
+                keys,
                 [self._ttl, token, *_state_pairs(stage, status, metadata)],
             )
         except redis.RedisError:
@@ -315,6 +352,10 @@ class RedisStateTracker:
             with contextlib.suppress(redis.RedisError):
                 self._release(keys=[lock_key], args=[token])
             raise
+
+    def mark_attempt_finished(self, counter: str, finished: bool = True) -> None:
+        script = self._mark_finished if finished else self._unmark_finished
+        script(keys=[counter])
 
     def acquire_counted_and_record_started(
         self,
@@ -349,7 +390,10 @@ class RedisStateTracker:
                 *replacing,
             ],
         )
-        deliveries, acquired = int(reply[0]), int(reply[1]) == 1
+        counted, acquired = int(reply[0]), int(reply[1]) == 1
+        # Finished, the count is over any limit: the script took no lock and wrote nothing.
+        finished = counted >= ATTEMPT_FINISHED
+        deliveries = counted % ATTEMPT_FINISHED
         started: StartedRecord | None = None
         if len(reply) > 2:
             fields = (status_field, timestamp_field, started_by_field, "last_status")
@@ -358,7 +402,7 @@ class RedisStateTracker:
                 for field, value in zip(fields, reply[3:7], strict=True)
             )
             started = StartedRecord(document_uuid, stage, token, replaced)
-        return CountedAcquisition(deliveries, token if acquired else None, started)
+        return CountedAcquisition(deliveries, token if acquired else None, started, finished)
 
     def unrecord_started(self, started: StartedRecord) -> None:
         args: list[Any] = [*_started_fields(started.stage), started.token]

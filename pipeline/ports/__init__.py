@@ -172,6 +172,7 @@ class StateTracker(Protocol):
         lock_name: str,
         token: str,
         metadata: dict[str, object] | None = None,
+        counter: str | None = None,
     ) -> None:
         """`record`, and `LockManager.release(lock_name, token)` in the same round trip.
 
@@ -179,7 +180,17 @@ class StateTracker(Protocol):
         state was not recorded, after releasing the lock as `LockManager.release`
         would on its own (Redis being down leaves it to expire); a release that
         fails while the state is recorded is not an error, as the lock expires.
+        `counter`, the key counting the deliveries of the attempt whose stage
+        finished (`acquire_counted_and_record_started`), is marked so with them
+        (`mark_attempt_finished`).
         """
+        ...
+
+    def mark_attempt_finished(self, counter: str, finished: bool = True) -> None:
+        """Mark the attempt whose deliveries `counter` counts
+        (`acquire_counted_and_record_started`) as having finished its stage - or, with
+        `finished` False, no longer (its successor could not be published). A later copy
+        of a finished attempt is told so by its acquisition, and is no poison task."""
         ...
 
     def acquire_counted_and_record_started(
@@ -265,6 +276,9 @@ class CountedAcquisition:
     deliveries: int
     token: str | None
     started: StartedRecord | None = None
+    #: Another delivery of this attempt finished its stage (`mark_attempt_finished`): this
+    #: one is a copy (a visibility-timeout restore); the lock was not tried.
+    finished: bool = False
 
 
 class LockManager(Protocol):

@@ -87,6 +87,12 @@ def run_stage(
     token: str | None = None
     # The lock kept past a finished stage, released with the state's last write.
     held: str | None = None
+    # The key counting this attempt's deliveries (None for an eager call); marked once the
+    # stage finishes, so that a copy of the attempt that comes later (a visibility-timeout
+    # restore) ends, instead of being taken for a poison task and dead-lettering a
+    # document its successor carries on.
+    counter: str | None = None
+    marked_finished = False
     meter = ProgressMeter()
 
     def decision(exc: BaseException) -> Decision:
@@ -126,28 +132,35 @@ def run_stage(
                 replacing=stages.state_before_claim(stage),
             )
             stages.started_with_lock(counted.started)
+            if counted.finished:
+                log.warning(
+                    "%s %s: delivery %d of an attempt whose stage another delivery finished: "
+                    "the copy ends",
+                    stage,
+                    document_uuid,
+                    counted.deliveries,
+                )
+                return "skipped"
             if counted.deliveries > settings.max_redeliveries:
+                if retry_published(services.redis, task.request.id, task.request.retries):
+                    # A surplus copy (docpipe explore, issue 14): another delivery of this
+                    # very attempt published its retry, which carries the document on; a
+                    # dead letter now would end a document that is still going. Retried
+                    # here, each copy would publish the next retry with a fresh count of
+                    # deliveries, and with the copies that visibility-timeout restores
+                    # make, more messages than the workers ack.
+                    log.error(
+                        "%s %s: delivery %d of one attempt, whose retry is already "
+                        "published: the copy ends",
+                        stage,
+                        document_uuid,
+                        counted.deliveries,
+                    )
+                    return "skipped"
                 reason = redelivered_too_often(task.request.retries)
-                try:
-                    recorded = _dead_letter(task, services, stage, document_uuid, version, reason)
-                except (TransientError, redis.RedisError) as unrecorded:
-                    if retry_published(services.redis, task.request.id, task.request.retries):
-                        # A surplus copy (docpipe explore, issue 14): another delivery of this
-                        # very attempt published its retry, which carries the document on.
-                        # Retried here too, each copy would publish the next retry with a
-                        # fresh count of deliveries, and with the copies that visibility-
-                        # timeout restores make, more messages than the workers ack. Without
-                        # that mark (the others were killed) this verdict is retried.
-                        log.error(
-                            "%s %s: delivery %d of one attempt; its dead letter was not "
-                            "recorded (%s) and is left to the retry already published",
-                            stage,
-                            document_uuid,
-                            counted.deliveries,
-                            unrecorded,
-                        )
-                        return "unrecorded"
-                    raise  # no retry of this attempt is out: the policy's handling retries it
+                # Raises when it cannot be recorded: no retry of this attempt is out, and
+                # the policy's handling retries the verdict.
+                recorded = _dead_letter(task, services, stage, document_uuid, version, reason)
                 return "dead_lettered" if recorded else "skipped"
             token = counted.token
         if token is None:
@@ -222,17 +235,24 @@ def run_stage(
                 lock_name=lock_name,
                 token=held,
                 metadata=None if finished is None else finished.metadata,
+                counter=counter,
             )
+            marked_finished = counter is not None
         for (other_uuid, other_stage), state in deferred.items():
             services.state.record(other_uuid, other_stage, state.status, state.metadata)
         if result.skipped:
             return "skipped"
         _dispatch(result, document_uuid, version)
+        if result.poll_job_id is not None and counter is not None:
+            _mark_finished(services, counter, True)
     except Exception as exc:
         # The stage committed but its successor could not be published (broker or Redis
         # down past the publish retries). Acking now would strand the document at this
         # stage; retrying re-runs the idempotent stage, which then publishes again.
         log.warning("%s %s: could not chain the next step: %s", stage, document_uuid, exc)
+        if marked_finished and counter is not None:
+            # A copy of this attempt (this message requeued) must run, not end as a copy.
+            _mark_finished(services, counter, False)
         # Any failure to chain is worth a retry: the stage's own work is already committed,
         # and what it kept is progress (a re-run that only reads it back makes none).
         chained = decide(
@@ -395,6 +415,16 @@ def retry_published(client: redis.Redis, task_id: str | None, retries: int) -> b
         return bool(client.exists(key))
     except redis.RedisError:
         return False
+
+
+def _mark_finished(services: Services, counter: str, finished: bool) -> None:
+    """`StateTracker.mark_attempt_finished`; Redis down leaves the mark as it was (unmarked,
+    a later copy is counted; marked, one requeued by a failed retry ends, and the queue
+    processor finds the document without progress and sends its stage again)."""
+    try:
+        services.state.mark_attempt_finished(counter, finished)
+    except redis.RedisError as exc:
+        log.warning("could not mark %s finished=%s (%s)", counter, finished, exc)
 
 
 def _release(services: Services, lock_name: str, token: str | None) -> None:

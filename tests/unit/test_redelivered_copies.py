@@ -7,9 +7,14 @@ refused that dead letter, every such copy retried it, publishing the next retry
 with a fresh count; with the copies that restores keep making, a document's task
 outnumbered what the workers could ack and the run never ended (docpipe explore
 --seed 1, schedule 28: 22,879 messages of one task queued after 100,000 events,
-the document long dead-lettered). Now a copy past the limit whose dead letter
-is refused ends when another delivery of its attempt published the retry, and a
-verdict for a document that already ended writes nothing.
+the document long dead-lettered). Now a copy past the limit ends when another
+delivery of its attempt published the retry, and a verdict for a document that
+already ended writes nothing.
+
+Nor is a copy of an attempt that finished its stage taken for a poison task: the
+finishing delivery marks the attempt finished, and a copy restored before it
+acked ends at its start. Taken for one, a fourth copy dead-lettered the document
+the third had just carried on to its next stage.
 """
 
 from __future__ import annotations
@@ -22,11 +27,14 @@ from typing import Any
 import pytest
 from celery.exceptions import Retry
 
+from pipeline.adapters.redis_features import ATTEMPT_FINISHED
+from pipeline.app import stages
 from pipeline.app.intake import submit_all
 from pipeline.app.stages import StageResult
 from pipeline.bootstrap import Services
 from pipeline.domain.models import Stage, Status
 from pipeline.errors import TransientError
+from pipeline.runtime import tasks
 from pipeline.runtime.tasks import DELIVERIES_KEY, RETRIED_KEY, run_stage
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
@@ -85,20 +93,26 @@ def _refuse_dead_letters(services: Services, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(services.store, "dead_letter", refused)
 
 
-def test_a_surplus_copy_whose_dead_letter_is_refused_ends_without_a_retry(
-    make_services: Callable[..., Services], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("database", ["up", "refusing"])
+def test_a_surplus_copy_of_an_attempt_whose_retry_is_out_ends_without_a_dead_letter(
+    make_services: Callable[..., Services], monkeypatch: pytest.MonkeyPatch, database: str
 ) -> None:
+    """The retry carries the document on: a dead letter would end a document still going."""
     services = make_services(max_redeliveries=3)
     document_uuid, version = _document(services)
+    before = services.store.get_document(document_uuid).status
     task = DeliveredTask()
     _delivered_before(services, task, 4)
     _retry_published(services, task)
-    _refuse_dead_letters(services, monkeypatch)
+    if database == "refusing":
+        _refuse_dead_letters(services, monkeypatch)
 
     ended = _deliver_past_the_limit(task, document_uuid, version)
 
-    assert ended == "unrecorded"
+    assert ended == "skipped"
     assert task.retried == []
+    assert services.store.dead_letters() == []
+    assert services.store.get_document(document_uuid).status is before
 
 
 @pytest.mark.parametrize("before", [3, 4])
@@ -133,3 +147,121 @@ def test_a_copy_past_the_limit_leaves_a_finished_document_without_a_dead_letter(
     assert ended == "skipped"
     assert services.store.dead_letters() == []
     assert services.store.get_document(document_uuid).status is Status.COMPLETED
+
+
+class RecordedSends:
+    """The services' dispatcher, keeping what a stage chains instead of running it."""
+
+    def __init__(self) -> None:
+        self.sent: list[Stage] = []
+
+    def send_stage(
+        self, stage: Stage, document_uuid: str, version: int, *, task_id: str | None = None
+    ) -> None:
+        self.sent.append(stage)
+
+
+def _deliver_document_node(task: DeliveredTask, document_uuid: str, version: int) -> str:
+    """One delivery of `task` running the document-node stage's bookkeeping: its claim,
+    then the next stage named."""
+
+    def bookkeeping(services: Services) -> StageResult:
+        if stages.begin(services, Stage.DOCUMENT_NODE, document_uuid, version) is None:
+            return stages.SKIPPED
+        return StageResult(next_stage=Stage.CHUNKING)
+
+    return run_stage(task, Stage.DOCUMENT_NODE, document_uuid, version, bookkeeping)  # type: ignore[arg-type]
+
+
+def _count(services: Services, counter: str) -> int:
+    return int(services.redis.get(counter) or 0)
+
+
+def test_a_copy_of_an_attempt_that_finished_its_stage_is_no_poison_task(
+    make_services: Callable[..., Services], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three deliveries of one attempt started (two died); the third finished the stage and
+    chained the next. Later copies, restored before that ack, end: they neither
+    dead-letter the document the third carried on nor chain its next stage again."""
+    services = make_services(max_redeliveries=3)
+    dispatcher = RecordedSends()
+    monkeypatch.setattr(services, "dispatcher", dispatcher)
+    document_uuid, version = _document(services)
+    task = DeliveredTask()
+    counter = DELIVERIES_KEY.format(task_id=TASK_ID, retries=task.request.retries)
+    _delivered_before(services, task, 2)
+
+    third = _deliver_document_node(task, document_uuid, version)
+
+    assert third == "ok" and dispatcher.sent == [Stage.CHUNKING]
+    assert _count(services, counter) == ATTEMPT_FINISHED + 3
+    for _ in range(4):
+        assert _deliver_document_node(task, document_uuid, version) == "skipped"
+    assert dispatcher.sent == [Stage.CHUNKING]
+    assert services.store.dead_letters() == []
+    assert services.store.get_document(document_uuid).status is Status.TEXT_PROCESSING
+
+
+def test_a_finished_stage_whose_successor_is_not_published_is_not_marked_finished(
+    make_services: Callable[..., Services], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its retry (or its own message, requeued) must run the stage again, not end as a copy."""
+    services = make_services(max_redeliveries=3)
+
+    class BrokerDown(RecordedSends):
+        def send_stage(self, *_: Any, **__: Any) -> None:
+            raise ConnectionError("broker: connection refused")
+
+    monkeypatch.setattr(services, "dispatcher", BrokerDown())
+    document_uuid, version = _document(services)
+    task = DeliveredTask()
+    counter = DELIVERIES_KEY.format(task_id=TASK_ID, retries=task.request.retries)
+
+    with pytest.raises(Retry):
+        _deliver_document_node(task, document_uuid, version)
+
+    assert _count(services, counter) == 1
+
+
+def test_a_delivery_that_polls_ocr_marks_its_attempt_finished(
+    make_services: Callable[..., Services], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An OCR start that chained its first poll finished its step as well."""
+    services = make_services(max_redeliveries=3)
+    document_uuid, version = _document(services)
+    polls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(
+        tasks.poll_ocr_task, "apply_async", lambda args, **_: polls.append(tuple(args))
+    )
+    task = DeliveredTask(retries=0)
+    counter = DELIVERIES_KEY.format(task_id=TASK_ID, retries=0)
+    _delivered_before(services, task, 2)
+
+    def start(services: Services) -> StageResult:
+        assert stages.begin(services, Stage.OCR, document_uuid, version) is not None
+        return StageResult(poll_job_id="job-1", polls=1)
+
+    assert run_stage(task, Stage.OCR, document_uuid, version, start) == "ok"  # type: ignore[arg-type]
+
+    assert polls == [(document_uuid, version, "job-1", 1)]
+    assert _count(services, counter) == ATTEMPT_FINISHED + 3
+
+
+def test_a_delivery_that_fails_its_stage_leaves_its_attempt_unfinished(
+    make_services: Callable[..., Services],
+) -> None:
+    """Only a finished stage marks the attempt: a delivery whose stage raised is the kind a
+    poison task repeats."""
+    services = make_services(max_redeliveries=3)
+    document_uuid, version = _document(services)
+    task = DeliveredTask()
+    counter = DELIVERIES_KEY.format(task_id=TASK_ID, retries=task.request.retries)
+    _delivered_before(services, task, 1)
+
+    def transient(_: Services) -> StageResult:
+        raise TransientError("upstream: 503")
+
+    with pytest.raises(Retry):
+        run_stage(task, Stage.DOCUMENT_NODE, document_uuid, version, transient)  # type: ignore[arg-type]
+
+    assert _count(services, counter) == 2

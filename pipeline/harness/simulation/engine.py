@@ -110,6 +110,10 @@ class Outcome:
     resume: Callable[[float], Outcome] | None = None
     #: Redis restarted as this task started: every worker's connection dropped.
     redis_restarted: bool = False
+    #: The delivery finished its stage (the task layer's last state write, or an OCR poll
+    #: chained): the task layer marks its attempt finished, and a later copy of the attempt
+    #: (a visibility-timeout restore) ends at its start (`StageExecutor.attempt_finished`).
+    finished_stage: bool = False
 
 
 class IntakeFailed(Exception):
@@ -481,6 +485,10 @@ class Simulator:
             except DiedFinishing as died:
                 # Killed after its work, before the ack (releasing its lock): as a kill.
                 outcome = Outcome(0.0, "worker_lost", detail=str(died))
+        if outcome.finished_stage:
+            finished = getattr(self.executor, "attempt_finished", None)
+            if finished is not None:
+                finished(message)
         if outcome.kind in ("worker_lost", "requeued"):
             # The pool replaces its process (or the task rejected its message); the message
             # is requeued (no ack; a dead task's lock stays until its TTL or its

@@ -162,6 +162,9 @@ class StageExecutor:
         self.intake_failures: dict[int, int] = {}
         #: Every delivery that ran stage code (or was refused the lock), in virtual-time order.
         self.attempts: list[Attempt] = []
+        #: (task id, retries) of the attempts a delivery finished the stage of: the mark the
+        #: task layer keeps on the attempt's count of deliveries, lost with Redis as it is.
+        self.finished_attempts: set[tuple[str, int]] = set()
         #: Whether the delivery starting now found Redis restarted (a `redis.server` fault).
         self._restarted = False
 
@@ -245,12 +248,18 @@ class StageExecutor:
         The fault injector's own keys are the experiment's, not the deployment's: kept
         (they live on the fault board; an injector given by the caller may keep them here).
         """
+        self.finished_attempts.clear()
         client = self.services.redis
         keep = (ACTIVE_FAULTS_KEY, "docpipe:faults:")
         for key in list(client.scan_iter()):
             name = key.decode() if isinstance(key, bytes) else str(key)
             if not name.startswith(keep):
                 client.delete(name)
+
+    def attempt_finished(self, message: Message) -> None:
+        """A delivery of the message's attempt finished its stage (`Outcome.finished_stage`),
+        as the engine saw it end: its later copies end at their start, as the task layer's."""
+        self.finished_attempts.add((message.id, message.retries))
 
     def _stage(self, message: Message) -> Stage:
         return Stage.OCR if message.task in (START_OCR, POLL_OCR) else Stage(message.task)
@@ -288,7 +297,11 @@ class StageExecutor:
                     # the next stage, and Celery's `task.retry` its retry, before the ack);
                     # only the ack dies with it, so the message comes back as well.
                     outcome = Outcome(
-                        outcome.duration, "worker_lost", outcome.sends, detail=str(killed)
+                        outcome.duration,
+                        "worker_lost",
+                        outcome.sends,
+                        detail=str(killed),
+                        finished_stage=outcome.finished_stage,
                     )
             outcome.redis_restarted = self._restarted
         if not pending:
@@ -312,7 +325,14 @@ class StageExecutor:
                 # The completing transition was one of the deferred writes.
                 status = self.observer.statuses([uuid])[uuid]
                 kind = "completed" if status is Status.COMPLETED else "ok"
-            return Outcome(0.0, kind, outcome.sends, outcome.detail, outcome.on_finish)
+            return Outcome(
+                0.0,
+                kind,
+                outcome.sends,
+                outcome.detail,
+                outcome.on_finish,
+                finished_stage=outcome.finished_stage,
+            )
 
         return Outcome(
             outcome.duration,
@@ -335,18 +355,18 @@ class StageExecutor:
         if self._consult("worker", "start", message.doc) == "outlive_visibility":
             # A pool without time limits: the task hangs past the visibility timeout.
             self.clock.sleep(self.settings.visibility_timeout_s + 1.0)
+        if (message.id, message.retries) in self.finished_attempts:
+            # As the task layer: a copy of an attempt whose stage another delivery finished
+            # (a restore made while it ran) is no poison task; the successor is out.
+            detail = "a copy of an attempt that finished its stage"
+            return Outcome(self.clock.now() - start, "skipped", detail=detail)
         if delivery > self.settings.max_redeliveries:
-            try:
-                recorded = self._dead_letter(message, stage, redelivered_too_often(message.retries))
-            except (TransientError, redis.RedisError) as exc:
-                if retry_published(self.services.redis, message.id, message.retries):
-                    # As the task layer: a surplus copy leaves the document to the retry
-                    # another delivery of this attempt published.
-                    detail = (
-                        f"redelivered too often; dead letter not recorded ({exc}): a surplus copy"
-                    )
-                    return Outcome(self.clock.now() - start, "skipped", detail=detail)
-                raise
+            if retry_published(self.services.redis, message.id, message.retries):
+                # As the task layer: a surplus copy leaves the document to the retry
+                # another delivery of this attempt published.
+                detail = "redelivered too often, a surplus copy: its attempt's retry is out"
+                return Outcome(self.clock.now() - start, "skipped", detail=detail)
+            recorded = self._dead_letter(message, stage, redelivered_too_often(message.retries))
             if not recorded:
                 return Outcome(0.0, "skipped", detail=DUPLICATE_VERDICT)
             return Outcome(0.0, "dead_lettered", detail="redelivered too often")
@@ -435,8 +455,10 @@ class StageExecutor:
         if stage is Stage.RELATIONSHIPS and not sends:
             status = self.observer.statuses([uuid])[uuid]
             kind: OutcomeKind = "completed" if status is Status.COMPLETED else "ok"
-            return Outcome(duration, kind, on_finish=release)
-        return Outcome(duration, "ok", sends, detail=result.detail, on_finish=release)
+            return Outcome(duration, kind, on_finish=release, finished_stage=True)
+        return Outcome(
+            duration, "ok", sends, detail=result.detail, on_finish=release, finished_stage=True
+        )
 
     @contextlib.contextmanager
     def _unrecorded(self, message: Message, progressed: bool) -> Iterator[None]:
