@@ -407,6 +407,47 @@ def test_a_retry_and_its_requeued_copy_killed_at_every_ack_are_infeasible_not_a_
     assert "the faults never let up" in found[0].detail
 
 
+def test_a_copy_killed_at_every_ack_while_another_document_arrives_late_is_infeasible() -> None:
+    """Schedule 1266 of seed 77, shrunk: every 2nd worker call kills it, so the PDF's OCR start
+    dies at every ack and its copy holds the OCR queue; the text file's intake, killed at its
+    first state write, comes back at 900 s, after the first half of the run. Three messages
+    in flight at the end against two in the first half, but one per task: no livelock."""
+    schedule = {
+        "name": "late_document_behind_a_looping_copy",
+        "description": "d",
+        "seed": 595,
+        "modes": ["sim"],
+        "documents": [
+            {"files": ["affidavit_of_jane_holloway.txt"]},
+            {"files": ["complaint_holloway_v_meridian.pdf"]},
+        ],
+        "settings": {
+            "visibility_timeout_s": 5,
+            "task_soft_time_limit_s": 2,
+            "task_time_limit_s": 3,
+            "retry_backoff_max_s": 1,
+            "openai_timeout_s": 1.5,
+            "aws_connect_timeout_s": 0.5,
+            "aws_read_timeout_s": 1,
+            "neo4j_timeout_s": 1.5,
+            "ocr_local": False,
+        },
+        "faults": [
+            {"port": "state", "kind": "kill_worker", "first": 1, "fired": {"min": 0}},
+            {"port": "worker", "kind": "kill_worker", "every": 2, "fired": {"min": 0}},
+        ],
+    }
+    files = [
+        SAMPLES / "affidavit_of_jane_holloway.txt",
+        SAMPLES / "complaint_holloway_v_meridian.pdf",
+    ]
+
+    found, _ = Workspace(files).judge(schedule)
+
+    assert [v.invariant for v in found] == [INFEASIBLE], found
+    assert "the faults never let up" in found[0].detail
+
+
 def test_a_livelock_stays_a_finding(monkeypatch: pytest.MonkeyPatch) -> None:
     """The livelock of copies whose dead letter was refused (its fix planted away): messages
     multiply, so the never-ending run is a finding, not infeasible."""

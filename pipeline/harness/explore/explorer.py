@@ -212,8 +212,8 @@ class Workspace:
         never_ended = (report.sim or {}).get("never_ended")
         if never_ended is not None and self._faults_never_let_up(schedule, never_ended):
             detail = (
-                f"{report.error} - the faults never let up: with at most one message per "
-                "document in flight, and every invariant holding once the faults stop halfway"
+                f"{report.error} - the faults never let up: the messages in flight did not "
+                "multiply, and every invariant holds once the faults stop halfway"
             )
             return [Violation(INFEASIBLE, detail)], fired, per_fault
         return found, fired, per_fault
@@ -228,12 +228,20 @@ class Workspace:
         whose messages in flight did not grow qualifies - at most one per document, or no
         more at the end than the most in the first half (a delivery killed before its ack
         after publishing its retry leaves both; scenario
-        `sim_killed_at_the_ack_after_publishing_its_retry`) - and only if, with every
-        fault cut off halfway to where it stopped, it ends and every invariant holds.
+        `sim_killed_at_the_ack_after_publishing_its_retry`), or no more than two of one
+        task and `FEW_PER_DOCUMENT` a document (a copy killed at every ack holding its
+        queue while a message of another document arrives late: seed 77, schedule
+        1266) - and only if, with every fault cut off halfway to where it stopped, it
+        ends and every invariant holds.
         """
         in_flight = int(never_ended["in_flight"])
+        documents = int(never_ended["documents"])
         halfway = int(never_ended.get("in_flight_halfway", 0))
-        if in_flight > int(never_ended["documents"]) and in_flight > halfway:
+        few = (
+            int(never_ended.get("most_of_one_task", in_flight)) <= 2
+            and in_flight <= FEW_PER_DOCUMENT * documents
+        )
+        if in_flight > documents and in_flight > halfway and not few:
             return False
         cut_at = float(never_ended["virtual_seconds"]) / 2
         faults = []
@@ -248,6 +256,11 @@ class Workspace:
         except ScenarioError:
             return False
         return not violations(rerun, self.reference(schedule.get("settings") or {}))
+
+
+#: Messages in flight per document that a loop the faults keep going may hold: the looping
+#: copy, its retry or next OCR poll, and one more (`Workspace._faults_never_let_up`).
+FEW_PER_DOCUMENT = 3
 
 
 def _crash(exc: BaseException) -> Violation:

@@ -1105,6 +1105,7 @@ class SimRun(EagerRun):
                     "virtual_seconds": round(exc.at, 3),
                     "in_flight": exc.in_flight,
                     "in_flight_halfway": exc.in_flight_halfway,
+                    "most_of_one_task": exc.most_of_one_task,
                     "documents": exc.documents,
                 }
             }

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import heapq
 import json
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -146,7 +146,8 @@ class SimulationDidNotEnd(RuntimeError):
 
     `at` is the virtual time reached, `in_flight` the messages queued or unacknowledged then,
     `in_flight_halfway` the most in the first half of the events (a livelock grows past
-    it), `documents` how many the run carried.
+    it), `most_of_one_task` the most of them with one task id (a livelock multiplies
+    one task's copies), `documents` how many the run carried.
     """
 
     def __init__(
@@ -156,12 +157,14 @@ class SimulationDidNotEnd(RuntimeError):
         at: float = 0.0,
         in_flight: int = 0,
         in_flight_halfway: int = 0,
+        most_of_one_task: int = 0,
         documents: int = 0,
     ) -> None:
         super().__init__(message)
         self.at = at
         self.in_flight = in_flight
         self.in_flight_halfway = in_flight_halfway
+        self.most_of_one_task = most_of_one_task
         self.documents = documents
 
 
@@ -373,6 +376,7 @@ class Simulator:
                     at=at,
                     in_flight=self._in_flight(),
                     in_flight_halfway=in_flight_halfway,
+                    most_of_one_task=self._most_of_one_task(),
                     documents=len(self.documents),
                 )
             if getattr(self, f"_on_{kind}")(payload) is not False:
@@ -388,6 +392,12 @@ class Simulator:
     def _in_flight(self) -> int:
         """Messages queued or delivered and not yet acknowledged."""
         return sum(len(messages) for messages in self.queues.values()) + len(self.unacked)
+
+    def _most_of_one_task(self) -> int:
+        """The most messages in flight with one task id (copies, and its retries)."""
+        ids = Counter(m.id for messages in self.queues.values() for m in messages)
+        ids.update(delivery.message.id for delivery in self.unacked.values())
+        return max(ids.values(), default=0)
 
     def _on_submit(self, doc: int) -> None:
         self.documents[doc] = DocumentRecord(submitted_at=self.now)
