@@ -378,27 +378,25 @@ class FaultyStateTracker:
         lock_name: str,
         token: str,
         metadata: dict[str, Any] | None = None,
-        counter: str | None = None,
     ) -> None:
         """The faults of `locks.release` and then of `state.record`, each consulted once.
 
         Each acts as when the two were separate calls, the release first: a
         failed release leaves the lock to expire and the state is still written; a
         failed state write raises after the lock was released; a fault acting
-        after the release (a kill) comes before the state write. The `counter` is
-        marked with the state write (one script).
+        after the release (a kill) comes before the state write.
         """
         try:
             released = _redis_call(
                 self._faults, self._clock, "locks", "release", _document_of_lock(lock_name)
             )
         except redis.RedisError:
-            self._record_finishing(document_uuid, stage, status, metadata, counter)
+            self.record(document_uuid, stage, status, metadata)
             return
         if released is not None:
             self._locks.release(lock_name, token)
             _after(self._faults, released, "locks", "release")
-            self._record_finishing(document_uuid, stage, status, metadata, counter)
+            self.record(document_uuid, stage, status, metadata)
             return
         try:
             recorded = _redis_call(self._faults, self._clock, "state", "record", document_uuid)
@@ -406,31 +404,12 @@ class FaultyStateTracker:
             self._locks.release(lock_name, token)
             raise
         self._inner.record_and_release(
-            document_uuid,
-            stage,
-            status,
-            lock_name=lock_name,
-            token=token,
-            metadata=metadata,
-            counter=counter,
+            document_uuid, stage, status, lock_name=lock_name, token=token, metadata=metadata
         )
         _after(self._faults, recorded, "state", "record")
 
-    def _record_finishing(
-        self,
-        document_uuid: str,
-        stage: str,
-        status: str,
-        metadata: dict[str, Any] | None,
-        counter: str | None,
-    ) -> None:
-        """`record`, and the attempt marked finished once it is written."""
-        self.record(document_uuid, stage, status, metadata)
-        if counter is not None:
-            self._inner.mark_attempt_finished(counter)
-
-    def mark_attempt_finished(self, counter: str, finished: bool = True) -> None:
-        self._inner.mark_attempt_finished(counter, finished)
+    def mark_attempt_finished(self, counter: str) -> None:
+        self._inner.mark_attempt_finished(counter)
 
     def acquire_counted_and_record_started(
         self,

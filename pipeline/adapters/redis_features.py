@@ -49,6 +49,21 @@ end
 return 0
 """
 
+#: Added to an attempt's count of deliveries once a delivery of it published what carries
+#: its document on (`StateTracker.mark_attempt_finished`): a count at or above it says so
+#: and still counts (modulo it); over any limit, it takes no lock.
+ATTEMPT_FINISHED = 1_000_000_000
+
+# Mark the attempt whose deliveries KEYS[1] counts as finished: `ATTEMPT_FINISHED` added
+# once; a count that is gone (Redis restarted, or its TTL) stays gone.
+_MARK_FINISHED = f"""
+local counted = tonumber(redis.call('get', KEYS[1]) or '0')
+if counted > 0 and counted < {ATTEMPT_FINISHED} then
+    redis.call('incrby', KEYS[1], {ATTEMPT_FINISHED})
+end
+return 0
+"""
+
 # The redelivery guard and the lock, the start of `_ACQUIRE_COUNTED_STARTED`: count this
 # delivery (KEYS[1], kept ARGV[4] seconds); over ARGV[5] deliveries return {deliveries, 0}
 # without trying the lock (KEYS[2]), else `_ACQUIRE` on it with ARGV[1..3] as there, and
@@ -126,48 +141,17 @@ redis.call('expire', KEYS[1], ARGV[1])
 return 1
 """
 
-#: Added to an attempt's count of deliveries once a delivery finished its stage: a count at
-#: or above it says so and still counts (modulo it); over any limit, it takes no lock.
-ATTEMPT_FINISHED = 1_000_000_000
-
-
-def _marking_finished(key: str) -> str:
-    """Lua: the attempt whose deliveries `key` counts marked finished, `ATTEMPT_FINISHED`
-    added once; a count that is gone (Redis restarted, or its TTL) stays gone."""
-    return f"""
-local counted = tonumber(redis.call('get', {key}) or '0')
-if counted > 0 and counted < {ATTEMPT_FINISHED} then
-    redis.call('incrby', {key}, {ATTEMPT_FINISHED})
-end
-"""
-
-
-_MARK_FINISHED = _marking_finished("KEYS[1]")
-
-# Take back `_MARK_FINISHED` on the count KEYS[1]: the stage's successor was not published.
-_UNMARK_FINISHED = f"""
-if tonumber(redis.call('get', KEYS[1]) or '0') >= {ATTEMPT_FINISHED} then
-    redis.call('decrby', KEYS[1], {ATTEMPT_FINISHED})
-end
-"""
-
 # A stage delivery's end: `_RECORD_STATE` on KEYS[1] (ARGV[1] the TTL, field, value pairs
 # from ARGV[3]) and `_RELEASE_IF_OWNER` on the lock KEYS[2] with the token ARGV[2], in one
-# round trip; KEYS[3], if given, is the attempt's count of deliveries, marked finished
-# (`_MARK_FINISHED`). Returns 1 if the lock was released.
-_RECORD_STATE_RELEASING = (
-    """
+# round trip. Returns 1 if the lock was released.
+_RECORD_STATE_RELEASING = """
 redis.call('hset', KEYS[1], unpack(ARGV, 3))
 redis.call('expire', KEYS[1], ARGV[1])
-if KEYS[3] then"""
-    + _marking_finished("KEYS[3]")
-    + """end
 if redis.call('get', KEYS[2]) == ARGV[2] then
     return redis.call('del', KEYS[2])
 end
 return 0
 """
-)
 
 # Sliding window of requests and tokens in one round trip. One sorted set per limit name:
 # score = the request's time, member = "<unique id>:<tokens reserved>". Drop what left the
@@ -237,18 +221,14 @@ class HotScripts:
         self._lean = client.connection_pool.connection_class in _SOCKET_CONNECTIONS
         # redis-py's connection methods are untyped.
         self._idle: list[Any] = []
+        #: Replies not read yet, by kept connection (`send`).
+        self._unread: dict[int, int] = {}
         self._pid = os.getpid()
 
     def call(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         if not self._lean:
             return script(keys=keys, args=args)
-        if self._pid != os.getpid():
-            self._idle, self._pid = [], os.getpid()
-        connection: Any
-        try:
-            connection = self._idle.pop()
-        except IndexError:
-            connection = self._client.connection_pool.get_connection()
+        connection = self._connection()
         try:
             connection.send_packed_command(
                 [_pack_evalsha(script.sha, keys, args)], check_health=False
@@ -267,15 +247,67 @@ class HotScripts:
         self._idle.append(connection)
         return reply
 
+    def send(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> None:
+        """Run `script` without waiting for its reply: a write whose outcome nobody acts on.
+
+        The reply is read, and an error in it logged, before the connection's next
+        command. Sent as EVAL (the script's text), so that a server that does not know
+        it (restarted, flushed) runs it all the same; a broken connection loses it.
+        """
+        if not self._lean:
+            try:
+                script(keys=keys, args=args)
+            except redis.RedisError as exc:
+                log.warning("a Redis script sent without waiting failed: %s", exc)
+            return
+        connection = self._connection()
+        try:
+            connection.send_packed_command(
+                [_pack_command(_EVAL, script.script, keys, args)], check_health=False
+            )
+        except BaseException:
+            self._discard(connection)
+            raise
+        self._unread[id(connection)] = self._unread.get(id(connection), 0) + 1
+        self._idle.append(connection)
+
+    def _connection(self) -> Any:
+        """A kept connection with every reply read, or a new one from the pool."""
+        if self._pid != os.getpid():
+            self._idle, self._unread, self._pid = [], {}, os.getpid()
+        while True:
+            try:
+                connection = self._idle.pop()
+            except IndexError:
+                return self._client.connection_pool.get_connection()
+            unread = self._unread.pop(id(connection), 0)
+            try:
+                for _ in range(unread):
+                    try:
+                        connection.read_response()
+                    except redis.ResponseError as exc:
+                        log.warning("a Redis script sent without waiting failed: %s", exc)
+            except BaseException:
+                # Broken, or a read cut short: its replies are lost with it.
+                self._discard(connection)
+                continue
+            return connection
+
     def _discard(self, connection: Any) -> None:
         """Close it and give it back to the pool, which connects it again when next used."""
+        self._unread.pop(id(connection), None)
         connection.disconnect()
         self._client.connection_pool.release(connection)
 
 
 def _pack_evalsha(sha: str, keys: Sequence[str], args: Sequence[Any]) -> bytes:
     """EVALSHA sha numkeys keys... args... in RESP, encoded as redis-py's Encoder does."""
-    items = [_EVALSHA, sha.encode(), str(len(keys)).encode()]
+    return _pack_command(_EVALSHA, sha, keys, args)
+
+
+def _pack_command(command: bytes, script: Any, keys: Sequence[str], args: Sequence[Any]) -> bytes:
+    """EVAL or EVALSHA, its script or sha, numkeys, keys..., args..., in RESP."""
+    items = [command, _encode(script), str(len(keys)).encode()]
     items += [_encode(item) for item in keys]
     items += [_encode(item) for item in args]
     parts = [b"*%d\r\n" % len(items)]
@@ -284,6 +316,7 @@ def _pack_evalsha(sha: str, keys: Sequence[str], args: Sequence[Any]) -> bytes:
 
 
 _EVALSHA = b"EVALSHA"
+_EVAL = b"EVAL"
 #: redis-py's own connections (TCP, TLS, Unix socket), whose wire format `HotScripts` writes.
 _SOCKET_CONNECTIONS = (redis.Connection, redis.SSLConnection, redis.UnixDomainSocketConnection)
 
@@ -317,7 +350,6 @@ class RedisStateTracker:
         self._acquire_counted_started = client.register_script(_ACQUIRE_COUNTED_STARTED)
         self._unrecord_started = client.register_script(_UNRECORD_STARTED)
         self._mark_finished = client.register_script(_MARK_FINISHED)
-        self._unmark_finished = client.register_script(_UNMARK_FINISHED)
 
     def record(
         self, document_uuid: str, stage: str, status: str, metadata: dict[str, object] | None = None
@@ -334,16 +366,12 @@ class RedisStateTracker:
         lock_name: str,
         token: str,
         metadata: dict[str, object] | None = None,
-        counter: str | None = None,
     ) -> None:
         lock_key = self._lock_prefix + lock_name
-        keys = [STATE_KEY.format(uuid=document_uuid), lock_key]
-        if counter is not None:
-            keys.append(counter)
         try:
             self._hot.call(
                 self._record_releasing,
-                keys,
+                [STATE_KEY.format(uuid=document_uuid), lock_key],
                 [self._ttl, token, *_state_pairs(stage, status, metadata)],
             )
         except redis.RedisError:
@@ -353,9 +381,9 @@ class RedisStateTracker:
                 self._release(keys=[lock_key], args=[token])
             raise
 
-    def mark_attempt_finished(self, counter: str, finished: bool = True) -> None:
-        script = self._mark_finished if finished else self._unmark_finished
-        script(keys=[counter])
+    def mark_attempt_finished(self, counter: str) -> None:
+        # Not waited for: its reply is read before the connection's next call.
+        self._hot.send(self._mark_finished, [counter], [])
 
     def acquire_counted_and_record_started(
         self,
@@ -391,7 +419,7 @@ class RedisStateTracker:
             ],
         )
         counted, acquired = int(reply[0]), int(reply[1]) == 1
-        # Finished, the count is over any limit: the script took no lock and wrote nothing.
+        # Marked finished, the count is over any limit: the script took no lock, wrote nothing.
         finished = counted >= ATTEMPT_FINISHED
         deliveries = counted % ATTEMPT_FINISHED
         started: StartedRecord | None = None

@@ -172,7 +172,6 @@ class StateTracker(Protocol):
         lock_name: str,
         token: str,
         metadata: dict[str, object] | None = None,
-        counter: str | None = None,
     ) -> None:
         """`record`, and `LockManager.release(lock_name, token)` in the same round trip.
 
@@ -180,17 +179,14 @@ class StateTracker(Protocol):
         state was not recorded, after releasing the lock as `LockManager.release`
         would on its own (Redis being down leaves it to expire); a release that
         fails while the state is recorded is not an error, as the lock expires.
-        `counter`, the key counting the deliveries of the attempt whose stage
-        finished (`acquire_counted_and_record_started`), is marked so with them
-        (`mark_attempt_finished`).
         """
         ...
 
-    def mark_attempt_finished(self, counter: str, finished: bool = True) -> None:
+    def mark_attempt_finished(self, counter: str) -> None:
         """Mark the attempt whose deliveries `counter` counts
-        (`acquire_counted_and_record_started`) as having finished its stage - or, with
-        `finished` False, no longer (its successor could not be published). A later copy
-        of a finished attempt is told so by its acquisition, and is no poison task."""
+        (`acquire_counted_and_record_started`) finished: a delivery of it published what
+        carries its document on. A later copy of it is told so by its acquisition, and is
+        no poison task. Best effort: not waited for, and lost with a broken connection."""
         ...
 
     def acquire_counted_and_record_started(
@@ -276,8 +272,9 @@ class CountedAcquisition:
     deliveries: int
     token: str | None
     started: StartedRecord | None = None
-    #: Another delivery of this attempt finished its stage (`mark_attempt_finished`): this
-    #: one is a copy (a visibility-timeout restore); the lock was not tried.
+    #: Another delivery of this attempt published its successor (`mark_attempt_finished`):
+    #: this one is a copy (a visibility-timeout restore, a redelivery after a kill at the
+    #: ack); the lock was not tried.
     finished: bool = False
 
 

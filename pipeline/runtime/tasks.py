@@ -88,11 +88,10 @@ def run_stage(
     # The lock kept past a finished stage, released with the state's last write.
     held: str | None = None
     # The key counting this attempt's deliveries (None for an eager call); marked once the
-    # stage finishes, so that a copy of the attempt that comes later (a visibility-timeout
-    # restore) ends, instead of being taken for a poison task and dead-lettering a
-    # document its successor carries on.
+    # stage's successor is published, so that a copy of the attempt that comes later (a
+    # visibility-timeout restore, a redelivery after a kill at the ack) ends, instead of
+    # being taken for a poison task and dead-lettering a document its successor carries on.
     counter: str | None = None
-    marked_finished = False
     meter = ProgressMeter()
 
     def decision(exc: BaseException) -> Decision:
@@ -134,8 +133,8 @@ def run_stage(
             stages.started_with_lock(counted.started)
             if counted.finished:
                 log.warning(
-                    "%s %s: delivery %d of an attempt whose stage another delivery finished: "
-                    "the copy ends",
+                    "%s %s: delivery %d of an attempt whose successor another delivery "
+                    "published: the copy ends",
                     stage,
                     document_uuid,
                     counted.deliveries,
@@ -235,24 +234,20 @@ def run_stage(
                 lock_name=lock_name,
                 token=held,
                 metadata=None if finished is None else finished.metadata,
-                counter=counter,
             )
-            marked_finished = counter is not None
         for (other_uuid, other_stage), state in deferred.items():
             services.state.record(other_uuid, other_stage, state.status, state.metadata)
         if result.skipped:
             return "skipped"
         _dispatch(result, document_uuid, version)
-        if result.poll_job_id is not None and counter is not None:
-            _mark_finished(services, counter, True)
+        if counter is not None:
+            # After the publish: a delivery killed before it must be redelivered and run.
+            _mark_finished(services, counter)
     except Exception as exc:
         # The stage committed but its successor could not be published (broker or Redis
         # down past the publish retries). Acking now would strand the document at this
         # stage; retrying re-runs the idempotent stage, which then publishes again.
         log.warning("%s %s: could not chain the next step: %s", stage, document_uuid, exc)
-        if marked_finished and counter is not None:
-            # A copy of this attempt (this message requeued) must run, not end as a copy.
-            _mark_finished(services, counter, False)
         # Any failure to chain is worth a retry: the stage's own work is already committed,
         # and what it kept is progress (a re-run that only reads it back makes none).
         chained = decide(
@@ -417,14 +412,13 @@ def retry_published(client: redis.Redis, task_id: str | None, retries: int) -> b
         return False
 
 
-def _mark_finished(services: Services, counter: str, finished: bool) -> None:
-    """`StateTracker.mark_attempt_finished`; Redis down leaves the mark as it was (unmarked,
-    a later copy is counted; marked, one requeued by a failed retry ends, and the queue
-    processor finds the document without progress and sends its stage again)."""
+def _mark_finished(services: Services, counter: str) -> None:
+    """`StateTracker.mark_attempt_finished`; Redis down leaves the attempt unmarked, and a
+    later copy of it is counted, as before the mark existed."""
     try:
-        services.state.mark_attempt_finished(counter, finished)
+        services.state.mark_attempt_finished(counter)
     except redis.RedisError as exc:
-        log.warning("could not mark %s finished=%s (%s)", counter, finished, exc)
+        log.warning("could not mark %s finished (%s)", counter, exc)
 
 
 def _release(services: Services, lock_name: str, token: str | None) -> None:

@@ -121,3 +121,25 @@ def test_a_forked_child_does_not_share_the_parents_kept_connection(
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert _acquire(tracker, "task-1").deliveries == 2
+
+
+def test_a_script_sent_without_waiting_is_read_before_the_next_call(
+    real_client: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its reply, an error too, is read (and the error logged) before the connection's next
+    command, whose own reply stays its own; the connection stays the kept one."""
+    tracker = RedisStateTracker(real_client, ttl_seconds=3600)
+    hot = tracker._hot
+    assert _acquire(tracker, "task-1").deliveries == 1
+    kept = list(hot._idle)
+    real_client.hset("not-a-count", "field", "value")
+    failing = real_client.register_script("return redis.call('incr', KEYS[1])")
+    hot.send(failing, ["not-a-count"], [])
+    hot.send(failing, ["a-count"], [])  # reads the first reply before it writes
+    assert hot._unread == {id(kept[0]): 1}
+
+    assert _acquire(tracker, "task-1").deliveries == 2
+
+    assert real_client.get("a-count") == b"1"
+    assert hot._idle == kept and hot._unread == {}
+    assert "WRONGTYPE" in caplog.text

@@ -11,10 +11,12 @@ the document long dead-lettered). Now a copy past the limit ends when another
 delivery of its attempt published the retry, and a verdict for a document that
 already ended writes nothing.
 
-Nor is a copy of an attempt that finished its stage taken for a poison task: the
-finishing delivery marks the attempt finished, and a copy restored before it
-acked ends at its start. Taken for one, a fourth copy dead-lettered the document
-the third had just carried on to its next stage.
+Nor is a copy of an attempt that published its successor taken for a poison
+task: the delivery marks the attempt finished once it has published, and a copy
+restored before it acked ends at its start. Taken for one, a fourth copy
+dead-lettered the document the third had just carried on to its next stage. A
+delivery killed before it published leaves the attempt unmarked: its redelivery
+runs the stage again and publishes.
 """
 
 from __future__ import annotations
@@ -202,10 +204,10 @@ def test_a_copy_of_an_attempt_that_finished_its_stage_is_no_poison_task(
     assert services.store.get_document(document_uuid).status is Status.TEXT_PROCESSING
 
 
-def test_a_finished_stage_whose_successor_is_not_published_is_not_marked_finished(
+def test_a_delivery_that_could_not_publish_its_successor_leaves_its_attempt_unmarked(
     make_services: Callable[..., Services], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Its retry (or its own message, requeued) must run the stage again, not end as a copy."""
+    """Its retry (or its own message, requeued or redelivered) must run the stage again."""
     services = make_services(max_redeliveries=3)
 
     class BrokerDown(RecordedSends):

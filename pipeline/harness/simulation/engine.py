@@ -110,9 +110,9 @@ class Outcome:
     resume: Callable[[float], Outcome] | None = None
     #: Redis restarted as this task started: every worker's connection dropped.
     redis_restarted: bool = False
-    #: The delivery finished its stage (the task layer's last state write, or an OCR poll
-    #: chained): the task layer marks its attempt finished, and a later copy of the attempt
-    #: (a visibility-timeout restore) ends at its start (`StageExecutor.attempt_finished`).
+    #: The delivery finished its stage and published what follows (the next stage or OCR
+    #: poll; nothing after the last stage): the task layer marks its attempt finished, and
+    #: a later copy of the attempt ends at its start (`StageExecutor.attempt_finished`).
     finished_stage: bool = False
 
 

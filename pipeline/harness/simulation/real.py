@@ -257,8 +257,9 @@ class StageExecutor:
                 client.delete(name)
 
     def attempt_finished(self, message: Message) -> None:
-        """A delivery of the message's attempt finished its stage (`Outcome.finished_stage`),
-        as the engine saw it end: its later copies end at their start, as the task layer's."""
+        """A delivery of the message's attempt finished its stage and published what follows
+        (`Outcome.finished_stage`), as the engine saw it end: its later copies end at their
+        start, as the task layer's."""
         self.finished_attempts.add((message.id, message.retries))
 
     def _stage(self, message: Message) -> Stage:
@@ -356,9 +357,9 @@ class StageExecutor:
             # A pool without time limits: the task hangs past the visibility timeout.
             self.clock.sleep(self.settings.visibility_timeout_s + 1.0)
         if (message.id, message.retries) in self.finished_attempts:
-            # As the task layer: a copy of an attempt whose stage another delivery finished
-            # (a restore made while it ran) is no poison task; the successor is out.
-            detail = "a copy of an attempt that finished its stage"
+            # As the task layer: a copy of an attempt whose successor another delivery
+            # published (a restore made while it ran) is no poison task.
+            detail = "a copy of an attempt that published its successor"
             return Outcome(self.clock.now() - start, "skipped", detail=detail)
         if delivery > self.settings.max_redeliveries:
             if retry_published(self.services.redis, message.id, message.retries):
