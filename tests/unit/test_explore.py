@@ -17,7 +17,7 @@ import yaml
 from pipeline.app.policy import Decision
 from pipeline.harness.explore.catalogue import Catalogue, sim_catalogue
 from pipeline.harness.explore.explorer import Workspace, explore
-from pipeline.harness.explore.generate import generate_schedule
+from pipeline.harness.explore.generate import SHORT_VISIBILITY, generate_schedule
 from pipeline.harness.explore.invariants import INFEASIBLE, violations
 from pipeline.harness.explore.shrink import shrink, size
 from pipeline.harness.scenarios import runner
@@ -295,7 +295,6 @@ def test_a_shrunk_schedule_fails_the_same_way_with_valid_settings(
     from collections import Counter
 
     from pipeline.harness.explore.explorer import Workspace, shrink_finding
-    from pipeline.harness.explore.generate import SHORT_VISIBILITY
     from pipeline.harness.explore.invariants import SCENARIO_ERROR, Violation
     from pipeline.settings import settings_over_environment
 
@@ -421,17 +420,7 @@ def test_a_copy_killed_at_every_ack_while_another_document_arrives_late_is_infea
             {"files": ["affidavit_of_jane_holloway.txt"]},
             {"files": ["complaint_holloway_v_meridian.pdf"]},
         ],
-        "settings": {
-            "visibility_timeout_s": 5,
-            "task_soft_time_limit_s": 2,
-            "task_time_limit_s": 3,
-            "retry_backoff_max_s": 1,
-            "openai_timeout_s": 1.5,
-            "aws_connect_timeout_s": 0.5,
-            "aws_read_timeout_s": 1,
-            "neo4j_timeout_s": 1.5,
-            "ocr_local": False,
-        },
+        "settings": SHORT_VISIBILITY,
         "faults": [
             {"port": "state", "kind": "kill_worker", "first": 1, "fired": {"min": 0}},
             {"port": "worker", "kind": "kill_worker", "every": 2, "fired": {"min": 0}},

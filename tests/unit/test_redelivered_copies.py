@@ -36,6 +36,7 @@ from pipeline.app.stages import StageResult
 from pipeline.bootstrap import Services
 from pipeline.domain.models import Stage, Status
 from pipeline.errors import TransientError
+from pipeline.harness.simulation.real import RecordingDispatcher
 from pipeline.runtime import tasks
 from pipeline.runtime.tasks import DELIVERIES_KEY, RETRIED_KEY, run_stage
 
@@ -151,18 +152,6 @@ def test_a_copy_past_the_limit_leaves_a_finished_document_without_a_dead_letter(
     assert services.store.get_document(document_uuid).status is Status.COMPLETED
 
 
-class RecordedSends:
-    """The services' dispatcher, keeping what a stage chains instead of running it."""
-
-    def __init__(self) -> None:
-        self.sent: list[Stage] = []
-
-    def send_stage(
-        self, stage: Stage, document_uuid: str, version: int, *, task_id: str | None = None
-    ) -> None:
-        self.sent.append(stage)
-
-
 def _deliver_document_node(task: DeliveredTask, document_uuid: str, version: int) -> str:
     """One delivery of `task` running the document-node stage's bookkeeping: its claim,
     then the next stage named."""
@@ -186,7 +175,7 @@ def test_a_copy_of_an_attempt_that_finished_its_stage_is_no_poison_task(
     chained the next. Later copies, restored before that ack, end: they neither
     dead-letter the document the third carried on nor chain its next stage again."""
     services = make_services(max_redeliveries=3)
-    dispatcher = RecordedSends()
+    dispatcher = RecordingDispatcher()
     monkeypatch.setattr(services, "dispatcher", dispatcher)
     document_uuid, version = _document(services)
     task = DeliveredTask()
@@ -195,11 +184,11 @@ def test_a_copy_of_an_attempt_that_finished_its_stage_is_no_poison_task(
 
     third = _deliver_document_node(task, document_uuid, version)
 
-    assert third == "ok" and dispatcher.sent == [Stage.CHUNKING]
+    assert third == "ok" and [sent.stage for sent in dispatcher.take()] == [Stage.CHUNKING]
     assert _count(services, counter) == ATTEMPT_FINISHED + 3
     for _ in range(4):
         assert _deliver_document_node(task, document_uuid, version) == "skipped"
-    assert dispatcher.sent == [Stage.CHUNKING]
+    assert dispatcher.take() == []
     assert services.store.dead_letters() == []
     assert services.store.get_document(document_uuid).status is Status.TEXT_PROCESSING
 
@@ -210,7 +199,7 @@ def test_a_delivery_that_could_not_publish_its_successor_leaves_its_attempt_unma
     """Its retry (or its own message, requeued or redelivered) must run the stage again."""
     services = make_services(max_redeliveries=3)
 
-    class BrokerDown(RecordedSends):
+    class BrokerDown(RecordingDispatcher):
         def send_stage(self, *_: Any, **__: Any) -> None:
             raise ConnectionError("broker: connection refused")
 
