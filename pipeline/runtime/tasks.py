@@ -43,6 +43,20 @@ DELIVERIES_KEY = "docpipe:deliveries:{task_id}:{retries}"
 DELIVERIES_TTL_S = 7 * 24 * 3600
 #: Set once a delivery of `{task id}:{retries}` has published its retry (same TTL).
 RETRIED_KEY = "docpipe:retried:{task_id}:{retries}"
+#: The latest attempt (retry number) at which a failing delivery of `{task id}` made
+#: durable progress (same TTL): copies of one attempt can each publish a retry, and the
+#: chains they start count attempts without progress apart (`with_siblings_progress`).
+PROGRESS_KEY = "docpipe:progress:{task_id}"
+# Keep ARGV[1] (an attempt number, '' for none) if it is the latest, with the TTL ARGV[2];
+# return the latest kept, -1 for none.
+_LATEST_PROGRESS = """
+local latest = tonumber(redis.call('get', KEYS[1]) or '-1')
+if ARGV[1] ~= '' and tonumber(ARGV[1]) > latest then
+    latest = tonumber(ARGV[1])
+    redis.call('set', KEYS[1], latest, 'EX', ARGV[2])
+end
+return latest
+"""
 
 #: Failures worth another attempt (pipeline.app.policy decides whether one is left).
 RETRYABLE: tuple[type[Exception], ...] = (
@@ -95,12 +109,13 @@ def run_stage(
     meter = ProgressMeter()
 
     def decision(exc: BaseException) -> Decision:
+        in_a_row, progressed = _counted_with_siblings(services, task, stalled, meter.progressed)
         return decide(
             stage,
             exc,
             attempt=task.request.retries,
-            stalled=stalled,
-            progressed=meter.progressed,
+            stalled=in_a_row,
+            progressed=progressed,
             settings=settings,
             retryable=RETRYABLE,
         )
@@ -250,12 +265,13 @@ def run_stage(
         log.warning("%s %s: could not chain the next step: %s", stage, document_uuid, exc)
         # Any failure to chain is worth a retry: the stage's own work is already committed,
         # and what it kept is progress (a re-run that only reads it back makes none).
+        in_a_row, progressed = _counted_with_siblings(services, task, stalled, meter.progressed)
         chained = decide(
             stage,
             exc,
             attempt=task.request.retries,
-            stalled=stalled,
-            progressed=meter.progressed,
+            stalled=in_a_row,
+            progressed=progressed,
             settings=settings,
             retryable=(Exception,),
         )
@@ -410,6 +426,45 @@ def retry_published(client: redis.Redis, task_id: str | None, retries: int) -> b
         return bool(client.exists(key))
     except redis.RedisError:
         return False
+
+
+def _counted_with_siblings(
+    services: Services, task: Task[Any, Any], stalled: int, progressed: bool
+) -> tuple[int, bool]:
+    """`with_siblings_progress` for a broker delivery; an eager call has no siblings."""
+    request = task.request
+    if request.is_eager or not request.id:
+        return stalled, progressed
+    return with_siblings_progress(services.redis, request.id, request.retries, stalled, progressed)
+
+
+def with_siblings_progress(
+    client: redis.Redis, task_id: str, attempt: int, stalled: int, progressed: bool
+) -> tuple[int, bool]:
+    """The policy's (`stalled`, `progressed`) for a failing delivery, counting the progress
+    of every delivery of its task id, not only of its own chain of messages.
+
+    Copies of one attempt (a visibility-timeout restore) can each publish a retry; each
+    chain carries its own count of attempts without progress, and one that made none
+    would dead-letter the document while a sibling chain progresses (docpipe explore
+    --seed 2026128, schedule 316). A delivery that progressed records its attempt
+    number; progress at this attempt or a later one counts as this delivery's, and
+    progress at an earlier one bounds the attempts without progress since. One round
+    trip, on failing deliveries only; Redis down leaves the chain's own count.
+    """
+    key = PROGRESS_KEY.format(task_id=task_id)
+    try:
+        reply = client.eval(
+            _LATEST_PROGRESS, 1, key, attempt if progressed else "", DELIVERIES_TTL_S
+        )
+    except redis.RedisError:
+        return stalled, progressed
+    latest = int(reply)
+    if latest >= attempt:
+        return stalled, True
+    if latest >= 0:
+        stalled = max(0, min(stalled, attempt - latest - 1))
+    return stalled, progressed
 
 
 def _mark_finished(services: Services, counter: str) -> None:

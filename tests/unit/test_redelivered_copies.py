@@ -26,7 +26,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import fakeredis
 import pytest
+import redis
 from celery.exceptions import Retry
 
 from pipeline.adapters.redis_features import ATTEMPT_FINISHED
@@ -38,7 +40,12 @@ from pipeline.domain.models import Stage, Status
 from pipeline.errors import TransientError
 from pipeline.harness.simulation.real import RecordingDispatcher
 from pipeline.runtime import tasks
-from pipeline.runtime.tasks import DELIVERIES_KEY, RETRIED_KEY, run_stage
+from pipeline.runtime.tasks import (
+    DELIVERIES_KEY,
+    RETRIED_KEY,
+    run_stage,
+    with_siblings_progress,
+)
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 TASK_ID = "task-of-one-attempt"
@@ -256,3 +263,49 @@ def test_a_delivery_that_fails_its_stage_leaves_its_attempt_unfinished(
         run_stage(task, Stage.DOCUMENT_NODE, document_uuid, version, transient)  # type: ignore[arg-type]
 
     assert _count(services, counter) == 2
+
+
+def _fail_without_progress(task: DeliveredTask, document_uuid: str, version: int) -> str:
+    def transient(_: Services) -> StageResult:
+        raise TransientError("database: connection refused")
+
+    return run_stage(task, Stage.DOCUMENT_NODE, document_uuid, version, transient, stalled=2)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("progress_at", "verdict"), [(None, "dead"), (0, "retry"), (2, "retry")])
+def test_a_chain_without_progress_counts_its_sibling_chains_progress(
+    make_services: Callable[..., Services], progress_at: int | None, verdict: str
+) -> None:
+    """Attempt 3 of a chain whose attempts 1 and 2 made no progress (stalled 2, max_retries
+    2): dead-lettered, unless another delivery of the same task id progressed - at attempt 1
+    (then attempts 2 and 3 are the run without progress) or at this very attempt."""
+    services = make_services(max_retries=2)
+    document_uuid, version = _document(services)
+    task = DeliveredTask(retries=2)
+    if progress_at is not None:
+        with_siblings_progress(services.redis, TASK_ID, progress_at, 0, True)
+
+    if verdict == "dead":
+        assert _fail_without_progress(task, document_uuid, version) == "dead_lettered"
+        assert len(services.store.dead_letters()) == 1
+        return
+    with pytest.raises(Retry):
+        _fail_without_progress(task, document_uuid, version)
+    assert services.store.dead_letters() == []
+    assert task.retried[0]["kwargs"]["stalled"] == (2 if progress_at == 0 else 0)
+
+
+def test_siblings_progress_keeps_the_latest_attempt_and_leaves_redis_errors_to_the_chain() -> None:
+    client = fakeredis.FakeRedis()
+    assert with_siblings_progress(client, "t", 3, 2, False) == (2, False)  # nothing recorded
+    assert with_siblings_progress(client, "t", 1, 0, True) == (0, True)
+    assert with_siblings_progress(client, "t", 0, 0, True) == (0, True)  # an older one
+    assert client.get("docpipe:progress:t") == b"1"
+    assert with_siblings_progress(client, "t", 4, 3, False) == (2, False)  # attempts 2, 3
+    assert with_siblings_progress(client, "t", 1, 1, False) == (1, True)  # same attempt
+
+    class Down(fakeredis.FakeRedis):
+        def eval(self, *_: Any) -> Any:
+            raise redis.ConnectionError("connection refused")
+
+    assert with_siblings_progress(Down(), "t", 4, 3, False) == (3, False)

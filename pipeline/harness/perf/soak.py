@@ -66,7 +66,7 @@ from pipeline.harness.layout import PLAN_LAYOUT, WorkerSpec, parse_layout
 from pipeline.harness.localstack import PostgresDatabases, pool_children, start_redis
 from pipeline.harness.perf.loadtest import stack_values, worker_layout
 from pipeline.runtime.monitor import UNACKED_INDEX_KEY, UNACKED_KEY
-from pipeline.runtime.tasks import DELIVERIES_KEY, RETRIED_KEY
+from pipeline.runtime.tasks import DELIVERIES_KEY, PROGRESS_KEY, RETRIED_KEY
 from pipeline.settings import Settings
 
 Progress = Callable[[str], None]
@@ -109,6 +109,7 @@ FAMILY_PREFIXES = tuple(
             _family_prefix(OCR_JOB_KEY),
             _family_prefix(DELIVERIES_KEY),
             _family_prefix(RETRIED_KEY),
+            _family_prefix(PROGRESS_KEY),
             RATE_LIMIT_PREFIX,
             CACHE_PREFIX,
             LOCK_PREFIX,
@@ -414,6 +415,7 @@ def configured_ttls(settings: Settings) -> dict[str, float | None]:
     ttls: dict[str, float | None] = {
         key_family(DELIVERIES_KEY): float(DELIVERIES_TTL_S),
         key_family(RETRIED_KEY): float(DELIVERIES_TTL_S),
+        key_family(PROGRESS_KEY): float(DELIVERIES_TTL_S),
         key_family(STATE_KEY): float(settings.state_ttl_s),
         key_family(CACHE_PREFIX): float(settings.cache_ttl_s),
         key_family(LOCK_PREFIX): float(settings.lock_ttl_s),

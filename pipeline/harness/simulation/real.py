@@ -72,6 +72,7 @@ from pipeline.runtime.tasks import (
     retry_published,
     retry_task,
     stage_lock_name,
+    with_siblings_progress,
 )
 from pipeline.settings import Settings, settings_over_environment
 
@@ -514,11 +515,14 @@ class StageExecutor:
         retryable: tuple[type[BaseException], ...] = RETRYABLE,
     ) -> Outcome:
         """pipeline.app.policy's decision, as the task layer applies it."""
+        stalled, progressed = with_siblings_progress(
+            self.services.redis, message.id, message.retries, message.stalled, progressed
+        )
         decision = decide(
             stage,
             exc,
             attempt=message.retries,
-            stalled=message.stalled,
+            stalled=stalled,
             progressed=progressed,
             settings=self.settings,
             retryable=retryable,
