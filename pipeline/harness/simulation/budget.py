@@ -139,8 +139,15 @@ def _verdict(same: Sequence[Attempt]) -> tuple[bool, str]:
     which the count cannot know of (explore --seed 1, schedule 778: the copy started
     the OCR job, the failed delivery's retry failed again and was dead-lettered after
     2 attempts without progress, as max_retries 1 allows). Else the last delivery.
+
+    Progress counts if any delivery of the attempt that the policy judged (a retry, a
+    verdict not recorded, a dead letter) made it: the task layer shares the progress of
+    failing deliveries between the chains of one task id (`with_siblings_progress`), so
+    two copies of one attempt that each published a retry do not count apart (explore
+    --seed 2026128, schedule 316).
     """
     dead_letters = [a for a in same if a.result == "dead_letter"]
     published = [a for a in same if a.result in _PUBLISHED_NEXT]
     judged = (dead_letters or published or list(same))[-1]
-    return judged.progressed, judged.result
+    shared = any(a.progressed for a in (*dead_letters, *published))
+    return judged.progressed or shared, judged.result
