@@ -108,7 +108,9 @@ def run_stage(
     counter: str | None = None
     meter = ProgressMeter()
 
-    def decision(exc: BaseException) -> Decision:
+    def decision(
+        exc: BaseException, retryable: tuple[type[BaseException], ...] = RETRYABLE
+    ) -> Decision:
         in_a_row, progressed = _counted_with_siblings(services, task, stalled, meter.progressed)
         return decide(
             stage,
@@ -117,7 +119,7 @@ def run_stage(
             stalled=in_a_row,
             progressed=progressed,
             settings=settings,
-            retryable=RETRYABLE,
+            retryable=retryable,
         )
 
     # A fence left by this thread's previous task must not fence this one's verdicts.
@@ -265,16 +267,7 @@ def run_stage(
         log.warning("%s %s: could not chain the next step: %s", stage, document_uuid, exc)
         # Any failure to chain is worth a retry: the stage's own work is already committed,
         # and what it kept is progress (a re-run that only reads it back makes none).
-        in_a_row, progressed = _counted_with_siblings(services, task, stalled, meter.progressed)
-        chained = decide(
-            stage,
-            exc,
-            attempt=task.request.retries,
-            stalled=in_a_row,
-            progressed=progressed,
-            settings=settings,
-            retryable=(Exception,),
-        )
+        chained = decision(exc, retryable=(Exception,))
         retry = _retry_or_dead_letter(task, services, stage, document_uuid, version, exc, chained)
         if not isinstance(retry, Retry):
             return retry
