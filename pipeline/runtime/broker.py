@@ -19,6 +19,7 @@ from celery import Celery
 from pipeline.domain.models import QUEUES, Status
 from pipeline.errors import ConfigurationError, UserFacingError
 from pipeline.ports.services import Services
+from pipeline.runtime.celery_app import drop_broker_connections
 from pipeline.settings import Settings, redact_url
 
 #: Celery's own variables (`celery -b URL` sets CELERY_BROKER_URL, `--result-backend`
@@ -236,8 +237,19 @@ def queues_without_consumers(
 
     `workers`: how many workers there are, when the caller knows (it started them): the
     answer is complete once that many replied, without waiting out `timeout`.
+
+    A pooled broker connection that went away since its last use (a broker restart,
+    an idle timeout, a CLIENT KILL) fails its first command: the question is asked
+    once more on a fresh connection; a broker still away raises.
     """
-    replies = app.control.inspect(timeout=timeout, limit=workers).active_queues() or {}
+    inspect = app.control.inspect(timeout=timeout, limit=workers)
+    with app.connection_for_write() as connection:
+        lost = connection.connection_errors
+    try:
+        replies = inspect.active_queues() or {}
+    except lost:
+        drop_broker_connections(app)
+        replies = inspect.active_queues() or {}
     consumed = {queue["name"] for worker in replies.values() for queue in worker}
     return [queue for queue in queues if queue not in consumed]
 

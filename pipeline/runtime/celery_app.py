@@ -175,14 +175,16 @@ def forget_declared_queues() -> None:
     amqp._rtable = None
 
 
-def drop_broker_connections() -> None:
-    """Forget the app's pooled broker connections: the next use may have another broker URL.
+def drop_broker_connections(target: Celery | None = None) -> None:
+    """Forget the app's (default: docpipe's) pooled broker connections: the next use may
+    have another broker URL, or the broker dropped them.
 
     What Celery itself does after a fork (Celery._after_fork): the connection
     pool and the producer pool are dropped, so nothing talks to an old broker.
     """
-    app._pool = None  # type: ignore[attr-defined]
-    amqp = app.__dict__.get("amqp")
+    target = app if target is None else target
+    target._pool = None  # type: ignore[attr-defined]
+    amqp = target.__dict__.get("amqp")
     if amqp is not None:
         amqp._producer_pool = None
 

@@ -19,6 +19,7 @@ from kombu import Connection
 from pipeline.domain.models import Stage
 from pipeline.harness.localstack import RedisServer, start_redis
 from pipeline.runtime import celery_app
+from pipeline.runtime.broker import queues_without_consumers
 from pipeline.runtime.tasks import send_stage
 from pipeline.settings import Settings
 
@@ -69,3 +70,17 @@ def test_a_publish_waits_for_a_restarting_broker(
 
     assert waited > 5
     assert restartable_redis.client(0).llen("text") == (2 if pooled else 1)
+
+
+def test_the_queue_check_asks_again_after_the_broker_dropped_its_pooled_connection(
+    restartable_redis: RedisServer,
+) -> None:
+    app = celery_app.configure(
+        Settings(_env_file=None, broker_url=restartable_redis.url(0), eager=False)  # type: ignore[call-arg]
+    )
+    # No worker runs: every queue is without a consumer, asked on a pooled connection.
+    assert queues_without_consumers(app, ("text",), timeout=0.2) == ["text"]
+    # The server closes every connection of its clients (as a restart or an idle timeout does).
+    killed = restartable_redis.client(1).client_kill_filter(_type="normal", skipme=True)
+    assert killed >= 1
+    assert queues_without_consumers(app, ("text",), timeout=0.2) == ["text"]
