@@ -19,7 +19,6 @@ from celery import Celery
 from pipeline.domain.models import QUEUES, Status
 from pipeline.errors import ConfigurationError, UserFacingError
 from pipeline.ports.services import Services
-from pipeline.runtime.celery_app import drop_broker_connections
 from pipeline.settings import Settings, redact_url
 
 #: Celery's own variables (`celery -b URL` sets CELERY_BROKER_URL, `--result-backend`
@@ -230,6 +229,19 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+def drop_pooled_connections(app: Celery) -> None:
+    """Forget the app's pooled broker connections: the next use may have another broker
+    URL, or the broker dropped them.
+
+    What Celery itself does after a fork (Celery._after_fork): the connection
+    pool and the producer pool are dropped, so nothing talks to an old broker.
+    """
+    app._pool = None  # type: ignore[attr-defined]
+    amqp = app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None
+
+
 def queues_without_consumers(
     app: Celery, queues: Sequence[str] = QUEUES, timeout: float = 1.5, workers: int | None = None
 ) -> list[str]:
@@ -248,7 +260,7 @@ def queues_without_consumers(
     try:
         replies = inspect.active_queues() or {}
     except lost:
-        drop_broker_connections(app)
+        drop_pooled_connections(app)
         replies = inspect.active_queues() or {}
     consumed = {queue["name"] for worker in replies.values() for queue in worker}
     return [queue for queue in queues if queue not in consumed]

@@ -175,18 +175,12 @@ def forget_declared_queues() -> None:
     amqp._rtable = None
 
 
-def drop_broker_connections(target: Celery | None = None) -> None:
-    """Forget the app's (default: docpipe's) pooled broker connections: the next use may
-    have another broker URL, or the broker dropped them.
+def drop_broker_connections() -> None:
+    """Forget docpipe's app's pooled broker connections: the next use may have another
+    broker URL (`pipeline.runtime.broker.drop_pooled_connections`)."""
+    from pipeline.runtime.broker import drop_pooled_connections
 
-    What Celery itself does after a fork (Celery._after_fork): the connection
-    pool and the producer pool are dropped, so nothing talks to an old broker.
-    """
-    target = app if target is None else target
-    target._pool = None  # type: ignore[attr-defined]
-    amqp = target.__dict__.get("amqp")
-    if amqp is not None:
-        amqp._producer_pool = None
+    drop_pooled_connections(app)
 
 
 broker_transport.install()

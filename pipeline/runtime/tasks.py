@@ -150,8 +150,8 @@ def run_stage(
             stages.started_with_lock(counted.started)
             if counted.finished:
                 log.warning(
-                    "%s %s: delivery %d of an attempt whose successor another delivery "
-                    "published: the copy ends",
+                    "%s %s: delivery %d of an attempt whose successor or retry another "
+                    "delivery published: the copy ends",
                     stage,
                     document_uuid,
                     counted.deliveries,
@@ -397,11 +397,17 @@ def _retry_recording(task: Task[Any, Any], services: Services, exc: Exception) -
 @contextmanager
 def _marking_retried(task: Task[Any, Any], services: Services) -> Iterator[None]:
     """Note in Redis that this attempt's retry is published (`task.retry` raised Retry):
-    a surplus delivery of the attempt then ends instead of publishing another (`run_stage`)."""
+    a later copy of the attempt (a redelivery after a kill at the ack, a visibility-timeout
+    restore) then ends at its start, as after a published successor (`_mark_finished`),
+    instead of publishing another retry that would count towards the next attempt's limit;
+    a surplus copy past the limit ends instead of dead-lettering (`run_stage`)."""
     try:
         yield
     except Retry:
         mark_retry_published(services.redis, task.request.id, task.request.retries)
+        counted_as = _delivery_counter(task)
+        if counted_as is not None:
+            _mark_finished(services, counted_as[1])
         raise
 
 

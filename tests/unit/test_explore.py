@@ -438,9 +438,11 @@ def test_a_copy_killed_at_every_ack_while_another_document_arrives_late_is_infea
 
 
 def test_a_livelock_stays_a_finding(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The livelock of copies whose dead letter was refused (its fix planted away): messages
-    multiply, so the never-ending run is a finding, not infeasible."""
+    """The livelock of copies whose dead letter was refused (its fixes planted away: the
+    retry's mark and the finished attempt's): messages multiply, so the never-ending run is
+    a finding, not infeasible."""
     monkeypatch.setattr(real, "retry_published", lambda *_: False)
+    monkeypatch.setattr(real.StageExecutor, "attempt_finished", lambda *_: None)
     monkeypatch.setattr(runner, "SIM_MAX_EVENTS", NEVER_ENDING_AFTER_EVENTS)
     path = Path(__file__).resolve().parents[2] / "scenarios"
     scenario = yaml.safe_load(

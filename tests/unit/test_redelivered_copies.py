@@ -16,7 +16,9 @@ task: the delivery marks the attempt finished once it has published, and a copy
 restored before it acked ends at its start. Taken for one, a fourth copy
 dead-lettered the document the third had just carried on to its next stage. A
 delivery killed before it published leaves the attempt unmarked: its redelivery
-runs the stage again and publishes.
+runs the stage again and publishes. A published retry marks the attempt too: a
+copy of it ends instead of publishing a second retry, whose deliveries would count
+towards the next attempt's limit.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 import fakeredis
 import pytest
 import redis
-from celery.exceptions import Retry
+from celery.exceptions import Reject, Retry
 
 from pipeline.adapters.redis_features import ATTEMPT_FINISHED
 from pipeline.app import stages
@@ -63,6 +65,13 @@ class DeliveredTask:
     def retry(self, **options: Any) -> Retry:
         self.retried.append(options)
         raise Retry(exc=options.get("exc"))
+
+
+class RetryRefused(DeliveredTask):
+    """A delivery whose retry the broker refuses (Celery's `Task.retry` raises Reject)."""
+
+    def retry(self, **options: Any) -> Retry:
+        raise Reject("broker: connection refused", requeue=False)
 
 
 def _document(services: Services) -> tuple[str, int]:
@@ -203,7 +212,8 @@ def test_a_copy_of_an_attempt_that_finished_its_stage_is_no_poison_task(
 def test_a_delivery_that_could_not_publish_its_successor_leaves_its_attempt_unmarked(
     make_services: Callable[..., Services], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Its retry (or its own message, requeued or redelivered) must run the stage again."""
+    """Nor its retry, the broker down for both: its own message, requeued, must run the
+    stage again. (A retry that is out marks the attempt: the copy of such an attempt ends.)"""
     services = make_services(max_redeliveries=3)
 
     class BrokerDown(RecordingDispatcher):
@@ -212,10 +222,10 @@ def test_a_delivery_that_could_not_publish_its_successor_leaves_its_attempt_unma
 
     monkeypatch.setattr(services, "dispatcher", BrokerDown())
     document_uuid, version = _document(services)
-    task = DeliveredTask()
+    task = RetryRefused()
     counter = DELIVERIES_KEY.format(task_id=TASK_ID, retries=task.request.retries)
 
-    with pytest.raises(Retry):
+    with pytest.raises(Reject):
         _deliver_document_node(task, document_uuid, version)
 
     assert _count(services, counter) == 1
@@ -245,11 +255,13 @@ def test_a_delivery_that_polls_ocr_marks_its_attempt_finished(
     assert _count(services, counter) == ATTEMPT_FINISHED + 3
 
 
-def test_a_delivery_that_fails_its_stage_leaves_its_attempt_unfinished(
+def test_a_copy_of_an_attempt_that_published_its_retry_ends_without_a_second_retry(
     make_services: Callable[..., Services],
 ) -> None:
-    """Only a finished stage marks the attempt: a delivery whose stage raised is the kind a
-    poison task repeats."""
+    """A delivery whose stage failed and whose retry is out marks its attempt finished, as
+    a published successor does: its copy (a redelivery after a kill at the ack, a restore)
+    ends instead of running the stage again and publishing a second retry, whose
+    deliveries would count towards the next attempt's redelivery limit."""
     services = make_services(max_redeliveries=3)
     document_uuid, version = _document(services)
     task = DeliveredTask()
@@ -260,6 +272,31 @@ def test_a_delivery_that_fails_its_stage_leaves_its_attempt_unfinished(
         raise TransientError("upstream: 503")
 
     with pytest.raises(Retry):
+        run_stage(task, Stage.DOCUMENT_NODE, document_uuid, version, transient)  # type: ignore[arg-type]
+    assert _count(services, counter) == ATTEMPT_FINISHED + 2
+
+    copy = run_stage(task, Stage.DOCUMENT_NODE, document_uuid, version, transient)  # type: ignore[arg-type]
+
+    assert copy == "skipped" and len(task.retried) == 1
+    assert services.store.dead_letters() == []
+
+
+def test_a_delivery_whose_retry_was_not_published_leaves_its_attempt_unfinished(
+    make_services: Callable[..., Services],
+) -> None:
+    """Only what carries the document on marks the attempt: a delivery whose stage raised
+    and whose retry the broker refused is requeued, and runs, and counts, again."""
+    services = make_services(max_redeliveries=3)
+    document_uuid, version = _document(services)
+
+    task = RetryRefused()
+    counter = DELIVERIES_KEY.format(task_id=TASK_ID, retries=task.request.retries)
+    _delivered_before(services, task, 1)
+
+    def transient(_: Services) -> StageResult:
+        raise TransientError("upstream: 503")
+
+    with pytest.raises(Reject):
         run_stage(task, Stage.DOCUMENT_NODE, document_uuid, version, transient)  # type: ignore[arg-type]
 
     assert _count(services, counter) == 2

@@ -27,7 +27,6 @@ import itertools
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, NoReturn, cast
@@ -359,9 +358,9 @@ class StageExecutor:
             # A pool without time limits: the task hangs past the visibility timeout.
             self.clock.sleep(self.settings.visibility_timeout_s + 1.0)
         if (message.id, message.retries) in self.finished_attempts:
-            # As the task layer: a copy of an attempt whose successor another delivery
-            # published (a restore made while it ran) is no poison task.
-            detail = "a copy of an attempt that published its successor"
+            # As the task layer: a copy of an attempt whose successor or retry another
+            # delivery published (a restore made while it ran) is no poison task.
+            detail = "a copy of an attempt that published its successor or its retry"
             return Outcome(self.clock.now() - start, "skipped", detail=detail)
         if delivery > self.settings.max_redeliveries:
             if retry_published(self.services.redis, message.id, message.retries):
@@ -562,11 +561,15 @@ class StageExecutor:
         except Retry:
             if task.sent is None:  # pragma: no cover - SimulatedTask raises Retry once sent
                 raise
-            # As the task layer (`_marking_retried`): this attempt's retry is marked out once
-            # it is, when the simulated broker takes it at the delivery's end, not now: a
-            # delivery that dies first has published nothing, and a copy that saw the mark
-            # would leave the document to a retry that never came (`docpipe explore`).
-            mark = partial(mark_retry_published, self.services.redis, message.id, message.retries)
+
+            # As the task layer (`_marking_retried`): this attempt's retry is marked out, and
+            # the attempt finished, once the simulated broker takes it at the delivery's end,
+            # not now: a delivery that dies first has published nothing, and a copy that saw
+            # the mark would leave the document to a retry that never came (`docpipe explore`).
+            def mark() -> None:
+                mark_retry_published(self.services.redis, message.id, message.retries)
+                self.attempt_finished(message)
+
             sent = replace(task.sent, on_published=mark)
             return Outcome(duration, "retry", [sent], detail=detail)
         except Reject as rejected:
