@@ -255,51 +255,43 @@ def test_a_delivery_that_polls_ocr_marks_its_attempt_finished(
     assert _count(services, counter) == ATTEMPT_FINISHED + 3
 
 
-def test_a_copy_of_an_attempt_that_published_its_retry_ends_without_a_second_retry(
+def _fail_upstream(task: DeliveredTask, document_uuid: str, version: int) -> str:
+    """One delivery of `task` whose document-node stage fails with a transient error."""
+
+    def transient(_: Services) -> StageResult:
+        raise TransientError("upstream: 503")
+
+    return run_stage(task, Stage.DOCUMENT_NODE, document_uuid, version, transient)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("task", "raised", "marked"),
+    [(DeliveredTask(), Retry, True), (RetryRefused(), Reject, False)],
+    ids=["retry-published", "retry-refused"],
+)
+def test_a_failed_delivery_marks_its_attempt_finished_once_its_retry_is_out(
     make_services: Callable[..., Services],
+    task: DeliveredTask,
+    raised: type[Exception],
+    marked: bool,
 ) -> None:
     """A delivery whose stage failed and whose retry is out marks its attempt finished, as
     a published successor does: its copy (a redelivery after a kill at the ack, a restore)
     ends instead of running the stage again and publishing a second retry, whose
-    deliveries would count towards the next attempt's redelivery limit."""
+    deliveries would count towards the next attempt's redelivery limit. A retry the broker
+    refused marks nothing: the message is requeued, and runs, and counts, again."""
     services = make_services(max_redeliveries=3)
     document_uuid, version = _document(services)
-    task = DeliveredTask()
     counter = DELIVERIES_KEY.format(task_id=TASK_ID, retries=task.request.retries)
     _delivered_before(services, task, 1)
 
-    def transient(_: Services) -> StageResult:
-        raise TransientError("upstream: 503")
+    with pytest.raises(raised):
+        _fail_upstream(task, document_uuid, version)
 
-    with pytest.raises(Retry):
-        run_stage(task, Stage.DOCUMENT_NODE, document_uuid, version, transient)  # type: ignore[arg-type]
-    assert _count(services, counter) == ATTEMPT_FINISHED + 2
-
-    copy = run_stage(task, Stage.DOCUMENT_NODE, document_uuid, version, transient)  # type: ignore[arg-type]
-
-    assert copy == "skipped" and len(task.retried) == 1
-    assert services.store.dead_letters() == []
-
-
-def test_a_delivery_whose_retry_was_not_published_leaves_its_attempt_unfinished(
-    make_services: Callable[..., Services],
-) -> None:
-    """Only what carries the document on marks the attempt: a delivery whose stage raised
-    and whose retry the broker refused is requeued, and runs, and counts, again."""
-    services = make_services(max_redeliveries=3)
-    document_uuid, version = _document(services)
-
-    task = RetryRefused()
-    counter = DELIVERIES_KEY.format(task_id=TASK_ID, retries=task.request.retries)
-    _delivered_before(services, task, 1)
-
-    def transient(_: Services) -> StageResult:
-        raise TransientError("upstream: 503")
-
-    with pytest.raises(Reject):
-        run_stage(task, Stage.DOCUMENT_NODE, document_uuid, version, transient)  # type: ignore[arg-type]
-
-    assert _count(services, counter) == 2
+    assert _count(services, counter) == (ATTEMPT_FINISHED if marked else 0) + 2
+    if marked:
+        assert _fail_upstream(task, document_uuid, version) == "skipped"
+        assert len(task.retried) == 1 and services.store.dead_letters() == []
 
 
 def _fail_without_progress(task: DeliveredTask, document_uuid: str, version: int) -> str:
