@@ -272,9 +272,9 @@ class CountedAcquisition:
     deliveries: int
     token: str | None
     started: StartedRecord | None = None
-    #: Another delivery of this attempt published its successor (`mark_attempt_finished`):
-    #: this one is a copy (a visibility-timeout restore, a redelivery after a kill at the
-    #: ack); the lock was not tried.
+    #: Another delivery of this attempt published its successor or its retry
+    #: (`mark_attempt_finished`): this one is a copy (a visibility-timeout restore, a
+    #: redelivery after a kill at the ack); the lock was not tried.
     finished: bool = False
 
 

@@ -102,9 +102,10 @@ def run_stage(
     # The lock kept past a finished stage, released with the state's last write.
     held: str | None = None
     # The key counting this attempt's deliveries (None for an eager call); marked once the
-    # stage's successor is published, so that a copy of the attempt that comes later (a
-    # visibility-timeout restore, a redelivery after a kill at the ack) ends, instead of
-    # being taken for a poison task and dead-lettering a document its successor carries on.
+    # stage's successor (or, by `_marking_retried`, its retry) is published, so that a copy
+    # of the attempt that comes later (a visibility-timeout restore, a redelivery after a
+    # kill at the ack) ends, instead of being taken for a poison task and dead-lettering a
+    # document its successor carries on.
     counter: str | None = None
     meter = ProgressMeter()
 

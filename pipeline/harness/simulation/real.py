@@ -162,9 +162,9 @@ class StageExecutor:
         self.intake_failures: dict[int, int] = {}
         #: Every delivery that ran stage code (or was refused the lock), in virtual-time order.
         self.attempts: list[Attempt] = []
-        #: (task id, retries) of the attempts a delivery of which published its successor:
-        #: the mark the task layer keeps on the attempt's count of deliveries, lost with
-        #: Redis as it is.
+        #: (task id, retries) of the attempts a delivery of which published its successor or
+        #: its retry: the mark the task layer keeps on the attempt's count of deliveries,
+        #: lost with Redis as it is.
         self.finished_attempts: set[tuple[str, int]] = set()
         #: Whether the delivery starting now found Redis restarted (a `redis.server` fault).
         self._restarted = False
