@@ -255,11 +255,14 @@ def queues_without_consumers(
     once more on a fresh connection; a broker still away raises.
     """
     inspect = app.control.inspect(timeout=timeout, limit=workers)
-    with app.connection_for_write() as connection:
-        lost = connection.connection_errors
     try:
         replies = inspect.active_queues() or {}
-    except lost:
+    except Exception as exc:
+        # The transport's connection errors, looked up only when something was raised:
+        # the waits for workers ask this every half second.
+        with app.connection_for_write() as connection:
+            if not isinstance(exc, connection.connection_errors):
+                raise
         drop_pooled_connections(app)
         replies = inspect.active_queues() or {}
     consumed = {queue["name"] for worker in replies.values() for queue in worker}
