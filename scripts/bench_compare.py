@@ -122,7 +122,7 @@ def compare_with_commit(commit: str, limit: float, runs: int, args: Sequence[str
             order = ("base", "now") if len(reports["base"]) % 2 == 0 else ("now", "base")
             for side in order:
                 report = work / f"{side}-{len(reports[side])}.json"
-                what = f" ({len(selection) and selection[1]})" if selection else ""
+                what = f" ({selection[1]})" if selection else ""
                 print(f"bench: {labels[side]}, run {len(reports[side]) + 1}{what}", flush=True)
                 argv = [*args, *selection, f"--benchmark-json={report}"]
                 if pytest_run(trees[side], argv) != 0:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import subprocess
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -20,12 +20,12 @@ MS = 0.001
 
 
 @pytest.fixture
-def bench() -> Iterator[ModuleType]:
+def bench() -> ModuleType:
     spec = importlib.util.spec_from_file_location("bench_compare", SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    yield module
+    return module
 
 
 def _report(path: Path, timings: dict[str, float]) -> None:
