@@ -6,7 +6,6 @@ ones that write pytest-benchmark reports with the timings each test gives.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 from collections.abc import Callable, Sequence
@@ -15,17 +14,14 @@ from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_compare.py"
+from tests.conftest import load_script
+
 MS = 0.001
 
 
 @pytest.fixture
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_compare", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_compare")
 
 
 def _report(path: Path, timings: dict[str, float]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from itertools import pairwise
 from pathlib import Path
@@ -11,17 +10,14 @@ from types import ModuleType
 import pytest
 
 from tests.benchmarks.workloads import SWEEPS, SWEEPS_BY_NAME, Sweep
+from tests.conftest import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_growth.py"
 
 
 @pytest.fixture(scope="module")
 def growth() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_growth", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_growth")
 
 
 def _sweep(held: bool = True) -> Sweep:
