@@ -36,6 +36,7 @@ from fakes.faults import (
     install_faults,
 )
 from fakes.faulty_ports import unfaulted
+from pipeline.adapters.clock import SystemClock
 from pipeline.app.intake import claim_own, dispatch, submit_file
 from pipeline.bootstrap import (
     Services,
@@ -936,11 +937,27 @@ class EagerRun(_Run):
     mode = "eager"
 
     def start(self, values: dict[str, Any]) -> Services:
+        from pipeline.harness.simulation.faultboard import FaultBoard
+
         self._redis_name = f"scenario-{uuid.uuid4().hex}"
         settings = _in_process_settings(self.workdir, self._redis_name, values)
-        services = start(settings)
+        # One process, as in sim mode: the fault rules and counters in a dict. Through the
+        # run's fakeredis every port call was a GET and an INCR or two over a simulated
+        # socket, four in five of an eager run's Redis commands.
+        self.fault_board = FaultBoard()
+        clock = SystemClock()
+        faults = (
+            SharedFaultInjector(self.fault_board.as_redis(), clock=clock)
+            if settings.fault_injection
+            else None
+        )
+        services = start(settings, faults=faults, clock=clock)
         self._services: Services | None = services
         return services
+
+    def fault_state(self, services: Services) -> redis.Redis:
+        """The run's fault board (pipeline.harness.simulation.faultboard): no other process."""
+        return self.fault_board.as_redis()
 
     def wait(self, services: Services, uuids: list[str]) -> None:
         """Eager tasks ran inline; nothing to wait for."""
@@ -1032,6 +1049,7 @@ class SimRun(EagerRun):
             values = values | {"database_url": "sqlite://", "blob_url": "memory://"}
         settings = _in_process_settings(self.workdir, self._redis_name, values)
         self.executor = StageExecutor([], settings, seed=self.seed)
+        self.fault_board = self.executor.fault_board
         services = self.executor.services
         celery_app.configure(settings)
         use_services(services)
@@ -1050,10 +1068,6 @@ class SimRun(EagerRun):
         self._names: dict[str, str] = {}
         self._queued: list[int] = []
         return services
-
-    def fault_state(self, services: Services) -> redis.Redis:
-        """The executor's fault board: the simulator is one process (simulation/faultboard.py)."""
-        return self.executor.fault_board.as_redis()
 
     def _index(self, document_uuid: str) -> int:
         index = self._indices.setdefault(document_uuid, len(self._indices))
