@@ -168,7 +168,8 @@ soak: $(STAMP)  ## steady stream on the worker layout for DURATION s (600); fail
 # fastest round is over BENCH_LIMIT times the base's, measured again (min: noise only ever
 # adds time, yet on a noisy machine one run of the same code in several was 1.3-1.5x
 # slower), or when a stage grows faster than its bound (scripts/bench_growth.py).
-BENCH_TESTS    := tests/unit/test_bench_text.py tests/unit/test_bench_entities.py
+BENCH_TESTS    := tests/unit/test_bench_text.py tests/unit/test_bench_entities.py \
+  tests/unit/test_bench_rate_limit.py
 BENCH_STORAGE  := tests/benchmarks/baselines
 BENCH_LIMIT    ?= 1.25
 BENCH_RUNS     ?= 2

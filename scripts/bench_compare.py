@@ -108,6 +108,12 @@ def selecting(names: Sequence[str]) -> list[str]:
     return ["-k", " or ".join(terms)]
 
 
+def present_in(tree: Path, args: Sequence[str]) -> list[str]:
+    """`args` without the test files `tree` lacks: a benchmark module added since the base
+    commit runs on this tree only, and its benchmarks are shown as new."""
+    return [arg for arg in args if not arg.endswith(".py") or (tree / arg).exists()]
+
+
 def compare_with_commit(commit: str, limit: float, runs: int, args: Sequence[str]) -> int:
     """`runs` pairs of runs of the base and this tree, each pair in the other order than
     the last; fastest rounds compared; those over `limit` measured again before failing."""
@@ -124,7 +130,7 @@ def compare_with_commit(commit: str, limit: float, runs: int, args: Sequence[str
                 report = work / f"{side}-{len(reports[side])}.json"
                 what = f" ({selection[1]})" if selection else ""
                 print(f"bench: {labels[side]}, run {len(reports[side]) + 1}{what}", flush=True)
-                argv = [*args, *selection, f"--benchmark-json={report}"]
+                argv = [*present_in(trees[side], args), *selection, f"--benchmark-json={report}"]
                 if pytest_run(trees[side], argv) != 0:
                     print(f"bench: the benchmarks of {labels[side]} failed")
                     return False

@@ -30,6 +30,8 @@ STATE_KEY = "doc:state:{uuid}"
 CACHE_PREFIX = "docpipe:cache:"
 LOCK_PREFIX = "docpipe:lock:"
 RATE_LIMIT_PREFIX = "docpipe:ratelimit:"
+#: A limit's totals key is its window's key with this suffix (`_SLIDING_WINDOW`).
+RATE_LIMIT_TOTALS_SUFFIX = ":totals"
 
 _RELEASE_IF_OWNER = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -153,12 +155,18 @@ end
 return 0
 """
 
-# Sliding window of requests and tokens in one round trip. One sorted set per limit name:
-# score = the request's time, member = "<unique id>:<tokens reserved>". Drop what left the
-# window, then find how long until one more request (ARGV[3] per window) and ARGV[5] more
-# tokens (ARGV[6] per window; 0 = no token limit) both fit; take the slot if that is now.
+# Sliding window of requests and tokens in one round trip. One sorted set per limit name
+# (KEYS[1]): score = the request's time, member = "<unique id>:<tokens reserved>"; and its
+# totals (KEYS[2]): "<requests>:<tokens>" in the window as the last call left it. Drop what
+# left the window (its tokens from the totals), then find how long until one more request
+# (ARGV[3] per window) and ARGV[5] more tokens (ARGV[6] per window; 0 = no token limit) both
+# fit; take the slot if that is now. A call costs O(log n) plus what left the window, not a
+# read of the whole window (issue 15: 5.8 ms of Redis's one thread per call at 10,000
+# requests in the window, every other client waiting). Totals that disagree with the set
+# (evicted, expired apart, written by a limiter that keeps none) are counted again once.
 _SLIDING_WINDOW = """
 local key = KEYS[1]
+local totals_key = KEYS[2]
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local limit = tonumber(ARGV[3])
@@ -167,30 +175,62 @@ local token_limit = tonumber(ARGV[6])
 if token_limit > 0 and tokens > token_limit then
     tokens = token_limit
 end
-redis.call('zremrangebyscore', key, '-inf', now - window)
-local entries = redis.call('zrange', key, 0, -1, 'WITHSCORES')
-local count = #entries / 2
+local function reserved(member)
+    return tonumber(string.match(member, ':(%d+)$') or '0')
+end
+local kept, used = -1, 0
+local totals = redis.call('get', totals_key)
+if totals then
+    local requests, reserved_tokens = string.match(totals, '^(%d+):(%d+)$')
+    if requests then
+        kept, used = tonumber(requests), tonumber(reserved_tokens)
+    end
+end
+local cutoff = now - window
+local leaving = redis.call('zrangebyscore', key, '-inf', cutoff)
+if #leaving > 0 then
+    for _, member in ipairs(leaving) do
+        used = used - reserved(member)
+    end
+    kept = kept - #leaving
+    redis.call('zremrangebyscore', key, '-inf', cutoff)
+end
+local count = redis.call('zcard', key)
+if count ~= kept then
+    used = 0
+    for _, member in ipairs(redis.call('zrange', key, 0, -1)) do
+        used = used + reserved(member)
+    end
+end
 local wait = 0
 if count >= limit then
-    local oldest = tonumber(entries[2 * (count - limit + 1)])
-    wait = math.max(wait, oldest + window - now)
+    local nth = redis.call('zrange', key, count - limit, count - limit, 'WITHSCORES')
+    wait = tonumber(nth[2]) + window - now
 end
 if token_limit > 0 then
-    local used = 0
-    for i = 1, #entries, 2 do
-        used = used + tonumber(string.match(entries[i], ':(%d+)$') or '0')
-    end
     local excess = used + tokens - token_limit
-    local i = 1
-    while excess > 0 and i <= #entries do
-        excess = excess - tonumber(string.match(entries[i], ':(%d+)$') or '0')
-        wait = math.max(wait, tonumber(entries[i + 1]) + window - now)
-        i = i + 2
+    local rank = 0
+    while excess > 0 and rank < count do
+        local batch = redis.call('zrange', key, rank, rank + 63, 'WITHSCORES')
+        for i = 1, #batch, 2 do
+            if excess <= 0 then
+                break
+            end
+            excess = excess - reserved(batch[i])
+            wait = math.max(wait, tonumber(batch[i + 1]) + window - now)
+        end
+        rank = rank + 64
     end
 end
+local ttl = math.ceil(window * 1000)
 if wait <= 0 then
-    redis.call('zadd', key, now, ARGV[4] .. ':' .. tostring(tokens))
-    redis.call('pexpire', key, math.ceil(window * 1000))
+    redis.call('zadd', key, now, ARGV[4] .. ':' .. string.format('%.0f', tokens))
+    redis.call('pexpire', key, ttl)
+    count = count + 1
+    used = used + tokens
+end
+redis.call('set', totals_key, count .. ':' .. string.format('%.0f', used), 'PX', ttl)
+if wait <= 0 then
     return 0
 end
 return tostring(math.max(wait, 0.001))
@@ -541,8 +581,9 @@ class RedisRateLimiter:
 
     def acquire(self, name: str, tokens: int = 0) -> None:
         try:
+            key = self._prefix + name
             wait = self._script(
-                keys=[self._prefix + name],
+                keys=[key, key + RATE_LIMIT_TOTALS_SUFFIX],
                 args=[
                     time.time(),
                     self._window,

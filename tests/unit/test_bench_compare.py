@@ -78,6 +78,20 @@ def test_a_selection_names_each_benchmark_with_its_parameter(bench: ModuleType) 
     ]
 
 
+def test_a_benchmark_module_the_base_lacks_runs_on_this_tree_only(
+    bench: ModuleType, tmp_path: Path
+) -> None:
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_bench_old.py").write_text("")
+    args = ["-q", "tests/test_bench_old.py", "tests/test_bench_new.py", "-p", "no:randomly"]
+    assert bench.present_in(tmp_path, args) == [
+        "-q",
+        "tests/test_bench_old.py",
+        "-p",
+        "no:randomly",
+    ]
+
+
 def test_runs_alternate_which_side_goes_first(
     bench: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -62,13 +62,17 @@ def test_every_stage_is_swept_over_sizes_ten_times_apart() -> None:
         "verify_entities",
         "resolve_mentions",
         "stage_relationships",
+        "rate_limit_acquire",
     } == set(SWEEPS_BY_NAME)
     for sweep in SWEEPS:
         sizes = list(sweep.sizes.values())
         assert len(sizes) >= 3, sweep.name
         assert all(later == 10 * earlier for earlier, later in pairwise(sizes)), sweep.name
     assert SWEEPS_BY_NAME["resolve_mentions"].bound == 15.0
-    assert {s.bound for s in SWEEPS if s.name != "resolve_mentions"} == {12.0}
+    assert SWEEPS_BY_NAME["rate_limit_acquire"].bound == 3.0
+    assert {
+        s.bound for s in SWEEPS if s.name not in ("resolve_mentions", "rate_limit_acquire")
+    } == {12.0}
 
 
 def test_the_saved_baseline_covers_every_benchmark() -> None:

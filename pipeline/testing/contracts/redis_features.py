@@ -11,6 +11,8 @@ import redis
 
 from pipeline.adapters import redis_features
 from pipeline.adapters.redis_features import (
+    RATE_LIMIT_PREFIX,
+    RATE_LIMIT_TOTALS_SUFFIX,
     STATE_KEY,
     RedisCache,
     RedisLockManager,
@@ -401,6 +403,28 @@ class RedisFeaturesContract:
             limiter.acquire("llm", 1)  # it reserved the whole limit
         time.sleep(1.1)
         limiter.acquire("llm", 1)
+
+    def test_the_window_totals_expire_with_it_and_are_counted_again_when_they_disagree(
+        self, client: redis.Redis
+    ) -> None:
+        window_key = RATE_LIMIT_PREFIX + "llm"
+        totals_key = window_key + RATE_LIMIT_TOTALS_SUFFIX
+        limiter = RedisRateLimiter(client, limit=100, window_seconds=30, token_limit=1000)
+        limiter.acquire("llm", 600)
+        assert client.get(totals_key) == b"1:600"
+        assert 0 < int(client.pttl(totals_key)) <= 30_000
+        client.delete(totals_key)  # evicted
+        with pytest.raises(RateLimited):
+            limiter.acquire("llm", 500)  # the 600 in the window still count
+        # A request written without totals (a limiter of an older docpipe) counts too.
+        client.zadd(window_key, {"older-limiter:300": time.time()})
+        with pytest.raises(RateLimited):
+            limiter.acquire("llm", 200)
+        limiter.acquire("llm", 100)  # 600 + 300 + 100: exactly the limit
+        assert client.get(totals_key) == b"3:1000"
+        client.delete(window_key)  # the window gone (expired) while its totals stayed
+        limiter.acquire("llm", 1000)
+        assert client.get(totals_key) == b"1:1000"
 
     def test_without_a_token_limit_tokens_are_not_counted(self, client: redis.Redis) -> None:
         limiter = RedisRateLimiter(client, limit=2, window_seconds=30)
