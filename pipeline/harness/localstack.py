@@ -6,14 +6,17 @@ redis-server listens on a free loopback port (never the user's Redis on 6379)
 with no persistence (unless asked for) and `noeviction`; workers are `python -m pipeline worker`
 subprocesses that share one environment and log to files in the work folder.
 PostgreSQL databases (`docpipe_test_<hex>`) are created on a server the
-caller names with an admin URL and dropped again; no other database is touched.
+caller names with an admin URL and dropped again, or by a later run on this machine
+when their creator was killed first; no other database is touched.
 Every wait is bounded in time; stopping is SIGTERM, a bounded wait, then SIGKILL.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -37,6 +40,8 @@ from sqlalchemy.pool import NullPool
 from pipeline.domain.models import QUEUES
 from pipeline.errors import ConfigurationError
 from pipeline.settings import redact_url
+
+log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 #: Seconds a redis-server gets to answer PING after it was started.
@@ -473,8 +478,46 @@ class RabbitVhosts:
             raise ConfigurationError(f"rabbitmqctl {args[0]} failed: {' '.join(reason)}")
 
 
+#: What a throw-away database's comment says of its creator (`PostgresDatabases.create`).
+OWNER_COMMENT = (
+    "docpipe throw-away database: host={host} boot={boot} pid={pid} start={start} created={created}"
+)
+_OWNER_PATTERN = re.compile(
+    r"^docpipe throw-away database: host=(?P<host>\S+) boot=(?P<boot>\S+) pid=(?P<pid>\d+) "
+    r"start=(?P<start>\d+) created=(?P<created>\d+)$"
+)
+#: An abandoned database younger than this is left alone: its creator may run in another
+#: PID namespace of this machine (a container with the same host name), where its pid
+#: names some other process, or none.
+ABANDONED_AFTER_S = 600.0
+
+
+def process_start(pid: int) -> int | None:
+    """When process `pid` started (clock ticks after boot): with the pid, it names one
+    process across pid reuse. None when there is no such process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[19])
+
+
+def _machine() -> tuple[str, str]:
+    """This machine's host name and boot id (a creator's pid means something only here)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = "unknown"
+    return socket.gethostname().replace(" ", "_") or "unknown", boot
+
+
 class PostgresDatabases:
-    """Creates uniquely named databases on one server and drops them again (WITH (FORCE))."""
+    """Creates uniquely named databases on one server and drops them again (WITH (FORCE)).
+
+    Each is created with a comment naming its creator (machine, pid and start time);
+    the first `create` of an instance drops those of this machine whose creator is gone
+    (killed before it could drop them), unused and over `ABANDONED_AFTER_S` old.
+    """
 
     def __init__(self, admin_url: str) -> None:
         url = make_url(admin_url)
@@ -483,6 +526,7 @@ class PostgresDatabases:
         self._url = url
         self._admin = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
         self._created: list[str] = []
+        self._swept = False
 
     def ping(self) -> None:
         """Raise ConfigurationError (password redacted) when the server cannot be reached."""
@@ -495,11 +539,51 @@ class PostgresDatabases:
 
     def create(self) -> str:
         """Create an empty database; returns its URL (psycopg 3 driver)."""
+        if not self._swept:
+            self._swept = True
+            self.drop_abandoned()
         name = f"docpipe_test_{uuid.uuid4().hex[:16]}"
+        host, boot = _machine()
+        pid = os.getpid()
+        owner = OWNER_COMMENT.format(
+            host=host, boot=boot, pid=pid, start=process_start(pid), created=int(time.time())
+        )
         with self._admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
-        self._created.append(name)
+            self._created.append(name)
+            conn.execute(text(f"COMMENT ON DATABASE \"{name}\" IS '{owner}'"))
         return self._url.set(database=name).render_as_string(hide_password=False)
+
+    def drop_abandoned(self, *, older_than_s: float = ABANDONED_AFTER_S) -> list[str]:
+        """Drop the throw-away databases of this machine whose creator is gone: none
+        connected, created over `older_than_s` ago. Returns their names."""
+        host, boot = _machine()
+        query = text(
+            "SELECT d.datname, shobj_description(d.oid, 'pg_database'), "
+            "(SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.oid) "
+            "FROM pg_database d WHERE d.datname LIKE 'docpipe\\_test\\_%'"
+        )
+        dropped = []
+        with self._admin.connect() as conn:
+            for name, comment, connections in conn.execute(query).all():
+                owner = _OWNER_PATTERN.match(comment or "")
+                if (
+                    owner is None
+                    or (owner["host"], owner["boot"]) != (host, boot)
+                    or connections
+                    or time.time() - int(owner["created"]) < older_than_s
+                    or process_start(int(owner["pid"])) == int(owner["start"])
+                ):
+                    continue
+                try:
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+                except OperationalError:
+                    continue  # someone connected meanwhile: not abandoned after all
+                log.warning(
+                    "dropped throw-away database %s: its creator is gone (%s)", name, comment
+                )
+                dropped.append(name)
+        return dropped
 
     def drop(self, database_url: str) -> None:
         name = make_url(database_url).database

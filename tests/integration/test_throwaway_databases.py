@@ -1,0 +1,115 @@
+"""Throw-away PostgreSQL databases left behind by a killed creator are dropped by the next run.
+
+A real PostgreSQL (the integration tests' admin URL); each database here is one of the
+test's own, named `docpipe_test_<hex>` as `PostgresDatabases` names them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+from pipeline.harness.localstack import (
+    ABANDONED_AFTER_S,
+    OWNER_COMMENT,
+    PostgresDatabases,
+    _machine,
+    process_start,
+)
+from tests.integration.conftest import postgres_admin_url
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Admin:
+    engine: Engine
+    made: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def admin(postgres_databases: PostgresDatabases) -> Iterator[Admin]:
+    """An admin connection; the databases the test made (`docpipe_test_*`) dropped after it."""
+    engine = create_engine(
+        make_url(postgres_admin_url()), isolation_level="AUTOCOMMIT", poolclass=NullPool
+    )
+    made = Admin(engine)
+    yield made
+    with engine.connect() as conn:
+        for name in made.made:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+def _database(admin: Admin, *, comment: str | None) -> str:
+    name = f"docpipe_test_{uuid.uuid4().hex[:16]}"
+    with admin.engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.made.append(name)
+        if comment is not None:
+            conn.execute(text(f"COMMENT ON DATABASE \"{name}\" IS '{comment}'"))
+    return name
+
+
+def _owner(*, pid: int, start: int | None, age_s: float, host: str | None = None) -> str:
+    here, boot = _machine()
+    created = int(time.time() - age_s)
+    return OWNER_COMMENT.format(host=host or here, boot=boot, pid=pid, start=start, created=created)
+
+
+def _existing(admin: Admin, names: list[str]) -> set[str]:
+    with admin.engine.connect() as conn:
+        rows = conn.execute(text("SELECT datname FROM pg_database")).scalars()
+        return set(rows) & set(names)
+
+
+def test_a_killed_creators_databases_are_dropped_and_no_others(admin: Admin) -> None:
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    me, my_start = os.getpid(), process_start(os.getpid())
+    old = 2 * ABANDONED_AFTER_S
+    abandoned = _database(admin, comment=_owner(pid=finished.pid, start=1, age_s=old))
+    # Our pid, but another process's start time: the creator's pid was reused.
+    reused = _database(admin, comment=_owner(pid=me, start=1, age_s=old))
+    running = _database(admin, comment=_owner(pid=me, start=my_start, age_s=old))
+    recent = _database(admin, comment=_owner(pid=finished.pid, start=1, age_s=1))
+    elsewhere = _database(
+        admin, comment=_owner(pid=finished.pid, start=1, age_s=old, host="another-host")
+    )
+    unmarked = _database(admin, comment=None)
+    in_use = _database(admin, comment=_owner(pid=finished.pid, start=1, age_s=old))
+    url = make_url(postgres_admin_url()).set(database=in_use)
+    user = create_engine(url, poolclass=NullPool)
+    with user.connect():
+        databases = PostgresDatabases(postgres_admin_url())
+        own = databases.create()  # the first create drops what was abandoned
+        try:
+            left = _existing(
+                admin, [abandoned, reused, running, recent, elsewhere, unmarked, in_use]
+            )
+        finally:
+            databases.drop(own)
+    user.dispose()
+
+    assert left == {running, recent, elsewhere, unmarked, in_use}
+
+
+def test_a_database_the_creator_still_uses_is_never_abandoned(
+    postgres_databases: PostgresDatabases,
+) -> None:
+    databases = PostgresDatabases(postgres_admin_url())
+    own = databases.create()
+    try:
+        assert make_url(own).database not in databases.drop_abandoned(older_than_s=0)
+    finally:
+        databases.drop(own)
