@@ -363,6 +363,60 @@ DEFAULT_RABBITMQ_API = "http://127.0.0.1:15672"
 RABBITMQCTL_TIMEOUT_S = 30.0
 
 
+# --- who made a throw-away database or vhost ----------------------------------------------
+
+#: How a throw-away database (its comment) or vhost (its description) names its creator.
+OWNER_NOTE = "docpipe throw-away: host={host} boot={boot} pid={pid} start={start} created={created}"
+_OWNER_PATTERN = re.compile(
+    r"^docpipe throw-away: host=(?P<host>\S+) boot=(?P<boot>\S+) pid=(?P<pid>\d+) "
+    r"start=(?P<start>\d+) created=(?P<created>\d+)$"
+)
+#: An abandoned database or vhost younger than this is left alone: its creator may run in
+#: another PID namespace of this machine (a container with the same host name), where its
+#: pid names some other process, or none.
+ABANDONED_AFTER_S = 600.0
+
+
+def process_start(pid: int) -> int | None:
+    """When process `pid` started (clock ticks after boot): with the pid, it names one
+    process across pid reuse. None when there is no such process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[19])
+
+
+def machine_identity() -> tuple[str, str]:
+    """This machine's host name and boot id (a creator's pid means something only here)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = "unknown"
+    return socket.gethostname().replace(" ", "_") or "unknown", boot
+
+
+def owner_note() -> str:
+    """`OWNER_NOTE` for this process, created now."""
+    host, boot = machine_identity()
+    pid = os.getpid()
+    return OWNER_NOTE.format(
+        host=host, boot=boot, pid=pid, start=process_start(pid), created=int(time.time())
+    )
+
+
+def creator_gone(note: str | None, *, older_than_s: float) -> bool:
+    """Whether `note` (`OWNER_NOTE`) names a creator on this machine that is no longer
+    running, and was written over `older_than_s` ago. False for anything else."""
+    owner = _OWNER_PATTERN.match(note or "")
+    return (
+        owner is not None
+        and (owner["host"], owner["boot"]) == machine_identity()
+        and time.time() - int(owner["created"]) >= older_than_s
+        and process_start(int(owner["pid"])) != int(owner["start"])
+    )
+
+
 class RabbitVhosts:
     """Creates uniquely named virtual hosts on a RabbitMQ server and deletes them again.
 
@@ -370,6 +424,8 @@ class RabbitVhosts:
     run never sees the user's queues and deleting it deletes everything the run
     declared. Through the management API when it answers, else `rabbitmqctl` (which
     needs the server's Erlang cookie: root or the rabbitmq user, on its machine).
+    Each vhost's description names its creator (`owner_note`); the first `create` of
+    an instance deletes those of this machine whose creator is gone (`creator_gone`).
     """
 
     def __init__(self, base_url: str = DEFAULT_RABBITMQ_URL, api_url: str = DEFAULT_RABBITMQ_API):
@@ -379,6 +435,7 @@ class RabbitVhosts:
         self._password = unquote(parsed.password or "guest")
         self._api = api_url.rstrip("/")
         self._created: list[str] = []
+        self._swept = False
         self.via = ""
 
     def ping(self) -> None:
@@ -410,13 +467,17 @@ class RabbitVhosts:
         """A new, empty vhost the user may use; returns its broker URL."""
         if not self.via:
             self.ping()
+        if not self._swept:
+            self._swept = True
+            self.delete_abandoned()
         name = f"docpipe_test_{uuid.uuid4().hex[:16]}"
+        note = owner_note()
         if self.via == "management API":
-            self._api_call("PUT", f"/api/vhosts/{name}", {})
+            self._api_call("PUT", f"/api/vhosts/{name}", {"description": note})
             permissions = {"configure": ".*", "write": ".*", "read": ".*"}
             self._api_call("PUT", f"/api/permissions/{name}/{quote(self._user)}", permissions)
         else:
-            self._rabbitmqctl("add_vhost", name)
+            self._rabbitmqctl("add_vhost", name, "--description", note)
             self._created.append(name)
             self._rabbitmqctl("set_permissions", "-p", name, self._user, ".*", ".*", ".*")
             return self.url(name)
@@ -437,6 +498,39 @@ class RabbitVhosts:
         for name in list(self._created):
             self.delete(self.url(name))
 
+    def delete_abandoned(self, *, older_than_s: float = ABANDONED_AFTER_S) -> list[str]:
+        """Delete the throw-away vhosts of this machine whose creator is gone (`creator_gone`)
+        and that no connection uses. Returns their names."""
+        if not self.via:
+            self.ping()
+        deleted = []
+        for name, description in self._throwaway_vhosts():
+            if not creator_gone(description, older_than_s=older_than_s) or self._in_use(name):
+                continue
+            if self.via == "management API":
+                self._api_call("DELETE", f"/api/vhosts/{quote(name, safe='')}", None)
+            else:
+                self._rabbitmqctl("delete_vhost", name)
+            log.warning("deleted throw-away vhost %s: its creator is gone (%s)", name, description)
+            deleted.append(name)
+        return deleted
+
+    def _throwaway_vhosts(self) -> list[tuple[str, str]]:
+        """(name, description) of every `docpipe_test_*` vhost."""
+        if self.via == "management API":
+            listed = self._api_get("/api/vhosts")
+            rows = [(v.get("name", ""), v.get("description") or "") for v in listed]
+        else:
+            lines = self._rabbitmqctl("list_vhosts", "--no-table-headers", "name", "description")
+            rows = [line.partition("\t")[::2] for line in lines.splitlines()]
+        return [(name, note) for name, note in rows if name.startswith("docpipe_test_")]
+
+    def _in_use(self, name: str) -> bool:
+        if self.via == "management API":
+            return bool(self._api_get(f"/api/vhosts/{quote(name, safe='')}/connections"))
+        used = self._rabbitmqctl("list_connections", "--no-table-headers", "vhost")
+        return name in used.split()
+
     def _api_answers(self) -> bool:
         try:
             self._api_call("GET", "/api/overview", None, timeout_s=2.0)
@@ -444,9 +538,12 @@ class RabbitVhosts:
             return False
         return True
 
-    def _api_call(self, method: str, path: str, body: object, *, timeout_s: float = 10.0) -> None:
+    def _api_get(self, path: str) -> list[dict[str, Any]]:
+        body = self._api_call("GET", path, None)
+        return json.loads(body) if body else []
+
+    def _api_call(self, method: str, path: str, body: object, *, timeout_s: float = 10.0) -> bytes:
         import base64
-        import json
         import urllib.error
         import urllib.request
 
@@ -456,12 +553,13 @@ class RabbitVhosts:
         request.add_header("Authorization", f"Basic {token}")
         request.add_header("Content-Type", "application/json")
         try:
-            with urllib.request.urlopen(request, timeout=timeout_s):
-                return
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                answer: bytes = response.read()
+                return answer
         except urllib.error.HTTPError as exc:
             raise ConfigurationError(f"RabbitMQ API {method} {path}: HTTP {exc.code}") from None
 
-    def _rabbitmqctl(self, *args: str) -> None:
+    def _rabbitmqctl(self, *args: str) -> str:
         binary = shutil.which("rabbitmqctl") or "rabbitmqctl"
         try:
             done = subprocess.run(
@@ -476,47 +574,15 @@ class RabbitVhosts:
         if done.returncode != 0:
             reason = (done.stderr.strip() or done.stdout.strip()).splitlines()[:2]
             raise ConfigurationError(f"rabbitmqctl {args[0]} failed: {' '.join(reason)}")
-
-
-#: What a throw-away database's comment says of its creator (`PostgresDatabases.create`).
-OWNER_COMMENT = (
-    "docpipe throw-away database: host={host} boot={boot} pid={pid} start={start} created={created}"
-)
-_OWNER_PATTERN = re.compile(
-    r"^docpipe throw-away database: host=(?P<host>\S+) boot=(?P<boot>\S+) pid=(?P<pid>\d+) "
-    r"start=(?P<start>\d+) created=(?P<created>\d+)$"
-)
-#: An abandoned database younger than this is left alone: its creator may run in another
-#: PID namespace of this machine (a container with the same host name), where its pid
-#: names some other process, or none.
-ABANDONED_AFTER_S = 600.0
-
-
-def process_start(pid: int) -> int | None:
-    """When process `pid` started (clock ticks after boot): with the pid, it names one
-    process across pid reuse. None when there is no such process."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return int(fields[19])
-
-
-def _machine() -> tuple[str, str]:
-    """This machine's host name and boot id (a creator's pid means something only here)."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        boot = "unknown"
-    return socket.gethostname().replace(" ", "_") or "unknown", boot
+        return done.stdout
 
 
 class PostgresDatabases:
     """Creates uniquely named databases on one server and drops them again (WITH (FORCE)).
 
-    Each is created with a comment naming its creator (machine, pid and start time);
-    the first `create` of an instance drops those of this machine whose creator is gone
-    (killed before it could drop them), unused and over `ABANDONED_AFTER_S` old.
+    Each is created with a comment naming its creator (`owner_note`); the first
+    `create` of an instance drops those of this machine whose creator is gone (killed
+    before it could drop them), unused and over `ABANDONED_AFTER_S` old.
     """
 
     def __init__(self, admin_url: str) -> None:
@@ -543,21 +609,15 @@ class PostgresDatabases:
             self._swept = True
             self.drop_abandoned()
         name = f"docpipe_test_{uuid.uuid4().hex[:16]}"
-        host, boot = _machine()
-        pid = os.getpid()
-        owner = OWNER_COMMENT.format(
-            host=host, boot=boot, pid=pid, start=process_start(pid), created=int(time.time())
-        )
         with self._admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
             self._created.append(name)
-            conn.execute(text(f"COMMENT ON DATABASE \"{name}\" IS '{owner}'"))
+            conn.execute(text(f"COMMENT ON DATABASE \"{name}\" IS '{owner_note()}'"))
         return self._url.set(database=name).render_as_string(hide_password=False)
 
     def drop_abandoned(self, *, older_than_s: float = ABANDONED_AFTER_S) -> list[str]:
         """Drop the throw-away databases of this machine whose creator is gone: none
         connected, created over `older_than_s` ago. Returns their names."""
-        host, boot = _machine()
         query = text(
             "SELECT d.datname, shobj_description(d.oid, 'pg_database'), "
             "(SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.oid) "
@@ -566,14 +626,7 @@ class PostgresDatabases:
         dropped = []
         with self._admin.connect() as conn:
             for name, comment, connections in conn.execute(query).all():
-                owner = _OWNER_PATTERN.match(comment or "")
-                if (
-                    owner is None
-                    or (owner["host"], owner["boot"]) != (host, boot)
-                    or connections
-                    or time.time() - int(owner["created"]) < older_than_s
-                    or process_start(int(owner["pid"])) == int(owner["start"])
-                ):
+                if connections or not creator_gone(comment, older_than_s=older_than_s):
                     continue
                 try:
                     conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))

@@ -1,11 +1,13 @@
-"""Throw-away PostgreSQL databases left behind by a killed creator are dropped by the next run.
+"""Throw-away databases and vhosts left behind by a killed creator go with the next run.
 
-A real PostgreSQL (the integration tests' admin URL); each database here is one of the
-test's own, named `docpipe_test_<hex>` as `PostgresDatabases` names them.
+A real PostgreSQL (the integration tests' admin URL) and RabbitMQ (its management API,
+and rabbitmqctl); each database and vhost here is the test's own, named
+`docpipe_test_<hex>` as `PostgresDatabases` and `RabbitVhosts` name them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -19,11 +21,13 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+from pipeline.errors import ConfigurationError
 from pipeline.harness.localstack import (
     ABANDONED_AFTER_S,
-    OWNER_COMMENT,
+    OWNER_NOTE,
     PostgresDatabases,
-    _machine,
+    RabbitVhosts,
+    machine_identity,
     process_start,
 )
 from tests.integration.conftest import postgres_admin_url
@@ -62,9 +66,9 @@ def _database(admin: Admin, *, comment: str | None) -> str:
 
 
 def _owner(*, pid: int, start: int | None, age_s: float, host: str | None = None) -> str:
-    here, boot = _machine()
+    here, boot = machine_identity()
     created = int(time.time() - age_s)
-    return OWNER_COMMENT.format(host=host or here, boot=boot, pid=pid, start=start, created=created)
+    return OWNER_NOTE.format(host=host or here, boot=boot, pid=pid, start=start, created=created)
 
 
 def _existing(admin: Admin, names: list[str]) -> set[str]:
@@ -113,3 +117,54 @@ def test_a_database_the_creator_still_uses_is_never_abandoned(
         assert make_url(own).database not in databases.drop_abandoned(older_than_s=0)
     finally:
         databases.drop(own)
+
+
+def _add_vhost(vhosts: RabbitVhosts, name: str, note: str) -> None:
+    if vhosts.via == "management API":
+        vhosts._api_call("PUT", f"/api/vhosts/{name}", {"description": note})
+    else:
+        vhosts._rabbitmqctl("add_vhost", name, "--description", note)
+
+
+def _delete_vhost(vhosts: RabbitVhosts, name: str) -> None:
+    with contextlib.suppress(ConfigurationError):
+        if vhosts.via == "management API":
+            vhosts._api_call("DELETE", f"/api/vhosts/{name}", None)
+        else:
+            vhosts._rabbitmqctl("delete_vhost", name)
+
+
+@pytest.mark.parametrize("via", ["management API", "rabbitmqctl"])
+def test_a_killed_creators_vhosts_are_deleted_and_no_others(
+    rabbitmq_vhosts: RabbitVhosts, via: str
+) -> None:
+    sweeper = RabbitVhosts(rabbitmq_vhosts.url("/"))
+    sweeper.ping()
+    try:
+        if via == "management API" and sweeper.via != via:
+            pytest.skip("the RabbitMQ management API does not answer here")
+        sweeper.via = via
+        sweeper._throwaway_vhosts()
+    except ConfigurationError as exc:
+        pytest.skip(f"{via} cannot reach the server: {exc}")
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    finished.wait()
+    me = os.getpid()
+    notes = {
+        "abandoned": _owner(pid=finished.pid, start=1, age_s=2 * ABANDONED_AFTER_S),
+        "running": _owner(pid=me, start=process_start(me), age_s=2 * ABANDONED_AFTER_S),
+        "recent": _owner(pid=finished.pid, start=1, age_s=1),
+    }
+    names = {label: f"docpipe_test_{uuid.uuid4().hex[:16]}" for label in notes}
+    try:
+        for label, note in notes.items():
+            _add_vhost(rabbitmq_vhosts, names[label], note)
+        deleted = sweeper.delete_abandoned()
+        listed = {name for name, _ in sweeper._throwaway_vhosts()}
+    finally:
+        for name in names.values():
+            _delete_vhost(rabbitmq_vhosts, name)
+
+    assert names["abandoned"] in deleted
+    assert {names["running"], names["recent"]} <= listed
+    assert names["abandoned"] not in listed
