@@ -159,12 +159,12 @@ def test_a_killed_creators_vhosts_are_deleted_and_no_others(
     try:
         for label, note in notes.items():
             _add_vhost(rabbitmq_vhosts, names[label], note)
-        deleted = sweeper.delete_abandoned()
+        sweeper.delete_abandoned()
         listed = {name for name, _ in sweeper._throwaway_vhosts()}
     finally:
         for name in names.values():
             _delete_vhost(rabbitmq_vhosts, name)
 
-    assert names["abandoned"] in deleted
-    assert {names["running"], names["recent"]} <= listed
+    # Gone, by this sweep or by another test process's first `create` meanwhile.
     assert names["abandoned"] not in listed
+    assert {names["running"], names["recent"]} <= listed
