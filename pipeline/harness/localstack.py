@@ -34,7 +34,7 @@ import redis
 from celery import Celery
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from pipeline.domain.models import QUEUES
@@ -469,7 +469,10 @@ class RabbitVhosts:
             self.ping()
         if not self._swept:
             self._swept = True
-            self.delete_abandoned()
+            try:
+                self.delete_abandoned()
+            except ConfigurationError as exc:
+                log.warning("could not look for abandoned throw-away vhosts: %s", exc)
         name = f"docpipe_test_{uuid.uuid4().hex[:16]}"
         note = owner_note()
         if self.via == "management API":
@@ -505,12 +508,17 @@ class RabbitVhosts:
             self.ping()
         deleted = []
         for name, description in self._throwaway_vhosts():
-            if not creator_gone(description, older_than_s=older_than_s) or self._in_use(name):
+            if not creator_gone(description, older_than_s=older_than_s):
                 continue
-            if self.via == "management API":
-                self._api_call("DELETE", f"/api/vhosts/{quote(name, safe='')}", None)
-            else:
-                self._rabbitmqctl("delete_vhost", name)
+            try:
+                if self._in_use(name):
+                    continue
+                if self.via == "management API":
+                    self._api_call("DELETE", f"/api/vhosts/{quote(name, safe='')}", None)
+                else:
+                    self._rabbitmqctl("delete_vhost", name)
+            except ConfigurationError:
+                continue  # gone meanwhile: another run's sweep deleted it first
             log.warning("deleted throw-away vhost %s: its creator is gone (%s)", name, description)
             deleted.append(name)
         return deleted
@@ -607,7 +615,10 @@ class PostgresDatabases:
         """Create an empty database; returns its URL (psycopg 3 driver)."""
         if not self._swept:
             self._swept = True
-            self.drop_abandoned()
+            try:
+                self.drop_abandoned()
+            except SQLAlchemyError as exc:
+                log.warning("could not look for abandoned throw-away databases: %s", exc)
         name = f"docpipe_test_{uuid.uuid4().hex[:16]}"
         with self._admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
@@ -630,7 +641,7 @@ class PostgresDatabases:
                     continue
                 try:
                     conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-                except OperationalError:
+                except SQLAlchemyError:
                     continue  # someone connected meanwhile: not abandoned after all
                 log.warning(
                     "dropped throw-away database %s: its creator is gone (%s)", name, comment
