@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -417,6 +417,14 @@ def creator_gone(note: str | None, *, older_than_s: float) -> bool:
     )
 
 
+def sweep_abandoned(sweep: Callable[[], list[str]], errors: type[Exception], what: str) -> None:
+    """A first `create`'s sweep (`creator_gone`): best effort, a failure only logged."""
+    try:
+        sweep()
+    except errors as exc:
+        log.warning("could not look for abandoned throw-away %s: %s", what, exc)
+
+
 class RabbitVhosts:
     """Creates uniquely named virtual hosts on a RabbitMQ server and deletes them again.
 
@@ -469,10 +477,7 @@ class RabbitVhosts:
             self.ping()
         if not self._swept:
             self._swept = True
-            try:
-                self.delete_abandoned()
-            except ConfigurationError as exc:
-                log.warning("could not look for abandoned throw-away vhosts: %s", exc)
+            sweep_abandoned(self.delete_abandoned, ConfigurationError, "vhosts")
         name = f"docpipe_test_{uuid.uuid4().hex[:16]}"
         note = owner_note()
         if self.via == "management API":
@@ -615,10 +620,7 @@ class PostgresDatabases:
         """Create an empty database; returns its URL (psycopg 3 driver)."""
         if not self._swept:
             self._swept = True
-            try:
-                self.drop_abandoned()
-            except SQLAlchemyError as exc:
-                log.warning("could not look for abandoned throw-away databases: %s", exc)
+            sweep_abandoned(self.drop_abandoned, SQLAlchemyError, "databases")
         name = f"docpipe_test_{uuid.uuid4().hex[:16]}"
         with self._admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
