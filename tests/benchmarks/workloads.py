@@ -1,4 +1,5 @@
-"""The CPU-bound stages and the inputs they are measured on, at sizes 10x apart.
+"""The CPU-bound stages, the rate limiter's acquisition, and the inputs they are measured
+on, at sizes 10x apart.
 
 Shared by the pytest-benchmark modules (tests/unit/test_bench_*.py, compared with
 the saved baseline in tests/benchmarks/baselines) and by scripts/bench_growth.py
