@@ -1,6 +1,6 @@
 """`make bench`: the CPU-stage benchmarks against a base commit measured on this machine.
 
-`.venv/bin/python scripts/bench_compare.py [--base REF] [--fail min:25%] -- PYTEST_ARGS...`
+`.venv/bin/python scripts/bench_compare.py [--base REF] [--limit 1.25] [--runs 2] -- PYTEST_ARGS...`
 
 A baseline saved on another machine says little here: between two sessions'
 machines every benchmark of the same code moved by 1.4x to 3.3x (not by one
@@ -9,10 +9,11 @@ slower machine and passes on a faster one whatever the code does. Instead the
 base commit (default: the last commit that saved `tests/benchmarks/baselines`,
 i.e. the code those figures describe; `--base REF` for any other, as a change's
 base branch) is checked out in a temporary worktree and its benchmarks run
-here, now, then this tree's, compared by pytest-benchmark's own compare and
-fail options (`--benchmark-compare-fail`). Without git or the base commit (an
-exported tarball, a shallow clone) it falls back to the committed figures and
-says so.
+here, now, and this tree's, `--runs` times each in turns; each benchmark's
+fastest round of all runs is compared, and one over `--limit` times the base's
+is measured twice more on both sides before it fails. Without git or the base
+commit (an exported tarball, a shallow clone) it falls back to the committed
+figures (pytest-benchmark's `--benchmark-compare-fail`) and says so.
 
 PYTEST_ARGS are the benchmark run's pytest arguments (test files and
 `--benchmark-*` options) without a storage, save or compare option.

@@ -375,6 +375,13 @@ _OWNER_PATTERN = re.compile(
 #: another PID namespace of this machine (a container with the same host name), where its
 #: pid names some other process, or none.
 ABANDONED_AFTER_S = 600.0
+#: Every throw-away database and vhost is named this and a random hex (`throwaway_name`);
+#: the sweeps look at no other.
+THROWAWAY_PREFIX = "docpipe_test_"
+
+
+def throwaway_name() -> str:
+    return f"{THROWAWAY_PREFIX}{uuid.uuid4().hex[:16]}"
 
 
 def process_start(pid: int) -> int | None:
@@ -478,7 +485,7 @@ class RabbitVhosts:
         if not self._swept:
             self._swept = True
             sweep_abandoned(self.delete_abandoned, ConfigurationError, "vhosts")
-        name = f"docpipe_test_{uuid.uuid4().hex[:16]}"
+        name = throwaway_name()
         note = owner_note()
         if self.via == "management API":
             self._api_call("PUT", f"/api/vhosts/{name}", {"description": note})
@@ -536,7 +543,7 @@ class RabbitVhosts:
         else:
             lines = self._rabbitmqctl("list_vhosts", "--no-table-headers", "name", "description")
             rows = [line.partition("\t")[::2] for line in lines.splitlines()]
-        return [(name, note) for name, note in rows if name.startswith("docpipe_test_")]
+        return [(name, note) for name, note in rows if name.startswith(THROWAWAY_PREFIX)]
 
     def _in_use(self, name: str) -> bool:
         if self.via == "management API":
@@ -621,7 +628,7 @@ class PostgresDatabases:
         if not self._swept:
             self._swept = True
             sweep_abandoned(self.drop_abandoned, SQLAlchemyError, "databases")
-        name = f"docpipe_test_{uuid.uuid4().hex[:16]}"
+        name = throwaway_name()
         with self._admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
             self._created.append(name)
@@ -634,11 +641,12 @@ class PostgresDatabases:
         query = text(
             "SELECT d.datname, shobj_description(d.oid, 'pg_database'), "
             "(SELECT count(*) FROM pg_stat_activity a WHERE a.datid = d.oid) "
-            "FROM pg_database d WHERE d.datname LIKE 'docpipe\\_test\\_%'"
+            "FROM pg_database d WHERE d.datname LIKE :pattern"
         )
+        pattern = THROWAWAY_PREFIX.replace("_", "\\_") + "%"
         dropped = []
         with self._admin.connect() as conn:
-            for name, comment, connections in conn.execute(query).all():
+            for name, comment, connections in conn.execute(query, {"pattern": pattern}).all():
                 if connections or not creator_gone(comment, older_than_s=older_than_s):
                     continue
                 try:

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -29,6 +28,7 @@ from pipeline.harness.localstack import (
     RabbitVhosts,
     machine_identity,
     process_start,
+    throwaway_name,
 )
 from tests.integration.conftest import postgres_admin_url
 
@@ -56,7 +56,7 @@ def admin(postgres_databases: PostgresDatabases) -> Iterator[Admin]:
 
 
 def _database(admin: Admin, *, comment: str | None) -> str:
-    name = f"docpipe_test_{uuid.uuid4().hex[:16]}"
+    name = throwaway_name()
     with admin.engine.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
         admin.made.append(name)
@@ -155,7 +155,7 @@ def test_a_killed_creators_vhosts_are_deleted_and_no_others(
         "running": _owner(pid=me, start=process_start(me), age_s=2 * ABANDONED_AFTER_S),
         "recent": _owner(pid=finished.pid, start=1, age_s=1),
     }
-    names = {label: f"docpipe_test_{uuid.uuid4().hex[:16]}" for label in notes}
+    names = {label: throwaway_name() for label in notes}
     try:
         for label, note in notes.items():
             _add_vhost(rabbitmq_vhosts, names[label], note)
